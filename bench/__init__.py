@@ -1,0 +1,1 @@
+"""Benchmarks for aura-actors: `python -m bench` (see `python -m bench --help`)."""

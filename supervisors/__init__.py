@@ -1,0 +1,3 @@
+"""Supervision trees for aura-actors actors (Erlang/OTP semantics in trio form)."""
+
+__all__: list[str] = []
