@@ -285,14 +285,26 @@ class ActorCrashed(ActorError):
 
 
 class ActorStopped(ActorError):
-    """The actor is stopped (or stopped before it handled your message)."""
+    """The actor is stopped (or stopped before it handled your message).
+
+    The category is ``INVALID_STATE`` when the actor is stopped for good, and ``DEPENDENCY``
+    (transient: a retry reaches the next incarnation) when it was stopped by a restart while it
+    handled your message.
+    """
 
     default_category = ErrorCategory.INVALID_STATE
 
-    def __init__(self, *, actor: str, reason: str = "it is stopped") -> None:
+    def __init__(
+        self,
+        *,
+        actor: str,
+        reason: str = "it is stopped",
+        category: ErrorCategory | None = None,
+    ) -> None:
         super().__init__(
             f"Actor {actor!r} cannot handle the message: {reason}.",
             actor=actor,
+            category=category,
             suggested_action=(
                 "Start the actor (or its supervisor) again, or send to a running actor."
             ),

@@ -1,0 +1,396 @@
+"""Cells (the supervised slots actors live in) and the loop that runs one actor incarnation.
+
+Theory of operation
+-------------------
+A :class:`_Cell` is the stable identity behind an :class:`~actors.ActorRef`: its path, its
+bounded mailbox and its counters.  It outlives any one actor instance.  An *incarnation* is one
+actor instance running in the cell; when it crashes the supervisor builds a fresh instance from
+the factory and runs it in the same cell, so the mailbox, and every message queued in it,
+carries over and refs never need to be re-resolved.
+
+Cell states::
+
+    starting --on_start done--> running --crash/stop--> restarting --> starting ...
+        \\                          \\--terminal stop--> stopping --> stopped
+         \\--close()-------------------------------------------------> stopped
+
+A cell accepts messages in every state but ``stopped``: while an actor restarts, its mailbox
+keeps filling (up to its capacity) and the next incarnation handles the messages.  Closing a
+cell (it will not run again) fails every queued ask with ``ActorStopped``.
+
+The mailbox is a ``deque`` plus at most one parked receiver (the incarnation's loop).  Senders
+append and reschedule the receiver if it is parked; the loop drains the deque without a
+checkpoint per message and yields every ``_FAIRNESS`` messages so a busy actor cannot starve
+other tasks.  Only a full mailbox takes the slow path (a ``ParkingLot`` and a cancel scope).
+
+The loop (:func:`run_actor`) hands each message to ``actor.handle``.  The return value answers
+the ask (a :class:`~actors.Failure` answers with its error).  An exception from ``handle`` is a
+crash: the message's caller gets ``ActorCrashed`` immediately, then the exception leaves the
+incarnation for the supervisor to act on.  Replies the actor deferred and had not answered are
+failed when the incarnation ends (``ActorCrashed`` after a crash, ``ActorStopped`` otherwise),
+so no ask is ever left waiting on an incarnation that is gone.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final
+
+import attrs
+import trio
+from trio.lowlevel import Abort, RaiseCancelT, Task, current_task, reschedule, wait_task_rescheduled
+
+from actors._errors import ActorCrashed, ActorStopped, AskTimeout, ErrorCategory, MailboxFull
+from actors._reply import PENDING, Failure, Reply, _Timers
+
+if TYPE_CHECKING:
+    from actors._actor import Actor
+
+__all__ = ["ActorStatistics", "CellState"]
+
+#: Messages handled back to back before the loop yields to other tasks.
+_FAIRNESS: Final = 64
+
+#: Default mailbox capacity and ask timeout (documented on ChildSpec / open_actor).
+DEFAULT_CAPACITY: Final = 1000
+DEFAULT_ASK_TIMEOUT: Final = 30.0
+
+
+class CellState(enum.Enum):
+    """Lifecycle state of an actor's slot (see the module docstring for transitions)."""
+
+    STARTING = "starting"
+    RUNNING = "running"
+    RESTARTING = "restarting"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+@attrs.frozen
+class ActorStatistics:
+    """A snapshot of one actor slot's counters (``ActorRef.statistics()``).
+
+    Attributes:
+        path: the actor's path in its tree.
+        state: the slot's :class:`CellState`.
+        mailbox_depth: messages queued and not yet handled.
+        mailbox_capacity: the mailbox bound.
+        received: messages accepted into the mailbox.
+        handled: messages handled (answered or told) without a crash.
+        crashed: messages whose handling crashed the actor.
+        dropped: messages skipped because their caller had already given up.
+        restarts: how many times the slot's actor was restarted.
+        incarnation: how many actor instances have run in the slot.
+    """
+
+    path: str
+    state: CellState
+    mailbox_depth: int
+    mailbox_capacity: int
+    received: int
+    handled: int
+    crashed: int
+    dropped: int
+    restarts: int
+    incarnation: int
+
+
+def _abort_receiver(raise_cancel: RaiseCancelT) -> Abort:
+    return Abort.SUCCEEDED
+
+
+class _Cell:
+    """The stable slot behind an ActorRef.  Private: the runtime and supervisors use it."""
+
+    __slots__ = (
+        "__weakref__",
+        "ask_timeout",
+        "capacity",
+        "closed",
+        "crashed",
+        "dropped",
+        "generation",
+        "handled",
+        "incarnation",
+        "name",
+        "path",
+        "queue",
+        "received",
+        "receiver",
+        "restarts",
+        "space",
+        "state",
+        "stop_reason",
+        "timers",
+    )
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        timers: _Timers,
+        capacity: int = DEFAULT_CAPACITY,
+        ask_timeout: float = DEFAULT_ASK_TIMEOUT,
+    ) -> None:
+        if not isinstance(capacity, int) or isinstance(capacity, bool) or capacity < 1:
+            raise ValueError(f"mailbox capacity of {path!r} must be an int >= 1, got {capacity!r}")
+        if not (isinstance(ask_timeout, int | float) and ask_timeout > 0):
+            raise ValueError(f"ask_timeout of {path!r} must be a number > 0, got {ask_timeout!r}")
+        self.path = path
+        self.name = path.rpartition("/")[2]
+        self.timers = timers
+        self.capacity = capacity
+        self.ask_timeout = float(ask_timeout)
+        self.queue: deque[tuple[Any, Reply[Any] | None]] = deque()
+        self.receiver: Task | None = None
+        self.space = trio.lowlevel.ParkingLot()
+        self.state = CellState.RESTARTING
+        self.closed = False
+        self.stop_reason = "it is stopped"
+        self.incarnation: _Incarnation | None = None
+        self.generation = 0
+        self.received = 0
+        self.handled = 0
+        self.crashed = 0
+        self.dropped = 0
+        self.restarts = 0
+
+    # ---------------------------------------------------------------- sending (hot path)
+
+    def put_nowait(self, message: Any, reply: Reply[Any] | None) -> None:
+        """Queue a message; the caller has checked ``closed`` and capacity."""
+        self.queue.append((message, reply))
+        self.received += 1
+        receiver = self.receiver
+        if receiver is not None:
+            self.receiver = None
+            reschedule(receiver)
+
+    def check_open(self) -> None:
+        if self.closed:
+            raise ActorStopped(actor=self.path, reason=self.stop_reason)
+
+    async def wait_for_space(self, deadline: float, seconds: float) -> None:
+        """Slow path: wait until the mailbox has room, the cell closes, or ``deadline``."""
+        with trio.move_on_at(deadline) as scope:
+            while len(self.queue) >= self.capacity and not self.closed:
+                await self.space.park()
+        if scope.cancelled_caught:
+            raise AskTimeout(actor=self.path, timeout=seconds)
+        self.check_open()
+
+    def tell_nowait(self, message: Any) -> None:
+        if self.closed:
+            raise ActorStopped(actor=self.path, reason=self.stop_reason)
+        if len(self.queue) >= self.capacity:
+            raise MailboxFull(actor=self.path, capacity=self.capacity)
+        self.put_nowait(message, None)
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def close(self, reason: str = "it is stopped") -> None:
+        """The slot will not run again: fail queued asks and refuse new messages."""
+        if self.closed:
+            return
+        self.closed = True
+        self.stop_reason = reason
+        self.state = CellState.STOPPED
+        queue = self.queue
+        while queue:
+            _, reply = queue.popleft()
+            if reply is not None:
+                reply.fail(ActorStopped(actor=self.path, reason=reason))
+        self.space.unpark_all()
+
+    def reopen(self) -> None:
+        """Make a closed slot usable again (a supervisor restarting a stopped child)."""
+        self.closed = False
+        self.stop_reason = "it is stopped"
+        self.state = CellState.RESTARTING
+
+    def request_stop(self) -> None:
+        """Ask the running incarnation to stop after the message it is handling."""
+        inc = self.incarnation
+        if inc is not None:
+            inc.stop_requested = True
+            receiver = self.receiver
+            if receiver is not None:
+                self.receiver = None
+                reschedule(receiver)
+
+    def statistics(self) -> ActorStatistics:
+        return ActorStatistics(
+            path=self.path,
+            state=self.state,
+            mailbox_depth=len(self.queue),
+            mailbox_capacity=self.capacity,
+            received=self.received,
+            handled=self.handled,
+            crashed=self.crashed,
+            dropped=self.dropped,
+            restarts=self.restarts,
+            incarnation=self.generation,
+        )
+
+    def __repr__(self) -> str:
+        return f"<_Cell {self.path!r} {self.state.value} depth={len(self.queue)}>"
+
+
+class _Incarnation:
+    """One actor instance running in a cell: its nursery, current message and deferred replies."""
+
+    __slots__ = ("actor", "cell", "current", "deferred", "nursery", "stop_requested")
+
+    def __init__(self, cell: _Cell, actor: Actor[Any, Any]) -> None:
+        self.cell = cell
+        self.actor = actor
+        self.nursery: trio.Nursery | None = None
+        self.current: Reply[Any] | None = None
+        self.deferred: set[Reply[Any]] = set()
+        self.stop_requested = False
+
+
+def is_cancellation(exc: BaseException) -> bool:
+    """Whether ``exc`` is trio cancellation (possibly wrapped in exception groups)."""
+    if isinstance(exc, trio.Cancelled):
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        return all(is_cancellation(e) for e in exc.exceptions)
+    return False
+
+
+def is_fatal(exc: BaseException) -> bool:
+    """Exceptions an actor must never swallow as a crash: they stop the whole program."""
+    if isinstance(exc, KeyboardInterrupt | SystemExit):
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        return any(is_fatal(e) for e in exc.exceptions)
+    return False
+
+
+def unwrap(exc: BaseException) -> BaseException:
+    """The single leaf of a chain of one-exception groups, with cancellations removed."""
+    while isinstance(exc, BaseExceptionGroup):
+        rest = exc.split(trio.Cancelled)[1]
+        if rest is None or len(rest.exceptions) != 1:
+            return exc if rest is None else rest
+        exc = rest.exceptions[0]
+    return exc
+
+
+async def _serve(inc: _Incarnation) -> None:
+    cell = inc.cell
+    queue = cell.queue
+    handle = inc.actor.handle
+    budget = _FAIRNESS
+    while not inc.stop_requested:
+        if not queue:
+            cell.receiver = current_task()
+            await wait_task_rescheduled(_abort_receiver)
+            cell.receiver = None
+            budget = _FAIRNESS
+            continue
+        message, reply = queue.popleft()
+        if cell.space:
+            cell.space.unpark()
+        if reply is not None and reply._state != PENDING:
+            cell.dropped += 1
+            continue
+        inc.current = reply
+        try:
+            result = await handle(message)
+        except BaseException as exc:
+            if not is_cancellation(exc) and not is_fatal(exc):
+                cell.crashed += 1
+                if reply is not None:
+                    reply.fail(ActorCrashed(actor=cell.path, cause=exc))
+            raise
+        inc.current = None
+        cell.handled += 1
+        if reply is not None and not reply.deferred:
+            if type(result) is Failure:
+                reply.fail(result.error)
+            else:
+                reply.set(result)
+        budget -= 1
+        if not budget:
+            budget = _FAIRNESS
+            await trio.lowlevel.cancel_shielded_checkpoint()
+
+
+async def run_actor(
+    cell: _Cell,
+    actor: Actor[Any, Any],
+    started: Callable[[], None],
+) -> None:
+    """Run one incarnation of ``actor`` in ``cell`` until it stops, crashes or is cancelled.
+
+    ``started`` is called once ``on_start`` has returned.  A crash propagates (as raised by the
+    nursery: possibly an exception group); the caller (a supervisor) decides what happens next.
+    The cell is never closed here: that is the supervisor's decision.
+    """
+    inc = _Incarnation(cell, actor)
+    cell.generation += 1
+    cell.incarnation = inc
+    cell.state = CellState.STARTING
+    actor._inc = inc
+    error: BaseException | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            inc.nursery = nursery
+            await actor.on_start()
+            if not cell.closed:
+                cell.state = CellState.RUNNING
+            started()
+            await _serve(inc)
+            if not cell.closed:
+                cell.state = CellState.STOPPING
+            await actor.on_stop()
+            nursery.cancel_scope.cancel()
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        _end_incarnation(inc, error)
+
+
+def _end_incarnation(inc: _Incarnation, error: BaseException | None) -> None:
+    cell = inc.cell
+    if cell.incarnation is inc:
+        cell.incarnation = None
+    if cell.receiver is not None:
+        cell.receiver = None
+    if not cell.closed:
+        cell.state = CellState.RESTARTING
+    pending = [r for r in (inc.current, *inc.deferred) if r is not None and not r.done]
+    inc.current = None
+    inc.deferred.clear()
+    if not pending:
+        return
+    if error is not None and not is_cancellation(error):
+        cause = unwrap(error)
+        for reply in pending:
+            reply.fail(ActorCrashed(actor=cell.path, cause=cause))
+    else:
+        reason = "it stopped before answering"
+        if error is not None:
+            reason = "it was stopped while handling the message"
+        for reply in pending:
+            reply.fail(
+                ActorStopped(actor=cell.path, reason=reason, category=ErrorCategory.DEPENDENCY)
+            )
+
+
+def effective_timeout(timeout: float | None, cell: _Cell) -> float:
+    """Validate an ask timeout argument."""
+    if timeout is None:
+        return cell.ask_timeout
+    if not timeout > 0:  # also rejects NaN
+        raise ValueError(f"ask timeout must be > 0 seconds, got {timeout!r}")
+    return float(timeout)
+
+
+_INF: Final = math.inf
