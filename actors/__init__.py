@@ -4,6 +4,8 @@ General layout: implementation lives in private ``_modules``; this package only 
 public names, listed in ``__all__``.
 """
 
+from actors._actor import Actor
+from actors._cell import ActorStatistics, CellState
 from actors._errors import (
     CATEGORY_INFO,
     ActorCrashed,
@@ -25,25 +27,35 @@ from actors._errors import (
     RetriesExhausted,
     RetryBudgetExhausted,
 )
+from actors._ref import ActorRef
+from actors._reply import Failure, Reply
+from actors._runtime import open_actor
 
 __all__ = [
     "CATEGORY_INFO",
+    "Actor",
     "ActorCrashed",
     "ActorError",
+    "ActorRef",
+    "ActorStatistics",
     "ActorStopped",
     "AskTimeout",
     "AuraError",
     "BulkheadFull",
     "CategoryInfo",
+    "CellState",
     "CircuitOpen",
     "ConfigError",
     "ErrorCategory",
+    "Failure",
     "IdempotencyConflict",
     "MailboxFull",
     "ProviderError",
     "ProviderTimeout",
     "RateLimited",
+    "Reply",
     "ResilienceError",
     "RetriesExhausted",
     "RetryBudgetExhausted",
+    "open_actor",
 ]

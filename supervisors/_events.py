@@ -1,0 +1,224 @@
+"""Supervision events, tree snapshots, and their delivery to logging and subscribers.
+
+Theory of operation
+-------------------
+Every decision a supervisor takes is an event: a child *started*, *crashed*, was *restarted*
+(with the delay it waited), *stopped* (a normal exit or a termination), or a supervisor *gave
+up*.  Events are msgspec Structs so they can be logged as JSON, served over HTTP or journaled.
+
+Delivery never blocks a supervisor.  Listeners are plain callables run synchronously (the
+monitor actor's listener does a ``tell_nowait``); a listener that raises is removed and
+logged, never allowed to break supervision.  :class:`Subscription` wraps a bounded memory
+channel: when its reader falls behind, new events are dropped and counted rather than queued
+without bound.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Callable
+from types import TracebackType
+from typing import Final
+
+import msgspec
+import trio
+
+__all__ = ["EventKind", "Subscription", "SupervisionEvent", "TreeNode"]
+
+logger: Final = logging.getLogger("supervisors")
+
+
+class EventKind(enum.Enum):
+    """What happened to a supervised child."""
+
+    STARTED = "started"
+    CRASHED = "crashed"
+    RESTARTED = "restarted"
+    STOPPED = "stopped"
+    GAVE_UP = "gave_up"
+
+
+class SupervisionEvent(msgspec.Struct, frozen=True, tag=True):
+    """One supervision event.
+
+    Attributes:
+        kind: an :class:`EventKind` value.
+        path: the child's path (for ``gave_up``, the supervisor's own path; the root is ``""``).
+        supervisor: the path of the supervisor that took the decision.
+        at: trio time of the event.
+        reason: the crash or exit reason, as text (``""`` when there is none).
+        restarts: the child's restart count after the event.
+        delay: for ``restarted``, the backoff delay waited before the restart, in seconds.
+    """
+
+    kind: EventKind
+    path: str
+    supervisor: str
+    at: float
+    reason: str = ""
+    restarts: int = 0
+    delay: float = 0.0
+
+
+class TreeNode(msgspec.Struct, frozen=True):
+    """A snapshot of one node of a supervision tree (``Supervisor.snapshot()``).
+
+    Attributes:
+        name: the child's name (``""`` for the root).
+        path: its path (``""`` for the root).
+        kind: ``"actor"`` or ``"supervisor"``.
+        state: ``starting``, ``running``, ``restarting``, ``stopping`` or ``stopped``.
+        restarts: how many times it was restarted.
+        mailbox_depth: queued messages (actors; 0 for supervisors).
+        restart_type: ``permanent``, ``transient`` or ``temporary``.
+        strategy: the supervisor's strategy (``""`` for actors).
+        children: the child nodes, in start order.
+    """
+
+    name: str
+    path: str
+    kind: str
+    state: str
+    restarts: int
+    mailbox_depth: int = 0
+    restart_type: str = "permanent"
+    strategy: str = ""
+    children: tuple[TreeNode, ...] = ()
+
+    def walk(self) -> list[TreeNode]:
+        """This node and every node below it, depth first, in start order."""
+        out = [self]
+        for child in self.children:
+            out.extend(child.walk())
+        return out
+
+    def find(self, path: str) -> TreeNode | None:
+        """The node at ``path`` in this snapshot, or ``None``."""
+        for node in self.walk():
+            if node.path == path:
+                return node
+        return None
+
+
+_LEVELS: Final = {
+    EventKind.STARTED: logging.INFO,
+    EventKind.RESTARTED: logging.INFO,
+    EventKind.STOPPED: logging.INFO,
+    EventKind.CRASHED: logging.WARNING,
+    EventKind.GAVE_UP: logging.ERROR,
+}
+
+Listener = Callable[[SupervisionEvent], object]
+
+
+class _EventBus:
+    """Fan-out of a tree's events to logging and to listeners filtered by path prefix."""
+
+    __slots__ = ("_listeners",)
+
+    def __init__(self) -> None:
+        self._listeners: list[tuple[str, Listener]] = []
+
+    def add(self, prefix: str, listener: Listener) -> Callable[[], None]:
+        entry = (prefix, listener)
+        self._listeners.append(entry)
+
+        def remove() -> None:
+            try:
+                self._listeners.remove(entry)
+            except ValueError:
+                pass
+
+        return remove
+
+    def emit(self, event: SupervisionEvent) -> None:
+        level = _LEVELS[event.kind]
+        if logger.isEnabledFor(level):
+            where = event.path or "(root)"
+            extra = f": {event.reason}" if event.reason else ""
+            if event.kind is EventKind.RESTARTED and event.delay:
+                extra += f" after {event.delay:.3g} s"
+            logger.log(
+                level,
+                "%s %s (restarts=%d)%s",
+                where,
+                event.kind.value,
+                event.restarts,
+                extra,
+                extra={"aura_event": event.kind.value, "aura_path": event.path},
+            )
+        for prefix, listener in list(self._listeners):
+            if prefix and not (event.path == prefix or event.path.startswith(prefix + "/")):
+                continue
+            try:
+                listener(event)
+            except Exception:
+                logger.exception("supervision event listener %r failed; removing it", listener)
+                try:
+                    self._listeners.remove((prefix, listener))
+                except ValueError:
+                    pass
+
+
+class Subscription:
+    """A bounded stream of supervision events (``Supervisor.subscribe()``).
+
+    Iterate it with ``async for``; use it as a context manager (``with``) to unsubscribe.
+    When the reader falls ``buffer`` events behind, new events are dropped and counted in
+    :attr:`dropped` instead of blocking the supervisors.
+
+    Example::
+
+        with sup.subscribe() as events:
+            async for event in events:
+                print(event.kind, event.path)
+    """
+
+    def __init__(self, bus: _EventBus, prefix: str, buffer: int) -> None:
+        if not isinstance(buffer, int) or buffer < 1:
+            raise ValueError(f"subscription buffer must be an int >= 1, got {buffer!r}")
+        self._send, self._receive = trio.open_memory_channel[SupervisionEvent](buffer)
+        self.dropped = 0
+        self._remove = bus.add(prefix, self._deliver)
+
+    def _deliver(self, event: SupervisionEvent) -> None:
+        try:
+            self._send.send_nowait(event)
+        except trio.WouldBlock:
+            self.dropped += 1
+        except trio.ClosedResourceError:
+            self._remove()
+
+    async def receive(self) -> SupervisionEvent:
+        """The next event (waits for one).  Raises ``trio.EndOfChannel`` after :meth:`close`."""
+        return await self._receive.receive()
+
+    def receive_nowait(self) -> SupervisionEvent:
+        """The next event if one is buffered, else raise ``trio.WouldBlock``."""
+        return self._receive.receive_nowait()
+
+    def close(self) -> None:
+        """Stop receiving events."""
+        self._remove()
+        self._send.close()
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> SupervisionEvent:
+        try:
+            return await self._receive.receive()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

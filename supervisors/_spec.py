@@ -1,0 +1,238 @@
+"""Child specifications: what a supervisor starts, and how it restarts it.
+
+Theory of operation
+-------------------
+Specs are immutable descriptions, validated when they are built so that a typo fails at start-up
+with a message naming the child, never later inside a running tree.  A :class:`SupervisorSpec`
+is itself a child spec, which is how trees nest.  Durations are float seconds or
+``datetime.timedelta``; restart types and strategies accept their enum or its lower-case name.
+
+Defaults (the same as Elixir's supervisors): at most ``max_restarts=3`` restarts within
+``period=5`` seconds before a supervisor gives up; workers get ``shutdown=5`` seconds to stop
+gracefully, supervisors an unlimited grace (they stop their own children, each within its own
+grace).  No restart backoff unless one is given.
+"""
+
+from __future__ import annotations
+
+import datetime
+import enum
+import math
+import random
+from collections.abc import Callable, Iterable
+from typing import Any, Generic, TypeAlias, TypeVar
+
+import attrs
+
+from actors import Actor
+from actors._cell import DEFAULT_ASK_TIMEOUT, DEFAULT_CAPACITY
+
+__all__ = ["ChildSpec", "Restart", "RestartBackoff", "Strategy", "SupervisorSpec"]
+
+M = TypeVar("M")
+R = TypeVar("R")
+
+
+class Restart(enum.Enum):
+    """When a child that exits is restarted (Erlang/OTP restart types).
+
+    * ``PERMANENT``: always (the default).
+    * ``TRANSIENT``: only when it exits abnormally (crashes); a normal stop is final.
+    * ``TEMPORARY``: never; it is removed from the supervisor when it exits.
+    """
+
+    PERMANENT = "permanent"
+    TRANSIENT = "transient"
+    TEMPORARY = "temporary"
+
+
+class Strategy(enum.Enum):
+    """Which children are restarted when one of them must be.
+
+    * ``ONE_FOR_ONE``: only that child.
+    * ``ONE_FOR_ALL``: every child (the others are stopped in reverse start order first).
+    * ``REST_FOR_ONE``: that child and every child started after it.
+    """
+
+    ONE_FOR_ONE = "one_for_one"
+    ONE_FOR_ALL = "one_for_all"
+    REST_FOR_ONE = "rest_for_one"
+
+
+def _seconds(value: float | datetime.timedelta) -> float:
+    if isinstance(value, datetime.timedelta):
+        return value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"expected seconds (a number or timedelta), got {value!r}")
+    return float(value)
+
+
+def _check_name(name: str, what: str) -> None:
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{what} name must be a non-empty string, got {name!r}")
+    if "/" in name or name != name.strip():
+        raise ValueError(f"{what} name {name!r} must not contain '/' or surrounding spaces")
+
+
+def _non_negative(what: str) -> Callable[[Any, Any, float], None]:
+    def check(_instance: Any, _attribute: Any, value: float) -> None:
+        if not value >= 0:
+            raise ValueError(f"{what} must be >= 0 seconds, got {value!r}")
+
+    return check
+
+
+@attrs.frozen
+class RestartBackoff:
+    """Delay restarts of a crashing child, growing exponentially (as Akka's restartWithBackoff).
+
+    The ``n``-th consecutive restart (``n`` from 0) waits::
+
+        delay(n) = min(max, min_delay * factor ** n * (1 + jitter * U))   with U uniform in [0, 1)
+
+    ``n`` goes back to 0 once the child has run for ``reset_after`` seconds without crashing.
+    While a child waits, its mailbox keeps accepting messages for the next incarnation.
+
+    Example::
+
+        RestartBackoff(min_delay=0.5, max_delay=30, factor=2, jitter=0.2, reset_after=60)
+    """
+
+    min_delay: float = attrs.field(default=0.1, converter=_seconds)
+    max_delay: float = attrs.field(default=30.0, converter=_seconds)
+    factor: float = 2.0
+    jitter: float = 0.2
+    reset_after: float = attrs.field(default=60.0, converter=_seconds)
+
+    def __attrs_post_init__(self) -> None:
+        if not self.min_delay >= 0:
+            raise ValueError(f"RestartBackoff.min_delay must be >= 0, got {self.min_delay!r}")
+        if not self.max_delay >= self.min_delay:
+            raise ValueError(
+                f"RestartBackoff.max_delay ({self.max_delay!r}) must be >= min_delay "
+                f"({self.min_delay!r})"
+            )
+        if not self.factor >= 1:
+            raise ValueError(f"RestartBackoff.factor must be >= 1, got {self.factor!r}")
+        if not 0 <= self.jitter <= 1:
+            raise ValueError(f"RestartBackoff.jitter must be within [0, 1], got {self.jitter!r}")
+        if not self.reset_after >= 0:
+            raise ValueError(f"RestartBackoff.reset_after must be >= 0, got {self.reset_after!r}")
+
+    def delay(self, n: int, rng: random.Random) -> float:
+        """The delay before the ``n``-th consecutive restart (see the class docstring)."""
+        base = self.min_delay * self.factor ** min(n, 1024)
+        if base >= self.max_delay or math.isinf(base):
+            return self.max_delay
+        return min(self.max_delay, base * (1.0 + self.jitter * rng.random()))
+
+
+@attrs.frozen
+class ChildSpec(Generic[M, R]):
+    """How to run one actor under a supervisor.
+
+    Args:
+        name: unique among its siblings; no ``/``.  The actor's path is its supervisor's path
+            plus this name (``"providers/openai"``).
+        factory: builds a fresh actor instance; called for every (re)start.
+        restart: a :class:`Restart` type (or its name); default ``permanent``.
+        shutdown: seconds the actor gets to stop gracefully before it is cancelled (default 5).
+        mailbox_capacity: the mailbox bound (default 1000).
+        ask_timeout: the default timeout of asks to this actor (default 30 s).
+        backoff: restart backoff for this child; ``None`` uses the supervisor's.
+
+    Example::
+
+        ChildSpec("openai", lambda: Provider(call_openai), restart="transient", shutdown=10)
+    """
+
+    name: str
+    factory: Callable[[], Actor[M, R]]
+    restart: Restart = attrs.field(default=Restart.PERMANENT, converter=Restart)
+    shutdown: float = attrs.field(
+        default=5.0, converter=_seconds, validator=_non_negative("shutdown")
+    )
+    mailbox_capacity: int = DEFAULT_CAPACITY
+    ask_timeout: float = attrs.field(default=DEFAULT_ASK_TIMEOUT, converter=_seconds)
+    backoff: RestartBackoff | None = None
+
+    def __attrs_post_init__(self) -> None:
+        _check_name(self.name, "child")
+        if not callable(self.factory):
+            raise TypeError(f"child {self.name!r}: factory must be callable, got {self.factory!r}")
+        if (
+            not isinstance(self.mailbox_capacity, int)
+            or isinstance(self.mailbox_capacity, bool)
+            or self.mailbox_capacity < 1
+        ):
+            raise ValueError(
+                f"child {self.name!r}: mailbox_capacity must be an int >= 1, "
+                f"got {self.mailbox_capacity!r}"
+            )
+        if not self.ask_timeout > 0:
+            raise ValueError(
+                f"child {self.name!r}: ask_timeout must be > 0, got {self.ask_timeout!r}"
+            )
+
+
+def _children(value: Iterable[AnySpec]) -> tuple[AnySpec, ...]:
+    return tuple(value)
+
+
+@attrs.frozen
+class SupervisorSpec:
+    """A supervisor and its children; usable as a child spec of another supervisor.
+
+    Args:
+        name: unique among its siblings (the root's name does not appear in paths).
+        children: child specs, started in order and stopped in reverse order.
+        strategy: a :class:`Strategy` (or its name); default ``one_for_one``.
+        max_restarts, period: restart intensity: more than ``max_restarts`` restarts within
+            ``period`` seconds and the supervisor stops its children and fails to its parent
+            (defaults 3 and 5 s).
+        backoff: default :class:`RestartBackoff` of the children (``None``: restart at once).
+        restart: the restart type of this supervisor under its parent (default permanent).
+        shutdown: the grace its parent gives it to stop (default unlimited).
+
+    Example::
+
+        SupervisorSpec("providers", [ChildSpec("openai", make_openai)], strategy="one_for_all")
+    """
+
+    name: str
+    children: tuple[AnySpec, ...] = attrs.field(default=(), converter=_children)
+    strategy: Strategy = attrs.field(default=Strategy.ONE_FOR_ONE, converter=Strategy)
+    max_restarts: int = 3
+    period: float = attrs.field(default=5.0, converter=_seconds)
+    backoff: RestartBackoff | None = None
+    restart: Restart = attrs.field(default=Restart.PERMANENT, converter=Restart)
+    shutdown: float = attrs.field(
+        default=math.inf, converter=_seconds, validator=_non_negative("shutdown")
+    )
+
+    def __attrs_post_init__(self) -> None:
+        _check_name(self.name, "supervisor")
+        if (
+            not isinstance(self.max_restarts, int)
+            or isinstance(self.max_restarts, bool)
+            or self.max_restarts < 0
+        ):
+            raise ValueError(
+                f"supervisor {self.name!r}: max_restarts must be an int >= 0, "
+                f"got {self.max_restarts!r}"
+            )
+        if not self.period > 0:
+            raise ValueError(f"supervisor {self.name!r}: period must be > 0, got {self.period!r}")
+        seen: set[str] = set()
+        for child in self.children:
+            if not isinstance(child, ChildSpec | SupervisorSpec):
+                raise TypeError(
+                    f"supervisor {self.name!r}: children must be ChildSpec or SupervisorSpec, "
+                    f"got {child!r}"
+                )
+            if child.name in seen:
+                raise ValueError(f"supervisor {self.name!r}: two children are named {child.name!r}")
+            seen.add(child.name)
+
+
+AnySpec: TypeAlias = "ChildSpec[Any, Any] | SupervisorSpec"
