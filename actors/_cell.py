@@ -272,12 +272,17 @@ def is_fatal(exc: BaseException) -> bool:
 
 
 def unwrap(exc: BaseException) -> BaseException:
-    """The single leaf of a chain of one-exception groups, with cancellations removed."""
+    """The single leaf of a chain of one-exception groups, with cancellations removed.
+
+    A group with more than one real exception is returned as it is (minus cancellations).
+    """
     while isinstance(exc, BaseExceptionGroup):
-        rest = exc.split(trio.Cancelled)[1]
-        if rest is None or len(rest.exceptions) != 1:
-            return exc if rest is None else rest
-        exc = rest.exceptions[0]
+        real = [e for e in exc.exceptions if not is_cancellation(e)]
+        if len(real) != 1:
+            if len(real) == len(exc.exceptions) or not real:
+                return exc
+            return exc.derive(real)
+        exc = real[0]
     return exc
 
 

@@ -40,7 +40,14 @@ from actors import AuraError, ErrorCategory
 from actors._cell import CellState, _Cell, is_cancellation, is_fatal, run_actor, unwrap
 from actors._reply import _Timers
 from supervisors._events import EventKind, SupervisionEvent, TreeNode, _EventBus
-from supervisors._spec import AnySpec, ChildSpec, Restart, Strategy, SupervisorSpec
+from supervisors._spec import (
+    AnySpec,
+    ChildSpec,
+    Restart,
+    RestartBackoff,
+    Strategy,
+    SupervisorSpec,
+)
 
 __all__ = [
     "ChildStartFailed",
@@ -244,6 +251,14 @@ class _Node:
             child.cell = cell
         return child
 
+    def revive(self, child: _Child) -> None:
+        """Make a child that was stopped for good startable again (same slot, same refs)."""
+        if child.cell is not None and child.cell.closed:
+            child.cell.reopen()
+            self.tree.cells[child.path] = child.cell
+        if child.node is not None and child.node.retired:
+            child.node = _Node(self.tree, child.node.spec, child.path)
+
     def find(self, name: str) -> _Child:
         for child in self.children:
             if child.spec.name == name:
@@ -327,6 +342,7 @@ class _Run:
         self.spec = node.spec
         self.restart_times: deque[float] = deque()
         self.nursery: trio.Nursery | None = None
+        self.idle = False
         self.send, self.receive = trio.open_memory_channel[Any](math.inf)
 
     async def main(self, started: Callable[[], None]) -> None:
@@ -339,6 +355,7 @@ class _Run:
                 self.nursery = nursery
                 try:
                     for child in list(node.children):
+                        node.revive(child)
                         await self._start(child, restarted=False)
                     node.state = CellState.RUNNING
                     started()
@@ -381,8 +398,15 @@ class _Run:
                 await self._start_due()
                 continue
             message = None
-            with trio.move_on_at(due):
-                message = await self.receive.receive()
+            self.idle = True
+            try:
+                if due == math.inf:
+                    message = await self.receive.receive()
+                else:
+                    with trio.move_on_at(due):
+                        message = await self.receive.receive()
+            finally:
+                self.idle = False
             if message is None:
                 continue
             if isinstance(message, _Exit):
@@ -407,16 +431,19 @@ class _Run:
         child.expected_exit = False
         child.restart_due = None
         child.start_error = None
+        child.started_ok = False
         child.scope = trio.CancelScope()
         child.exited = trio.Event()
         child.state = CellState.STARTING
         ready = trio.Event()
         self.nursery.start_soon(
-            self._child_main, child, child.gen, ready, name=f"child {child.path}"
+            self._child_main, child, ready, restarted, name=f"child {child.path}"
         )
         await ready.wait()
-        if not child.started_ok:
-            return False
+        return child.started_ok
+
+    def _mark_started(self, child: _Child, restarted: bool) -> None:
+        child.started_ok = True
         child.state = CellState.RUNNING
         child.started_at = trio.current_time()
         if restarted:
@@ -429,41 +456,95 @@ class _Run:
             )
         else:
             self.tree.emit(EventKind.STARTED, child.path, self.node.path, restarts=child.restarts)
-        return True
 
-    async def _child_main(self, child: _Child, gen: int, ready: trio.Event) -> None:
+    async def _child_main(self, child: _Child, ready: trio.Event, restarted: bool) -> None:
+        """The task of one child: runs its incarnations until one must go to the supervisor.
+
+        A crash that the supervisor would answer with an immediate restart of this child alone
+        (see :meth:`_restart_inline`) is handled right here, in the same task: the common
+        restart costs no task spawn and no hop through the supervisor's inbox.
+        """
         error: BaseException | None = None
         assert child.scope is not None
         assert child.exited is not None
-        child.started_ok = False
 
         def started() -> None:
-            child.started_ok = True
+            self._mark_started(child, restarted)
             ready.set()
 
         try:
             with child.scope:
-                try:
-                    if child.node is not None:
-                        await child.node.run(started)
-                    else:
-                        assert isinstance(child.spec, ChildSpec)
-                        assert child.cell is not None
-                        actor = child.spec.factory()
-                        await run_actor(child.cell, actor, started)
-                except BaseException as exc:
-                    if is_cancellation(exc) or is_fatal(exc):
-                        raise
-                    error = unwrap(exc)
+                while True:
+                    error = None
+                    try:
+                        if child.node is not None:
+                            await child.node.run(started)
+                        else:
+                            assert isinstance(child.spec, ChildSpec)
+                            assert child.cell is not None
+                            actor = child.spec.factory()
+                            await run_actor(child.cell, actor, started)
+                    except BaseException as exc:
+                        if is_cancellation(exc) or is_fatal(exc):
+                            raise
+                        error = unwrap(exc)
+                    if not self._restart_inline(child, error):
+                        break
+                    restarted = True
         finally:
-            if not ready.is_set():
+            if not child.started_ok:
                 child.start_error = error
             child.exited.set()
             ready.set()
             try:
-                self.send.send_nowait(_Exit(child, gen, error))
+                self.send.send_nowait(_Exit(child, child.gen, error))
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
+
+    def _restart_inline(self, child: _Child, error: BaseException | None) -> bool:
+        """Restart ``child`` in its own task if that is exactly what the loop would decide.
+
+        Only when the supervisor is idle (so decisions stay sequential), the strategy restarts
+        this child alone, without delay, and the restart stays within the intensity; anything
+        else goes to the supervisor's loop.
+        """
+        if (
+            not self.idle
+            or child.node is not None
+            or child.expected_exit
+            or self.spec.strategy is not Strategy.ONE_FOR_ONE
+            or self.node.state is not CellState.RUNNING
+            or self.receive.statistics().current_buffer_used
+        ):
+            return False
+        restart = child.spec.restart
+        if restart is Restart.TEMPORARY or (restart is Restart.TRANSIENT and error is None):
+            return False
+        if self._backoff_settings(child) is not None:
+            return False
+        now = trio.current_time()
+        times = self.restart_times
+        while times and times[0] <= now - self.spec.period:
+            times.popleft()
+        if len(times) + 1 > self.spec.max_restarts:
+            return False
+        if error is not None:
+            self.tree.emit(
+                EventKind.CRASHED,
+                child.path,
+                self.node.path,
+                reason=f"{type(error).__name__}: {error}",
+                restarts=child.restarts,
+            )
+        times.append(now)
+        child.gen += 1
+        child.restarts += 1
+        if child.cell is not None:
+            child.cell.restarts = child.restarts
+        child.restart_delay = 0.0
+        child.started_ok = False
+        child.state = CellState.STARTING
+        return True
 
     async def _start_due(self) -> None:
         now = trio.current_time()
@@ -537,11 +618,13 @@ class _Run:
                 cause=error,
             )
 
+    def _backoff_settings(self, child: _Child) -> RestartBackoff | None:
+        if isinstance(child.spec, ChildSpec) and child.spec.backoff is not None:
+            return child.spec.backoff
+        return self.spec.backoff
+
     def _backoff(self, child: _Child, now: float) -> float:
-        backoff = (
-            getattr(child.spec, "backoff", None) if isinstance(child.spec, ChildSpec) else None
-        )
-        backoff = backoff or self.spec.backoff
+        backoff = self._backoff_settings(child)
         if backoff is None:
             return 0.0
         if now - child.started_at >= backoff.reset_after:
@@ -636,11 +719,7 @@ class _Run:
     async def restart_child(self, name: str) -> None:
         child = self.node.find(name)
         await self._stop(child, terminal=False)
-        if child.cell is not None and child.cell.closed:
-            child.cell.reopen()
-            self.tree.cells[child.path] = child.cell
-        if child.node is not None and child.node.retired:
-            child.node = _Node(self.tree, child.node.spec, child.path)
+        self.node.revive(child)
         child.restarts += 1
         if child.cell is not None:
             child.cell.restarts = child.restarts
