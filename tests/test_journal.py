@@ -1,0 +1,876 @@
+"""Saga journal: the state machine fold, and the contract every journal implementation meets."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import hypothesis.strategies as st
+import msgspec
+import pytest
+import trio
+from hypothesis import given, settings
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+from actors._errors import AuraError, ConfigError, ErrorCategory
+from actors._journal import (
+    TRANSITIONS,
+    Journal,
+    JournalError,
+    JournalStatistics,
+    MemoryJournal,
+    SagaEvent,
+    SagaEventKind,
+    SagaHeader,
+    SagaPhase,
+    SagaSequenceError,
+    SagaState,
+    saga_state,
+)
+from actors._sqlite_journal import SqliteJournal
+
+K = SagaEventKind
+P = SagaPhase
+TERMINAL_KINDS = {K.COMPLETED, K.COMPENSATED, K.FAILED, K.COMPENSATION_FAILED, K.CANCELLED}
+
+
+# --------------------------------------------------------------------------- reference model
+
+
+class RefSaga:
+    """An obviously-correct model of one saga's rules, written without the transition table."""
+
+    def __init__(self) -> None:
+        self.started = False
+        self.ended: SagaEventKind | None = None
+        self.results: list[bytes] = []
+        self.in_flight: int | None = None
+        self.starts = 0
+        self.failed: int | None = None
+        self.step_error = b""
+        self.compensating = False
+        self.comp_history: list[int] = []  # steps whose compensation was started, in order
+        self.comp_cur: int | None = None
+        self.comp_cur_failed = False
+        self.comp_attempts = 0
+        self.compensated: list[int] = []
+        self.compensation_error = b""
+        self.reason = b""
+        self.events = 0
+
+    def bound(self) -> int:
+        return len(self.results) + (0 if self.failed is None else 1)
+
+    def moves(self) -> set[tuple[SagaEventKind, int | None]]:
+        if self.ended is not None:
+            return set()
+        if not self.started:
+            return {(K.STARTED, None)}
+        if not self.compensating:
+            if self.in_flight is not None:
+                i = self.in_flight
+                return {(K.STEP_STARTED, i), (K.STEP_COMPLETED, i), (K.STEP_FAILED, i)}
+            ends: set[tuple[SagaEventKind, int | None]] = {
+                (K.COMPENSATING, None),
+                (K.FAILED, None),
+                (K.CANCELLED, None),
+            }
+            if self.failed is not None:
+                return ends
+            return ends | {(K.STEP_STARTED, len(self.results)), (K.COMPLETED, None)}
+        if self.comp_cur is not None:
+            j = self.comp_cur
+            if self.comp_cur_failed:
+                return {(K.COMPENSATION_STARTED, j), (K.COMPENSATION_FAILED, j)}
+            return {
+                (K.COMPENSATION_STARTED, j),
+                (K.COMPENSATED_STEP, j),
+                (K.COMPENSATION_FAILED_STEP, j),
+                (K.COMPENSATION_FAILED, j),
+            }
+        limit = min(self.comp_history, default=self.bound())
+        return {(K.COMPENSATION_STARTED, j) for j in range(limit)} | {
+            (K.COMPENSATED, None),
+            (K.COMPENSATION_FAILED, None),
+        }
+
+    def apply(self, kind: SagaEventKind, step: int | None, data: bytes) -> None:
+        assert (kind, step) in self.moves()
+        self.events += 1
+        if kind is K.STARTED:
+            self.started = True
+        elif kind is K.STEP_STARTED:
+            self.in_flight = step
+            self.starts += 1
+        elif kind is K.STEP_COMPLETED:
+            self.results.append(data)
+            self.in_flight = None
+            self.starts = 0
+        elif kind is K.STEP_FAILED:
+            self.failed, self.in_flight, self.step_error = step, None, data
+        elif kind is K.COMPENSATING:
+            self.compensating, self.reason = True, data
+        elif kind is K.COMPENSATION_STARTED:
+            if self.comp_cur is None:
+                assert step is not None
+                self.comp_history.append(step)
+                self.comp_cur, self.comp_attempts = step, 0
+            self.comp_cur_failed = False
+            self.comp_attempts += 1
+        elif kind is K.COMPENSATED_STEP:
+            assert step is not None
+            self.compensated.append(step)
+            self.comp_cur, self.comp_attempts = None, 0
+        elif kind is K.COMPENSATION_FAILED_STEP:
+            self.comp_cur_failed, self.compensation_error = True, data
+        else:
+            self.ended, self.reason = kind, data
+
+    def phase(self) -> SagaPhase:
+        if self.ended is not None:
+            return SagaPhase(self.ended.value)
+        if not self.started:
+            return P.NEW
+        if self.compensating:
+            if self.comp_cur is None:
+                return P.COMPENSATING
+            return P.COMPENSATION_RETRYING if self.comp_cur_failed else P.COMPENSATION_IN_FLIGHT
+        if self.in_flight is not None:
+            return P.STEP_IN_FLIGHT
+        return P.STEP_FAILED if self.failed is not None else P.RUNNING
+
+    def expected(self) -> dict[str, Any]:
+        return {
+            "phase": self.phase(),
+            "next_seq": self.events,
+            "next_step": len(self.results),
+            "step_in_flight": self.in_flight,
+            "step_attempts": self.starts,
+            "failed_step": self.failed,
+            "results": tuple(self.results),
+            "compensate_below": (
+                min(self.comp_history, default=self.bound()) if self.compensating else None
+            ),
+            "compensation_step": self.comp_cur,
+            "compensation_attempts": self.comp_attempts,
+            "compensated": tuple(self.compensated),
+            "step_error": self.step_error,
+            "compensation_error": self.compensation_error,
+            "reason": self.reason,
+        }
+
+
+def actual(state: SagaState) -> dict[str, Any]:
+    return {name: getattr(state, name) for name in RefSaga().expected()}
+
+
+def header(saga_id: str = "s", created_at: float = 1000.0, **kw: Any) -> SagaHeader:
+    return SagaHeader(saga_id, kw.pop("definition", "video"), created_at, b"input", **kw)
+
+
+def ev(
+    saga_id: str, seq: int, kind: SagaEventKind, step: int | None = None, data: bytes = b""
+) -> SagaEvent:
+    return SagaEvent(saga_id, seq, kind, step, 1000.0 + seq, data)
+
+
+def fold(moves: list[tuple[SagaEventKind, int | None]], saga_id: str = "s") -> SagaState:
+    events = [ev(saga_id, i, kind, step, b"d%d" % i) for i, (kind, step) in enumerate(moves)]
+    return saga_state(header(saga_id), events)
+
+
+def ref_events(ref_moves: list[tuple[SagaEventKind, int | None]]) -> list[SagaEvent]:
+    return [ev("s", i, kind, step, b"d%d" % i) for i, (kind, step) in enumerate(ref_moves)]
+
+
+class Recorder(RefSaga):
+    """A reference saga that also remembers its moves."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.history: list[tuple[SagaEventKind, int | None]] = []
+
+    def apply(self, kind: SagaEventKind, step: int | None, data: bytes) -> None:
+        super().apply(kind, step, data)
+        self.history.append((kind, step))
+
+
+def draw_recorded(data: st.DataObject, max_events: int = 40) -> Recorder:
+    ref = Recorder()
+    for _ in range(data.draw(st.integers(0, max_events))):
+        moves = sorted(ref.moves(), key=lambda m: (m[0].value, -1 if m[1] is None else m[1]))
+        if not moves:
+            break
+        ending = [m for m in moves if m[0] in TERMINAL_KINDS]
+        going = [m for m in moves if m[0] not in TERMINAL_KINDS]
+        pool = ending if (not going or (ending and data.draw(st.integers(0, 9)) == 0)) else going
+        kind, step = data.draw(st.sampled_from(pool))
+        ref.apply(kind, step, b"d%d" % ref.events)
+    return ref
+
+
+# --------------------------------------------------------------------------------- the fold
+
+
+@given(st.data())
+def test_valid_sequences_fold_to_the_reference_state(data: st.DataObject) -> None:
+    """Any valid event sequence folds to exactly the state the reference model predicts."""
+    ref = draw_recorded(data)
+    if not ref.history:
+        with pytest.raises(SagaSequenceError, match="no events"):
+            saga_state(header(), [])
+        return
+    state = saga_state(header(), ref_events(ref.history))
+    assert actual(state) == ref.expected()
+    assert state.finished == (ref.ended is not None)
+    assert state.phase.resumable == (ref.ended is None)
+
+
+@given(
+    st.data(),
+    st.sampled_from(list(SagaEventKind)),
+    st.one_of(st.none(), st.integers(-1, 8)),
+)
+def test_an_event_is_accepted_exactly_when_the_reference_allows_it(
+    data: st.DataObject, kind: SagaEventKind, step: int | None
+) -> None:
+    """After any valid prefix, a candidate event is accepted iff the reference model allows it."""
+    ref = draw_recorded(data, max_events=25)
+    state = SagaState.new(header())
+    for event in ref_events(ref.history):
+        state = state.advance(event)
+    candidate = ev("s", ref.events, kind, step, b"x")
+    if (kind, step) in ref.moves():
+        after = state.advance(candidate)
+        ref.apply(kind, step, b"x")
+        assert actual(after) == ref.expected()
+    else:
+        with pytest.raises(SagaSequenceError) as info:
+            state.advance(candidate)
+        assert info.value.saga_id == "s"
+        assert info.value.seq == ref.events
+
+
+@given(st.data(), st.integers(-3, 3).filter(lambda d: d != 0))
+def test_a_wrong_seq_is_rejected(data: st.DataObject, delta: int) -> None:
+    """An event whose seq is not exactly the next one (a gap or a repeat) is rejected."""
+    ref = draw_recorded(data, max_events=20)
+    state = SagaState.new(header())
+    for event in ref_events(ref.history):
+        state = state.advance(event)
+    for kind, step in ref.moves():
+        with pytest.raises(SagaSequenceError, match="expected seq"):
+            state.advance(ev("s", ref.events + delta, kind, step))
+
+
+Moves = list[tuple[SagaEventKind, int | None]]
+
+
+def _path_to(phase: SagaPhase) -> Moves:
+    start: Moves = [(K.STARTED, None)]
+    in_flight = [*start, (K.STEP_STARTED, 0)]
+    comp = [*in_flight, (K.STEP_COMPLETED, 0), (K.COMPENSATING, None)]
+    comp_flight = [*comp, (K.COMPENSATION_STARTED, 0)]
+    paths: dict[SagaPhase, Moves] = {
+        P.NEW: [],
+        P.RUNNING: start,
+        P.STEP_IN_FLIGHT: in_flight,
+        P.STEP_FAILED: [*in_flight, (K.STEP_FAILED, 0)],
+        P.COMPENSATING: comp,
+        P.COMPENSATION_IN_FLIGHT: comp_flight,
+        P.COMPENSATION_RETRYING: [*comp_flight, (K.COMPENSATION_FAILED_STEP, 0)],
+        P.COMPLETED: [*start, (K.COMPLETED, None)],
+        P.COMPENSATED: [*comp, (K.COMPENSATED, None)],
+        P.FAILED: [*start, (K.FAILED, None)],
+        P.COMPENSATION_FAILED: [*comp, (K.COMPENSATION_FAILED, None)],
+        P.CANCELLED: [*start, (K.CANCELLED, None)],
+    }
+    return paths[phase]
+
+
+@pytest.mark.parametrize("phase", list(SagaPhase))
+@pytest.mark.parametrize("kind", list(SagaEventKind))
+def test_pairs_missing_from_the_transition_table_are_rejected(
+    phase: SagaPhase, kind: SagaEventKind
+) -> None:
+    """A (phase, kind) pair the table does not list is rejected whatever the step number."""
+    moves = _path_to(phase)
+    state = SagaState.new(header())
+    for event in ref_events(moves):
+        state = state.advance(event)
+    assert state.phase is phase
+    if (phase, kind) in TRANSITIONS:
+        return
+    for step in (None, 0, 1):
+        with pytest.raises(SagaSequenceError, match="cannot follow phase"):
+            state.advance(ev("s", len(moves), kind, step))
+
+
+def test_finished_phases_are_exactly_those_with_no_outgoing_transition() -> None:
+    """The phases that end a saga are the ones the table gives no way out of."""
+    with_exits = {phase for phase, _ in TRANSITIONS}
+    assert {p for p in SagaPhase if p.finished} == set(SagaPhase) - with_exits
+    assert {p for p in SagaPhase if p.finished} == {
+        P.COMPLETED,
+        P.COMPENSATED,
+        P.FAILED,
+        P.COMPENSATION_FAILED,
+        P.CANCELLED,
+    }
+    assert not P.NEW.resumable
+    assert not P.NEW.finished
+
+
+def test_compensations_must_run_in_strictly_decreasing_step_order() -> None:
+    """After compensating step 1, compensating step 2 (or step 1 again) is rejected."""
+    forward: Moves = [(K.STARTED, None)]
+    for i in range(3):
+        forward += [(K.STEP_STARTED, i), (K.STEP_COMPLETED, i)]
+    base = [*forward, (K.COMPENSATING, None), (K.COMPENSATION_STARTED, 1), (K.COMPENSATED_STEP, 1)]
+    state = fold(base)
+    assert state.compensate_below == 1
+    assert state.compensated == (1,)
+    for step in (1, 2, 3):
+        with pytest.raises(SagaSequenceError, match="out of order"):
+            state.advance(ev("s", len(base), K.COMPENSATION_STARTED, step))
+    assert state.advance(ev("s", len(base), K.COMPENSATION_STARTED, 0)).compensation_step == 0
+
+
+def test_the_failed_step_may_be_compensated_but_not_steps_never_started() -> None:
+    """Compensation may cover the failed step (its effect is uncertain) but nothing above it."""
+    moves = [
+        (K.STARTED, None),
+        (K.STEP_STARTED, 0),
+        (K.STEP_COMPLETED, 0),
+        (K.STEP_STARTED, 1),
+        (K.STEP_FAILED, 1),
+        (K.COMPENSATING, None),
+    ]
+    state = fold(moves)
+    assert state.failed_step == 1
+    assert state.compensate_below == 2
+    with pytest.raises(SagaSequenceError):
+        state.advance(ev("s", len(moves), K.COMPENSATION_STARTED, 2))
+    assert state.advance(ev("s", len(moves), K.COMPENSATION_STARTED, 1)).phase is (
+        P.COMPENSATION_IN_FLIGHT
+    )
+
+
+def test_resending_a_step_counts_attempts_and_keeps_it_in_flight() -> None:
+    """A repeated step_started for the step in flight (a re-send) counts attempts."""
+    state = fold([(K.STARTED, None), (K.STEP_STARTED, 0), (K.STEP_STARTED, 0)])
+    assert (state.phase, state.step_in_flight, state.step_attempts) == (
+        P.STEP_IN_FLIGHT,
+        0,
+        2,
+    )
+    with pytest.raises(SagaSequenceError, match="must name step 0"):
+        state.advance(ev("s", 3, K.STEP_STARTED, 1))
+
+
+def test_a_compensation_retry_and_the_final_failure_name_the_step() -> None:
+    """compensation_failed_step then a retry; compensation_failed must name the same step."""
+    moves = [
+        (K.STARTED, None),
+        (K.STEP_STARTED, 0),
+        (K.STEP_COMPLETED, 0),
+        (K.COMPENSATING, None),
+        (K.COMPENSATION_STARTED, 0),
+        (K.COMPENSATION_FAILED_STEP, 0),
+        (K.COMPENSATION_STARTED, 0),
+        (K.COMPENSATION_FAILED_STEP, 0),
+    ]
+    state = fold(moves)
+    assert state.phase is P.COMPENSATION_RETRYING
+    assert state.compensation_attempts == 2
+    assert state.compensation_error == b"d7"
+    with pytest.raises(SagaSequenceError, match="must name step 0"):
+        state.advance(ev("s", len(moves), K.COMPENSATION_FAILED, None))
+    end = state.advance(ev("s", len(moves), K.COMPENSATION_FAILED, 0, b"gave up"))
+    assert end.phase is P.COMPENSATION_FAILED
+    assert end.finished
+    assert end.reason == b"gave up"
+
+
+def test_malformed_events_are_rejected_with_the_field_named() -> None:
+    """Events with the wrong saga, kind type, data type or a missing step are rejected."""
+    state = fold([(K.STARTED, None)])
+    cases: list[tuple[Any, str]] = [
+        (ev("other", 1, K.STEP_STARTED, 0), "belongs to saga 'other'"),
+        (SagaEvent("s", 1, "step_started", 0, 1.0), "not a SagaEventKind"),  # type: ignore[arg-type]
+        (SagaEvent("s", 1, K.STEP_STARTED, 0, 1.0, "x"), "must be bytes"),  # type: ignore[arg-type]
+        (ev("s", 1, K.STEP_STARTED, None), "needs a step number"),
+        (ev("s", 1, K.COMPLETED, 3), "takes no step"),
+        ("not an event", "not a SagaEvent"),
+    ]
+    for event, text in cases:
+        with pytest.raises(SagaSequenceError, match=text):
+            state.advance(event)
+
+
+def test_sequence_errors_are_journal_errors_and_value_errors() -> None:
+    """SagaSequenceError is a JournalError (an AuraError) and a ValueError, INVALID_STATE."""
+    with pytest.raises(SagaSequenceError) as info:
+        saga_state(header(), [ev("s", 0, K.COMPLETED)])
+    error = info.value
+    assert isinstance(error, JournalError)
+    assert isinstance(error, AuraError)
+    assert isinstance(error, ValueError)
+    assert error.category is ErrorCategory.INVALID_STATE
+    assert "Saga 's'" in str(error)
+
+
+def test_next_event_numbers_events_and_records_are_tagged_msgspec_structs() -> None:
+    """next_event fills in saga and seq; records round-trip through msgspec with their tag."""
+    state = SagaState.new(header())
+    first = state.next_event(K.STARTED, at=5.0)
+    assert (first.saga_id, first.seq, first.kind, first.at) == ("s", 0, K.STARTED, 5.0)
+    state = state.advance(first)
+    second = state.next_event(K.STEP_STARTED, 0, b"msg")
+    assert second.seq == 1
+    assert math.isfinite(second.at)
+    for record in (first, header(metadata={"a": 1})):
+        blob = msgspec.msgpack.encode(record)
+        assert msgspec.msgpack.decode(blob, type=SagaEvent | SagaHeader) == record
+    assert b"SagaEvent" in msgspec.json.encode(first)
+
+
+class SagaMachine(RuleBasedStateMachine):
+    """Advance a SagaState one random event at a time, beside the reference model."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ref = RefSaga()
+        self.state = SagaState.new(header())
+
+    @rule(
+        kind=st.sampled_from(list(SagaEventKind)),
+        step=st.one_of(st.none(), st.integers(0, 6)),
+        data=st.binary(max_size=3),
+    )
+    def send(self, kind: SagaEventKind, step: int | None, data: bytes) -> None:
+        event = ev("s", self.ref.events, kind, step, data)
+        if (kind, step) in self.ref.moves():
+            self.state = self.state.advance(event)
+            self.ref.apply(kind, step, data)
+        else:
+            before = self.state
+            with pytest.raises(SagaSequenceError):
+                self.state.advance(event)
+            assert self.state == before
+
+    @rule(data=st.data())
+    def valid(self, data: st.DataObject) -> None:
+        moves = sorted(self.ref.moves(), key=lambda m: (m[0].value, m[1] or 0))
+        if moves:
+            kind, step = data.draw(st.sampled_from(moves))
+            self.state = self.state.advance(ev("s", self.ref.events, kind, step))
+            self.ref.apply(kind, step, b"")
+
+    @invariant()
+    def matches_reference(self) -> None:
+        assert actual(self.state) == self.ref.expected()
+
+
+TestSagaMachine = SagaMachine.TestCase
+TestSagaMachine.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
+
+
+# ----------------------------------------------------------------------- the journal contract
+
+
+@attrs.define
+class Kit:
+    """Builds one journal implementation and "restarts" it the way a crashed process would."""
+
+    kind: str
+    path: Path
+    journals: list[Any] = attrs.field(factory=list)
+
+    async def open(self, **options: Any) -> Any:
+        if self.kind == "memory":
+            journal: Any = MemoryJournal(**options)
+        else:
+            journal = SqliteJournal(self.path, synchronous="NORMAL", **options)
+            await journal.open()
+        self.journals.append(journal)
+        return journal
+
+    async def reopen(self, journal: Any, **options: Any) -> Any:
+        if self.kind == "memory":
+            again = journal.snapshot()
+            await journal.aclose()
+        else:
+            await journal.aclose()
+            again = SqliteJournal(self.path, synchronous="NORMAL", **options)
+            await again.open()
+        self.journals.append(again)
+        return again
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+async def kit(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Kit]:
+    made = Kit(request.param, tmp_path / "journal.db")
+    yield made
+    for journal in made.journals:
+        await journal.aclose()
+
+
+@pytest.fixture
+async def journal(kit: Kit) -> Any:
+    return await kit.open()
+
+
+class Driver:
+    """Writes one saga's events through a journal, tracking its state like a coordinator."""
+
+    def __init__(
+        self, journal: Journal, saga_id: str, created_at: float = 1000.0, at: float | None = None
+    ) -> None:
+        self.journal = journal
+        self.header = header(saga_id, created_at, metadata={"user": "u1", "n": [1, 2]})
+        self.state = SagaState.new(self.header)
+        self.at = at  # every event's `at`; default 2000.0 + seq
+
+    def event(self, kind: SagaEventKind, step: int | None = None, data: bytes = b"") -> SagaEvent:
+        at = 2000.0 + self.state.next_seq if self.at is None else self.at
+        event = self.state.next_event(kind, step, data, at=at)
+        self.state = self.state.advance(event)
+        return event
+
+    async def start(self) -> Driver:
+        await self.journal.create(self.header, self.event(K.STARTED))
+        return self
+
+    async def go(self, kind: SagaEventKind, step: int | None = None, data: bytes = b"") -> None:
+        await self.journal.append(self.event(kind, step, data))
+
+    async def steps(self, count: int) -> None:
+        for _ in range(count):
+            i = self.state.next_step
+            await self.go(K.STEP_STARTED, i)
+            await self.go(K.STEP_COMPLETED, i, b"reply %d" % i)
+
+    async def finish(self, kind: SagaEventKind = K.COMPLETED) -> None:
+        await self.go(kind)
+
+
+def test_both_journals_implement_the_protocol(tmp_path: Path) -> None:
+    """MemoryJournal and SqliteJournal are Journals (checked by mypy on this file)."""
+    journals: list[Journal] = [MemoryJournal(), SqliteJournal(tmp_path / "j.db")]
+    assert all(callable(j.append_many) for j in journals)
+
+
+async def test_create_then_get_returns_the_saga_and_its_events(journal: Any) -> None:
+    """get returns the header (metadata JSON-normalised) and every event, in order."""
+    saga = await Driver(journal, "a").start()
+    await saga.steps(2)
+    found = await journal.get("a")
+    assert found is not None
+    got_header, events = found
+    assert got_header == msgspec.structs.replace(saga.header, metadata={"user": "u1", "n": [1, 2]})
+    assert [e.seq for e in events] == list(range(5))
+    assert saga_state(got_header, events) == saga.state
+    assert await journal.get("missing") is None
+
+
+async def test_duplicate_saga_ids_are_refused(journal: Any) -> None:
+    """Creating a saga whose id is in the journal (running or finished) raises JournalError."""
+    await Driver(journal, "a").start()
+    with pytest.raises(JournalError, match="already exists"):
+        await Driver(journal, "a").start()
+    done = await Driver(journal, "b").start()
+    await done.finish()
+    with pytest.raises(JournalError, match="already exists"):
+        await Driver(journal, "b").start()
+    found = await journal.get("b")
+    assert found is not None
+    assert len(found[1]) == 2
+
+
+async def test_a_create_must_start_with_a_started_event(journal: Any) -> None:
+    """A create whose first event is not started/seq 0 is rejected and stores nothing."""
+    h = header("a")
+    for bad in (ev("a", 0, K.STEP_STARTED, 0), ev("a", 1, K.STARTED), ev("b", 0, K.STARTED)):
+        with pytest.raises(SagaSequenceError):
+            await journal.create(h, bad)
+    assert await journal.get("a") is None
+    assert journal.statistics().rows == 0
+
+
+async def test_invalid_appends_store_nothing_and_the_saga_stays_usable(journal: Any) -> None:
+    """An invalid event raises SagaSequenceError; the saga continues from where it was."""
+    saga = await Driver(journal, "a").start()
+    with pytest.raises(SagaSequenceError):
+        await journal.append(ev("a", 1, K.STEP_COMPLETED, 0))
+    with pytest.raises(SagaSequenceError, match="not open"):
+        await journal.append(ev("nobody", 0, K.STEP_STARTED, 0))
+    await saga.steps(1)
+    found = await journal.get("a")
+    assert found is not None
+    assert [e.kind for e in found[1]] == [K.STARTED, K.STEP_STARTED, K.STEP_COMPLETED]
+
+
+async def test_append_many_is_all_or_nothing_across_sagas(journal: Any) -> None:
+    """append_many stores events of several sagas in order, or none if one is invalid."""
+    a = await Driver(journal, "a").start()
+    b = await Driver(journal, "b").start()
+    good = [a.event(K.STEP_STARTED, 0), b.event(K.STEP_STARTED, 0), a.event(K.STEP_COMPLETED, 0)]
+    await journal.append_many(good)
+    bad = [b.event(K.STEP_COMPLETED, 0), ev("b", 3, K.STEP_COMPLETED, 5)]
+    with pytest.raises(SagaSequenceError):
+        await journal.append_many(bad)
+    found_a, found_b = await journal.get("a"), await journal.get("b")
+    assert found_a is not None
+    assert found_b is not None
+    assert len(found_a[1]) == 3
+    assert len(found_b[1]) == 2  # the valid first event of the bad batch was not stored
+
+
+async def test_no_event_may_follow_the_end_of_a_saga(journal: Any) -> None:
+    """After a terminal event the saga is closed to appends."""
+    saga = await Driver(journal, "a").start()
+    await saga.finish(K.CANCELLED)
+    with pytest.raises(SagaSequenceError):
+        await journal.append(ev("a", 2, K.STEP_STARTED, 0))
+
+
+async def test_load_unfinished_returns_running_sagas_oldest_first(journal: Any) -> None:
+    """load_unfinished: every running or compensating saga, by creation time; no finished."""
+    newer = await Driver(journal, "newer", created_at=3000.0).start()
+    older = await Driver(journal, "older", created_at=1000.0).start()
+    await older.steps(1)
+    await older.go(K.STEP_STARTED, 1)
+    comp = await Driver(journal, "comp", created_at=2000.0).start()
+    await comp.steps(2)
+    await comp.go(K.COMPENSATING, data=b"why")
+    await comp.go(K.COMPENSATION_STARTED, 1)
+    for name, end in (("done", K.COMPLETED), ("stuck", K.COMPENSATION_FAILED)):
+        saga = await Driver(journal, name, created_at=500.0).start()
+        if end is K.COMPENSATION_FAILED:
+            await saga.go(K.COMPENSATING)
+        await saga.finish(end)
+    loaded = await journal.load_unfinished()
+    assert [h.saga_id for h, _ in loaded] == ["older", "comp", "newer"]
+    states = {h.saga_id: saga_state(h, events) for h, events in loaded}
+    assert states["older"] == older.state
+    assert states["older"].step_in_flight == 1
+    assert states["comp"].phase is P.COMPENSATION_IN_FLIGHT
+    assert states["newer"] == newer.state
+
+
+async def test_list_unfinished_includes_sagas_waiting_for_an_operator(journal: Any) -> None:
+    """list_unfinished summarises running sagas and compensation_failed ones, oldest first."""
+    run = await Driver(journal, "run", created_at=2000.0).start()
+    await run.steps(1)
+    stuck = await Driver(journal, "stuck", created_at=1000.0).start()
+    await stuck.steps(1)
+    await stuck.go(K.COMPENSATING)
+    await stuck.go(K.COMPENSATION_STARTED, 0)
+    await stuck.go(K.COMPENSATION_FAILED, 0)
+    done = await Driver(journal, "done").start()
+    await done.finish()
+    summaries = await journal.list_unfinished()
+    assert [(s.saga_id, s.phase) for s in summaries] == [
+        ("stuck", P.COMPENSATION_FAILED),
+        ("run", P.RUNNING),
+    ]
+    assert summaries[1].next_step == 1
+    assert summaries[1].events == 3
+    assert summaries[1].metadata == {"user": "u1", "n": [1, 2]}
+    stats = journal.statistics()
+    assert (stats.sagas_open, stats.sagas_needing_attention) == (1, 1)
+
+
+async def test_a_restarted_journal_has_every_saga_in_the_same_state(kit: Kit) -> None:
+    """After a restart, unfinished sagas fold to the state they had; new events continue."""
+    journal = await kit.open()
+    saga = await Driver(journal, "a").start()
+    await saga.steps(2)
+    await saga.go(K.STEP_STARTED, 2)
+    stuck = await Driver(journal, "stuck").start()
+    await stuck.go(K.COMPENSATING)
+    await stuck.go(K.COMPENSATION_FAILED)
+    again = await kit.reopen(journal)
+    ((h, events),) = await again.load_unfinished()
+    assert saga_state(h, events) == saga.state
+    assert [s.saga_id for s in await again.list_unfinished()] == ["a", "stuck"]
+    saga.journal = again
+    await saga.go(K.STEP_COMPLETED, 2)
+    await saga.finish()
+    assert await again.load_unfinished() == []
+
+
+async def test_pruning_keeps_unfinished_and_operator_sagas(journal: Any) -> None:
+    """prune_finished removes old and surplus finished sagas, never running or stuck ones."""
+    running = await Driver(journal, "running").start()
+    stuck = await Driver(journal, "stuck").start()
+    await stuck.go(K.COMPENSATING)
+    await stuck.go(K.COMPENSATION_FAILED)
+    for i in range(5):
+        saga = await Driver(journal, f"f{i}").start()
+        await saga.steps(i)
+        await saga.finish()  # f_i finishes at seq 1 + 2i, so at 2001 + 2i
+    assert await journal.prune_finished(older_than=10_000.0, keep_last=3, now=5000.0) == 2
+    assert await journal.get("f0") is None
+    assert await journal.get("f1") is None
+    assert await journal.get("f2") is not None
+    # Age: everything finished before now - 4 = 2005.5 goes (f2 ended at 2005.0).
+    assert await journal.prune_finished(older_than=4.0, keep_last=100, now=2009.5) == 1
+    assert await journal.get("f2") is None
+    assert await journal.get("f3") is not None
+    assert await journal.prune_finished(older_than=1.0, keep_last=0, now=1e9) == 2
+    assert await journal.get("running") is not None
+    assert await journal.get("stuck") is not None
+    assert journal.statistics().sagas_pruned == 5
+    await running.steps(1)
+
+
+async def test_journals_prune_themselves_to_stay_bounded(kit: Kit) -> None:
+    """With retain_last=10 (pruned every finish), 60 finished sagas leave the last 10."""
+    journal = await kit.open(retain_last=10)
+    base = time.time()
+    running = await Driver(journal, "running", at=base).start()
+    for i in range(60):
+        saga = await Driver(journal, f"s{i}", at=base + i).start()
+        await saga.finish()
+    kept = [i for i in range(60) if await journal.get(f"s{i}") is not None]
+    assert kept == list(range(50, 60))
+    assert journal.statistics().sagas_pruned == 50
+    assert await journal.get("running") is not None
+    await running.steps(1)
+
+
+async def test_discard_removes_only_finished_sagas(journal: Any) -> None:
+    """discard removes a finished (or stuck) saga; refuses a running one; False if unknown."""
+    running = await Driver(journal, "running").start()
+    stuck = await Driver(journal, "stuck").start()
+    await stuck.go(K.COMPENSATING)
+    await stuck.go(K.COMPENSATION_FAILED)
+    with pytest.raises(JournalError, match="not finished"):
+        await journal.discard("running")
+    assert await journal.discard("stuck") is True
+    assert await journal.discard("stuck") is False
+    assert await journal.discard("never") is False
+    assert [s.saga_id for s in await journal.list_unfinished()] == ["running"]
+    assert await journal.get("stuck") is None
+    await running.steps(1)
+
+
+async def test_statistics_count_writes_rows_and_bytes(journal: Any) -> None:
+    """statistics() counts write calls, rows and bytes of payload, metadata and data."""
+    saga = await Driver(journal, "a").start()
+    await saga.go(K.STEP_STARTED, 0, b"12345")
+    await journal.append_many([saga.event(K.STEP_COMPLETED, 0, b"abc"), saga.event(K.COMPLETED)])
+    stats = journal.statistics()
+    assert isinstance(stats, JournalStatistics)
+    assert (stats.appends, stats.rows) == (3, 4)
+    metadata = len(msgspec.json.encode({"user": "u1", "n": [1, 2]}))
+    assert stats.bytes_written == len(b"input") + metadata + 5 + 3
+    assert stats.commits <= stats.appends
+    assert stats.rows_per_commit == stats.rows / stats.commits
+    assert stats.queue_depth == 0
+    assert (stats.sagas_open, stats.sagas_needing_attention) == (0, 0)
+
+
+async def test_a_closed_journal_refuses_every_call(journal: Any) -> None:
+    """After aclose (idempotent) every call raises JournalError."""
+    await journal.aclose()
+    await journal.aclose()
+    with pytest.raises(JournalError, match="closed"):
+        await Driver(journal, "a").start()
+    with pytest.raises(JournalError, match="closed"):
+        await journal.get("a")
+    with pytest.raises(JournalError, match="closed"):
+        await journal.list_unfinished()
+
+
+async def test_a_caller_cancelled_before_writing_writes_nothing(journal: Any) -> None:
+    """A write called inside an already-cancelled scope raises Cancelled and stores nothing."""
+    saga = await Driver(journal, "a").start()
+    event = saga.event(K.STEP_STARTED, 0)
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await journal.append(event)
+    assert scope.cancelled_caught
+    found = await journal.get("a")
+    assert found is not None
+    assert len(found[1]) == 1
+    await journal.append(event)  # still the valid next event: nothing advanced
+
+
+async def test_bad_headers_are_rejected_with_the_field_named(journal: Any) -> None:
+    """Headers with a non-JSON or oversized metadata, or a non-bytes payload, are rejected."""
+    first = ev("a", 0, K.STARTED)
+    with pytest.raises(TypeError, match="metadata"):
+        await journal.create(header("a", metadata={"x": object()}), first)
+    with pytest.raises(ValueError, match="at most"):
+        await journal.create(header("a", metadata={"x": "y" * 70_000}), first)
+    with pytest.raises(TypeError, match="payload"):
+        await journal.create(SagaHeader("a", "d", 1.0, "text"), first)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="saga_id"):
+        await journal.create(SagaHeader("", "d", 1.0), ev("", 0, K.STARTED))
+    assert await journal.get("a") is None
+
+
+def test_bad_retention_settings_raise_config_errors() -> None:
+    """Retention must be positive seconds and a count >= 0; errors name the setting."""
+    with pytest.raises(ConfigError, match="retain_for"):
+        MemoryJournal(retain_for=0)
+    with pytest.raises(ConfigError, match="retain_last"):
+        MemoryJournal(retain_last=-1)
+    with pytest.raises(ConfigError, match="synchronous"):
+        SqliteJournal("x.db", synchronous="OFF")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="max_pending"):
+        SqliteJournal("x.db", max_pending=0)
+
+
+# ------------------------------------------------------------------- pruning as a property
+
+
+@settings(max_examples=25)
+@given(
+    outcomes=st.lists(st.sampled_from(["open", "completed", "compensation_failed"]), max_size=12),
+    older_than=st.floats(1.0, 30.0),
+    keep_last=st.integers(0, 12),
+    impl=st.sampled_from(["memory", "sqlite"]),
+)
+def test_pruning_matches_the_retention_rule(
+    tmp_path_factory: pytest.TempPathFactory,
+    outcomes: list[str],
+    older_than: float,
+    keep_last: int,
+    impl: str,
+) -> None:
+    """Kept: unfinished, compensation_failed, and finished sagas recent AND in the last N."""
+    path = tmp_path_factory.mktemp("prune") / "j.db"
+
+    async def main() -> set[str]:
+        kit = Kit(impl, path)
+        journal = await kit.open(auto_prune=False)
+        try:
+            for i, what in enumerate(outcomes):
+                saga = await Driver(journal, f"s{i}", at=float(i)).start()
+                if what == "completed":
+                    await saga.finish()
+                elif what == "compensation_failed":
+                    await saga.go(K.COMPENSATING)
+                    await saga.finish(K.COMPENSATION_FAILED)
+            await journal.prune_finished(older_than=older_than, keep_last=keep_last, now=20.0)
+            return {f"s{i}" for i in range(len(outcomes)) if await journal.get(f"s{i}")}
+        finally:
+            await journal.aclose()
+
+    kept = trio.run(main)
+    finished = [i for i, what in enumerate(outcomes) if what == "completed"]
+    recent_rank = {i: rank for rank, i in enumerate(sorted(finished, reverse=True))}
+    expected = {
+        f"s{i}"
+        for i, what in enumerate(outcomes)
+        if what != "completed" or (recent_rank[i] < keep_last and i >= 20.0 - older_than)
+    }
+    assert kept == expected
