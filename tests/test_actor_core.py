@@ -115,30 +115,28 @@ async def test_crash_delivers_actor_crashed_with_cause_and_ends_block() -> None:
 
 async def test_ask_timeout_fires_at_the_timeout(mock_clock: trio.testing.MockClock) -> None:
     """An ask to a busy actor fails with AskTimeout exactly when its timeout passes."""
-    async with open_actor(Echo, name="slow") as ref:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(occupy, ref, 100.0)
-            await trio.testing.wait_all_tasks_blocked()
-            start = trio.current_time()
-            with pytest.raises(AskTimeout) as info:
-                await ref.ask("late", timeout=2.5)
-            assert trio.current_time() - start == pytest.approx(2.5)
-            assert isinstance(info.value, TimeoutError)
-            assert info.value.timeout == 2.5
-            nursery.cancel_scope.cancel()
+    async with open_actor(Echo, name="slow") as ref, trio.open_nursery() as nursery:
+        nursery.start_soon(occupy, ref, 100.0)
+        await trio.testing.wait_all_tasks_blocked()
+        start = trio.current_time()
+        with pytest.raises(AskTimeout) as info:
+            await ref.ask("late", timeout=2.5)
+        assert trio.current_time() - start == pytest.approx(2.5)
+        assert isinstance(info.value, TimeoutError)
+        assert info.value.timeout == 2.5
+        nursery.cancel_scope.cancel()
 
 
 async def test_default_ask_timeout_applies(mock_clock: trio.testing.MockClock) -> None:
     """Without a timeout argument, the slot's ask_timeout bounds the wait."""
-    async with open_actor(Echo, ask_timeout=7.0) as ref:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(occupy, ref, 100.0)
-            await trio.testing.wait_all_tasks_blocked()
-            start = trio.current_time()
-            with pytest.raises(AskTimeout):
-                await ref.ask("late")
-            assert trio.current_time() - start == pytest.approx(7.0)
-            nursery.cancel_scope.cancel()
+    async with open_actor(Echo, ask_timeout=7.0) as ref, trio.open_nursery() as nursery:
+        nursery.start_soon(occupy, ref, 100.0)
+        await trio.testing.wait_all_tasks_blocked()
+        start = trio.current_time()
+        with pytest.raises(AskTimeout):
+            await ref.ask("late")
+        assert trio.current_time() - start == pytest.approx(7.0)
+        nursery.cancel_scope.cancel()
 
 
 async def test_timed_out_message_is_never_handled(mock_clock: trio.testing.MockClock) -> None:
@@ -156,16 +154,15 @@ async def test_timed_out_message_is_never_handled(mock_clock: trio.testing.MockC
 
 async def test_caller_deadline_bounds_the_ask(mock_clock: trio.testing.MockClock) -> None:
     """The caller's trio deadline cuts an ask short even when the ask timeout is longer."""
-    async with open_actor(Echo) as ref:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(occupy, ref, 100.0)
-            await trio.testing.wait_all_tasks_blocked()
-            start = trio.current_time()
-            with trio.move_on_after(1.5) as scope:
-                await ref.ask("x", timeout=30.0)
-            assert scope.cancelled_caught
-            assert trio.current_time() - start == pytest.approx(1.5)
-            nursery.cancel_scope.cancel()
+    async with open_actor(Echo) as ref, trio.open_nursery() as nursery:
+        nursery.start_soon(occupy, ref, 100.0)
+        await trio.testing.wait_all_tasks_blocked()
+        start = trio.current_time()
+        with trio.move_on_after(1.5) as scope:
+            await ref.ask("x", timeout=30.0)
+        assert scope.cancelled_caught
+        assert trio.current_time() - start == pytest.approx(1.5)
+        nursery.cancel_scope.cancel()
 
 
 async def test_actor_sees_the_callers_deadline(mock_clock: trio.testing.MockClock) -> None:
@@ -323,16 +320,15 @@ async def test_ask_on_full_mailbox_waits_then_times_out(
     mock_clock: trio.testing.MockClock,
 ) -> None:
     """An ask on a full mailbox waits for room, but never past its timeout."""
-    async with open_actor(Echo, capacity=1) as ref:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(occupy, ref, 10.0)
-            await trio.testing.wait_all_tasks_blocked()
-            ref.tell_nowait("filler")
-            start = trio.current_time()
-            with pytest.raises(AskTimeout):
-                await ref.ask("no room", timeout=3.0)
-            assert trio.current_time() - start == pytest.approx(3.0)
-            nursery.cancel_scope.cancel()
+    async with open_actor(Echo, capacity=1) as ref, trio.open_nursery() as nursery:
+        nursery.start_soon(occupy, ref, 10.0)
+        await trio.testing.wait_all_tasks_blocked()
+        ref.tell_nowait("filler")
+        start = trio.current_time()
+        with pytest.raises(AskTimeout):
+            await ref.ask("no room", timeout=3.0)
+        assert trio.current_time() - start == pytest.approx(3.0)
+        nursery.cancel_scope.cancel()
 
 
 async def test_self_stop_ends_the_actor_normally() -> None:
