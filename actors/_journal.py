@@ -426,46 +426,22 @@ class SagaState(msgspec.Struct, frozen=True):
         self, event: SagaEvent, kind: SagaEventKind, to: SagaPhase, step: int | None
     ) -> SagaState:
         at = float(event.at)
-        replace = msgspec.structs.replace
+        changes: dict[str, Any] = {"phase": to, "next_seq": event.seq + 1, "updated_at": at}
         if kind is _K.STEP_STARTED:
             expected = self.next_step if self.phase is _P.RUNNING else self.step_in_flight
             self._expect_step(event, step, expected)
-            return replace(
-                self,
-                phase=to,
-                next_seq=event.seq + 1,
-                step_in_flight=step,
-                step_attempts=self.step_attempts + 1,
-                updated_at=at,
-            )
-        if kind is _K.STEP_COMPLETED:
+            changes.update(step_in_flight=step, step_attempts=self.step_attempts + 1)
+        elif kind is _K.STEP_COMPLETED:
             self._expect_step(event, step, self.step_in_flight)
-            return replace(
-                self,
-                phase=to,
-                next_seq=event.seq + 1,
-                next_step=self.next_step + 1,
-                step_in_flight=None,
-                step_attempts=0,
-                results=(*self.results, event.data),
-                updated_at=at,
-            )
-        if kind is _K.STEP_FAILED:
+            changes.update(next_step=self.next_step + 1, step_in_flight=None, step_attempts=0)
+            changes["results"] = (*self.results, event.data)
+        elif kind is _K.STEP_FAILED:
             self._expect_step(event, step, self.step_in_flight)
-            return replace(
-                self,
-                phase=to,
-                next_seq=event.seq + 1,
-                step_in_flight=None,
-                failed_step=step,
-                step_error=event.data,
-                updated_at=at,
-            )
-        if kind is _K.COMPENSATION_STARTED:
-            if self.phase is _P.COMPENSATING:
+            changes.update(step_in_flight=None, failed_step=step, step_error=event.data)
+        elif kind is _K.COMPENSATION_STARTED:
+            if self.phase is _P.COMPENSATING:  # a new compensation: below the last one
                 below = self.compensate_below
-                assert below is not None  # set on entering COMPENSATING
-                if step is None or step >= below:
+                if step is None or below is None or step >= below:
                     raise SagaSequenceError(
                         saga_id=self.saga_id,
                         seq=event.seq,
@@ -474,54 +450,27 @@ class SagaState(msgspec.Struct, frozen=True):
                             f"{below} remain to compensate"
                         ),
                     )
-                return replace(
-                    self,
-                    phase=to,
-                    next_seq=event.seq + 1,
-                    compensate_below=step,
-                    compensation_step=step,
-                    compensation_attempts=1,
-                    updated_at=at,
-                )
-            self._expect_step(event, step, self.compensation_step)
-            return replace(
-                self,
-                phase=to,
-                next_seq=event.seq + 1,
-                compensation_attempts=self.compensation_attempts + 1,
-                updated_at=at,
-            )
-        if kind is _K.COMPENSATED_STEP:
+                changes.update(compensate_below=step, compensation_step=step)
+                changes["compensation_attempts"] = 1
+            else:  # a re-send or a retry of the current one
+                self._expect_step(event, step, self.compensation_step)
+                changes["compensation_attempts"] = self.compensation_attempts + 1
+        elif kind is _K.COMPENSATED_STEP:
             self._expect_step(event, step, self.compensation_step)
             assert step is not None
-            return replace(
-                self,
-                phase=to,
-                next_seq=event.seq + 1,
-                compensation_step=None,
-                compensation_attempts=0,
-                compensated=(*self.compensated, step),
-                updated_at=at,
-            )
-        if kind is _K.COMPENSATION_FAILED_STEP:
+            changes.update(compensation_step=None, compensation_attempts=0)
+            changes["compensated"] = (*self.compensated, step)
+        elif kind is _K.COMPENSATION_FAILED_STEP:
             self._expect_step(event, step, self.compensation_step)
-            return replace(
-                self, phase=to, next_seq=event.seq + 1, compensation_error=event.data, updated_at=at
-            )
-        if kind is _K.STARTED:
-            return replace(self, phase=to, next_seq=1, started_at=at, updated_at=at)
-        if kind is _K.COMPENSATING:
+            changes["compensation_error"] = event.data
+        elif kind is _K.STARTED:
+            changes["started_at"] = at
+        elif kind is _K.COMPENSATING:
             below = self.next_step + (0 if self.failed_step is None else 1)
-            return replace(
-                self,
-                phase=to,
-                next_seq=event.seq + 1,
-                compensate_below=below,
-                reason=event.data,
-                updated_at=at,
-            )
-        # completed, compensated, failed, cancelled, compensation_failed: the saga ends.
-        return replace(self, phase=to, next_seq=event.seq + 1, reason=event.data, updated_at=at)
+            changes.update(compensate_below=below, reason=event.data)
+        else:  # completed, compensated, failed, cancelled, compensation_failed: the saga ends
+            changes["reason"] = event.data
+        return msgspec.structs.replace(self, **changes)
 
     def _expect_step(self, event: SagaEvent, step: int | None, expected: int | None) -> None:
         if step != expected:

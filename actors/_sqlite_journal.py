@@ -258,6 +258,7 @@ class SqliteJournal:
 
         def abort(raise_cancel: RaiseCancelT) -> Abort:
             self._open_task = None  # _opened closes the journal when it arrives
+            self._status = "closing"
             return Abort.SUCCEEDED
 
         await wait_task_rescheduled(abort)
@@ -278,10 +279,10 @@ class SqliteJournal:
                     self._index.attention[header.saga_id] = tracked
                 else:
                     self._index.open[header.saga_id] = tracked
-            self._status = "open"
             if task is None:  # the opener was cancelled: nobody owns the journal, close it
-                self._status = "closing"
                 self._queue.put(_Request(_CLOSE))
+            else:
+                self._status = "open"
         if task is not None:
             reschedule(task, outcome.Value(None) if error is None else outcome.Error(error))
 
