@@ -270,7 +270,8 @@ class TreeMachine(RuleBasedStateMachine):
     @rule(restart=st.sampled_from(["permanent", "transient", "temporary"]))
     def start_child(self, restart: str) -> None:
         """A dynamic child joins at the end of the start order."""
-        assert self.model is not None and self.root is not None
+        assert self.model is not None
+        assert self.root is not None
         name = NAMES[len(self.model.children)]
         sub = self.root.supervisor("sub")
         ref = self.call(lambda: sub.start_child(ChildSpec(name, Node, restart=restart)))
