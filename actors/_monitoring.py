@@ -1,0 +1,802 @@
+"""The monitor's state: rolling windows, totals, breakers, recent errors, alerts and health.
+
+Theory of operation
+-------------------
+:class:`MonitorState` is the sans-I/O core of the monitor actor.  Provider actors send it
+reports (:class:`CallReport` per attempt, :class:`BreakerReport` per breaker transition) and
+supervisors send :class:`SupervisionReport`; the actor passes each to :meth:`MonitorState.record`
+with its clock's ``now``, calls :meth:`MonitorState.evaluate` every ``check_interval`` seconds,
+publishes the :class:`AlertEvent` s both return, and answers queries with the result types of
+:mod:`actors._monitoring_types` (msgspec Structs shaped as the JSON bodies of the admin
+endpoints).  Every public name of the monitor is importable from this module.
+
+Windows.  Each service has two rings of time buckets aligned on ``floor(t / width)``: a *count*
+ring (``buckets`` buckets; calls, errors, retries and errors per category) and a *latency* ring
+(``latency_buckets`` coarser buckets; a histogram with fixed log-spaced bins, ``count`` first).
+Each ring also keeps the running sum of its live buckets, so recording is O(1) (bump a bucket and
+the sum) and so is reading the whole window.  Advancing a ring to a later bucket subtracts the
+buckets that fall out of the window from the sums and zeroes them; a jump of a whole window or
+more zeroes everything (see :mod:`actors._monitoring_windows`).  That costs O(bucket size) per
+elapsed bucket, never per report, and the memory is fixed when the service is first seen: it
+never grows with traffic.  A report is placed
+by its own ``at`` (so a report delayed in a mailbox still lands in the right bucket); one older
+than the window counts in the totals only, and one from the future lands in the newest bucket.
+
+Percentiles are read from the merged histogram: the smallest bin whose cumulative count reaches
+the nearest rank ``ceil(p/100 x n)`` gives its geometric midpoint.  With ``k`` bins per decade
+the relative error is at most ``10**(1/(2k)) - 1`` (about 5.9 % at the default 20) for latencies
+inside ``[latency_min, latency_max)``; below ``latency_min`` the estimate is ``latency_min / 2``,
+at or above ``latency_max`` it is ``latency_max``.
+
+Totals (calls, errors by category, retries) are exact integers since the service was first
+seen or last reset, never sampled: they are what load tests compare with ground truth.
+
+Alerts and health: see :mod:`actors._monitoring_alerts` for the rules and their hysteresis and
+:meth:`MonitorState.health` for how health is derived from breakers and active alerts.
+
+Bounds: ``max_services`` services (an idle service is evicted to make room, see
+:meth:`MonitorState.record`), ``recent_errors`` error records, ``resolved_alerts`` resolved
+alerts, messages cut at ``max_message_length`` and redacted (:func:`actors._redact.redact`).
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import itertools
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Final
+
+from actors._monitoring_alerts import (
+    Alert,
+    AlertBook,
+    AlertEvent,
+    AlertList,
+    AlertRule,
+    Severity,
+    UnknownAlert,
+)
+from actors._monitoring_types import (
+    BREAKER_STATES,
+    SUPERVISION_KINDS,
+    BreakerInfo,
+    BreakerList,
+    BreakerReport,
+    BreakerTransition,
+    CallReport,
+    ErrorRate,
+    ErrorRecord,
+    HealthReport,
+    HealthStatus,
+    InvalidQuery,
+    InvalidReport,
+    MetricsReport,
+    MonitorSettings,
+    MonitorStatistics,
+    RecentErrors,
+    Report,
+    ServiceHealth,
+    ServiceMetrics,
+    ServiceTotals,
+    SupervisionReport,
+    UnknownService,
+)
+from actors._monitoring_windows import (
+    _CALLS,
+    _CAT0,
+    _CATEGORIES,
+    _CATEGORY_INDEX,
+    _ERRORS,
+    _RETRIES,
+    _STRIDE,
+    _UNKNOWN_INDEX,
+    _LatencyLayout,
+    _Ring,
+    _Series,
+)
+from actors._redact import redact
+
+# The monitor's whole public vocabulary is importable from here.
+__all__ = [
+    "BREAKER_STATES",
+    "SUPERVISION_KINDS",
+    "Alert",
+    "AlertEvent",
+    "AlertList",
+    "AlertRule",
+    "BreakerInfo",
+    "BreakerList",
+    "BreakerReport",
+    "BreakerTransition",
+    "CallReport",
+    "ErrorRate",
+    "ErrorRecord",
+    "HealthReport",
+    "HealthStatus",
+    "InvalidQuery",
+    "InvalidReport",
+    "MetricsReport",
+    "MonitorSettings",
+    "MonitorState",
+    "MonitorStatistics",
+    "RecentErrors",
+    "Report",
+    "ServiceHealth",
+    "ServiceMetrics",
+    "ServiceTotals",
+    "Severity",
+    "SupervisionReport",
+    "UnknownAlert",
+    "UnknownService",
+]
+
+_INF: Final = math.inf
+_MAX_SERVICE_NAME: Final = 200
+_NO_EVENTS: Final[tuple[AlertEvent, ...]] = ()
+
+
+# ================================================================================ state
+
+
+class MonitorState:
+    """The monitor's sans-I/O state (see the module docstring).
+
+    Args:
+        settings: the :class:`MonitorSettings` (defaults when omitted).
+        wall_clock: the wall-clock source stamped on error records and alerts
+            (``time.time`` by default; tests pass a fake).
+
+    Every method takes the caller's monotonic ``now`` where time matters; ``now`` must not go
+    backwards (an earlier ``now`` is treated as the latest one seen).  Methods that change state
+    return the :class:`AlertEvent` s to publish, oldest first.
+
+    >>> state = MonitorState(MonitorSettings(min_calls=1))
+    >>> state.record(CallReport("openai", ok=True, latency=0.2, at=10.0), now=10.0)
+    ()
+    >>> state.service_metrics("openai", now=10.0).calls
+    1
+    """
+
+    __slots__ = (
+        "_book",
+        "_checks",
+        "_dropped",
+        "_evicted",
+        "_lat_n",
+        "_lat_width",
+        "_layout",
+        "_n",
+        "_per_min",
+        "_recent",
+        "_reports",
+        "_series",
+        "_settings",
+        "_supervision",
+        "_wall_clock",
+        "_width",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        settings: MonitorSettings | None = None,
+        *,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        if settings is None:
+            settings = MonitorSettings()
+        elif not isinstance(settings, MonitorSettings):
+            raise TypeError(f"settings must be MonitorSettings, got {type(settings).__name__}")
+        self._settings = settings
+        self._wall_clock = wall_clock
+        self._series: dict[str, _Series] = {}
+        self._recent: collections.deque[ErrorRecord] = collections.deque(
+            maxlen=settings.recent_errors
+        )
+        self._book = AlertBook(
+            history=settings.resolved_alerts,
+            # Three threshold/breaker alerts per service at most; the rest for gave-up paths.
+            max_active=4 * settings.max_services,
+            wall_clock=wall_clock,
+        )
+        self._n = settings.buckets
+        self._width = settings.bucket_width
+        self._per_min = 60.0 / settings.window
+        self._lat_n = settings.latency_buckets
+        self._lat_width = settings.latency_bucket_width
+        self._layout = _LatencyLayout(settings)
+        self._reports = 0
+        self._dropped = 0
+        self._evicted = 0
+        self._checks = 0
+        self._supervision = dict.fromkeys(sorted(SUPERVISION_KINDS), 0)
+
+    @property
+    def settings(self) -> MonitorSettings:
+        """The settings this state was built with."""
+        return self._settings
+
+    # ============================================================================ intake
+
+    def record(self, report: Report, now: float) -> Sequence[AlertEvent]:
+        """Take in one report; return the alert events it caused (usually none).
+
+        O(1) amortised.  A failed :class:`CallReport` is added to the recent errors with its
+        message redacted and may raise (never resolve) a threshold alert; a
+        :class:`BreakerReport` raises ``breaker_open`` on ``open`` / ``isolated`` and resolves
+        it on ``closed``; a :class:`SupervisionReport` raises ``supervisor_gave_up`` on
+        ``gave_up`` and resolves it when that path, or a path under it, starts or restarts.
+
+        A report for a new service when ``max_services`` services are tracked evicts the
+        least recently reported *idle* service (no calls in the window, breaker closed, no
+        active alert); if none is idle the report is dropped and counted in
+        ``statistics().reports_dropped``.
+
+        Raises:
+            InvalidReport: a field is unusable (negative or non-finite latency, unknown
+                category or breaker state, empty service name, ...); nothing was recorded.
+            TypeError: ``report`` is not a report.
+        """
+        kind = type(report)
+        if kind is CallReport:
+            return self._record_call(report, now)  # type: ignore[arg-type]
+        if kind is BreakerReport:
+            return self._record_breaker(report, now)  # type: ignore[arg-type]
+        if kind is SupervisionReport:
+            return self._record_supervision(report, now)  # type: ignore[arg-type]
+        raise TypeError(f"not a monitor report: {kind.__name__}")
+
+    def _record_call(self, r: CallReport, now: float) -> Sequence[AlertEvent]:
+        lat = r.latency
+        at = r.at
+        try:
+            lat_ok = 0.0 <= lat < _INF
+        except TypeError:
+            lat_ok = False
+        if not lat_ok:
+            raise InvalidReport(f"must be a finite number >= 0, got {lat!r}", field="latency")
+        try:
+            at_ok = -_INF < at < _INF
+        except TypeError:
+            at_ok = False
+        if not at_ok:
+            raise InvalidReport(f"must be a finite number, got {at!r}", field="at")
+        ok = r.ok
+        ci = 0
+        message = ""
+        if not ok:
+            category = r.category
+            try:
+                ci = _UNKNOWN_INDEX if category is None else _CATEGORY_INDEX.get(category, -1)
+            except TypeError:
+                ci = -1
+            if ci < 0:
+                raise InvalidReport(f"not an error category: {category!r}", field="category")
+            error = r.error
+            if error is None:
+                message = _CATEGORIES[ci].info.message
+            elif isinstance(error, str):
+                message = redact(error, max_length=self._settings.max_message_length)
+            else:
+                raise InvalidReport(f"must be a str or None, got {error!r}", field="error")
+
+        s = self._series.get(r.service)
+        if s is None:
+            s = self._admit(r.service, now)
+            if s is None:
+                return _NO_EVENTS
+        retried = r.retried
+
+        # Count ring.
+        ring = s.counts
+        width = self._width
+        k = int(now // width)
+        if k > ring.head:
+            ring.advance(k)
+        head = ring.head
+        j = int(at // width)
+        if j > head:
+            j = head
+        if j > head - self._n:
+            cells, sums = ring.cells, ring.sums
+            base = (j % self._n) * _STRIDE
+            cells[base] += 1
+            sums[_CALLS] += 1
+            if not ok:
+                cells[base + _ERRORS] += 1
+                sums[_ERRORS] += 1
+                cells[base + _CAT0 + ci] += 1
+                sums[_CAT0 + ci] += 1
+            if retried:
+                cells[base + _RETRIES] += 1
+                sums[_RETRIES] += 1
+
+        # Latency ring.
+        ring = s.latency
+        width = self._lat_width
+        k = int(now // width)
+        if k > ring.head:
+            ring.advance(k)
+        head = ring.head
+        j = int(at // width)
+        if j > head:
+            j = head
+        if j > head - self._lat_n:
+            b = self._layout.field(lat)
+            cells, sums = ring.cells, ring.sums
+            base = (j % self._lat_n) * ring.stride
+            cells[base] += 1
+            sums[0] += 1
+            cells[base + b] += 1
+            sums[b] += 1
+
+        s.t_calls += 1
+        s.last_seen = now
+        self._reports += 1
+        if retried:
+            s.t_retries += 1
+        if ok:
+            return _NO_EVENTS
+        s.t_errors += 1
+        s.t_categories[ci] += 1
+        self._recent.append(
+            ErrorRecord(s.name, _CATEGORIES[ci], message, at, self._wall_clock(), bool(retried))
+        )
+        return self._raise_on_intake(s, now)
+
+    def _raise_on_intake(self, s: _Series, now: float) -> Sequence[AlertEvent]:
+        # Errors only make the rate and the ratio worse, so intake raises and never resolves.
+        settings = self._settings
+        book = self._book
+        sums = s.counts.sums
+        errors, calls = sums[_ERRORS], sums[_CALLS]
+        events: list[AlertEvent] = []
+        rate = errors * self._per_min
+        if rate >= settings.high_error_rate and not book.is_active(
+            AlertRule.HIGH_ERROR_RATE, s.name
+        ):
+            event = book.raise_alert(
+                AlertRule.HIGH_ERROR_RATE,
+                s.name,
+                self._rate_message(s.name, rate),
+                now,
+                value=rate,
+                threshold=settings.high_error_rate,
+            )
+            if event is not None:
+                events.append(event)
+        if calls >= settings.min_calls:
+            ratio = errors / calls
+            if ratio >= settings.critical_error_ratio and not book.is_active(
+                AlertRule.CRITICAL_ERROR_RATIO, s.name
+            ):
+                event = book.raise_alert(
+                    AlertRule.CRITICAL_ERROR_RATIO,
+                    s.name,
+                    self._ratio_message(s.name, ratio),
+                    now,
+                    value=ratio,
+                    threshold=settings.critical_error_ratio,
+                )
+                if event is not None:
+                    events.append(event)
+        return tuple(events) if events else _NO_EVENTS
+
+    def _record_breaker(self, r: BreakerReport, now: float) -> Sequence[AlertEvent]:
+        for name in ("old", "new"):
+            value = getattr(r, name)
+            if not isinstance(value, str) or value not in BREAKER_STATES:
+                raise InvalidReport(
+                    f"must be one of {sorted(BREAKER_STATES)}, got {value!r}", field=name
+                )
+        try:
+            at_ok = -_INF < r.at < _INF
+        except TypeError:
+            at_ok = False
+        if not at_ok:
+            raise InvalidReport(f"must be a finite number, got {r.at!r}", field="at")
+        if not isinstance(r.reason, str):
+            raise InvalidReport(f"must be a str, got {r.reason!r}", field="reason")
+        reason = redact(r.reason, max_length=self._settings.max_message_length)
+        s = self._series.get(r.service)
+        if s is None:
+            s = self._admit(r.service, now)
+            if s is None:
+                return _NO_EVENTS
+        self._reports += 1
+        s.last_seen = now
+        s.breaker = r.new
+        s.breaker_since = r.at
+        s.last_transition = BreakerTransition(r.old, r.new, reason, r.at)
+        s.transitions += 1
+        if r.new == "open":
+            s.trips += 1
+        event: AlertEvent | None = None
+        if r.new == "open" or r.new == "isolated":
+            what = "opened" if r.new == "open" else "was isolated"
+            event = self._book.raise_alert(
+                AlertRule.BREAKER_OPEN,
+                s.name,
+                f"The circuit breaker of {s.name!r} {what}" + (f": {reason}" if reason else "."),
+                now,
+            )
+        elif r.new == "closed":
+            event = self._book.resolve(AlertRule.BREAKER_OPEN, s.name, now, "breaker_closed")
+        return _NO_EVENTS if event is None else (event,)
+
+    def _record_supervision(self, r: SupervisionReport, now: float) -> Sequence[AlertEvent]:
+        if not isinstance(r.kind, str) or r.kind not in SUPERVISION_KINDS:
+            raise InvalidReport(
+                f"must be one of {sorted(SUPERVISION_KINDS)}, got {r.kind!r}", field="kind"
+            )
+        if not isinstance(r.path, str) or not r.path:
+            raise InvalidReport(f"must be a non-empty str, got {r.path!r}", field="path")
+        if not isinstance(r.detail, str):
+            raise InvalidReport(f"must be a str, got {r.detail!r}", field="detail")
+        self._reports += 1
+        self._supervision[r.kind] += 1
+        book = self._book
+        if r.kind == "gave_up":
+            detail = redact(r.detail, max_length=self._settings.max_message_length)
+            event = book.raise_alert(
+                AlertRule.SUPERVISOR_GAVE_UP,
+                r.path,
+                f"Supervisor {r.path!r} gave up" + (f": {detail}" if detail else "."),
+                now,
+            )
+            return _NO_EVENTS if event is None else (event,)
+        if r.kind == "started" or r.kind == "restarted":
+            events = []
+            for path in book.subjects(AlertRule.SUPERVISOR_GAVE_UP):
+                if r.path == path or r.path.startswith(path + "/"):
+                    event = book.resolve(AlertRule.SUPERVISOR_GAVE_UP, path, now, "restarted")
+                    if event is not None:
+                        events.append(event)
+            return tuple(events)
+        return _NO_EVENTS
+
+    def _admit(self, name: object, now: float) -> _Series | None:
+        if not isinstance(name, str) or not name or len(name) > _MAX_SERVICE_NAME:
+            raise InvalidReport(
+                f"must be a non-empty str of at most {_MAX_SERVICE_NAME} characters, got {name!r}",
+                field="service",
+            )
+        if len(self._series) >= self._settings.max_services:
+            victim = self._idle_victim(now)
+            if victim is None:
+                self._dropped += 1
+                return None
+            del self._series[victim]
+            self._evicted += 1
+        s = _Series(
+            name,
+            _Ring(self._n, _STRIDE, int(now // self._width)),
+            _Ring(self._lat_n, self._layout.stride, int(now // self._lat_width)),
+            now,
+        )
+        self._series[name] = s
+        return s
+
+    def _idle_victim(self, now: float) -> str | None:
+        k = int(now // self._width)
+        busy = {name for (_, name) in ((a.rule, a.service) for a in self._book.active_alerts())}
+        best: _Series | None = None
+        for s in self._series.values():
+            if s.breaker != "closed" or s.name in busy:
+                continue
+            s.counts.advance(k)
+            if s.counts.sums[_CALLS]:
+                continue
+            if best is None or s.last_seen < best.last_seen:
+                best = s
+        return None if best is None else best.name
+
+    # ============================================================================ checks
+
+    def evaluate(self, now: float) -> list[AlertEvent]:
+        """The periodic check: evaluate the threshold rules of every service.
+
+        Raises alerts whose value reached the threshold and resolves those whose value stayed
+        below ``threshold x resolve_factor`` for ``resolve_checks`` checks in a row (see
+        :mod:`actors._monitoring_alerts`).  Call it every ``settings.check_interval`` seconds.
+        """
+        settings = self._settings
+        book = self._book
+        events: list[AlertEvent] = []
+        k = int(now // self._width)
+        self._checks += 1
+        for s in self._series.values():
+            s.counts.advance(k)
+            sums = s.counts.sums
+            errors, calls = sums[_ERRORS], sums[_CALLS]
+            name = s.name
+            event = book.check(
+                AlertRule.HIGH_ERROR_RATE,
+                name,
+                errors * self._per_min,
+                settings.high_error_rate,
+                resolve_factor=settings.resolve_factor,
+                resolve_checks=settings.resolve_checks,
+                now=now,
+                message=functools.partial(self._rate_message, name),
+            )
+            if event is not None:
+                events.append(event)
+            event = book.check(
+                AlertRule.CRITICAL_ERROR_RATIO,
+                name,
+                errors / calls if calls >= settings.min_calls else None,
+                settings.critical_error_ratio,
+                resolve_factor=settings.resolve_factor,
+                resolve_checks=settings.resolve_checks,
+                now=now,
+                message=functools.partial(self._ratio_message, name),
+            )
+            if event is not None:
+                events.append(event)
+        return events
+
+    def acknowledge(self, alert_id: int, now: float) -> AlertEvent:
+        """Resolve an active alert on an operator's word (resolution ``acknowledged``).
+
+        A threshold alert whose value is still high is raised again (as a new alert) by the
+        next check.
+
+        Raises:
+            UnknownAlert: no active alert has this id.
+        """
+        return self._book.acknowledge(alert_id, now)
+
+    def reset(self, service: str, now: float) -> list[AlertEvent]:
+        """Clear one service's windows and totals (``POST .../metrics/{service}/reset``).
+
+        Its error-rate and error-ratio alerts are resolved (resolution ``reset``): the data
+        they stood on is gone.  Its breaker state, breaker alert and recent error records are
+        kept: they describe the service, not its metrics.
+
+        Raises:
+            UnknownService: the monitor has no such service.
+        """
+        s = self._get(service)
+        s.counts.clear()
+        s.latency.clear()
+        s.reset_totals(now)
+        events = []
+        for rule in (AlertRule.HIGH_ERROR_RATE, AlertRule.CRITICAL_ERROR_RATIO):
+            event = self._book.resolve(rule, service, now, "reset")
+            if event is not None:
+                events.append(event)
+        return events
+
+    def _rate_message(self, name: str, rate: float) -> str:
+        s = self._settings
+        return (
+            f"{name}: {rate:.3g} errors per minute over the last {s.window:g} s "
+            f"(threshold {s.high_error_rate:g})."
+        )
+
+    def _ratio_message(self, name: str, ratio: float) -> str:
+        s = self._settings
+        return (
+            f"{name}: {ratio:.0%} of calls failed over the last {s.window:g} s "
+            f"(threshold {s.critical_error_ratio:.0%})."
+        )
+
+    # ============================================================================ queries
+
+    def _get(self, service: str) -> _Series:
+        s = self._series.get(service) if isinstance(service, str) else None
+        if s is None:
+            raise UnknownService(service)
+        return s
+
+    def services(self) -> list[str]:
+        """The services tracked, sorted."""
+        return sorted(self._series)
+
+    def health(self, now: float) -> HealthReport:
+        """Health per service and overall (``GET /api/resilience/health``).
+
+        A service is *unhealthy* when its breaker is open or isolated or it has an active
+        ``critical_error_ratio`` alert; *degraded* when its breaker is half-open or it has an
+        active ``high_error_rate`` alert; *healthy* otherwise.
+
+        Overall health is *unhealthy* when a supervisor gave up (an alert is active: part of
+        the tree is not running) or when every service is unhealthy (nothing can be served);
+        *degraded* when any service is not healthy; *healthy* otherwise (also with no
+        services).  One failing provider does not make the application unhealthy on purpose:
+        the outage is shared by every instance, and a load balancer that took all of them out
+        of rotation would turn a partial outage (with fallbacks still working) into a full one.
+
+        Health reads the alerts as of the last check or report; ``now`` stamps the report.
+        """
+        book = self._book
+        services: dict[str, ServiceHealth] = {}
+        unhealthy = not_healthy = 0
+        for name in sorted(self._series):
+            s = self._series[name]
+            status = HealthStatus.HEALTHY
+            reasons: list[str] = []
+            if s.breaker == "open" or s.breaker == "isolated":
+                status = HealthStatus.UNHEALTHY
+                reasons.append(f"circuit breaker {s.breaker}")
+            if book.is_active(AlertRule.CRITICAL_ERROR_RATIO, name):
+                status = HealthStatus.UNHEALTHY
+                reasons.append("critical error ratio")
+            if s.breaker == "half_open":
+                if status is HealthStatus.HEALTHY:
+                    status = HealthStatus.DEGRADED
+                reasons.append("circuit breaker half_open")
+            if book.is_active(AlertRule.HIGH_ERROR_RATE, name):
+                if status is HealthStatus.HEALTHY:
+                    status = HealthStatus.DEGRADED
+                reasons.append("high error rate")
+            services[name] = ServiceHealth(status, s.breaker, reasons)
+            unhealthy += status is HealthStatus.UNHEALTHY
+            not_healthy += status is not HealthStatus.HEALTHY
+        overall = HealthStatus.HEALTHY
+        reasons = [
+            f"supervisor {path!r} gave up"
+            for path in sorted(book.subjects(AlertRule.SUPERVISOR_GAVE_UP))
+        ]
+        if reasons:
+            overall = HealthStatus.UNHEALTHY
+        if services and unhealthy == len(services):
+            overall = HealthStatus.UNHEALTHY
+            reasons.append("every service is unhealthy")
+        elif not_healthy:
+            if overall is HealthStatus.HEALTHY:
+                overall = HealthStatus.DEGRADED
+            reasons.append(f"{not_healthy} of {len(services)} services not healthy")
+        return HealthReport(overall, services, book.active_count, now, reasons)
+
+    def breakers(self) -> BreakerList:
+        """Every tracked service's breaker (``GET /api/resilience/circuit-breakers``)."""
+        return BreakerList([self._breaker(self._series[name]) for name in sorted(self._series)])
+
+    def breaker(self, service: str) -> BreakerInfo:
+        """One service's breaker.
+
+        Raises:
+            UnknownService: the monitor has no such service.
+        """
+        return self._breaker(self._get(service))
+
+    @staticmethod
+    def _breaker(s: _Series) -> BreakerInfo:
+        return BreakerInfo(
+            s.name, s.breaker, s.breaker_since, s.transitions, s.trips, s.last_transition
+        )
+
+    def metrics(self, now: float) -> MetricsReport:
+        """Every tracked service's metrics (``GET /api/resilience/metrics``)."""
+        return MetricsReport(
+            self._settings.window,
+            now,
+            {name: self._metrics(self._series[name], now) for name in sorted(self._series)},
+        )
+
+    def service_metrics(self, service: str, now: float) -> ServiceMetrics:
+        """One service's metrics over the window, with its totals.
+
+        Raises:
+            UnknownService: the monitor has no such service.
+        """
+        return self._metrics(self._get(service), now)
+
+    def _metrics(self, s: _Series, now: float) -> ServiceMetrics:
+        s.counts.advance(int(now // self._width))
+        s.latency.advance(int(now // self._lat_width))
+        sums = s.counts.sums
+        calls, errors = sums[_CALLS], sums[_ERRORS]
+        return ServiceMetrics(
+            service=s.name,
+            window=self._settings.window,
+            calls=calls,
+            errors=errors,
+            retries=sums[_RETRIES],
+            error_rate_per_min=errors * self._per_min,
+            error_ratio=errors / calls if calls else 0.0,
+            errors_by_category={
+                c.value: sums[_CAT0 + i] for i, c in enumerate(_CATEGORIES) if sums[_CAT0 + i]
+            },
+            latency=self._layout.percentiles(s.latency.sums, self._settings.percentiles),
+            breaker=s.breaker,
+            totals=ServiceTotals(
+                calls=s.t_calls,
+                errors=s.t_errors,
+                retries=s.t_retries,
+                errors_by_category={
+                    c.value: s.t_categories[i]
+                    for i, c in enumerate(_CATEGORIES)
+                    if s.t_categories[i]
+                },
+                since=s.since,
+            ),
+        )
+
+    def recent_errors(
+        self, offset: int = 0, limit: int = 50, *, service: str | None = None
+    ) -> RecentErrors:
+        """A page of the recent errors, newest first (``GET /api/resilience/errors/recent``).
+
+        ``total`` counts every record held (of ``service`` only, when given).
+
+        Raises:
+            InvalidQuery: ``offset`` is negative, or ``limit`` is not in
+                ``[1, max(1, settings.recent_errors)]``.
+        """
+        most = max(1, self._settings.recent_errors)
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            raise InvalidQuery(f"must be an integer >= 0, got {offset!r}", argument="offset")
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= most:
+            raise InvalidQuery(
+                f"must be an integer from 1 to {most}, got {limit!r}", argument="limit"
+            )
+        if service is None:
+            total = len(self._recent)
+            items = list(itertools.islice(reversed(self._recent), offset, offset + limit))
+        else:
+            matching = [r for r in reversed(self._recent) if r.service == service]
+            total = len(matching)
+            items = matching[offset : offset + limit]
+        return RecentErrors(items, offset, limit, total)
+
+    def error_rate(self, service: str, window: float, now: float) -> ErrorRate:
+        """Errors, calls, rate and ratio of one service over the last ``window`` seconds.
+
+        ``window`` is rounded up to whole buckets (the result says which window was measured).
+
+        Raises:
+            UnknownService: the monitor has no such service.
+            InvalidQuery: ``window`` is not a number in ``(0, settings.window]``.
+        """
+        s = self._get(service)
+        limit = self._settings.window
+        if (
+            isinstance(window, bool)
+            or not isinstance(window, int | float)
+            or not 0 < window <= limit * (1 + 1e-9)
+        ):
+            raise InvalidQuery(
+                f"must be a number of seconds in (0, {limit:g}], got {window!r}",
+                argument="window",
+            )
+        buckets = min(self._n, max(1, math.ceil(window / self._width - 1e-9)))
+        s.counts.advance(int(now // self._width))
+        errors = s.counts.recent(_ERRORS, buckets)
+        calls = s.counts.recent(_CALLS, buckets)
+        measured = buckets * self._width
+        return ErrorRate(
+            service=s.name,
+            window=measured,
+            errors=errors,
+            calls=calls,
+            rate_per_min=errors * 60.0 / measured,
+            ratio=errors / calls if calls else 0.0,
+        )
+
+    def alerts(self, include_resolved: bool = False) -> AlertList:
+        """Active alerts, newest first, and (when asked) the resolved history."""
+        return self._book.listing(include_resolved)
+
+    def active_alerts(self) -> list[Alert]:
+        """Active alerts, newest first."""
+        return self._book.active_alerts()
+
+    def statistics(self) -> MonitorStatistics:
+        """Counters (see :class:`MonitorStatistics`)."""
+        book = self._book.statistics()
+        return MonitorStatistics(
+            services=len(self._series),
+            reports=self._reports,
+            reports_dropped=self._dropped,
+            services_evicted=self._evicted,
+            recent_errors=len(self._recent),
+            active_alerts=book.active,
+            alerts_raised=book.raised,
+            alerts_resolved=book.resolved,
+            alerts_dropped=book.dropped,
+            supervision=dict(self._supervision),
+        )
