@@ -32,7 +32,6 @@ from actors._reply import Failure, Reply
 from actors._runtime import open_actor
 
 __all__ = [
-    "CATEGORY_INFO",
     "Actor",
     "ActorCrashed",
     "ActorError",
@@ -42,6 +41,7 @@ __all__ = [
     "AskTimeout",
     "AuraError",
     "BulkheadFull",
+    "CATEGORY_INFO",
     "CategoryInfo",
     "CellState",
     "CircuitOpen",
