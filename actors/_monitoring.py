@@ -164,10 +164,17 @@ class MonitorState:
         "_checks",
         "_dropped",
         "_evicted",
+        "_k",
+        "_k_base",
+        "_k_start",
         "_lat_n",
         "_lat_width",
         "_layout",
+        "_lk",
+        "_lk_base",
+        "_lk_start",
         "_n",
+        "_now",
         "_per_min",
         "_recent",
         "_reports",
@@ -211,6 +218,9 @@ class MonitorState:
         self._evicted = 0
         self._checks = 0
         self._supervision = dict.fromkeys(sorted(SUPERVISION_KINDS), 0)
+        self._now = -_INF
+        self._k = self._k_base = self._lk = self._lk_base = 0
+        self._k_start = self._lk_start = 0.0
 
     @property
     def settings(self) -> MonitorSettings:
@@ -238,69 +248,48 @@ class MonitorState:
                 category or breaker state, empty service name, ...); nothing was recorded.
             TypeError: ``report`` is not a report.
         """
-        kind = type(report)
-        if kind is CallReport:
-            return self._record_call(report, now)  # type: ignore[arg-type]
-        if kind is BreakerReport:
-            return self._record_breaker(report, now)  # type: ignore[arg-type]
-        if kind is SupervisionReport:
-            return self._record_supervision(report, now)  # type: ignore[arg-type]
-        raise TypeError(f"not a monitor report: {kind.__name__}")
-
-    def _record_call(self, r: CallReport, now: float) -> Sequence[AlertEvent]:
+        if type(report) is not CallReport:
+            if type(report) is BreakerReport:
+                return self._record_breaker(report, now)
+            if type(report) is SupervisionReport:
+                return self._record_supervision(report, now)
+            raise TypeError(f"not a monitor report: {type(report).__name__}")
+        # The hot path: one report per provider attempt.  Inlined and branch-light on purpose.
+        r = report
         lat = r.latency
         at = r.at
         try:
-            lat_ok = 0.0 <= lat < _INF
+            valid = 0.0 <= lat < _INF and -_INF < at < _INF
         except TypeError:
-            lat_ok = False
-        if not lat_ok:
-            raise InvalidReport(f"must be a finite number >= 0, got {lat!r}", field="latency")
-        try:
-            at_ok = -_INF < at < _INF
-        except TypeError:
-            at_ok = False
-        if not at_ok:
-            raise InvalidReport(f"must be a finite number, got {at!r}", field="at")
+            valid = False
+        if not valid:
+            self._invalid_times(r)
         ok = r.ok
         ci = 0
         message = ""
         if not ok:
-            category = r.category
-            try:
-                ci = _UNKNOWN_INDEX if category is None else _CATEGORY_INDEX.get(category, -1)
-            except TypeError:
-                ci = -1
-            if ci < 0:
-                raise InvalidReport(f"not an error category: {category!r}", field="category")
-            error = r.error
-            if error is None:
-                message = _CATEGORIES[ci].info.message
-            elif isinstance(error, str):
-                message = redact(error, max_length=self._settings.max_message_length)
-            else:
-                raise InvalidReport(f"must be a str or None, got {error!r}", field="error")
-
+            ci, message = self._error_fields(r)
         s = self._series.get(r.service)
+        if now > self._now:
+            self._tick(now)
         if s is None:
             s = self._admit(r.service, now)
             if s is None:
                 return _NO_EVENTS
         retried = r.retried
 
-        # Count ring.
+        # Count ring: the report's bucket is the newest one unless it is older (delayed).
+        k = self._k
         ring = s.counts
-        width = self._width
-        k = int(now // width)
-        if k > ring.head:
+        if ring.head != k:
             ring.advance(k)
-        head = ring.head
-        j = int(at // width)
-        if j > head:
-            j = head
-        if j > head - self._n:
+        if at >= self._k_start:
+            base = self._k_base
+        else:
+            j = int(at // self._width)
+            base = (j % self._n) * _STRIDE if j > k - self._n else -1
+        if base >= 0:
             cells, sums = ring.cells, ring.sums
-            base = (j % self._n) * _STRIDE
             cells[base] += 1
             sums[_CALLS] += 1
             if not ok:
@@ -312,20 +301,25 @@ class MonitorState:
                 cells[base + _RETRIES] += 1
                 sums[_RETRIES] += 1
 
-        # Latency ring.
+        # Latency ring, the same way.
+        k = self._lk
         ring = s.latency
-        width = self._lat_width
-        k = int(now // width)
-        if k > ring.head:
+        if ring.head != k:
             ring.advance(k)
-        head = ring.head
-        j = int(at // width)
-        if j > head:
-            j = head
-        if j > head - self._lat_n:
-            b = self._layout.field(lat)
+        if at >= self._lk_start:
+            base = self._lk_base
+        else:
+            j = int(at // self._lat_width)
+            base = (j % self._lat_n) * ring.stride if j > k - self._lat_n else -1
+        if base >= 0:
+            layout = self._layout
+            if lat < layout.lo:
+                b = 1
+            else:
+                b = int((math.log(lat) - layout.log_lo) * layout.inv_log_g) + 2
+                if b > layout.over:
+                    b = layout.over
             cells, sums = ring.cells, ring.sums
-            base = (j % self._lat_n) * ring.stride
             cells[base] += 1
             sums[0] += 1
             cells[base + b] += 1
@@ -344,6 +338,44 @@ class MonitorState:
             ErrorRecord(s.name, _CATEGORIES[ci], message, at, self._wall_clock(), bool(retried))
         )
         return self._raise_on_intake(s, now)
+
+    def _tick(self, now: float) -> None:
+        # Cache the newest bucket of each ring for the latest ``now``: reports drained in a
+        # batch share one ``now``, so the divisions happen once per batch, not per report.
+        self._now = now
+        k = int(now // self._width)
+        self._k = k
+        self._k_start = k * self._width
+        self._k_base = (k % self._n) * _STRIDE
+        k = int(now // self._lat_width)
+        self._lk = k
+        self._lk_start = k * self._lat_width
+        self._lk_base = (k % self._lat_n) * self._layout.stride
+
+    @staticmethod
+    def _invalid_times(r: CallReport) -> None:
+        try:
+            lat_ok = 0.0 <= r.latency < _INF
+        except TypeError:
+            lat_ok = False
+        if not lat_ok:
+            raise InvalidReport(f"must be a finite number >= 0, got {r.latency!r}", field="latency")
+        raise InvalidReport(f"must be a finite number, got {r.at!r}", field="at")
+
+    def _error_fields(self, r: CallReport) -> tuple[int, str]:
+        category = r.category
+        try:
+            ci = _UNKNOWN_INDEX if category is None else _CATEGORY_INDEX.get(category, -1)
+        except TypeError:
+            ci = -1
+        if ci < 0:
+            raise InvalidReport(f"not an error category: {category!r}", field="category")
+        error = r.error
+        if error is None:
+            return ci, _CATEGORIES[ci].info.message
+        if not isinstance(error, str):
+            raise InvalidReport(f"must be a str or None, got {error!r}", field="error")
+        return ci, redact(error, max_length=self._settings.max_message_length)
 
     def _raise_on_intake(self, s: _Series, now: float) -> Sequence[AlertEvent]:
         # Errors only make the rate and the ratio worse, so intake raises and never resolves.
@@ -399,6 +431,8 @@ class MonitorState:
         if not isinstance(r.reason, str):
             raise InvalidReport(f"must be a str, got {r.reason!r}", field="reason")
         reason = redact(r.reason, max_length=self._settings.max_message_length)
+        if now > self._now:
+            self._tick(now)
         s = self._series.get(r.service)
         if s is None:
             s = self._admit(r.service, now)
@@ -471,15 +505,15 @@ class MonitorState:
             self._evicted += 1
         s = _Series(
             name,
-            _Ring(self._n, _STRIDE, int(now // self._width)),
-            _Ring(self._lat_n, self._layout.stride, int(now // self._lat_width)),
+            _Ring(self._n, _STRIDE, self._k),
+            _Ring(self._lat_n, self._layout.stride, self._lk),
             now,
         )
         self._series[name] = s
         return s
 
     def _idle_victim(self, now: float) -> str | None:
-        k = int(now // self._width)
+        k = self._k
         busy = {name for (_, name) in ((a.rule, a.service) for a in self._book.active_alerts())}
         best: _Series | None = None
         for s in self._series.values():
@@ -504,7 +538,9 @@ class MonitorState:
         settings = self._settings
         book = self._book
         events: list[AlertEvent] = []
-        k = int(now // self._width)
+        if now > self._now:
+            self._tick(now)
+        k = self._k
         self._checks += 1
         for s in self._series.values():
             s.counts.advance(k)
@@ -686,8 +722,10 @@ class MonitorState:
         return self._metrics(self._get(service), now)
 
     def _metrics(self, s: _Series, now: float) -> ServiceMetrics:
-        s.counts.advance(int(now // self._width))
-        s.latency.advance(int(now // self._lat_width))
+        if now > self._now:
+            self._tick(now)
+        s.counts.advance(self._k)
+        s.latency.advance(self._lk)
         sums = s.counts.sums
         calls, errors = sums[_CALLS], sums[_ERRORS]
         return ServiceMetrics(
@@ -764,7 +802,9 @@ class MonitorState:
                 argument="window",
             )
         buckets = min(self._n, max(1, math.ceil(window / self._width - 1e-9)))
-        s.counts.advance(int(now // self._width))
+        if now > self._now:
+            self._tick(now)
+        s.counts.advance(self._k)
         errors = s.counts.recent(_ERRORS, buckets)
         calls = s.counts.recent(_CALLS, buckets)
         measured = buckets * self._width

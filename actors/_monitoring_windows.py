@@ -2,13 +2,17 @@
 
 Theory of operation
 -------------------
-A :class:`_Ring` is ``n`` time buckets of ``stride`` unsigned counters in one flat ``array``,
-plus the running sum of the live buckets in another.  Bucket ``j`` (``floor(t / width)``) lives
-at offset ``(j % n) * stride``; ``head`` is the newest bucket.  Recording bumps one bucket and
-the sum; reading the whole window reads the sum; :meth:`_Ring.advance` subtracts every bucket
-that leaves the window from the sum and zeroes it, skipping empty ones (field 0 of a bucket is
-its sample count, non-zero whenever any field is).  A jump of a whole window zeroes everything.
-Memory is fixed when the ring is made and never grows with traffic.
+A :class:`_Ring` is ``n`` time buckets of ``stride`` counters in one flat list, plus the running
+sum of the live buckets in another.  Bucket ``j`` (``floor(t / width)``) lives at offset
+``(j % n) * stride``; ``head`` is the newest bucket.  Recording bumps one bucket and the sum;
+reading the whole window reads the sum; :meth:`_Ring.advance` subtracts every bucket that leaves
+the window from the sum and zeroes it, skipping empty ones (field 0 of a bucket is its sample
+count, non-zero whenever any field is).  A jump of a whole window zeroes everything.
+
+Memory is fixed when the ring is made and does not grow with traffic.  The counters are lists,
+not ``array``: an ``array`` item update boxes and unboxes the number and made recording twice as
+slow.  A list costs 8 bytes a counter, plus an int object for each counter above 256 (small ints
+are shared), and how many those can be is bounded by the ring's size, not by traffic.
 
 A :class:`_LatencyLayout` maps a latency to a histogram bin: bin 0 holds values below
 ``latency_min``, bins ``1..B`` are log-spaced (``bins_per_decade`` per factor of ten), bin
@@ -23,8 +27,7 @@ breaker.  These are private: :mod:`actors._monitoring` is the public face.
 from __future__ import annotations
 
 import math
-from array import array
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Final
 
 from actors._errors import ErrorCategory
@@ -62,8 +65,8 @@ class _Ring:
         self.n = n
         self.stride = stride
         self.head = head
-        self.cells = array("I", bytes(4 * n * stride))
-        self.sums = array("q", bytes(8 * stride))
+        self.cells = [0] * (n * stride)
+        self.sums = [0] * stride
 
     def advance(self, k: int) -> None:
         """Make bucket ``k`` the newest, expiring the buckets that leave the window."""
@@ -74,7 +77,7 @@ class _Ring:
         if k - head >= n:
             self.clear()
         else:
-            zero = array("I", bytes(4 * stride))
+            zero = [0] * stride
             for j in range(head + 1, k + 1):
                 base = (j % n) * stride
                 if cells[base]:
@@ -85,8 +88,8 @@ class _Ring:
 
     def clear(self) -> None:
         """Zero every bucket and sum (the head stays)."""
-        self.cells = array("I", bytes(4 * self.n * self.stride))
-        self.sums = array("q", bytes(8 * self.stride))
+        self.cells = [0] * (self.n * self.stride)
+        self.sums = [0] * self.stride
 
     def recent(self, field: int, buckets: int) -> int:
         """Sum of ``field`` over the newest ``buckets`` buckets."""
@@ -128,7 +131,7 @@ class _Series:
 class _LatencyLayout:
     """The histogram bins of a latency bucket (see the module docstring)."""
 
-    __slots__ = ("bins", "g", "inv_log_g", "lo", "log_lo", "stride", "top")
+    __slots__ = ("bins", "g", "inv_log_g", "lo", "log_lo", "over", "stride", "top")
 
     def __init__(self, settings: MonitorSettings) -> None:
         self.lo = settings.latency_min
@@ -139,6 +142,8 @@ class _LatencyLayout:
         self.top = float(self.lo * self.g**self.bins)
         # count, under-range bin, the regular bins, over-range bin
         self.stride = 1 + 1 + self.bins + 1
+        #: The bucket field of the over-range bin (the last one).
+        self.over = self.stride - 1
 
     def field(self, latency: float) -> int:
         """The bucket field (``1 + bin``) that counts ``latency`` (a finite number >= 0)."""
@@ -157,7 +162,7 @@ class _LatencyLayout:
         return float(self.lo * self.g ** (b - 0.5))
 
     def percentiles(
-        self, sums: array[int], percentiles: Iterable[float]
+        self, sums: Sequence[int], percentiles: Iterable[float]
     ) -> dict[str, float | None]:
         """Nearest-rank percentiles (``"p50"`` -> seconds) of a merged histogram."""
         total = sums[0]
