@@ -17,6 +17,7 @@ import logging
 from typing import Any
 
 import trio
+import trio.lowlevel
 
 from actors import Actor, open_actor
 from bench._harness import interleave, now_ns, timed_trio
@@ -60,7 +61,7 @@ async def _floor(n: int) -> float:
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(server)
-        await trio.sleep(0)
+        await trio.lowlevel.checkpoint()
         t0 = now_ns()
         for i in range(n):
             event = trio.Event()

@@ -22,6 +22,7 @@ and exits 0 when every invariant held.
 from __future__ import annotations
 
 import argparse
+import logging
 import random
 import sys
 from collections import Counter
@@ -142,15 +143,14 @@ async def main(seed: int, seconds: float) -> int:
         snapshot = root.snapshot()
 
     print(f"\nsupervision tree run: seed={seed}, {seconds:g} s\n")
-    print(f"{'actor':<20} {'restarts':>8} {'asked':>7} {'ok':>7} {'crashed':>7} {'stopped':>7} {'timeout':>7}")
+    columns = ("restarts", "asked", "ok", "crashed", "stopped", "timeout")
+    print(f"{'actor':<20} " + " ".join(f"{c:>8}" for c in columns))
     for node in snapshot.walk():
         if node.kind != "actor" or node.path not in outcomes:
             continue
         o = outcomes[node.path]
-        print(
-            f"{node.path:<20} {node.restarts:>8} {o['asked']:>7} {o['ok']:>7} {o['crashed']:>7} "
-            f"{o['stopped']:>7} {o['timeout']:>7}"
-        )
+        values = (node.restarts, o["asked"], o["ok"], o["crashed"], o["stopped"], o["timeout"])
+        print(f"{node.path:<20} " + " ".join(f"{v:>8}" for v in values))
     subtree = {n.path: n.restarts for n in snapshot.walk() if n.kind == "supervisor" and n.path}
     print(f"\nsubtree restarts by their parent: {subtree}")
     print(f"supervision events: { {k: v for k, v in sorted(counts.items())} }")
@@ -179,7 +179,12 @@ def cli(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--verbose", action="store_true", help="log every supervision event")
     args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.ERROR,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+    )
     return trio.run(main, args.seed, args.seconds)
 
 
