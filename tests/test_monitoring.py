@@ -1,0 +1,884 @@
+"""The monitor's sans-I/O state (actors._monitoring): windows, totals, queries, health, bounds."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import msgspec
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
+
+from actors._errors import ConfigError, ErrorCategory
+from actors._monitoring import (
+    AlertRule,
+    BreakerList,
+    BreakerReport,
+    CallReport,
+    ErrorRate,
+    HealthReport,
+    HealthStatus,
+    InvalidQuery,
+    InvalidReport,
+    MetricsReport,
+    MonitorSettings,
+    MonitorState,
+    RecentErrors,
+    ServiceMetrics,
+    SupervisionReport,
+    UnknownService,
+)
+
+
+class FakeWall:
+    """A wall clock for tests: always ``1_700_000_000 + now`` as told."""
+
+    def __init__(self) -> None:
+        self.t = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def make(**overrides: Any) -> MonitorState:
+    return MonitorState(MonitorSettings(**overrides), wall_clock=FakeWall())
+
+
+def ok(service: str, at: float, latency: float = 0.1, retried: bool = False) -> CallReport:
+    return CallReport(service, True, latency, at, retried=retried)
+
+
+def err(
+    service: str,
+    at: float,
+    category: ErrorCategory | None = ErrorCategory.TIMEOUT,
+    error: str | None = "boom",
+    latency: float = 0.1,
+    retried: bool = False,
+) -> CallReport:
+    return CallReport(service, False, latency, at, category, error, retried)
+
+
+# ================================================================================ settings
+
+
+def test_defaults_follow_the_seed() -> None:
+    """Check every 60 s, high error rate 10/min, critical ratio 0.5, a 5-minute window."""
+    s = MonitorSettings()
+    assert (s.check_interval, s.high_error_rate, s.critical_error_ratio, s.window) == (
+        60.0,
+        10.0,
+        0.5,
+        300.0,
+    )
+    assert s.bucket_width == 5.0
+    assert s.latency_bucket_width == 30.0
+    assert s.percentiles == (50.0, 90.0, 99.0)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("check_interval", 0),
+        ("check_interval", math.nan),
+        ("window", -1.0),
+        ("window", math.inf),
+        ("buckets", 0),
+        ("buckets", 2.5),
+        ("buckets", True),
+        ("buckets", 20_000),
+        ("latency_buckets", 0),
+        ("latency_buckets", 20_000),
+        ("high_error_rate", 0),
+        ("critical_error_ratio", 1.5),
+        ("critical_error_ratio", 0),
+        ("min_calls", 0),
+        ("resolve_factor", 0),
+        ("resolve_factor", 1.2),
+        ("resolve_checks", 0),
+        ("percentiles", ()),
+        ("percentiles", (50.0, 101.0)),
+        ("percentiles", (0.0,)),
+        ("percentiles", (50.0, 50.0)),
+        ("latency_min", 0),
+        ("latency_max", 1e-5),
+        ("latency_bins_per_decade", 0),
+        ("latency_bins_per_decade", 5000),
+        ("recent_errors", -1),
+        ("max_message_length", 3),
+        ("resolved_alerts", -1),
+        ("max_services", 0),
+        ("max_services", "many"),
+    ],
+)
+def test_bad_setting_names_its_field(field: str, value: Any) -> None:
+    """Each out-of-range setting raises ConfigError whose path is the field."""
+    with pytest.raises(ConfigError) as info:
+        MonitorSettings(**{field: value})
+    assert info.value.path == field
+
+
+def test_settings_decode_from_json_and_reject_unknown_fields() -> None:
+    """Settings load from JSON; unknown fields and bad values fail naming the field."""
+    s = msgspec.json.decode(b'{"window": 60, "buckets": 12}', type=MonitorSettings)
+    assert s.bucket_width == 5.0
+    with pytest.raises(msgspec.ValidationError, match="windo"):
+        msgspec.json.decode(b'{"windo": 60}', type=MonitorSettings)
+    with pytest.raises(msgspec.ValidationError, match="window"):
+        msgspec.json.decode(b'{"window": 0}', type=MonitorSettings)
+
+
+def test_state_rejects_non_settings() -> None:
+    """MonitorState needs MonitorSettings, not a dict."""
+    with pytest.raises(TypeError, match="MonitorSettings"):
+        MonitorState({"window": 60})  # type: ignore[arg-type]
+
+
+# ================================================================================ windows
+
+
+def test_report_counts_until_its_bucket_leaves_the_window() -> None:
+    """A report counts while its bucket is one of the newest `buckets` buckets."""
+    m = make(window=60, buckets=6)  # 10-second buckets
+    m.record(ok("a", at=5.0), now=5.0)
+    assert m.service_metrics("a", now=59.9).calls == 1
+    assert m.service_metrics("a", now=60.0).calls == 0  # bucket 0 expired at bucket 6
+    assert m.service_metrics("a", now=60.0).totals.calls == 1
+
+
+def test_jump_longer_than_the_window_clears_it() -> None:
+    """After a silence longer than the window, the window is empty."""
+    m = make(window=60, buckets=6)
+    for t in range(0, 50, 7):
+        m.record(err("a", at=float(t)), now=float(t))
+    assert m.service_metrics("a", now=50).errors == 8
+    metrics = m.service_metrics("a", now=10_000.0)
+    assert (metrics.calls, metrics.errors, metrics.retries) == (0, 0, 0)
+    assert metrics.errors_by_category == {}
+    assert metrics.latency == {"p50": None, "p90": None, "p99": None}
+    assert metrics.totals.errors == 8
+
+
+def test_delayed_report_lands_in_its_own_bucket() -> None:
+    """A report recorded late is placed by its `at` and expires with that bucket."""
+    m = make(window=60, buckets=6)
+    m.record(ok("a", at=50.0), now=50.0)
+    m.record(ok("a", at=12.0), now=50.0)  # delayed: bucket 1
+    assert m.service_metrics("a", now=50.0).calls == 2
+    assert m.error_rate("a", window=20, now=50.0).calls == 1
+    assert m.service_metrics("a", now=70.0).calls == 1  # bucket 1 gone at head 7
+
+
+def test_report_older_than_the_window_counts_in_totals_only() -> None:
+    """A report from before the window is a total, never a window count."""
+    m = make(window=60, buckets=6)
+    m.record(err("a", at=200.0), now=200.0)
+    m.record(err("a", at=100.0), now=200.0)
+    metrics = m.service_metrics("a", now=200.0)
+    assert (metrics.errors, metrics.totals.errors) == (1, 2)
+
+
+def test_report_from_the_future_counts_in_the_newest_bucket() -> None:
+    """An `at` ahead of `now` lands in the newest bucket, not outside the ring."""
+    m = make(window=60, buckets=6)
+    m.record(ok("a", at=1_000.0), now=10.0)
+    assert m.service_metrics("a", now=10.0).calls == 1
+    assert m.error_rate("a", window=10, now=10.0).calls == 1
+
+
+def test_time_going_backwards_is_treated_as_the_latest_time() -> None:
+    """An earlier `now` than one already seen does not rewind the windows."""
+    m = make(window=60, buckets=6)
+    m.record(ok("a", at=100.0), now=100.0)
+    m.record(ok("a", at=100.0), now=20.0)
+    assert m.service_metrics("a", now=20.0).calls == 2
+
+
+def test_categories_retries_and_totals_are_exact() -> None:
+    """Errors per category, retries and totals are exact counts."""
+    m = make()
+    cats = [ErrorCategory.TIMEOUT, ErrorCategory.NETWORK, None, "rate_limit"]
+    for i in range(400):
+        if i % 3:
+            m.record(ok("svc", at=float(i), retried=i % 5 == 0), now=float(i))
+        else:
+            cat = cats[i % 4]
+            m.record(err("svc", at=float(i), category=cat, retried=i % 5 == 0), now=float(i))  # type: ignore[arg-type]
+    metrics = m.service_metrics("svc", now=399.0)
+    totals = metrics.totals
+    assert totals.calls == 400
+    assert totals.errors == len(range(0, 400, 3))
+    assert totals.retries == len(range(0, 400, 5))
+    assert sum(totals.errors_by_category.values()) == totals.errors
+    assert set(totals.errors_by_category) == {"timeout", "network", "unknown", "rate_limit"}
+    # The window (300 s, 60 buckets of 5 s) at t=399 holds buckets 20..79: t in [100, 399].
+    assert metrics.calls == 300
+    assert metrics.errors == len([i for i in range(100, 400) if i % 3 == 0])
+    assert metrics.retries == len([i for i in range(100, 400) if i % 5 == 0])
+    assert metrics.error_ratio == pytest.approx(metrics.errors / metrics.calls)
+    assert metrics.error_rate_per_min == pytest.approx(metrics.errors / 5)
+
+
+def test_ok_report_ignores_category_and_message() -> None:
+    """A success never counts as an error, whatever else it carries."""
+    m = make()
+    m.record(CallReport("a", True, 0.1, 1.0, ErrorCategory.NETWORK, "x"), now=1.0)
+    metrics = m.service_metrics("a", now=1.0)
+    assert (metrics.calls, metrics.errors, metrics.errors_by_category) == (1, 0, {})
+    assert m.recent_errors().total == 0
+
+
+def test_ring_memory_does_not_grow_with_traffic() -> None:
+    """The buckets are sized when a service is first seen and keep their size."""
+    m = make(window=60, buckets=6)
+    m.record(ok("a", at=0.0), now=0.0)
+    series = m._series["a"]
+    sizes = (len(series.counts.cells), len(series.latency.cells))
+    for i in range(5_000):
+        t = i * 0.37
+        m.record(err("a", at=t) if i % 4 == 0 else ok("a", at=t, latency=i % 97 / 10), now=t)
+    assert (len(series.counts.cells), len(series.latency.cells)) == sizes
+    assert m.recent_errors(limit=200).total == 200
+
+
+# ================================================================================ error rate
+
+
+def test_error_rate_over_a_shorter_window() -> None:
+    """error_rate counts the newest buckets covering the window, rounded up."""
+    m = make(window=60, buckets=6)
+    for t in range(60):
+        m.record(err("a", at=float(t)) if t % 2 else ok("a", at=float(t)), now=float(t))
+    rate = m.error_rate("a", window=15, now=59.0)  # rounded up to 20 s: t in [40, 59]
+    assert rate == ErrorRate("a", 20.0, 10, 20, 30.0, 0.5)
+    whole = m.error_rate("a", window=60, now=59.0)
+    assert (whole.errors, whole.calls) == (30, 60)
+
+
+@pytest.mark.parametrize("window", [0, -5, 61, math.nan, math.inf, True, "60"])
+def test_error_rate_window_out_of_range(window: Any) -> None:
+    """A window outside (0, configured window] is an InvalidQuery naming `window`."""
+    m = make(window=60, buckets=6)
+    m.record(ok("a", at=0.0), now=0.0)
+    with pytest.raises(InvalidQuery) as info:
+        m.error_rate("a", window=window, now=1.0)
+    assert info.value.argument == "window"
+    assert isinstance(info.value, ValueError)
+
+
+def test_unknown_service_is_a_key_error() -> None:
+    """Queries about an unknown service raise UnknownService, a KeyError (HTTP 404)."""
+    m = make()
+    for call in (
+        lambda: m.service_metrics("nope", now=0.0),
+        lambda: m.breaker("nope"),
+        lambda: m.error_rate("nope", window=10, now=0.0),
+        lambda: m.reset("nope", now=0.0),
+    ):
+        with pytest.raises(UnknownService) as info:
+            call()
+        assert isinstance(info.value, KeyError)
+        assert info.value.category is ErrorCategory.VALIDATION
+        assert "nope" in str(info.value)
+
+
+# ================================================================================ percentiles
+
+
+@given(
+    latencies=st.lists(
+        st.floats(min_value=1e-6, max_value=5e3, allow_nan=False), min_size=1, max_size=300
+    ),
+    percentile=st.sampled_from([1.0, 25.0, 50.0, 90.0, 99.0, 99.9, 100.0]),
+)
+def test_percentile_within_the_bin_error_bound(latencies: list[float], percentile: float) -> None:
+    """Each percentile is within the histogram's relative error of the exact nearest rank."""
+    m = make(percentiles=(percentile,))
+    for lat in latencies:
+        m.record(ok("a", at=1.0, latency=lat), now=1.0)
+    got = m.service_metrics("a", now=1.0).latency[f"p{percentile:g}"]
+    ordered = sorted(latencies)
+    exact = ordered[max(1, math.ceil(percentile * len(ordered) / 100)) - 1]
+    assert got is not None
+    s = m.settings
+    bound = s.latency_relative_error * (1 + 1e-9) + 1e-12
+    if exact < s.latency_min:
+        assert got == s.latency_min / 2
+    elif exact >= s.latency_max * (1 + 1e-9):
+        assert got == pytest.approx(s.latency_max)
+    else:
+        assert abs(got / exact - 1) <= bound
+
+
+def test_latency_percentiles_follow_the_window() -> None:
+    """Latencies leave the percentiles when their latency bucket leaves the window."""
+    m = make(window=60, buckets=6, latency_buckets=2)  # 30-second latency buckets
+    for _ in range(10):
+        m.record(ok("a", at=1.0, latency=2.0), now=1.0)
+    m.record(ok("a", at=40.0, latency=0.01), now=40.0)
+    p50 = m.service_metrics("a", now=40.0).latency["p50"]
+    assert p50 == pytest.approx(2.0, rel=0.06)
+    assert m.service_metrics("a", now=60.0).latency["p50"] == pytest.approx(0.01, rel=0.06)
+
+
+# ================================================================================ recent errors
+
+
+def test_recent_errors_newest_first_with_pagination() -> None:
+    """Pages are newest first; offset and limit slice; total counts all held."""
+    m = make(recent_errors=10)
+    for i in range(25):
+        m.record(err("a" if i % 2 else "b", at=float(i), error=f"e{i}"), now=float(i))
+    page = m.recent_errors(offset=0, limit=3)
+    assert [r.message for r in page.items] == ["e24", "e23", "e22"]
+    assert (page.offset, page.limit, page.total) == (0, 3, 10)
+    page = m.recent_errors(offset=8, limit=5)
+    assert [r.message for r in page.items] == ["e16", "e15"]
+    page = m.recent_errors(offset=50, limit=5)
+    assert page.items == []
+    only_a = m.recent_errors(limit=10, service="a")
+    assert [r.message for r in only_a.items] == ["e23", "e21", "e19", "e17", "e15"]
+    assert only_a.total == 5
+
+
+def test_recent_error_record_fields() -> None:
+    """A record holds service, category, redacted message, monotonic and wall times."""
+    wall = FakeWall()
+    m = MonitorState(MonitorSettings(), wall_clock=wall)
+    m.record(err("a", at=7.0, error="GET https://u:hunter2@host failed", retried=True), now=8.0)
+    m.record(err("a", at=9.0, category=None, error=None), now=9.0)
+    older, newer = reversed(m.recent_errors().items)
+    assert older.message == "GET https://u:[REDACTED]@host failed"
+    assert (older.service, older.category, older.at, older.wall, older.retried) == (
+        "a",
+        ErrorCategory.TIMEOUT,
+        7.0,
+        wall.t,
+        True,
+    )
+    assert newer.category is ErrorCategory.UNKNOWN
+    assert newer.message == ErrorCategory.UNKNOWN.info.message
+
+
+def test_long_error_messages_are_cut() -> None:
+    """Stored messages are bounded by max_message_length."""
+    m = make(max_message_length=50)
+    m.record(err("a", at=0.0, error="word " * 1000), now=0.0)
+    message = m.recent_errors().items[0].message
+    assert len(message) <= 50 + len("... [truncated, 5000 chars]")
+
+
+@pytest.mark.parametrize(
+    ("offset", "limit", "argument"),
+    [
+        (-1, 10, "offset"),
+        (0, 0, "limit"),
+        (0, 201, "limit"),
+        (True, 10, "offset"),
+        (0, 1.5, "limit"),
+    ],
+)
+def test_recent_errors_bad_page(offset: Any, limit: Any, argument: str) -> None:
+    """A negative offset or a limit outside [1, capacity] is an InvalidQuery."""
+    with pytest.raises(InvalidQuery) as info:
+        make().recent_errors(offset=offset, limit=limit)
+    assert info.value.argument == argument
+
+
+# ================================================================================ reset
+
+
+def test_reset_clears_windows_totals_and_metric_alerts() -> None:
+    """Reset empties the service's windows and totals and resolves its rate/ratio alerts."""
+    m = make(min_calls=1, high_error_rate=0.2)  # one error in 5 minutes is 0.2 per minute
+    m.record(BreakerReport("a", "closed", "open", 1.0, "failures"), now=1.0)
+    events = m.record(err("a", at=1.0), now=1.0)
+    assert {e.alert.rule for e in events} == {
+        AlertRule.HIGH_ERROR_RATE,
+        AlertRule.CRITICAL_ERROR_RATIO,
+    }
+    events = m.reset("a", now=2.0)
+    assert {(e.kind, e.alert.rule, e.alert.resolution) for e in events} == {
+        ("resolved", AlertRule.HIGH_ERROR_RATE, "reset"),
+        ("resolved", AlertRule.CRITICAL_ERROR_RATIO, "reset"),
+    }
+    metrics = m.service_metrics("a", now=2.0)
+    assert (metrics.calls, metrics.errors, metrics.totals.calls, metrics.totals.since) == (
+        0,
+        0,
+        0,
+        2.0,
+    )
+    assert metrics.latency["p50"] is None
+    assert m.breaker("a").state == "open"  # the breaker is not a metric
+    assert [a.rule for a in m.alerts().active] == [AlertRule.BREAKER_OPEN]
+    assert m.recent_errors().total == 1  # the error log is kept
+    m.record(ok("a", at=3.0), now=3.0)
+    assert m.service_metrics("a", now=3.0).calls == 1
+
+
+# ================================================================================ breakers
+
+
+def test_breaker_defaults_to_closed_and_tracks_transitions() -> None:
+    """A service's breaker is closed until reported; transitions, trips and reasons are kept."""
+    m = make()
+    m.record(ok("a", at=0.0), now=0.0)
+    info = m.breaker("a")
+    assert (info.state, info.since, info.transitions, info.trips, info.last_transition) == (
+        "closed",
+        None,
+        0,
+        0,
+        None,
+    )
+    m.record(BreakerReport("a", "closed", "open", 5.0, "5 failures; api_key=abc"), now=5.0)
+    m.record(BreakerReport("a", "open", "half_open", 35.0), now=35.0)
+    m.record(BreakerReport("a", "half_open", "open", 36.0, "probe failed"), now=36.0)
+    info = m.breaker("a")
+    assert (info.state, info.since, info.transitions, info.trips) == ("open", 36.0, 3, 2)
+    assert info.last_transition is not None
+    assert info.last_transition.reason == "probe failed"
+    m.record(BreakerReport("b", "closed", "isolated", 40.0, ""), now=40.0)
+    listing = m.breakers()
+    assert [(b.service, b.state) for b in listing.breakers] == [("a", "open"), ("b", "isolated")]
+
+
+def test_breaker_reason_is_redacted() -> None:
+    """Breaker reasons pass through redaction like error messages."""
+    m = make()
+    m.record(BreakerReport("a", "closed", "open", 5.0, "failed with api_key=abc123"), now=5.0)
+    transition = m.breaker("a").last_transition
+    assert transition is not None
+    assert transition.reason == "failed with api_key=[REDACTED]"
+
+
+# ================================================================================ invalid input
+
+
+@pytest.mark.parametrize(
+    ("report", "field"),
+    [
+        (CallReport("a", True, -0.1, 1.0), "latency"),
+        (CallReport("a", True, math.nan, 1.0), "latency"),
+        (CallReport("a", True, math.inf, 1.0), "latency"),
+        (CallReport("a", True, "fast", 1.0), "latency"),  # type: ignore[arg-type]
+        (CallReport("a", True, 0.1, math.nan), "at"),
+        (CallReport("a", True, 0.1, None), "at"),  # type: ignore[arg-type]
+        (CallReport("a", False, 0.1, 1.0, "bogus"), "category"),  # type: ignore[arg-type]
+        (CallReport("a", False, 0.1, 1.0, []), "category"),  # type: ignore[arg-type]
+        (CallReport("a", False, 0.1, 1.0, None, 42), "error"),  # type: ignore[arg-type]
+        (CallReport("", True, 0.1, 1.0), "service"),
+        (CallReport("x" * 201, True, 0.1, 1.0), "service"),
+        (CallReport(7, True, 0.1, 1.0), "service"),  # type: ignore[arg-type]
+        (BreakerReport("a", "closed", "ajar", 1.0), "new"),
+        (BreakerReport("a", "CLOSED", "open", 1.0), "old"),
+        (BreakerReport("a", "closed", "open", math.inf), "at"),
+        (BreakerReport("a", "closed", "open", 1.0, None), "reason"),  # type: ignore[arg-type]
+        (SupervisionReport("root/a", "exploded"), "kind"),
+        (SupervisionReport("", "started"), "path"),
+        (SupervisionReport("root", "gave_up", None), "detail"),  # type: ignore[arg-type]
+    ],
+)
+def test_invalid_report_records_nothing(report: Any, field: str) -> None:
+    """A report with an unusable field raises InvalidReport naming it and changes nothing."""
+    m = make()
+    m.record(ok("a", at=0.0), now=0.0)
+    before = (m.statistics(), m.service_metrics("a", now=0.0), m.breakers(), m.alerts(True))
+    with pytest.raises(InvalidReport) as info:
+        m.record(report, now=1.0)
+    assert info.value.field == field
+    assert isinstance(info.value, ValueError)
+    after = (m.statistics(), m.service_metrics("a", now=0.0), m.breakers(), m.alerts(True))
+    assert after == before
+
+
+def test_non_report_is_a_type_error() -> None:
+    """Only report types are accepted."""
+    with pytest.raises(TypeError, match="not a monitor report"):
+        make().record("hello", now=0.0)  # type: ignore[arg-type]
+
+
+# ================================================================================ max services
+
+
+def test_new_service_evicts_the_least_recent_idle_one() -> None:
+    """At max_services, a new service replaces the idle service reported least recently."""
+    m = make(window=60, buckets=6, max_services=2)
+    m.record(ok("a", at=0.0), now=0.0)
+    m.record(ok("b", at=10.0), now=10.0)
+    m.record(ok("c", at=100.0), now=100.0)  # a and b idle; a least recent
+    assert m.services() == ["b", "c"]
+    assert m.statistics().services_evicted == 1
+
+
+def test_busy_services_are_not_evicted_and_the_report_is_dropped() -> None:
+    """Services with window calls, a non-closed breaker or an active alert stay; the new
+    service's report is dropped and counted."""
+    m = make(window=60, buckets=6, max_services=2)
+    m.record(ok("a", at=0.0), now=0.0)
+    m.record(BreakerReport("b", "closed", "open", 0.0), now=0.0)
+    assert m.record(ok("c", at=30.0), now=30.0) == ()  # a has calls in the window
+    assert m.services() == ["a", "b"]
+    assert m.statistics().reports_dropped == 1
+    assert m.record(ok("c", at=100.0), now=100.0) == ()  # a idle now; b's breaker is open
+    assert m.services() == ["b", "c"]
+    m2 = make(window=60, buckets=6, max_services=1, min_calls=1)
+    m2.record(err("a", at=0.0), now=0.0)  # critical ratio alert active
+    m2.record(ok("z", at=100.0), now=100.0)
+    assert m2.services() == ["a"]
+
+
+# ================================================================================ health
+
+
+def _health_of(m: MonitorState) -> dict[str, HealthStatus]:
+    return {name: h.status for name, h in m.health(now=0.0).services.items()}
+
+
+def test_health_rules_per_service() -> None:
+    """Open/isolated breaker or critical ratio: unhealthy; half-open or high rate: degraded."""
+    m = make(min_calls=2, high_error_rate=0.4, critical_error_ratio=0.9)
+    m.record(ok("fine", at=0.0), now=0.0)
+    m.record(BreakerReport("open", "closed", "open", 0.0), now=0.0)
+    m.record(BreakerReport("iso", "closed", "isolated", 0.0), now=0.0)
+    m.record(BreakerReport("half", "open", "half_open", 0.0), now=0.0)
+    for _ in range(2):
+        m.record(err("failing", at=0.0), now=0.0)  # ratio 1.0 with 2 calls
+    for call in (ok("slowburn", 0.0), ok("slowburn", 0.0), err("slowburn", 0.0)):
+        m.record(call, now=0.0)
+    assert m.record(err("slowburn", at=0.0), now=0.0)[0].alert.rule is AlertRule.HIGH_ERROR_RATE
+    # slowburn: 0.4 errors/min reaches the rate threshold; its ratio 0.5 is below 0.9.
+    assert _health_of(m) == {
+        "failing": HealthStatus.UNHEALTHY,
+        "fine": HealthStatus.HEALTHY,
+        "half": HealthStatus.DEGRADED,
+        "iso": HealthStatus.UNHEALTHY,
+        "open": HealthStatus.UNHEALTHY,
+        "slowburn": HealthStatus.DEGRADED,
+    }
+    report = m.health(now=3.0)
+    assert report.status is HealthStatus.DEGRADED
+    assert report.checked_at == 3.0
+    assert report.active_alerts == len(m.alerts().active)
+    assert report.services["half"].reasons == ["circuit breaker half_open"]
+
+
+def test_overall_health() -> None:
+    """Healthy with no services; unhealthy only when every service is, or a supervisor gave up."""
+    m = make()
+    assert m.health(now=0.0).status is HealthStatus.HEALTHY
+    m.record(ok("a", at=0.0), now=0.0)
+    m.record(BreakerReport("b", "closed", "open", 0.0), now=0.0)
+    assert m.health(now=0.0).status is HealthStatus.DEGRADED
+    m.record(BreakerReport("a", "closed", "open", 0.0), now=0.0)
+    report = m.health(now=0.0)
+    assert report.status is HealthStatus.UNHEALTHY
+    assert "every service is unhealthy" in report.reasons
+    m.record(BreakerReport("a", "open", "closed", 1.0), now=1.0)
+    m.record(BreakerReport("b", "open", "closed", 1.0), now=1.0)
+    assert m.health(now=1.0).status is HealthStatus.HEALTHY
+    m.record(SupervisionReport("root/providers", "gave_up", "too many restarts"), now=2.0)
+    report = m.health(now=2.0)
+    assert report.status is HealthStatus.UNHEALTHY
+    assert report.reasons == ["supervisor 'root/providers' gave up"]
+
+
+# ================================================================================ JSON bodies
+
+
+def test_query_results_are_json_bodies() -> None:
+    """Every query result encodes to JSON and decodes back to an equal value."""
+    m = make(min_calls=1)
+    m.record(ok("a", at=0.0), now=0.0)
+    m.record(err("a", at=1.0), now=1.0)
+    m.record(BreakerReport("a", "closed", "open", 2.0, "x"), now=2.0)
+    results: list[tuple[Any, type]] = [
+        (m.health(now=3.0), HealthReport),
+        (m.breakers(), BreakerList),
+        (m.metrics(now=3.0), MetricsReport),
+        (m.service_metrics("a", now=3.0), ServiceMetrics),
+        (m.recent_errors(), RecentErrors),
+        (m.error_rate("a", window=60, now=3.0), ErrorRate),
+        (m.alerts(include_resolved=True), type(m.alerts())),
+    ]
+    for value, kind in results:
+        data = msgspec.json.encode(value)
+        assert msgspec.json.decode(data, type=kind) == value
+    body = msgspec.json.decode(msgspec.json.encode(m.health(now=3.0)))
+    assert body["status"] == "unhealthy"
+    assert body["services"]["a"]["breaker"] == "open"
+
+
+def test_reports_round_trip_as_tagged_messages() -> None:
+    """Reports are tagged structs: a union decodes to the right type."""
+    reports = [
+        ok("a", at=1.0),
+        err("a", at=2.0),
+        BreakerReport("a", "closed", "open", 3.0, "r"),
+        SupervisionReport("root", "crashed", "ValueError"),
+    ]
+    union = CallReport | BreakerReport | SupervisionReport
+    for report in reports:
+        assert msgspec.json.decode(msgspec.json.encode(report), type=union) == report
+
+
+def test_statistics_count_reports() -> None:
+    """statistics() counts services, reports, supervision kinds and alerts."""
+    m = make(min_calls=1)
+    m.record(ok("a", at=0.0), now=0.0)
+    m.record(err("a", at=0.0), now=0.0)
+    m.record(SupervisionReport("root/a", "crashed"), now=0.0)
+    m.record(SupervisionReport("root/a", "restarted"), now=0.0)
+    stats = m.statistics()
+    assert (stats.services, stats.reports, stats.recent_errors) == (1, 4, 1)
+    assert stats.supervision == {"crashed": 1, "gave_up": 0, "restarted": 1, "started": 0}
+    assert stats.alerts_raised == stats.active_alerts == 1
+
+
+# ================================================================================ stateful
+
+
+SERVICES = ["alpha", "beta", "gamma"]
+CATEGORIES = [ErrorCategory.TIMEOUT, ErrorCategory.NETWORK, ErrorCategory.VALIDATION, None]
+# Small numbers so the rules fire often: a 60-second window of six 10-second buckets, so the
+# error rate per minute is exactly the window's error count.
+MACHINE_SETTINGS = MonitorSettings(
+    window=60.0,
+    buckets=6,
+    latency_buckets=3,
+    high_error_rate=4.0,
+    critical_error_ratio=0.5,
+    min_calls=3,
+    resolve_factor=0.5,
+    resolve_checks=2,
+    recent_errors=5,
+    resolved_alerts=4,
+    max_services=10,
+)
+RATE, RATIO, BREAKER = (
+    AlertRule.HIGH_ERROR_RATE,
+    AlertRule.CRITICAL_ERROR_RATIO,
+    AlertRule.BREAKER_OPEN,
+)
+
+
+class MonitorMachine(RuleBasedStateMachine):
+    """Random reports, time steps, checks, resets and breaker moves against a list model."""
+
+    @initialize()
+    def setup(self) -> None:
+        self.m = MonitorState(MACHINE_SETTINGS, wall_clock=FakeWall())
+        self.now = 1_000.0
+        # Model: reports per service since its last reset, as (at, ok, category, retried).
+        self.reports: dict[str, list[tuple[float, bool, ErrorCategory | None, bool]]] = {}
+        self.totals: dict[str, list[int]] = {}  # calls, errors, retries
+        self.errors_log: list[tuple[str, float]] = []
+        self.breaker: dict[str, str] = {}
+        self.active: set[tuple[AlertRule, str]] = set()
+        self.streak: dict[tuple[AlertRule, str], int] = {}
+
+    # ------------------------------------------------------------------ model helpers
+
+    def k(self) -> int:
+        return int(self.now // MACHINE_SETTINGS.bucket_width)
+
+    def window_counts(self, service: str, buckets: int = 6) -> tuple[int, int, int]:
+        k = self.k()
+        live = [
+            r
+            for r in self.reports.get(service, [])
+            if k - buckets < int(r[0] // MACHINE_SETTINGS.bucket_width) <= k
+        ]
+        return (
+            len(live),
+            sum(1 for r in live if not r[1]),
+            sum(1 for r in live if r[3]),
+        )
+
+    def values(self, service: str) -> tuple[float, float | None]:
+        calls, errors, _ = self.window_counts(service)
+        rate = errors * 60.0 / MACHINE_SETTINGS.window
+        ratio = errors / calls if calls >= MACHINE_SETTINGS.min_calls else None
+        return rate, ratio
+
+    def intake_raise(self, service: str) -> None:
+        rate, ratio = self.values(service)
+        if rate >= MACHINE_SETTINGS.high_error_rate:
+            self.raise_(RATE, service)
+        if ratio is not None and ratio >= MACHINE_SETTINGS.critical_error_ratio:
+            self.raise_(RATIO, service)
+
+    def raise_(self, rule: AlertRule, service: str) -> None:
+        if (rule, service) not in self.active:
+            self.active.add((rule, service))
+            self.streak.pop((rule, service), None)
+
+    def resolve(self, rule: AlertRule, service: str) -> None:
+        self.active.discard((rule, service))
+        self.streak.pop((rule, service), None)
+
+    # ------------------------------------------------------------------ rules
+
+    @rule(
+        service=st.sampled_from(SERVICES),
+        is_ok=st.booleans(),
+        category=st.sampled_from(CATEGORIES),
+        delay=st.one_of(st.just(0.0), st.floats(min_value=0.0, max_value=90.0)),
+        latency=st.floats(min_value=0.0, max_value=100.0),
+        retried=st.booleans(),
+    )
+    def report(
+        self,
+        service: str,
+        is_ok: bool,
+        category: ErrorCategory | None,
+        delay: float,
+        latency: float,
+        retried: bool,
+    ) -> None:
+        at = self.now - delay
+        report = CallReport(service, is_ok, latency, at, category, "token=s3cret", retried)
+        self.m.record(report, now=self.now)
+        self.reports.setdefault(service, []).append((at, is_ok, category, retried))
+        totals = self.totals.setdefault(service, [0, 0, 0])
+        totals[0] += 1
+        totals[1] += not is_ok
+        totals[2] += retried
+        self.breaker.setdefault(service, "closed")
+        if not is_ok:
+            self.errors_log.append((service, at))
+            self.intake_raise(service)
+
+    @rule(dt=st.one_of(st.floats(min_value=0.0, max_value=15.0), st.just(200.0)))
+    def advance(self, dt: float) -> None:
+        self.now += dt
+
+    @rule()
+    def evaluate(self) -> None:
+        self.m.evaluate(self.now)
+        s = MACHINE_SETTINGS
+        for service in self.breaker:
+            rate, ratio = self.values(service)
+            for rule_, value, threshold in ((RATE, rate, s.high_error_rate),
+                                            (RATIO, ratio, s.critical_error_ratio)):  # fmt: skip
+                key = (rule_, service)
+                if value is not None and value >= threshold:
+                    if key in self.active:
+                        self.streak[key] = 0
+                    else:
+                        self.raise_(rule_, service)
+                elif key in self.active:
+                    if value is not None and value >= threshold * s.resolve_factor:
+                        self.streak[key] = 0
+                    else:
+                        self.streak[key] = self.streak.get(key, 0) + 1
+                        if self.streak[key] >= s.resolve_checks:
+                            self.resolve(rule_, service)
+
+    @precondition(lambda self: bool(self.breaker))
+    @rule(data=st.data())
+    def reset(self, data: st.DataObject) -> None:
+        service = data.draw(st.sampled_from(sorted(self.breaker)))
+        self.m.reset(service, now=self.now)
+        self.reports[service] = []
+        self.totals[service] = [0, 0, 0]
+        self.resolve(RATE, service)
+        self.resolve(RATIO, service)
+
+    @rule(
+        service=st.sampled_from(SERVICES),
+        new=st.sampled_from(["closed", "open", "half_open", "isolated"]),
+    )
+    def move_breaker(self, service: str, new: str) -> None:
+        old = self.breaker.get(service, "closed")
+        self.m.record(BreakerReport(service, old, new, self.now, "why"), now=self.now)
+        self.breaker[service] = new
+        self.reports.setdefault(service, [])
+        self.totals.setdefault(service, [0, 0, 0])
+        if new in ("open", "isolated"):
+            self.raise_(BREAKER, service)
+        elif new == "closed":
+            self.resolve(BREAKER, service)
+
+    @precondition(lambda self: bool(self.active))
+    @rule(data=st.data())
+    def acknowledge(self, data: st.DataObject) -> None:
+        alert = data.draw(st.sampled_from(self.m.alerts().active))
+        event = self.m.acknowledge(alert.id, now=self.now)
+        assert event.alert.resolution == "acknowledged"
+        self.resolve(alert.rule, alert.service)
+
+    @precondition(lambda self: bool(self.breaker))
+    @rule(data=st.data(), window=st.floats(min_value=0.5, max_value=60.0))
+    def check_error_rate(self, data: st.DataObject, window: float) -> None:
+        service = data.draw(st.sampled_from(sorted(self.breaker)))
+        buckets = min(6, max(1, math.ceil(window / 10 - 1e-9)))
+        calls, errors, _ = self.window_counts(service, buckets)
+        got = self.m.error_rate(service, window, now=self.now)
+        assert (got.calls, got.errors, got.window) == (calls, errors, buckets * 10.0)
+
+    # ------------------------------------------------------------------ invariants
+
+    @invariant()
+    def windows_and_totals_match(self) -> None:
+        if not hasattr(self, "m"):
+            return
+        assert self.m.services() == sorted(self.breaker)
+        for service in self.breaker:
+            metrics = self.m.service_metrics(service, now=self.now)
+            calls, errors, retries = self.window_counts(service)
+            assert (metrics.calls, metrics.errors, metrics.retries) == (calls, errors, retries)
+            assert sum(metrics.errors_by_category.values()) == errors
+            assert [
+                metrics.totals.calls,
+                metrics.totals.errors,
+                metrics.totals.retries,
+            ] == self.totals[service]
+            assert metrics.breaker == self.breaker[service]
+            assert (metrics.latency["p50"] is None) == (self.latency_empty(service))
+
+    def latency_empty(self, service: str) -> bool:
+        k = int(self.now // MACHINE_SETTINGS.latency_bucket_width)
+        return not any(
+            k - 3 < int(r[0] // MACHINE_SETTINGS.latency_bucket_width) <= k
+            for r in self.reports.get(service, [])
+        )
+
+    @invariant()
+    def alerts_match(self) -> None:
+        if not hasattr(self, "m"):
+            return
+        got = {(a.rule, a.service) for a in self.m.alerts().active}
+        assert got == self.active
+        assert len(self.m.alerts(include_resolved=True).resolved) <= 4
+
+    @invariant()
+    def recent_errors_match(self) -> None:
+        if not hasattr(self, "m"):
+            return
+        page = self.m.recent_errors(limit=5)
+        expected = list(reversed(self.errors_log))[:5]
+        assert [(r.service, r.at) for r in page.items] == expected
+        assert all(r.message == "token=[REDACTED]" for r in page.items)
+
+
+TestMonitorMachine = MonitorMachine.TestCase
+
+
+def test_model_bucket_arithmetic_on_an_example() -> None:
+    """The reference model's bucket arithmetic agrees with the state on a fixed example."""
+    m = MonitorState(MACHINE_SETTINGS, wall_clock=FakeWall())
+    for t in (1000.0, 1009.9, 1010.0, 1059.9):
+        m.record(err("alpha", at=t), now=t)
+    # At 1059.9 the head bucket is 105; live buckets 100..105 hold all four reports.
+    assert m.service_metrics("alpha", now=1059.9).errors == 4
+    assert m.service_metrics("alpha", now=1060.0).errors == 2
