@@ -31,6 +31,9 @@ categories = st.sampled_from(list(ErrorCategory))
 #: Time steps on an exact binary grid (multiples of 1/8 s).
 time_steps = st.integers(min_value=0, max_value=200).map(lambda k: k / 8)
 
+#: Short time steps on the same grid (up to 2 s), for tables whose TTLs are a few seconds.
+small_time_steps = st.integers(min_value=0, max_value=16).map(lambda k: k / 8)
+
 #: TTLs whose tenth is exact in binary floating point.
 exact_ttls = st.sampled_from([1.25, 2.5, 5.0, 10.0, 20.0])
 
