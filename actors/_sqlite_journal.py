@@ -4,13 +4,17 @@ Theory of operation
 -------------------
 One :class:`SqliteJournal` owns one thread, which owns the one ``sqlite3`` connection.  Trio
 tasks never touch the connection and never hop to a thread per write (a hop costs ~260 us):
-a write is validated in the calling task (against the in-memory state of its saga), put on a
-``queue.SimpleQueue`` and the task parks.  The writer thread takes *everything* queued (up to
-1,024 requests), writes it in ONE transaction, commits (one fsync at ``synchronous=FULL``),
-then hands the whole batch back to trio with ONE ``TrioToken.run_sync_soon``, which reschedules
-every waiting task.  While a batch commits, the next one queues up, so the rows per commit
-grow with the number of concurrent writers: that is group commit, and it is why throughput
-grows with concurrency without weakening durability.  Reads (``get``, ``load_unfinished``) go
+a write is validated in the calling task (against the in-memory state of its saga), staged, and
+the task parks.  The first write staged in a scheduler pass schedules one flush
+(``run_sync_soon`` from the trio thread runs after the pass), which hands everything staged in
+the pass to the writer at once: waking the writer at the first write of a pass would let it
+take the GIL mid-pass and commit a partial batch, making the rest wait a whole extra commit.
+The writer thread takes *everything* queued (up to 1,024 requests), writes it in ONE
+transaction, commits (one fsync at ``synchronous=FULL``), then hands the whole batch back to
+trio with ONE ``TrioToken.run_sync_soon``, which reschedules every waiting task.  While a batch
+commits, the next one queues up, so the rows per commit grow with the number of concurrent
+writers: that is group commit, and it is why throughput grows with concurrency without
+weakening durability.  Reads (``get``, ``load_unfinished``) go
 through the same queue and run after the batch's commit, so a read sees every write queued
 before it.
 
@@ -122,10 +126,10 @@ PRAGMA user_version = {SCHEMA_VERSION};
 COMMIT;
 """
 
-#: The statement every event row is written with (also used by the benchmark's floor).
+#: The statements a journal write runs (the benchmark's floor runs the same ones).
 INSERT_EVENT: Final = "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?)"
-_INSERT_SAGA: Final = "INSERT OR IGNORE INTO sagas VALUES (?, ?, ?, ?, ?, NULL, NULL)"
-_FINISH: Final = "UPDATE sagas SET outcome = ?, finished_at = ? WHERE saga_id = ?"
+INSERT_SAGA: Final = "INSERT OR IGNORE INTO sagas VALUES (?, ?, ?, ?, ?, NULL, NULL)"
+FINISH_SAGA: Final = "UPDATE sagas SET outcome = ?, finished_at = ? WHERE saga_id = ?"
 _PRUNABLE: Final = f"outcome IS NOT NULL AND outcome != '{_ATTENTION}'"
 _HEADER_COLUMNS: Final = "saga_id, definition, created_at, payload, metadata"
 _KINDS: Final = {kind.value: kind for kind in SagaEventKind}
@@ -145,7 +149,7 @@ class _Request:
     def __init__(self, op: int) -> None:
         self.op = op
         self.rows: list[Row] = []  # event rows; CREATE: [saga row, event row]
-        self.saga: Any = None  # CREATE: saga row; APPEND: finish rows; DISCARD: the id
+        self.saga: Any = ()  # CREATE: saga row; APPEND: finish rows; DISCARD: the id
         self.fn: Callable[[sqlite3.Connection], Any] | None = None
         self.task: Task | None = None
         self.value: Any = None
@@ -161,8 +165,12 @@ def _abort(request: _Request) -> Callable[[RaiseCancelT], Abort]:
     return abort
 
 
+_ENDS: Final = frozenset(phase for phase in SagaPhase if phase.finished)
+_KIND_VALUES: Final = {kind: kind.value for kind in SagaEventKind}  # `.value` is slow on 3.11
+
+
 def _event_row(e: SagaEvent) -> Row:
-    return (e.saga_id, e.seq, e.kind.value, e.step, float(e.at), e.data)
+    return (e.saga_id, e.seq, _KIND_VALUES[e.kind], e.step, float(e.at), e.data)
 
 
 class SqliteJournal:
@@ -216,7 +224,9 @@ class SqliteJournal:
         self._max_pending = max_pending
         self._status = "new"  # new -> opening -> open -> closing -> closed
         self._index = SagaIndex()
-        self._queue: queue.SimpleQueue[_Request] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[_Request]] = queue.SimpleQueue()
+        self._staged: list[_Request] = []
+        self._token: trio.lowlevel.TrioToken | None = None
         self._room = trio.lowlevel.ParkingLot()
         self._pending = 0
         self._failure: tuple[str, BaseException] | None = None
@@ -249,7 +259,8 @@ class SqliteJournal:
         if self._status != "new":
             raise JournalError(f"The journal {self._path} was already opened.", path=self._path)
         self._status = "opening"
-        self._writer = _Writer(self, trio.lowlevel.current_trio_token())
+        self._token = trio.lowlevel.current_trio_token()
+        self._writer = _Writer(self, self._token)
         self._thread = threading.Thread(
             target=self._writer.run, name=f"aura-journal {self._path}", daemon=True
         )
@@ -280,7 +291,7 @@ class SqliteJournal:
                 else:
                     self._index.open[header.saga_id] = tracked
             if task is None:  # the opener was cancelled: nobody owns the journal, close it
-                self._queue.put(_Request(_CLOSE))
+                self._queue.put([_Request(_CLOSE)])
             else:
                 self._status = "open"
         if task is not None:
@@ -303,8 +314,7 @@ class SqliteJournal:
         if self._status == "open":
             self._status = "closing"
             self._room.unpark_all()
-            request = _Request(_CLOSE)
-            self._queue.put(request)
+            self._stage(_Request(_CLOSE))
         await self._closed.wait()
         self._status = "closed"
         error, self._close_error = self._close_error, None
@@ -351,7 +361,14 @@ class SqliteJournal:
 
     async def append(self, event: SagaEvent) -> None:
         """Durably append one event (see :meth:`append_many`)."""
-        await self.append_many((event,))
+        await self._wait_for_room()
+        state = self._index.advance_one(event)
+        request = _Request(_APPEND)
+        request.rows = [_event_row(event)]
+        if state.phase in _ENDS:
+            request.saga = [(state.phase.value, state.updated_at, event.saga_id)]
+        request.nbytes = len(event.data)
+        await self._submit(request)
 
     async def append_many(self, events: Sequence[SagaEvent]) -> None:
         """Durably append events (of one or more sagas) in one transaction, in order.
@@ -504,43 +521,63 @@ class SqliteJournal:
         # Called right after _wait_for_room with no checkpoint in between.
         request.task = current_task()
         self._pending += 1
-        self._queue.put(request)
+        self._stage(request)
         return await wait_task_rescheduled(_abort(request))
+
+    def _stage(self, request: _Request) -> None:
+        if not self._staged:
+            assert self._token is not None
+            self._token.run_sync_soon(self._flush)
+        self._staged.append(request)
+
+    def _flush(self) -> None:
+        # Runs in trio after the scheduler pass that staged the requests.
+        staged, self._staged = self._staged, []
+        self._queue.put(staged)
 
     def _deliver(self, batch: list[_Request], commits: int, pruned: int) -> None:
         # Runs in trio, once per batch (run_sync_soon from the writer thread).
         failed = self._failure is not None
         index = self._index
-        done = 0
+        done = appends = rows = nbytes = 0
         for request in batch:
             op = request.op
-            if op == _CLOSE:
-                self._close_error = request.error
+            if failed and op != _CLOSE:
+                request.error = self._failure_error()
+            error = request.error
+            if op == _APPEND:  # the common case first
+                if error is None:
+                    appends += 1
+                    rows += len(request.rows)
+                    nbytes += request.nbytes
+            elif op == _CLOSE:
+                self._close_error = error
                 self._closed.set()
                 continue
-            done += 1
-            if failed and request.error is None:
-                request.error = self._failure_error()
-            if op == _CREATE:
+            elif op == _CREATE:
                 saga_id = request.rows[0][0]
                 tracked = index.open.get(saga_id)
-                if request.error is None and tracked is not None:
-                    tracked.confirmed = True
+                if error is None:
+                    appends += 1
+                    rows += 1
+                    nbytes += request.nbytes
+                    if tracked is not None:
+                        tracked.confirmed = True
                 elif tracked is not None and not tracked.confirmed:
                     del index.open[saga_id]
-            elif op == _DISCARD and request.error is None and request.value:
+            elif op == _DISCARD and error is None and request.value:
                 index.attention.pop(request.saga, None)
-            if request.error is None and op in (_CREATE, _APPEND):
-                self._appends += 1
-                self._rows += len(request.rows)
-                self._bytes += request.nbytes
+            done += 1
             task = request.task
             if task is not None:
                 request.task = None
-                if request.error is None:
+                if error is None:
                     reschedule(task, outcome.Value(request.value))
                 else:
-                    reschedule(task, outcome.Error(request.error))
+                    reschedule(task, outcome.Error(error))
+        self._appends += appends
+        self._rows += rows
+        self._bytes += nbytes
         self._commits += commits
         self._pruned += pruned
         self._pending -= done
@@ -553,9 +590,7 @@ class SqliteJournal:
         # Runs in trio: the writer hit an error it cannot recover from.
         if self._failure is None:
             self._failure = (message, cause)
-        for request in batch:
-            request.error = None  # every caller gets a fresh error naming the failure
-        self._deliver(batch, 0, 0)
+        self._deliver(batch, 0, 0)  # every caller gets a fresh error naming the failure
 
 
 class _Writer:
@@ -629,18 +664,13 @@ class _Writer:
                 return
 
     def _take(self) -> list[_Request]:
-        first = self.queue.get()
-        batch = [first]
-        if first.op == _CLOSE:
-            return batch
+        # Everything queued, in order, up to _MAX_BATCH requests (whole staged groups).
+        batch = self.queue.get()
         get = self.queue.get_nowait
-        while len(batch) < _MAX_BATCH:
+        while len(batch) < _MAX_BATCH and batch[-1].op != _CLOSE:
             try:
-                request = get()
+                batch += get()
             except queue.Empty:
-                break
-            batch.append(request)
-            if request.op == _CLOSE:
                 break
         return batch
 
@@ -657,7 +687,7 @@ class _Writer:
                         rows += r.rows
                         finishes += r.saga
                     elif op == _CREATE:
-                        if conn.execute(_INSERT_SAGA, r.saga).rowcount == 1:
+                        if conn.execute(INSERT_SAGA, r.saga).rowcount == 1:
                             rows += r.rows
                         else:
                             r.error = JournalError(
@@ -674,7 +704,7 @@ class _Writer:
                 if rows:
                     conn.executemany(INSERT_EVENT, rows)
                 if finishes:
-                    conn.executemany(_FINISH, finishes)
+                    conn.executemany(FINISH_SAGA, finishes)
                     self.finished_since_prune += sum(1 for f in finishes if f[0] != _ATTENTION)
                 if self.before_commit is not None:
                     self.before_commit(conn)

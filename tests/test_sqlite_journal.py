@@ -327,6 +327,8 @@ async def test_callers_wait_for_room_and_a_cancelled_waiter_writes_nothing(
             await gate.wait_entered()
             for saga in sagas[1:4]:
                 nursery.start_soon(saga.go, K.STEP_STARTED, 0)
+            await trio.testing.wait_all_tasks_blocked()
+            assert journal.statistics().queue_depth == 2  # two of sagas 1-3 wait for room
             nursery.start_soon(parked_writer)
             await trio.testing.wait_all_tasks_blocked()
             assert journal.statistics().queue_depth == 2
