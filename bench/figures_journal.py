@@ -49,8 +49,8 @@ def _saga_events(saga_id: str) -> tuple[SagaHeader, list[SagaEvent]]:
     state = SagaState.new(header)
     events = []
     moves: list[tuple[SagaEventKind, int | None]] = [(K.STARTED, None)]
-    for step in range(_STEPS):
-        moves += [(K.STEP_STARTED, step), (K.STEP_COMPLETED, step)]
+    for i in range(_STEPS):
+        moves += [(K.STEP_STARTED, i), (K.STEP_COMPLETED, i)]
     moves.append((K.COMPLETED, None))
     for kind, step in moves:
         event = state.next_event(kind, step, b"reply" if kind is K.STEP_COMPLETED else b"")
