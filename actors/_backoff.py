@@ -233,12 +233,21 @@ class BackoffSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
 # ----------------------------------------------------------------------------- computation
 
 
+# Enum attribute access costs a descriptor call on Python 3.11: the hot path compares with
+# these module-level aliases instead.
+_CONSTANT: Final = BackoffKind.CONSTANT
+_LINEAR: Final = BackoffKind.LINEAR
+_NONE: Final = Jitter.NONE
+_FULL: Final = Jitter.FULL
+_DECORRELATED: Final = Jitter.DECORRELATED
+
+
 def _raw(settings: BackoffSettings, attempt: int) -> float:
     base = settings.base_delay
     kind = settings.kind
-    if kind is BackoffKind.CONSTANT or base == 0.0:
+    if kind is _CONSTANT or base == 0.0:
         return base
-    if kind is BackoffKind.LINEAR:
+    if kind is _LINEAR:
         return base * attempt
     try:
         return base * settings.multiplier ** (attempt - 1)
@@ -281,24 +290,31 @@ def compute_delay(
         raise ValueError(f"the random sample u must be in [0, 1], got {u!r}")
     jitter = settings.jitter
     cap = settings.max_delay
-    if jitter is Jitter.DECORRELATED:
+    if jitter is _DECORRELATED:
         base = settings.base_delay
         prev = base if previous is None else previous
         if prev < 0.0:
             raise ValueError(f"previous must be >= 0 seconds, got {prev!r}")
-        high = max(base, _DECORRELATED_GROWTH * prev)
-        delay = min(cap, base + u * (high - base))
+        high = _DECORRELATED_GROWTH * prev
+        if high < base:
+            high = base
+        delay = base + u * (high - base)
+        if delay > cap:
+            delay = cap
     else:
-        capped = min(_raw(settings, attempt), cap)
-        if jitter is Jitter.NONE:
-            delay = capped
-        elif jitter is Jitter.FULL:
-            delay = u * capped
-        else:
-            half = capped / 2.0
+        delay = _raw(settings, attempt)
+        if delay > cap:
+            delay = cap
+        if jitter is _FULL:
+            delay = u * delay
+        elif jitter is not _NONE:  # equal
+            half = delay / 2.0
             delay = half + u * half
     if retry_after is not None and retry_after > delay:  # NaN compares false: ignored
-        delay = max(delay, min(retry_after, settings.max_retry_after))
+        limit = settings.max_retry_after
+        longer = retry_after if retry_after < limit else limit
+        if longer > delay:
+            delay = longer
     return delay
 
 
@@ -351,7 +367,7 @@ class Backoff:
 
         The random source is consulted only when the settings have jitter.
         """
-        u = 0.0 if self.settings.jitter is Jitter.NONE else self._sample()
+        u = 0.0 if self.settings.jitter is _NONE else self._sample()
         return compute_delay(self.settings, attempt, u, previous=previous, retry_after=retry_after)
 
     def delays(self, count: int) -> Iterator[float]:

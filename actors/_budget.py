@@ -149,15 +149,14 @@ class RetryBudget:
         "_bucket",
         "_current",
         "_dep",
-        "_dep_window",
         "_deposit_units",
         "_edge",
         "_reserve",
         "_total_deposits",
         "_total_rejections",
         "_total_withdrawals",
+        "_units",
         "_wd",
-        "_wd_window",
         "_width",
         "settings",
     )
@@ -173,10 +172,11 @@ class RetryBudget:
         # Ring of BUCKETS + 1 slots; slot i holds the counts of one bucket.  _bucket is the
         # number of the newest bucket (None before the first call), _current its slot, _edge
         # the time at which the next bucket starts.
+        # _units is the balance in units: the reserve, plus deposit_units for each deposit in
+        # the newest BUCKETS slots, minus SCALE for each withdrawal in all BUCKETS + 1 slots.
         self._dep = [0] * (BUCKETS + 1)
         self._wd = [0] * (BUCKETS + 1)
-        self._dep_window = 0  # deposits in the newest BUCKETS slots
-        self._wd_window = 0  # withdrawals in all BUCKETS + 1 slots
+        self._units = self._reserve
         self._bucket: int | None = None
         self._current = 0
         self._edge = -math.inf
@@ -194,21 +194,23 @@ class RetryBudget:
         if previous is None or bucket - previous >= slots:
             self._dep = [0] * slots
             self._wd = [0] * slots
-            self._dep_window = self._wd_window = 0
+            self._units = self._reserve
             self._bucket = bucket
             self._current = bucket % slots
             return
         dep, wd = self._dep, self._wd
         current = self._current
+        units = self._units
         for _ in range(bucket - previous):
             current = (current + 1) % slots
             # The slot being reused held the oldest remembered bucket: its withdrawals leave
             # the window now; its deposits left one bucket ago.  The next slot's deposits
             # (the new oldest bucket) stop counting now.
-            self._wd_window -= wd[current]
+            units += SCALE * wd[current]
             wd[current] = 0
             dep[current] = 0
-            self._dep_window -= dep[(current + 1) % slots]
+            units -= self._deposit_units * dep[(current + 1) % slots]
+        self._units = units
         self._current = current
         self._bucket = bucket
 
@@ -217,7 +219,7 @@ class RetryBudget:
         if now >= self._edge:
             self._advance(now)
         self._dep[self._current] += 1
-        self._dep_window += 1
+        self._units += self._deposit_units
         self._total_deposits += 1
 
     def try_withdraw(self, now: float) -> bool:
@@ -227,10 +229,9 @@ class RetryBudget:
         """
         if now >= self._edge:
             self._advance(now)
-        units = self._reserve + self._deposit_units * self._dep_window - SCALE * self._wd_window
-        if units >= SCALE:
+        if self._units >= SCALE:
             self._wd[self._current] += 1
-            self._wd_window += 1
+            self._units -= SCALE
             self._total_withdrawals += 1
             return True
         self._total_rejections += 1
@@ -240,22 +241,24 @@ class RetryBudget:
         """How many retries could be made at ``now`` (never negative)."""
         if now >= self._edge:
             self._advance(now)
-        return self._balance()
+        return max(0, self._units // SCALE)
 
-    def _balance(self) -> int:
-        units = self._reserve + self._deposit_units * self._dep_window - SCALE * self._wd_window
-        return max(0, units // SCALE)
+    def _window(self) -> tuple[int, int]:
+        """(deposits, withdrawals) still counted."""
+        oldest = (self._current + 1) % (BUCKETS + 1)
+        return sum(self._dep) - self._dep[oldest], sum(self._wd)
 
     def statistics(self) -> BudgetStatistics:
         """Counts and balance as of the latest ``now`` this budget was given."""
+        deposits, withdrawals = self._window()
         return BudgetStatistics(
-            balance=self._balance(),
-            deposits_in_window=self._dep_window,
-            withdrawals_in_window=self._wd_window,
+            balance=max(0, self._units // SCALE),
+            deposits_in_window=deposits,
+            withdrawals_in_window=withdrawals,
             total_deposits=self._total_deposits,
             total_withdrawals=self._total_withdrawals,
             total_rejections=self._total_rejections,
         )
 
     def __repr__(self) -> str:
-        return f"<RetryBudget {self.settings!r} balance={self._balance()}>"
+        return f"<RetryBudget {self.settings!r} balance={max(0, self._units // SCALE)}>"

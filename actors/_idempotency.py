@@ -35,9 +35,11 @@ Memory.  The layout is designed for about 200 bytes per completed record at a mi
 with 40-character keys (the key string itself is ~90 of them), the reply object excluded:
 
 * ``_values``: key -> reply object (the value, or the error);
-* ``_meta``: key -> one int packing ``fingerprint | failed << 128 | expiry_ms << 129`` (a
-  170-bit int is 48 bytes; an object with three attributes would be ~150);
-* ``_order``: a deque of completed keys, oldest first (8 bytes per record, the key is shared).
+* ``_meta``: key -> one int packing ``fingerprint | expiry_ms << 128`` (a 170-bit int is 48
+  bytes; an object with three attributes would be ~150);
+* ``_order``: a deque of completed keys, oldest first (8 bytes per record, the key is shared);
+* ``_failed``: the set of keys whose outcome is an error (failures are the exception, so they
+  pay the ~30 bytes of a set entry rather than every record paying for a flag).
 
 In-flight entries are few (bounded by concurrency) and are plain ``__slots__`` objects in a
 separate dict.
@@ -84,7 +86,6 @@ __all__ = [
 
 _FP_BITS: Final = 128
 _FP_MASK: Final = (1 << _FP_BITS) - 1
-_EXPIRY_SHIFT: Final = _FP_BITS + 1
 
 
 class IdempotencySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -137,6 +138,9 @@ class IdempotencyTableFull(ResilienceError):
 # ---------------------------------------------------------------------------- fingerprints
 
 _ENCODER: Final = msgspec.msgpack.Encoder(order="deterministic")
+_blake2b: Final = hashlib.blake2b
+_PREFIXES: dict[type, bytes] = {}
+_MAX_PREFIXES: Final = 4096
 
 
 def fingerprint(request: object, *, enc_hook: Callable[[Any], Any] | None = None) -> int:
@@ -166,9 +170,12 @@ def fingerprint(request: object, *, enc_hook: Callable[[Any], Any] | None = None
             "(pass an enc_hook, or use msgspec-encodable types)"
         ) from exc
     kind = type(request)
-    digest = hashlib.blake2b(data, digest_size=16, person=b"aura-idem")
-    digest.update(f"{kind.__module__}.{kind.__qualname__}".encode())
-    return int.from_bytes(digest.digest(), "little")
+    prefix = _PREFIXES.get(kind)
+    if prefix is None:
+        if len(_PREFIXES) >= _MAX_PREFIXES:  # only types made at run time can get here
+            _PREFIXES.clear()
+        prefix = _PREFIXES[kind] = f"{kind.__module__}.{kind.__qualname__}:".encode()
+    return int.from_bytes(_blake2b(prefix + data, digest_size=16).digest())
 
 
 # ----------------------------------------------------------------------------- outcomes
@@ -304,6 +311,7 @@ class IdempotencyTable:
         "_conflicts",
         "_evictions",
         "_expirations",
+        "_failed",
         "_hits",
         "_inflight",
         "_joins",
@@ -327,6 +335,7 @@ class IdempotencyTable:
         self._values: dict[str, object] = {}
         self._meta: dict[str, int] = {}
         self._order: collections.deque[str] = collections.deque()
+        self._failed: set[str] = set()
         self._inflight: dict[str, InFlight] = {}
         self._latest = -math.inf
         self._hits = self._joins = self._misses = self._conflicts = 0
@@ -352,12 +361,12 @@ class IdempotencyTable:
         """
         meta = self._meta.get(key)
         if meta is not None:
-            if meta >> _EXPIRY_SHIFT > now * 1000.0:
+            if meta >> _FP_BITS > now * 1000.0:
                 if meta & _FP_MASK != fingerprint:
                     self._conflicts += 1
                     raise IdempotencyConflict(key=key)
                 self._hits += 1
-                return Completed(self._values[key], bool(meta >> _FP_BITS & 1))
+                return Completed(self._values[key], key in self._failed)
             self.expire(now)  # this record and every older one
         entry = self._inflight.get(key)
         if entry is not None:
@@ -384,6 +393,7 @@ class IdempotencyTable:
                     raise IdempotencyTableFull(service=self.service, max_records=self.max_records)
                 oldest = self._order.popleft()
                 del self._meta[oldest], self._values[oldest]
+                self._failed.discard(oldest)
                 self._evictions += 1
         entry = InFlight(key, fingerprint, now)
         self._inflight[key] = entry
@@ -398,13 +408,15 @@ class IdempotencyTable:
             )
         del self._inflight[entry.key]
 
-    def _store(self, entry: InFlight, now: float, value: object, failed: int) -> None:
+    def _store(self, entry: InFlight, now: float, value: object, failed: bool) -> None:
         if now > self._latest:
             self._latest = now
         expiry_ms = math.ceil(self._latest * 1000.0 + self._ttl_ms)
         key = entry.key
-        self._meta[key] = entry.fingerprint | failed << _FP_BITS | expiry_ms << _EXPIRY_SHIFT
+        self._meta[key] = entry.fingerprint | expiry_ms << _FP_BITS
         self._values[key] = value
+        if failed:
+            self._failed.add(key)
         self._order.append(key)
         self.expire(now)
 
@@ -414,7 +426,7 @@ class IdempotencyTable:
         Raises ValueError when ``entry`` is not in flight in this table.
         """
         self._finish(entry, "complete")
-        self._store(entry, now, value, 0)
+        self._store(entry, now, value, False)
         return entry.waiters
 
     def fail(
@@ -427,7 +439,7 @@ class IdempotencyTable:
         """
         self._finish(entry, "fail")
         if not transient:
-            self._store(entry, now, error, 1)
+            self._store(entry, now, error, True)
         return entry.waiters
 
     def abandon(self, entry: InFlight) -> list[object]:
@@ -440,15 +452,17 @@ class IdempotencyTable:
 
     def expire(self, now: float) -> int:
         """Drop the completed records that have expired at ``now``; return how many."""
-        order, meta, values = self._order, self._meta, self._values
+        order, meta, values, failed = self._order, self._meta, self._values, self._failed
         limit = now * 1000.0
         dropped = 0
         while order:
             key = order[0]
-            if meta[key] >> _EXPIRY_SHIFT > limit:
+            if meta[key] >> _FP_BITS > limit:
                 break
             order.popleft()
             del meta[key], values[key]
+            if failed:
+                failed.discard(key)
             dropped += 1
         self._expirations += dropped
         return dropped

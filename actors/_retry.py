@@ -180,6 +180,13 @@ class GiveUpReason(enum.Enum):
     BUDGET = "budget"
 
 
+# Module-level aliases: enum attribute access costs a descriptor call on Python 3.11.
+_NOT_TRANSIENT: Final = GiveUpReason.NOT_TRANSIENT
+_ATTEMPTS_EXHAUSTED: Final = GiveUpReason.ATTEMPTS_EXHAUSTED
+_DEADLINE: Final = GiveUpReason.DEADLINE
+_BUDGET: Final = GiveUpReason.BUDGET
+
+
 class RetryAt(msgspec.Struct, frozen=True, gc=False):
     """Decision: wait ``delay`` seconds (until ``at``), then make attempt number ``attempt``."""
 
@@ -219,7 +226,7 @@ class RetryPolicy:
         random: the jitter's random source (see :class:`~actors._backoff.Backoff`).
     """
 
-    __slots__ = ("_backoff", "_calls", "_gave_up", "_retries", "budget", "settings")
+    __slots__ = ("_backoff", "_calls", "_gave_up", "_retries", "_retry_on", "budget", "settings")
 
     settings: RetrySettings
     budget: RetryBudget | None
@@ -234,6 +241,9 @@ class RetryPolicy:
         self.settings = settings = RetrySettings() if settings is None else settings
         self.budget = budget
         self._backoff = Backoff(settings.backoff, random=random)
+        # A tuple: membership compares by identity first, where a set would call the enum's
+        # Python-level __hash__.
+        self._retry_on = tuple(settings.retry_on)
         self._calls = 0
         self._retries = 0
         self._gave_up = dict.fromkeys(GiveUpReason, 0)
@@ -316,20 +326,19 @@ class RetryState:
                 "begin a new one for a new call"
             )
         policy = self._policy
-        settings = policy.settings
-        if category not in settings.retry_on:
-            return self._give_up(GiveUpReason.NOT_TRANSIENT)
-        if self.attempt >= settings.max_attempts:
-            return self._give_up(GiveUpReason.ATTEMPTS_EXHAUSTED)
+        if category not in policy._retry_on:
+            return self._give_up(_NOT_TRANSIENT)
+        if self.attempt >= policy.settings.max_attempts:
+            return self._give_up(_ATTEMPTS_EXHAUSTED)
         delay = policy._backoff.delay(
             self.attempt, previous=self.previous_delay, retry_after=retry_after
         )
         at = now + delay
         if at >= self.deadline:
-            return self._give_up(GiveUpReason.DEADLINE)
+            return self._give_up(_DEADLINE)
         budget = policy.budget
         if budget is not None and not budget.try_withdraw(now):
-            return self._give_up(GiveUpReason.BUDGET)
+            return self._give_up(_BUDGET)
         self.attempt += 1
         self.previous_delay = delay
         policy._retries += 1
