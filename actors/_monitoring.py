@@ -514,7 +514,7 @@ class MonitorState:
 
     def _idle_victim(self, now: float) -> str | None:
         k = self._k
-        busy = {name for (_, name) in ((a.rule, a.service) for a in self._book.active_alerts())}
+        busy = {alert.service for alert in self._book.active_alerts()}
         best: _Series | None = None
         for s in self._series.values():
             if s.breaker != "closed" or s.name in busy:

@@ -655,9 +655,9 @@ MACHINE_SETTINGS = MonitorSettings(
     window=60.0,
     buckets=6,
     latency_buckets=3,
-    high_error_rate=4.0,
+    high_error_rate=6.0,
     critical_error_ratio=0.5,
-    min_calls=3,
+    min_calls=4,
     resolve_factor=0.5,
     resolve_checks=2,
     recent_errors=5,
@@ -728,15 +728,7 @@ class MonitorMachine(RuleBasedStateMachine):
 
     # ------------------------------------------------------------------ rules
 
-    @rule(
-        service=st.sampled_from(SERVICES),
-        is_ok=st.booleans(),
-        category=st.sampled_from(CATEGORIES),
-        delay=st.one_of(st.just(0.0), st.floats(min_value=0.0, max_value=90.0)),
-        latency=st.floats(min_value=0.0, max_value=100.0),
-        retried=st.booleans(),
-    )
-    def report(
+    def one(
         self,
         service: str,
         is_ok: bool,
@@ -758,9 +750,47 @@ class MonitorMachine(RuleBasedStateMachine):
             self.errors_log.append((service, at))
             self.intake_raise(service)
 
-    @rule(dt=st.one_of(st.floats(min_value=0.0, max_value=15.0), st.just(200.0)))
+    @rule(
+        service=st.sampled_from(SERVICES),
+        is_ok=st.booleans(),
+        category=st.sampled_from(CATEGORIES),
+        delay=st.one_of(st.just(0.0), st.floats(min_value=0.0, max_value=90.0)),
+        latency=st.floats(min_value=0.0, max_value=100.0),
+        retried=st.booleans(),
+    )
+    def report(
+        self,
+        service: str,
+        is_ok: bool,
+        category: ErrorCategory | None,
+        delay: float,
+        latency: float,
+        retried: bool,
+    ) -> None:
+        self.one(service, is_ok, category, delay, latency, retried)
+
+    @rule(
+        service=st.sampled_from(SERVICES),
+        outcomes=st.lists(
+            st.tuples(st.booleans(), st.sampled_from([0.0, 0.0, 5.0, 25.0])),
+            min_size=1,
+            max_size=8,
+        ),
+    )
+    def burst(self, service: str, outcomes: list[tuple[bool, float]]) -> None:
+        """Several reports at once: enough traffic for the threshold rules to fire."""
+        for is_ok, delay in outcomes:
+            self.one(service, is_ok, ErrorCategory.NETWORK, delay, 0.05, not is_ok)
+
+    @rule(dt=st.one_of(st.floats(min_value=0.0, max_value=15.0), st.sampled_from([10.0, 200.0])))
     def advance(self, dt: float) -> None:
         self.now += dt
+
+    @rule(dt=st.sampled_from([10.0, 20.0, 30.0]))
+    def periodic_check(self, dt: float) -> None:
+        """What the actor does every check interval: time passes, then a check."""
+        self.now += dt
+        self.evaluate()
 
     @rule()
     def evaluate(self) -> None:
