@@ -590,19 +590,22 @@ class Journal(Protocol):
     every call; an invalid event raises :class:`SagaSequenceError` and is not stored.
     """
 
-    async def create(self, header: SagaHeader, first_event: SagaEvent) -> None:
-        """Store a new saga with its ``started`` event (``seq`` 0).
+    async def create(self, header: SagaHeader, first_event: SagaEvent) -> SagaState:
+        """Store a new saga with its ``started`` event (``seq`` 0); return its state.
 
         Raises ``JournalError`` if the id is already in the journal.
         """
         ...
 
-    async def append(self, event: SagaEvent) -> None:
-        """Durably append one event to an unfinished saga created earlier."""
+    async def append(self, event: SagaEvent) -> SagaState:
+        """Durably append one event to an unfinished saga created earlier; return the saga's
+        state after it (the journal folds every event to validate it: use this state rather
+        than folding again)."""
         ...
 
-    async def append_many(self, events: Sequence[SagaEvent]) -> None:
-        """Durably append several events (of one or more sagas) atomically, in order."""
+    async def append_many(self, events: Sequence[SagaEvent]) -> dict[str, SagaState]:
+        """Durably append several events (of one or more sagas) atomically, in order; return
+        the state of each saga touched, after the batch."""
         ...
 
     async def load_unfinished(self) -> list[tuple[SagaHeader, list[SagaEvent]]]:
@@ -706,14 +709,20 @@ def normalize_header(header: SagaHeader) -> tuple[SagaHeader, bytes]:
 
 
 class Tracked:
-    """A saga the journal tracks in memory: running ones, and ``compensation_failed`` ones."""
+    """A saga the journal tracks in memory: running ones, and ``compensation_failed`` ones.
 
-    __slots__ = ("confirmed", "header", "state")
+    ``number`` is the storage's own key for the saga (the SQLite journal's ``saga_no``).
+    """
 
-    def __init__(self, header: SagaHeader, state: SagaState, confirmed: bool) -> None:
+    __slots__ = ("confirmed", "header", "number", "state")
+
+    def __init__(
+        self, header: SagaHeader, state: SagaState, confirmed: bool, number: int = 0
+    ) -> None:
         self.header = header
         self.state = state
         self.confirmed = confirmed
+        self.number = number
 
 
 class SagaIndex:
@@ -760,8 +769,8 @@ class SagaIndex:
             pending[event.saga_id] = state.advance(event)
         return pending
 
-    def advance_one(self, event: SagaEvent) -> SagaState:
-        """Validate and record one event (the fast path of ``append``); its saga's new state."""
+    def advance_one(self, event: SagaEvent) -> Tracked:
+        """Validate and record one event (the fast path of ``append``); its saga, advanced."""
         tracked = self.open.get(event.saga_id) if type(event) is SagaEvent else None
         if tracked is None or not tracked.confirmed:
             self.check_append((event,))  # raises the precise error
@@ -771,7 +780,7 @@ class SagaIndex:
             self.commit({event.saga_id: state})
         else:
             tracked.state = state
-        return state
+        return tracked
 
     def commit(self, states: Mapping[str, SagaState]) -> None:
         """Record validated states; finished sagas leave ``open``."""
@@ -873,8 +882,8 @@ class MemoryJournal:
 
     # -- writes
 
-    async def create(self, header: SagaHeader, first_event: SagaEvent) -> None:
-        """Store a new saga with its ``started`` event (see :class:`Journal`)."""
+    async def create(self, header: SagaHeader, first_event: SagaEvent) -> SagaState:
+        """Store a new saga with its ``started`` event; its state (see :class:`Journal`)."""
         await trio.lowlevel.checkpoint_if_cancelled()
         self._check_open()
         header, encoded = normalize_header(header)
@@ -886,12 +895,13 @@ class MemoryJournal:
         self._appends += 1
         self._rows += 1
         self._bytes += len(header.payload) + len(encoded) + len(first_event.data)
+        return state
 
-    async def append(self, event: SagaEvent) -> None:
-        """Append one event (see :class:`Journal`)."""
+    async def append(self, event: SagaEvent) -> SagaState:
+        """Append one event; the saga's new state (see :class:`Journal`)."""
         await trio.lowlevel.checkpoint_if_cancelled()
         self._check_open()
-        state = self._index.advance_one(event)
+        state = self._index.advance_one(event).state
         stored = self._sagas[event.saga_id]
         stored.events.append(event)
         if state.phase in _FINISHED:
@@ -899,9 +909,11 @@ class MemoryJournal:
         self._appends += 1
         self._rows += 1
         self._bytes += len(event.data)
+        return state
 
-    async def append_many(self, events: Sequence[SagaEvent]) -> None:
-        """Append events atomically, in order: all are stored or, on error, none."""
+    async def append_many(self, events: Sequence[SagaEvent]) -> dict[str, SagaState]:
+        """Append events atomically, in order: all are stored or, on error, none.  Returns the
+        state of each saga touched."""
         await trio.lowlevel.checkpoint_if_cancelled()
         self._check_open()
         states = self._index.check_append(events)
@@ -915,6 +927,7 @@ class MemoryJournal:
         self._appends += 1
         self._rows += len(events)
         self._bytes += event_bytes(events)
+        return states
 
     def _finish(self, stored: _Stored, state: SagaState) -> None:
         stored.finished_at = state.updated_at

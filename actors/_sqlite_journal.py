@@ -99,25 +99,26 @@ SCHEMA: Final = f"""
 BEGIN;
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE sagas (
-    saga_id TEXT PRIMARY KEY,
+    saga_no INTEGER PRIMARY KEY,
+    saga_id TEXT NOT NULL UNIQUE,
     definition TEXT NOT NULL,
     created_at REAL NOT NULL,
     payload BLOB NOT NULL,
     metadata TEXT NOT NULL,
     outcome TEXT,
     finished_at REAL
-) WITHOUT ROWID;
+);
 CREATE INDEX sagas_open ON sagas (created_at) WHERE outcome IS NULL;
 CREATE INDEX sagas_prunable ON sagas (finished_at)
     WHERE outcome IS NOT NULL AND outcome != '{_ATTENTION}';
 CREATE TABLE events (
-    saga_id TEXT NOT NULL,
+    saga_no INTEGER NOT NULL,
     seq INTEGER NOT NULL,
     kind TEXT NOT NULL,
     step INTEGER,
     at REAL NOT NULL,
     data BLOB NOT NULL,
-    PRIMARY KEY (saga_id, seq)
+    PRIMARY KEY (saga_no, seq)
 ) WITHOUT ROWID;
 INSERT INTO meta VALUES ('application', '{_APPLICATION_NAME}');
 INSERT INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}');
@@ -128,10 +129,10 @@ COMMIT;
 
 #: The statements a journal write runs (the benchmark's floor runs the same ones).
 INSERT_EVENT: Final = "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?)"
-INSERT_SAGA: Final = "INSERT OR IGNORE INTO sagas VALUES (?, ?, ?, ?, ?, NULL, NULL)"
-FINISH_SAGA: Final = "UPDATE sagas SET outcome = ?, finished_at = ? WHERE saga_id = ?"
+INSERT_SAGA: Final = "INSERT OR IGNORE INTO sagas VALUES (?, ?, ?, ?, ?, ?, NULL, NULL)"
+FINISH_SAGA: Final = "UPDATE sagas SET outcome = ?, finished_at = ? WHERE saga_no = ?"
 _PRUNABLE: Final = f"outcome IS NOT NULL AND outcome != '{_ATTENTION}'"
-_HEADER_COLUMNS: Final = "saga_id, definition, created_at, payload, metadata"
+_HEADER_COLUMNS: Final = "saga_no, saga_id, definition, created_at, payload, metadata"
 _KINDS: Final = {kind.value: kind for kind in SagaEventKind}
 
 # Request operations.
@@ -139,6 +140,9 @@ _CREATE, _APPEND, _PRUNE, _DISCARD, _READ, _CLOSE = range(6)
 _WRITES: Final = frozenset({_CREATE, _APPEND, _PRUNE, _DISCARD})
 
 Row = tuple[Any, ...]
+#: What the writer hands trio at open: (header, state, saga number) per tracked saga, and the
+#: next free saga number.
+_Loaded = tuple[list[tuple[SagaHeader, SagaState, int]], int]
 
 
 class _Request:
@@ -156,21 +160,17 @@ class _Request:
         self.error: BaseException | None = None
         self.nbytes = 0
 
-
-def _abort(request: _Request) -> Callable[[RaiseCancelT], Abort]:
-    def abort(raise_cancel: RaiseCancelT) -> Abort:
-        request.task = None  # the write (if queued) still lands; the caller stops waiting
+    def abort(self, raise_cancel: RaiseCancelT) -> Abort:
+        self.task = None  # the write (if queued) still lands; the caller just stops waiting
         return Abort.SUCCEEDED
-
-    return abort
 
 
 _ENDS: Final = frozenset(phase for phase in SagaPhase if phase.finished)
 _KIND_VALUES: Final = {kind: kind.value for kind in SagaEventKind}  # `.value` is slow on 3.11
 
 
-def _event_row(e: SagaEvent) -> Row:
-    return (e.saga_id, e.seq, _KIND_VALUES[e.kind], e.step, float(e.at), e.data)
+def _event_row(number: int, e: SagaEvent) -> Row:
+    return (number, e.seq, _KIND_VALUES[e.kind], e.step, float(e.at), e.data)
 
 
 class SqliteJournal:
@@ -227,6 +227,7 @@ class SqliteJournal:
         self._queue: queue.SimpleQueue[list[_Request]] = queue.SimpleQueue()
         self._staged: list[_Request] = []
         self._token: trio.lowlevel.TrioToken | None = None
+        self._next_number = 1  # saga_no of the next create (set at open)
         self._room = trio.lowlevel.ParkingLot()
         self._pending = 0
         self._failure: tuple[str, BaseException] | None = None
@@ -274,9 +275,7 @@ class SqliteJournal:
 
         await wait_task_rescheduled(abort)
 
-    def _opened(
-        self, loaded: list[tuple[SagaHeader, SagaState]] | None, error: BaseException | None
-    ) -> None:
+    def _opened(self, loaded: _Loaded | None, error: BaseException | None) -> None:
         # Runs in trio (run_sync_soon from the writer thread).
         task, self._open_task = self._open_task, None
         if error is not None:
@@ -284,8 +283,9 @@ class SqliteJournal:
             self._closed.set()
         else:
             assert loaded is not None
-            for header, state in loaded:
-                tracked = Tracked(header, state, confirmed=True)
+            tracked_sagas, self._next_number = loaded
+            for header, state, number in tracked_sagas:
+                tracked = Tracked(header, state, confirmed=True, number=number)
                 if state.phase is SagaPhase.COMPENSATION_FAILED:
                     self._index.attention[header.saga_id] = tracked
                 else:
@@ -335,8 +335,8 @@ class SqliteJournal:
 
     # ------------------------------------------------------------------------ writes
 
-    async def create(self, header: SagaHeader, first_event: SagaEvent) -> None:
-        """Durably store a new saga with its ``started`` event (``seq`` 0).
+    async def create(self, header: SagaHeader, first_event: SagaEvent) -> SagaState:
+        """Durably store a new saga with its ``started`` event (``seq`` 0); return its state.
 
         Raises:
             SagaSequenceError: ``first_event`` is not a valid ``started`` event.
@@ -347,34 +347,54 @@ class SqliteJournal:
         await self._wait_for_room()
         state = self._index.check_create(header, first_event)
         request = _Request(_CREATE)
+        number = self._next_number
+        self._next_number += 1
         request.saga = (
+            number,
             header.saga_id,
             header.definition,
             header.created_at,
             header.payload,
             metadata.decode(),
         )
-        request.rows = [_event_row(first_event)]
+        request.rows = [_event_row(number, first_event)]
         request.nbytes = len(header.payload) + len(metadata) + len(first_event.data)
-        self._index.open[header.saga_id] = Tracked(header, state, confirmed=False)
+        self._index.open[header.saga_id] = Tracked(header, state, False, number)
         await self._submit(request)
+        return state
 
-    async def append(self, event: SagaEvent) -> None:
-        """Durably append one event (see :meth:`append_many`)."""
-        await self._wait_for_room()
-        state = self._index.advance_one(event)
+    async def append(self, event: SagaEvent) -> SagaState:
+        """Durably append one event; return the saga's state after it (see
+        :meth:`append_many`)."""
+        # The hot path of a saga: _wait_for_room and _submit inlined (a coroutine frame each).
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if (
+            self._status != "open"
+            or self._failure is not None
+            or (self._pending >= self._max_pending)
+        ):
+            await self._wait_for_room()
+        tracked = self._index.advance_one(event)
+        state = tracked.state
         request = _Request(_APPEND)
-        request.rows = [_event_row(event)]
+        request.rows = [_event_row(tracked.number, event)]
         if state.phase in _ENDS:
-            request.saga = [(state.phase.value, state.updated_at, event.saga_id)]
+            request.saga = [(state.phase.value, state.updated_at, tracked.number)]
         request.nbytes = len(event.data)
-        await self._submit(request)
+        request.task = current_task()
+        self._pending += 1
+        if not self._staged:
+            assert self._token is not None
+            self._token.run_sync_soon(self._flush)
+        self._staged.append(request)
+        await wait_task_rescheduled(request.abort)
+        return state
 
-    async def append_many(self, events: Sequence[SagaEvent]) -> None:
+    async def append_many(self, events: Sequence[SagaEvent]) -> dict[str, SagaState]:
         """Durably append events (of one or more sagas) in one transaction, in order.
 
-        Returns when they are committed.  Validation happens first: on error nothing is
-        written.
+        Returns when they are committed, with the state of each saga touched.  Validation
+        happens first: on error nothing is written.
 
         Raises:
             SagaSequenceError: an event is not a valid transition (or its saga is unknown,
@@ -383,16 +403,18 @@ class SqliteJournal:
         """
         await self._wait_for_room()
         states = self._index.check_append(events)
+        numbers = {saga_id: self._index.open[saga_id].number for saga_id in states}
         self._index.commit(states)
         request = _Request(_APPEND)
-        request.rows = [_event_row(e) for e in events]
+        request.rows = [_event_row(numbers[e.saga_id], e) for e in events]
         request.saga = [
-            (state.phase.value, state.updated_at, saga_id)
+            (state.phase.value, state.updated_at, numbers[saga_id])
             for saga_id, state in states.items()
             if state.finished
         ]
         request.nbytes = event_bytes(events)
         await self._submit(request)
+        return states
 
     async def prune_finished(
         self,
@@ -444,7 +466,7 @@ class SqliteJournal:
                 f"SELECT {_HEADER_COLUMNS} FROM sagas WHERE outcome IS NULL "
                 "ORDER BY created_at, saga_id"
             ).fetchall()
-            return [(_header(row), _events(conn, row[0])) for row in rows]
+            return [(_header(row), _events(conn, row[0], row[1])) for row in rows]
 
         request = _Request(_READ)
         request.fn = read
@@ -459,7 +481,7 @@ class SqliteJournal:
             row = conn.execute(
                 f"SELECT {_HEADER_COLUMNS} FROM sagas WHERE saga_id = ?", (saga_id,)
             ).fetchone()
-            return None if row is None else (_header(row), _events(conn, saga_id))
+            return None if row is None else (_header(row), _events(conn, row[0], saga_id))
 
         request = _Request(_READ)
         request.fn = read
@@ -522,7 +544,7 @@ class SqliteJournal:
         request.task = current_task()
         self._pending += 1
         self._stage(request)
-        return await wait_task_rescheduled(_abort(request))
+        return await wait_task_rescheduled(request.abort)
 
     def _stage(self, request: _Request) -> None:
         if not self._staged:
@@ -555,7 +577,7 @@ class SqliteJournal:
                 self._closed.set()
                 continue
             elif op == _CREATE:
-                saga_id = request.rows[0][0]
+                saga_id = request.saga[1]
                 tracked = index.open.get(saga_id)
                 if error is None:
                     appends += 1
@@ -691,7 +713,7 @@ class _Writer:
                             rows += r.rows
                         else:
                             r.error = JournalError(
-                                f"Saga {r.rows[0][0]!r} already exists in the journal {self.path}.",
+                                f"Saga {r.saga[1]!r} already exists in the journal {self.path}.",
                                 path=self.path,
                             )
                     elif op == _PRUNE:
@@ -827,9 +849,10 @@ def _check_identity(conn: sqlite3.Connection, path: str, app_id: int, version: i
         )
 
 
-def _load_tracked(conn: sqlite3.Connection, path: str) -> list[tuple[SagaHeader, SagaState]]:
-    """Fold every unfinished and every ``compensation_failed`` saga, checking consistency."""
-    out: list[tuple[SagaHeader, SagaState]] = []
+def _load_tracked(conn: sqlite3.Connection, path: str) -> _Loaded:
+    """Fold every unfinished and every ``compensation_failed`` saga, checking consistency;
+    also the next free saga number."""
+    out: list[tuple[SagaHeader, SagaState, int]] = []
     rows = conn.execute(
         f"SELECT {_HEADER_COLUMNS}, outcome FROM sagas "
         "WHERE outcome IS NULL OR outcome = ? ORDER BY created_at",
@@ -838,18 +861,18 @@ def _load_tracked(conn: sqlite3.Connection, path: str) -> list[tuple[SagaHeader,
     for row in rows:
         try:
             header = _header(row)
-            state = saga_state(header, _events(conn, header.saga_id))
+            state = saga_state(header, _events(conn, row[0], header.saga_id))
         except SagaSequenceError as exc:
             raise JournalError(
                 f"The journal file {path} holds an invalid event sequence: {exc}", path=path
             ) from exc
         except (KeyError, ValueError, TypeError, msgspec.DecodeError) as exc:
             raise JournalError(
-                f"The journal file {path} holds an unreadable saga {row[0]!r}: "
+                f"The journal file {path} holds an unreadable saga {row[1]!r}: "
                 f"{type(exc).__name__}: {exc}",
                 path=path,
             ) from exc
-        stored = row[5]
+        stored = row[6]
         if (stored is None and state.finished) or (
             stored is not None and state.phase.value != stored
         ):
@@ -858,38 +881,43 @@ def _load_tracked(conn: sqlite3.Connection, path: str) -> list[tuple[SagaHeader,
                 f"as {stored or 'unfinished'} but its events end in {state.phase.value}.",
                 path=path,
             )
-        out.append((header, state))
-    return out
+        out.append((header, state, row[0]))
+    (last,) = conn.execute("SELECT max(saga_no) FROM sagas").fetchone()
+    return out, (last or 0) + 1
 
 
 def _header(row: Row) -> SagaHeader:
-    return SagaHeader(row[0], row[1], row[2], row[3], msgspec.json.decode(row[4]))
+    return SagaHeader(row[1], row[2], row[3], row[4], msgspec.json.decode(row[5]))
 
 
-def _events(conn: sqlite3.Connection, saga_id: str) -> list[SagaEvent]:
+def _events(conn: sqlite3.Connection, number: int, saga_id: str) -> list[SagaEvent]:
     rows = conn.execute(
-        "SELECT seq, kind, step, at, data FROM events WHERE saga_id = ? ORDER BY seq", (saga_id,)
+        "SELECT seq, kind, step, at, data FROM events WHERE saga_no = ? ORDER BY seq", (number,)
     ).fetchall()
     return [SagaEvent(saga_id, r[0], _KINDS[r[1]], r[2], r[3], r[4]) for r in rows]
 
 
 def _prune(conn: sqlite3.Connection, cutoff: float, keep: int) -> int:
-    ids = conn.execute(
-        f"SELECT saga_id FROM (SELECT saga_id FROM sagas WHERE {_PRUNABLE} "
+    numbers = conn.execute(
+        f"SELECT saga_no FROM (SELECT saga_no FROM sagas WHERE {_PRUNABLE} "
         "ORDER BY finished_at DESC LIMIT -1 OFFSET ?) "
-        f"UNION SELECT saga_id FROM sagas WHERE {_PRUNABLE} AND finished_at < ?",
+        f"UNION SELECT saga_no FROM sagas WHERE {_PRUNABLE} AND finished_at < ?",
         (keep, cutoff),
     ).fetchall()
-    conn.executemany("DELETE FROM events WHERE saga_id = ?", ids)
-    conn.executemany("DELETE FROM sagas WHERE saga_id = ?", ids)
-    return len(ids)
+    conn.executemany("DELETE FROM events WHERE saga_no = ?", numbers)
+    conn.executemany("DELETE FROM sagas WHERE saga_no = ?", numbers)
+    return len(numbers)
 
 
 def _discard(conn: sqlite3.Connection, saga_id: str) -> int:
-    cur = conn.execute("DELETE FROM sagas WHERE saga_id = ? AND outcome IS NOT NULL", (saga_id,))
-    if cur.rowcount:
-        conn.execute("DELETE FROM events WHERE saga_id = ?", (saga_id,))
-    return cur.rowcount
+    row = conn.execute(
+        "SELECT saga_no FROM sagas WHERE saga_id = ? AND outcome IS NOT NULL", (saga_id,)
+    ).fetchone()
+    if row is None:
+        return 0
+    conn.execute("DELETE FROM events WHERE saga_no = ?", row)
+    conn.execute("DELETE FROM sagas WHERE saga_no = ?", row)
+    return 1
 
 
 def _translate(exc: BaseException, path: str) -> BaseException:

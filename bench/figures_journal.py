@@ -78,15 +78,16 @@ def _floor_writes(rows: int) -> list[list[tuple[str, tuple[Any, ...]]]]:
     writes: list[list[tuple[str, tuple[Any, ...]]]] = []
     i = 0
     while len(writes) < rows:
-        header, events = _saga_events(f"floor-{i}")
         i += 1
+        header, events = _saga_events(f"floor-{i}")
         for event in events:
-            row = (event.saga_id, event.seq, event.kind.value, event.step, event.at, event.data)
+            row = (i, event.seq, event.kind.value, event.step, event.at, event.data)
             if event.kind is K.STARTED:
-                saga = (header.saga_id, header.definition, header.created_at, header.payload, "{}")
+                h = header
+                saga = (i, h.saga_id, h.definition, h.created_at, h.payload, "{}")
                 writes.append([(INSERT_SAGA, saga), (INSERT_EVENT, row)])
             elif event.kind is K.COMPLETED:
-                finish = ("completed", event.at, event.saga_id)
+                finish = ("completed", event.at, i)
                 writes.append([(INSERT_EVENT, row), (FINISH_SAGA, finish)])
             else:
                 writes.append([(INSERT_EVENT, row)])
@@ -126,13 +127,11 @@ async def _appender(journal: SqliteJournal, task: int, budget: int) -> None:
     written = 0
     i = 0
     while written < budget:
-        # Events are built as a coordinator builds them: one at a time, as the saga advances.
+        # Events are built as a coordinator builds them: one at a time, from the state the
+        # journal returns for the previous one.
         header = SagaHeader(f"t{task}-{i}", "bench", time.time(), b"payload")
         i += 1
-        state = SagaState.new(header)
-        event = state.next_event(K.STARTED)
-        state = state.advance(event)
-        await journal.create(header, event)
+        state = await journal.create(header, SagaState.new(header).next_event(K.STARTED))
         written += 1
         step = 0
         while written < budget and not state.finished:
@@ -143,8 +142,7 @@ async def _appender(journal: SqliteJournal, task: int, budget: int) -> None:
             else:
                 event = state.next_event(K.STEP_COMPLETED, step, b"reply")
                 step += 1
-            state = state.advance(event)
-            await journal.append(event)
+            state = await journal.append(event)
             written += 1
 
 

@@ -543,11 +543,13 @@ class Driver:
         return event
 
     async def start(self) -> Driver:
-        await self.journal.create(self.header, self.event(K.STARTED))
+        returned = await self.journal.create(self.header, self.event(K.STARTED))
+        assert returned == self.state
         return self
 
     async def go(self, kind: SagaEventKind, step: int | None = None, data: bytes = b"") -> None:
-        await self.journal.append(self.event(kind, step, data))
+        returned = await self.journal.append(self.event(kind, step, data))
+        assert returned == self.state  # the journal's fold is the coordinator's state
 
     async def steps(self, count: int) -> None:
         for _ in range(count):
@@ -620,7 +622,7 @@ async def test_append_many_is_all_or_nothing_across_sagas(journal: Any) -> None:
     a = await Driver(journal, "a").start()
     b = await Driver(journal, "b").start()
     good = [a.event(K.STEP_STARTED, 0), b.event(K.STEP_STARTED, 0), a.event(K.STEP_COMPLETED, 0)]
-    await journal.append_many(good)
+    assert await journal.append_many(good) == {"a": a.state, "b": b.state}
     bad = [b.event(K.STEP_COMPLETED, 0), ev("b", 3, K.STEP_COMPLETED, 5)]
     with pytest.raises(SagaSequenceError):
         await journal.append_many(bad)
