@@ -12,15 +12,14 @@ endpoints).  Every public name of the monitor is importable from this module.
 
 Windows.  Each service has two rings of time buckets aligned on ``floor(t / width)``: a *count*
 ring (``buckets`` buckets; calls, errors, retries and errors per category) and a *latency* ring
-(``latency_buckets`` coarser buckets; a histogram with fixed log-spaced bins, ``count`` first).
-Each ring also keeps the running sum of its live buckets, so recording is O(1) (bump a bucket and
-the sum) and so is reading the whole window.  Advancing a ring to a later bucket subtracts the
-buckets that fall out of the window from the sums and zeroes them; a jump of a whole window or
-more zeroes everything (see :mod:`actors._monitoring_windows`).  That costs O(bucket size) per
-elapsed bucket, never per report, and the memory is fixed when the service is first seen: it
-never grows with traffic.  A report is placed
-by its own ``at`` (so a report delayed in a mailbox still lands in the right bucket); one older
-than the window counts in the totals only, and one from the future lands in the newest bucket.
+(``latency_buckets`` coarser buckets, each a histogram with fixed log-spaced bins).  Recording
+bumps a few counters of the report's bucket, O(1); advancing a ring to a later bucket zeroes the
+buckets that fall out of the window, O(bucket size) per elapsed bucket, never per report.  The
+count ring keeps running sums of calls and errors, so the alert rules read them in O(1); queries
+sum the other fields over the buckets (see :mod:`actors._monitoring_windows`).  Memory is fixed
+when the service is first seen: it never grows with traffic.  A report is placed by its own
+``at`` (so a report delayed in a mailbox still lands in the right bucket); one older than the
+window counts in the totals only, and one from the future lands in the newest bucket.
 
 Percentiles are read from the merged histogram: the smallest bin whose cumulative count reaches
 the nearest rank ``ceil(p/100 x n)`` gives its geometric midpoint.  With ``k`` bins per decade
@@ -289,17 +288,15 @@ class MonitorState:
             j = int(at // self._width)
             base = (j % self._n) * _STRIDE if j > k - self._n else -1
         if base >= 0:
-            cells, sums = ring.cells, ring.sums
+            cells = ring.cells
             cells[base] += 1
-            sums[_CALLS] += 1
+            ring.calls += 1
             if not ok:
                 cells[base + _ERRORS] += 1
-                sums[_ERRORS] += 1
+                ring.errors += 1
                 cells[base + _CAT0 + ci] += 1
-                sums[_CAT0 + ci] += 1
             if retried:
                 cells[base + _RETRIES] += 1
-                sums[_RETRIES] += 1
 
         # Latency ring, the same way.
         k = self._lk
@@ -314,16 +311,10 @@ class MonitorState:
         if base >= 0:
             layout = self._layout
             if lat < layout.lo:
-                b = 1
+                ring.cells[base] += 1
             else:
-                b = int((math.log(lat) - layout.log_lo) * layout.inv_log_g) + 2
-                if b > layout.over:
-                    b = layout.over
-            cells, sums = ring.cells, ring.sums
-            cells[base] += 1
-            sums[0] += 1
-            cells[base + b] += 1
-            sums[b] += 1
+                b = int((math.log(lat) - layout.log_lo) * layout.inv_log_g) + 1
+                ring.cells[base + (b if b < layout.over else layout.over)] += 1
 
         s.t_calls += 1
         s.last_seen = now
@@ -364,10 +355,17 @@ class MonitorState:
 
     def _error_fields(self, r: CallReport) -> tuple[int, str]:
         category = r.category
-        try:
-            ci = _UNKNOWN_INDEX if category is None else _CATEGORY_INDEX.get(category, -1)
-        except TypeError:
-            ci = -1
+        if category is None:
+            ci = _UNKNOWN_INDEX
+        else:
+            try:
+                # list.index compares by identity first, in C: cheaper than hashing an Enum.
+                ci = _CATEGORIES.index(category)
+            except ValueError:
+                try:
+                    ci = _CATEGORY_INDEX.get(category, -1)  # the category's string value
+                except TypeError:
+                    ci = -1
         if ci < 0:
             raise InvalidReport(f"not an error category: {category!r}", field="category")
         error = r.error
@@ -381,8 +379,7 @@ class MonitorState:
         # Errors only make the rate and the ratio worse, so intake raises and never resolves.
         settings = self._settings
         book = self._book
-        sums = s.counts.sums
-        errors, calls = sums[_ERRORS], sums[_CALLS]
+        errors, calls = s.counts.errors, s.counts.calls
         events: list[AlertEvent] = []
         rate = errors * self._per_min
         if rate >= settings.high_error_rate and not book.is_active(
@@ -505,8 +502,8 @@ class MonitorState:
             self._evicted += 1
         s = _Series(
             name,
-            _Ring(self._n, _STRIDE, self._k),
-            _Ring(self._lat_n, self._layout.stride, self._lk),
+            _Ring(self._n, _STRIDE, self._k, summed=True),
+            _Ring(self._lat_n, self._layout.stride, self._lk, summed=False),
             now,
         )
         self._series[name] = s
@@ -520,7 +517,7 @@ class MonitorState:
             if s.breaker != "closed" or s.name in busy:
                 continue
             s.counts.advance(k)
-            if s.counts.sums[_CALLS]:
+            if s.counts.calls:
                 continue
             if best is None or s.last_seen < best.last_seen:
                 best = s
@@ -544,8 +541,7 @@ class MonitorState:
         self._checks += 1
         for s in self._series.values():
             s.counts.advance(k)
-            sums = s.counts.sums
-            errors, calls = sums[_ERRORS], sums[_CALLS]
+            errors, calls = s.counts.errors, s.counts.calls
             name = s.name
             event = book.check(
                 AlertRule.HIGH_ERROR_RATE,
@@ -726,8 +722,8 @@ class MonitorState:
             self._tick(now)
         s.counts.advance(self._k)
         s.latency.advance(self._lk)
-        sums = s.counts.sums
-        calls, errors = sums[_CALLS], sums[_ERRORS]
+        sums = s.counts.fields()
+        calls, errors = s.counts.calls, s.counts.errors
         return ServiceMetrics(
             service=s.name,
             window=self._settings.window,
@@ -739,7 +735,7 @@ class MonitorState:
             errors_by_category={
                 c.value: sums[_CAT0 + i] for i, c in enumerate(_CATEGORIES) if sums[_CAT0 + i]
             },
-            latency=self._layout.percentiles(s.latency.sums, self._settings.percentiles),
+            latency=self._layout.percentiles(s.latency.fields(), self._settings.percentiles),
             breaker=s.breaker,
             totals=ServiceTotals(
                 calls=s.t_calls,

@@ -65,6 +65,10 @@ class AlertRule(enum.Enum):
     #: A supervisor exceeded its restart intensity and gave up on its subtree.
     SUPERVISOR_GAVE_UP = "supervisor_gave_up"
 
+    # Members are singletons compared by identity, so identity hashing is correct, and it runs
+    # in C: Enum's own __hash__ is Python code on the monitor's hot path (alert look-ups).
+    __hash__ = object.__hash__
+
 
 class Severity(enum.Enum):
     """How urgent an alert is."""

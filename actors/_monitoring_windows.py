@@ -2,22 +2,25 @@
 
 Theory of operation
 -------------------
-A :class:`_Ring` is ``n`` time buckets of ``stride`` counters in one flat list, plus the running
-sum of the live buckets in another.  Bucket ``j`` (``floor(t / width)``) lives at offset
-``(j % n) * stride``; ``head`` is the newest bucket.  Recording bumps one bucket and the sum;
-reading the whole window reads the sum; :meth:`_Ring.advance` subtracts every bucket that leaves
-the window from the sum and zeroes it, skipping empty ones (field 0 of a bucket is its sample
-count, non-zero whenever any field is).  A jump of a whole window zeroes everything.
+A :class:`_Ring` is ``n`` time buckets of ``stride`` unsigned 32-bit counters in one flat
+``array``.  Bucket ``j`` (``floor(t / width)``) lives at offset ``(j % n) * stride``; ``head`` is
+the newest bucket.  :meth:`_Ring.advance` zeroes every slot it moves the head over, so every slot
+holds either a live bucket or zeros and a window sum is a plain sum over all slots.  A jump of a
+whole window zeroes everything.
 
-Memory is fixed when the ring is made and does not grow with traffic.  The counters are lists,
-not ``array``: an ``array`` item update boxes and unboxes the number and made recording twice as
-slow.  A list costs 8 bytes a counter, plus an int object for each counter above 256 (small ints
-are shared), and how many those can be is bounded by the ring's size, not by traffic.
+Recording touches as few counters as possible, because an ``array`` item update costs a boxing
+round trip: the call count and, for errors, the error and category counts in the count ring, one
+bin in the latency ring.  The count ring also keeps running sums of calls and errors (what the
+alert rules read on every error and every check); everything else (retries, categories, the
+merged histogram) is summed over the buckets when a query asks, O(buckets x fields).
+
+Memory is fixed when a ring is made: ``4 x n x stride`` bytes plus two integers.  It does not
+grow with traffic, which the memory benchmark checks.
 
 A :class:`_LatencyLayout` maps a latency to a histogram bin: bin 0 holds values below
 ``latency_min``, bins ``1..B`` are log-spaced (``bins_per_decade`` per factor of ten), bin
-``B + 1`` holds values at or above the top of the range.  In a latency bucket, field 0 is the
-count and field ``1 + b`` is bin ``b``.  Percentiles come from the merged (summed) histogram by
+``B + 1`` holds values at or above the top of the range; field ``b`` of a latency bucket counts
+bin ``b``.  Percentiles come from the merged (summed) histogram by
 nearest rank and are reported as the bin's geometric midpoint.
 
 :class:`_Series` is everything kept about one service: its two rings, exact totals and its
@@ -27,6 +30,7 @@ breaker.  These are private: :mod:`actors._monitoring` is the public face.
 from __future__ import annotations
 
 import math
+from array import array
 from collections.abc import Iterable, Sequence
 from typing import Final
 
@@ -52,44 +56,52 @@ _STRIDE: Final = _CAT0 + len(_CATEGORIES)
 
 
 class _Ring:
-    """A ring of ``n`` buckets of ``stride`` counters and the running sum of the live ones.
+    """A ring of ``n`` buckets of ``stride`` counters (see the module docstring).
 
     ``head`` is the absolute number (``floor(t / width)``) of the newest bucket; bucket ``j``
-    lives at offset ``(j % n) * stride``.  Field 0 of a bucket must be non-zero whenever any
-    field is (a count of samples), so empty buckets are skipped when they expire.
+    lives at offset ``(j % n) * stride``.  Every slot holds a live bucket or zeros, because
+    :meth:`advance` zeroes the slots it reuses.  When ``summed``, :attr:`calls` and
+    :attr:`errors` are the running sums of fields 0 and 1 over the live buckets.
     """
 
-    __slots__ = ("cells", "head", "n", "stride", "sums")
+    __slots__ = ("calls", "cells", "errors", "head", "n", "stride", "summed", "zero")
 
-    def __init__(self, n: int, stride: int, head: int) -> None:
+    def __init__(self, n: int, stride: int, head: int, *, summed: bool) -> None:
         self.n = n
         self.stride = stride
         self.head = head
-        self.cells = [0] * (n * stride)
-        self.sums = [0] * stride
+        self.summed = summed
+        self.zero = array("I", bytes(4 * stride))
+        self.cells = array("I", bytes(4 * n * stride))
+        self.calls = 0
+        self.errors = 0
 
     def advance(self, k: int) -> None:
         """Make bucket ``k`` the newest, expiring the buckets that leave the window."""
         head = self.head
         if k <= head:
             return
-        n, stride, cells, sums = self.n, self.stride, self.cells, self.sums
+        n, stride, cells, zero = self.n, self.stride, self.cells, self.zero
         if k - head >= n:
             self.clear()
         else:
-            zero = [0] * stride
             for j in range(head + 1, k + 1):
                 base = (j % n) * stride
-                if cells[base]:
-                    for i in range(stride):
-                        sums[i] -= cells[base + i]
-                    cells[base : base + stride] = zero
+                if self.summed:
+                    self.calls -= cells[base]
+                    self.errors -= cells[base + 1]
+                cells[base : base + stride] = zero
         self.head = k
 
     def clear(self) -> None:
         """Zero every bucket and sum (the head stays)."""
-        self.cells = [0] * (self.n * self.stride)
-        self.sums = [0] * self.stride
+        self.cells = array("I", bytes(4 * self.n * self.stride))
+        self.calls = self.errors = 0
+
+    def fields(self) -> list[int]:
+        """The sum of each field over the live buckets (O(n x stride), for queries)."""
+        cells, stride = self.cells, self.stride
+        return [sum(cells[f::stride]) for f in range(stride)]
 
     def recent(self, field: int, buckets: int) -> int:
         """Sum of ``field`` over the newest ``buckets`` buckets."""
@@ -140,17 +152,17 @@ class _LatencyLayout:
         self.inv_log_g = settings.latency_bins_per_decade / math.log(10)
         self.bins = _bin_count(settings)
         self.top = float(self.lo * self.g**self.bins)
-        # count, under-range bin, the regular bins, over-range bin
-        self.stride = 1 + 1 + self.bins + 1
-        #: The bucket field of the over-range bin (the last one).
+        # under-range bin, the regular bins, over-range bin
+        self.stride = 1 + self.bins + 1
+        #: The over-range bin (the last one).
         self.over = self.stride - 1
 
-    def field(self, latency: float) -> int:
-        """The bucket field (``1 + bin``) that counts ``latency`` (a finite number >= 0)."""
+    def bin(self, latency: float) -> int:
+        """The bin that counts ``latency`` (a finite number >= 0)."""
         if latency < self.lo:
-            return 1
+            return 0
         b = int((math.log(latency) - self.log_lo) * self.inv_log_g) + 1
-        return 1 + (b if b <= self.bins else self.bins + 1)
+        return b if b <= self.bins else self.over
 
     def value(self, b: int) -> float:
         """The value reported for bin ``b``: half of ``lo`` below the range, the top of the
@@ -165,7 +177,7 @@ class _LatencyLayout:
         self, sums: Sequence[int], percentiles: Iterable[float]
     ) -> dict[str, float | None]:
         """Nearest-rank percentiles (``"p50"`` -> seconds) of a merged histogram."""
-        total = sums[0]
+        total = sum(sums)
         out: dict[str, float | None] = {}
         for p in percentiles:
             name = _percentile_name(p)
@@ -174,9 +186,9 @@ class _LatencyLayout:
                 continue
             rank = max(1, math.ceil(p * total / 100))
             seen = 0
-            for i in range(1, self.stride):
-                seen += sums[i]
+            for b, count in enumerate(sums):
+                seen += count
                 if seen >= rank:
-                    out[name] = self.value(i - 1)
+                    out[name] = self.value(b)
                     break
         return out
