@@ -166,7 +166,7 @@ def _journal(n: int) -> float:
 
 def collect(quick: bool) -> dict[str, float]:
     """Median rows/s of the floor and of the journal with 100 appenders, and their ratio."""
-    n, reps = (200, 3) if quick else (800, 7)
+    n, reps = (200, 5) if quick else (800, 9)
     _rows_per_commit.clear()
     ns = interleave({"floor": _floor, "journal": _journal}, n=n, reps=reps)
     floor = 1e9 / ns["floor"]
