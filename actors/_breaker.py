@@ -333,6 +333,7 @@ class CircuitBreaker:
         "_counted",
         "_epoch",
         "_failures",
+        "_fast_until",
         "_history",
         "_ignored",
         "_listener",
@@ -413,6 +414,7 @@ class CircuitBreaker:
         self._consecutive = 0
         self._bucket = 0
         self._bucket_end = -math.inf
+        self._fast_until = -math.inf
 
     # ------------------------------------------------------------------ queries
 
@@ -504,13 +506,12 @@ class CircuitBreaker:
     def record_success(self, permit: Permit, now: float, duration: float = 0.0) -> None:
         """Record that the call admitted with ``permit`` succeeded at ``now`` after
         ``duration`` seconds (used only for the slow-call rule)."""
-        # Fast path: closed, current permit, same bucket, not slow.  The success is only
-        # counted here; the window's call count and the consecutive-failure streak are derived
-        # from ``_ok`` when they are needed.
-        if permit == self._accept and now < self._bucket_end and duration < self._slow_threshold:
+        # Fast path: closed, no failure or slow call in the window (so a success cannot trip
+        # the breaker), same bucket, current permit, not slow.  ``_fast_until`` is the bucket's
+        # end in that case and -inf otherwise.  The success is only counted: the window's call
+        # count and the consecutive-failure streak are derived from ``_ok`` when needed.
+        if now < self._fast_until and permit is self._accept and duration < self._slow_threshold:
             self._ok += 1
-            if self._bad:
-                self._evaluate(now)
             return
         if permit != self._accept:
             self._other_successes += 1
@@ -522,6 +523,7 @@ class CircuitBreaker:
         if duration >= self._slow_threshold:
             self._c_slow += 1
             self._bad += 1
+            self._fast_until = -math.inf
         if self._bad:
             self._evaluate(now)
 
@@ -552,6 +554,7 @@ class CircuitBreaker:
         self._consecutive += 1
         self._c_fail += 1
         self._bad += 1
+        self._fast_until = -math.inf
         if duration >= self._slow_threshold:
             self._c_slow += 1
             self._bad += 1
@@ -683,6 +686,7 @@ class CircuitBreaker:
         # ``_accept`` is what a record must match to take the closed fast path: the current
         # permit while closed, NaN (equal to nothing) otherwise.
         self._accept = self._permit if state is _CLOSED else math.nan
+        self._fast_until = -math.inf  # _clear_window() re-opens the fast path when closing
         self._probes.clear()
         self._probe_successes = 0
 
@@ -707,6 +711,11 @@ class CircuitBreaker:
         else:
             self._bucket = 0
             self._bucket_end = -math.inf
+        self._refresh_fast_path()
+
+    def _refresh_fast_path(self) -> None:
+        healthy = self._state is _CLOSED and not self._bad
+        self._fast_until = self._bucket_end if healthy else -math.inf
 
     def _window_calls(self) -> int:
         return self._r_total + self._ok - self._ok_mark + self._c_fail
@@ -724,11 +733,13 @@ class CircuitBreaker:
             self._ok_mark = self._ok
             self._bucket = new
             self._bucket_end = (new + 1) * self._width
+            self._refresh_fast_path()
             return
         old = self._bucket
         if new <= old:
             # Rounding put ``now`` on the boundary; the bucket is unchanged.
             self._bucket_end = (old + 1) * self._width
+            self._refresh_fast_path()
             return
         n = self._settings.buckets
         steps = new - old
@@ -759,3 +770,4 @@ class CircuitBreaker:
         self._ok_mark = self._ok
         self._bucket = new
         self._bucket_end = (new + 1) * self._width
+        self._refresh_fast_path()

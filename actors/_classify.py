@@ -55,7 +55,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Mapping
-from typing import Final
+from typing import Final, cast
 
 import msgspec
 
@@ -288,13 +288,20 @@ def _status_of(obj: object) -> int | None:
 class _TypeEntry:
     """What the classifier knows about one exception type, computed once."""
 
-    __slots__ = ("category", "plain", "probe_class")
+    __slots__ = ("category", "plain", "probe_class", "special")
 
-    def __init__(self, category: ErrorCategory, probe_class: bool) -> None:
+    def __init__(self, category: ErrorCategory, probe_class: bool, special: int) -> None:
         self.category = category
         self.plain = _PLAIN[category]
         # True when the type defines a probed name as a class attribute (property, slot).
         self.probe_class = probe_class
+        # _NORMAL, _NOT_AN_EXCEPTION (always cancellation) or _AURA (keeps its category).
+        self.special = special
+
+
+_NORMAL: Final = 0
+_NOT_AN_EXCEPTION: Final = 1
+_AURA: Final = 2
 
 
 class Classifier:
@@ -388,10 +395,14 @@ class Classifier:
 
     def classify(self, exc: BaseException) -> Classified:
         """The :class:`Classified` verdict for ``exc``.  Never raises for any exception value."""
-        if not isinstance(exc, Exception):
-            return _CANCELLED
-        if isinstance(exc, AuraError):
-            return self._classify_aura(exc)
+        try:
+            entry = self._cache[exc.__class__]
+        except KeyError:
+            entry = self._entry_for(type(exc))
+        if entry.special:
+            if entry.special == _NOT_AN_EXCEPTION:
+                return _CANCELLED
+            return self._classify_aura(cast(AuraError, exc))
         if self._predicates:
             for predicate, category in self._predicates:
                 try:
@@ -400,10 +411,6 @@ class Classifier:
                     hit = False
                 if hit:
                     return self._inspect(exc, category, category)
-        tp = type(exc)
-        entry = self._cache.get(tp)
-        if entry is None:
-            entry = self._entry_for(tp)
         if not entry.probe_class:
             found = exc.__dict__
             if not found or found.keys().isdisjoint(_PROBED):
@@ -499,7 +506,12 @@ class Classifier:
                 category = found
                 break
         probe_class = any(hasattr(tp, name) for name in _PROBED)
-        entry = _TypeEntry(category, probe_class)
+        if not issubclass(tp, Exception):
+            entry = _TypeEntry(_C.CANCELLATION, probe_class, _NOT_AN_EXCEPTION)
+        elif issubclass(tp, AuraError):
+            entry = _TypeEntry(category, probe_class, _AURA)
+        else:
+            entry = _TypeEntry(category, probe_class, _NORMAL)
         if len(self._cache) >= self._cache_size:
             self._cache.clear()
         self._cache[tp] = entry
