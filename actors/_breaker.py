@@ -393,7 +393,7 @@ class CircuitBreaker:
         self._state = _CLOSED
         self._epoch = 0
         self._permit = Permit(0)
-        self._accept: float = 0
+        self._accept: object = 0
         self._next_probe = 0
         self._probes: set[int] = set()
         self._probe_successes = 0

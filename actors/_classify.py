@@ -353,7 +353,8 @@ class Classifier:
         the same class the user rule wins, and registering a class again replaces its rule.
         Raises ``TypeError`` for something that is not an exception class or a category, and
         ``ValueError`` for a class that is not an ``Exception`` subclass (cancellation and
-        interrupts are never classified by rules).
+        interrupts are never classified by rules) or is an ``AuraError`` (which carries its
+        own category).
         """
         types = exc_type if isinstance(exc_type, tuple) else (exc_type,)
         _check_category(category)
@@ -364,6 +365,11 @@ class Classifier:
                 raise ValueError(
                     f"{tp.__name__} is not an Exception subclass; it is always classified as "
                     "cancellation"
+                )
+            if issubclass(tp, AuraError):
+                raise ValueError(
+                    f"{tp.__name__} is an AuraError: it keeps its own category (pass "
+                    "category= when raising it instead)"
                 )
         for tp in types:
             self._types[tp] = category
@@ -377,7 +383,7 @@ class Classifier:
         Predicates run before the status and type rules, in registration order; the first
         that returns true decides.  A predicate that raises is treated as false (the
         classifier never fails because of a rule).  Predicates see only ``Exception``
-        instances, never cancellations.
+        instances that are not ``AuraError``: never cancellations or interrupts.
         """
         if not callable(predicate):
             raise TypeError(f"predicate must be callable, not {predicate!r}")

@@ -130,10 +130,12 @@ def test_cancellation_and_interrupts_are_never_retryable(exc: BaseException) -> 
 
 
 def test_rules_for_non_exception_classes_are_refused() -> None:
-    """register() refuses BaseException subclasses outside Exception, and non-classes."""
+    """register() refuses non-Exception classes, AuraErrors, non-classes and bad statuses."""
     c = classifier()
     with pytest.raises(ValueError, match="cancellation"):
         c.register(KeyboardInterrupt, C.TIMEOUT)
+    with pytest.raises(ValueError, match="AuraError"):
+        c.register(CircuitOpen, C.TIMEOUT)
     with pytest.raises(TypeError):
         c.register("ValueError", C.TIMEOUT)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
