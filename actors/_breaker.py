@@ -329,6 +329,7 @@ class CircuitBreaker:
         "_bucket_end",
         "_c_fail",
         "_c_slow",
+        "_closed",
         "_consecutive",
         "_counted",
         "_epoch",
@@ -391,6 +392,7 @@ class CircuitBreaker:
         self._b_fail = [0] * n
         self._b_slow = [0] * n
         self._state = _CLOSED
+        self._closed = True
         self._epoch = 0
         self._permit = Permit(0)
         self._accept: object = 0
@@ -499,7 +501,7 @@ class CircuitBreaker:
         as a probe if a probe slot is free, else rejected.  Isolated: rejected with
         ``retry_after=None``.
         """
-        if self._state is _CLOSED:
+        if self._closed:
             return self._permit
         return self._acquire_other(now)
 
@@ -507,10 +509,11 @@ class CircuitBreaker:
         """Record that the call admitted with ``permit`` succeeded at ``now`` after
         ``duration`` seconds (used only for the slow-call rule)."""
         # Fast path: closed, no failure or slow call in the window (so a success cannot trip
-        # the breaker), same bucket, current permit, not slow.  ``_fast_until`` is the bucket's
-        # end in that case and -inf otherwise.  The success is only counted: the window's call
-        # count and the consecutive-failure streak are derived from ``_ok`` when needed.
-        if now < self._fast_until and permit is self._accept and duration < self._slow_threshold:
+        # the breaker), slow calls not tracked, same bucket, current permit.  ``_fast_until``
+        # is the bucket's end in that case and -inf otherwise.  The success is only counted:
+        # the window's call count and the consecutive-failure streak are derived from ``_ok``
+        # when needed.
+        if now < self._fast_until and permit is self._accept:
             self._ok += 1
             return
         if permit != self._accept:
@@ -681,6 +684,7 @@ class CircuitBreaker:
     def _enter(self, state: BreakerState) -> None:
         """Switch state and start a new epoch: permits issued before become stale."""
         self._state = state
+        self._closed = state is _CLOSED
         self._epoch += 1
         self._permit = Permit(self._epoch << 1)
         # ``_accept`` is what a record must match to take the closed fast path: the current
@@ -714,8 +718,9 @@ class CircuitBreaker:
         self._refresh_fast_path()
 
     def _refresh_fast_path(self) -> None:
-        healthy = self._state is _CLOSED and not self._bad
-        self._fast_until = self._bucket_end if healthy else -math.inf
+        # With slow calls tracked every success needs its duration checked: no fast path.
+        fast = self._state is _CLOSED and not self._bad and self._slow_threshold == math.inf
+        self._fast_until = self._bucket_end if fast else -math.inf
 
     def _window_calls(self) -> int:
         return self._r_total + self._ok - self._ok_mark + self._c_fail
