@@ -133,6 +133,7 @@ __all__ = [
 
 _INF: Final = math.inf
 _MAX_SERVICE_NAME: Final = 200
+_MAX_PAGE: Final = 1000  # the largest page of recent errors
 _NO_EVENTS: Final[tuple[AlertEvent, ...]] = ()
 
 
@@ -173,13 +174,13 @@ class MonitorState:
         "_lk_base",
         "_lk_start",
         "_n",
-        "_now",
         "_per_min",
         "_recent",
         "_reports",
         "_series",
         "_settings",
         "_supervision",
+        "_tick_until",
         "_wall_clock",
         "_width",
     )  # fmt: skip
@@ -217,7 +218,7 @@ class MonitorState:
         self._evicted = 0
         self._checks = 0
         self._supervision = dict.fromkeys(sorted(SUPERVISION_KINDS), 0)
-        self._now = -_INF
+        self._tick_until = -_INF
         self._k = self._k_base = self._lk = self._lk_base = 0
         self._k_start = self._lk_start = 0.0
 
@@ -269,7 +270,7 @@ class MonitorState:
         if not ok:
             ci, message = self._error_fields(r)
         s = self._series.get(r.service)
-        if now > self._now:
+        if now >= self._tick_until:
             self._tick(now)
         if s is None:
             s = self._admit(r.service, now)
@@ -331,17 +332,18 @@ class MonitorState:
         return self._raise_on_intake(s, now)
 
     def _tick(self, now: float) -> None:
-        # Cache the newest bucket of each ring for the latest ``now``: reports drained in a
-        # batch share one ``now``, so the divisions happen once per batch, not per report.
-        self._now = now
+        # Cache the newest bucket of each ring and when it ends: until then (most reports)
+        # ``record`` does no division at all.  An earlier ``now`` never gets here, so time
+        # never goes backwards for the windows.
         k = int(now // self._width)
         self._k = k
         self._k_start = k * self._width
         self._k_base = (k % self._n) * _STRIDE
-        k = int(now // self._lat_width)
-        self._lk = k
-        self._lk_start = k * self._lat_width
-        self._lk_base = (k % self._lat_n) * self._layout.stride
+        lk = int(now // self._lat_width)
+        self._lk = lk
+        self._lk_start = lk * self._lat_width
+        self._lk_base = (lk % self._lat_n) * self._layout.stride
+        self._tick_until = min((k + 1) * self._width, (lk + 1) * self._lat_width)
 
     @staticmethod
     def _invalid_times(r: CallReport) -> None:
@@ -428,7 +430,7 @@ class MonitorState:
         if not isinstance(r.reason, str):
             raise InvalidReport(f"must be a str, got {r.reason!r}", field="reason")
         reason = redact(r.reason, max_length=self._settings.max_message_length)
-        if now > self._now:
+        if now >= self._tick_until:
             self._tick(now)
         s = self._series.get(r.service)
         if s is None:
@@ -535,7 +537,7 @@ class MonitorState:
         settings = self._settings
         book = self._book
         events: list[AlertEvent] = []
-        if now > self._now:
+        if now >= self._tick_until:
             self._tick(now)
         k = self._k
         self._checks += 1
@@ -718,7 +720,7 @@ class MonitorState:
         return self._metrics(self._get(service), now)
 
     def _metrics(self, s: _Series, now: float) -> ServiceMetrics:
-        if now > self._now:
+        if now >= self._tick_until:
             self._tick(now)
         s.counts.advance(self._k)
         s.latency.advance(self._lk)
@@ -758,15 +760,13 @@ class MonitorState:
         ``total`` counts every record held (of ``service`` only, when given).
 
         Raises:
-            InvalidQuery: ``offset`` is negative, or ``limit`` is not in
-                ``[1, max(1, settings.recent_errors)]``.
+            InvalidQuery: ``offset`` is negative, or ``limit`` is not in ``[1, 1000]``.
         """
-        most = max(1, self._settings.recent_errors)
         if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
             raise InvalidQuery(f"must be an integer >= 0, got {offset!r}", argument="offset")
-        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= most:
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= _MAX_PAGE:
             raise InvalidQuery(
-                f"must be an integer from 1 to {most}, got {limit!r}", argument="limit"
+                f"must be an integer from 1 to {_MAX_PAGE}, got {limit!r}", argument="limit"
             )
         if service is None:
             total = len(self._recent)
@@ -798,7 +798,7 @@ class MonitorState:
                 argument="window",
             )
         buckets = min(self._n, max(1, math.ceil(window / self._width - 1e-9)))
-        if now > self._now:
+        if now >= self._tick_until:
             self._tick(now)
         s.counts.advance(self._k)
         errors = s.counts.recent(_ERRORS, buckets)
