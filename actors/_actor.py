@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Generic, TypeVar, TypeVarTuple, Unpack
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, TypeVarTuple, Unpack
 
+from actors._errors import ActorNotFound
 from actors._reply import Failure, Reply, _tell_reply
 
 if TYPE_CHECKING:
@@ -97,6 +98,19 @@ class Actor(Generic[M, R]):
         """
         current = self._context().current
         return math.inf if current is None else current.deadline
+
+    def lookup(self, path: str) -> ActorRef[Any, Any]:
+        """The ref of another actor of the same tree, by its path from the root.
+
+        Raises:
+            ActorNotFound: no actor is at ``path`` (or it is stopped for good).
+        """
+        from actors._ref import ActorRef
+
+        cell = self._context().cell.registry.get(path)
+        if cell is None or cell.closed:
+            raise ActorNotFound(actor=path, detail=f" (looked up by {self.path!r})")
+        return ActorRef._create(cell)
 
     def defer(self) -> Reply[R]:
         """Take the answer slot of the message being handled, to answer it later.

@@ -119,6 +119,7 @@ class _Cell:
         "path",
         "queue",
         "received",
+        "registry",
         "receiver",
         "restarts",
         "space",
@@ -134,6 +135,7 @@ class _Cell:
         timers: _Timers,
         capacity: int = DEFAULT_CAPACITY,
         ask_timeout: float = DEFAULT_ASK_TIMEOUT,
+        registry: dict[str, _Cell] | None = None,
     ) -> None:
         if not isinstance(capacity, int) or isinstance(capacity, bool) or capacity < 1:
             raise ValueError(f"mailbox capacity of {path!r} must be an int >= 1, got {capacity!r}")
@@ -142,6 +144,8 @@ class _Cell:
         self.path = path
         self.name = path.rpartition("/")[2]
         self.timers = timers
+        # Every slot of the same tree, by path: how an actor finds its peers (Actor.lookup).
+        self.registry: dict[str, _Cell] = {path: self} if registry is None else registry
         self.capacity = capacity
         self.ask_timeout = float(ask_timeout)
         self.queue: deque[tuple[Any, Reply[Any] | None]] = deque()

@@ -34,6 +34,7 @@ __all__ = [
     "CATEGORY_INFO",
     "ActorCrashed",
     "ActorError",
+    "ActorNotFound",
     "ActorStopped",
     "AskTimeout",
     "AuraError",
@@ -310,6 +311,19 @@ class ActorStopped(ActorError):
             ),
         )
         self.reason = reason
+
+
+class ActorNotFound(ActorError, LookupError):
+    """No actor is running at the path that was looked up."""
+
+    default_category = ErrorCategory.VALIDATION
+
+    def __init__(self, *, actor: str, detail: str = "") -> None:
+        super().__init__(
+            f"No actor at {actor!r}{detail}.",
+            actor=actor,
+            suggested_action="Check the path against the supervision tree's snapshot.",
+        )
 
 
 class MailboxFull(ActorError):

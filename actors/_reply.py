@@ -33,6 +33,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar, final
 
 import outcome
@@ -92,9 +93,10 @@ class Reply(Generic[R]):
             own trio deadline, whichever is earlier); ``math.inf`` for a tell.
     """
 
-    __slots__ = ("_cell", "_state", "_task", "_timeout", "deadline", "deferred")
+    __slots__ = ("_cell", "_on_abandon", "_state", "_task", "_timeout", "deadline", "deferred")
 
     _cell: _Cell | None
+    _on_abandon: Callable[[Reply[Any]], object] | None
     _state: int
     _task: Task
     _timeout: float
@@ -111,6 +113,7 @@ class Reply(Generic[R]):
         self._cell = cell
         self._state = PENDING if task is not None else DONE
         self._timeout = 0.0
+        self._on_abandon = None
         self.deadline = deadline
         self.deferred = False
         return self
@@ -149,10 +152,21 @@ class Reply(Generic[R]):
             if inc is not None:
                 inc.deferred.discard(self)
 
+    def on_abandon(self, callback: Callable[[Reply[R]], object] | None) -> None:
+        """Call ``callback(reply)`` if the caller gives up (times out or is cancelled).
+
+        It runs from within trio's cancellation machinery, so it must only record the fact
+        (set a flag, schedule work with ``TrioToken.run_sync_soon``), never cancel scopes or
+        block.  ``None`` removes it.
+        """
+        self._on_abandon = callback
+
     def _abort(self, raise_cancel: RaiseCancelT) -> Abort:
         # Called by trio when the asking task's cancel scope fires.
         self._state = ABANDONED
         self._forget()
+        if self._on_abandon is not None:
+            self._on_abandon(self)
         return Abort.SUCCEEDED
 
     def _expire(self) -> None:
@@ -162,6 +176,8 @@ class Reply(Generic[R]):
         self._forget()
         path = self._cell.path if self._cell is not None else "?"
         reschedule(self._task, outcome.Error(AskTimeout(actor=path, timeout=self._timeout)))
+        if self._on_abandon is not None:
+            self._on_abandon(self)
 
     def __repr__(self) -> str:
         state = ("pending", "done", "abandoned")[self._state]

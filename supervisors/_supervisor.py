@@ -36,7 +36,7 @@ from typing import Any
 import attrs
 import trio
 
-from actors import AuraError, ErrorCategory
+from actors import ActorNotFound, AuraError, ErrorCategory
 from actors._cell import CellState, _Cell, is_cancellation, is_fatal, run_actor, unwrap
 from actors._reply import _Timers
 from supervisors._events import EventKind, SupervisionEvent, TreeNode, _EventBus
@@ -103,17 +103,19 @@ class SupervisorGaveUp(SupervisorError):
             self.__cause__ = cause
 
 
-class NoSuchChild(SupervisorError, LookupError):
+class NoSuchChild(SupervisorError, ActorNotFound):
     """No child (or actor, or supervisor) exists at the given name or path."""
 
     default_category = ErrorCategory.VALIDATION
 
     def __init__(self, path: str, detail: str = "") -> None:
-        super().__init__(
+        AuraError.__init__(
+            self,
             f"No such child: {path!r}{detail}.",
             suggested_action="Check the name against Supervisor.snapshot().",
         )
         self.path = path
+        self.actor = path
 
 
 class SupervisorNotRunning(SupervisorError):
@@ -241,6 +243,7 @@ class _Node:
             if cell is None:
                 cell = _Cell(
                     path,
+                    registry=self.tree.cells,
                     timers=self.tree.timers,
                     capacity=spec.mailbox_capacity,
                     ask_timeout=spec.ask_timeout,

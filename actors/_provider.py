@@ -1,0 +1,820 @@
+"""Provider actors: one external service behind a supervised actor with all its policies.
+
+Theory of operation
+-------------------
+A :class:`ProviderActor` owns one service's circuit breaker, retry policy and budget, bulkhead,
+optional rate limiter and idempotency table (the sans-I/O policies), and a pool of worker tasks
+in its own scope that run the service's function.  A call (a :class:`Call` message, usually sent
+through the :class:`~actors.Provider` client) goes through::
+
+    idempotency  cached outcome -> answer | same call in flight -> join it | conflict -> error
+    breaker      open -> CircuitOpen (retry_after), no attempt
+    rate limit   wait for a token if the wait fits the deadline, else RateLimited
+    bulkhead     a free worker slot, or a place in the queue, else BulkheadFull
+    attempt      the function under min(attempt timeout, time left to the deadline)
+    classify     the failure's category (one of ten) and the provider's Retry-After
+    record       breaker outcome, monitor report
+    retry?       transient, attempts left, budget allows, the delay fits the deadline
+    answer       every waiter (joiners too), store the outcome under the key
+
+``handle`` only admits: it defers the reply and hands the job on, so the mailbox never waits
+for the service.  Workers are long-lived tasks (at most the bulkhead's ``max_concurrent``), each
+inside a cancel scope whose deadline is moved per attempt: no task spawn and no new cancel scope
+per call on the success path.  A worker that finishes an attempt takes the next queued job
+directly.  Retries wait on one delay queue (one task) without holding a bulkhead slot.
+
+Cancellation: a job lives as long as someone waits for it.  When the last waiter gives up
+(ask timeout or caller cancelled), the job is cancelled wherever it is (queued, waiting for a
+retry, or mid-attempt); a job other callers joined keeps running for them.
+
+Reports: every attempt that reached the service is reported to the monitor exactly once
+(success, failure category, latency).  Reports are batched and sent with ``tell_nowait`` at
+most every ``report_interval`` seconds or every 256 reports, so reporting never blocks the
+provider; when the monitor's mailbox is full they wait for the next flush, and only beyond
+``max_pending_reports`` are they dropped (and counted).  Breaker transitions are sent at once.
+"""
+
+from __future__ import annotations
+
+import copy
+import heapq
+import itertools
+import math
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, TypeAlias
+
+import attrs
+import msgspec
+import outcome
+import trio
+from trio.lowlevel import Abort, RaiseCancelT, Task, current_task, reschedule, wait_task_rescheduled
+
+from actors._actor import Actor
+from actors._breaker import BreakerState, BreakerTransition, CircuitBreaker, Permit
+from actors._budget import RetryBudget
+from actors._bulkhead import ENTERED, Bulkhead
+from actors._cell import is_cancellation, is_fatal
+from actors._classify import Classifier
+from actors._config import ProviderSettings
+from actors._errors import (
+    ActorError,
+    AuraError,
+    CircuitOpen,
+    ErrorCategory,
+    ProviderError,
+    ProviderTimeout,
+    RateLimited,
+    ResilienceError,
+    RetriesExhausted,
+    RetryBudgetExhausted,
+)
+from actors._idempotency import Completed, IdempotencyTable, InFlight, Joined, fingerprint
+from actors._monitoring_types import BreakerReport, CallReport
+from actors._ratelimit import RateLimiter
+from actors._ref import ActorRef
+from actors._reply import Failure, Reply
+from actors._retry import GiveUp, GiveUpReason, RetryPolicy, RetryState
+
+__all__ = [
+    "Call",
+    "GetStatus",
+    "Isolate",
+    "ProviderActor",
+    "ProviderStatus",
+    "Reset",
+]
+
+ProviderFunction: TypeAlias = Callable[[Any], Awaitable[Any]]
+Fallback: TypeAlias = "ActorRef[Any, Any] | str | Callable[[Any, BaseException], Awaitable[Any]]"
+
+_FLUSH_EVERY: Final = 256
+_NOT_FALLBACK: Final = frozenset({ErrorCategory.VALIDATION})
+
+
+class Call(msgspec.Struct, frozen=True, tag="call"):
+    """Ask a provider actor to call its service with ``payload``.
+
+    Attributes:
+        payload: what the service function receives.
+        key: an idempotency key: calls with the same key (and the same payload) run the
+            service at most once within the key's TTL; others join or get the stored outcome.
+    """
+
+    payload: Any
+    key: str | None = None
+
+
+class Isolate(msgspec.Struct, frozen=True, tag="isolate"):
+    """Hold the provider's breaker open until :class:`Reset` (an operator's kill switch)."""
+
+
+class Reset(msgspec.Struct, frozen=True, tag="reset"):
+    """Close the provider's breaker with a clean window."""
+
+
+class GetStatus(msgspec.Struct, frozen=True, tag="status"):
+    """Ask for a :class:`ProviderStatus`."""
+
+
+class ProviderStatus(msgspec.Struct, frozen=True):
+    """A provider's state for status views (the reply to :class:`GetStatus`).
+
+    Attributes:
+        service: the provider's name.
+        breaker: the breaker's state (``closed``, ``open``, ``half_open``, ``isolated``).
+        retry_after: seconds until the breaker admits a call (``None`` when isolated).
+        budget_balance: retries the budget allows right now.
+        running: attempts in progress.
+        queued: calls waiting for a bulkhead slot.
+        waiting: calls waiting for a retry delay or a rate-limit token.
+        cached: idempotency records held.
+        calls, succeeded, failed: calls admitted and how they ended.
+        attempts, retries: attempts made, of which retries.
+        rejected: calls refused before any attempt (breaker, bulkhead, rate limit, conflicts).
+        fallbacks, hedges: fallbacks used and hedged attempts sent.
+        reports_dropped: monitor reports dropped because the monitor could not keep up.
+    """
+
+    service: str
+    breaker: str
+    retry_after: float | None
+    budget_balance: int
+    running: int
+    queued: int
+    waiting: int
+    cached: int
+    calls: int
+    succeeded: int
+    failed: int
+    attempts: int
+    retries: int
+    rejected: int
+    fallbacks: int
+    hedges: int
+    reports_dropped: int
+
+
+ProviderMessage: TypeAlias = Call | Isolate | Reset | GetStatus
+
+
+class _Job:
+    """One call in progress, shared by every caller waiting for it."""
+
+    __slots__ = (
+        "attempts",
+        "cancelled",
+        "deadline",
+        "done",
+        "entry",
+        "last_error",
+        "live",
+        "payload",
+        "permit",
+        "retry",
+        "running",
+        "scope",
+        "started",
+        "ticket",
+        "timeout",
+        "waiters",
+    )
+
+    def __init__(self, payload: Any, entry: InFlight | None, retry: RetryState) -> None:
+        self.payload = payload
+        self.entry = entry
+        self.retry = retry
+        self.deadline = retry.deadline
+        self.waiters: list[Reply[Any]] = []
+        self.live = 0
+        self.attempts = 0
+        self.last_error: BaseException | None = None
+        self.done = False
+        self.cancelled = False
+        self.running = False
+        self.scope: trio.CancelScope | None = None
+        self.ticket = 0
+        self.permit = Permit(0)
+        self.started = 0.0
+        self.timeout = 0.0
+
+
+def _fresh(error: BaseException) -> BaseException:
+    """A copy of ``error`` for one more waiter (one exception object per raise)."""
+    if isinstance(error, AuraError):
+        return copy.copy(error)
+    return ProviderError(str(error), category=ErrorCategory.UNKNOWN, cause=error)
+
+
+def _abort_idle(raise_cancel: RaiseCancelT) -> Abort:
+    return Abort.SUCCEEDED
+
+
+@attrs.define
+class _Counters:
+    calls: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    attempts: int = 0
+    retries: int = 0
+    rejected: int = 0
+    fallbacks: int = 0
+    hedges: int = 0
+    reports_dropped: int = 0
+
+
+class ProviderActor(Actor[ProviderMessage, Any]):
+    """A supervised actor around one external service (see the module docstring).
+
+    Args:
+        name: the service's name (breaker, reports, errors).
+        fn: ``async def fn(payload) -> reply``: the call to the service, or an object with such
+            a ``call`` method.
+        settings: the :class:`~actors.ProviderSettings` (``config.for_provider(name)``); default
+            settings when omitted.
+        classifier: maps failures to categories (default: the built-in rules).
+        monitor: where outcome reports go: a ref or the monitor's path in the tree.
+        fallback: used when a call fails for good (except for validation errors): another
+            provider (a ref or path; the call is re-sent to it) or
+            ``async def fallback(payload, error) -> reply``.  ``settings.fallback`` names a
+            sibling provider when this is not given.
+        rng: the random source of backoff jitter (seed it for replayable runs).
+        report_interval: seconds between report flushes to the monitor.
+        max_pending_reports: reports kept while the monitor cannot take them.
+
+    Example::
+
+        ChildSpec("openai", lambda: ProviderActor("openai", call_openai,
+                                                  config.for_provider("openai"),
+                                                  monitor="monitor"))
+    """
+
+    def __init__(
+        self,
+        name: str,
+        fn: ProviderFunction | Any,
+        settings: ProviderSettings | None = None,
+        *,
+        classifier: Classifier | None = None,
+        monitor: ActorRef[Any, Any] | str | None = None,
+        fallback: Fallback | None = None,
+        rng: random.Random | None = None,
+        report_interval: float = 0.5,
+        max_pending_reports: int = 10_000,
+    ) -> None:
+        if not callable(fn):
+            method = getattr(fn, "call", None)
+            if not callable(method):
+                raise TypeError(
+                    f"provider {name!r}: fn must be an async function or have an async `call` "
+                    f"method, got {fn!r}"
+                )
+            fn = method
+        if not report_interval > 0:
+            raise ValueError(f"provider {name!r}: report_interval must be > 0")
+        self.name = name
+        self.settings = settings = ProviderSettings() if settings is None else settings
+        self._fn: ProviderFunction = fn
+        self._classifier = classifier or Classifier()
+        self._monitor_spec = monitor
+        self._monitor: ActorRef[Any, Any] | None = (
+            monitor if isinstance(monitor, ActorRef) else None
+        )
+        self._fallback_spec: Fallback | None = (
+            fallback if fallback is not None else settings.fallback
+        )
+        self._breaker = CircuitBreaker(settings.breaker, name=name, listener=self._on_transition)
+        self._budget = RetryBudget(settings.budget)
+        self._retry = RetryPolicy(settings.retry, budget=self._budget, random=rng)
+        self._bulkhead = Bulkhead(settings.bulkhead, name=name)
+        self._limiter = (
+            RateLimiter(settings.rate_limit, name=name) if settings.rate_limit is not None else None
+        )
+        self._table = IdempotencyTable(settings.idempotency)
+        self._hedging = settings.hedging_delay
+        self._report_interval = report_interval
+        self._max_pending = max_pending_reports
+        self._reports: list[Any] = []
+        self._queued: dict[int, _Job] = {}
+        self._idle: list[Task] = []
+        self._workers = 0
+        self._running = 0
+        self._delayed: list[tuple[float, int, _Job]] = []
+        self._delay_seq = itertools.count()
+        self._delay_scope: trio.CancelScope | None = None
+        self._waiting = 0
+        self._token: trio.lowlevel.TrioToken | None = None
+        self.counters = _Counters()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def on_start(self) -> None:
+        self._token = trio.lowlevel.current_trio_token()
+        self.spawn(self._housekeeping, name=f"{self.path}:housekeeping")
+        self.spawn(self._delay_loop, name=f"{self.path}:delays")
+
+    async def on_stop(self) -> None:
+        self._flush()
+
+    async def handle(self, message: ProviderMessage) -> Any:
+        if type(message) is Call:
+            self._call(message)
+            return None
+        if isinstance(message, GetStatus):
+            return self.status()
+        now = trio.current_time()
+        if isinstance(message, Isolate):
+            self._breaker.isolate(now)
+            return self.status()
+        if isinstance(message, Reset):
+            self._breaker.reset(now)
+            return self.status()
+        return Failure(
+            TypeError(
+                f"provider {self.name!r} accepts Call, Isolate, Reset and GetStatus messages, "
+                f"not {type(message).__name__}"
+            )
+        )
+
+    def status(self, now: float | None = None) -> ProviderStatus:
+        """The provider's :class:`ProviderStatus` (also the reply to :class:`GetStatus`)."""
+        now = trio.current_time() if now is None else now
+        c = self.counters
+        return ProviderStatus(
+            service=self.name,
+            breaker=self._breaker.state.value,
+            retry_after=self._breaker.retry_after(now),
+            budget_balance=self._budget.balance(now),
+            running=self._running,
+            queued=len(self._queued),
+            waiting=self._waiting,
+            cached=self._table.statistics().records,
+            calls=c.calls,
+            succeeded=c.succeeded,
+            failed=c.failed,
+            attempts=c.attempts,
+            retries=c.retries,
+            rejected=c.rejected,
+            fallbacks=c.fallbacks,
+            hedges=c.hedges,
+            reports_dropped=c.reports_dropped,
+        )
+
+    def rejection(self, now: float) -> CircuitOpen | None:
+        """The error a call would be rejected with right now by the breaker, or ``None``.
+
+        Read-only: the :class:`~actors.Provider` client uses it to fail fast in the caller's
+        task, without a mailbox round trip, while the breaker is open.  ``None`` when a
+        fallback is configured (the call must reach the actor, which uses the fallback).
+        """
+        if self._fallback_spec is not None:
+            return None  # the actor answers from the fallback
+        return self._breaker_rejection(now)
+
+    def _breaker_rejection(self, now: float) -> CircuitOpen | None:
+        breaker = self._breaker
+        if breaker.state is BreakerState.CLOSED or breaker.allows(now):
+            return None
+        return CircuitOpen(
+            service=self.name,
+            retry_after=breaker.retry_after(now),
+            isolated=breaker.state is BreakerState.ISOLATED,
+        )
+
+    # ------------------------------------------------------------------ admission
+
+    def _call(self, message: Call) -> None:
+        reply = self.defer()
+        now = trio.current_time()
+        self.counters.calls += 1
+        entry: InFlight | None = None
+        key = message.key
+        if key is not None:
+            try:
+                begun = self._table.begin(key, fingerprint(message.payload), now)
+            except (ResilienceError, ValueError, TypeError) as exc:
+                self.counters.rejected += 1
+                reply.fail(exc)
+                return
+            if type(begun) is Completed:
+                if begun.failed:
+                    reply.fail(_fresh(begun.value))  # type: ignore[arg-type]
+                else:
+                    reply.set(begun.value)
+                return
+            if type(begun) is Joined:
+                # The joiner waits for the running call, within that call's own deadline.
+                job: _Job = begun.entry.waiters[0]  # type: ignore[assignment]
+                self._add_waiter(job, reply)
+                return
+            entry = begun.entry  # type: ignore[union-attr]
+        job = _Job(message.payload, entry, self._retry.begin(now, reply.deadline))
+        if entry is not None:
+            entry.waiters.append(job)
+        self._add_waiter(job, reply)
+        self._admit(job, now)
+
+    def _add_waiter(self, job: _Job, reply: Reply[Any]) -> None:
+        job.waiters.append(reply)
+        job.live += 1
+        reply.on_abandon(lambda _reply: self._waiter_gone(job))
+
+    def _waiter_gone(self, job: _Job) -> None:
+        # Runs inside trio's cancellation machinery: only schedule the real work.
+        job.live -= 1
+        if job.live <= 0 and not job.done and self._token is not None:
+            self._token.run_sync_soon(self._cancel_job, job)
+
+    def _cancel_job(self, job: _Job) -> None:
+        if job.done or job.live > 0:
+            return
+        job.cancelled = True
+        if job.running:
+            if job.scope is not None:
+                job.scope.cancel()  # the worker settles the job
+            return
+        if job.ticket and self._bulkhead.cancel(job.ticket):
+            self._queued.pop(job.ticket, None)
+        self._abandon(job)
+
+    def _admit(self, job: _Job, now: float) -> None:
+        """Breaker, rate limit, bulkhead; then a worker runs the attempt."""
+        if job.cancelled:
+            self._abandon(job)
+            return
+        rejected = self._breaker_rejection(now)
+        if rejected is not None:
+            self.counters.rejected += 1
+            if job.last_error is not None:
+                rejected.__cause__ = job.last_error
+            self._give_up(job, rejected)
+            return
+        limiter = self._limiter
+        if limiter is not None:
+            wait = limiter.try_acquire(now)
+            if wait:
+                if now + wait >= job.deadline:
+                    self.counters.rejected += 1
+                    self._give_up(job, RateLimited(service=self.name, retry_after=wait))
+                else:
+                    self._delay(job, now + wait)
+                return
+        try:
+            ticket = self._bulkhead.try_enter()
+        except ResilienceError as exc:
+            self.counters.rejected += 1
+            self._give_up(job, exc)
+            return
+        if ticket == ENTERED:
+            self._dispatch(job)
+        else:
+            job.ticket = ticket
+            self._queued[ticket] = job
+
+    def _dispatch(self, job: _Job) -> None:
+        """Hand an admitted job (it holds a bulkhead slot) to an idle or a new worker."""
+        job.ticket = 0
+        if self._idle:
+            reschedule(self._idle.pop(), outcome.Value(job))
+        else:
+            self._workers += 1
+            self.spawn(self._worker, job, name=f"{self.path}:worker")
+
+    def _release_slot(self) -> _Job | None:
+        """Give the bulkhead slot back; return the queued job it passes to, if any."""
+        ticket = self._bulkhead.leave()
+        while ticket is not None:
+            job = self._queued.pop(ticket, None)
+            if job is not None and not job.cancelled:
+                job.ticket = 0
+                return job
+            if job is not None:
+                self._abandon(job)
+            ticket = self._bulkhead.leave()
+        return None
+
+    # ------------------------------------------------------------------ workers
+
+    async def _next_job(self) -> _Job:
+        self._idle.append(current_task())
+        try:
+            job: _Job = await wait_task_rescheduled(_abort_idle)
+        except BaseException:
+            task = current_task()
+            if task in self._idle:
+                self._idle.remove(task)
+            raise
+        return job
+
+    async def _worker(self, first: _Job) -> None:
+        job: _Job | None = first
+        while True:
+            scope = trio.CancelScope()
+            with scope:
+                while True:
+                    if job is None:
+                        job = await self._next_job()
+                    job = await self._attempt(job, scope)
+            # The scope's deadline passed (attempt timeout) or the job was cancelled.
+            job = self._interrupted(job)
+
+    async def _attempt(self, job: _Job, scope: trio.CancelScope) -> _Job | None:
+        """Run one attempt of ``job`` in this worker; return the next job to run, if any."""
+        now = trio.current_time()
+        if job.cancelled:
+            self._abandon(job)
+            return self._release_slot()
+        try:
+            permit = self._breaker.acquire(now)
+        except CircuitOpen as exc:
+            self.counters.rejected += 1
+            if job.last_error is not None:
+                exc.__cause__ = job.last_error
+            self._give_up(job, exc)
+            return self._release_slot()
+        timeout = job.retry.attempt_timeout(now)
+        job.running = True
+        job.scope = scope
+        job.attempts += 1
+        self._running += 1
+        self.counters.attempts += 1
+        if job.attempts > 1:
+            self.counters.retries += 1
+        job.permit = permit
+        job.started = now
+        job.timeout = timeout
+        scope.deadline = now + timeout
+        try:
+            if self._hedging is None:
+                value = await self._fn(job.payload)
+            else:
+                value = await self._hedged(job)
+        except BaseException as exc:
+            if is_cancellation(exc) or is_fatal(exc):
+                raise
+            scope.deadline = math.inf
+            self._running -= 1
+            job.running = False
+            job.scope = None
+            self._failed(job, permit, now, exc)
+            return self._release_slot()
+        scope.deadline = math.inf
+        self._running -= 1
+        job.running = False
+        job.scope = None
+        end = trio.current_time()
+        self._breaker.record_success(permit, end, end - now)
+        self._report(True, end - now, end, None, None, job.attempts > 1)
+        self.counters.succeeded += 1
+        self._finish(job, value, end)
+        return self._release_slot()
+
+    def _interrupted(self, job: _Job | None) -> _Job | None:
+        """The worker's scope fired during ``job``'s attempt: a timeout or a cancellation."""
+        if job is None or not job.running:
+            return job  # pragma: no cover - the scope only fires during an attempt
+        now = trio.current_time()
+        self._running -= 1
+        job.running = False
+        job.scope = None
+        if job.cancelled:
+            self._breaker.release(job.permit, now)
+            self._report(
+                False,
+                now - job.started,
+                now,
+                ErrorCategory.CANCELLATION,
+                "cancelled: every caller gave up",
+                job.attempts > 1,
+            )
+            self._abandon(job)
+        else:
+            timeout = ProviderTimeout(service=self.name, timeout=job.timeout)
+            self._failed(job, job.permit, job.started, timeout)
+        return self._release_slot()
+
+    def _failed(self, job: _Job, permit: Permit, started: float, exc: BaseException) -> None:
+        now = trio.current_time()
+        verdict = self._classifier.classify(exc)
+        category = verdict.category
+        self._breaker.record_failure(permit, now, category, now - started)
+        self._report(
+            False, now - started, now, category, f"{type(exc).__name__}: {exc}", job.attempts > 1
+        )
+        error = (
+            exc
+            if isinstance(exc, ResilienceError | ActorError)
+            else verdict.to_error(self.name, exc)
+        )
+        job.last_error = error
+        decision = job.retry.on_failure(now, category, verdict.retry_after)
+        if type(decision) is GiveUp:
+            self._give_up(job, self._final_error(job, decision, error))
+            return
+        if job.cancelled:
+            self._abandon(job)
+            return
+        self._delay(job, decision.at)  # type: ignore[union-attr]
+
+    def _final_error(self, job: _Job, decision: GiveUp, error: BaseException) -> BaseException:
+        reason = decision.reason
+        if reason is GiveUpReason.BUDGET:
+            return RetryBudgetExhausted(service=self.name, last_error=error)
+        if job.attempts == 1:
+            return error  # nothing was retried: the classified error says it all
+        return RetriesExhausted(service=self.name, attempts=job.attempts, last_error=error)
+
+    # ------------------------------------------------------------------ hedging
+
+    async def _hedged(self, job: _Job) -> Any:
+        """Race the attempt with a second one sent after ``hedging_delay``; first success wins."""
+        assert self._hedging is not None
+        results: list[Any] = []
+        errors: list[BaseException] = []
+        started = 0
+        finished = trio.Event()
+
+        async def one(nursery: trio.Nursery) -> None:
+            nonlocal started
+            started += 1
+            try:
+                value = await self._fn(job.payload)
+            except BaseException as exc:
+                if is_cancellation(exc) or is_fatal(exc):
+                    raise
+                errors.append(exc)
+                if len(errors) == started:
+                    finished.set()
+                return
+            if not results:
+                results.append(value)
+                finished.set()
+                nursery.cancel_scope.cancel()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(one, nursery)
+            with trio.move_on_after(self._hedging):
+                await finished.wait()
+            if not results:
+                self.counters.hedges += 1
+                if finished.is_set():
+                    finished = trio.Event()
+                nursery.start_soon(one, nursery)
+                await finished.wait()
+            nursery.cancel_scope.cancel()
+        if results:
+            return results[0]
+        raise errors[-1]
+
+    # ------------------------------------------------------------------ ending a call
+
+    def _give_up(self, job: _Job, error: BaseException) -> None:
+        fallback = self._fallback_spec
+        category = getattr(error, "category", ErrorCategory.UNKNOWN)
+        if fallback is None or category in _NOT_FALLBACK or job.cancelled:
+            self.counters.failed += 1
+            self._finish(job, error, trio.current_time(), failed=True)
+            return
+        self.counters.fallbacks += 1
+        self._waiting += 1
+        self.spawn(self._run_fallback, job, error, fallback, name=f"{self.path}:fallback")
+
+    async def _run_fallback(self, job: _Job, error: BaseException, fallback: Fallback) -> None:
+        try:
+            with trio.move_on_at(job.deadline):
+                if isinstance(fallback, str):
+                    parent = self.path.rpartition("/")[0]
+                    path = fallback if "/" in fallback or not parent else f"{parent}/{fallback}"
+                    fallback = self.lookup(path)
+                if isinstance(fallback, ActorRef):
+                    timeout = max(1e-3, job.deadline - trio.current_time())
+                    if math.isinf(timeout):
+                        timeout = 30.0
+                    value = await fallback.ask(Call(job.payload), timeout=timeout)
+                else:
+                    value = await fallback(job.payload, error)
+                self.counters.succeeded += 1
+                self._finish(job, value, trio.current_time())
+                return
+        except Exception as exc:
+            exc.__context__ = error
+            self.counters.failed += 1
+            self._finish(job, exc, trio.current_time(), failed=True)
+            return
+        finally:
+            self._waiting -= 1
+        self.counters.failed += 1
+        self._finish(job, error, trio.current_time(), failed=True)
+
+    def _finish(self, job: _Job, result: Any, now: float, *, failed: bool = False) -> None:
+        if job.done:
+            return
+        job.done = True
+        entry = job.entry
+        if entry is not None:
+            if failed:
+                transient = getattr(result, "transient", False)
+                self._table.fail(entry, now, result, transient=bool(transient))
+            else:
+                self._table.complete(entry, now, result)
+        waiters = job.waiters
+        if failed:
+            first = True
+            for reply in waiters:
+                reply.fail(result if first else _fresh(result))
+                first = False
+        else:
+            for reply in waiters:
+                reply.set(result)
+
+    def _abandon(self, job: _Job) -> None:
+        if job.done:
+            return
+        job.done = True
+        job.cancelled = True
+        if job.entry is not None:
+            self._table.abandon(job.entry)
+
+    # ------------------------------------------------------------------ delays
+
+    def _delay(self, job: _Job, at: float) -> None:
+        self._waiting += 1
+        heapq.heappush(self._delayed, (at, next(self._delay_seq), job))
+        scope = self._delay_scope
+        if scope is not None and at < scope.deadline:
+            scope.deadline = at
+
+    async def _delay_loop(self) -> None:
+        heap = self._delayed
+        while True:
+            now = trio.current_time()
+            while heap and heap[0][0] <= now:
+                _, _, job = heapq.heappop(heap)
+                self._waiting -= 1
+                self._admit(job, now)
+            scope = trio.CancelScope(deadline=heap[0][0] if heap else math.inf)
+            self._delay_scope = scope
+            with scope:
+                await trio.sleep_forever()
+            self._delay_scope = None
+
+    # ------------------------------------------------------------------ reporting
+
+    def _on_transition(self, transition: BreakerTransition) -> None:
+        self._reports.append(
+            BreakerReport(
+                service=self.name,
+                old=transition.old.value,
+                new=transition.new.value,
+                at=transition.at,
+                reason=transition.reason,
+            )
+        )
+        self._flush()
+
+    def _report(
+        self,
+        ok: bool,
+        latency: float,
+        at: float,
+        category: ErrorCategory | None,
+        error: str | None,
+        retried: bool,
+    ) -> None:
+        if self._monitor_spec is None:
+            return
+        reports = self._reports
+        reports.append(CallReport(self.name, ok, latency, at, category, error, retried))
+        if len(reports) >= _FLUSH_EVERY:
+            self._flush()
+
+    def _flush(self) -> None:
+        reports = self._reports
+        if not reports:
+            return
+        monitor = self._monitor
+        if monitor is None and isinstance(self._monitor_spec, str):
+            try:
+                monitor = self._monitor = self.lookup(self._monitor_spec)
+            except LookupError:
+                monitor = None
+        if monitor is not None:
+            try:
+                monitor.tell_nowait(reports)
+            except ActorError:
+                pass
+            else:
+                self._reports = []
+                return
+        overflow = len(reports) - self._max_pending
+        if overflow > 0:
+            del reports[:overflow]
+            self.counters.reports_dropped += overflow
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await trio.sleep(self._report_interval)
+            now = trio.current_time()
+            self._flush()
+            self._breaker.poll(now)
+            self._table.expire(now)

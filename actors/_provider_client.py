@@ -1,0 +1,97 @@
+"""The :class:`Provider` client: how application code calls a provider actor.
+
+Theory of operation
+-------------------
+``Provider.call`` is an ask of a :class:`~actors._provider.Call` message, plus one shortcut:
+while the provider's circuit breaker is open, the client reads the breaker (read-only, in the
+caller's task: trio runs one task at a time, so the read is consistent) and raises
+``CircuitOpen`` at once, without a mailbox round trip.  Calls with an idempotency key, and
+providers with a fallback, always go to the actor: a cached outcome or the fallback may answer
+them even while the breaker is open.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Generic, TypeVar, final
+
+import trio
+
+from actors._provider import Call, GetStatus, Isolate, ProviderActor, ProviderStatus, Reset
+from actors._ref import ActorRef
+
+__all__ = ["Provider"]
+
+P = TypeVar("P")
+R = TypeVar("R")
+
+
+@final
+class Provider(Generic[P, R]):
+    """A client for a provider actor's slot (stable across restarts, like its ref).
+
+    Example::
+
+        openai: Provider[Prompt, Completion] = Provider(root.ref("providers/openai"))
+        completion = await openai.call(Prompt("hi"), key=f"req-{request_id}", timeout=20)
+    """
+
+    __slots__ = ("_ref",)
+
+    def __init__(self, ref: ActorRef[Any, Any]) -> None:
+        if not isinstance(ref, ActorRef):
+            raise TypeError(f"Provider() takes the ActorRef of a provider actor, got {ref!r}")
+        self._ref = ref
+
+    @property
+    def ref(self) -> ActorRef[Any, Any]:
+        """The provider actor's ref."""
+        return self._ref
+
+    # A timeout parameter, not a cancel scope: see ActorRef.ask.
+    async def call(  # noqa: ASYNC109
+        self, payload: P, *, key: str | None = None, timeout: float | None = None
+    ) -> R:
+        """Call the service through the provider's policies and return its reply.
+
+        Args:
+            payload: what the provider's function receives.
+            key: an idempotency key (the call runs at most once per key and payload).
+            timeout: seconds to wait at most (default: the actor's ask timeout); the caller's
+                trio deadline also applies and caps the provider's attempts.
+
+        Raises:
+            CircuitOpen: the breaker is open (raised without a round trip when possible).
+            RetriesExhausted, RetryBudgetExhausted, BulkheadFull, RateLimited, ProviderError,
+            IdempotencyConflict: see the README's error table.
+            AskTimeout, ActorStopped, ActorCrashed: as for any ask.
+        """
+        if key is None:
+            inc = self._ref._cell.incarnation
+            if inc is not None:
+                actor = inc.actor
+                if isinstance(actor, ProviderActor):
+                    rejected = actor.rejection(trio.current_time())
+                    if rejected is not None:
+                        await trio.lowlevel.checkpoint_if_cancelled()
+                        actor.counters.rejected += 1
+                        raise rejected
+        result: R = await self._ref.ask(Call(payload, key), timeout=timeout)
+        return result
+
+    async def status(self) -> ProviderStatus:
+        """The provider's :class:`ProviderStatus`."""
+        status: ProviderStatus = await self._ref.ask(GetStatus())
+        return status
+
+    async def isolate(self) -> ProviderStatus:
+        """Hold the breaker open (every call fails fast) until :meth:`reset`."""
+        status: ProviderStatus = await self._ref.ask(Isolate())
+        return status
+
+    async def reset(self) -> ProviderStatus:
+        """Close the breaker with a clean window."""
+        status: ProviderStatus = await self._ref.ask(Reset())
+        return status
+
+    def __repr__(self) -> str:
+        return f"<Provider {self._ref.path!r}>"
