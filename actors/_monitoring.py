@@ -25,7 +25,7 @@ Percentiles are read from the merged histogram: the smallest bin whose cumulativ
 the nearest rank ``ceil(p/100 x n)`` gives its geometric midpoint.  With ``k`` bins per decade
 the relative error is at most ``10**(1/(2k)) - 1`` (about 5.9 % at the default 20) for latencies
 inside ``[latency_min, latency_max)``; below ``latency_min`` the estimate is ``latency_min / 2``,
-at or above ``latency_max`` it is ``latency_max``.
+at or above the top of the range (``latency_max`` rounded up to a whole bin) it is that top.
 
 Totals (calls, errors by category, retries) are exact integers since the service was first
 seen or last reset, never sampled: they are what load tests compare with ground truth.

@@ -356,7 +356,12 @@ class BreakerList(msgspec.Struct, frozen=True):
 
 
 class ServiceTotals(msgspec.Struct, frozen=True):
-    """Exact counts since ``since`` (first report or last reset, monotonic seconds)."""
+    """Exact counts since ``since`` (first report or last reset, monotonic seconds).
+
+    ``calls`` counts reported attempts; ``retries`` the attempts flagged ``retried``, so
+    ``calls - retries`` is the number of first attempts (logical calls) when every attempt is
+    reported.
+    """
 
     calls: int
     errors: int
