@@ -411,6 +411,9 @@ import sys, time, trio
 from actors._journal import SagaEventKind as K, SagaHeader, SagaState
 from actors._sqlite_journal import SqliteJournal
 
+def ack(saga_id, seq):
+    sys.stdout.write(f"ACK {saga_id} {seq}\\n")  # one write: a kill cannot split a line
+
 async def worker(journal, w):
     for i in range(10**9):
         header = SagaHeader(f"{sys.argv[2]}-w{w}-{i}", "crash", time.time())
@@ -418,13 +421,13 @@ async def worker(journal, w):
         event = state.next_event(K.STARTED)
         state = state.advance(event)
         await journal.create(header, event)
-        print("ACK", header.saga_id, event.seq, flush=True)
+        ack(header.saga_id, event.seq)
         moves = [m for s in range(4) for m in ((K.STEP_STARTED, s), (K.STEP_COMPLETED, s))]
         for kind, step in [*moves, (K.COMPLETED, None)]:
             event = state.next_event(kind, step, b"r")
             state = state.advance(event)
             await journal.append(event)
-            print("ACK", header.saga_id, event.seq, flush=True)
+            ack(header.saga_id, event.seq)
 
 async def main(path):
     async with SqliteJournal(path) as journal:
@@ -453,6 +456,8 @@ def kill_after_acks(path: Path, acks: int, prefix: str) -> dict[str, int]:
             # Lines still in the pipe after the kill were printed after their append returned:
             # they are acknowledged too, so read to the end.
             for line in child.stdout:
+                if not line.endswith("\n"):
+                    break  # cut short by the kill: not an acknowledgement
                 _, saga_id, seq = line.split()
                 acked[saga_id] = max(acked.get(saga_id, -1), int(seq))
                 seen += 1
