@@ -2,8 +2,11 @@
 
 Theory of operation
 -------------------
-Every figure is the extra cost a policy adds around a trivial call, measured in one process
-with the candidates interleaved (:func:`bench._harness.interleave`) and taken as medians:
+Every figure is the extra cost a policy adds around a trivial call, measured in one process.
+Each *round* runs every candidate once, interleaved (:func:`bench._harness.interleave`), and
+yields one value of each figure (ratios are formed inside the round, so both sides of a ratio
+saw the same machine load); the reported figure is the median over rounds.  Short runs and many
+rounds keep a busy machine's preemptions from skewing the medians.
 
 * ``breaker_permit_record_ns``: our closed breaker, ``acquire(now)`` + ``record_success``
   around ``f()``, minus calling ``f()`` bare in the same loop.
@@ -23,6 +26,7 @@ A figure is ``nan`` when a peer is not installed (``pip install aura-actors[benc
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from collections.abc import Callable
 
@@ -139,7 +143,7 @@ def _classify() -> Candidate:
 
 def collect(quick: bool) -> dict[str, float]:
     """Measure the figures listed in the module docstring."""
-    n, reps = (20_000, 5) if quick else (200_000, 15)
+    n, rounds = (10_000, 9) if quick else (20_000, 41)
     candidates: dict[str, Candidate] = {"bare": _bare, "ours": _ours()}
     peers: dict[str, Callable[[], Candidate | None]] = {
         "pybreaker": _pybreaker,
@@ -152,21 +156,26 @@ def collect(quick: bool) -> dict[str, float]:
     candidates["empty"] = _empty
     candidates["classify"] = _classify()
     candidates["reject"] = _open_reject()
-    medians = interleave(candidates, n=n, reps=reps)
+    samples: dict[str, list[float]] = {}
+    for _ in range(rounds):
+        ns = interleave(candidates, n=n, reps=1)
+        for name, value in _round_figures(ns, list(peers)).items():
+            samples.setdefault(name, []).append(value)
+    return {name: statistics.median(values) for name, values in samples.items()}
 
+
+def _round_figures(ns: dict[str, float], peers: list[str]) -> dict[str, float]:
     def overhead(name: str) -> float:
-        if name not in medians:
-            return math.nan
-        return medians[name] - medians["bare"]
+        return ns[name] - ns["bare"] if name in ns else math.nan
 
     ours = overhead("ours")
-    peer_costs = [overhead(p) for p in peers if p in medians]
+    peer_costs = [overhead(p) for p in peers if p in ns]
     cheapest = min(peer_costs) if peer_costs else math.nan
     return {
         "breaker_permit_record_ns": ours,
         "pybreaker_call_overhead_ns": overhead("pybreaker"),
         "purgatory_call_overhead_ns": overhead("purgatory"),
         "breaker_vs_cheapest_peer": ours / cheapest if cheapest > 0 else math.nan,
-        "breaker_open_reject_ns": medians["reject"] - medians["empty"],
-        "classify_ns": medians["classify"] - medians["empty"],
+        "breaker_open_reject_ns": ns["reject"] - ns["empty"],
+        "classify_ns": ns["classify"] - ns["empty"],
     }
