@@ -111,6 +111,10 @@ def _url(m: re.Match[str]) -> str:
     return m.group(0)[: m.start(1) - m.start()] + REDACTED
 
 
+def _header(m: re.Match[str]) -> str:
+    return m.group(1) + REDACTED
+
+
 def _bearer(m: re.Match[str]) -> str:
     prefix, value = m.group(1), m.group(2)
     # "Bearer x" is always a credential; lower-case "bearer" only before a token-like word.
@@ -196,7 +200,7 @@ def _redact_all(message: str) -> str:
     if "=" in message or ":" in message:
         lower = _lower(message)
         if "authorization" in lower:
-            message = _HEADER.sub(r"\1" + REDACTED, message)
+            message = _HEADER.sub(_header, message)
         message = _name_values(message)
     if "earer" in message or "EARER" in message:
         message = _BEARER.sub(_bearer, message)
