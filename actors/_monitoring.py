@@ -45,7 +45,7 @@ import functools
 import itertools
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Final
 
 from actors._monitoring_alerts import (
@@ -134,6 +134,7 @@ __all__ = [
 _INF: Final = math.inf
 _MAX_SERVICE_NAME: Final = 200
 _MAX_PAGE: Final = 1000  # the largest page of recent errors
+_REPORT_TYPES: Final = frozenset({CallReport, BreakerReport, SupervisionReport})
 _NO_EVENTS: Final[tuple[AlertEvent, ...]] = ()
 
 
@@ -164,6 +165,7 @@ class MonitorState:
         "_checks",
         "_dropped",
         "_evicted",
+        "_invalid",
         "_k",
         "_k_base",
         "_k_start",
@@ -215,6 +217,7 @@ class MonitorState:
         self._layout = _LatencyLayout(settings)
         self._reports = 0
         self._dropped = 0
+        self._invalid = 0
         self._evicted = 0
         self._checks = 0
         self._supervision = dict.fromkeys(sorted(SUPERVISION_KINDS), 0)
@@ -330,6 +333,28 @@ class MonitorState:
             ErrorRecord(s.name, _CATEGORIES[ci], message, at, self._wall_clock(), bool(retried))
         )
         return self._raise_on_intake(s, now)
+
+    def record_batch(self, reports: Iterable[object], now: float) -> list[AlertEvent]:
+        """Record reports in order (as providers send them, in batches); return all events.
+
+        Unlike :meth:`record`, a report that is invalid (or not a report at all) is skipped
+        and counted in ``statistics().reports_invalid``, so one bad report does not cost the
+        rest of its batch.
+        """
+        events: list[AlertEvent] = []
+        record = self.record
+        for report in reports:
+            if type(report) not in _REPORT_TYPES:
+                self._invalid += 1
+                continue
+            try:
+                got = record(report, now)  # type: ignore[arg-type]
+            except InvalidReport:
+                self._invalid += 1
+                continue
+            if got:
+                events.extend(got)
+        return events
 
     def _tick(self, now: float) -> None:
         # Cache the newest bucket of each ring and when it ends: until then (most reports)
@@ -828,6 +853,7 @@ class MonitorState:
             services=len(self._series),
             reports=self._reports,
             reports_dropped=self._dropped,
+            reports_invalid=self._invalid,
             services_evicted=self._evicted,
             recent_errors=len(self._recent),
             active_alerts=book.active,

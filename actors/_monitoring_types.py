@@ -442,6 +442,7 @@ class MonitorStatistics:
         reports: reports recorded (all kinds).
         reports_dropped: reports not recorded because ``max_services`` services were tracked
             and none was idle.
+        reports_invalid: reports skipped by ``record_batch`` as invalid.
         services_evicted: idle services dropped to make room for new ones.
         recent_errors: error records held.
         active_alerts / alerts_raised / alerts_resolved / alerts_dropped: see the alert book.
@@ -451,6 +452,7 @@ class MonitorStatistics:
     services: int
     reports: int
     reports_dropped: int
+    reports_invalid: int
     services_evicted: int
     recent_errors: int
     active_alerts: int

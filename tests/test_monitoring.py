@@ -501,6 +501,17 @@ def test_invalid_report_records_nothing(report: Any, field: str) -> None:
     assert after == before
 
 
+def test_batch_skips_and_counts_invalid_reports() -> None:
+    """record_batch records the good reports in order and counts the bad ones."""
+    m = make(min_calls=1)
+    events = m.record_batch(
+        [ok("a", at=0.0), CallReport("a", True, -1.0, 0.0), "junk", err("a", at=1.0)], now=1.0
+    )
+    assert [e.alert.rule for e in events] == [AlertRule.CRITICAL_ERROR_RATIO]
+    assert m.service_metrics("a", now=1.0).totals.calls == 2
+    assert m.statistics().reports_invalid == 2
+
+
 def test_non_report_is_a_type_error() -> None:
     """Only report types are accepted."""
     with pytest.raises(TypeError, match="not a monitor report"):
