@@ -63,7 +63,7 @@ from actors._monitoring_types import (
     BreakerInfo,
     BreakerList,
     BreakerReport,
-    BreakerTransition,
+    BreakerTransitionInfo,
     CallReport,
     ErrorRate,
     ErrorRecord,
@@ -108,7 +108,7 @@ __all__ = [
     "BreakerInfo",
     "BreakerList",
     "BreakerReport",
-    "BreakerTransition",
+    "BreakerTransitionInfo",
     "CallReport",
     "ErrorRate",
     "ErrorRecord",
@@ -466,7 +466,7 @@ class MonitorState:
         s.last_seen = now
         s.breaker = r.new
         s.breaker_since = r.at
-        s.last_transition = BreakerTransition(r.old, r.new, reason, r.at)
+        s.last_transition = BreakerTransitionInfo(r.old, r.new, reason, r.at)
         s.transitions += 1
         if r.new == "open":
             s.trips += 1

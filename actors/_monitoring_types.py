@@ -34,7 +34,7 @@ __all__ = [
     "BreakerInfo",
     "BreakerList",
     "BreakerReport",
-    "BreakerTransition",
+    "BreakerTransitionInfo",
     "CallReport",
     "ErrorRate",
     "ErrorRecord",
@@ -324,7 +324,7 @@ class HealthReport(msgspec.Struct, frozen=True):
     reasons: list[str]
 
 
-class BreakerTransition(msgspec.Struct, frozen=True):
+class BreakerTransitionInfo(msgspec.Struct, frozen=True):
     """One breaker transition as reported."""
 
     old: str
@@ -346,7 +346,7 @@ class BreakerInfo(msgspec.Struct, frozen=True):
     since: float | None
     transitions: int
     trips: int
-    last_transition: BreakerTransition | None
+    last_transition: BreakerTransitionInfo | None
 
 
 class BreakerList(msgspec.Struct, frozen=True):

@@ -36,7 +36,7 @@ from typing import Final
 
 from actors._errors import ErrorCategory
 from actors._monitoring_types import (
-    BreakerTransition,
+    BreakerTransitionInfo,
     MonitorSettings,
     _bin_count,
     _percentile_name,
@@ -130,7 +130,7 @@ class _Series:
         self.t_categories = [0] * len(_CATEGORIES)
         self.breaker = "closed"
         self.breaker_since: float | None = None
-        self.last_transition: BreakerTransition | None = None
+        self.last_transition: BreakerTransitionInfo | None = None
         self.transitions = 0
         self.trips = 0
 
