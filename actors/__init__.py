@@ -1,11 +1,30 @@
 """aura-actors: a fault-tolerant actor runtime for trio.
 
 General layout: implementation lives in private ``_modules``; this package only re-exports the
-public names, listed in ``__all__``.
+public names, listed in ``__all__``:
+
+* the runtime core: ``Actor``, ``ActorRef``, ``Reply``, ``Failure``, ``open_actor``;
+* the error hierarchy (``AuraError`` and its subclasses, ``ErrorCategory``);
+* the sans-I/O resilience policies: classifier, circuit breaker, backoff and retry, retry
+  budget, bulkhead, rate limiter, idempotency table, and the configuration schema;
+* the built-in actors: provider actors (``ProviderActor`` and the ``Provider`` client);
+* the saga journal (records, the state fold, memory and SQLite journals).
 """
 
 from actors._actor import Actor
+from actors._backoff import Backoff, BackoffKind, BackoffSettings, Jitter
+from actors._breaker import (
+    BreakerSettings,
+    BreakerState,
+    BreakerStatistics,
+    BreakerTransition,
+    CircuitBreaker,
+)
+from actors._budget import BudgetSettings, RetryBudget
+from actors._bulkhead import Bulkhead, BulkheadSettings
 from actors._cell import ActorStatistics, CellState
+from actors._classify import Classified, Classifier, parse_retry_after
+from actors._config import ProviderSettings, ResilienceConfig, load_config, loads_config
 from actors._errors import (
     CATEGORY_INFO,
     ActorCrashed,
@@ -28,11 +47,79 @@ from actors._errors import (
     RetriesExhausted,
     RetryBudgetExhausted,
 )
+from actors._idempotency import (
+    IdempotencySettings,
+    IdempotencyStore,
+    IdempotencyTable,
+    IdempotencyTableFull,
+    fingerprint,
+)
+from actors._journal import (
+    Journal,
+    JournalError,
+    MemoryJournal,
+    SagaEvent,
+    SagaEventKind,
+    SagaHeader,
+    SagaPhase,
+    SagaSequenceError,
+    SagaState,
+    SagaSummary,
+    saga_state,
+)
+from actors._monitor import (
+    AcknowledgeAlert,
+    GetAlerts,
+    GetBreaker,
+    GetBreakers,
+    GetErrorRate,
+    GetHealth,
+    GetMetrics,
+    GetRecentErrors,
+    GetServiceMetrics,
+    MonitorActor,
+    ResetService,
+    SubscribeAlerts,
+    UnsubscribeAlerts,
+)
+from actors._monitoring import (
+    Alert,
+    AlertEvent,
+    AlertList,
+    AlertRule,
+    BreakerInfo,
+    BreakerList,
+    BreakerReport,
+    CallReport,
+    ErrorRate,
+    ErrorRecord,
+    HealthReport,
+    HealthStatus,
+    InvalidQuery,
+    InvalidReport,
+    MetricsReport,
+    MonitorSettings,
+    MonitorState,
+    RecentErrors,
+    ServiceHealth,
+    ServiceMetrics,
+    Severity,
+    SupervisionReport,
+    UnknownAlert,
+    UnknownService,
+)
+from actors._provider import Call, GetStatus, Isolate, ProviderActor, ProviderStatus, Reset
+from actors._provider_client import Provider
+from actors._ratelimit import RateLimiter, RateLimiterSettings
+from actors._redact import redact
 from actors._ref import ActorRef
 from actors._reply import Failure, Reply
+from actors._retry import RETRY_PRESETS, GiveUp, GiveUpReason, RetryAt, RetryPolicy, RetrySettings
 from actors._runtime import open_actor
+from actors._sqlite_journal import SqliteJournal
 
 __all__ = [
+    "AcknowledgeAlert",
     "Actor",
     "ActorCrashed",
     "ActorError",
@@ -40,24 +127,113 @@ __all__ = [
     "ActorRef",
     "ActorStatistics",
     "ActorStopped",
+    "Alert",
+    "AlertEvent",
+    "AlertList",
+    "AlertRule",
     "AskTimeout",
     "AuraError",
+    "Backoff",
+    "BackoffKind",
+    "BackoffSettings",
+    "BreakerInfo",
+    "BreakerList",
+    "BreakerReport",
+    "BreakerSettings",
+    "BreakerState",
+    "BreakerStatistics",
+    "BreakerTransition",
+    "BudgetSettings",
+    "Bulkhead",
     "BulkheadFull",
+    "BulkheadSettings",
     "CATEGORY_INFO",
+    "Call",
+    "CallReport",
     "CategoryInfo",
     "CellState",
+    "CircuitBreaker",
     "CircuitOpen",
+    "Classified",
+    "Classifier",
     "ConfigError",
     "ErrorCategory",
+    "ErrorRate",
+    "ErrorRecord",
     "Failure",
+    "GetAlerts",
+    "GetBreaker",
+    "GetBreakers",
+    "GetErrorRate",
+    "GetHealth",
+    "GetMetrics",
+    "GetRecentErrors",
+    "GetServiceMetrics",
+    "GetStatus",
+    "GiveUp",
+    "GiveUpReason",
+    "HealthReport",
+    "HealthStatus",
     "IdempotencyConflict",
+    "IdempotencySettings",
+    "IdempotencyStore",
+    "IdempotencyTable",
+    "IdempotencyTableFull",
+    "InvalidQuery",
+    "InvalidReport",
+    "Isolate",
+    "Jitter",
+    "Journal",
+    "JournalError",
     "MailboxFull",
+    "MemoryJournal",
+    "MetricsReport",
+    "MonitorActor",
+    "MonitorSettings",
+    "MonitorState",
+    "Provider",
+    "ProviderActor",
     "ProviderError",
+    "ProviderSettings",
+    "ProviderStatus",
     "ProviderTimeout",
+    "RETRY_PRESETS",
     "RateLimited",
+    "RateLimiter",
+    "RateLimiterSettings",
+    "RecentErrors",
     "Reply",
+    "Reset",
+    "ResetService",
+    "ResilienceConfig",
     "ResilienceError",
     "RetriesExhausted",
+    "RetryAt",
+    "RetryBudget",
     "RetryBudgetExhausted",
+    "RetryPolicy",
+    "RetrySettings",
+    "SagaEvent",
+    "SagaEventKind",
+    "SagaHeader",
+    "SagaPhase",
+    "SagaSequenceError",
+    "SagaState",
+    "SagaSummary",
+    "ServiceHealth",
+    "ServiceMetrics",
+    "Severity",
+    "SqliteJournal",
+    "SubscribeAlerts",
+    "SupervisionReport",
+    "UnknownAlert",
+    "UnknownService",
+    "UnsubscribeAlerts",
+    "fingerprint",
+    "load_config",
+    "loads_config",
     "open_actor",
+    "parse_retry_after",
+    "redact",
+    "saga_state",
 ]

@@ -596,6 +596,22 @@ class MonitorState:
                 events.append(event)
         return events
 
+    def saga_compensation_failed(
+        self, saga_id: str, definition: str, detail: str, now: float
+    ) -> AlertEvent | None:
+        """Raise the critical alert for a saga that could not be compensated.
+
+        The alert's service is ``"saga:<definition>"``; it stays active until an operator
+        acknowledges it.  Returns the event, or ``None`` if that saga's alert is active.
+        """
+        message = redact(
+            f"saga {saga_id} ({definition}) could not be compensated: {detail}",
+            max_length=self._settings.max_message_length,
+        )
+        return self._book.raise_alert(
+            AlertRule.SAGA_COMPENSATION_FAILED, f"saga:{definition}:{saga_id}", message, now
+        )
+
     def acknowledge(self, alert_id: int, now: float) -> AlertEvent:
         """Resolve an active alert on an operator's word (resolution ``acknowledged``).
 

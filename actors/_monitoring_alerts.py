@@ -64,6 +64,8 @@ class AlertRule(enum.Enum):
     BREAKER_OPEN = "breaker_open"
     #: A supervisor exceeded its restart intensity and gave up on its subtree.
     SUPERVISOR_GAVE_UP = "supervisor_gave_up"
+    #: A saga could not be compensated: it needs an operator (resolved by acknowledging it).
+    SAGA_COMPENSATION_FAILED = "saga_compensation_failed"
 
     # Members are singletons compared by identity, so identity hashing is correct, and it runs
     # in C: Enum's own __hash__ is Python code on the monitor's hot path (alert look-ups).
@@ -83,6 +85,7 @@ RULE_SEVERITY: Final[dict[AlertRule, Severity]] = {
     AlertRule.CRITICAL_ERROR_RATIO: Severity.CRITICAL,
     AlertRule.BREAKER_OPEN: Severity.CRITICAL,
     AlertRule.SUPERVISOR_GAVE_UP: Severity.CRITICAL,
+    AlertRule.SAGA_COMPENSATION_FAILED: Severity.CRITICAL,
 }
 
 

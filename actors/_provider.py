@@ -552,13 +552,13 @@ class ProviderActor(Actor[ProviderMessage, Any]):
         except BaseException as exc:
             if is_cancellation(exc) or is_fatal(exc):
                 raise
-            scope.deadline = math.inf
             self._running -= 1
             job.running = False
             job.scope = None
             self._failed(job, permit, now, exc)
             return self._release_slot()
-        scope.deadline = math.inf
+        # The scope keeps this deadline until the next attempt sets its own: an idle worker
+        # whose old deadline passes just opens a new scope (cheaper than resetting it here).
         self._running -= 1
         job.running = False
         job.scope = None
@@ -718,6 +718,7 @@ class ProviderActor(Actor[ProviderMessage, Any]):
             else:
                 self._table.complete(entry, now, result)
         waiters = job.waiters
+        job.waiters = []
         if failed:
             first = True
             for reply in waiters:

@@ -147,6 +147,7 @@ class Reply(Generic[R]):
         return True
 
     def _forget(self) -> None:
+        self._on_abandon = None  # drop the callback's references (no reference cycles)
         if self.deferred and self._cell is not None:
             inc = self._cell.incarnation
             if inc is not None:
@@ -164,20 +165,22 @@ class Reply(Generic[R]):
     def _abort(self, raise_cancel: RaiseCancelT) -> Abort:
         # Called by trio when the asking task's cancel scope fires.
         self._state = ABANDONED
+        hook = self._on_abandon
         self._forget()
-        if self._on_abandon is not None:
-            self._on_abandon(self)
+        if hook is not None:
+            hook(self)
         return Abort.SUCCEEDED
 
     def _expire(self) -> None:
         if self._state != PENDING:
             return
         self._state = ABANDONED
+        hook = self._on_abandon
         self._forget()
         path = self._cell.path if self._cell is not None else "?"
         reschedule(self._task, outcome.Error(AskTimeout(actor=path, timeout=self._timeout)))
-        if self._on_abandon is not None:
-            self._on_abandon(self)
+        if hook is not None:
+            hook(self)
 
     def __repr__(self) -> str:
         state = ("pending", "done", "abandoned")[self._state]

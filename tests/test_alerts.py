@@ -121,12 +121,13 @@ def test_acknowledge_resolves_by_id() -> None:
 
 
 def test_severities() -> None:
-    """Error rate warns; ratio, breaker and supervisor alerts are critical."""
+    """Error rate warns; ratio, breaker, supervisor and saga alerts are critical."""
     assert RULE_SEVERITY == {
         AlertRule.HIGH_ERROR_RATE: Severity.WARNING,
         AlertRule.CRITICAL_ERROR_RATIO: Severity.CRITICAL,
         AlertRule.BREAKER_OPEN: Severity.CRITICAL,
         AlertRule.SUPERVISOR_GAVE_UP: Severity.CRITICAL,
+        AlertRule.SAGA_COMPENSATION_FAILED: Severity.CRITICAL,
     }
 
 
