@@ -98,10 +98,6 @@ class ActorStatistics:
     incarnation: int
 
 
-def _abort_receiver(raise_cancel: RaiseCancelT) -> Abort:
-    return Abort.SUCCEEDED
-
-
 class _Cell:
     """The stable slot behind an ActorRef.  Private: the runtime and supervisors use it."""
 
@@ -119,8 +115,8 @@ class _Cell:
         "path",
         "queue",
         "received",
-        "registry",
         "receiver",
+        "registry",
         "restarts",
         "space",
         "state",
@@ -172,6 +168,11 @@ class _Cell:
         if receiver is not None:
             self.receiver = None
             reschedule(receiver)
+
+    def abort_receive(self, raise_cancel: RaiseCancelT) -> Abort:
+        """Abort function of the parked receiver: it must not be rescheduled twice."""
+        self.receiver = None
+        return Abort.SUCCEEDED
 
     def check_open(self) -> None:
         if self.closed:
@@ -298,7 +299,7 @@ async def _serve(inc: _Incarnation) -> None:
     while not inc.stop_requested:
         if not queue:
             cell.receiver = current_task()
-            await wait_task_rescheduled(_abort_receiver)
+            await wait_task_rescheduled(cell.abort_receive)
             cell.receiver = None
             budget = _FAIRNESS
             continue
@@ -391,6 +392,23 @@ def _end_incarnation(inc: _Incarnation, error: BaseException | None) -> None:
             reply.fail(
                 ActorStopped(actor=cell.path, reason=reason, category=ErrorCategory.DEPENDENCY)
             )
+
+
+def new_reply(cell: _Cell, seconds: float, now: float) -> Reply[Any]:
+    """The reply slot of an ask from the current task, registered with the ask timer.
+
+    Its deadline is the earlier of ``now + seconds`` and the caller's trio deadline; only the
+    former needs the timer (trio's own cancellation enforces the latter).
+    """
+    limit = now + seconds
+    effective = trio.current_effective_deadline()
+    if limit < effective:
+        reply: Reply[Any] = Reply._new(trio.lowlevel.current_task(), cell, limit)
+        reply._timeout = seconds
+        cell.timers.add(limit, reply)
+    else:
+        reply = Reply._new(trio.lowlevel.current_task(), cell, effective)
+    return reply
 
 
 def effective_timeout(timeout: float | None, cell: _Cell) -> float:

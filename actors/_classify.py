@@ -295,7 +295,8 @@ class _TypeEntry:
         self.plain = _PLAIN[category]
         # True when the type defines a probed name as a class attribute (property, slot).
         self.probe_class = probe_class
-        # _NORMAL, _NOT_AN_EXCEPTION (always cancellation) or _AURA (keeps its category).
+        # _NORMAL, _NOT_AN_EXCEPTION (a BaseException that is not an Exception: its category
+        # is fixed, cancellation or unknown) or _AURA (keeps its category).
         self.special = special
 
 
@@ -407,7 +408,9 @@ class Classifier:
             entry = self._entry_for(type(exc))
         if entry.special:
             if entry.special == _NOT_AN_EXCEPTION:
-                return _CANCELLED
+                if isinstance(exc, BaseExceptionGroup) and _contains_cancellation(exc):
+                    return _CANCELLED
+                return entry.plain
             return self._classify_aura(cast(AuraError, exc))
         if self._predicates:
             for predicate, category in self._predicates:
@@ -513,7 +516,10 @@ class Classifier:
                 break
         probe_class = any(hasattr(tp, name) for name in _PROBED)
         if not issubclass(tp, Exception):
-            entry = _TypeEntry(_C.CANCELLATION, probe_class, _NOT_AN_EXCEPTION)
+            # Cancellation and interpreter exits are CANCELLATION; any other BaseException
+            # subclass is a bug or an oddity of the callee: UNKNOWN (never retried either).
+            fixed = _C.CANCELLATION if _is_cancellation_type(tp) else _C.UNKNOWN
+            entry = _TypeEntry(fixed, probe_class, _NOT_AN_EXCEPTION)
         elif issubclass(tp, AuraError):
             entry = _TypeEntry(category, probe_class, _AURA)
         else:
@@ -522,6 +528,35 @@ class Classifier:
             self._cache.clear()
         self._cache[tp] = entry
         return entry
+
+
+_CANCELLATION_NAMES: Final = frozenset(
+    {
+        "trio.Cancelled",
+        "asyncio.exceptions.CancelledError",
+        "anyio._backends._asyncio.CancelledError",
+        "builtins.GeneratorExit",
+        "builtins.KeyboardInterrupt",
+        "builtins.SystemExit",
+    }
+)
+
+
+def _is_cancellation_type(tp: type[BaseException]) -> bool:
+    for klass in tp.__mro__:
+        if f"{klass.__module__}.{klass.__qualname__}" in _CANCELLATION_NAMES:
+            return True
+    return False
+
+
+def _contains_cancellation(group: BaseExceptionGroup[BaseException]) -> bool:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            if _contains_cancellation(exc):
+                return True
+        elif _is_cancellation_type(type(exc)):
+            return True
+    return False
 
 
 def _check_category(category: object) -> None:

@@ -41,6 +41,7 @@ import heapq
 import itertools
 import math
 import random
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, TypeAlias
 
@@ -60,6 +61,7 @@ from actors._config import ProviderSettings
 from actors._errors import (
     ActorError,
     AuraError,
+    BulkheadFull,
     CircuitOpen,
     ErrorCategory,
     ProviderError,
@@ -199,15 +201,15 @@ class _Job:
         self.timeout = 0.0
 
 
+#: A call queued on the direct lane: (payload, idempotency key, reply).
+_Fresh: TypeAlias = tuple[Any, "str | None", Reply[Any]]
+
+
 def _fresh(error: BaseException) -> BaseException:
     """A copy of ``error`` for one more waiter (one exception object per raise)."""
     if isinstance(error, AuraError):
         return copy.copy(error)
     return ProviderError(str(error), category=ErrorCategory.UNKNOWN, cause=error)
-
-
-def _abort_idle(raise_cancel: RaiseCancelT) -> Abort:
-    return Abort.SUCCEEDED
 
 
 @attrs.define
@@ -296,6 +298,9 @@ class ProviderActor(Actor[ProviderMessage, Any]):
         self._max_pending = max_pending_reports
         self._reports: list[Any] = []
         self._queued: dict[int, _Job] = {}
+        self._fresh: deque[_Fresh] = deque()
+        self._max_workers = settings.bulkhead.max_concurrent
+        self._max_queued = settings.bulkhead.max_queued
         self._idle: list[Task] = []
         self._workers = 0
         self._running = 0
@@ -346,7 +351,7 @@ class ProviderActor(Actor[ProviderMessage, Any]):
             retry_after=self._breaker.retry_after(now),
             budget_balance=self._budget.balance(now),
             running=self._running,
-            queued=len(self._queued),
+            queued=len(self._queued) + len(self._fresh),
             waiting=self._waiting,
             cached=self._table.statistics().records,
             calls=c.calls,
@@ -384,35 +389,69 @@ class ProviderActor(Actor[ProviderMessage, Any]):
     # ------------------------------------------------------------------ admission
 
     def _call(self, message: Call) -> None:
-        reply = self.defer()
-        now = trio.current_time()
+        self._begin(message.payload, message.key, self.defer(), trio.current_time(), False)
+
+    def submit(self, payload: Any, key: str | None, reply: Reply[Any]) -> None:
+        """Queue a call for the worker pool directly (the :class:`Provider` client's lane).
+
+        Called from the caller's task instead of sending a :class:`Call` to the mailbox: the
+        item is queued like a message and a worker of this actor admits and runs it, so a call
+        costs one task switch each way.  ``reply`` becomes one of this incarnation's deferred
+        replies (answered with ``ActorStopped`` / ``ActorCrashed`` if the actor goes away).
+
+        Raises:
+            BulkheadFull: every worker is busy and ``max_queued`` calls already wait.
+        """
+        inc = self._inc
+        reply.deferred = True
+        if self._idle:
+            inc.deferred.add(reply)
+            reschedule(self._idle.pop(), outcome.Value((payload, key, reply)))
+        elif self._workers < self._max_workers:
+            inc.deferred.add(reply)
+            self._workers += 1
+            self.spawn(self._worker, (payload, key, reply), name=f"{self.path}:worker")
+        elif len(self._fresh) + self._bulkhead.queued >= self._max_queued:
+            self.counters.calls += 1
+            self.counters.rejected += 1
+            raise BulkheadFull(
+                service=self.name, max_concurrent=self._max_workers, max_queued=self._max_queued
+            )
+        else:
+            inc.deferred.add(reply)
+            self._fresh.append((payload, key, reply))
+
+    def _begin(
+        self, payload: Any, key: str | None, reply: Reply[Any], now: float, run_here: bool
+    ) -> _Job | None:
+        """Admit one call: idempotency, then :meth:`_admit`.  With ``run_here`` (a worker
+        calling), a job that got a bulkhead slot is returned for the caller to run."""
         self.counters.calls += 1
         entry: InFlight | None = None
-        key = message.key
         if key is not None:
             try:
-                begun = self._table.begin(key, fingerprint(message.payload), now)
+                begun = self._table.begin(key, fingerprint(payload), now)
             except (ResilienceError, ValueError, TypeError) as exc:
                 self.counters.rejected += 1
                 reply.fail(exc)
-                return
+                return None
             if type(begun) is Completed:
                 if begun.failed:
                     reply.fail(_fresh(begun.value))  # type: ignore[arg-type]
                 else:
                     reply.set(begun.value)
-                return
+                return None
             if type(begun) is Joined:
                 # The joiner waits for the running call, within that call's own deadline.
                 job: _Job = begun.entry.waiters[0]  # type: ignore[assignment]
                 self._add_waiter(job, reply)
-                return
+                return None
             entry = begun.entry  # type: ignore[union-attr]
-        job = _Job(message.payload, entry, self._retry.begin(now, reply.deadline))
+        job = _Job(payload, entry, self._retry.begin(now, reply.deadline))
         if entry is not None:
             entry.waiters.append(job)
         self._add_waiter(job, reply)
-        self._admit(job, now)
+        return self._admit(job, now, run_here)
 
     def _add_waiter(self, job: _Job, reply: Reply[Any]) -> None:
         job.waiters.append(reply)
@@ -437,18 +476,19 @@ class ProviderActor(Actor[ProviderMessage, Any]):
             self._queued.pop(job.ticket, None)
         self._abandon(job)
 
-    def _admit(self, job: _Job, now: float) -> None:
-        """Breaker, rate limit, bulkhead; then a worker runs the attempt."""
+    def _admit(self, job: _Job, now: float, run_here: bool = False) -> _Job | None:
+        """Breaker, rate limit, bulkhead; then a worker runs the attempt (this one, if
+        ``run_here`` and a slot is free: the job is returned)."""
         if job.cancelled:
             self._abandon(job)
-            return
+            return None
         rejected = self._breaker_rejection(now)
         if rejected is not None:
             self.counters.rejected += 1
             if job.last_error is not None:
                 rejected.__cause__ = job.last_error
             self._give_up(job, rejected)
-            return
+            return None
         limiter = self._limiter
         if limiter is not None:
             wait = limiter.try_acquire(now)
@@ -458,18 +498,21 @@ class ProviderActor(Actor[ProviderMessage, Any]):
                     self._give_up(job, RateLimited(service=self.name, retry_after=wait))
                 else:
                     self._delay(job, now + wait)
-                return
+                return None
         try:
             ticket = self._bulkhead.try_enter()
         except ResilienceError as exc:
             self.counters.rejected += 1
             self._give_up(job, exc)
-            return
+            return None
         if ticket == ENTERED:
+            if run_here:
+                return job
             self._dispatch(job)
         else:
             job.ticket = ticket
             self._queued[ticket] = job
+        return None
 
     def _dispatch(self, job: _Job) -> None:
         """Hand an admitted job (it holds a bulkhead slot) to an idle or a new worker."""
@@ -495,19 +538,41 @@ class ProviderActor(Actor[ProviderMessage, Any]):
 
     # ------------------------------------------------------------------ workers
 
-    async def _next_job(self) -> _Job:
-        self._idle.append(current_task())
-        try:
-            job: _Job = await wait_task_rescheduled(_abort_idle)
-        except BaseException:
-            task = current_task()
-            if task in self._idle:
-                self._idle.remove(task)
-            raise
-        return job
+    def _take(self, item: _Job | _Fresh) -> _Job | None:
+        """A job to run from a handed-over item: an admitted job as it is, a direct-lane call
+        after admission (``None`` if admission answered it or queued it)."""
+        if type(item) is _Job:
+            return item
+        payload, key, reply = item  # type: ignore[misc]
+        if reply.done:  # the caller gave up while the call was queued
+            return None
+        return self._begin(payload, key, reply, trio.current_time(), True)
 
-    async def _worker(self, first: _Job) -> None:
-        job: _Job | None = first
+    async def _next_job(self) -> _Job:
+        """The next job for this worker: queued direct-lane calls first, else wait for one."""
+        fresh = self._fresh
+        while True:
+            while fresh:
+                job = self._take(fresh.popleft())
+                if job is not None:
+                    return job
+            task = current_task()
+            idle = self._idle
+            idle.append(task)
+
+            def abort(raise_cancel: RaiseCancelT) -> Abort:
+                # Leave the idle list at once: nobody may hand this task work any more.
+                if task in idle:
+                    idle.remove(task)
+                return Abort.SUCCEEDED
+
+            handed: _Job | _Fresh = await wait_task_rescheduled(abort)
+            job = self._take(handed)
+            if job is not None:
+                return job
+
+    async def _worker(self, first: _Job | _Fresh) -> None:
+        job = self._take(first)
         while True:
             scope = trio.CancelScope()
             with scope:

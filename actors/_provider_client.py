@@ -2,12 +2,20 @@
 
 Theory of operation
 -------------------
-``Provider.call`` is an ask of a :class:`~actors._provider.Call` message, plus one shortcut:
-while the provider's circuit breaker is open, the client reads the breaker (read-only, in the
-caller's task: trio runs one task at a time, so the read is consistent) and raises
-``CircuitOpen`` at once, without a mailbox round trip.  Calls with an idempotency key, and
-providers with a fallback, always go to the actor: a cached outcome or the fallback may answer
-them even while the breaker is open.
+``Provider.call`` behaves as an ask of a :class:`~actors._provider.Call` message, with two
+shortcuts, both taken in the caller's task (trio runs one task at a time, so what it reads is
+consistent):
+
+* while the provider's circuit breaker is open, the client reads the breaker and raises
+  ``CircuitOpen`` at once, without a round trip.  Calls with an idempotency key, and providers
+  with a fallback, always go to the actor: a cached outcome or the fallback may answer them
+  even while the breaker is open;
+* otherwise the call is queued straight for the provider's worker pool
+  (:meth:`ProviderActor.submit`) instead of the mailbox: a worker of the actor admits and runs
+  it, so the call costs one task switch each way, like a bare ask.
+
+While the actor is restarting the call goes through the mailbox and waits for the next
+incarnation.
 """
 
 from __future__ import annotations
@@ -15,7 +23,9 @@ from __future__ import annotations
 from typing import Any, Generic, TypeVar, final
 
 import trio
+from trio.lowlevel import wait_task_rescheduled
 
+from actors._cell import effective_timeout, new_reply
 from actors._provider import Call, GetStatus, Isolate, ProviderActor, ProviderStatus, Reset
 from actors._ref import ActorRef
 
@@ -65,18 +75,27 @@ class Provider(Generic[P, R]):
             IdempotencyConflict: see the README's error table.
             AskTimeout, ActorStopped, ActorCrashed: as for any ask.
         """
+        cell = self._ref._cell
+        inc = cell.incarnation
+        if inc is None or cell.closed or inc.stop_requested:
+            # Restarting or stopped: the mailbox queues the call (or says it is stopped).
+            result: R = await self._ref.ask(Call(payload, key), timeout=timeout)
+            return result
+        actor = inc.actor
+        if not isinstance(actor, ProviderActor):
+            raise TypeError(f"{cell.path!r} is not a provider actor ({type(actor).__name__})")
+        seconds = effective_timeout(timeout, cell)
+        now = trio.current_time()
         if key is None:
-            inc = self._ref._cell.incarnation
-            if inc is not None:
-                actor = inc.actor
-                if isinstance(actor, ProviderActor):
-                    rejected = actor.rejection(trio.current_time())
-                    if rejected is not None:
-                        await trio.lowlevel.checkpoint_if_cancelled()
-                        actor.counters.rejected += 1
-                        raise rejected
-        result: R = await self._ref.ask(Call(payload, key), timeout=timeout)
-        return result
+            rejected = actor.rejection(now)
+            if rejected is not None:
+                await trio.lowlevel.checkpoint_if_cancelled()
+                actor.counters.rejected += 1
+                raise rejected
+        reply = new_reply(cell, seconds, now)
+        actor.submit(payload, key, reply)
+        value: R = await wait_task_rescheduled(reply._abort)
+        return value
 
     async def status(self) -> ProviderStatus:
         """The provider's :class:`ProviderStatus`."""

@@ -15,10 +15,9 @@ from __future__ import annotations
 from typing import Any, Generic, TypeVar, final
 
 import trio
-from trio.lowlevel import current_task, wait_task_rescheduled
+from trio.lowlevel import wait_task_rescheduled
 
-from actors._cell import ActorStatistics, _Cell, effective_timeout
-from actors._reply import Reply
+from actors._cell import ActorStatistics, _Cell, effective_timeout, new_reply
 
 __all__ = ["ActorRef"]
 
@@ -92,16 +91,10 @@ class ActorRef(Generic[M, R]):
             cell.check_open()
         seconds = effective_timeout(timeout, cell)
         now = trio.current_time()
-        limit = now + seconds
         if len(cell.queue) >= cell.capacity:
-            await cell.wait_for_space(limit, seconds)
-        effective = trio.current_effective_deadline()
-        reply: Reply[R] = Reply._new(
-            current_task(), cell, limit if limit < effective else effective
-        )
-        if limit < effective:
-            reply._timeout = seconds
-            cell.timers.add(limit, reply)
+            await cell.wait_for_space(now + seconds, seconds)
+            now = trio.current_time()
+        reply = new_reply(cell, seconds, now)
         cell.put_nowait(message, reply)
         return await wait_task_rescheduled(reply._abort)  # type: ignore[no-any-return]
 

@@ -120,13 +120,26 @@ def test_builtin_type_rules(exc: BaseException, category: ErrorCategory) -> None
     ],
 )
 def test_cancellation_and_interrupts_are_never_retryable(exc: BaseException) -> None:
-    """Non-Exception BaseExceptions are CANCELLATION, whatever the user registered."""
+    """Cancellations and interpreter exits are CANCELLATION, whatever the user registered."""
     c = classifier()
     c.register_predicate(lambda e: True, C.TIMEOUT)
     verdict = c.classify(exc)
     assert verdict.category is C.CANCELLATION
     assert not verdict.transient
     assert not verdict.counts_against_breaker
+
+
+def test_other_base_exceptions_are_unknown_and_not_retried() -> None:
+    """A BaseException subclass that is not a cancellation is UNKNOWN: not retried."""
+
+    class Oddity(BaseException):
+        pass
+
+    verdict = classifier().classify(Oddity("odd"))
+    assert verdict.category is C.UNKNOWN
+    assert not verdict.transient
+    group = BaseExceptionGroup("g", [Oddity("odd")])
+    assert classifier().classify(group).category is C.UNKNOWN
 
 
 def test_rules_for_non_exception_classes_are_refused() -> None:
