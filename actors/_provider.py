@@ -560,7 +560,9 @@ class ProviderActor(Actor[ProviderMessage, Any]):
             idle = self._idle
             idle.append(task)
 
-            def abort(raise_cancel: RaiseCancelT) -> Abort:
+            def abort(
+                raise_cancel: RaiseCancelT, task: Task = task, idle: list[Task] = idle
+            ) -> Abort:
                 # Leave the idle list at once: nobody may hand this task work any more.
                 if task in idle:
                     idle.remove(task)
