@@ -171,7 +171,7 @@ async def main(seconds: float) -> int:
                         settings(),
                         monitor="monitor",
                         report_interval=0.1,
-                    ),  # fmt: skip
+                    ),
                 ),
             ],
         )

@@ -23,7 +23,7 @@ from actors import (
 
 pytest.importorskip("httpx")
 
-from examples.http_provider import FlakyHTTPServer, http_service  # noqa: E402
+from examples.http_provider import FlakyHTTPServer, http_service
 
 
 def settings(attempts: int = 3, attempt_timeout: float = 2.0) -> ProviderSettings:
