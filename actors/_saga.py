@@ -1,0 +1,931 @@
+"""The saga coordinator actor: runs sagas step by step, journals every transition first,
+compensates on failure or cancellation, and resumes every unfinished saga after a restart.
+
+Theory of operation
+-------------------
+A :class:`SagaCoordinator` owns a journal (``actors._journal``) and a set of
+:class:`~actors._saga_definition.SagaDefinition`.  Its mailbox only *admits*: ``StartSaga``
+validates the request, defers the reply and spawns one background task for the saga (in the
+coordinator's scope, :meth:`Actor.spawn`); queries that need the journal are answered from a
+spawned task too.  So the mailbox never waits for a step, and many sagas run at once.  The
+coordinator's state (the table of running sagas, counters) is touched only by its own tasks.
+
+A saga's task drives the saga state machine of ``actors._journal`` (table ``TRANSITIONS``)
+and is write-ahead: every transition is durable in the journal *before* the message it
+announces is sent.  Forward, step ``i``'s completion and step ``i + 1``'s start are journaled in
+one ``append_many`` (one commit per step, not two), then step ``i + 1``'s message is sent::
+
+    create(started) -> step_started(0) -> send 0 -> [step_completed(0), step_started(1)]
+    -> send 1 -> ... -> [step_completed(n-1), completed]
+
+Each step and compensation carries the idempotency key ``{saga_id}:{step}`` or
+``{saga_id}:{step}:compensate`` (see ``actors._saga_definition`` for how it reaches the
+target); retries and re-sends after a restart reuse it, so a target that honours keys applies
+each effect once.
+
+Failure.  A step that fails (after its retries) is journaled ``step_failed`` with a
+:class:`~actors._saga_definition.StepError`; if any completed compensatable step (or the failed
+step itself, when its outcome is uncertain) needs undoing the saga journals ``compensating``
+and compensates them in reverse order, else it ends ``failed``.  A compensation that fails is
+journaled ``compensation_failed_step`` and retried with backoff under the step's
+``compensation_retry`` and the definition's ``compensation_deadline``; when it gives up the saga
+ends ``compensation_failed``: it stays listed, a :class:`SagaReport` goes to the monitor and
+the caller gets :class:`~actors._saga_definition.CompensationFailed`.
+
+Cancellation.  When the caller that started a saga stops waiting (its ask timed out or was
+cancelled), the saga's *forward* cancel scope is cancelled (one scope per saga, none per
+step): the step in flight is abandoned and journaled failed (uncertain), and compensation runs
+outside that scope, so the caller's cancellation cannot interrupt it.  A journal write cut short
+by that cancellation may still have landed (the SQLite journal finishes queued writes), so the
+saga's state is read back from the journal before going on.  Stopping the coordinator cancels
+every saga task wherever it is, compensations included: the journal has their state, and the
+next coordinator resumes them.
+
+Recovery.  ``on_start`` loads every unfinished saga from the journal and resumes it from its
+phase: ``running`` starts the next step; ``step_in_flight`` re-sends the step with its key
+(journaling another ``step_started`` first); ``step_failed`` decides again; ``compensating``
+continues below the last compensated step; a compensation in flight or waiting for a retry is
+re-sent with its key.  This holds after a supervisor restarts the actor (same journal object)
+and after ``kill -9`` of the process (a new :class:`~actors._sqlite_journal.SqliteJournal` over
+the same file).  Sagas whose callers are gone still finish; ``GetSaga`` shows their outcome and
+a ``StartSaga`` with the same ``saga_id`` and input joins the running saga or returns the
+stored outcome.  A saga whose definition is not registered is left untouched in the journal
+(and reported), never guessed at.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Iterable
+from typing import Any, Final
+
+import attrs
+import msgspec
+import trio
+
+from actors._actor import Actor
+from actors._classify import Classifier
+from actors._errors import (
+    ActorError,
+    ActorNotFound,
+    BulkheadFull,
+    ConfigError,
+    ErrorCategory,
+    IdempotencyConflict,
+)
+from actors._journal import (
+    Journal,
+    JournalError,
+    SagaEvent,
+    SagaEventKind,
+    SagaHeader,
+    SagaPhase,
+    SagaState,
+    normalize_header,
+    saga_state,
+)
+from actors._provider import Call, ProviderActor
+from actors._ref import ActorRef
+from actors._reply import Failure, Reply
+from actors._retry import GiveUp, RetryPolicy, RetryState
+from actors._saga_definition import (
+    CompensationFailed,
+    SagaDefinition,
+    SagaFailed,
+    SagaStep,
+    SagaStepMessage,
+    SagaView,
+    StepContext,
+    StepError,
+    UnknownSagaDefinition,
+    decoder,
+    is_uncertain,
+)
+from actors._saga_messages import (
+    DiscardSaga,
+    GetSaga,
+    GetSagaStatistics,
+    ListSagas,
+    SagaCoordinatorStatistics,
+    SagaMessage,
+    SagaReport,
+    SagaResult,
+    SagaStarted,
+    StartSaga,
+    decode_error,
+    saga_info,
+)
+
+__all__ = ["SagaCoordinator"]
+
+_log = logging.getLogger("actors.saga")
+
+# Enum member lookups cost a descriptor call each on Python 3.11: module constants instead.
+_K = SagaEventKind
+_P = SagaPhase
+_STARTED: Final = _K.STARTED
+_STEP_STARTED: Final = _K.STEP_STARTED
+_STEP_COMPLETED: Final = _K.STEP_COMPLETED
+_STEP_FAILED: Final = _K.STEP_FAILED
+_COMPLETED: Final = _K.COMPLETED
+_RUNNING: Final = _P.RUNNING
+_STEP_IN_FLIGHT: Final = _P.STEP_IN_FLIGHT
+_COMPENSATION_PHASES: Final = frozenset(
+    {_P.COMPENSATING, _P.COMPENSATION_IN_FLIGHT, _P.COMPENSATION_RETRYING}
+)
+_DEFAULT_MAX_RUNNING: Final = 10_000
+
+_encode = msgspec.msgpack.Encoder().encode
+
+
+@attrs.define
+class _Counters:
+    started: int = 0
+    recovered: int = 0
+    unresumable: int = 0
+    completed: int = 0
+    compensated: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    compensation_failed: int = 0
+    steps_sent: int = 0
+    step_retries: int = 0
+    compensations_sent: int = 0
+    compensation_retries: int = 0
+    reports_sent: int = 0
+    reports_dropped: int = 0
+
+
+# ------------------------------------------------------------------------------- one saga
+
+
+class _Run:
+    """One saga driven by this coordinator."""
+
+    __slots__ = (
+        "cancelled",
+        "cause",
+        "definition",
+        "error",
+        "finished",
+        "header",
+        "pending",
+        "scope",
+        "sent",
+        "state",
+        "view",
+        "waiters",
+    )
+
+    def __init__(self, header: SagaHeader, definition: SagaDefinition, input: Any) -> None:
+        self.header = header
+        self.definition = definition
+        self.view = SagaView(header.saga_id, definition, input)
+        self.state = SagaState.new(header)
+        self.waiters: list[Reply[Any]] = []
+        self.scope = trio.CancelScope()  # the forward part: cancelled if the caller gives up
+        self.cancelled = False
+        self.finished = False
+        self.sent: int | None = None  # the step whose message this run sent last
+        self.pending: tuple[int, bytes] | None = None  # a reply being journaled
+        self.cause: BaseException | None = None  # the live exception that failed the saga
+        self.error: StepError | None = None  # decoded step_error (cache)
+
+
+def _step_error(exc: BaseException, category: ErrorCategory) -> StepError:
+    return StepError(
+        type=type(exc).__name__,
+        message=str(exc),
+        category=category.value,
+        uncertain=is_uncertain(exc),
+    )
+
+
+def _category(error: StepError) -> ErrorCategory:
+    try:
+        return ErrorCategory(error.category)
+    except ValueError:
+        return ErrorCategory.UNKNOWN
+
+
+_CANCELLED_IN_FLIGHT: Final = "the saga's caller stopped waiting while the step was in flight"
+
+
+# ------------------------------------------------------------------------------- the actor
+
+
+class SagaCoordinator(Actor[SagaMessage, Any]):
+    """Runs sagas over a journal; resumes unfinished ones when it starts (see the module
+    docstring).
+
+    Args:
+        journal: an *open* journal (``MemoryJournal``, or ``SqliteJournal`` for durability);
+            it outlives restarts of the coordinator, which never closes it.
+        definitions: the saga definitions it can run (unique names).
+        monitor: where :class:`SagaReport` messages go: an ``ActorRef`` or the monitor's path
+            in the tree (looked up when first needed); ``None`` for no reports.
+        max_running: sagas driven at once before ``StartSaga`` is refused with
+            ``BulkheadFull`` (default 10,000; resumed sagas are never refused).
+        classifier: sorts step failures into categories for the retry decisions (default:
+            the built-in rules).
+        rng: the random source of the retry backoff jitter (seed it for replayable runs).
+
+    Messages: :class:`StartSaga`, :class:`GetSaga`, :class:`ListSagas`,
+    :class:`DiscardSaga`, :class:`GetSagaStatistics`.
+
+    Raises:
+        ConfigError: duplicate definition names, or a bad ``max_running``.
+
+    Example::
+
+        async with SqliteJournal("sagas.db") as journal:
+            tree = [ChildSpec("providers", ...),
+                    ChildSpec("sagas", lambda: SagaCoordinator(journal, [VIDEO]))]
+            async with open_supervisor(tree) as root:
+                result = await root.ref("sagas").ask(StartSaga("video", {"topic": "owls"}),
+                                                     timeout=600)
+    """
+
+    def __init__(
+        self,
+        journal: Journal,
+        definitions: Iterable[SagaDefinition],
+        *,
+        monitor: ActorRef[Any, Any] | str | None = None,
+        max_running: int = _DEFAULT_MAX_RUNNING,
+        classifier: Classifier | None = None,
+        rng: Any = None,
+    ) -> None:
+        self._journal = journal
+        self._definitions: dict[str, SagaDefinition] = {}
+        for definition in definitions:
+            if not isinstance(definition, SagaDefinition):
+                raise ConfigError(
+                    f"expected SagaDefinition objects, got {definition!r}", path="definitions"
+                )
+            if definition.name in self._definitions:
+                raise ConfigError(
+                    f"two saga definitions are named {definition.name!r}", path="definitions"
+                )
+            self._definitions[definition.name] = definition
+        if isinstance(max_running, bool) or not isinstance(max_running, int) or max_running < 1:
+            raise ConfigError(f"must be an integer >= 1, got {max_running!r}", path="max_running")
+        if monitor is not None and not isinstance(monitor, ActorRef | str):
+            raise ConfigError(f"must be an ActorRef or a path, got {monitor!r}", path="monitor")
+        self._monitor_spec = monitor
+        self._monitor: ActorRef[Any, Any] | None = (
+            monitor if isinstance(monitor, ActorRef) else None
+        )
+        self._max_running = max_running
+        self._classifier = classifier or Classifier()
+        self._rng = rng
+        self._runs: dict[str, _Run] = {}
+        self._targets: dict[tuple[str, int], tuple[ActorRef[Any, Any], str]] = {}
+        self._policies: dict[tuple[str, int, bool], RetryPolicy] = {}
+        self._prefix = secrets.token_hex(6) + "-"
+        self._next_id = 0
+        self._token: trio.lowlevel.TrioToken | None = None
+        self.counters = _Counters()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def on_start(self) -> None:
+        """Resume every unfinished saga of the journal."""
+        self._token = trio.lowlevel.current_trio_token()
+        for header, events in await self._journal.load_unfinished():
+            state = saga_state(header, events)
+            problem = self._unresumable(header, state)
+            if problem is None:
+                definition = self._definitions[header.definition]
+                try:
+                    value = decoder(definition.input_type).decode(header.payload)
+                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                    problem = f"its input does not decode as the definition's input_type: {exc}"
+            if problem is not None:
+                self.counters.unresumable += 1
+                _log.error(
+                    "saga %s (%s) cannot be resumed: %s", header.saga_id, header.definition, problem
+                )
+                self._report(header.saga_id, header.definition, "unresumable", None, problem)
+                continue
+            run = _Run(header, definition, value)
+            run.state = state
+            self._runs[header.saga_id] = run
+            self.counters.recovered += 1
+            self.spawn(self._drive, run, name=f"{self.path}:saga {header.saga_id}")
+        if self.counters.recovered:
+            _log.info("%s resumed %d unfinished saga(s)", self.path, self.counters.recovered)
+
+    def _unresumable(self, header: SagaHeader, state: SagaState) -> str | None:
+        definition = self._definitions.get(header.definition)
+        if definition is None:
+            return f"no saga definition named {header.definition!r} is registered"
+        n = len(definition.steps)
+        for step in (
+            state.next_step - 1,
+            state.step_in_flight,
+            state.failed_step,
+            state.compensation_step,
+        ):
+            if step is not None and step >= n:
+                return f"it reached step {step} but the definition has {n} step(s)"
+        return None
+
+    async def handle(self, message: SagaMessage) -> Any:
+        if type(message) is StartSaga:
+            return self._start(message)
+        if type(message) is GetSaga:
+            self.spawn(self._get, self.defer(), message.saga_id)
+            return None
+        if type(message) is ListSagas:
+            return await self._journal.list_unfinished()
+        if type(message) is DiscardSaga:
+            self.spawn(self._discard, self.defer(), message.saga_id)
+            return None
+        if type(message) is GetSagaStatistics:
+            return self.statistics()
+        return Failure(
+            TypeError(
+                "the saga coordinator accepts StartSaga, GetSaga, ListSagas, DiscardSaga and "
+                f"GetSagaStatistics messages, not {type(message).__name__}"
+            )
+        )
+
+    def statistics(self) -> SagaCoordinatorStatistics:
+        """A snapshot of the counters (also the reply to :class:`GetSagaStatistics`)."""
+        return SagaCoordinatorStatistics(running=len(self._runs), **attrs.asdict(self.counters))
+
+    # ------------------------------------------------------------------ starting
+
+    def _start(self, message: StartSaga) -> Any:
+        definition = self._definitions.get(message.definition)
+        if definition is None:
+            return Failure(UnknownSagaDefinition(message.definition, self._definitions))
+        saga_id = message.saga_id
+        if saga_id is None:
+            self._next_id += 1
+            saga_id = f"{self._prefix}{self._next_id}"
+        elif type(saga_id) is not str or not saga_id:
+            return Failure(TypeError(f"saga_id must be a non-empty str, got {saga_id!r}"))
+        try:
+            payload = _encode(message.input)
+            value = decoder(definition.input_type).decode(payload)
+        except (
+            msgspec.EncodeError,
+            msgspec.DecodeError,
+            msgspec.ValidationError,
+            TypeError,
+        ) as exc:
+            return Failure(
+                TypeError(
+                    f"the input of saga {saga_id!r} does not encode/decode as the "
+                    f"definition's input_type: {exc}"
+                )
+            )
+        run = self._runs.get(saga_id)
+        if run is not None:
+            header = run.header
+            if header.definition != definition.name or header.payload != payload:
+                return Failure(IdempotencyConflict(key=saga_id))
+            reply = self.defer()
+            if message.wait:
+                run.waiters.append(reply)
+            else:
+                reply.set(SagaStarted(saga_id))
+            return None
+        if len(self._runs) >= self._max_running:
+            return Failure(
+                BulkheadFull(service=self.path, max_concurrent=self._max_running, max_queued=0)
+            )
+        try:
+            header, _ = normalize_header(
+                SagaHeader(saga_id, definition.name, time.time(), payload, message.metadata)
+            )
+        except (TypeError, ValueError) as exc:
+            return Failure(exc)
+        reply = self.defer()
+        run = _Run(header, definition, value)
+        self._runs[saga_id] = run
+        self.counters.started += 1
+        if message.wait:
+            run.waiters.append(reply)
+            token = self._token
+            assert token is not None
+            reply.on_abandon(lambda _reply: token.run_sync_soon(self._abandoned, run))
+            self.spawn(self._begin, run, None, name=f"{self.path}:saga {saga_id}")
+        else:
+            self.spawn(self._begin, run, reply, name=f"{self.path}:saga {saga_id}")
+        return None
+
+    def _abandoned(self, run: _Run) -> None:
+        # The caller that started the saga stopped waiting: cancel the forward part.
+        if not run.finished:
+            run.cancelled = True
+            run.scope.cancel()
+
+    async def _begin(self, run: _Run, started: Reply[Any] | None) -> None:
+        header = run.header
+        try:
+            run.state = await self._journal.create(
+                header, SagaState.new(header).next_event(_STARTED)
+            )
+        except JournalError:
+            if self._runs.get(header.saga_id) is run:
+                del self._runs[header.saga_id]
+            found = await self._journal.get(header.saga_id)
+            if found is None:
+                raise  # the journal failed: let the coordinator crash
+            self._answer_existing(run, found, started)
+            return
+        except BaseException:
+            if self._runs.get(header.saga_id) is run:
+                del self._runs[header.saga_id]
+            raise
+        if started is not None:
+            started.set(SagaStarted(header.saga_id))
+        await self._drive(run)
+
+    def _answer_existing(
+        self, run: _Run, found: tuple[SagaHeader, list[SagaEvent]], started: Reply[Any] | None
+    ) -> None:
+        """A StartSaga for an id already in the journal (and not running here)."""
+        header, events = found
+        waiters = [*run.waiters, *([started] if started is not None else [])]
+        if header.definition != run.header.definition or header.payload != run.header.payload:
+            for reply in waiters:
+                reply.fail(IdempotencyConflict(key=header.saga_id))
+            return
+        state = saga_state(header, events)
+        if not state.finished:
+            for reply in waiters:
+                reply.fail(
+                    JournalError(
+                        f"Saga {header.saga_id!r} is in the journal but not running here (it "
+                        "could not be resumed: see the coordinator's log)."
+                    )
+                )
+            return
+        if started is not None:
+            started.set(SagaStarted(header.saga_id))
+        old = _Run(header, run.definition, run.view.input)
+        old.state = state
+        for reply in run.waiters:
+            self._answer(old, reply)
+
+    # ------------------------------------------------------------------ driving a saga
+
+    async def _drive(self, run: _Run) -> None:
+        try:
+            state = run.state
+            if state.phase is _RUNNING or state.phase is _STEP_IN_FLIGHT:
+                with run.scope:
+                    state = await self._forward(run)
+                if run.scope.cancelled_caught:
+                    state = await self._after_cancel(run)
+            if state.phase is _P.STEP_FAILED:
+                state = await self._decide(run, state, None)
+            if state.phase in _COMPENSATION_PHASES:
+                state = await self._compensate(run, state)
+            self._finish(run, state)
+        finally:
+            if self._runs.get(run.header.saga_id) is run:
+                del self._runs[run.header.saga_id]
+
+    async def _forward(self, run: _Run) -> SagaState:
+        journal = self._journal
+        state = run.state
+        steps = run.definition.steps
+        last = len(steps) - 1
+        if state.phase is _RUNNING:
+            if state.next_step > last:  # resumed after the last step completed
+                state = run.state = await journal.append(state.next_event(_COMPLETED))
+                return state
+            event = state.next_event(_STEP_STARTED, state.next_step)
+        else:  # resumed with a step in flight: journal the re-send, then send
+            event = state.next_event(_STEP_STARTED, state.step_in_flight)
+        state = run.state = await journal.append(event)
+        saga_id = run.header.saga_id
+        while True:
+            i: int = state.step_in_flight  # type: ignore[assignment]
+            data = await self._send_step(run, i, steps[i])
+            state = run.state
+            if type(data) is not bytes:
+                state = run.state = await journal.append(
+                    state.next_event(_STEP_FAILED, i, _encode(data))
+                )
+                return state
+            done = state.next_event(_STEP_COMPLETED, i, data)
+            if i < last:
+                then = SagaEvent(saga_id, done.seq + 1, _STEP_STARTED, i + 1, done.at)
+            else:
+                then = SagaEvent(saga_id, done.seq + 1, _COMPLETED, None, done.at)
+            run.pending = (i, data)
+            state = run.state = (await journal.append_many((done, then)))[saga_id]
+            run.pending = None
+            if i == last:
+                return state
+
+    async def _send_step(self, run: _Run, i: int, step: SagaStep) -> bytes | StepError:
+        """Send step ``i`` (retrying per its policy); its encoded reply, or why it failed."""
+        saga_id = run.header.saga_id
+        key = f"{saga_id}:{step.name}"
+        retry: RetryState | None = None
+        started = trio.current_time()
+        while True:
+            state = run.state
+            try:
+                payload = step.action(
+                    StepContext(run.view, i, key, state.step_attempts, state.results)
+                )
+            except Exception as exc:
+                run.cause = exc
+                return StepError(
+                    type=type(exc).__name__,
+                    message=f"the step's action raised: {exc}",
+                    category=self._classifier.classify(exc).category.value,
+                )
+            try:
+                ref, delivery = self._targets[(run.definition.name, i)]
+            except KeyError:
+                try:
+                    ref, delivery = await self._resolve(run.definition, i)
+                except ActorNotFound as exc:
+                    run.cause = exc
+                    return _step_error(exc, exc.category)
+            if delivery == "envelope":
+                message: Any = SagaStepMessage(key, payload, saga_id, step.name)
+            elif delivery == "call":
+                message = Call(payload, key)
+            else:
+                message = payload
+            run.sent = i
+            self.counters.steps_sent += 1
+            try:
+                reply = await ref.ask(message, timeout=step.timeout)
+            except Exception as exc:
+                error: Exception = exc
+            else:
+                try:
+                    data = _encode(reply)
+                    if step.reply_type is not Any:
+                        decoder(step.reply_type).decode(data)
+                except (msgspec.EncodeError, msgspec.ValidationError, TypeError) as exc:
+                    run.cause = exc
+                    return StepError(
+                        type=type(exc).__name__,
+                        message=f"the step's reply cannot be journaled: {exc}",
+                        category=ErrorCategory.VALIDATION.value,
+                        uncertain=True,  # the target did the work
+                    )
+                return data
+            verdict = self._classifier.classify(error)
+            if retry is None:
+                retry = self._policy(run.definition, i, False).begin(started)
+            now = trio.current_time()
+            decision = retry.on_failure(now, verdict.category, verdict.retry_after)
+            if type(decision) is GiveUp:
+                run.cause = error
+                return _step_error(error, verdict.category)
+            await trio.sleep_until(decision.at)  # type: ignore[union-attr]
+            run.state = await self._journal.append(run.state.next_event(_STEP_STARTED, i))
+            self.counters.step_retries += 1
+
+    async def _resolve(self, definition: SagaDefinition, i: int) -> tuple[ActorRef[Any, Any], str]:
+        """The target ref of step ``i`` and how to deliver to it; cached once known."""
+        step = definition.steps[i]
+        target = step.target
+        ref = target if isinstance(target, ActorRef) else self.lookup(target)
+        delivery: str = step.delivery
+        if delivery == "auto":
+            cell = ref._cell
+            # Decide from the running actor; while it is (re)starting, wait for it a little.
+            waited = 0.0
+            while cell.incarnation is None and not cell.closed and waited < step.timeout:
+                await trio.sleep(0.01)
+                waited += 0.01
+            inc = cell.incarnation
+            delivery = (
+                "call" if inc is not None and isinstance(inc.actor, ProviderActor) else ("envelope")
+            )
+        self._targets[(definition.name, i)] = (ref, delivery)
+        return ref, delivery
+
+    def _policy(self, definition: SagaDefinition, i: int, compensate: bool) -> RetryPolicy:
+        key = (definition.name, i, compensate)
+        policy = self._policies.get(key)
+        if policy is None:
+            step = definition.steps[i]
+            settings = step.compensation_retry if compensate else step.retry
+            policy = self._policies[key] = RetryPolicy(settings, random=self._rng)
+        return policy
+
+    async def _after_cancel(self, run: _Run) -> SagaState:
+        """The caller gave up during the forward part: record the step in flight, decide."""
+        found = await self._journal.get(run.header.saga_id)
+        # A write cut short by the cancellation may have landed: the journal has the truth.
+        state = run.state = saga_state(*found) if found is not None else run.state
+        if state.phase is _STEP_IN_FLIGHT:
+            i = state.step_in_flight
+            pending = run.pending
+            if pending is not None and pending[0] == i:  # its reply had arrived
+                state = run.state = await self._journal.append(
+                    state.next_event(_STEP_COMPLETED, i, pending[1])
+                )
+            else:
+                error = StepError(
+                    type="Cancelled",
+                    message=_CANCELLED_IN_FLIGHT,
+                    category=ErrorCategory.CANCELLATION.value,
+                    uncertain=run.sent == i,
+                    cancelled=True,
+                )
+                run.error = error
+                return await self._journal.append(state.next_event(_STEP_FAILED, i, _encode(error)))
+        if state.phase is _RUNNING:
+            if state.next_step >= len(run.definition.steps):
+                state = run.state = await self._journal.append(state.next_event(_COMPLETED))
+                return state
+            reason = StepError(
+                type="Cancelled",
+                message="the saga's caller stopped waiting",
+                category=ErrorCategory.CANCELLATION.value,
+                cancelled=True,
+            )
+            return await self._decide(run, state, reason)
+        return state
+
+    def _failed_error(self, run: _Run, state: SagaState) -> StepError | None:
+        if state.failed_step is None:
+            return None
+        if run.error is None:
+            run.error = decode_error(state.step_error)
+        return run.error
+
+    def _next_compensation(self, run: _Run, state: SagaState, below: int) -> int | None:
+        """The highest step below ``below`` that must be compensated, or ``None``."""
+        steps = run.definition.steps
+        failed = state.failed_step
+        for j in range(min(below, len(steps)) - 1, -1, -1):
+            step = steps[j]
+            if step.compensate is None:
+                continue
+            if j < state.next_step:
+                return j
+            if j == failed:
+                policy = step.compensate_failed
+                error = self._failed_error(run, state)
+                if policy == "always" or (
+                    policy == "uncertain" and error is not None and error.uncertain
+                ):
+                    return j
+        return None
+
+    async def _decide(self, run: _Run, state: SagaState, reason: StepError | None) -> SagaState:
+        """After a failure (or a cancellation between steps): compensate, or end."""
+        if reason is None:
+            reason = self._failed_error(run, state)
+            assert reason is not None
+        below = state.next_step + (0 if state.failed_step is None else 1)
+        if self._next_compensation(run, state, below) is not None:
+            kind = _K.COMPENSATING
+        else:
+            kind = _K.CANCELLED if reason.cancelled else _K.FAILED
+        state = run.state = await self._journal.append(
+            state.next_event(kind, None, _encode(reason))
+        )
+        return state
+
+    # ------------------------------------------------------------------ compensating
+
+    async def _compensate(self, run: _Run, state: SagaState) -> SagaState:
+        journal = self._journal
+        deadline = trio.current_time() + run.definition.compensation_deadline
+        if state.phase is _P.COMPENSATING:
+            j = self._next_compensation(run, state, state.compensate_below or 0)
+            if j is None:
+                state = run.state = await journal.append(state.next_event(_K.COMPENSATED))
+                return state
+            event = state.next_event(_K.COMPENSATION_STARTED, j)
+        else:  # resumed in flight or waiting for a retry: re-send (journaled first)
+            event = state.next_event(_K.COMPENSATION_STARTED, state.compensation_step)
+        state = run.state = await journal.append(event)
+        saga_id = run.header.saga_id
+        while True:
+            j = state.compensation_step
+            assert j is not None
+            error = await self._send_compensation(run, j, deadline)
+            state = run.state
+            if error is not None:
+                state = run.state = await journal.append(
+                    state.next_event(_K.COMPENSATION_FAILED, j, _encode(error))
+                )
+                return state
+            done = state.next_event(_K.COMPENSATED_STEP, j)
+            nxt = self._next_compensation(run, state, j)
+            if nxt is None:
+                then = SagaEvent(saga_id, done.seq + 1, _K.COMPENSATED, None, done.at)
+            else:
+                then = SagaEvent(saga_id, done.seq + 1, _K.COMPENSATION_STARTED, nxt, done.at)
+            state = run.state = (await journal.append_many((done, then)))[saga_id]
+            if nxt is None:
+                return state
+
+    async def _send_compensation(self, run: _Run, j: int, deadline: float) -> StepError | None:
+        """Send the compensation of step ``j`` until it succeeds (``None``) or gives up."""
+        step = run.definition.steps[j]
+        saga_id = run.header.saga_id
+        key = f"{saga_id}:{step.name}:compensate"
+        assert step.compensate is not None
+        error_info = self._failed_error(run, run.state) if j == run.state.failed_step else None
+        retry: RetryState | None = None
+        started = trio.current_time()
+        while True:
+            state = run.state
+            try:
+                payload = step.compensate(
+                    StepContext(
+                        run.view,
+                        j,
+                        key,
+                        state.compensation_attempts,
+                        state.results,
+                        compensating=True,
+                        error=error_info,
+                    )
+                )
+            except Exception as exc:
+                return StepError(
+                    type=type(exc).__name__,
+                    message=f"the step's compensate builder raised: {exc}",
+                    category=self._classifier.classify(exc).category.value,
+                )
+            now = trio.current_time()
+            timeout = min(step.compensation_timeout, deadline - now)
+            if timeout <= 0:
+                return StepError(
+                    type="DeadlineExceeded",
+                    message="the saga's compensation deadline passed",
+                    category=ErrorCategory.TIMEOUT.value,
+                )
+            try:
+                ref, delivery = self._targets[(run.definition.name, j)]
+            except KeyError:
+                try:
+                    ref, delivery = await self._resolve(run.definition, j)
+                except ActorNotFound as exc:
+                    return _step_error(exc, exc.category)
+            if delivery == "envelope":
+                message: Any = SagaStepMessage(key, payload, saga_id, step.name, True)
+            elif delivery == "call":
+                message = Call(payload, key)
+            else:
+                message = payload
+            self.counters.compensations_sent += 1
+            try:
+                await ref.ask(message, timeout=timeout)
+            except Exception as exc:
+                error: Exception = exc
+            else:
+                return None
+            verdict = self._classifier.classify(error)
+            if retry is None:
+                retry = self._policy(run.definition, j, True).begin(started, deadline)
+            now = trio.current_time()
+            info = _step_error(error, verdict.category)
+            decision = retry.on_failure(now, verdict.category, verdict.retry_after)
+            if type(decision) is GiveUp:
+                return info
+            _log.warning(
+                "saga %s: compensation of step %r failed (%s); retrying in %.3g s",
+                saga_id,
+                step.name,
+                info.describe(),
+                decision.delay,  # type: ignore[union-attr]
+            )
+            run.state = await self._journal.append(
+                run.state.next_event(_K.COMPENSATION_FAILED_STEP, j, _encode(info))
+            )
+            await trio.sleep_until(decision.at)  # type: ignore[union-attr]
+            run.state = await self._journal.append(run.state.next_event(_K.COMPENSATION_STARTED, j))
+            self.counters.compensation_retries += 1
+
+    # ------------------------------------------------------------------ ending
+
+    def _finish(self, run: _Run, state: SagaState) -> None:
+        run.finished = True
+        phase = state.phase
+        counters = self.counters
+        if phase is _P.COMPLETED:
+            counters.completed += 1
+        elif phase is _P.COMPENSATED:
+            counters.compensated += 1
+        elif phase is _P.FAILED:
+            counters.failed += 1
+        elif phase is _P.CANCELLED:
+            counters.cancelled += 1
+        elif phase is _P.COMPENSATION_FAILED:
+            counters.compensation_failed += 1
+        for reply in run.waiters:
+            self._answer(run, reply)
+        run.waiters = []
+        if phase is not _P.COMPLETED:
+            error = self._error(run)
+            step = state.compensation_step if phase is _P.COMPENSATION_FAILED else state.failed_step
+            if phase is _P.COMPENSATION_FAILED:
+                _log.error("%s", error)
+            else:
+                _log.info("%s", error)
+            self._report(run.header.saga_id, run.definition.name, phase.value, step, str(error))
+
+    def _answer(self, run: _Run, reply: Reply[Any]) -> None:
+        if run.state.phase is _P.COMPLETED:
+            state = run.state
+            steps = run.definition.steps
+            view = run.view
+            results = {steps[i].name: view.reply(i, state.results) for i in range(len(steps))}
+            reply.set(SagaResult(run.header.saga_id, run.definition.name, results))
+        else:
+            reply.fail(self._error(run))
+
+    def _error(self, run: _Run) -> SagaFailed:
+        """A fresh exception describing how a finished, not completed, saga ended."""
+        state = run.state
+        steps = run.definition.steps
+        failed = state.failed_step
+        # Without a failed step, the reason is the data of `compensating` or of the last event.
+        info = self._failed_error(run, state) if failed is not None else None
+        if info is None:
+            info = decode_error(state.reason)
+        compensated = [steps[j].name for j in state.compensated]
+        step_name = steps[failed].name if failed is not None else None
+        if state.phase is _P.COMPENSATION_FAILED:
+            j = state.compensation_step
+            return CompensationFailed(
+                saga_id=run.header.saga_id,
+                definition=run.definition.name,
+                step=failed,
+                step_name=step_name,
+                reason=info.describe(),
+                compensation_step=j,
+                compensation_step_name=steps[j].name if j is not None else None,
+                compensation_error=decode_error(state.reason).describe(),
+                cancelled=info.cancelled,
+                compensated=compensated,
+                cause=run.cause,
+            )
+        return SagaFailed(
+            saga_id=run.header.saga_id,
+            definition=run.definition.name,
+            outcome=state.phase.value,
+            step=failed,
+            step_name=step_name,
+            reason=info.describe(),
+            category=_category(info),
+            cancelled=info.cancelled,
+            compensated=compensated,
+            cause=run.cause,
+        )
+
+    def _report(
+        self, saga_id: str, definition: str, status: str, step: int | None, detail: str
+    ) -> None:
+        spec = self._monitor_spec
+        if spec is None:
+            return
+        monitor = self._monitor
+        if monitor is None:
+            try:
+                monitor = self._monitor = self.lookup(spec)  # type: ignore[arg-type]
+            except LookupError:
+                self.counters.reports_dropped += 1
+                return
+        try:
+            monitor.tell_nowait(SagaReport(saga_id, definition, status, step, detail, time.time()))
+        except ActorError:
+            self.counters.reports_dropped += 1
+        else:
+            self.counters.reports_sent += 1
+
+    # ------------------------------------------------------------------ queries
+
+    async def _get(self, reply: Reply[Any], saga_id: str) -> None:
+        found = await self._journal.get(saga_id)
+        if found is None:
+            reply.set(None)
+            return
+        header, events = found
+        definition = self._definitions.get(header.definition)
+        reply.set(saga_info(header, events, definition, running_here=header.saga_id in self._runs))
+
+    async def _discard(self, reply: Reply[Any], saga_id: str) -> None:
+        if saga_id in self._runs:
+            reply.fail(JournalError(f"Saga {saga_id!r} is running; it cannot be discarded."))
+            return
+        try:
+            found = await self._journal.discard(saga_id)
+        except JournalError as exc:
+            reply.fail(exc)
+            return
+        reply.set(found)
