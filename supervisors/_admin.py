@@ -1,0 +1,935 @@
+"""The admin HTTP API: an ASGI app over the monitor and the tree, served by a supervised actor.
+
+Theory of operation
+-------------------
+:func:`admin_spec` returns the :class:`~supervisors.ChildSpec` of an :class:`AdminActor`.  Added
+to a supervision tree, the actor starts hypercorn's trio server in its own scope (so the tree's
+shutdown, or a restart, stops the server: the actor's ``on_stop`` pulls hypercorn's shutdown
+trigger and waits for it to drain, and a cancellation cuts it short).  Requests are served by
+tasks of that scope; they read the monitor, provider actors and saga coordinator by *asking*
+them, so the HTTP layer holds no state of its own and never blocks an actor.
+
+The app (:func:`build_admin_app`) is a starlette router with one small function per endpoint.
+Everything it answers, errors included, is JSON encoded with msgspec; every error body is::
+
+    {"error": {"status": 404, "code": "unknown_service", "message": "...", "action": "..."}}
+
+Safety, by default:
+
+* the server binds ``127.0.0.1``, and while it is bound to a loopback address it answers only
+  requests whose ``Host`` is a loopback name (a browser tricked by DNS rebinding gets 400);
+* every ``POST`` needs ``Authorization: Bearer <token>`` with the configured token: 401
+  without one, 403 with a wrong one (compared with :func:`hmac.compare_digest`) or when no token
+  is configured, which disables writes;
+* bad input is the client's error: an unknown route 404, a wrong method 405, an unknown
+  service or alert 404, a malformed query value or body 400, a body over ``max_body`` bytes
+  413; never a 5xx.  503 means the monitor (or the actor asked) is not available, and answers
+  ``GET /api/resilience/health`` when the application is unhealthy;
+* responses are bounded: recent errors come in pages of at most ``max_page`` records; other
+  lists are bounded by the monitor's own limits (``max_services``, the alert history) and by
+  the size of the tree.
+
+Finding the other actors.  The monitor and the saga coordinator are found by their paths in
+the tree (``monitor``, ``sagas``).  Provider actors are found by walking the tree's actor slots
+for running :class:`~actors.ProviderActor` instances, or given as a ``{service: path}``
+mapping.  The supervision snapshot comes from the :class:`~supervisors.Supervisor` handle when
+one is given (``tree=root``, or a function returning it); otherwise it is rebuilt from the
+actor slots (actors exactly; their supervisors with state ``running`` and no restart count).
+"""
+
+from __future__ import annotations
+
+import functools
+import hmac
+import importlib
+import ipaddress
+import logging
+import math
+import re
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Final
+
+import attrs
+import msgspec
+import trio
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from actors._actor import Actor
+from actors._errors import ActorError, AuraError
+from actors._monitor import (
+    AcknowledgeAlert,
+    GetAlerts,
+    GetBreaker,
+    GetBreakers,
+    GetErrorRate,
+    GetHealth,
+    GetMetrics,
+    GetRecentErrors,
+    GetServiceMetrics,
+    ResetService,
+)
+from actors._monitoring_alerts import UnknownAlert
+from actors._monitoring_types import HealthReport, HealthStatus, InvalidQuery, UnknownService
+from actors._provider import GetStatus, Isolate, ProviderActor
+from actors._provider import Reset as ResetProvider
+from actors._ref import ActorRef
+from supervisors._events import TreeNode
+from supervisors._metrics import METRICS_CONTENT_TYPE, render_metrics, take_snapshot
+from supervisors._spec import ChildSpec
+
+if TYPE_CHECKING:
+    from actors._cell import _Cell
+    from supervisors._tree import Supervisor
+
+__all__ = [
+    "AdminActor",
+    "AdminAddress",
+    "AdminSettings",
+    "GetAdminAddress",
+    "admin_spec",
+    "build_admin_app",
+]
+
+logger: Final = logging.getLogger("supervisors.admin")
+
+#: The default port of the admin API.
+DEFAULT_PORT: Final = 9470
+#: Loopback host names accepted in the ``Host`` header while bound to loopback.
+LOOPBACK_NAMES: Final = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
+_MAX_NAME: Final = 200
+_DURATION: Final = re.compile(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(ms|s|m|h)?\s*\Z")
+_UNITS: Final = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_TRUE: Final = frozenset({"1", "true", "yes", "on"})
+_FALSE: Final = frozenset({"0", "false", "no", "off"})
+
+
+def _is_loopback(host: str) -> bool:
+    name = host.strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_port(_instance: Any, _attribute: Any, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+        raise ValueError(f"admin port must be an int from 0 to 65535, got {value!r}")
+
+
+def _check_token(_instance: Any, _attribute: Any, value: str | None) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str) or not value or value != value.strip() or " " in value:
+        raise ValueError("the admin token must be a non-empty string without spaces")
+
+
+def _positive_int(name: str) -> Callable[[Any, Any, int], None]:
+    def check(_instance: Any, _attribute: Any, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"admin {name} must be an int >= 1, got {value!r}")
+
+    return check
+
+
+@attrs.frozen
+class AdminSettings:
+    """Settings of the admin API (see the module docstring for the safety rules).
+
+    Args:
+        host: the address to bind (default ``127.0.0.1``).  Binding a non-loopback address
+            exposes the read endpoints to the network: put it behind your own access control.
+        port: the TCP port (default 9470; ``0`` picks a free one, see :class:`AdminAddress`).
+        token: the bearer token every ``POST`` needs; ``None`` (default) disables writes.
+        monitor: the monitor's path in the tree (default ``monitor``).
+        sagas: the saga coordinator's path (default ``sagas``; ``None`` for none).
+        providers: ``{service: path}`` of provider actors; ``None`` (default) finds them.
+        max_page: the largest page of recent errors (default 100, at most 1000).
+        max_body: the largest request body accepted, in bytes (default 64 KiB).
+        ask_timeout: seconds each ask to another actor may take (default 5).
+        allowed_hosts: the ``Host`` names accepted; ``None`` (default): loopback names when
+            bound to loopback, any otherwise.
+        graceful_timeout: seconds open connections get to finish when the server stops
+            (default 1).
+
+    Raises:
+        ValueError: a value is out of range.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = attrs.field(default=DEFAULT_PORT, validator=_check_port)
+    token: str | None = attrs.field(default=None, validator=_check_token, repr=False)
+    monitor: str = "monitor"
+    sagas: str | None = "sagas"
+    providers: Mapping[str, str] | None = None
+    max_page: int = attrs.field(default=100, validator=_positive_int("max_page"))
+    max_body: int = attrs.field(default=64 * 1024, validator=_positive_int("max_body"))
+    ask_timeout: float = 5.0
+    allowed_hosts: frozenset[str] | None = None
+    graceful_timeout: float = 1.0
+
+    def __attrs_post_init__(self) -> None:
+        if not isinstance(self.host, str) or not self.host:
+            raise ValueError(f"admin host must be a non-empty string, got {self.host!r}")
+        if self.max_page > 1000:
+            raise ValueError(f"admin max_page must be at most 1000, got {self.max_page}")
+        for name in ("ask_timeout", "graceful_timeout"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and 0 < value < math.inf):
+                raise ValueError(f"admin {name} must be a positive number, got {value!r}")
+
+    def hosts(self) -> frozenset[str] | None:
+        """The accepted ``Host`` names (``None``: any)."""
+        if self.allowed_hosts is not None:
+            return frozenset(h.lower() for h in self.allowed_hosts)
+        return LOOPBACK_NAMES if _is_loopback(self.host) else None
+
+
+# ================================================================================ errors
+
+
+class ErrorInfo(msgspec.Struct, frozen=True):
+    """The ``error`` member of every error body."""
+
+    status: int
+    code: str
+    message: str
+    action: str = ""
+
+
+class ErrorBody(msgspec.Struct, frozen=True):
+    """An error response body: ``{"error": {...}}``."""
+
+    error: ErrorInfo
+
+
+class ApiError(Exception):
+    """An HTTP error answered as JSON (raised inside endpoints)."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        action: str = "",
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.action = action
+        self.headers = dict(headers or {})
+
+
+_encoder: Final = msgspec.json.Encoder()
+
+
+def _json(body: object, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+    return Response(
+        _encoder.encode(body), status_code=status, media_type="application/json", headers=headers
+    )
+
+
+def _error_response(error: ApiError) -> Response:
+    info = ErrorInfo(error.status, error.code, error.message[:1000], error.action[:500])
+    return _json(ErrorBody(info), error.status, error.headers)
+
+
+_HTTP_CODES: Final = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "body_too_large",
+}
+
+
+async def _http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    status = exc.status_code
+    return _error_response(
+        ApiError(
+            status,
+            _HTTP_CODES.get(status, "http_error"),
+            str(exc.detail),
+            action="See GET /api/resilience for the endpoints." if status in (404, 405) else "",
+            headers=exc.headers,
+        )
+    )
+
+
+# ================================================================================ sagas
+
+
+class SagaQueries:
+    """How the admin API asks the saga coordinator (the module ``actors._saga``).
+
+    The coordinator's query messages are looked up by name in ``actors._saga`` when first
+    needed: ``list_message`` (no arguments; its reply lists the unfinished sagas) and
+    ``get_message`` (one argument, the saga id; its reply is the saga's audit trail).  Without
+    that module or those names, the saga endpoints answer 503.
+    """
+
+    def __init__(self, list_message: str = "ListSagas", get_message: str = "GetSaga") -> None:
+        self.list_message = list_message
+        self.get_message = get_message
+
+    @staticmethod
+    def _type(name: str) -> Any:
+        try:
+            saga_module = importlib.import_module("actors._saga")
+        except ImportError:
+            return None
+        return getattr(saga_module, name, None)
+
+    def listing(self, backend: AdminBackend) -> tuple[ActorRef[Any, Any] | None, object | None]:
+        """The coordinator's ref and its list query, or ``(None, None)``."""
+        path = backend.settings.sagas
+        kind = self._type(self.list_message)
+        if path is None or kind is None:
+            return None, None
+        try:
+            return backend.lookup(path), kind()
+        except ActorError:
+            return None, None
+
+    def _unavailable(self, backend: AdminBackend) -> ApiError:
+        return ApiError(
+            503,
+            "unavailable",
+            "no saga coordinator is available"
+            + (f" at {backend.settings.sagas!r}" if backend.settings.sagas else ""),
+            action="Run a saga coordinator in the tree and give its path to the admin API.",
+        )
+
+    async def unfinished(self, backend: AdminBackend) -> object:
+        """The coordinator's answer to the list query."""
+        kind = self._type(self.list_message)
+        if backend.settings.sagas is None or kind is None:
+            raise self._unavailable(backend)
+        return await backend.ask(backend.settings.sagas, kind(), "saga coordinator")
+
+    async def one(self, backend: AdminBackend, saga_id: str) -> object:
+        """The coordinator's answer to the query for one saga."""
+        kind = self._type(self.get_message)
+        if backend.settings.sagas is None or kind is None:
+            raise self._unavailable(backend)
+        info = await backend.ask(backend.settings.sagas, kind(saga_id), "saga coordinator")
+        if info is None:
+            raise ApiError(
+                404,
+                "unknown_saga",
+                f"the saga coordinator has no saga {saga_id!r}",
+                action="GET /api/resilience/sagas lists the unfinished sagas.",
+            )
+        return info
+
+
+# ================================================================================ backend
+
+
+class AdminBackend:
+    """Where the app finds the actors it asks and the tree it shows.
+
+    Args:
+        settings: the :class:`AdminSettings`.
+        lookup: the ref of an actor by its path from the root (raises ``ActorNotFound``).
+        tree: returns the supervision snapshot.
+        providers: returns the provider actors' refs by service name.
+    """
+
+    def __init__(
+        self,
+        settings: AdminSettings,
+        *,
+        lookup: Callable[[str], ActorRef[Any, Any]],
+        tree: Callable[[], TreeNode],
+        providers: Callable[[], Mapping[str, ActorRef[Any, Any]]],
+    ) -> None:
+        self.settings = settings
+        self.lookup = lookup
+        self.tree = tree
+        self.providers = providers
+        self.sagas = SagaQueries()
+
+    async def ask(self, path: str, message: object, what: str) -> Any:
+        """Ask the actor at ``path``; translate its errors to :class:`ApiError`."""
+        try:
+            ref = self.lookup(path)
+        except ActorError as exc:
+            raise ApiError(
+                503, "unavailable", f"The {what} is not running: {exc}", action=exc.suggested_action
+            ) from exc
+        return await self.ask_ref(ref, message, what)
+
+    async def ask_ref(self, ref: ActorRef[Any, Any], message: object, what: str) -> Any:
+        """Ask ``ref``; translate its errors to :class:`ApiError`."""
+        try:
+            return await ref.ask(message, timeout=self.settings.ask_timeout)
+        except (UnknownService, UnknownAlert) as exc:
+            raise ApiError(404, _code(exc), str(exc), action=exc.suggested_action) from exc
+        except InvalidQuery as exc:
+            raise ApiError(400, "invalid_query", str(exc), action=exc.suggested_action) from exc
+        except ActorError as exc:
+            raise ApiError(
+                503,
+                "unavailable",
+                f"The {what} did not answer: {exc}",
+                action=exc.suggested_action,
+            ) from exc
+        except AuraError as exc:
+            if isinstance(exc, LookupError):
+                raise ApiError(404, _code(exc), str(exc), action=exc.suggested_action) from exc
+            if isinstance(exc, ValueError):
+                raise ApiError(400, _code(exc), str(exc), action=exc.suggested_action) from exc
+            raise
+
+
+def _code(exc: BaseException) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", type(exc).__name__).lower()
+
+
+# ================================================================================ request parsing
+
+
+def _name(request: Request, key: str) -> str:
+    value: str = request.path_params[key]
+    if len(value) > _MAX_NAME or not value.isprintable():
+        raise ApiError(
+            400, "invalid_name", f"`{key}` must be at most {_MAX_NAME} printable characters"
+        )
+    return value
+
+
+def _query(request: Request, key: str) -> str | None:
+    values = request.query_params.getlist(key)
+    if not values:
+        return None
+    if len(values) > 1:
+        raise ApiError(400, "invalid_query", f"`{key}` is given {len(values)} times; give it once")
+    return values[0]
+
+
+def _int_param(request: Request, key: str, default: int, low: int, high: int) -> int:
+    raw = _query(request, key)
+    if raw is None:
+        return default
+    text = raw.strip()
+    if not re.fullmatch(r"[+-]?[0-9]{1,12}", text) or not low <= int(text) <= high:
+        raise ApiError(
+            400, "invalid_query", f"`{key}` must be an integer from {low} to {high}, got {raw!r}"
+        )
+    return int(text)
+
+
+def _bool_param(request: Request, key: str) -> bool:
+    raw = _query(request, key)
+    if raw is None or raw.strip().lower() in _FALSE:
+        return False
+    if raw.strip().lower() in _TRUE:
+        return True
+    raise ApiError(400, "invalid_query", f"`{key}` must be true or false, got {raw!r}")
+
+
+def _duration_param(request: Request, key: str, default: float) -> float:
+    raw = _query(request, key)
+    if raw is None:
+        return default
+    match = _DURATION.match(raw)
+    seconds = float(match.group(1)) * _UNITS[match.group(2)] if match else math.nan
+    if not (0 < seconds < math.inf):
+        raise ApiError(
+            400,
+            "invalid_query",
+            f"`{key}` must be a positive duration such as 60, 30s, 5m or 1h, got {raw!r}",
+        )
+    return seconds
+
+
+async def _read_body(request: Request, limit: int) -> object:
+    """The request body as JSON (``None`` when empty); 413 past ``limit``, 400 if malformed."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, "body_too_large", f"the body must be at most {limit} bytes")
+    chunks = bytearray()
+    async for chunk in request.stream():
+        chunks += chunk
+        if len(chunks) > limit:
+            raise ApiError(413, "body_too_large", f"the body must be at most {limit} bytes")
+    if not chunks.strip():
+        return None
+    try:
+        body = msgspec.json.decode(bytes(chunks))
+    except msgspec.DecodeError as exc:
+        raise ApiError(400, "invalid_body", f"the body is not JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_body", "the body must be a JSON object (or empty)")
+    return body
+
+
+def _authorize(request: Request, token: str | None) -> None:
+    header = request.headers.get("authorization")
+    challenge = {"WWW-Authenticate": 'Bearer realm="aura-admin"'}
+    if header is None:
+        raise ApiError(
+            401,
+            "unauthorized",
+            "this endpoint needs `Authorization: Bearer <token>`",
+            action="Send the admin token configured for this application.",
+            headers=challenge,
+        )
+    scheme, _, credentials = header.strip().partition(" ")
+    credentials = credentials.strip()
+    if scheme.lower() != "bearer" or not credentials:
+        raise ApiError(
+            401,
+            "unauthorized",
+            "the Authorization header must be `Bearer <token>`",
+            headers={"WWW-Authenticate": 'Bearer realm="aura-admin", error="invalid_request"'},
+        )
+    if token is None:
+        raise ApiError(
+            403,
+            "forbidden",
+            "writes are disabled: no admin token is configured",
+            action="Start the admin API with a token to allow POST requests.",
+        )
+    # Header values arrive latin-1 decoded: encoding back gives the bytes that were sent.
+    if not hmac.compare_digest(credentials.encode("latin-1"), token.encode("utf-8")):
+        raise ApiError(403, "forbidden", "the token is not valid")
+
+
+# ================================================================================ the app
+
+Endpoint = Callable[[Request, AdminBackend], Awaitable[object]]
+
+
+def _wrap(fn: Endpoint, backend: AdminBackend, *, write: bool = False) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    async def endpoint(request: Request) -> Response:
+        try:
+            if write:
+                _authorize(request, backend.settings.token)
+            result = await fn(request, backend)
+        except ApiError as error:
+            return _error_response(error)
+        except Exception:
+            logger.exception("admin endpoint %s %s failed", request.method, request.url.path)
+            return _error_response(ApiError(500, "internal_error", "the request failed"))
+        if isinstance(result, Response):
+            return result
+        return _json(result)
+
+    return endpoint
+
+
+async def _index(request: Request, backend: AdminBackend) -> object:
+    return {"endpoints": [f"{method} {path}" for method, path, _fn, _w in _ROUTES]}
+
+
+async def _health(request: Request, backend: AdminBackend) -> object:
+    report: HealthReport = await backend.ask(backend.settings.monitor, GetHealth(), "monitor")
+    status = 503 if report.status is HealthStatus.UNHEALTHY else 200
+    return _json(report, status)
+
+
+async def _breakers(request: Request, backend: AdminBackend) -> object:
+    return await backend.ask(backend.settings.monitor, GetBreakers(), "monitor")
+
+
+async def _breaker(request: Request, backend: AdminBackend) -> object:
+    message = GetBreaker(_name(request, "service"))
+    return await backend.ask(backend.settings.monitor, message, "monitor")
+
+
+async def _metrics_all(request: Request, backend: AdminBackend) -> object:
+    return await backend.ask(backend.settings.monitor, GetMetrics(), "monitor")
+
+
+async def _metrics_one(request: Request, backend: AdminBackend) -> object:
+    message = GetServiceMetrics(_name(request, "service"))
+    return await backend.ask(backend.settings.monitor, message, "monitor")
+
+
+async def _error_rate(request: Request, backend: AdminBackend) -> object:
+    service = _name(request, "service")
+    window = _duration_param(request, "window", 60.0)
+    return await backend.ask(backend.settings.monitor, GetErrorRate(service, window), "monitor")
+
+
+async def _reset(request: Request, backend: AdminBackend) -> object:
+    service = _name(request, "service")
+    await _read_body(request, backend.settings.max_body)
+    return await backend.ask(backend.settings.monitor, ResetService(service), "monitor")
+
+
+async def _recent_errors(request: Request, backend: AdminBackend) -> object:
+    offset = _int_param(request, "offset", 0, 0, 1_000_000)
+    limit = _int_param(
+        request, "limit", min(50, backend.settings.max_page), 1, backend.settings.max_page
+    )
+    service = _query(request, "service")
+    if service is not None and (len(service) > _MAX_NAME or not service.isprintable()):
+        raise ApiError(400, "invalid_query", f"`service` must be at most {_MAX_NAME} characters")
+    message = GetRecentErrors(offset=offset, limit=limit, service=service)
+    return await backend.ask(backend.settings.monitor, message, "monitor")
+
+
+async def _alerts(request: Request, backend: AdminBackend) -> object:
+    message = GetAlerts(include_resolved=_bool_param(request, "include_resolved"))
+    return await backend.ask(backend.settings.monitor, message, "monitor")
+
+
+async def _acknowledge(request: Request, backend: AdminBackend) -> object:
+    raw = _name(request, "alert_id")
+    if not re.fullmatch(r"[0-9]{1,15}", raw):
+        raise ApiError(400, "invalid_name", f"an alert id is a positive integer, got {raw!r}")
+    await _read_body(request, backend.settings.max_body)
+    return await backend.ask(backend.settings.monitor, AcknowledgeAlert(int(raw)), "monitor")
+
+
+async def _tree(request: Request, backend: AdminBackend) -> object:
+    return backend.tree()
+
+
+def _provider_ref(request: Request, backend: AdminBackend) -> tuple[str, ActorRef[Any, Any]]:
+    service = _name(request, "service")
+    ref = backend.providers().get(service)
+    if ref is None:
+        raise ApiError(
+            404,
+            "unknown_provider",
+            f"no provider actor serves {service!r}",
+            action="GET /api/resilience/providers lists them.",
+        )
+    return service, ref
+
+
+async def _providers(request: Request, backend: AdminBackend) -> object:
+    statuses = {}
+    for service, ref in sorted(backend.providers().items()):
+        statuses[service] = await backend.ask_ref(ref, GetStatus(), f"provider {service!r}")
+    return {"providers": statuses}
+
+
+async def _provider(request: Request, backend: AdminBackend) -> object:
+    service, ref = _provider_ref(request, backend)
+    return await backend.ask_ref(ref, GetStatus(), f"provider {service!r}")
+
+
+async def _isolate(request: Request, backend: AdminBackend) -> object:
+    service, ref = _provider_ref(request, backend)
+    await _read_body(request, backend.settings.max_body)
+    return await backend.ask_ref(ref, Isolate(), f"provider {service!r}")
+
+
+async def _provider_reset(request: Request, backend: AdminBackend) -> object:
+    service, ref = _provider_ref(request, backend)
+    await _read_body(request, backend.settings.max_body)
+    return await backend.ask_ref(ref, ResetProvider(), f"provider {service!r}")
+
+
+async def _sagas(request: Request, backend: AdminBackend) -> object:
+    return await backend.sagas.unfinished(backend)
+
+
+async def _saga(request: Request, backend: AdminBackend) -> object:
+    return await backend.sagas.one(backend, _name(request, "saga_id"))
+
+
+async def _prometheus(request: Request, backend: AdminBackend) -> object:
+    settings = backend.settings
+    try:
+        monitor: ActorRef[Any, Any] | None = backend.lookup(settings.monitor)
+    except ActorError:
+        monitor = None
+    sagas_ref, sagas_query = backend.sagas.listing(backend)
+    snapshot = await take_snapshot(
+        monitor,
+        tree=backend.tree(),
+        providers=backend.providers(),
+        sagas=sagas_ref,
+        sagas_query=sagas_query,
+        ask_timeout=settings.ask_timeout,
+    )
+    return Response(render_metrics(snapshot), media_type=METRICS_CONTENT_TYPE)
+
+
+_API: Final = "/api/resilience"
+_ROUTES: Final[tuple[tuple[str, str, Endpoint, bool], ...]] = (
+    ("GET", _API, _index, False),
+    ("GET", f"{_API}/health", _health, False),
+    ("GET", f"{_API}/circuit-breakers", _breakers, False),
+    ("GET", f"{_API}/circuit-breakers/{{service}}", _breaker, False),
+    ("GET", f"{_API}/metrics", _metrics_all, False),
+    ("GET", f"{_API}/metrics/{{service}}", _metrics_one, False),
+    ("GET", f"{_API}/metrics/{{service}}/error-rate", _error_rate, False),
+    ("POST", f"{_API}/metrics/{{service}}/reset", _reset, True),
+    ("GET", f"{_API}/errors/recent", _recent_errors, False),
+    ("GET", f"{_API}/alerts", _alerts, False),
+    ("POST", f"{_API}/alerts/{{alert_id}}/acknowledge", _acknowledge, True),
+    ("GET", f"{_API}/tree", _tree, False),
+    ("GET", f"{_API}/providers", _providers, False),
+    ("GET", f"{_API}/providers/{{service}}", _provider, False),
+    ("POST", f"{_API}/providers/{{service}}/isolate", _isolate, True),
+    ("POST", f"{_API}/providers/{{service}}/reset", _provider_reset, True),
+    ("GET", f"{_API}/sagas", _sagas, False),
+    ("GET", f"{_API}/sagas/{{saga_id}}", _saga, False),
+    ("GET", "/metrics", _prometheus, False),
+)
+
+
+class _TrustedHosts:
+    """Refuse requests whose ``Host`` is not allowed (a JSON 400), before any routing."""
+
+    def __init__(self, app: ASGIApp, hosts: frozenset[str] | None) -> None:
+        self.app = app
+        self.hosts = hosts
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self.hosts is not None:
+            host = ""
+            for name, value in scope.get("headers", ()):
+                if name == b"host":
+                    host = value.decode("latin-1")
+                    break
+            hostname = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+            if host.startswith("[") and "]" in host:
+                hostname = host[: host.index("]") + 1]
+            if hostname.lower() not in self.hosts:
+                response = _error_response(
+                    ApiError(
+                        400, "untrusted_host", f"the Host header {host[:100]!r} is not allowed"
+                    )
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def build_admin_app(backend: AdminBackend) -> ASGIApp:
+    """The ASGI application of the admin API over ``backend`` (see the module docstring)."""
+    routes = [
+        Route(path, _wrap(fn, backend, write=write), methods=[method])
+        for method, path, fn, write in _ROUTES
+    ]
+    app = Starlette(routes=routes, exception_handlers={HTTPException: _http_exception})
+    return _TrustedHosts(app, backend.settings.hosts())
+
+
+# ================================================================================ the actor
+
+
+class GetAdminAddress(msgspec.Struct, frozen=True, tag=True):
+    """Ask an :class:`AdminActor` where it listens; the reply is an :class:`AdminAddress`."""
+
+
+class AdminAddress(msgspec.Struct, frozen=True):
+    """Where the admin API listens: ``host``, the bound ``port`` and the base ``url``."""
+
+    host: str
+    port: int
+    url: str
+
+
+TreeSource = "Supervisor | Callable[[], Supervisor | None] | None"
+
+
+class AdminActor(Actor[GetAdminAddress, AdminAddress]):
+    """Serves the admin HTTP API while it runs (see the module docstring).
+
+    Args:
+        settings: the :class:`AdminSettings`.
+        tree: the tree's :class:`~supervisors.Supervisor` (or a function returning it) for
+            ``/api/resilience/tree``; without it the snapshot is rebuilt from the actor slots.
+
+    Answers :class:`GetAdminAddress` with the bound :class:`AdminAddress`.  A failure to bind
+    (the port is taken) crashes the actor at start, like any failing ``on_start``.
+    """
+
+    def __init__(
+        self,
+        settings: AdminSettings,
+        *,
+        tree: Supervisor | Callable[[], Supervisor | None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self._tree_source = tree
+        self._address: AdminAddress | None = None
+        self._shutdown = trio.Event()
+        self._done = trio.Event()
+        self._provider_paths: dict[str, str] = dict(settings.providers or {})
+
+    async def on_start(self) -> None:
+        backend = AdminBackend(
+            self.settings, lookup=self.lookup, tree=self._snapshot, providers=self._providers
+        )
+        ready = trio.Event()
+        self.spawn(self._serve, build_admin_app(backend), ready, name=f"{self.path}:http")
+        await ready.wait()
+
+    async def _serve(self, app: ASGIApp, ready: trio.Event) -> None:
+        from hypercorn.config import Config
+        from hypercorn.trio import serve
+
+        config = Config()
+        host = self.settings.host
+        config.bind = [
+            f"[{host}]:{self.settings.port}" if ":" in host else f"{host}:{self.settings.port}"
+        ]
+        config.accesslog = None
+        config.errorlog = logger
+        config.graceful_timeout = self.settings.graceful_timeout
+        config.include_server_header = False
+        try:
+            async with trio.open_nursery() as nursery:
+                binds = await nursery.start(
+                    functools.partial(serve, app, config, shutdown_trigger=self._shutdown.wait)  # type: ignore[arg-type]
+                )
+                self._address = _address(binds[0])
+                logger.info("admin API listening on %s", self._address.url)
+                ready.set()
+        finally:
+            self._done.set()
+
+    async def on_stop(self) -> None:
+        self._shutdown.set()
+        await self._done.wait()
+
+    async def handle(self, message: GetAdminAddress) -> AdminAddress:
+        if not isinstance(message, GetAdminAddress):
+            raise TypeError(f"the admin actor answers GetAdminAddress, not {message!r}")
+        assert self._address is not None
+        return self._address
+
+    @property
+    def address(self) -> AdminAddress | None:
+        """Where the server listens, once started."""
+        return self._address
+
+    # ------------------------------------------------------------------ what the app reads
+
+    def _cells(self) -> Mapping[str, _Cell]:
+        return self._context().cell.registry
+
+    def _snapshot(self) -> TreeNode:
+        source = self._tree_source
+        supervisor = source() if callable(source) else source
+        if supervisor is not None:
+            return supervisor.snapshot()
+        return tree_from_slots(self._cells())
+
+    def _providers(self) -> dict[str, ActorRef[Any, Any]]:
+        if self.settings.providers is None:
+            for path, cell in list(self._cells().items()):
+                incarnation = cell.incarnation
+                actor = None if incarnation is None else incarnation.actor
+                if isinstance(actor, ProviderActor):
+                    self._provider_paths.setdefault(actor.name, path)
+        refs: dict[str, ActorRef[Any, Any]] = {}
+        for service, path in self._provider_paths.items():
+            try:
+                refs[service] = self.lookup(path)
+            except ActorError:
+                continue
+        return refs
+
+
+def _address(bind: str) -> AdminAddress:
+    """``http://127.0.0.1:8080`` -> AdminAddress."""
+    rest = bind.split("://", 1)[-1]
+    host, _, port = rest.rpartition(":")
+    return AdminAddress(host=host.strip("[]"), port=int(port), url=f"http://{rest}")
+
+
+def tree_from_slots(cells: Mapping[str, _Cell]) -> TreeNode:
+    """A tree snapshot rebuilt from the actor slots of a tree (see the module docstring)."""
+    children: dict[str, list[str]] = {}
+    actors: dict[str, _Cell] = {}
+    for path, cell in cells.items():
+        actors[path] = cell
+        parts = path.split("/")
+        for depth in range(len(parts)):
+            parent = "/".join(parts[:depth])
+            child = "/".join(parts[: depth + 1])
+            siblings = children.setdefault(parent, [])
+            if child not in siblings:
+                siblings.append(child)
+
+    def build(path: str) -> TreeNode:
+        name = path.rpartition("/")[2]
+        cell = actors.get(path)
+        if cell is not None and path not in children:
+            return TreeNode(
+                name=name,
+                path=path,
+                kind="actor",
+                state=cell.state.value,
+                restarts=cell.restarts,
+                mailbox_depth=len(cell.queue),
+            )
+        return TreeNode(
+            name=name,
+            path=path,
+            kind="supervisor",
+            state="running",
+            restarts=0,
+            children=tuple(build(child) for child in children.get(path, [])),
+        )
+
+    return build("")
+
+
+def admin_spec(
+    *,
+    port: int = DEFAULT_PORT,
+    host: str = "127.0.0.1",
+    token: str | None = None,
+    monitor: str = "monitor",
+    sagas: str | None = "sagas",
+    providers: Mapping[str, str] | None = None,
+    tree: Supervisor | Callable[[], Supervisor | None] | None = None,
+    name: str = "admin",
+    max_page: int = 100,
+    ask_timeout: float = 5.0,
+    allowed_hosts: Sequence[str] | None = None,
+    shutdown: float = 5.0,
+) -> ChildSpec[GetAdminAddress, AdminAddress]:
+    """The child spec of the admin API server (an :class:`AdminActor`).
+
+    Add it to your tree beside the monitor; the server starts with the tree and stops with it.
+    The arguments are those of :class:`AdminSettings`, plus ``tree`` (see
+    :class:`AdminActor`), the child's ``name`` (default ``admin``) and its ``shutdown`` grace.
+
+    Raises:
+        ValueError: a setting is out of range.
+
+    Example::
+
+        tree = SupervisorSpec("app", [
+            ChildSpec("monitor", MonitorActor),
+            providers,
+            admin_spec(port=9470, token=os.environ["AURA_ADMIN_TOKEN"]),
+        ])
+        async with open_supervisor(tree) as root:
+            address = await root.ref("admin").ask(GetAdminAddress())
+    """
+    settings = AdminSettings(
+        host=host,
+        port=port,
+        token=token,
+        monitor=monitor,
+        sagas=sagas,
+        providers=providers,
+        max_page=max_page,
+        ask_timeout=ask_timeout,
+        allowed_hosts=None if allowed_hosts is None else frozenset(allowed_hosts),
+    )
+    return ChildSpec(name, lambda: AdminActor(settings, tree=tree), shutdown=shutdown)
