@@ -17,9 +17,9 @@ import trio.testing
 from actors import (
     AuraError,
     BreakerSettings,
-    IdempotencySettings,
     BulkheadSettings,
     GetMetrics,
+    IdempotencySettings,
     MonitorActor,
     Provider,
     ProviderActor,
