@@ -58,8 +58,12 @@ class Provider(Generic[P, R]):
         return self._ref
 
     # A timeout parameter, not a cancel scope: see ActorRef.ask.
-    async def call(  # noqa: ASYNC109
-        self, payload: P, *, key: str | None = None, timeout: float | None = None
+    async def call(
+        self,
+        payload: P,
+        *,
+        key: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109
     ) -> R:
         """Call the service through the provider's policies and return its reply.
 
