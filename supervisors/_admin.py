@@ -39,6 +39,7 @@ actor slots (actors exactly; their supervisors with state ``running`` and no res
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hmac
 import importlib
@@ -47,17 +48,11 @@ import logging
 import math
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 import attrs
 import msgspec
 import trio
-from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from actors._actor import Actor
 from actors._errors import ActorError, AuraError
@@ -83,6 +78,10 @@ from supervisors._metrics import METRICS_CONTENT_TYPE, render_metrics, take_snap
 from supervisors._spec import ChildSpec
 
 if TYPE_CHECKING:
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.types import ASGIApp, Receive, Scope, Send
+
     from actors._cell import _Cell
     from supervisors._tree import Supervisor
 
@@ -232,10 +231,16 @@ class ApiError(Exception):
 _encoder: Final = msgspec.json.Encoder()
 
 
+def _response(
+    content: bytes, media_type: str, status: int = 200, headers: Mapping[str, str] | None = None
+) -> Response:
+    from starlette.responses import Response
+
+    return Response(content, status_code=status, media_type=media_type, headers=headers)
+
+
 def _json(body: object, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
-    return Response(
-        _encoder.encode(body), status_code=status, media_type="application/json", headers=headers
-    )
+    return _response(_encoder.encode(body), "application/json", status, headers)
 
 
 def _error_response(error: ApiError) -> Response:
@@ -252,15 +257,14 @@ _HTTP_CODES: Final = {
 
 
 async def _http_exception(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    status = exc.status_code
+    status: int = getattr(exc, "status_code", 400)
     return _error_response(
         ApiError(
             status,
             _HTTP_CODES.get(status, "http_error"),
-            str(exc.detail),
+            str(getattr(exc, "detail", "")),
             action="See GET /api/resilience for the endpoints." if status in (404, 405) else "",
-            headers=exc.headers,
+            headers=getattr(exc, "headers", None),
         )
     )
 
@@ -459,10 +463,11 @@ async def _read_body(request: Request, limit: int) -> object:
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise ApiError(413, "body_too_large", f"the body must be at most {limit} bytes")
     chunks = bytearray()
-    async for chunk in request.stream():
-        chunks += chunk
-        if len(chunks) > limit:
-            raise ApiError(413, "body_too_large", f"the body must be at most {limit} bytes")
+    async with contextlib.aclosing(request.stream()) as stream:
+        async for chunk in stream:
+            chunks += chunk
+            if len(chunks) > limit:
+                raise ApiError(413, "body_too_large", f"the body must be at most {limit} bytes")
     if not chunks.strip():
         return None
     try:
@@ -508,10 +513,12 @@ def _authorize(request: Request, token: str | None) -> None:
 
 # ================================================================================ the app
 
-Endpoint = Callable[[Request, AdminBackend], Awaitable[object]]
+Endpoint: TypeAlias = "Callable[[Request, AdminBackend], Awaitable[object]]"
 
 
 def _wrap(fn: Endpoint, backend: AdminBackend, *, write: bool = False) -> Callable[..., Any]:
+    from starlette.responses import Response
+
     @functools.wraps(fn)
     async def endpoint(request: Request) -> Response:
         try:
@@ -659,7 +666,7 @@ async def _prometheus(request: Request, backend: AdminBackend) -> object:
         sagas_query=sagas_query,
         ask_timeout=settings.ask_timeout,
     )
-    return Response(render_metrics(snapshot), media_type=METRICS_CONTENT_TYPE)
+    return _response(render_metrics(snapshot), METRICS_CONTENT_TYPE)
 
 
 _API: Final = "/api/resilience"
@@ -715,12 +722,21 @@ class _TrustedHosts:
 
 
 def build_admin_app(backend: AdminBackend) -> ASGIApp:
-    """The ASGI application of the admin API over ``backend`` (see the module docstring)."""
+    """The ASGI application of the admin API over ``backend`` (see the module docstring).
+
+    Needs the ``admin`` extra (starlette); raises ``ImportError`` without it.
+    """
+    from starlette.applications import Starlette
+    from starlette.exceptions import HTTPException
+    from starlette.routing import Route
+
     routes = [
         Route(path, _wrap(fn, backend, write=write), methods=[method])
         for method, path, fn, write in _ROUTES
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: _http_exception})
+    # A redirect is no answer to a malformed path: "/health/" is a 404 like any unknown path.
+    app.router.redirect_slashes = False
     return _TrustedHosts(app, backend.settings.hosts())
 
 

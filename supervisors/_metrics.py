@@ -26,12 +26,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 import trio
-from prometheus_client.exposition import generate_latest
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from actors._errors import AuraError
 from actors._monitor import GetAlerts, GetBreakers, GetHealth, GetMetrics
@@ -46,6 +44,9 @@ from actors._monitoring_types import (
 from actors._provider import GetStatus, ProviderStatus
 from actors._ref import ActorRef
 from supervisors._events import TreeNode
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 __all__ = [
     "METRICS_CONTENT_TYPE",
@@ -227,6 +228,22 @@ _PROVIDER_GAUGES: Final = (
 )
 
 
+# prometheus-client is imported when metrics are collected, so that this module (and the
+# snapshots the live view uses) works without the `admin` extra.
+
+
+def _gauge(name: str, documentation: str, labels: Sequence[str] = ()) -> GaugeMetricFamily:
+    from prometheus_client.metrics_core import GaugeMetricFamily
+
+    return GaugeMetricFamily(name, documentation, labels=labels)
+
+
+def _counter(name: str, documentation: str, labels: Sequence[str] = ()) -> CounterMetricFamily:
+    from prometheus_client.metrics_core import CounterMetricFamily
+
+    return CounterMetricFamily(name, documentation, labels=labels)
+
+
 def _quantile(name: str) -> str:
     """``"p99.9"`` -> ``"0.999"`` (the Prometheus quantile label of a percentile name)."""
     try:
@@ -263,9 +280,7 @@ class AuraCollector:
     def collect(self) -> Iterator[Metric]:
         """The metric families of the latest snapshot (see :data:`METRIC_NAMES`)."""
         snap = self._snapshot
-        up = GaugeMetricFamily(
-            "aura_monitor_up", "1 when the monitor answered the last snapshot's queries."
-        )
+        up = _gauge("aura_monitor_up", "1 when the monitor answered the last snapshot's queries.")
         up.add_metric([], 1.0 if snap is not None and snap.health is not None else 0.0)
         yield up
         if snap is None:
@@ -283,7 +298,7 @@ class AuraCollector:
         if snap.providers:
             yield from self._providers(snap.providers)
         if snap.sagas is not None:
-            sagas = GaugeMetricFamily(
+            sagas = _gauge(
                 "aura_sagas_unfinished", "Sagas started and not finished (running or compensating)."
             )
             sagas.add_metric([], float(len(snap.sagas)))
@@ -291,7 +306,7 @@ class AuraCollector:
 
     @staticmethod
     def _health(health: HealthReport) -> Iterator[Metric]:
-        overall = GaugeMetricFamily(
+        overall = _gauge(
             "aura_health_status",
             "Overall health: 1 for the current status, 0 for the others.",
             labels=["status"],
@@ -299,7 +314,7 @@ class AuraCollector:
         for status in HealthStatus:
             overall.add_metric([status.value], float(health.status is status))
         yield overall
-        per = GaugeMetricFamily(
+        per = _gauge(
             "aura_service_health_status",
             "Health of each service: 1 for its current status, 0 for the others.",
             labels=["service", "status"],
@@ -311,43 +326,43 @@ class AuraCollector:
 
     @staticmethod
     def _services(report: MetricsReport) -> Iterator[Metric]:
-        window = GaugeMetricFamily(
+        window = _gauge(
             "aura_monitor_window_seconds",
             "Length of the monitor's rolling window.",
         )
         window.add_metric([], report.window)
         yield window
-        attempts = CounterMetricFamily(
+        attempts = _counter(
             "aura_service_attempts",
             "Attempts reported to the monitor since the first report or the last reset.",
             labels=["service"],
         )
-        retries = CounterMetricFamily(
+        retries = _counter(
             "aura_service_retries",
             "Reported attempts that were retries, since the first report or the last reset.",
             labels=["service"],
         )
-        errors = CounterMetricFamily(
+        errors = _counter(
             "aura_service_errors",
             "Failed attempts by error category, since the first report or the last reset.",
             labels=["service", "category"],
         )
-        w_attempts = GaugeMetricFamily(
+        w_attempts = _gauge(
             "aura_service_window_attempts",
             "Attempts reported within the rolling window.",
             labels=["service"],
         )
-        w_errors = GaugeMetricFamily(
+        w_errors = _gauge(
             "aura_service_window_errors",
             "Failed attempts within the rolling window.",
             labels=["service"],
         )
-        ratio = GaugeMetricFamily(
+        ratio = _gauge(
             "aura_service_error_ratio",
             "Failed attempts / attempts within the rolling window (0 without attempts).",
             labels=["service"],
         )
-        latency = GaugeMetricFamily(
+        latency = _gauge(
             "aura_service_latency_seconds",
             "Attempt latency percentiles within the rolling window.",
             labels=["service", "quantile"],
@@ -368,17 +383,17 @@ class AuraCollector:
 
     @staticmethod
     def _breakers(breakers: BreakerList) -> Iterator[Metric]:
-        state = GaugeMetricFamily(
+        state = _gauge(
             "aura_circuit_breaker_state",
             "Circuit breaker state: 1 for the current state, 0 for the others.",
             labels=["service", "state"],
         )
-        transitions = CounterMetricFamily(
+        transitions = _counter(
             "aura_circuit_breaker_transitions",
             "Circuit breaker state changes reported.",
             labels=["service"],
         )
-        trips = CounterMetricFamily(
+        trips = _counter(
             "aura_circuit_breaker_trips",
             "Circuit breaker transitions to open.",
             labels=["service"],
@@ -392,9 +407,7 @@ class AuraCollector:
 
     @staticmethod
     def _alerts(alerts: AlertList) -> Metric:
-        family = GaugeMetricFamily(
-            "aura_alerts_active", "Active alerts by rule.", labels=["rule", "severity"]
-        )
+        family = _gauge("aura_alerts_active", "Active alerts by rule.", labels=["rule", "severity"])
         counts = {rule: 0 for rule in RULE_SEVERITY}
         for alert in alerts.active:
             counts[alert.rule] = counts.get(alert.rule, 0) + 1
@@ -404,23 +417,23 @@ class AuraCollector:
 
     @staticmethod
     def _tree(tree: TreeNode) -> Iterator[Metric]:
-        a_state = GaugeMetricFamily(
+        a_state = _gauge(
             "aura_actor_state",
             "Actor slot state: 1 for the current state, 0 for the others.",
             labels=["path", "state"],
         )
-        a_restarts = CounterMetricFamily(
+        a_restarts = _counter(
             "aura_actor_restarts", "Restarts of the actor by its supervisor.", labels=["path"]
         )
-        depth = GaugeMetricFamily(
+        depth = _gauge(
             "aura_actor_mailbox_depth", "Messages queued in the actor's mailbox.", labels=["path"]
         )
-        s_state = GaugeMetricFamily(
+        s_state = _gauge(
             "aura_supervisor_state",
             "Supervisor state: 1 for the current state, 0 for the others.",
             labels=["path", "state"],
         )
-        s_restarts = CounterMetricFamily(
+        s_restarts = _counter(
             "aura_supervisor_restarts",
             "Restarts of the supervisor (its whole subtree) by its parent.",
             labels=["path"],
@@ -442,12 +455,12 @@ class AuraCollector:
     def _providers(statuses: Mapping[str, ProviderStatus]) -> Iterable[Metric]:
         families: list[Metric] = []
         for field, help_text in _PROVIDER_COUNTERS:
-            family = CounterMetricFamily(f"aura_provider_{field}", help_text, labels=["service"])
+            family = _counter(f"aura_provider_{field}", help_text, labels=["service"])
             for service, status in statuses.items():
                 family.add_metric([service], float(getattr(status, field)))
             families.append(family)
         for name, field, help_text in _PROVIDER_GAUGES:
-            gauge = GaugeMetricFamily(f"aura_provider_{name}", help_text, labels=["service"])
+            gauge = _gauge(f"aura_provider_{name}", help_text, labels=["service"])
             for service, status in statuses.items():
                 gauge.add_metric([service], float(getattr(status, field)))
             families.append(gauge)
@@ -457,6 +470,9 @@ class AuraCollector:
 def render_metrics(snapshot: OperatorSnapshot) -> bytes:
     """The Prometheus text exposition (format 0.0.4) of ``snapshot``.
 
-    Serve it with the content type :data:`METRICS_CONTENT_TYPE`.
+    Serve it with the content type :data:`METRICS_CONTENT_TYPE`.  Needs prometheus-client
+    (the ``admin`` extra).
     """
+    from prometheus_client.exposition import generate_latest
+
     return generate_latest(AuraCollector(snapshot))

@@ -1,0 +1,734 @@
+"""The admin HTTP API over real HTTP on loopback: every endpoint, auth, bad input, shutdown."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import pytest
+import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
+
+from actors import Call, ErrorCategory, ProviderActor, ProviderSettings, RetrySettings
+from actors._monitor import MonitorActor
+from actors._monitoring_types import BreakerReport, CallReport, MonitorSettings
+from supervisors import ChildSpec, Supervisor, SupervisorSpec, open_supervisor
+from supervisors._admin import AdminSettings, GetAdminAddress, admin_spec
+
+TOKEN = "test-token-123"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+async def _service(payload: Any) -> Any:
+    if payload == "fail":
+        raise ConnectionError("connection reset by peer")
+    return {"echo": payload}
+
+
+def _tree(**admin: Any) -> tuple[SupervisorSpec, dict[str, Supervisor]]:
+    holder: dict[str, Supervisor] = {}
+    settings = ProviderSettings(retry=RetrySettings(max_attempts=1))
+    admin.setdefault("tree", lambda: holder.get("root"))
+    admin.setdefault("token", TOKEN)
+    spec = SupervisorSpec(
+        "app",
+        [
+            ChildSpec("monitor", lambda: MonitorActor(MonitorSettings(check_interval=3600))),
+            SupervisorSpec(
+                "providers",
+                [
+                    ChildSpec(
+                        "flaky",
+                        lambda: ProviderActor(
+                            "flaky", _service, settings, monitor="monitor", report_interval=0.01
+                        ),
+                    )
+                ],
+            ),
+            admin_spec(port=0, **admin),
+        ],
+    )
+    return spec, holder
+
+
+@asynccontextmanager
+async def admin_app(**admin: Any) -> AsyncIterator[tuple[Supervisor, httpx.AsyncClient]]:
+    """A tree with a monitor, one provider and the admin API; a client for it."""
+    spec, holder = _tree(**admin)
+    async with open_supervisor(spec) as root:
+        holder["root"] = root
+        address = await root.ref("admin").ask(GetAdminAddress())
+        async with httpx.AsyncClient(base_url=address.url, timeout=10) as client:
+            yield root, client
+
+
+def report(root: Supervisor, *reports: object) -> None:
+    monitor = root.ref("monitor")
+    for item in reports:
+        monitor.tell_nowait(item)
+
+
+def calls(service: str, ok: int, failed: int, category: str = "network") -> list[CallReport]:
+    now = trio.current_time()
+    good = [CallReport(service, True, 0.01, now) for _ in range(ok)]
+    bad = [
+        CallReport(service, False, 0.02, now, category=ErrorCategory(category), error=f"e{i}")
+        for i in range(failed)
+    ]
+    return good + bad
+
+
+def breaker(service: str, old: str, new: str) -> BreakerReport:
+    return BreakerReport(service, old, new, trio.current_time(), reason="test")
+
+
+def error_of(response: httpx.Response) -> dict[str, Any]:
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert set(body) == {"error"}
+    assert body["error"]["status"] == response.status_code
+    return body["error"]  # type: ignore[no-any-return]
+
+
+# ================================================================================ health
+
+
+async def test_health_is_200_when_healthy() -> None:
+    """GET /health answers 200 and status healthy with no trouble."""
+    async with admin_app() as (root, client):
+        report(root, *calls("a", 5, 0))
+        response = await client.get("/api/resilience/health")
+        assert response.status_code == 200
+        assert response.json()["status"] == "healthy"
+        assert response.json()["services"]["a"]["status"] == "healthy"
+
+
+async def test_health_is_200_when_degraded() -> None:
+    """One unhealthy service among healthy ones is degraded: still 200 for load balancers."""
+    async with admin_app() as (root, client):
+        report(root, *calls("a", 5, 0), *calls("b", 5, 0), breaker("b", "closed", "open"))
+        response = await client.get("/api/resilience/health")
+        assert response.status_code == 200
+        body = response.json()
+        assert body["status"] == "degraded"
+        assert body["services"]["b"] == {
+            "status": "unhealthy",
+            "breaker": "open",
+            "reasons": ["circuit breaker open"],
+        }
+
+
+async def test_health_is_503_when_unhealthy() -> None:
+    """Every service unhealthy makes the application unhealthy: 503 with the report as body."""
+    async with admin_app() as (root, client):
+        report(root, *calls("a", 5, 0), breaker("a", "closed", "open"))
+        response = await client.get("/api/resilience/health")
+        assert response.status_code == 503
+        assert response.json()["status"] == "unhealthy"
+        assert "every service is unhealthy" in response.json()["reasons"]
+
+
+# ================================================================================ breakers, metrics
+
+
+async def test_circuit_breakers_list_and_one() -> None:
+    """The breaker list and one breaker show state, trips and the last transition."""
+    async with admin_app() as (root, client):
+        report(root, *calls("a", 1, 0), breaker("b", "closed", "open"))
+        listing = (await client.get("/api/resilience/circuit-breakers")).json()
+        assert [b["service"] for b in listing["breakers"]] == ["a", "b"]
+        one = await client.get("/api/resilience/circuit-breakers/b")
+        assert one.status_code == 200
+        body = one.json()
+        assert body["state"] == "open"
+        assert body["trips"] == 1
+        assert body["last_transition"]["new"] == "open"
+
+
+async def test_unknown_service_is_404_everywhere() -> None:
+    """Each per-service endpoint answers 404 unknown_service for a service never seen."""
+    async with admin_app() as (_root, client):
+        for path in (
+            "/api/resilience/circuit-breakers/nobody",
+            "/api/resilience/metrics/nobody",
+            "/api/resilience/metrics/nobody/error-rate?window=60",
+        ):
+            response = await client.get(path)
+            assert response.status_code == 404, path
+            assert error_of(response)["code"] == "unknown_service"
+        response = await client.post("/api/resilience/metrics/nobody/reset", headers=AUTH)
+        assert response.status_code == 404
+        assert error_of(response)["code"] == "unknown_service"
+
+
+async def test_metrics_all_and_one() -> None:
+    """Metrics count calls, errors by category and the error ratio per service."""
+    async with admin_app() as (root, client):
+        report(root, *calls("a", 6, 4, "timeout"), *calls("b", 2, 0))
+        everything = (await client.get("/api/resilience/metrics")).json()
+        assert set(everything["services"]) == {"a", "b"}
+        one = (await client.get("/api/resilience/metrics/a")).json()
+        assert one["calls"] == 10
+        assert one["errors"] == 4
+        assert one["errors_by_category"] == {"timeout": 4}
+        assert one["error_ratio"] == pytest.approx(0.4)
+        assert one["totals"]["calls"] == 10
+
+
+async def test_error_rate_with_a_window() -> None:
+    """The error rate accepts seconds or a unit and reports the window measured."""
+    async with admin_app() as (root, client):
+        report(root, *calls("a", 2, 3))
+        for window, seconds in (("60", 60.0), ("30s", 30.0), ("2m", 120.0)):
+            response = await client.get(f"/api/resilience/metrics/a/error-rate?window={window}")
+            assert response.status_code == 200, window
+            body = response.json()
+            assert body["window"] == pytest.approx(seconds)
+            assert (body["errors"], body["calls"]) == (3, 5)
+        default = (await client.get("/api/resilience/metrics/a/error-rate")).json()
+        assert default["window"] == pytest.approx(60.0)
+
+
+@pytest.mark.parametrize("window", ["0", "-1", "nan", "inf", "abc", "1e9", "5x", "", "1h"])
+async def test_error_rate_rejects_bad_windows(window: str) -> None:
+    """A window that is not a positive duration within the monitor's window is 400."""
+    async with admin_app() as (root, client):
+        report(root, *calls("a", 1, 1))
+        response = await client.get(
+            "/api/resilience/metrics/a/error-rate", params={"window": window}
+        )
+        assert response.status_code == 400
+        assert error_of(response)["code"] == "invalid_query"
+
+
+# ================================================================================ errors, alerts
+
+
+async def test_recent_errors_are_paginated_newest_first() -> None:
+    """Pages of recent errors: newest first, with the total, filtered by service on demand."""
+    async with admin_app(max_page=3) as (root, client):
+        report(root, *calls("a", 0, 5), *calls("b", 0, 1))
+        first = (await client.get("/api/resilience/errors/recent?limit=2")).json()
+        assert first["total"] == 6
+        assert [e["service"] for e in first["items"]] == ["b", "a"]
+        last = (await client.get("/api/resilience/errors/recent?offset=5&limit=3")).json()
+        assert [(e["service"], e["message"]) for e in last["items"]] == [("a", "e0")]
+        only_a = (await client.get("/api/resilience/errors/recent?service=a&limit=3")).json()
+        assert only_a["total"] == 5
+        assert {e["service"] for e in only_a["items"]} == {"a"}
+        default = (await client.get("/api/resilience/errors/recent")).json()
+        assert default["limit"] == 3
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["limit=0", "limit=4", "limit=x", "offset=-1", "offset=1.5", "limit=1&limit=2", "offset="],
+)
+async def test_recent_errors_reject_bad_pages(query: str) -> None:
+    """A limit beyond max_page, a negative offset or a repeated parameter is 400."""
+    async with admin_app(max_page=3) as (_root, client):
+        response = await client.get(f"/api/resilience/errors/recent?{query}")
+        assert response.status_code == 400
+        assert error_of(response)["code"] == "invalid_query"
+
+
+async def test_alerts_active_and_resolved() -> None:
+    """A breaker opening raises an alert; closing resolves it; resolved ones on request."""
+    async with admin_app() as (root, client):
+        report(root, breaker("a", "closed", "open"))
+        active = (await client.get("/api/resilience/alerts")).json()
+        assert [a["rule"] for a in active["active"]] == ["breaker_open"]
+        assert active["resolved"] == []
+        report(root, breaker("a", "open", "closed"))
+        after = (await client.get("/api/resilience/alerts?include_resolved=true")).json()
+        assert after["active"] == []
+        assert [a["resolution"] for a in after["resolved"]] == ["breaker_closed"]
+        bad = await client.get("/api/resilience/alerts?include_resolved=maybe")
+        assert bad.status_code == 400
+
+
+async def test_acknowledge_an_alert() -> None:
+    """POST .../alerts/{id}/acknowledge resolves it; unknown ids 404, malformed ids 400."""
+    async with admin_app() as (root, client):
+        report(root, breaker("a", "closed", "open"))
+        alert = (await client.get("/api/resilience/alerts")).json()["active"][0]
+        path = f"/api/resilience/alerts/{alert['id']}/acknowledge"
+        assert (await client.post(path)).status_code == 401
+        done = await client.post(path, headers=AUTH)
+        assert done.status_code == 200
+        assert done.json()["kind"] == "resolved"
+        again = await client.post(path, headers=AUTH)
+        assert again.status_code == 404
+        assert error_of(again)["code"] == "unknown_alert"
+        bad = await client.post("/api/resilience/alerts/x1/acknowledge", headers=AUTH)
+        assert bad.status_code == 400
+
+
+# ================================================================================ writes and auth
+
+
+async def test_reset_needs_the_token() -> None:
+    """Reset: 401 without a token, 401 for another scheme, 403 for a wrong one, 200 with it."""
+    async with admin_app() as (root, client):
+        report(root, *calls("a", 3, 3))
+        path = "/api/resilience/metrics/a/reset"
+        missing = await client.post(path)
+        assert missing.status_code == 401
+        assert missing.headers["www-authenticate"].startswith("Bearer")
+        assert error_of(missing)["code"] == "unauthorized"
+        basic = await client.post(path, headers={"Authorization": "Basic dXNlcjpwdw=="})
+        assert basic.status_code == 401
+        wrong = await client.post(path, headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 403
+        assert error_of(wrong)["code"] == "forbidden"
+        near = await client.post(path, headers={"Authorization": f"Bearer {TOKEN}x"})
+        assert near.status_code == 403
+        assert (await client.get("/api/resilience/metrics/a")).json()["calls"] == 6
+        done = await client.post(path, headers=AUTH)
+        assert done.status_code == 200
+        assert done.json()["calls"] == 0
+        assert (await client.get("/api/resilience/metrics/a")).json()["totals"]["calls"] == 0
+
+
+async def test_writes_are_disabled_without_a_configured_token() -> None:
+    """With no token configured, every POST is 403 whatever it sends."""
+    async with admin_app(token=None) as (root, client):
+        report(root, *calls("a", 1, 0))
+        response = await client.post("/api/resilience/metrics/a/reset", headers=AUTH)
+        assert response.status_code == 403
+        assert "no admin token" in error_of(response)["message"]
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [(b"", 200), (b"{}", 200), (b"  ", 200), (b"{", 400), (b"[1]", 400), (b"\xff", 400)],
+)
+async def test_post_bodies_are_empty_or_json_objects(body: bytes, status: int) -> None:
+    """A POST body must be empty or a JSON object; anything else is 400."""
+    async with admin_app() as (root, client):
+        report(root, *calls("a", 1, 0))
+        response = await client.post("/api/resilience/metrics/a/reset", headers=AUTH, content=body)
+        assert response.status_code == status
+        if status == 400:
+            assert error_of(response)["code"] == "invalid_body"
+
+
+async def test_oversized_bodies_are_413() -> None:
+    """A body past max_body is refused with 413, declared or streamed."""
+    async with admin_app() as (root, client):
+        report(root, *calls("a", 1, 0))
+        big = b"{" + b" " * (65 * 1024) + b"}"
+        response = await client.post("/api/resilience/metrics/a/reset", headers=AUTH, content=big)
+        assert response.status_code == 413
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for _ in range(80):
+                yield b" " * 1024
+
+        streamed = await client.post(
+            "/api/resilience/metrics/a/reset", headers=AUTH, content=chunks()
+        )
+        assert streamed.status_code == 413
+        assert error_of(streamed)["code"] == "body_too_large"
+
+
+async def test_unknown_routes_and_methods_are_json_errors() -> None:
+    """An unknown path is a JSON 404; a wrong method a JSON 405."""
+    async with admin_app() as (_root, client):
+        missing = await client.get("/api/resilience/nothing-here")
+        assert missing.status_code == 404
+        assert error_of(missing)["code"] == "not_found"
+        wrong = await client.get("/api/resilience/metrics/a/reset")
+        assert wrong.status_code == 405
+        assert error_of(wrong)["code"] == "method_not_allowed"
+        delete = await client.delete("/api/resilience/health")
+        assert delete.status_code == 405
+        for path in ("/api/resilience/health/", "/api/resilience/metrics/%2F", "//metrics"):
+            url = client.base_url.copy_with(raw_path=path.encode())
+            slashed = await client.get(url)
+            assert slashed.status_code == 404, path
+            assert error_of(slashed)["code"] == "not_found"
+
+
+async def test_untrusted_host_header_is_refused() -> None:
+    """Bound to loopback, a request naming another host (DNS rebinding) is refused."""
+    async with admin_app() as (_root, client):
+        response = await client.get("/api/resilience/health", headers={"Host": "evil.example"})
+        assert response.status_code == 400
+        assert error_of(response)["code"] == "untrusted_host"
+        ok = await client.get("/api/resilience/health", headers={"Host": "localhost:1234"})
+        assert ok.status_code == 200
+
+
+async def test_index_lists_the_endpoints() -> None:
+    """GET /api/resilience lists every endpoint."""
+    async with admin_app() as (_root, client):
+        endpoints = (await client.get("/api/resilience")).json()["endpoints"]
+        assert "GET /api/resilience/health" in endpoints
+        assert "POST /api/resilience/metrics/{service}/reset" in endpoints
+        assert "GET /metrics" in endpoints
+
+
+# ================================================================================ tree, providers
+
+
+async def test_tree_snapshot_from_the_supervisor() -> None:
+    """GET /tree serves Supervisor.snapshot(): names, kinds, strategies, states."""
+    async with admin_app() as (_root, client):
+        tree = (await client.get("/api/resilience/tree")).json()
+        assert tree["kind"] == "supervisor"
+        assert [c["name"] for c in tree["children"]] == ["monitor", "providers", "admin"]
+        providers = tree["children"][1]
+        assert providers["strategy"] == "one_for_one"
+        assert providers["children"][0] | {"mailbox_depth": 0} == {
+            "name": "flaky",
+            "path": "providers/flaky",
+            "kind": "actor",
+            "state": "running",
+            "restarts": 0,
+            "mailbox_depth": 0,
+            "restart_type": "permanent",
+            "strategy": "",
+            "children": [],
+        }
+
+
+async def test_tree_snapshot_rebuilt_from_slots_without_a_handle() -> None:
+    """Without a Supervisor handle the tree is rebuilt from the actor slots."""
+    async with admin_app(tree=None) as (_root, client):
+        tree = (await client.get("/api/resilience/tree")).json()
+        paths = {node["path"]: node["kind"] for node in _walk(tree)}
+        assert paths == {
+            "": "supervisor",
+            "monitor": "actor",
+            "providers": "supervisor",
+            "providers/flaky": "actor",
+            "admin": "actor",
+        }
+
+
+def _walk(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield node
+    for child in node["children"]:
+        yield from _walk(child)
+
+
+async def test_provider_status_isolate_and_reset() -> None:
+    """Providers are found in the tree; isolate and reset (token-protected) steer the breaker."""
+    async with admin_app() as (root, client):
+        provider = root.ref("providers/flaky")
+        assert await provider.ask(Call("hello")) == {"echo": "hello"}
+        listing = (await client.get("/api/resilience/providers")).json()["providers"]
+        assert listing["flaky"]["succeeded"] == 1
+        assert (await client.get("/api/resilience/providers/flaky")).json()["breaker"] == "closed"
+        assert (await client.post("/api/resilience/providers/flaky/isolate")).status_code == 401
+        isolated = await client.post("/api/resilience/providers/flaky/isolate", headers=AUTH)
+        assert isolated.status_code == 200
+        assert isolated.json()["breaker"] == "isolated"
+        with pytest.raises(Exception, match=r"(?i)open|isolat"):
+            await provider.ask(Call("again"))
+        reset = await client.post("/api/resilience/providers/flaky/reset", headers=AUTH)
+        assert reset.json()["breaker"] == "closed"
+        missing = await client.get("/api/resilience/providers/nobody")
+        assert missing.status_code == 404
+        assert error_of(missing)["code"] == "unknown_provider"
+
+
+async def test_monitor_missing_is_503() -> None:
+    """When the monitor is not in the tree, its endpoints answer 503 unavailable."""
+    async with admin_app(monitor="elsewhere") as (_root, client):
+        response = await client.get("/api/resilience/metrics")
+        assert response.status_code == 503
+        assert error_of(response)["code"] == "unavailable"
+
+
+async def test_sagas_without_a_coordinator_are_503() -> None:
+    """Without a saga coordinator the saga endpoints answer 503 with a JSON error."""
+    async with admin_app(sagas=None) as (_root, client):
+        for path in ("/api/resilience/sagas", "/api/resilience/sagas/s1"):
+            response = await client.get(path)
+            assert response.status_code == 503
+            assert error_of(response)["code"] == "unavailable"
+
+
+# ================================================================================ /metrics
+
+
+async def test_prometheus_exposition_parses() -> None:
+    """GET /metrics is Prometheus text that the client parser reads, with aura_ names."""
+    async with admin_app() as (root, client):
+        report(root, *calls("a", 3, 2, "rate_limit"), breaker("a", "closed", "open"))
+        assert await root.ref("providers/flaky").ask(Call(1)) == {"echo": 1}
+        response = await client.get("/metrics")
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+        families = {f.name: f for f in text_string_to_metric_families(response.text)}
+        assert all(name.startswith("aura_") for name in families)
+        for family in families.values():
+            if family.type == "counter":
+                assert all(s.name.endswith(("_total", "_created")) for s in family.samples)
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in families.values()
+            for s in f.samples
+        }
+        assert samples[("aura_monitor_up", ())] == 1
+        assert samples[("aura_service_attempts_total", (("service", "a"),))] == 5
+        assert (
+            samples[("aura_service_errors_total", (("category", "rate_limit"), ("service", "a")))]
+            == 2
+        )
+        assert samples[("aura_circuit_breaker_state", (("service", "a"), ("state", "open")))] == 1
+        assert samples[("aura_circuit_breaker_state", (("service", "a"), ("state", "closed")))] == 0
+        assert samples[("aura_circuit_breaker_trips_total", (("service", "a"),))] == 1
+        assert (
+            samples[("aura_alerts_active", (("rule", "breaker_open"), ("severity", "critical")))]
+            == 1
+        )
+        assert samples[("aura_actor_state", (("path", "monitor"), ("state", "running")))] == 1
+        assert ("aura_actor_mailbox_depth", (("path", "providers/flaky"),)) in samples
+        assert samples[("aura_supervisor_state", (("path", "(root)"), ("state", "running")))] == 1
+        assert samples[("aura_provider_succeeded_total", (("service", "flaky"),))] == 1
+        assert "aura_service_latency_seconds" in families
+
+
+# ========================================================================= lifecycle, settings
+
+
+async def test_tree_shutdown_stops_the_server() -> None:
+    """Leaving the tree's async with stops the HTTP server: new connections are refused."""
+    async with admin_app() as (root, client):
+        address = await root.ref("admin").ask(GetAdminAddress())
+        assert (await client.get("/api/resilience/health")).status_code == 200
+    assert address.host == "127.0.0.1"
+    with pytest.raises(httpx.ConnectError):
+        async with httpx.AsyncClient() as fresh:
+            await fresh.get(f"{address.url}/api/resilience/health")
+
+
+async def test_restarting_the_admin_actor_serves_again() -> None:
+    """A restart of the admin child stops its server and starts a new one."""
+    async with admin_app() as (root, _client):
+        await root.restart_child("admin")
+        address = await root.ref("admin").ask(GetAdminAddress())
+        async with httpx.AsyncClient(base_url=address.url) as fresh:
+            assert (await fresh.get("/api/resilience")).status_code == 200
+        assert root.snapshot().find("admin").restarts == 1  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"port": -1},
+        {"port": 70000},
+        {"port": True},
+        {"token": ""},
+        {"token": "has space"},
+        {"max_page": 0},
+        {"max_page": 1001},
+        {"ask_timeout": 0},
+        {"host": ""},
+    ],
+)
+def test_settings_reject_bad_values(kwargs: dict[str, Any]) -> None:
+    """Admin settings out of range raise ValueError naming the setting."""
+    with pytest.raises(ValueError, match="admin"):
+        AdminSettings(**kwargs)
+
+
+def test_loopback_binding_trusts_only_loopback_hosts() -> None:
+    """Bound to loopback the Host check is on; bound elsewhere it is off unless configured."""
+    assert "localhost" in AdminSettings().hosts()  # type: ignore[operator]
+    assert AdminSettings(host="0.0.0.0").hosts() is None
+    assert AdminSettings(host="0.0.0.0", allowed_hosts=frozenset({"Ops"})).hosts() == {"ops"}
+
+
+# ================================================================================ fuzzing
+
+
+class ServerThread:
+    """The admin tree running in a trio loop of its own thread, for synchronous clients."""
+
+    def __init__(self) -> None:
+        self.url = ""
+        self._ready = threading.Event()
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._stop: trio.Event | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            trio.run(self._main)
+        except BaseException as exc:
+            self._error = exc
+            self._ready.set()
+
+    async def _main(self) -> None:
+        spec, holder = _tree()
+        async with open_supervisor(spec) as root:
+            holder["root"] = root
+            report(root, *calls("steady", 20, 0), *calls("shaky", 5, 5))
+            self.url = (await root.ref("admin").ask(GetAdminAddress())).url
+            self._token = trio.lowlevel.current_trio_token()
+            self._stop = trio.Event()
+            self._ready.set()
+            await self._stop.wait()
+
+    def __enter__(self) -> ServerThread:
+        self._thread.start()
+        assert self._ready.wait(30), "the admin server did not start"
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._stop is not None
+        trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
+        self._thread.join(30)
+        assert not self._thread.is_alive()
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ServerThread]:
+    with ServerThread() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def http(server: ServerThread) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        yield client
+
+
+_SEGMENTS = st.one_of(
+    st.sampled_from(
+        [
+            "api",
+            "resilience",
+            "health",
+            "metrics",
+            "steady",
+            "shaky",
+            "error-rate",
+            "reset",
+            "errors",
+            "recent",
+            "alerts",
+            "circuit-breakers",
+            "sagas",
+            "tree",
+            "providers",
+            "flaky",
+            "isolate",
+            "acknowledge",
+            "..",
+            ".",
+            "",
+        ]
+    ),
+    st.text(max_size=30),
+    st.binary(max_size=12).map(lambda b: "".join(f"%{c:02X}" for c in b)),
+)
+
+
+def _path(segments: list[str]) -> str:
+    return "/" + "/".join(s if s.startswith("%") else quote(s, safe="") for s in segments)
+
+
+@settings(max_examples=150)
+@given(
+    prefix=st.sampled_from(["/api/resilience", "/api", "", "/metrics"]),
+    segments=st.lists(_SEGMENTS, max_size=5),
+    method=st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH"]),
+    token=st.sampled_from([None, TOKEN, "wrong"]),
+)
+def test_generated_paths_never_answer_5xx(
+    server: ServerThread,
+    http: httpx.Client,
+    prefix: str,
+    segments: list[str],
+    method: str,
+    token: str | None,
+) -> None:
+    """Any path, method and token gets a 2xx or a JSON 4xx, never a 5xx."""
+    path = prefix + _path(segments) if segments else prefix or "/"
+    url = httpx.URL(server.url).copy_with(raw_path=path.encode("ascii"))
+    headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+    response = http.request(method, url, headers=headers)
+    assert response.status_code < 300 or 400 <= response.status_code < 500, (method, path)
+    if response.status_code >= 400:
+        error_of(response)
+
+
+_ENDPOINTS = [
+    "/api/resilience/metrics/shaky/error-rate",
+    "/api/resilience/errors/recent",
+    "/api/resilience/alerts",
+    "/api/resilience/health",
+    "/api/resilience/metrics/steady",
+    "/metrics",
+]
+
+
+@settings(max_examples=150)
+@given(
+    endpoint=st.sampled_from(_ENDPOINTS),
+    params=st.lists(
+        st.tuples(
+            st.sampled_from(["window", "offset", "limit", "service", "include_resolved", "x"]),
+            st.one_of(
+                st.text(max_size=20),
+                st.integers(-(10**20), 10**20).map(str),
+                st.floats(allow_nan=True, allow_infinity=True).map(repr),
+                st.sampled_from(["1e309", "-0", "0x10", "60s", "5m", "1h", "true", "٣"]),
+            ),
+        ),
+        max_size=4,
+    ),
+)
+def test_generated_query_values_never_answer_5xx(
+    http: httpx.Client, endpoint: str, params: list[tuple[str, str]]
+) -> None:
+    """Any query parameters on the GET endpoints get a 2xx or a JSON 4xx."""
+    response = http.get(endpoint, params=params)
+    assert response.status_code < 300 or 400 <= response.status_code < 500, (endpoint, params)
+    if response.status_code >= 400:
+        error_of(response)
+
+
+@settings(max_examples=100)
+@given(
+    body=st.one_of(st.binary(max_size=200), st.text(max_size=100).map(str.encode)),
+    path=st.sampled_from(
+        [
+            "/api/resilience/metrics/steady/reset",
+            "/api/resilience/metrics/nobody/reset",
+            "/api/resilience/alerts/999/acknowledge",
+            "/api/resilience/providers/flaky/reset",
+        ]
+    ),
+    content_type=st.sampled_from([None, "application/json", "text/plain"]),
+)
+def test_generated_bodies_never_answer_5xx(
+    http: httpx.Client, body: bytes, path: str, content_type: str | None
+) -> None:
+    """Any POST body gets a 2xx or a JSON 4xx."""
+    headers = dict(AUTH)
+    if content_type is not None:
+        headers["Content-Type"] = content_type
+    response = http.post(path, content=body, headers=headers)
+    assert response.status_code < 300 or 400 <= response.status_code < 500, (path, body)
+    if response.status_code >= 400:
+        error_of(response)
+
+
+def test_fuzz_server_health_is_served(http: httpx.Client) -> None:
+    """The shared server answers health (a sanity check of the fuzzing fixture)."""
+    assert http.get("/api/resilience/health").status_code == 200
