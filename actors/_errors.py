@@ -390,6 +390,10 @@ class CircuitOpen(ResilienceError):
     Attributes:
         retry_after: seconds until the breaker lets a probe through (``None`` when isolated
             by an operator: it stays open until reset).
+        isolated: whether an operator holds the breaker open.
+
+    Rejections are the hot path of an open breaker, so the message and the suggested action
+    are formatted only when read.
     """
 
     default_category = ErrorCategory.DEPENDENCY
@@ -397,18 +401,25 @@ class CircuitOpen(ResilienceError):
     def __init__(
         self, *, service: str = "", retry_after: float | None, isolated: bool = False
     ) -> None:
-        if isolated:
-            text = (
-                f"The circuit breaker for {service or 'the service'!s} is isolated by an operator."
-            )
-            action = "Wait for an operator to reset the breaker."
-        else:
-            wait = "shortly" if retry_after is None else f"in {retry_after:.3g} s"
-            text = f"The circuit breaker for {service or 'the service'!s} is open; calls fail fast."
-            action = f"Retry {wait}, when the breaker lets a probe through."
-        super().__init__(text, service=service, suggested_action=action)
+        Exception.__init__(self)
+        self.service = service
         self.retry_after = retry_after
         self.isolated = isolated
+        self.category = ErrorCategory.DEPENDENCY
+
+    @property
+    def message(self) -> str:  # type: ignore[override]
+        who = self.service or "the service"
+        if self.isolated:
+            return f"The circuit breaker for {who} is isolated by an operator."
+        return f"The circuit breaker for {who} is open; calls fail fast."
+
+    @property
+    def suggested_action(self) -> str:  # type: ignore[override]
+        if self.isolated:
+            return "Wait for an operator to reset the breaker."
+        wait = "shortly" if self.retry_after is None else f"in {self.retry_after:.3g} s"
+        return f"Retry {wait}, when the breaker lets a probe through."
 
 
 class RetryBudgetExhausted(ResilienceError):

@@ -75,7 +75,7 @@ from actors._idempotency import Completed, IdempotencyTable, InFlight, Joined, f
 from actors._monitoring_types import BreakerReport, CallReport
 from actors._ratelimit import RateLimiter
 from actors._ref import ActorRef
-from actors._reply import Failure, Reply
+from actors._reply import DONE, CancelAt, Failure, Reply, _Timers
 from actors._retry import GiveUp, GiveUpReason, RetryPolicy, RetryState
 
 __all__ = [
@@ -308,6 +308,7 @@ class ProviderActor(Actor[ProviderMessage, Any]):
         self._delay_seq = itertools.count()
         self._delay_scope: trio.CancelScope | None = None
         self._waiting = 0
+        self._timers = _Timers()  # replaced by the runtime's timer service in on_start
         self._token: trio.lowlevel.TrioToken | None = None
         self.counters = _Counters()
 
@@ -315,6 +316,7 @@ class ProviderActor(Actor[ProviderMessage, Any]):
 
     async def on_start(self) -> None:
         self._token = trio.lowlevel.current_trio_token()
+        self._timers = self._inc.cell.timers
         self.spawn(self._housekeeping, name=f"{self.path}:housekeeping")
         self.spawn(self._delay_loop, name=f"{self.path}:delays")
 
@@ -610,7 +612,8 @@ class ProviderActor(Actor[ProviderMessage, Any]):
         job.permit = permit
         job.started = now
         job.timeout = timeout
-        scope.deadline = now + timeout
+        guard = CancelAt(scope)
+        self._timers.add(now + timeout, guard)
         try:
             if self._hedging is None:
                 value = await self._fn(job.payload)
@@ -619,13 +622,13 @@ class ProviderActor(Actor[ProviderMessage, Any]):
         except BaseException as exc:
             if is_cancellation(exc) or is_fatal(exc):
                 raise
+            guard._state = DONE
             self._running -= 1
             job.running = False
             job.scope = None
             self._failed(job, permit, now, exc)
             return self._release_slot()
-        # The scope keeps this deadline until the next attempt sets its own: an idle worker
-        # whose old deadline passes just opens a new scope (cheaper than resetting it here).
+        guard._state = DONE
         self._running -= 1
         job.running = False
         job.scope = None

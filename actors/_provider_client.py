@@ -25,11 +25,14 @@ from typing import Any, Generic, TypeVar, final
 import trio
 from trio.lowlevel import wait_task_rescheduled
 
+from actors._breaker import BreakerState
 from actors._cell import effective_timeout, new_reply
 from actors._provider import Call, GetStatus, Isolate, ProviderActor, ProviderStatus, Reset
 from actors._ref import ActorRef
 
 __all__ = ["Provider"]
+
+_CLOSED = BreakerState.CLOSED
 
 P = TypeVar("P")
 R = TypeVar("R")
@@ -88,15 +91,15 @@ class Provider(Generic[P, R]):
         actor = inc.actor
         if not isinstance(actor, ProviderActor):
             raise TypeError(f"{cell.path!r} is not a provider actor ({type(actor).__name__})")
-        seconds = effective_timeout(timeout, cell)
         now = trio.current_time()
-        if key is None:
+        if key is None and actor._breaker._state is not _CLOSED:
             rejected = actor.rejection(now)
             if rejected is not None:
                 await trio.lowlevel.checkpoint_if_cancelled()
+                actor.counters.calls += 1
                 actor.counters.rejected += 1
                 raise rejected
-        reply = new_reply(cell, seconds, now)
+        reply = new_reply(cell, effective_timeout(timeout, cell), now)
         actor.submit(payload, key, reply)
         value: R = await wait_task_rescheduled(reply._abort)
         return value

@@ -34,7 +34,7 @@ import heapq
 import itertools
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar, final
+from typing import TYPE_CHECKING, Any, Final, Generic, Protocol, TypeVar, final
 
 import outcome
 import trio
@@ -192,18 +192,43 @@ def _tell_reply() -> Reply[Any]:
     return Reply._new(None, None, math.inf)
 
 
+class Expiring(Protocol):
+    """What the timer service holds: something pending that may expire (a reply, a deadline)."""
+
+    _state: int
+
+    def _expire(self) -> None: ...
+
+
+class CancelAt:
+    """A deadline on the timer service that cancels a scope (cheaper than moving the scope's
+    own deadline, which trio re-registers on every change).  Set ``_state = DONE`` when the
+    guarded work finished in time."""
+
+    __slots__ = ("_state", "scope")
+
+    def __init__(self, scope: trio.CancelScope) -> None:
+        self._state = PENDING
+        self.scope = scope
+
+    def _expire(self) -> None:
+        if self._state == PENDING:
+            self._state = ABANDONED
+            self.scope.cancel()
+
+
 class _Timers:
-    """The ask-timeout service of one runtime: one task, one heap."""
+    """The deadline service of one runtime (ask timeouts and the like): one task, one heap."""
 
     __slots__ = ("_compact_at", "_heap", "_scope", "_seq")
 
     def __init__(self) -> None:
-        self._heap: list[tuple[float, int, Reply[Any]]] = []
+        self._heap: list[tuple[float, int, Expiring]] = []
         self._seq = itertools.count()
         self._scope: trio.CancelScope | None = None
         self._compact_at = 1024
 
-    def add(self, deadline: float, reply: Reply[Any]) -> None:
+    def add(self, deadline: float, reply: Expiring) -> None:
         heap = self._heap
         heapq.heappush(heap, (deadline, next(self._seq), reply))
         scope = self._scope

@@ -90,15 +90,16 @@ def _peer_stack() -> Candidate | None:
 
     async def body(n: int) -> float:
         breaker = await AsyncCircuitBreakerFactory().get_breaker("svc")
-        retrying = tenacity.AsyncRetrying(
-            stop=tenacity.stop_after_attempt(3),
-            wait=tenacity.wait_exponential(multiplier=1, max=30),
-            retry=tenacity.retry_if_exception_type((ConnectionError, TimeoutError)),
-            sleep=trio.sleep,
-            reraise=True,
-        )
 
         async def call(payload: Any) -> Any:
+            # What a trio user writes today: a retry loop per call around a shared breaker.
+            retrying = tenacity.AsyncRetrying(
+                stop=tenacity.stop_after_attempt(3),
+                wait=tenacity.wait_exponential(multiplier=1, max=30),
+                retry=tenacity.retry_if_exception_type((ConnectionError, TimeoutError)),
+                sleep=trio.sleep,
+                reraise=True,
+            )
             async for attempt in retrying:
                 with attempt:
                     async with breaker:
