@@ -92,6 +92,7 @@ __all__ = [
     "GetAdminAddress",
     "admin_spec",
     "build_admin_app",
+    "find_providers",
 ]
 
 logger: Final = logging.getLogger("supervisors.admin")
@@ -844,11 +845,8 @@ class AdminActor(Actor[GetAdminAddress, AdminAddress]):
 
     def _providers(self) -> dict[str, ActorRef[Any, Any]]:
         if self.settings.providers is None:
-            for path, cell in list(self._cells().items()):
-                incarnation = cell.incarnation
-                actor = None if incarnation is None else incarnation.actor
-                if isinstance(actor, ProviderActor):
-                    self._provider_paths.setdefault(actor.name, path)
+            for service, path in provider_paths(self._cells()).items():
+                self._provider_paths.setdefault(service, path)
         refs: dict[str, ActorRef[Any, Any]] = {}
         for service, path in self._provider_paths.items():
             try:
@@ -856,6 +854,28 @@ class AdminActor(Actor[GetAdminAddress, AdminAddress]):
             except ActorError:
                 continue
         return refs
+
+
+def provider_paths(cells: Mapping[str, _Cell]) -> dict[str, str]:
+    """``{service: path}`` of the provider actors running in these slots.
+
+    A provider between two incarnations (restarting) is not running and is left out.
+    """
+    found: dict[str, str] = {}
+    for path, cell in list(cells.items()):
+        incarnation = cell.incarnation
+        actor = None if incarnation is None else incarnation.actor
+        if isinstance(actor, ProviderActor):
+            found.setdefault(actor.name, path)
+    return found
+
+
+def find_providers(root: Supervisor) -> dict[str, ActorRef[Any, Any]]:
+    """The refs of the provider actors running in ``root``'s tree, by service name."""
+    cells = root._tree.cells
+    return {
+        service: ActorRef._create(cells[path]) for service, path in provider_paths(cells).items()
+    }
 
 
 def _address(bind: str) -> AdminAddress:

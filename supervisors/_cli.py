@@ -1,0 +1,491 @@
+"""The ``aura`` command: run a supervision tree with a live view, check configuration, ask status.
+
+Theory of operation
+-------------------
+``aura run MODULE[:TREE]`` imports ``MODULE`` (the current directory is on the import path, as
+with ``python -m``) and builds its tree.  By convention the module defines
+``build_tree(config) -> SupervisorSpec``; ``TREE`` names another attribute: a
+``SupervisorSpec``, or a callable taking the configuration (or nothing) and returning one.  An
+optional ``async def workload(root) -> None`` drives traffic; the run ends when it returns,
+after ``--seconds``, or on Ctrl-C (the first one stops the run gracefully: the tree shuts down
+in order).  While the tree runs, its supervision events are forwarded to the monitor (``--monitor
+PATH``, default ``monitor``), the live view redraws from snapshots (``supervisors._live``), and
+``--admin-port`` adds the admin API as a dynamic child of the root (named ``aura-admin``).
+
+``aura config check FILE`` loads a configuration with :func:`actors.load_config` and prints
+every provider's effective settings; an invalid file prints the error with the dotted path of
+the offending field and exits 1.
+
+``aura status URL`` reads health, breakers and alerts from a running application's admin API
+with httpx.
+
+Exit codes: 0 success (``status``: healthy or degraded); 1 an error (bad file, failed run,
+unreachable server); 2 bad command-line usage (argparse's) or, for ``status``, an unhealthy
+application; 130 a run stopped by Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Final, TextIO
+
+import msgspec
+import trio
+
+from actors._config import ResilienceConfig, load_config
+from actors._errors import ActorError, AuraError, ConfigError
+from supervisors._events import SupervisionEvent
+from supervisors._logging import CorrelationFilter, JsonFormatter, configure_logging
+from supervisors._metrics import OperatorSnapshot, take_snapshot
+from supervisors._spec import SupervisorSpec
+from supervisors._supervisor import NoSuchChild
+from supervisors._tree import Supervisor, open_supervisor
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+__all__ = ["main"]
+
+logger: Final = logging.getLogger("supervisors.cli")
+
+EXIT_OK: Final = 0
+EXIT_ERROR: Final = 1
+EXIT_UNHEALTHY: Final = 2
+EXIT_INTERRUPTED: Final = 130
+
+
+class UsageError(Exception):
+    """A problem with what the user asked for (a module, a tree attribute): exit 1."""
+
+
+# ================================================================================ aura run
+
+
+def _import(target: str) -> tuple[Any, str | None]:
+    module_name, _, attribute = target.partition(":")
+    if not module_name:
+        raise UsageError(f"expected MODULE[:TREE], got {target!r}")
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UsageError(f"cannot import {module_name!r}: {exc}") from exc
+    return module, attribute or None
+
+
+def load_tree(
+    target: str, config: ResilienceConfig | None
+) -> tuple[SupervisorSpec, Callable[[Supervisor], Awaitable[object]] | None]:
+    """Import ``MODULE[:TREE]`` and build its tree; also return its ``workload``, if any.
+
+    Raises:
+        UsageError: the module cannot be imported, the attribute is missing, or it does not
+            give a ``SupervisorSpec``.
+    """
+    module, attribute = _import(target)
+    name = attribute or "build_tree"
+    if not hasattr(module, name):
+        raise UsageError(
+            f"{module.__name__} has no {name!r}: define build_tree(config) -> SupervisorSpec, "
+            "or name the tree with MODULE:ATTRIBUTE"
+        )
+    source = getattr(module, name)
+    spec = source
+    if callable(source) and not isinstance(source, SupervisorSpec):
+        try:
+            takes_config = bool(inspect.signature(source).parameters)
+        except (TypeError, ValueError):
+            takes_config = True
+        spec = source(config) if takes_config else source()
+    if not isinstance(spec, SupervisorSpec):
+        raise UsageError(
+            f"{module.__name__}.{name} must be (or return) a SupervisorSpec, "
+            f"not {type(spec).__name__}"
+        )
+    workload = getattr(module, "workload", None)
+    if workload is not None and not callable(workload):
+        raise UsageError(f"{module.__name__}.workload must be an async function")
+    return spec, workload
+
+
+class _Forwarder:
+    """Forwards supervision events to the monitor without ever raising into the tree."""
+
+    def __init__(self, monitor: Any) -> None:
+        self.monitor = monitor
+        self.dropped = 0
+
+    def __call__(self, event: SupervisionEvent) -> None:
+        try:
+            self.monitor.tell_nowait(event)
+        except ActorError:
+            self.dropped += 1
+
+
+async def _watch_interrupts(scope: trio.CancelScope, interrupted: list[bool]) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            if interrupted:
+                raise KeyboardInterrupt  # a second Ctrl-C: stop without waiting
+            interrupted.append(True)
+            logger.warning("stopping (Ctrl-C again to force)")
+            scope.cancel()
+
+
+async def run_tree(
+    spec: SupervisorSpec,
+    workload: Callable[[Supervisor], Awaitable[object]] | None,
+    args: argparse.Namespace,
+    console: Console | None,
+) -> int:
+    """Run the tree with the view until the workload ends, time runs out or Ctrl-C."""
+    interrupted: list[bool] = []
+    async with open_supervisor(spec) as root:
+        try:
+            monitor = root.ref(args.monitor)
+        except NoSuchChild:
+            logger.warning("no monitor at %r: the view shows the tree only", args.monitor)
+            monitor = None
+        forwarder = _Forwarder(monitor) if monitor is not None else None
+        remove = root.add_listener(forwarder) if forwarder is not None else None
+        if args.admin_port is not None:
+            from supervisors._admin import GetAdminAddress, admin_spec
+
+            token = args.admin_token or os.environ.get("AURA_ADMIN_TOKEN") or None
+            admin = await root.start_child(
+                admin_spec(
+                    port=args.admin_port,
+                    host=args.admin_host,
+                    token=token,
+                    monitor=args.monitor,
+                    tree=root,
+                    name="aura-admin",
+                )
+            )
+            address = await admin.ask(GetAdminAddress())
+            logger.warning("admin API on %s (writes %s)", address.url,
+                           "need the token" if token else "disabled: no token")  # fmt: skip
+
+        async def snapshot() -> OperatorSnapshot:
+            from supervisors._admin import find_providers
+
+            return await take_snapshot(
+                monitor, tree=root.snapshot(), providers=find_providers(root)
+            )
+
+        with trio.CancelScope() as run_scope:
+            if args.seconds is not None:
+                run_scope.deadline = trio.current_time() + args.seconds
+            async with trio.open_nursery() as nursery:
+                if threading_is_main():
+                    nursery.start_soon(_watch_interrupts, run_scope, interrupted)
+                if console is not None:
+                    from supervisors._live import run_live
+
+                    nursery.start_soon(
+                        lambda: run_live(snapshot, console, refresh=args.refresh, title=args.target)
+                    )
+                else:
+                    from supervisors._live import run_plain
+
+                    nursery.start_soon(
+                        lambda: run_plain(snapshot, refresh=args.refresh, summary_every=args.every)
+                    )
+                if workload is not None:
+                    await workload(root)
+                    logger.info("the workload finished")
+                else:
+                    await trio.sleep_forever()
+                nursery.cancel_scope.cancel()
+        if remove is not None:
+            remove()
+        if forwarder is not None and forwarder.dropped:
+            logger.warning("%d supervision events were not forwarded (monitor full)",
+                           forwarder.dropped)  # fmt: skip
+    return EXIT_INTERRUPTED if interrupted else EXIT_OK
+
+
+def threading_is_main() -> bool:
+    """Whether signals can be received here (only the main thread gets them)."""
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _cmd_run(args: argparse.Namespace, console: Console | None, stderr: TextIO) -> int:
+    config = None
+    if args.config is not None:
+        config = load_config(args.config)
+    spec, workload = load_tree(args.target, config)
+    live = not args.no_live
+    view_console = None
+    if live:
+        from rich.console import Console
+
+        view_console = console or Console()
+        handler: logging.Handler = _console_handler(view_console, args.log_json)
+        logging.getLogger().addHandler(handler)
+        logging.getLogger().setLevel(args.log_level or logging.WARNING)
+    else:
+        handler = configure_logging(
+            json=args.log_json, level=args.log_level or logging.INFO, stream=stderr
+        )
+    try:
+        return trio.run(run_tree, spec, workload, args, view_console)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    finally:
+        logging.getLogger().removeHandler(handler)
+
+
+def _console_handler(console: Console, json: bool) -> logging.Handler:
+    from supervisors._live import ConsoleLogHandler
+
+    handler = ConsoleLogHandler(console)
+    handler.addFilter(CorrelationFilter())
+    handler.setFormatter(
+        JsonFormatter()
+        if json
+        else logging.Formatter("%(levelname)s %(name)s%(correlation)s: %(message)s")
+    )
+    return handler
+
+
+# ================================================================================ aura config check
+
+
+def _flatten(value: Any, prefix: str, out: dict[str, str]) -> None:
+    if isinstance(value, dict) and value:
+        for key, item in value.items():
+            _flatten(item, f"{prefix}.{key}" if prefix else str(key), out)
+    elif isinstance(value, list):
+        out[prefix] = ", ".join(str(v) for v in value) or "[]"
+    else:
+        out[prefix] = (
+            "-" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+        )
+
+
+def describe_config(config: ResilienceConfig) -> str:
+    """The effective settings as text: one row per setting, one column per provider."""
+    data = config.to_dict()
+    columns = {"(defaults)": data["defaults"], **data["providers"]}
+    flat: dict[str, dict[str, str]] = {}
+    for name, settings in columns.items():
+        rows: dict[str, str] = {}
+        _flatten(settings, "", rows)
+        flat[name] = rows
+    keys = list(flat["(defaults)"])
+    for rows in flat.values():
+        keys += [k for k in rows if k not in keys]
+    names = list(flat)
+    widths = [max(len(k) for k in [*keys, "setting"])] + [
+        max(len(n), *(len(flat[n].get(k, "-")) for k in keys)) for n in names
+    ]
+    lines = ["effective provider settings (providers not named use the defaults):", ""]
+
+    def row(cells: Sequence[str]) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+
+    lines.append(row(["setting", *names]))
+    lines.append(row(["-" * w for w in widths]))
+    for key in keys:
+        lines.append(row([key, *(flat[n].get(key, "-") for n in names)]))
+    for section in ("monitoring", "idempotency"):
+        rows = {}
+        _flatten(data[section], "", rows)
+        lines += ["", f"{section}:"]
+        width = max(len(k) for k in rows)
+        lines += [f"  {k.ljust(width)}  {v}" for k, v in rows.items()]
+    return "\n".join(lines)
+
+
+def _cmd_config_check(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    try:
+        config = load_config(args.file)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=stderr)
+        if exc.path:
+            print(f"field: {exc.path}", file=stderr)
+        return EXIT_ERROR
+    if args.json:
+        print(msgspec.json.encode(config.to_dict()).decode(), file=stdout)
+    else:
+        print(f"{args.file}: valid", file=stdout)
+        print(describe_config(config), file=stdout)
+    return EXIT_OK
+
+
+# ================================================================================ aura status
+
+
+def _cmd_status(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    import httpx
+
+    base = args.url.rstrip("/")
+    if "://" not in base:
+        base = f"http://{base}"
+    results: dict[str, Any] = {}
+    try:
+        with httpx.Client(base_url=base, timeout=args.timeout) as client:
+            for key, path in (
+                ("health", "/api/resilience/health"),
+                ("breakers", "/api/resilience/circuit-breakers"),
+                ("alerts", "/api/resilience/alerts"),
+            ):
+                response = client.get(path)
+                if response.status_code not in (200, 503) or not response.headers.get(
+                    "content-type", ""
+                ).startswith("application/json"):
+                    print(f"error: GET {base}{path} answered {response.status_code}", file=stderr)
+                    return EXIT_ERROR
+                results[key] = response.json()
+    except httpx.HTTPError as exc:
+        print(f"error: cannot reach {base}: {exc}", file=stderr)
+        return EXIT_ERROR
+    except ValueError as exc:
+        print(f"error: {base} did not answer JSON: {exc}", file=stderr)
+        return EXIT_ERROR
+    health = results["health"]
+    if "status" not in health:
+        print(f"error: {base}: {health.get('error', health)}", file=stderr)
+        return EXIT_ERROR
+    if args.json:
+        print(msgspec.json.encode(results).decode(), file=stdout)
+    else:
+        print(format_status(base, results), file=stdout)
+    return EXIT_UNHEALTHY if health["status"] == "unhealthy" else EXIT_OK
+
+
+def format_status(base: str, results: dict[str, Any]) -> str:
+    """The plain-text report of ``aura status``."""
+    health = results["health"]
+    lines = [f"{base}: {health['status']}"]
+    lines += [f"  {reason}" for reason in health.get("reasons", [])]
+    services = health.get("services", {})
+    breakers = results.get("breakers", {}).get("breakers", [])
+    lines += ["", "breakers:"]
+    if not breakers:
+        lines.append("  (none reported)")
+    for b in breakers:
+        service = services.get(b["service"], {})
+        lines.append(
+            f"  {b['service']:<20} {b['state']:<10} trips={b['trips']:<4} "
+            f"health={service.get('status', '-')}"
+        )
+    active = results.get("alerts", {}).get("active", [])
+    lines += ["", f"alerts: {len(active)} active"]
+    for a in active:
+        lines.append(
+            f"  #{a['id']} {a['severity']:<8} {a['rule']:<24} {a['service']}: {a['message']}"
+        )
+    return "\n".join(lines)
+
+
+# ================================================================================ main
+
+
+def _level(text: str) -> int:
+    value = logging.getLevelName(text.upper())
+    if not isinstance(value, int):
+        raise argparse.ArgumentTypeError(f"unknown log level {text!r}")
+    return value
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``aura`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="aura", description="Operate aura-actors supervision trees."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser(
+        "run",
+        help="run a supervision tree with a live view",
+        description="Run MODULE's tree (build_tree(config), or MODULE:TREE) with a live view; "
+        "its optional `async def workload(root)` drives traffic.",
+    )
+    run.add_argument("target", metavar="MODULE[:TREE]")
+    run.add_argument("--config", metavar="FILE", help="resilience configuration (TOML or JSON)")
+    run.add_argument("--monitor", default="monitor", metavar="PATH", help="the monitor's path")
+    run.add_argument("--seconds", type=_positive, help="stop after this many seconds")
+    run.add_argument("--no-live", action="store_true", help="plain log lines (CI, pipes)")
+    run.add_argument("--log-json", action="store_true", help="log records as JSON lines")
+    run.add_argument("--log-level", type=_level, help="default INFO (--no-live), else WARNING")
+    run.add_argument("--refresh", type=_positive, default=0.5, help="seconds between redraws")
+    run.add_argument(
+        "--every", type=_positive, default=5.0, help="seconds between summary lines (--no-live)"
+    )
+    run.add_argument("--admin-port", type=int, metavar="N", help="serve the admin API on port N")
+    run.add_argument("--admin-host", default="127.0.0.1", help="the admin API's address")
+    run.add_argument(
+        "--admin-token", help="bearer token for admin writes (default: $AURA_ADMIN_TOKEN)"
+    )
+
+    config = commands.add_parser("config", help="configuration commands")
+    config_commands = config.add_subparsers(dest="config_command", required=True)
+    check = config_commands.add_parser(
+        "check", help="validate a configuration file and print the effective settings"
+    )
+    check.add_argument("file", metavar="FILE")
+    check.add_argument("--json", action="store_true", help="print the settings as JSON")
+
+    status = commands.add_parser(
+        "status", help="health, breakers and alerts of a running app (its admin API)"
+    )
+    status.add_argument("url", metavar="URL", help="the admin API, e.g. http://127.0.0.1:9470")
+    status.add_argument("--json", action="store_true", help="print the raw JSON")
+    status.add_argument("--timeout", type=_positive, default=5.0, help="seconds per request")
+    return parser
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    console: Console | None = None,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+) -> int:
+    """The ``aura`` command line; returns the exit code (see the module docstring).
+
+    ``console`` (a ``rich.console.Console``), ``stdout`` and ``stderr`` replace the terminal,
+    for tests and embedding.
+    """
+    out = sys.stdout if stdout is None else stdout
+    err = sys.stderr if stderr is None else stderr
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return _cmd_run(args, console, err)
+        if args.command == "config":
+            return _cmd_config_check(args, out, err)
+        return _cmd_status(args, out, err)
+    except (UsageError, ConfigError) as exc:
+        print(f"error: {exc}", file=err)
+        return EXIT_ERROR
+    except AuraError as exc:
+        print(f"error: {exc}", file=err)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

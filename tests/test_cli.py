@@ -1,0 +1,408 @@
+"""The ``aura`` command: run (live and plain views), config check, status.
+
+This module is also the tree ``aura run tests.test_cli`` runs: ``build_tree`` and ``workload``
+below follow the ``aura run`` convention.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+import textwrap
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from rich.console import Console
+
+from actors import (
+    Actor,
+    AuraError,
+    Call,
+    GetAlerts,
+    MonitorActor,
+    ProviderActor,
+    ProviderSettings,
+    RetrySettings,
+)
+from actors._monitoring_types import BreakerReport, CallReport
+from supervisors import ChildSpec, Supervisor, SupervisorSpec, open_supervisor
+from supervisors._admin import GetAdminAddress, admin_spec
+from supervisors._cli import describe_config, main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# ================================================================================ the demo tree
+
+
+async def _always_down(payload: Any) -> Any:
+    raise ConnectionError("connection refused")
+
+
+class Crashy(Actor[str, str]):
+    """Crashes on "crash", echoes anything else."""
+
+    async def handle(self, message: str) -> str:
+        if message == "crash":
+            raise RuntimeError("asked to crash")
+        return message
+
+
+def build_tree(config: Any = None) -> SupervisorSpec:
+    """A monitor, a provider whose service is down, and an actor that crashes on demand."""
+    settings = ProviderSettings(retry=RetrySettings(max_attempts=1))
+    return SupervisorSpec(
+        "demo",
+        [
+            ChildSpec("monitor", MonitorActor),
+            SupervisorSpec(
+                "providers",
+                [
+                    ChildSpec(
+                        "shaky",
+                        lambda: ProviderActor(
+                            "shaky", _always_down, settings, monitor="monitor", report_interval=0.01
+                        ),
+                    )
+                ],
+            ),
+            ChildSpec("crashy", Crashy),
+        ],
+    )
+
+
+async def workload(root: Supervisor) -> None:
+    """Crash one actor once, fail calls until the breaker opens, wait for the alert."""
+    try:
+        await root.ref("crashy").ask("crash")
+    except AuraError:
+        pass
+    provider = root.ref("providers/shaky")
+    for i in range(8):
+        try:
+            await provider.ask(Call(i), timeout=5)
+        except AuraError:
+            pass
+    monitor = root.ref("monitor")
+    with trio.fail_after(10):
+        while True:
+            alerts = await monitor.ask(GetAlerts())
+            if any(a.rule.value == "breaker_open" for a in alerts.active):
+                return
+            await trio.sleep(0.01)
+
+
+def _recording_console() -> Console:
+    return Console(
+        file=io.StringIO(), record=True, width=140, force_terminal=True, color_system=None
+    )
+
+
+# ================================================================================ aura run
+
+
+def test_run_live_view_shows_tree_breaker_and_alert() -> None:
+    """The live view shows the tree (with a restart), the open breaker and its alert."""
+    console = _recording_console()
+    err = io.StringIO()
+    code = main(["run", "tests.test_cli", "--refresh", "0.05"], console=console, stderr=err)
+    assert code == 0, err.getvalue()
+    text = console.export_text()
+    for expected in ("supervision tree", "monitor", "providers", "crashy", "restarts=1"):
+        assert expected in text, expected
+    assert "shaky" in text
+    assert "open" in text
+    assert "breaker_open" in text
+    assert "critical" in text
+    final = text[text.rindex("tests.test_cli | health") :]
+    assert "health unhealthy" in final
+    assert "alerts 1" in final
+
+
+def test_run_plain_logs_changes() -> None:
+    """--no-live logs the breaker opening, the alert and a final summary as plain lines."""
+    err = io.StringIO()
+    code = main(["run", "tests.test_cli", "--no-live", "--refresh", "0.05"], stderr=err)
+    assert code == 0
+    text = err.getvalue()
+    assert "crashy crashed" in text
+    assert "breaker shaky: closed -> open" in text
+    assert "alert raised #" in text
+    assert "breaker_open shaky" in text
+    assert "final: health=unhealthy" in text
+
+
+def test_run_json_logs_are_json_lines() -> None:
+    """--no-live --log-json writes one JSON object per line, with the correlation ids."""
+    err = io.StringIO()
+    code = main(
+        ["run", "tests.test_cli", "--no-live", "--log-json", "--refresh", "0.05"], stderr=err
+    )
+    assert code == 0
+    records = [json.loads(line) for line in err.getvalue().splitlines()]
+    assert records
+    for record in records:
+        assert {"time", "level", "logger", "message", "saga_id", "service"} <= set(record)
+    crashed = [r for r in records if r.get("aura_event") == "crashed"]
+    assert crashed
+    assert crashed[0]["aura_path"] == "crashy"
+
+
+def _module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, body: str) -> str:
+    (tmp_path / f"{name}.py").write_text(textwrap.dedent(body))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return name
+
+
+IDLE = """
+    from actors import MonitorActor
+    from supervisors import ChildSpec, SupervisorSpec
+
+    SPEC = SupervisorSpec("idle", [ChildSpec("monitor", MonitorActor)])
+    seen = []
+
+    def build_tree(config):
+        seen.append(config)
+        return SPEC
+
+    def no_args():
+        return SPEC
+
+    NOT_A_TREE = 42
+"""
+
+
+def test_run_without_workload_stops_after_seconds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a workload the run lasts --seconds and exits 0; the config reaches build_tree."""
+    name = _module(tmp_path, monkeypatch, "aura_idle_tree", IDLE)
+    err = io.StringIO()
+    config = ROOT / "examples" / "resilience.toml"
+    code = main(["run", name, "--no-live", "--seconds", "0.2", "--config", str(config)], stderr=err)
+    assert code == 0, err.getvalue()
+    module = __import__(name)
+    assert module.seen[-1] is not None
+    assert module.seen[-1].for_provider("openai").retry.max_attempts == 4
+    assert "final: health=healthy" in err.getvalue()
+
+
+@pytest.mark.parametrize("attribute", ["SPEC", "no_args"])
+def test_run_names_a_tree_attribute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, attribute: str
+) -> None:
+    """MODULE:TREE runs a SupervisorSpec attribute or a zero-argument function."""
+    name = _module(tmp_path, monkeypatch, "aura_idle_named", IDLE)
+    err = io.StringIO()
+    assert main(["run", f"{name}:{attribute}", "--no-live", "--seconds", "0.1"], stderr=err) == 0
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("no_such_module_anywhere", "cannot import"),
+        ("aura_idle_bad:missing", "has no 'missing'"),
+        ("aura_idle_bad:NOT_A_TREE", "must be (or return) a SupervisorSpec"),
+    ],
+)
+def test_run_reports_bad_targets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, target: str, message: str
+) -> None:
+    """A module that cannot be imported or an attribute that is not a tree exits 1."""
+    _module(tmp_path, monkeypatch, "aura_idle_bad", IDLE)
+    err = io.StringIO()
+    assert main(["run", target, "--no-live", "--seconds", "0.1"], stderr=err) == 1
+    assert message in err.getvalue()
+
+
+def test_run_with_an_invalid_config_exits_1(tmp_path: Path) -> None:
+    """--config with an invalid file exits 1 and names the field."""
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[defaults.retry]\nmax_attempts = 0\n")
+    err = io.StringIO()
+    assert main(["run", "tests.test_cli", "--config", str(bad)], stderr=err) == 1
+    assert "defaults.retry.max_attempts" in err.getvalue()
+
+
+def test_run_with_admin_port_serves_the_api(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--admin-port starts the admin API beside the view; its address is logged."""
+    name = _module(tmp_path, monkeypatch, "aura_admin_run", IDLE + AUTO_STATUS)
+    err = io.StringIO()
+    code = main(["run", name, "--no-live", "--admin-port", "0", "--admin-token", "t0k"], stderr=err)
+    assert code == 0, err.getvalue()
+    module = __import__(name)
+    assert module.answers["health"] == 200
+    assert module.answers["reset"] == 401
+    assert "admin API on http://127.0.0.1:" in err.getvalue()
+
+
+AUTO_STATUS = """
+    import httpx
+
+    from supervisors._admin import GetAdminAddress
+
+    answers = {}
+
+    async def workload(root):
+        address = await root.ref("aura-admin").ask(GetAdminAddress())
+        async with httpx.AsyncClient(base_url=address.url) as client:
+            answers["health"] = (await client.get("/api/resilience/health")).status_code
+            answers["reset"] = (await client.post("/api/resilience/metrics/x/reset")).status_code
+"""
+
+
+# ================================================================================ aura config check
+
+
+def test_config_check_prints_effective_settings() -> None:
+    """A valid file: exit 0 and a table of every provider's effective settings."""
+    out = io.StringIO()
+    code = main(["config", "check", str(ROOT / "examples" / "resilience.toml")], stdout=out)
+    assert code == 0
+    text = out.getvalue()
+    assert "valid" in text.splitlines()[0]
+    header = next(line for line in text.splitlines() if line.startswith("setting"))
+    assert header.split() == ["setting", "(defaults)", "openai", "anthropic", "ollama"]
+    attempts = next(line for line in text.splitlines() if line.startswith("retry.max_attempts"))
+    assert attempts.split() == ["retry.max_attempts", "3", "4", "4", "3"]
+    assert "monitoring:" in text
+    assert "high_error_rate" in text
+
+
+def test_config_check_json() -> None:
+    """--json prints the effective configuration as JSON."""
+    out = io.StringIO()
+    path = str(ROOT / "examples" / "resilience.json")
+    assert main(["config", "check", path, "--json"], stdout=out) == 0
+    data = json.loads(out.getvalue())
+    assert set(data) == {"defaults", "providers", "monitoring", "idempotency"}
+
+
+@pytest.mark.parametrize(
+    ("content", "path"),
+    [
+        ("[providers.openai.retry]\nmax_attempts = 0\n", "providers.openai.retry.max_attempts"),
+        ("[defaults.breaker]\nfailure_ratio = 2\n", "defaults.breaker.failure_ratio"),
+        ("[defaults.retyr]\n", "defaults.retyr"),
+        ("[monitoring]\nwindow = 'x'\n", "monitoring.window"),
+    ],
+)
+def test_config_check_names_the_bad_field(tmp_path: Path, content: str, path: str) -> None:
+    """An invalid file: exit 1, the error on stderr with the dotted path of the field."""
+    bad = tmp_path / "bad.toml"
+    bad.write_text(content)
+    out, err = io.StringIO(), io.StringIO()
+    assert main(["config", "check", str(bad)], stdout=out, stderr=err) == 1
+    assert out.getvalue() == ""
+    assert f"field: {path}" in err.getvalue()
+
+
+@pytest.mark.parametrize(("name", "content"), [("x.toml", "[[["), ("x.yaml", "a: 1")])
+def test_config_check_malformed_or_unknown_files(tmp_path: Path, name: str, content: str) -> None:
+    """Malformed TOML, an unknown extension or a missing file: exit 1 with the reason."""
+    file = tmp_path / name
+    file.write_text(content)
+    err = io.StringIO()
+    assert main(["config", "check", str(file)], stderr=err) == 1
+    assert err.getvalue().startswith("error: Invalid configuration")
+    missing = io.StringIO()
+    assert main(["config", "check", str(tmp_path / "absent.toml")], stderr=missing) == 1
+    assert "cannot read" in missing.getvalue()
+
+
+def test_describe_config_lists_every_provider() -> None:
+    """The description has one column per provider, defaults first."""
+    from actors import ResilienceConfig
+
+    text = describe_config(ResilienceConfig.seed())
+    assert "breaker.failure_threshold" in text
+    assert "retry.backoff.base_delay" in text
+
+
+# ================================================================================ aura status
+
+
+class AppThread:
+    """A tree with a monitor and the admin API, in a trio loop of its own thread."""
+
+    def __init__(self, *reports: tuple[str, str]) -> None:
+        self.reports = reports
+        self.url = ""
+        self._ready = threading.Event()
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._stop: trio.Event | None = None
+        self._thread = threading.Thread(target=trio.run, args=(self._main,), daemon=True)
+
+    async def _main(self) -> None:
+        spec = SupervisorSpec("app", [ChildSpec("monitor", MonitorActor), admin_spec(port=0)])
+        async with open_supervisor(spec) as root:
+            now = trio.current_time()
+            for service, state in self.reports:
+                root.ref("monitor").tell_nowait(CallReport(service, True, 0.1, now))
+                if state != "closed":
+                    root.ref("monitor").tell_nowait(BreakerReport(service, "closed", state, now))
+            self.url = (await root.ref("admin").ask(GetAdminAddress())).url
+            self._token = trio.lowlevel.current_trio_token()
+            self._stop = trio.Event()
+            self._ready.set()
+            await self._stop.wait()
+
+    def __enter__(self) -> AppThread:
+        self._thread.start()
+        assert self._ready.wait(30)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._stop is not None
+        trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
+        self._thread.join(30)
+
+
+def test_status_of_a_healthy_app() -> None:
+    """status prints health, breakers and alerts, and exits 0 when healthy or degraded."""
+    with AppThread(("alpha", "closed"), ("beta", "open")) as app:
+        out = io.StringIO()
+        assert main(["status", app.url], stdout=out) == 0
+    text = out.getvalue()
+    assert text.startswith(f"{app.url}: degraded")
+    assert "alpha" in text
+    assert "beta" in text
+    assert "open" in text
+    assert "alerts: 1 active" in text
+    assert "breaker_open" in text
+
+
+def test_status_of_an_unhealthy_app_exits_2() -> None:
+    """An unhealthy app (the admin API answers 503) makes status exit 2; --json is JSON."""
+    with AppThread(("alpha", "open")) as app:
+        out = io.StringIO()
+        assert main(["status", app.url.removeprefix("http://"), "--json"], stdout=out) == 2
+    data = json.loads(out.getvalue())
+    assert data["health"]["status"] == "unhealthy"
+    assert data["breakers"]["breakers"][0]["state"] == "open"
+
+
+def test_status_of_an_unreachable_app_exits_1() -> None:
+    """Nothing listening: status exits 1 with the reason."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    err = io.StringIO()
+    assert main(["status", f"http://127.0.0.1:{port}", "--timeout", "2"], stderr=err) == 1
+    assert "cannot reach" in err.getvalue()
+
+
+def test_usage_errors_exit_2() -> None:
+    """argparse usage errors exit 2 (no command, a bad number)."""
+    with pytest.raises(SystemExit) as missing:
+        main([])
+    assert missing.value.code == 2
+    with pytest.raises(SystemExit) as bad:
+        main(["run", "x", "--seconds", "-1"])
+    assert bad.value.code == 2
