@@ -59,11 +59,13 @@ import logging
 import secrets
 import time
 from collections.abc import Iterable
-from typing import Any, Final
+from typing import Any, Final, TypeAlias
 
 import attrs
 import msgspec
+import outcome
 import trio
+from trio.lowlevel import Abort, RaiseCancelT, Task, current_task, reschedule, wait_task_rescheduled
 
 from actors._actor import Actor
 from actors._classify import Classifier
@@ -78,6 +80,7 @@ from actors._errors import (
 from actors._journal import (
     Journal,
     JournalError,
+    MemoryJournal,
     SagaEvent,
     SagaEventKind,
     SagaHeader,
@@ -136,6 +139,7 @@ _COMPENSATION_PHASES: Final = frozenset(
     {_P.COMPENSATING, _P.COMPENSATION_IN_FLIGHT, _P.COMPENSATION_RETRYING}
 )
 _DEFAULT_MAX_RUNNING: Final = 10_000
+_MAX_IDLE_WORKERS: Final = 256
 
 _encode = msgspec.msgpack.Encoder().encode
 
@@ -165,6 +169,7 @@ class _Run:
     """One saga driven by this coordinator."""
 
     __slots__ = (
+        "cancellable",
         "cancelled",
         "cause",
         "definition",
@@ -186,12 +191,16 @@ class _Run:
         self.state = SagaState.new(header)
         self.waiters: list[Reply[Any]] = []
         self.scope = trio.CancelScope()  # the forward part: cancelled if the caller gives up
+        self.cancellable = False  # whether a caller can cancel it (then `scope` is used)
         self.cancelled = False
         self.finished = False
         self.sent: int | None = None  # the step whose message this run sent last
         self.pending: tuple[int, bytes] | None = None  # a reply being journaled
         self.cause: BaseException | None = None  # the live exception that failed the saga
         self.error: StepError | None = None  # decoded step_error (cache)
+
+
+_Job: TypeAlias = "tuple[_Run, Reply[Any] | None, bool]"
 
 
 def _step_error(exc: BaseException, category: ErrorCategory) -> StepError:
@@ -208,6 +217,10 @@ def _category(error: StepError) -> ErrorCategory:
         return ErrorCategory(error.category)
     except ValueError:
         return ErrorCategory.UNKNOWN
+
+
+def _abort_idle(raise_cancel: RaiseCancelT) -> Abort:
+    return Abort.SUCCEEDED
 
 
 _CANCELLED_IN_FLIGHT: Final = "the saga's caller stopped waiting while the step was in flight"
@@ -259,6 +272,9 @@ class SagaCoordinator(Actor[SagaMessage, Any]):
         rng: Any = None,
     ) -> None:
         self._journal = journal
+        # One commit per step matters for a durable journal (append_many); the in-memory
+        # journal has no commit to share and its single-event append is the cheaper path.
+        self._separate_writes = type(journal) is MemoryJournal
         self._definitions: dict[str, SagaDefinition] = {}
         for definition in definitions:
             if not isinstance(definition, SagaDefinition):
@@ -282,6 +298,7 @@ class SagaCoordinator(Actor[SagaMessage, Any]):
         self._classifier = classifier or Classifier()
         self._rng = rng
         self._runs: dict[str, _Run] = {}
+        self._idle: list[Task] = []
         self._targets: dict[tuple[str, int], tuple[ActorRef[Any, Any], str]] = {}
         self._policies: dict[tuple[str, int, bool], RetryPolicy] = {}
         self._prefix = secrets.token_hex(6) + "-"
@@ -314,7 +331,7 @@ class SagaCoordinator(Actor[SagaMessage, Any]):
             run.state = state
             self._runs[header.saga_id] = run
             self.counters.recovered += 1
-            self.spawn(self._drive, run, name=f"{self.path}:saga {header.saga_id}")
+            self._launch(run, None, fresh=False)
         if self.counters.recovered:
             _log.info("%s resumed %d unfinished saga(s)", self.path, self.counters.recovered)
 
@@ -399,25 +416,53 @@ class SagaCoordinator(Actor[SagaMessage, Any]):
             return Failure(
                 BulkheadFull(service=self.path, max_concurrent=self._max_running, max_queued=0)
             )
-        try:
-            header, _ = normalize_header(
-                SagaHeader(saga_id, definition.name, time.time(), payload, message.metadata)
-            )
-        except (TypeError, ValueError) as exc:
-            return Failure(exc)
+        header = SagaHeader(saga_id, definition.name, time.time(), payload, message.metadata)
+        if message.metadata:  # checked here: a bad header must not crash the saga's task
+            try:
+                header, _ = normalize_header(header)
+            except (TypeError, ValueError) as exc:
+                return Failure(exc)
         reply = self.defer()
         run = _Run(header, definition, value)
         self._runs[saga_id] = run
         self.counters.started += 1
         if message.wait:
             run.waiters.append(reply)
+            run.cancellable = True
             token = self._token
             assert token is not None
             reply.on_abandon(lambda _reply: token.run_sync_soon(self._abandoned, run))
-            self.spawn(self._begin, run, None, name=f"{self.path}:saga {saga_id}")
+            self._launch(run, None, fresh=True)
         else:
-            self.spawn(self._begin, run, reply, name=f"{self.path}:saga {saga_id}")
+            self._launch(run, reply, fresh=True)
         return None
+
+    def _launch(self, run: _Run, started: Reply[Any] | None, *, fresh: bool) -> None:
+        """Run the saga on an idle worker task, or on a new one."""
+        job = (run, started, fresh)
+        if self._idle:
+            reschedule(self._idle.pop(), outcome.Value(job))
+        else:
+            self.spawn(self._worker, job, name=f"{self.path}:saga worker")
+
+    async def _worker(self, job: _Job) -> None:
+        # Long-lived: a task per saga would cost more than a step of it.
+        while True:
+            run, started, fresh = job
+            if fresh:
+                await self._begin(run, started)
+            else:
+                await self._drive(run)
+            if len(self._idle) >= _MAX_IDLE_WORKERS:
+                return
+            task = current_task()
+            self._idle.append(task)
+            try:
+                job = await wait_task_rescheduled(_abort_idle)
+            except BaseException:
+                if task in self._idle:
+                    self._idle.remove(task)
+                raise
 
     def _abandoned(self, run: _Run) -> None:
         # The caller that started the saga stopped waiting: cancel the forward part.
@@ -480,10 +525,13 @@ class SagaCoordinator(Actor[SagaMessage, Any]):
         try:
             state = run.state
             if state.phase is _RUNNING or state.phase is _STEP_IN_FLIGHT:
-                with run.scope:
+                if run.cancellable:
+                    with run.scope:
+                        state = await self._forward(run)
+                    if run.scope.cancelled_caught:
+                        state = await self._after_cancel(run)
+                else:  # nobody can cancel it: no scope needed
                     state = await self._forward(run)
-                if run.scope.cancelled_caught:
-                    state = await self._after_cancel(run)
             if state.phase is _P.STEP_FAILED:
                 state = await self._decide(run, state, None)
             if state.phase in _COMPENSATION_PHASES:
@@ -522,7 +570,11 @@ class SagaCoordinator(Actor[SagaMessage, Any]):
             else:
                 then = SagaEvent(saga_id, done.seq + 1, _COMPLETED, None, done.at)
             run.pending = (i, data)
-            state = run.state = (await journal.append_many((done, then)))[saga_id]
+            if self._separate_writes:
+                state = run.state = await journal.append(done)
+                state = run.state = await journal.append(then)
+            else:
+                state = run.state = (await journal.append_many((done, then)))[saga_id]
             run.pending = None
             if i == last:
                 return state
