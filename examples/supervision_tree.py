@@ -182,7 +182,7 @@ def cli(argv: list[str] | None = None) -> int:
     parser.add_argument("--verbose", action="store_true", help="log every supervision event")
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.ERROR,
+        level=logging.INFO if args.verbose else logging.CRITICAL,
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
     )
     return trio.run(main, args.seed, args.seconds)
