@@ -228,13 +228,15 @@ def _cmd_run(args: argparse.Namespace, console: Console | None, stderr: TextIO) 
     spec, workload = load_tree(args.target, config)
     live = not args.no_live
     view_console = None
+    root_logger = logging.getLogger()
+    previous_level = root_logger.level
     if live:
         from rich.console import Console
 
         view_console = console or Console()
         handler: logging.Handler = _console_handler(view_console, args.log_json)
-        logging.getLogger().addHandler(handler)
-        logging.getLogger().setLevel(args.log_level or logging.WARNING)
+        root_logger.addHandler(handler)
+        root_logger.setLevel(args.log_level or logging.WARNING)
     else:
         handler = configure_logging(
             json=args.log_json, level=args.log_level or logging.INFO, stream=stderr
@@ -244,7 +246,8 @@ def _cmd_run(args: argparse.Namespace, console: Console | None, stderr: TextIO) 
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     finally:
-        logging.getLogger().removeHandler(handler)
+        root_logger.removeHandler(handler)
+        root_logger.setLevel(previous_level)
 
 
 def _console_handler(console: Console, json: bool) -> logging.Handler:
