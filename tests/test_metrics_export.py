@@ -1,0 +1,236 @@
+"""Prometheus exposition of operator snapshots: conventions, values, parsing round trips."""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+import pytest
+import trio
+from hypothesis import given
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from actors import ErrorCategory, MonitorActor, ProviderStatus, open_actor
+from actors._monitoring import MonitorState
+from actors._monitoring_types import BreakerReport, CallReport, MonitorSettings
+from supervisors import TreeNode
+from supervisors._metrics import (
+    METRIC_NAMES,
+    AuraCollector,
+    OperatorSnapshot,
+    render_metrics,
+    take_snapshot,
+)
+
+NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
+
+
+def snapshot_of(state: MonitorState, now: float, **parts: Any) -> OperatorSnapshot:
+    """The monitor parts of a snapshot, straight from the sans-I/O monitor state."""
+    return OperatorSnapshot(
+        at=now,
+        health=state.health(now),
+        metrics=state.metrics(now),
+        breakers=state.breakers(),
+        alerts=state.alerts(),
+        **parts,
+    )
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def busy_state() -> MonitorState:
+    state = MonitorState(MonitorSettings(min_calls=1))
+    for i in range(10):
+        state.record(CallReport("openai", True, 0.2, float(i)), float(i))
+    for i in range(4):
+        state.record(
+            CallReport("anthropic", False, 1.0, 10.0 + i, category=ErrorCategory.TIMEOUT), 10.0 + i
+        )
+    state.record(BreakerReport("anthropic", "closed", "open", 14.0), 14.0)
+    return state
+
+
+TREE = TreeNode(
+    name="",
+    path="",
+    kind="supervisor",
+    state="running",
+    restarts=0,
+    strategy="one_for_one",
+    children=(
+        TreeNode(name="monitor", path="monitor", kind="actor", state="running", restarts=0),
+        TreeNode(
+            name="providers",
+            path="providers",
+            kind="supervisor",
+            state="restarting",
+            restarts=2,
+            strategy="one_for_all",
+            children=(
+                TreeNode(
+                    name="openai",
+                    path="providers/openai",
+                    kind="actor",
+                    state="restarting",
+                    restarts=3,
+                    mailbox_depth=7,
+                ),
+            ),
+        ),
+    ),
+)
+
+
+def test_names_follow_prometheus_conventions() -> None:
+    """Every family is aura_-prefixed, documented, listed; counters expose _total samples."""
+    text = render_metrics(snapshot_of(busy_state(), 15.0, tree=TREE)).decode()
+    families = list(text_string_to_metric_families(text))
+    assert families
+    names = [f.name for f in families]
+    assert len(names) == len(set(names))
+    for family in families:
+        assert NAME.match(family.name)
+        assert family.name.startswith("aura_")
+        assert family.name in METRIC_NAMES
+        assert family.documentation
+        if family.type == "counter":
+            assert {s.name for s in family.samples} == {f"{family.name}_total"}
+        if "seconds" in family.name:
+            assert family.name.endswith("_seconds")
+        for sample in family.samples:
+            assert set(sample.labels) <= {"service", "category", "state", "status", "quantile",
+                                          "rule", "severity", "path"}  # fmt: skip
+
+
+def test_values_match_the_monitor() -> None:
+    """Counters equal the monitor's totals; enumerations have one 1 per subject."""
+    state = busy_state()
+    got = samples(render_metrics(snapshot_of(state, 15.0)).decode())
+    assert got[("aura_monitor_up", ())] == 1
+    assert got[("aura_service_attempts_total", (("service", "openai"),))] == 10
+    assert got[("aura_service_attempts_total", (("service", "anthropic"),))] == 4
+    assert (
+        got[("aura_service_errors_total", (("category", "timeout"), ("service", "anthropic")))] == 4
+    )
+    assert got[("aura_service_error_ratio", (("service", "anthropic"),))] == 1.0
+    assert got[("aura_circuit_breaker_trips_total", (("service", "anthropic"),))] == 1
+    states = {
+        labels: value
+        for (name, labels), value in got.items()
+        if name == "aura_circuit_breaker_state"
+    }
+    assert states[(("service", "anthropic"), ("state", "open"))] == 1
+    assert sum(v for k, v in states.items() if ("service", "anthropic") in k) == 1
+    assert sum(v for k, v in states.items() if ("service", "openai") in k) == 1
+    assert got[("aura_health_status", (("status", "degraded"),))] == 1
+    assert got[("aura_alerts_active", (("rule", "breaker_open"), ("severity", "critical")))] == 1
+    assert got[("aura_alerts_active", (("rule", "high_error_rate"), ("severity", "warning")))] == 0
+    assert got[("aura_monitor_window_seconds", ())] == 300
+    p99 = got[("aura_service_latency_seconds", (("quantile", "0.99"), ("service", "openai")))]
+    assert p99 == pytest.approx(0.2, rel=0.06)
+
+
+def test_latency_without_calls_in_the_window_is_nan() -> None:
+    """A service with no call in the window exposes NaN percentiles, not zero."""
+    state = MonitorState(MonitorSettings(window=60, buckets=6, latency_buckets=6))
+    state.record(CallReport("quiet", True, 0.1, 0.0), 0.0)
+    got = samples(render_metrics(snapshot_of(state, 1000.0)).decode())
+    value = got[("aura_service_latency_seconds", (("quantile", "0.5"), ("service", "quiet")))]
+    assert math.isnan(value)
+    assert got[("aura_service_attempts_total", (("service", "quiet"),))] == 1
+
+
+def test_tree_metrics() -> None:
+    """Actors and supervisors get state, restarts and mailbox depth; the root is "(root)"."""
+    snap = OperatorSnapshot(at=0.0, tree=TREE)
+    got = samples(render_metrics(snap).decode())
+    assert got[("aura_supervisor_state", (("path", "(root)"), ("state", "running")))] == 1
+    assert got[("aura_supervisor_state", (("path", "providers"), ("state", "restarting")))] == 1
+    assert got[("aura_supervisor_restarts_total", (("path", "providers"),))] == 2
+    assert got[("aura_actor_restarts_total", (("path", "providers/openai"),))] == 3
+    assert got[("aura_actor_mailbox_depth", (("path", "providers/openai"),))] == 7
+    assert got[("aura_actor_state", (("path", "monitor"), ("state", "stopped")))] == 0
+    assert got[("aura_monitor_up", ())] == 0
+
+
+def test_provider_and_saga_metrics() -> None:
+    """Provider statuses become aura_provider_* series; unfinished sagas a count."""
+    status = ProviderStatus(
+        service="openai", breaker="closed", retry_after=None, budget_balance=9, running=2,
+        queued=1, waiting=0, cached=5, calls=20, succeeded=17, failed=2, attempts=24, retries=4,
+        rejected=1, fallbacks=1, hedges=0, reports_dropped=0,
+    )  # fmt: skip
+    snap = OperatorSnapshot(at=0.0, providers={"openai": status}, sagas=["a", "b", "c"])
+    got = samples(render_metrics(snap).decode())
+    assert got[("aura_provider_calls_total", (("service", "openai"),))] == 20
+    assert got[("aura_provider_retries_total", (("service", "openai"),))] == 4
+    assert got[("aura_provider_running", (("service", "openai"),))] == 2
+    assert got[("aura_provider_retry_budget", (("service", "openai"),))] == 9
+    assert got[("aura_provider_idempotency_records", (("service", "openai"),))] == 5
+    assert got[("aura_sagas_unfinished", ())] == 3
+
+
+def test_collector_in_a_registry() -> None:
+    """AuraCollector works in a registry: up 0 before the first update, data after it."""
+    registry = CollectorRegistry(auto_describe=False)
+    collector = AuraCollector()
+    registry.register(collector)
+    assert samples(generate_latest(registry).decode()) == {("aura_monitor_up", ()): 0}
+    collector.update(snapshot_of(busy_state(), 15.0))
+    assert samples(generate_latest(registry).decode())[("aura_monitor_up", ())] == 1
+
+
+_SERVICES = st.text(min_size=1, max_size=12)
+_REPORT = st.tuples(
+    _SERVICES,
+    st.booleans(),
+    st.sampled_from(list(ErrorCategory)),
+    st.floats(min_value=0, max_value=100, allow_nan=False),
+)
+
+
+@given(reports=st.lists(_REPORT, max_size=40))
+def test_any_reports_round_trip_through_the_parser(
+    reports: list[tuple[str, bool, ErrorCategory, float]],
+) -> None:
+    """For any reports (any service names) the parsed counters equal the monitor's totals."""
+    state = MonitorState()
+    for i, (service, ok, category, latency) in enumerate(reports):
+        state.record(CallReport(service, ok, latency, float(i), category=category), float(i))
+    now = float(len(reports))
+    got = samples(render_metrics(snapshot_of(state, now)).decode())
+    for service, metrics in state.metrics(now).services.items():
+        assert got[("aura_service_attempts_total", (("service", service),))] == metrics.totals.calls
+        errors = sum(
+            value
+            for (name, labels), value in got.items()
+            if name == "aura_service_errors_total" and ("service", service) in labels
+        )
+        assert errors == metrics.totals.errors
+
+
+async def test_take_snapshot_from_actors() -> None:
+    """take_snapshot asks a running monitor; a stopped one leaves parts None with a reason."""
+    async with open_actor(MonitorActor) as monitor:
+        monitor.tell_nowait(CallReport("svc", True, 0.1, trio.current_time()))
+        snap = await take_snapshot(monitor, tree=TREE)
+        assert snap.problems == ()
+        assert snap.metrics is not None
+        assert list(snap.metrics.services) == ["svc"]
+        assert snap.tree is TREE
+    gone = await take_snapshot(monitor)
+    assert gone.health is None
+    assert gone.metrics is None
+    assert len(gone.problems) == 4
+    assert "monitor health" in gone.problems[0]
+    assert samples(render_metrics(gone).decode()) == {("aura_monitor_up", ()): 0}
