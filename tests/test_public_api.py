@@ -48,9 +48,14 @@ def test_private_modules_are_private() -> None:
     """Implementation modules start with an underscore."""
     for package in ("actors", "supervisors"):
         for path in (ROOT / package).glob("*.py"):
-            assert path.name == "__init__.py" or path.name.startswith("_") or path.stem in {
-                "chaos",
-            }, path
+            assert (
+                path.name == "__init__.py"
+                or path.name.startswith("_")
+                or path.stem
+                in {
+                    "chaos",
+                }
+            ), path
 
 
 def test_readme_starts_with_the_two_commands() -> None:
