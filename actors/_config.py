@@ -16,7 +16,9 @@ with its ``backoff`` and per-attempt timeout), ``budget``
 (:class:`~actors._bulkhead.BulkheadSettings`), ``rate_limit`` (optional
 :class:`~actors._ratelimit.RateLimiterSettings`), ``idempotency``
 (:class:`~actors._idempotency.IdempotencySettings`), plus ``fallback`` (another provider's
-name) and ``hedging_delay`` (seconds after which a hedged second request may be sent).
+name), ``hedging_delay`` (seconds after which a hedged second request may be sent) and
+``chaos`` (fault, latency and outcome injection, :class:`~actors.chaos.ChaosSettings`; off by
+default).
 
 Merging.  A provider's effective settings are its override merged *key by key, recursively*
 over ``[defaults]`` (``providers.openai.retry.backoff.base_delay = 2`` changes that one number
@@ -65,6 +67,7 @@ from actors._idempotency import IdempotencySettings
 from actors._monitoring_types import MonitorSettings
 from actors._ratelimit import RateLimiterSettings
 from actors._retry import RETRY_PRESETS, RetrySettings
+from actors.chaos import ChaosSettings
 
 __all__ = [
     "ConfigFormat",
@@ -104,6 +107,9 @@ class ProviderSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
         fallback: the name of the provider to fall back to, or ``None`` (default).
         hedging_delay: seconds after which a hedged second request may be sent, or ``None``
             (default) for no hedging; float seconds or :class:`datetime.timedelta`.
+        chaos: fault, latency and outcome injection around the service function
+            (:class:`~actors.chaos.ChaosSettings`), or ``None`` (default): no chaos.  For tests
+            and game days; a section is inert unless its ``enabled`` is true.
 
     Invalid values raise :class:`~actors._errors.ConfigError` naming the field.
     """
@@ -116,6 +122,7 @@ class ProviderSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
     idempotency: IdempotencySettings = IdempotencySettings()
     fallback: str | None = None
     hedging_delay: float | None = None
+    chaos: ChaosSettings | None = None
 
     if TYPE_CHECKING:
 
@@ -130,6 +137,7 @@ class ProviderSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
             idempotency: IdempotencySettings = ...,
             fallback: str | None = ...,
             hedging_delay: float | datetime.timedelta | None = ...,
+            chaos: ChaosSettings | None = ...,
         ) -> None: ...
 
     def __post_init__(self) -> None:
@@ -141,6 +149,10 @@ class ProviderSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
         if fallback is not None and (not isinstance(fallback, str) or not fallback.strip()):
             raise ConfigError(f"must be a provider name, not {fallback!r}", path="fallback")
         _optional_duration(self, "hedging_delay", positive=True)
+        if self.chaos is not None and not isinstance(self.chaos, ChaosSettings):
+            raise ConfigError(
+                f"must be ChaosSettings, not {type(self.chaos).__name__}", path="chaos"
+            )
 
 
 class ResilienceConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

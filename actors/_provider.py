@@ -77,6 +77,7 @@ from actors._ratelimit import RateLimiter
 from actors._ref import ActorRef
 from actors._reply import DONE, CancelAt, Failure, Reply, _Timers
 from actors._retry import GiveUp, GiveUpReason, RetryPolicy, RetryState
+from actors.chaos import wrap_provider_function
 
 __all__ = [
     "Call",
@@ -276,6 +277,8 @@ class ProviderActor(Actor[ProviderMessage, Any]):
             raise ValueError(f"provider {name!r}: report_interval must be > 0")
         self.name = name
         self.settings = settings = ProviderSettings() if settings is None else settings
+        if settings.chaos is not None and settings.chaos.enabled:  # tests and game days only
+            fn = wrap_provider_function(fn, settings.chaos, name)
         self._fn: ProviderFunction = fn
         self._classifier = classifier or Classifier()
         self._monitor_spec = monitor
