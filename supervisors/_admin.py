@@ -42,7 +42,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import hmac
-import importlib
 import ipaddress
 import logging
 import math
@@ -72,7 +71,9 @@ from actors._monitoring_alerts import UnknownAlert
 from actors._monitoring_types import HealthReport, HealthStatus, InvalidQuery, UnknownService
 from actors._provider import GetStatus, Isolate, ProviderActor
 from actors._provider import Reset as ResetProvider
+from actors._redact import redact
 from actors._ref import ActorRef
+from actors._saga_messages import GetSaga, ListSagas, SagaInfo
 from supervisors._events import TreeNode
 from supervisors._metrics import METRICS_CONTENT_TYPE, render_metrics, take_snapshot
 from supervisors._spec import ChildSpec
@@ -157,6 +158,8 @@ class AdminSettings:
             bound to loopback, any otherwise.
         graceful_timeout: seconds open connections get to finish when the server stops
             (default 1).
+        saga_input: show each saga's input in ``GET .../sagas/{id}`` (default ``False``: an
+            input may hold personal data; the audit trail's details are always redacted).
 
     Raises:
         ValueError: a value is out of range.
@@ -173,6 +176,7 @@ class AdminSettings:
     ask_timeout: float = 5.0
     allowed_hosts: frozenset[str] | None = None
     graceful_timeout: float = 1.0
+    saga_input: bool = False
 
     def __attrs_post_init__(self) -> None:
         if not isinstance(self.host, str) or not self.host:
@@ -273,68 +277,25 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
 # ================================================================================ sagas
 
 
-class SagaQueries:
-    """How the admin API asks the saga coordinator (the module ``actors._saga``).
+class SagaPage(msgspec.Struct, frozen=True):
+    """The body of ``GET /api/resilience/sagas``: a page of unfinished sagas, oldest first.
 
-    The coordinator's query messages are looked up by name in ``actors._saga`` when first
-    needed: ``list_message`` (no arguments; its reply lists the unfinished sagas) and
-    ``get_message`` (one argument, the saga id; its reply is the saga's audit trail).  Without
-    that module or those names, the saga endpoints answer 503.
+    ``items`` are the coordinator's :class:`~actors.SagaSummary` records (running sagas and
+    those that ended ``compensation_failed`` and wait for an operator); ``total`` counts them
+    all.
     """
 
-    def __init__(self, list_message: str = "ListSagas", get_message: str = "GetSaga") -> None:
-        self.list_message = list_message
-        self.get_message = get_message
+    items: list[Any]
+    offset: int
+    limit: int
+    total: int
 
-    @staticmethod
-    def _type(name: str) -> Any:
-        try:
-            saga_module = importlib.import_module("actors._saga")
-        except ImportError:
-            return None
-        return getattr(saga_module, name, None)
 
-    def listing(self, backend: AdminBackend) -> tuple[ActorRef[Any, Any] | None, object | None]:
-        """The coordinator's ref and its list query, or ``(None, None)``."""
-        path = backend.settings.sagas
-        kind = self._type(self.list_message)
-        if path is None or kind is None:
-            return None, None
-        try:
-            return backend.lookup(path), kind()
-        except ActorError:
-            return None, None
-
-    def _unavailable(self, backend: AdminBackend) -> ApiError:
-        return ApiError(
-            503,
-            "unavailable",
-            "no saga coordinator is available"
-            + (f" at {backend.settings.sagas!r}" if backend.settings.sagas else ""),
-            action="Run a saga coordinator in the tree and give its path to the admin API.",
-        )
-
-    async def unfinished(self, backend: AdminBackend) -> object:
-        """The coordinator's answer to the list query."""
-        kind = self._type(self.list_message)
-        if backend.settings.sagas is None or kind is None:
-            raise self._unavailable(backend)
-        return await backend.ask(backend.settings.sagas, kind(), "saga coordinator")
-
-    async def one(self, backend: AdminBackend, saga_id: str) -> object:
-        """The coordinator's answer to the query for one saga."""
-        kind = self._type(self.get_message)
-        if backend.settings.sagas is None or kind is None:
-            raise self._unavailable(backend)
-        info = await backend.ask(backend.settings.sagas, kind(saga_id), "saga coordinator")
-        if info is None:
-            raise ApiError(
-                404,
-                "unknown_saga",
-                f"the saga coordinator has no saga {saga_id!r}",
-                action="GET /api/resilience/sagas lists the unfinished sagas.",
-            )
-        return info
+def _hide_input(info: SagaInfo, show_input: bool) -> SagaInfo:
+    """A saga's input may hold personal data: hidden unless configured; details redacted."""
+    events = [msgspec.structs.replace(e, detail=redact(e.detail)) for e in info.events]
+    shown = info.input if show_input else None
+    return msgspec.structs.replace(info, input=shown, events=events)
 
 
 # ================================================================================ backend
@@ -362,7 +323,6 @@ class AdminBackend:
         self.lookup = lookup
         self.tree = tree
         self.providers = providers
-        self.sagas = SagaQueries()
 
     async def ask(self, path: str, message: object, what: str) -> Any:
         """Ask the actor at ``path``; translate its errors to :class:`ApiError`."""
@@ -644,12 +604,37 @@ async def _provider_reset(request: Request, backend: AdminBackend) -> object:
     return await backend.ask_ref(ref, ResetProvider(), f"provider {service!r}")
 
 
+def _sagas_path(backend: AdminBackend) -> str:
+    path = backend.settings.sagas
+    if path is None:
+        raise ApiError(
+            503,
+            "unavailable",
+            "the admin API was configured without a saga coordinator",
+            action="Give the coordinator's path to admin_spec(sagas=...).",
+        )
+    return path
+
+
 async def _sagas(request: Request, backend: AdminBackend) -> object:
-    return await backend.sagas.unfinished(backend)
+    most = backend.settings.max_page
+    offset = _int_param(request, "offset", 0, 0, 1_000_000)
+    limit = _int_param(request, "limit", min(50, most), 1, most)
+    sagas = await backend.ask(_sagas_path(backend), ListSagas(), "saga coordinator")
+    return SagaPage(list(sagas[offset : offset + limit]), offset, limit, len(sagas))
 
 
 async def _saga(request: Request, backend: AdminBackend) -> object:
-    return await backend.sagas.one(backend, _name(request, "saga_id"))
+    saga_id = _name(request, "saga_id")
+    info = await backend.ask(_sagas_path(backend), GetSaga(saga_id), "saga coordinator")
+    if info is None:
+        raise ApiError(
+            404,
+            "unknown_saga",
+            f"the saga coordinator has no saga {saga_id!r}",
+            action="GET /api/resilience/sagas lists the unfinished sagas.",
+        )
+    return _hide_input(info, backend.settings.saga_input)
 
 
 async def _prometheus(request: Request, backend: AdminBackend) -> object:
@@ -658,13 +643,18 @@ async def _prometheus(request: Request, backend: AdminBackend) -> object:
         monitor: ActorRef[Any, Any] | None = backend.lookup(settings.monitor)
     except ActorError:
         monitor = None
-    sagas_ref, sagas_query = backend.sagas.listing(backend)
+    sagas: ActorRef[Any, Any] | None = None
+    if settings.sagas is not None:
+        try:
+            sagas = backend.lookup(settings.sagas)
+        except ActorError:
+            sagas = None
     snapshot = await take_snapshot(
         monitor,
         tree=backend.tree(),
         providers=backend.providers(),
-        sagas=sagas_ref,
-        sagas_query=sagas_query,
+        sagas=sagas,
+        sagas_query=ListSagas(),
         ask_timeout=settings.ask_timeout,
     )
     return _response(render_metrics(snapshot), METRICS_CONTENT_TYPE)
@@ -936,6 +926,7 @@ def admin_spec(
     max_page: int = 100,
     ask_timeout: float = 5.0,
     allowed_hosts: Sequence[str] | None = None,
+    saga_input: bool = False,
     shutdown: float = 5.0,
 ) -> ChildSpec[GetAdminAddress, AdminAddress]:
     """The child spec of the admin API server (an :class:`AdminActor`).
@@ -967,5 +958,6 @@ def admin_spec(
         max_page=max_page,
         ask_timeout=ask_timeout,
         allowed_hosts=None if allowed_hosts is None else frozenset(allowed_hosts),
+        saga_input=saga_input,
     )
     return ChildSpec(name, lambda: AdminActor(settings, tree=tree), shutdown=shutdown)

@@ -9,8 +9,10 @@ with ``python -m``) and builds its tree.  By convention the module defines
 optional ``async def workload(root) -> None`` drives traffic; the run ends when it returns,
 after ``--seconds``, or on Ctrl-C (the first one stops the run gracefully: the tree shuts down
 in order).  While the tree runs, its supervision events are forwarded to the monitor (``--monitor
-PATH``, default ``monitor``), the live view redraws from snapshots (``supervisors._live``), and
-``--admin-port`` adds the admin API as a dynamic child of the root (named ``aura-admin``).
+PATH``, default ``monitor``), the live view redraws from snapshots (``supervisors._live``) that
+include the saga coordinator's unfinished sagas when there is one (``--sagas PATH``, default
+``sagas``), and ``--admin-port`` adds the admin API as a dynamic child of the root (named
+``aura-admin``).
 
 ``aura config check FILE`` loads a configuration with :func:`actors.load_config` and prints
 every provider's effective settings; an invalid file prints the error with the dotted path of
@@ -41,6 +43,7 @@ import trio
 
 from actors._config import ResilienceConfig, load_config
 from actors._errors import ActorError, AuraError, ConfigError
+from actors._saga_messages import ListSagas
 from supervisors._events import SupervisionEvent
 from supervisors._logging import CorrelationFilter, JsonFormatter, configure_logging
 from supervisors._metrics import OperatorSnapshot, take_snapshot
@@ -167,6 +170,7 @@ async def run_tree(
                     host=args.admin_host,
                     token=token,
                     monitor=args.monitor,
+                    sagas=args.sagas,
                     tree=root,
                     name="aura-admin",
                 )
@@ -175,11 +179,20 @@ async def run_tree(
             logger.warning("admin API on %s (writes %s)", address.url,
                            "need the token" if token else "disabled: no token")  # fmt: skip
 
+        try:
+            sagas = root.ref(args.sagas)
+        except NoSuchChild:
+            sagas = None
+
         async def snapshot() -> OperatorSnapshot:
             from supervisors._admin import find_providers
 
             return await take_snapshot(
-                monitor, tree=root.snapshot(), providers=find_providers(root)
+                monitor,
+                tree=root.snapshot(),
+                providers=find_providers(root),
+                sagas=sagas,
+                sagas_query=ListSagas(),
             )
 
         with trio.CancelScope() as run_scope:
@@ -430,6 +443,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("target", metavar="MODULE[:TREE]")
     run.add_argument("--config", metavar="FILE", help="resilience configuration (TOML or JSON)")
     run.add_argument("--monitor", default="monitor", metavar="PATH", help="the monitor's path")
+    run.add_argument(
+        "--sagas", default="sagas", metavar="PATH", help="the saga coordinator's path, if any"
+    )
     run.add_argument("--seconds", type=_positive, help="stop after this many seconds")
     run.add_argument("--no-live", action="store_true", help="plain log lines (CI, pipes)")
     run.add_argument("--log-json", action="store_true", help="log records as JSON lines")

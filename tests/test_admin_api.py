@@ -15,9 +15,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from actors import Call, ErrorCategory, ProviderActor, ProviderSettings, RetrySettings
+from actors import (
+    Actor,
+    Call,
+    ErrorCategory,
+    MemoryJournal,
+    ProviderActor,
+    ProviderSettings,
+    RetrySettings,
+)
 from actors._monitor import MonitorActor
 from actors._monitoring_types import BreakerReport, CallReport, MonitorSettings
+from actors._saga import SagaCoordinator
+from actors._saga_definition import SagaDefinition, SagaStep, SagaStepMessage
+from actors._saga_messages import StartSaga
 from supervisors import ChildSpec, Supervisor, SupervisorSpec, open_supervisor
 from supervisors._admin import AdminSettings, GetAdminAddress, admin_spec
 
@@ -31,8 +42,32 @@ async def _service(payload: Any) -> Any:
     return {"echo": payload}
 
 
-def _tree(**admin: Any) -> tuple[SupervisorSpec, dict[str, Supervisor]]:
-    holder: dict[str, Supervisor] = {}
+class Worker(Actor[SagaStepMessage, Any]):
+    """A saga step target: answers at once, or holds the step until told to let go."""
+
+    def __init__(self, gate: trio.Event) -> None:
+        self.gate = gate
+
+    async def handle(self, message: SagaStepMessage) -> Any:
+        if message.payload != "hold":
+            return {"done": message.payload, "token": "sk-live-abcdefghijklmnopqrstuvwx"}
+        reply = self.defer()
+
+        async def later() -> None:
+            await self.gate.wait()
+            reply.set({"done": "held"})
+
+        self.spawn(later)
+        return None
+
+
+ORDER = SagaDefinition(
+    "order", [SagaStep("charge", "worker", action=lambda ctx: ctx.input["what"])]
+)
+
+
+def _tree(**admin: Any) -> tuple[SupervisorSpec, dict[str, Any]]:
+    holder: dict[str, Any] = {"gate": trio.Event(), "journal": MemoryJournal()}
     settings = ProviderSettings(retry=RetrySettings(max_attempts=1))
     admin.setdefault("tree", lambda: holder.get("root"))
     admin.setdefault("token", TOKEN)
@@ -51,6 +86,8 @@ def _tree(**admin: Any) -> tuple[SupervisorSpec, dict[str, Supervisor]]:
                     )
                 ],
             ),
+            ChildSpec("worker", lambda: Worker(holder["gate"])),
+            ChildSpec("sagas", lambda: SagaCoordinator(holder["journal"], [ORDER])),
             admin_spec(port=0, **admin),
         ],
     )
@@ -66,6 +103,7 @@ async def admin_app(**admin: Any) -> AsyncIterator[tuple[Supervisor, httpx.Async
         address = await root.ref("admin").ask(GetAdminAddress())
         async with httpx.AsyncClient(base_url=address.url, timeout=10) as client:
             yield root, client
+        holder["gate"].set()
 
 
 def report(root: Supervisor, *reports: object) -> None:
@@ -383,7 +421,8 @@ async def test_tree_snapshot_from_the_supervisor() -> None:
     async with admin_app() as (_root, client):
         tree = (await client.get("/api/resilience/tree")).json()
         assert tree["kind"] == "supervisor"
-        assert [c["name"] for c in tree["children"]] == ["monitor", "providers", "admin"]
+        names = [c["name"] for c in tree["children"]]
+        assert names == ["monitor", "providers", "worker", "sagas", "admin"]
         providers = tree["children"][1]
         assert providers["strategy"] == "one_for_one"
         assert providers["children"][0] | {"mailbox_depth": 0} == {
@@ -409,6 +448,8 @@ async def test_tree_snapshot_rebuilt_from_slots_without_a_handle() -> None:
             "monitor": "actor",
             "providers": "supervisor",
             "providers/flaky": "actor",
+            "worker": "actor",
+            "sagas": "actor",
             "admin": "actor",
         }
 
@@ -449,12 +490,48 @@ async def test_monitor_missing_is_503() -> None:
 
 
 async def test_sagas_without_a_coordinator_are_503() -> None:
-    """Without a saga coordinator the saga endpoints answer 503 with a JSON error."""
+    """Configured without a saga coordinator, the saga endpoints answer 503 JSON errors."""
     async with admin_app(sagas=None) as (_root, client):
         for path in ("/api/resilience/sagas", "/api/resilience/sagas/s1"):
             response = await client.get(path)
             assert response.status_code == 503
             assert error_of(response)["code"] == "unavailable"
+
+
+async def _two_sagas(root: Supervisor) -> None:
+    coordinator = root.ref("sagas")
+    await coordinator.ask(StartSaga("order", {"what": "book"}, saga_id="done-1"))
+    await coordinator.ask(StartSaga("order", {"what": "hold"}, saga_id="held-1", wait=False))
+
+
+async def test_sagas_list_and_audit_trail() -> None:
+    """The unfinished sagas are listed (paginated); one saga shows its audit trail."""
+    async with admin_app() as (root, client):
+        await _two_sagas(root)
+        listing = (await client.get("/api/resilience/sagas")).json()
+        assert listing["total"] == 1
+        assert [s["saga_id"] for s in listing["items"]] == ["held-1"]
+        assert listing["items"][0]["phase"] == "step_in_flight"
+        empty = (await client.get("/api/resilience/sagas?offset=1")).json()
+        assert (empty["items"], empty["total"]) == ([], 1)
+        assert (await client.get("/api/resilience/sagas?limit=0")).status_code == 400
+        done = (await client.get("/api/resilience/sagas/done-1")).json()
+        assert done["phase"] == "completed"
+        assert done["completed_steps"] == ["charge"]
+        assert [e["kind"] for e in done["events"]][-1] == "completed"
+        assert done["input"] is None  # hidden by default
+        assert "sk-live" not in str(done["events"])  # details are redacted
+        missing = await client.get("/api/resilience/sagas/nope")
+        assert missing.status_code == 404
+        assert error_of(missing)["code"] == "unknown_saga"
+
+
+async def test_saga_input_shown_when_configured() -> None:
+    """With saga_input=True the saga's input is part of its audit record."""
+    async with admin_app(saga_input=True) as (root, client):
+        await _two_sagas(root)
+        done = (await client.get("/api/resilience/sagas/done-1")).json()
+        assert done["input"] == {"what": "book"}
 
 
 # ================================================================================ /metrics
@@ -495,6 +572,7 @@ async def test_prometheus_exposition_parses() -> None:
         assert ("aura_actor_mailbox_depth", (("path", "providers/flaky"),)) in samples
         assert samples[("aura_supervisor_state", (("path", "(root)"), ("state", "running")))] == 1
         assert samples[("aura_provider_succeeded_total", (("service", "flaky"),))] == 1
+        assert samples[("aura_sagas_unfinished", ())] == 0
         assert "aura_service_latency_seconds" in families
 
 
