@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import inspect
+import io
 import logging
 import os
 import signal
@@ -284,7 +285,7 @@ def _flatten(value: Any, prefix: str, out: dict[str, str]) -> None:
         for key, item in value.items():
             _flatten(item, f"{prefix}.{key}" if prefix else str(key), out)
     elif isinstance(value, list):
-        out[prefix] = ", ".join(str(v) for v in value) or "[]"
+        out[prefix] = ",".join(str(v) for v in value) or "[]"
     else:
         out[prefix] = (
             "-" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
@@ -292,35 +293,34 @@ def _flatten(value: Any, prefix: str, out: dict[str, str]) -> None:
 
 
 def describe_config(config: ResilienceConfig) -> str:
-    """The effective settings as text: one row per setting, one column per provider."""
+    """The effective settings as text.
+
+    Every default is listed; then, per named provider, the settings in which its effective
+    settings differ from the defaults (everything else it takes from the defaults); then the
+    monitoring and idempotency sections.
+    """
     data = config.to_dict()
-    columns = {"(defaults)": data["defaults"], **data["providers"]}
-    flat: dict[str, dict[str, str]] = {}
-    for name, settings in columns.items():
+    defaults: dict[str, str] = {}
+    _flatten(data["defaults"], "", defaults)
+    width = max(len(key) for key in defaults)
+    lines = ["defaults (every setting a provider does not override, and providers not named):"]
+    lines += [f"  {key.ljust(width)}  {value}" for key, value in defaults.items()]
+    lines += ["", "providers (their settings that differ from the defaults):"]
+    if not data["providers"]:
+        lines.append("  (none named)")
+    for name, settings in data["providers"].items():
         rows: dict[str, str] = {}
         _flatten(settings, "", rows)
-        flat[name] = rows
-    keys = list(flat["(defaults)"])
-    for rows in flat.values():
-        keys += [k for k in rows if k not in keys]
-    names = list(flat)
-    widths = [max(len(k) for k in [*keys, "setting"])] + [
-        max(len(n), *(len(flat[n].get(k, "-")) for k in keys)) for n in names
-    ]
-    lines = ["effective provider settings (providers not named use the defaults):", ""]
-
-    def row(cells: Sequence[str]) -> str:
-        return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
-
-    lines.append(row(["setting", *names]))
-    lines.append(row(["-" * w for w in widths]))
-    for key in keys:
-        lines.append(row([key, *(flat[n].get(key, "-") for n in names)]))
+        changed = {k: v for k, v in rows.items() if defaults.get(k) != v}
+        lines.append(f"  {name}" + ("" if changed else ": the defaults"))
+        lines += [
+            f"    {key.ljust(width - 2)}  {value}  (default {defaults.get(key, '-')})"
+            for key, value in changed.items()
+        ]
     for section in ("monitoring", "idempotency"):
         rows = {}
         _flatten(data[section], "", rows)
         lines += ["", f"{section}:"]
-        width = max(len(k) for k in rows)
         lines += [f"  {k.ljust(width)}  {v}" for k, v in rows.items()]
     return "\n".join(lines)
 
@@ -492,6 +492,19 @@ def main(
     out = sys.stdout if stdout is None else stdout
     err = sys.stderr if stderr is None else stderr
     args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args, console, out, err)
+    except BrokenPipeError:
+        # The reader went away (`aura config check f | head`): stop quietly, like other tools.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, out.fileno())
+        except (OSError, ValueError, io.UnsupportedOperation):
+            pass
+        return EXIT_ERROR
+
+
+def _dispatch(args: argparse.Namespace, console: Console | None, out: TextIO, err: TextIO) -> int:
     try:
         if args.command == "run":
             return _cmd_run(args, console, err)
