@@ -10,9 +10,9 @@ so subclasses define their constructor freely.
 
 Slow work must not block the mailbox: ``handle`` calls :meth:`Actor.defer` to take the answer
 slot of the current ask, starts the work with :meth:`Actor.spawn`, and returns at once; the
-background task answers the :class:`~actors.Reply` when it is done.  Background tasks run in the
-incarnation's nursery: they are cancelled when the actor stops, and an exception from one of
-them crashes the actor like an exception from ``handle``.  Because trio switches tasks only at
+background task answers the :class:`~actors.Reply` when it is done.  Background tasks belong to
+the incarnation: they are cancelled when the actor stops, and an exception from one of them
+crashes the actor like an exception from ``handle``.  Because trio switches tasks only at
 ``await``, state updates made between two awaits are atomic; keep them that way.
 """
 
@@ -139,11 +139,9 @@ class Actor(Generic[M, R]):
 
         The task is cancelled when the actor stops; if it raises, the actor crashes.
         """
-        nursery = self._context().nursery
-        if nursery is None:
-            raise RuntimeError("spawn() called on an actor that is not running")
-        label = name or f"{self.path}:{getattr(async_fn, '__name__', 'task')}"
-        nursery.start_soon(async_fn, *args, name=label)
+        inc = self._context()
+        label = name or f"{inc.cell.path}:{getattr(async_fn, '__name__', 'task')}"
+        inc.spawn(async_fn, args, label)
 
     def stop(self) -> None:
         """Stop gracefully after the current message (``on_stop`` runs; the exit is normal)."""

@@ -245,17 +245,63 @@ class _Cell:
 
 
 class _Incarnation:
-    """One actor instance running in a cell: its nursery, current message and deferred replies."""
+    """One actor instance running in a cell: its background tasks, current message and
+    deferred replies.
 
-    __slots__ = ("actor", "cell", "current", "deferred", "nursery", "stop_requested")
+    Background tasks run in the ``host`` nursery of whoever runs the incarnation (a child
+    task of a supervisor lives across inline restarts; ``open_actor`` uses its runtime's),
+    each inside its own cancel scope, so an incarnation costs no nursery of its own (opening
+    and closing one costs more than a message round trip).  When a background task fails, the
+    incarnation records the error and cancels ``kill``, the scope its runner put around it.
+    """
 
-    def __init__(self, cell: _Cell, actor: Actor[Any, Any]) -> None:
+    __slots__ = (
+        "actor",
+        "background",
+        "cell",
+        "closed",
+        "current",
+        "deferred",
+        "error",
+        "host",
+        "kill",
+        "stop_requested",
+    )
+
+    def __init__(
+        self, cell: _Cell, actor: Actor[Any, Any], host: trio.Nursery, kill: trio.CancelScope
+    ) -> None:
         self.cell = cell
         self.actor = actor
-        self.nursery: trio.Nursery | None = None
+        self.host = host
+        self.kill = kill
+        self.background: set[trio.CancelScope] = set()
         self.current: Reply[Any] | None = None
         self.deferred: set[Reply[Any]] = set()
         self.stop_requested = False
+        self.closed = False
+        self.error: BaseException | None = None
+
+    def spawn(self, async_fn: Callable[..., Any], args: tuple[Any, ...], name: str) -> None:
+        if self.closed:
+            raise RuntimeError(f"actor {self.cell.path!r} is not running: cannot spawn {name}")
+        self.host.start_soon(self._background, async_fn, args, name=name)
+
+    async def _background(self, async_fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        scope = trio.CancelScope()
+        self.background.add(scope)
+        try:
+            with scope:
+                await async_fn(*args)
+        except BaseException as exc:
+            if is_cancellation(exc) or is_fatal(exc):
+                raise
+            # A failing background task crashes its incarnation (not the host's other tasks).
+            if self.error is None and not self.closed:
+                self.error = exc
+                self.kill.cancel()
+        finally:
+            self.background.discard(scope)
 
 
 def is_cancellation(exc: BaseException) -> bool:
@@ -335,36 +381,47 @@ async def run_actor(
     cell: _Cell,
     actor: Actor[Any, Any],
     started: Callable[[], None],
+    host: trio.Nursery,
+    kill: trio.CancelScope,
 ) -> None:
     """Run one incarnation of ``actor`` in ``cell`` until it stops, crashes or is cancelled.
 
-    ``started`` is called once ``on_start`` has returned.  A crash propagates (as raised by the
-    nursery: possibly an exception group); the caller (a supervisor) decides what happens next.
-    The cell is never closed here: that is the supervisor's decision.
+    ``started`` is called once ``on_start`` has returned.  Background tasks go to ``host``;
+    ``kill`` is a cancel scope the caller put around this call: a failing background task
+    cancels it, and this function then raises that task's exception.  A crash propagates; the
+    caller (a supervisor) decides what happens next.  The cell is never closed here: that is
+    the supervisor's decision.
     """
-    inc = _Incarnation(cell, actor)
+    inc = _Incarnation(cell, actor, host, kill)
     cell.generation += 1
     cell.incarnation = inc
     cell.state = CellState.STARTING
     actor._inc = inc
     error: BaseException | None = None
     try:
-        async with trio.open_nursery() as nursery:
-            inc.nursery = nursery
-            await actor.on_start()
-            if not cell.closed:
-                cell.state = CellState.RUNNING
-            started()
-            await _serve(inc)
-            if not cell.closed:
-                cell.state = CellState.STOPPING
-            await actor.on_stop()
-            nursery.cancel_scope.cancel()
+        await actor.on_start()
+        if not cell.closed:
+            cell.state = CellState.RUNNING
+        started()
+        await _serve(inc)
+        if not cell.closed:
+            cell.state = CellState.STOPPING
+        await actor.on_stop()
     except BaseException as exc:
         error = exc
+        if inc.error is not None and is_cancellation(exc):
+            error = inc.error
+            raise inc.error from None
         raise
     finally:
+        inc.closed = True
+        for scope in inc.background:
+            scope.cancel()
+        if error is None and inc.error is not None:
+            error = inc.error  # on_stop finished while a background task was failing
         _end_incarnation(inc, error)
+    if inc.error is not None:
+        raise inc.error
 
 
 def _end_incarnation(inc: _Incarnation, error: BaseException | None) -> None:

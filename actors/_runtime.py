@@ -103,11 +103,14 @@ async def open_actor(
     try:
         async with open_runtime() as (timers, nursery):
             cell = _Cell(name, timers=timers, capacity=capacity, ask_timeout=ask_timeout)
+            ready = trio.Event()
             exited = trio.Event()
 
-            async def runner(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+            async def runner() -> None:
                 try:
-                    await run_actor(cell, instance, task_status.started)
+                    with trio.CancelScope() as kill:
+                        async with trio.open_nursery() as host:
+                            await run_actor(cell, instance, ready.set, host, kill)
                 except BaseException as exc:
                     if is_cancellation(exc) or is_fatal(exc):
                         raise
@@ -117,9 +120,11 @@ async def open_actor(
                     nursery.cancel_scope.cancel()
                 finally:
                     cell.close()
+                    ready.set()
                     exited.set()
 
-            await nursery.start(runner, name=f"actor {name}")
+            nursery.start_soon(runner, name=f"actor {name}")
+            await ready.wait()
             try:
                 yield ActorRef._create(cell)
             except BaseException:

@@ -477,23 +477,25 @@ class _Run:
 
         try:
             with child.scope:
-                while True:
-                    error = None
-                    try:
-                        if child.node is not None:
-                            await child.node.run(started)
-                        else:
-                            assert isinstance(child.spec, ChildSpec)
-                            assert child.cell is not None
-                            actor = child.spec.factory()
-                            await run_actor(child.cell, actor, started)
-                    except BaseException as exc:
-                        if is_cancellation(exc) or is_fatal(exc):
-                            raise
-                        error = unwrap(exc)
-                    if not self._restart_inline(child, error):
-                        break
-                    restarted = True
+                # The host of the child's background tasks, for all its inline incarnations.
+                async with trio.open_nursery() as host:
+                    while True:
+                        error = None
+                        try:
+                            if child.node is not None:
+                                await child.node.run(started)
+                            else:
+                                assert isinstance(child.spec, ChildSpec)
+                                assert child.cell is not None
+                                actor = child.spec.factory()
+                                await run_actor(child.cell, actor, started, host, child.scope)
+                        except BaseException as exc:
+                            if is_cancellation(exc) or is_fatal(exc):
+                                raise
+                            error = unwrap(exc)
+                        if not self._restart_inline(child, error):
+                            break
+                        restarted = True
         finally:
             if not child.started_ok:
                 child.start_error = error
@@ -514,6 +516,8 @@ class _Run:
         if (
             not self.idle
             or child.node is not None
+            or child.scope is None
+            or child.scope.cancel_called
             or child.expected_exit
             or self.spec.strategy is not Strategy.ONE_FOR_ONE
             or self.node.state is not CellState.RUNNING

@@ -507,3 +507,34 @@ def test_spec_validation_messages() -> None:
         SupervisorSpec("s", ["nope"])  # type: ignore[list-item]
     assert ChildSpec("a", Worker, restart=Restart.TRANSIENT).restart is Restart.TRANSIENT
     assert SupervisorSpec("s", [], strategy=Strategy.REST_FOR_ONE).strategy is Strategy.REST_FOR_ONE
+
+
+class BackgroundCrasher(Actor[Any, Any]):
+    """A background task that fails crashes the actor; it then works again."""
+
+    async def handle(self, message: Any) -> Any:
+        if message == "explode-later":
+            reply: Reply[Any] = self.defer()
+            self.spawn(self._explode, reply)
+        return ("ok", message)
+
+    async def _explode(self, reply: Reply[Any]) -> None:
+        await trio.sleep(1.0)
+        raise OSError("background work failed")
+
+
+async def test_background_task_crash_restarts_the_actor(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """A failing background task crashes its incarnation: the deferred ask gets ActorCrashed
+    with the cause, the supervisor restarts the actor, and the ref works again."""
+    events: list[SupervisionEvent] = []
+    async with open_supervisor([ChildSpec("bg", BackgroundCrasher)]) as root:
+        root.add_listener(events.append)
+        ref = root.ref("bg")
+        with pytest.raises(ActorCrashed) as info:
+            await ref.ask("explode-later")
+        assert isinstance(info.value.cause, OSError)
+        assert await ref.ask(1) == ("ok", 1)
+        assert ref.statistics().incarnation == 2
+    assert [e.kind for e in events][:2] == [EventKind.CRASHED, EventKind.RESTARTED]
