@@ -57,7 +57,7 @@ import functools
 import math
 import random as _random
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
-from typing import Any, ClassVar, Final, ParamSpec, TypeVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Final, ParamSpec, TypeVar, cast
 
 import attrs
 import msgspec
@@ -797,6 +797,23 @@ class ChaosSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     latency_max: float | None = None
     outcome_rate: float = 0.0
     outcome: Any = None
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+            *,
+            enabled: bool = ...,
+            seed: int | None = ...,
+            fault_rate: float = ...,
+            faults: Iterable[ErrorCategory | str] = ...,
+            retry_after: float | datetime.timedelta | None = ...,
+            latency_rate: float = ...,
+            latency: float | datetime.timedelta = ...,
+            latency_max: float | datetime.timedelta | None = ...,
+            outcome_rate: float = ...,
+            outcome: Any = ...,
+        ) -> None: ...
 
     def __post_init__(self) -> None:
         if not isinstance(self.enabled, bool):
