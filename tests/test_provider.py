@@ -12,7 +12,6 @@ import trio
 import trio.testing
 
 from actors import (
-    ActorRef,
     BulkheadFull,
     CircuitOpen,
     ErrorCategory,
@@ -458,4 +457,36 @@ def test_constructor_validation() -> None:
     assert ProviderActor("svc", Client()).name == "svc"
 
 
-_ = ActorRef
+async def test_reports_never_block_and_drops_are_counted(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """With the monitor's mailbox full, reports wait for a later flush; past
+    max_pending_reports they are dropped and counted, and calls never wait for the monitor."""
+    from actors import Actor
+
+    class SlowMonitor(Actor[Any, Any]):
+        def __init__(self) -> None:
+            self.reports = 0
+
+        async def handle(self, message: Any) -> Any:
+            if message == "count":
+                return self.reports
+            await trio.sleep(1000.0)  # stuck: its mailbox (capacity 1) fills up
+            return None
+
+    service = FakeService()
+    async with open_actor(SlowMonitor, name="monitor", capacity=1) as monitor:
+        monitor.tell_nowait("block")  # the monitor is busy with this one
+        await trio.testing.wait_all_tasks_blocked()
+        monitor.tell_nowait("fill")  # and its mailbox is full
+        async with provider(
+            service, monitor=monitor, report_interval=1.0, max_pending_reports=5
+        ) as p:
+            start = trio.current_time()
+            for i in range(12):
+                await p.call(i)
+            assert trio.current_time() == start  # no call waited for the monitor
+            await trio.sleep(1.5)  # a flush attempt: the monitor cannot take the batch
+            s = await status(p)
+            assert s.reports_dropped == 12 - 5
+            assert s.succeeded == 12
