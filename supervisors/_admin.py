@@ -194,6 +194,15 @@ class AdminSettings:
             return frozenset(h.lower() for h in self.allowed_hosts)
         return LOOPBACK_NAMES if _is_loopback(self.host) else None
 
+    def host_allowed(self, hostname: str) -> bool:
+        """Whether a request naming ``hostname`` (no port) in its ``Host`` header is served.
+
+        Bound to loopback without ``allowed_hosts``: ``localhost`` and loopback addresses.
+        """
+        if self.allowed_hosts is not None:
+            return hostname.lower() in self.hosts()  # type: ignore[operator]
+        return not _is_loopback(self.host) or _is_loopback(hostname)
+
 
 # ================================================================================ errors
 
@@ -687,26 +696,24 @@ _ROUTES: Final[tuple[tuple[str, str, Endpoint, bool], ...]] = (
 class _TrustedHosts:
     """Refuse requests whose ``Host`` is not allowed (a JSON 400), before any routing."""
 
-    def __init__(self, app: ASGIApp, hosts: frozenset[str] | None) -> None:
+    def __init__(self, app: ASGIApp, settings: AdminSettings) -> None:
         self.app = app
-        self.hosts = hosts
+        self.settings = settings
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and self.hosts is not None:
+        if scope["type"] == "http":
             host = ""
             for name, value in scope.get("headers", ()):
                 if name == b"host":
                     host = value.decode("latin-1")
                     break
-            hostname = host.rsplit(":", 1)[0] if not host.endswith("]") else host
             if host.startswith("[") and "]" in host:
-                hostname = host[: host.index("]") + 1]
-            if hostname.lower() not in self.hosts:
-                response = _error_response(
-                    ApiError(
-                        400, "untrusted_host", f"the Host header {host[:100]!r} is not allowed"
-                    )
-                )
+                hostname = host[1 : host.index("]")]
+            else:
+                hostname = host.rsplit(":", 1)[0]
+            if not self.settings.host_allowed(hostname):
+                problem = f"the Host header {host[:100]!r} is not allowed"
+                response = _error_response(ApiError(400, "untrusted_host", problem))
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
@@ -728,7 +735,7 @@ def build_admin_app(backend: AdminBackend) -> ASGIApp:
     app = Starlette(routes=routes, exception_handlers={HTTPException: _http_exception})
     # A redirect is no answer to a malformed path: "/health/" is a 404 like any unknown path.
     app.router.redirect_slashes = False
-    return _TrustedHosts(app, backend.settings.hosts())
+    return _TrustedHosts(app, backend.settings)
 
 
 # ================================================================================ the actor
