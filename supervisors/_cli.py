@@ -36,6 +36,7 @@ import logging
 import os
 import signal
 import sys
+import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final, TextIO
 
@@ -259,9 +260,23 @@ def _cmd_run(args: argparse.Namespace, console: Console | None, stderr: TextIO) 
         return trio.run(run_tree, spec, workload, args, view_console)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except Exception as exc:
+        error = _leaf(exc)
+        if isinstance(error, AuraError):
+            raise error from None  # main() prints its message
+        print("error: the run failed:", file=stderr)
+        traceback.print_exception(error, file=stderr)
+        return EXIT_ERROR
     finally:
         root_logger.removeHandler(handler)
         root_logger.setLevel(previous_level)
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    """The single exception inside nested one-exception groups (``exc`` itself otherwise)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
 
 
 def _console_handler(console: Console, json: bool) -> logging.Handler:

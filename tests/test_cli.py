@@ -219,6 +219,27 @@ def test_run_reports_bad_targets(
     assert message in err.getvalue()
 
 
+FAILING = """
+    from actors import MonitorActor
+    from supervisors import ChildSpec, SupervisorSpec
+
+    def build_tree():
+        return SupervisorSpec("failing", [ChildSpec("monitor", MonitorActor)])
+
+    async def workload(root):
+        raise LookupError("the workload lost its way")
+"""
+
+
+def test_a_failing_workload_exits_1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A workload that raises ends the run with exit 1 and its traceback on stderr."""
+    name = _module(tmp_path, monkeypatch, "aura_failing_tree", FAILING)
+    err = io.StringIO()
+    assert main(["run", name, "--no-live"], stderr=err) == 1
+    assert "error: the run failed" in err.getvalue()
+    assert "LookupError: the workload lost its way" in err.getvalue()
+
+
 def test_run_with_an_invalid_config_exits_1(tmp_path: Path) -> None:
     """--config with an invalid file exits 1 and names the field."""
     bad = tmp_path / "bad.toml"
