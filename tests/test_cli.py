@@ -29,7 +29,7 @@ from actors import (
     RetrySettings,
 )
 from actors._monitoring_types import BreakerReport, CallReport
-from supervisors import ChildSpec, Supervisor, SupervisorSpec, open_supervisor
+from supervisors import ChildSpec, Supervisor, SupervisorSpec, TreeNode, open_supervisor
 from supervisors._admin import GetAdminAddress, admin_spec
 from supervisors._cli import describe_config, main
 
@@ -434,3 +434,71 @@ def test_usage_errors_exit_2() -> None:
     with pytest.raises(SystemExit) as bad:
         main(["run", "x", "--seconds", "-1"])
     assert bad.value.code == 2
+
+
+# ================================================================================ the views
+
+
+def _summary(saga_id: str, phase: str) -> Any:
+    from actors import SagaPhase, SagaSummary
+
+    return SagaSummary(
+        saga_id=saga_id, definition="video", created_at=0.0, phase=SagaPhase(phase),
+        next_step=1, step_in_flight=1, compensation_step=None, compensated=0, events=3,
+        updated_at=0.0, metadata={},
+    )  # fmt: skip
+
+
+def test_view_shows_saga_progress() -> None:
+    """The view lists unfinished sagas with their phase and progress."""
+    from supervisors._live import render_view
+    from supervisors._metrics import OperatorSnapshot
+
+    snap = OperatorSnapshot(
+        at=5.0, sagas=[_summary("video-7", "step_in_flight"), _summary("v-8", "compensating")]
+    )
+    console = _recording_console()
+    console.print(render_view(snap, title="demo", started_at=0.0))
+    text = console.export_text()
+    assert "demo | health - | up 0:05" in text
+    assert "sagas: 2 unfinished" in text
+    assert "video-7" in text
+    assert "step_in_flight" in text
+    assert "compensating" in text
+
+
+def test_change_log_reports_transitions() -> None:
+    """The plain view logs health changes, breaker transitions, alerts and restarts once each."""
+    from actors._monitoring import MonitorState
+    from supervisors._live import ChangeLog
+    from supervisors._metrics import OperatorSnapshot
+
+    state = MonitorState()
+    changes = ChangeLog()
+
+    def snap(now: float, restarts: int) -> OperatorSnapshot:
+        tree = TreeNode(name="", path="", kind="supervisor", state="running", restarts=0,
+                        children=(TreeNode(name="w", path="w", kind="actor", state="running",
+                                           restarts=restarts),))  # fmt: skip
+        return OperatorSnapshot(
+            at=now,
+            health=state.health(now),
+            breakers=state.breakers(),
+            alerts=state.alerts(),
+            tree=tree,
+        )
+
+    state.record(CallReport("svc", True, 0.1, 0.0), 0.0)
+    first = [message for _, message in changes.changes(snap(0.0, 0))]
+    assert first == ["health - -> healthy"]
+    state.record(BreakerReport("svc", "closed", "open", 1.0), 1.0)
+    second = [message for _, message in changes.changes(snap(1.0, 1))]
+    assert "health healthy -> unhealthy" in second
+    assert "breaker svc: closed -> open" in second
+    assert any(m.startswith("alert raised #1 critical breaker_open svc") for m in second)
+    assert "w restarted (restarts=1)" in second
+    assert list(changes.changes(snap(1.5, 1))) == []
+    state.record(BreakerReport("svc", "open", "closed", 2.0), 2.0)
+    third = [message for _, message in changes.changes(snap(2.0, 1))]
+    assert "breaker svc: open -> closed" in third
+    assert "alert resolved #1 breaker_open svc" in third
