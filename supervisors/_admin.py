@@ -73,6 +73,7 @@ from actors._provider import GetStatus, Isolate, ProviderActor
 from actors._provider import Reset as ResetProvider
 from actors._redact import redact
 from actors._ref import ActorRef
+from actors._reply import Failure
 from actors._saga_messages import GetSaga, ListSagas, SagaInfo
 from supervisors._events import TreeNode
 from supervisors._metrics import METRICS_CONTENT_TYPE, render_metrics, take_snapshot
@@ -817,9 +818,10 @@ class AdminActor(Actor[GetAdminAddress, AdminAddress]):
         self._shutdown.set()
         await self._done.wait()
 
-    async def handle(self, message: GetAdminAddress) -> AdminAddress:
+    async def handle(self, message: object) -> AdminAddress | Failure:
         if not isinstance(message, GetAdminAddress):
-            raise TypeError(f"the admin actor answers GetAdminAddress, not {message!r}")
+            problem = f"the admin actor answers GetAdminAddress, not {type(message).__name__}"
+            return Failure(TypeError(problem))
         assert self._address is not None
         return self._address
 

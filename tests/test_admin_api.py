@@ -601,6 +601,15 @@ async def test_restarting_the_admin_actor_serves_again() -> None:
         assert root.snapshot().find("admin").restarts == 1  # type: ignore[union-attr]
 
 
+async def test_the_admin_actor_refuses_other_messages() -> None:
+    """Anything but GetAdminAddress is answered with a TypeError; the actor keeps running."""
+    async with admin_app() as (root, client):
+        with pytest.raises(TypeError, match="GetAdminAddress"):
+            await root.ref("admin").ask("hello")
+        assert (await client.get("/api/resilience")).status_code == 200
+        assert root.snapshot().find("admin").restarts == 0  # type: ignore[union-attr]
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [
