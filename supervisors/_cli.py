@@ -106,8 +106,14 @@ def load_tree(
     source = getattr(module, name)
     spec = source
     if callable(source) and not isinstance(source, SupervisorSpec):
+        positional = (
+            inspect.Parameter.POSITIONAL_ONLY,
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+            inspect.Parameter.VAR_POSITIONAL,
+        )
         try:
-            takes_config = bool(inspect.signature(source).parameters)
+            parameters = inspect.signature(source).parameters.values()
+            takes_config = any(p.kind in positional for p in parameters)
         except (TypeError, ValueError):
             takes_config = True
         spec = source(config) if takes_config else source()

@@ -172,6 +172,9 @@ IDLE = """
     def no_args():
         return SPEC
 
+    def keywords_only(*, seed=7):
+        return SPEC
+
     NOT_A_TREE = 42
 """
 
@@ -191,7 +194,7 @@ def test_run_without_workload_stops_after_seconds(
     assert "final: health=healthy" in err.getvalue()
 
 
-@pytest.mark.parametrize("attribute", ["SPEC", "no_args"])
+@pytest.mark.parametrize("attribute", ["SPEC", "no_args", "keywords_only"])
 def test_run_names_a_tree_attribute(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, attribute: str
 ) -> None:
