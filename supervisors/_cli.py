@@ -12,7 +12,8 @@ in order).  While the tree runs, its supervision events are forwarded to the mon
 PATH``, default ``monitor``), the live view redraws from snapshots (``supervisors._live``) that
 include the saga coordinator's unfinished sagas when there is one (``--sagas PATH``, default
 ``sagas``), and ``--admin-port`` adds the admin API as a dynamic child of the root (named
-``aura-admin``).
+``aura-admin``).  With ``--no-live``, or when stdout is not a terminal, the view is plain log
+lines instead: what changed between snapshots, and a summary line every ``--every`` seconds.
 
 ``aura config check FILE`` loads a configuration with :func:`actors.load_config` and prints
 every provider's effective settings; an invalid file prints the error with the dotted path of
@@ -247,7 +248,8 @@ def _cmd_run(args: argparse.Namespace, console: Console | None, stderr: TextIO) 
     if args.config is not None:
         config = load_config(args.config)
     spec, workload = load_tree(args.target, config)
-    live = not args.no_live
+    # Without a terminal (CI, a pipe) a live view would only show its last frame: log lines.
+    live = not args.no_live and (console is not None or _is_terminal(sys.stdout))
     view_console = None
     root_logger = logging.getLogger()
     previous_level = root_logger.level
@@ -276,6 +278,13 @@ def _cmd_run(args: argparse.Namespace, console: Console | None, stderr: TextIO) 
     finally:
         root_logger.removeHandler(handler)
         root_logger.setLevel(previous_level)
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def _leaf(exc: BaseException) -> BaseException:
@@ -468,7 +477,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--sagas", default="sagas", metavar="PATH", help="the saga coordinator's path, if any"
     )
     run.add_argument("--seconds", type=_positive, help="stop after this many seconds")
-    run.add_argument("--no-live", action="store_true", help="plain log lines (CI, pipes)")
+    run.add_argument(
+        "--no-live",
+        action="store_true",
+        help="plain log lines (the default when stdout is not a terminal: CI, pipes)",
+    )
     run.add_argument("--log-json", action="store_true", help="log records as JSON lines")
     run.add_argument("--log-level", type=_level, help="default INFO (--no-live), else WARNING")
     run.add_argument("--refresh", type=_positive, default=0.5, help="seconds between redraws")
