@@ -137,3 +137,16 @@ def test_sagas_survive_repeated_sigkill_without_double_effects_or_missing_compen
     )
     assert SagaPhase.COMPENSATED in outcomes.values()
     assert SagaPhase.COMPLETED in outcomes.values()
+
+
+@pytest.mark.slow
+def test_the_video_pipeline_example_completes_or_compensates_every_saga(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """examples.video_pipeline (real time, a SQLite journal) exits 0 and prints its table."""
+    from examples.video_pipeline import cli
+
+    assert cli(["--seed", "1", "--sagas", "8", "--journal", str(tmp_path / "v.db")]) == 0
+    out = capsys.readouterr().out
+    assert "every saga completed or was compensated" in out
+    assert "compensated" in out.split("outcome", 1)[1]
