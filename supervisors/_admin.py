@@ -783,6 +783,7 @@ class AdminActor(Actor[GetAdminAddress, AdminAddress]):
         self._provider_paths: dict[str, str] = dict(settings.providers or {})
 
     async def on_start(self) -> None:
+        """Start the HTTP server; return once it listens (a bind failure crashes the actor)."""
         backend = AdminBackend(
             self.settings, lookup=self.lookup, tree=self._snapshot, providers=self._providers
         )
@@ -815,10 +816,12 @@ class AdminActor(Actor[GetAdminAddress, AdminAddress]):
             self._done.set()
 
     async def on_stop(self) -> None:
+        """Stop accepting connections and let open ones finish (``graceful_timeout``)."""
         self._shutdown.set()
         await self._done.wait()
 
     async def handle(self, message: object) -> AdminAddress | Failure:
+        """Answer :class:`GetAdminAddress`; anything else gets a ``TypeError``."""
         if not isinstance(message, GetAdminAddress):
             problem = f"the admin actor answers GetAdminAddress, not {type(message).__name__}"
             return Failure(TypeError(problem))
