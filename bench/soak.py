@@ -1,0 +1,1015 @@
+"""The reliability suite: a supervision tree under mixed load with every chaos injector on.
+
+Run it with ``python -m bench.soak --seconds N --seed S [--journal memory|sqlite] [--json FILE]``.
+It exits 0 when every invariant held, 1 otherwise.
+
+Theory of operation
+-------------------
+The tree (real clock, no MockClock)::
+
+    soak (one_for_one, 1000 restarts/s: the root must never give up)
+    ├── monitor           MonitorActor: every provider's reports, supervision events, sagas
+    ├── providers         one_for_one
+    │   ├── llm, search, render   keyed and unkeyed load; faults, latency, outcomes, behaviours
+    │   ├── payments      the sagas' charge / refund / ship steps (keys from the sagas)
+    │   └── flaky         unkeyed load; its actor crashes while handling and at start
+    ├── fragile           max 2 restarts per second: gives up now and then (an escalation)
+    │   ├── inventory     the sagas' reserve / release steps; crashes; poisoned releases
+    │   └── ledger        receives tells; crashes while handling
+    └── sagas             SagaCoordinator over a journal; crashes while handling and at start
+
+Every service function is a fake backend (ground truth: requests, effects per key) wrapped
+with chaos injectors: latency (short, and spikes past the attempt timeout), transient faults
+(network, timeout, 429 with Retry-After, 503), substitute outcomes, and a behaviour that
+restarts the ledger like an operator would.  Callers run for ``--seconds``: provider calls
+(half with idempotency keys from a bounded key space, so duplicates happen, half without),
+sagas (with ``wait`` true and false, and short timeouts that cancel some), status asks that
+crash ``flaky`` at a rate, tells to the ledger, and monitor queries.
+
+Then the drain: callers stop, every injector is switched off, and the suite waits until every
+saga has finished and been audited.  Invariants checked at the end:
+
+1. every ask ended with exactly one outcome (none twice, none pending, no untyped error);
+2. no ask outlived its deadline by more than :data:`TOLERANCE` (the timer task and the asking
+   task each need a scheduler pass after the deadline, and the machine is shared: a pass can
+   wait behind other runnable tasks or a garbage collection, the warm-up sample's included);
+3. each idempotency key took effect at most once (the backends count effects per key);
+4. every saga completed or was compensated with its effects undone; ``compensation_failed``
+   only where an injected failure (a poisoned release) explains it, listed for an operator
+   and then discarded from the journal as an operator would; none unfinished after the drain;
+5. the monitor's attempt totals equal what the backends saw, for every provider that never
+   crashed (``flaky``'s crashes lose its unflushed report batch and the attempts in flight:
+   there the monitor may only count fewer, and the gap is printed);
+6. every tell to the ledger was handled, except the one message lost to each injected crash;
+7. no task outlived the tree;
+8. resident memory at the end is within :data:`MAX_RSS_GROWTH` percent of memory after the
+   warm-up (the first 20 % of the run; ``gc.collect()`` before each sample).  The workload is
+   bounded so memory cannot legitimately grow: keys per provider are fewer than the
+   idempotency tables' ``max_records``, the journal keeps the last 1,000 finished sagas, the
+   auditor forgets each saga's ground truth once it is verified, callers are a fixed pool.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import math
+import os
+import random
+import sys
+import tempfile
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Final
+
+import attrs
+import trio
+
+from actors import (
+    Actor,
+    ActorError,
+    AuraError,
+    BackoffSettings,
+    BreakerSettings,
+    BulkheadSettings,
+    ErrorCategory,
+    Failure,
+    GetMetrics,
+    GetStatus,
+    IdempotencySettings,
+    MemoryJournal,
+    MonitorActor,
+    MonitorSettings,
+    Provider,
+    ProviderActor,
+    ProviderSettings,
+    RetrySettings,
+    SqliteJournal,
+    chaos,
+)
+from actors._journal import Journal, saga_state
+from actors._saga import SagaCoordinator
+from actors._saga_definition import SagaDefinition, SagaStep, SagaStepMessage, StepContext
+from actors._saga_messages import StartSaga, decode_error
+from supervisors import ChildSpec, EventKind, Supervisor, SupervisorSpec, open_supervisor
+
+#: Seconds an ask may end after its deadline (see the module docstring).
+TOLERANCE: Final = 0.25
+#: Largest allowed growth of resident memory from the warm-up sample to the end, in percent.
+MAX_RSS_GROWTH: Final = 10.0
+#: Keys per keyed provider (fewer than its idempotency table's max_records).
+KEYS: Final = 400
+KEYED: Final = ("llm", "search", "render")
+INJECTED: Final = "injected by chaos"
+SUBSTITUTE: Final = ("substitute", INJECTED)
+DRAIN_LIMIT: Final = 60.0
+#: Finished sagas the journal keeps: the auditor reads each one within a second of its end.
+RETAIN: Final = 1000
+INVARIANTS: Final = 8
+
+
+# ------------------------------------------------------------------------------ ground truth
+
+
+class Sagas:
+    """Ground truth of the sagas in progress: which are open, and the effects of their keys."""
+
+    def __init__(self) -> None:
+        self.open: dict[str, bool] = {}  # saga id -> poisoned
+        self.inventory: dict[str, int] = {}  # inventory effects by key
+        self.payments: dict[str, int] = {}  # payments effects by key
+        self.late = 0  # effects for sagas already audited
+        self.redeliveries = 0  # steps delivered again with a key already applied
+
+    @staticmethod
+    def saga_of(key: str) -> str:
+        return key.partition(":")[0]
+
+    def keys(self, saga_id: str) -> list[str]:
+        names = ("reserve", "charge", "ship")
+        return [f"{saga_id}:{n}{suffix}" for n in names for suffix in ("", ":compensate")]
+
+    def effects(self, saga_id: str) -> dict[str, int]:
+        found: dict[str, int] = {}
+        for key in self.keys(saga_id):
+            count = self.inventory.get(key, 0) + self.payments.get(key, 0)
+            if count:
+                found[key.partition(":")[2]] = count
+        return found
+
+    def close(self, saga_id: str) -> None:
+        self.open.pop(saga_id, None)
+        for key in self.keys(saga_id):
+            self.inventory.pop(key, None)
+            self.payments.pop(key, None)
+
+
+class Backend:
+    """A fake external service: counts requests, and effects per idempotency key."""
+
+    def __init__(self, name: str, seed: int, sagas: Sagas | None = None) -> None:
+        self.name = name
+        self.rng = random.Random(f"{seed}:{name}:backend")
+        self.requests = 0
+        self.effects: Counter[str] = Counter()
+        self.doubles: list[str] = []
+        self.sagas = sagas
+
+    async def __call__(self, payload: tuple[str, str | None, int]) -> Any:
+        self.requests += 1
+        delay = self.rng.choice((0.0, 0.0, 0.001, 0.003))
+        if delay:
+            await trio.sleep(delay)
+        else:
+            await trio.lowlevel.checkpoint()
+        op, key, value = payload
+        if key is not None:
+            if self.sagas is None:
+                table: dict[str, int] = self.effects
+            else:
+                if Sagas.saga_of(key) not in self.sagas.open:
+                    self.sagas.late += 1
+                    return (op, key, value)
+                table = self.sagas.payments
+            table[key] = table.get(key, 0) + 1
+            if table[key] > 1 and len(self.doubles) < 20:
+                self.doubles.append(key)
+        return (op, key, value)
+
+
+class Service:
+    """What a provider calls: counts every attempt (the ground truth the monitor must match),
+    then the backend behind its chaos injectors."""
+
+    def __init__(self, backend: Backend, injectors: list[chaos.Injector]) -> None:
+        self.backend = backend
+        self.attempts = 0
+        self.injectors = injectors
+        self._fn = chaos.wrap(backend, *injectors)
+
+    async def call(self, payload: Any) -> Any:
+        self.attempts += 1
+        return await self._fn(payload)
+
+
+class Inventory(Actor[Any, Any]):
+    """A saga step target that honours idempotency keys (reserve / release)."""
+
+    def __init__(self, sagas: Sagas) -> None:
+        self.sagas = sagas
+
+    async def handle(self, message: Any) -> Any:
+        if not isinstance(message, SagaStepMessage):
+            return Failure(TypeError(f"inventory accepts saga steps, not {message!r}"))
+        sagas, key = self.sagas, message.key
+        if Sagas.saga_of(key) not in sagas.open:
+            sagas.late += 1
+        elif key in sagas.inventory:
+            sagas.redeliveries += 1
+        else:
+            sagas.inventory[key] = 1
+        return ("released" if message.compensate else "reserved", key)
+
+
+@attrs.define
+class LedgerTruth:
+    sent: int = 0
+    handled: int = 0
+
+
+class Ledger(Actor[Any, Any]):
+    """Receives tells; counts what it handled."""
+
+    def __init__(self, truth: LedgerTruth) -> None:
+        self.truth = truth
+
+    async def handle(self, message: Any) -> Any:
+        self.truth.handled += 1
+        return None
+
+
+# ---------------------------------------------------------------------------------- accounting
+
+
+class AskBook:
+    """Every ask: started, ended once, on time; outcomes by kind."""
+
+    def __init__(self) -> None:
+        self.started = 0
+        self.ended = 0
+        self.twice = 0
+        self.pending: set[int] = set()
+        self.outcomes: Counter[str] = Counter()
+        self.late = 0
+        self.max_late = 0.0
+        self.untyped: Counter[str] = Counter()
+        self.wrong_replies = 0
+
+    def begin(self) -> int:
+        self.started += 1
+        self.pending.add(self.started)
+        return self.started
+
+    def end(self, ask: int, deadline: float, outcome: str) -> None:
+        now = trio.current_time()
+        if ask in self.pending:
+            self.pending.discard(ask)
+        else:
+            self.twice += 1
+        self.ended += 1
+        self.outcomes[outcome] += 1
+        over = now - deadline
+        if over > self.max_late:
+            self.max_late = over
+        if over > TOLERANCE:
+            self.late += 1
+
+    @contextmanager
+    def ask(self, timeout: float) -> Iterator[list[str]]:
+        """Account one ask: the body sets ``outcome[0]``; exceptions are classified here."""
+        ask = self.begin()
+        deadline = trio.current_time() + timeout
+        outcome = ["ok"]
+        try:
+            yield outcome
+        except AuraError as exc:
+            outcome[0] = type(exc).__name__
+        except Exception as exc:
+            outcome[0] = f"untyped {type(exc).__name__}"
+            self.untyped[type(exc).__name__] += 1
+        self.end(ask, deadline, outcome[0])
+
+
+@attrs.define
+class Soak:
+    """Everything one run shares."""
+
+    seed: int
+    seconds: float
+    rng: random.Random
+    sagas: Sagas
+    book: AskBook = attrs.field(factory=AskBook)
+    ledger: LedgerTruth = attrs.field(factory=LedgerTruth)
+    services: dict[str, Service] = attrs.field(factory=dict)
+    injectors: list[chaos.Injector] = attrs.field(factory=list)
+    start_injectors: list[chaos.Injector] = attrs.field(factory=list)
+    ledger_crash: chaos.CrashInjector | None = None
+    events: Counter[str] = attrs.field(factory=Counter)
+    escalations: int = 0
+    root: Supervisor | None = None
+    stopping: bool = False
+    next_key: dict[str, int] = attrs.field(factory=dict)
+    next_saga: int = 0
+    audit: deque[tuple[float, str]] = attrs.field(factory=deque)
+    saga_outcomes: Counter[str] = attrs.field(factory=Counter)
+    operator: list[str] = attrs.field(factory=list)
+    violations: list[str] = attrs.field(factory=list)
+    rss_warm: int = 0
+    rss_end: int = 0
+
+    def injector_rng(self, *parts: object) -> random.Random:
+        return random.Random(":".join(str(p) for p in (self.seed, *parts)))
+
+    def add(self, injector: chaos.Injector, *, at_start: bool = False) -> Any:
+        self.injectors.append(injector)
+        if at_start:
+            self.start_injectors.append(injector)
+        return injector
+
+
+# ------------------------------------------------------------------------------------ the tree
+
+
+def provider_settings(max_records: int) -> ProviderSettings:
+    return ProviderSettings(
+        breaker=BreakerSettings(failure_threshold=8, break_duration=0.5, window=10.0),
+        retry=RetrySettings(
+            max_attempts=3,
+            attempt_timeout=0.25,
+            total_timeout=3.0,
+            backoff=BackoffSettings(base_delay=0.02, max_delay=0.2),
+        ),
+        bulkhead=BulkheadSettings(max_concurrent=32, max_queued=128),
+        idempotency=IdempotencySettings(max_records=max_records),
+    )
+
+
+def call_injectors(soak: Soak, name: str) -> list[chaos.Injector]:
+    """The chaos inside one provider's service: latency, spikes, faults, outcomes, behaviour."""
+
+    async def restart_ledger(payload: Any) -> None:
+        # An operator restarting another component while this call is made.
+        if soak.root is not None:
+            try:
+                await soak.root.supervisor("fragile").restart_child("ledger")
+            except AuraError:
+                pass  # the fragile subtree is restarting: nothing to restart
+
+    chain: list[chaos.Injector] = [
+        chaos.LatencyInjector(0.002, max_delay=0.03, rate=0.05, rng=soak.injector_rng(name, 1)),
+        chaos.LatencyInjector(0.3, max_delay=0.6, rate=0.01, rng=soak.injector_rng(name, 2)),
+        chaos.FaultInjector(
+            "network",
+            "timeout",
+            "rate_limit",
+            "dependency",
+            rate=0.08,
+            retry_after=0.05,
+            rng=soak.injector_rng(name, 3),
+        ),
+    ]
+    if name == "payments":
+        chain.append(
+            chaos.FaultInjector(
+                "validation",
+                rate=0.02,
+                rng=soak.injector_rng(name, 4),
+                when=lambda payload: payload[0] == "charge",
+            )
+        )
+    else:
+        chain.append(chaos.OutcomeInjector(SUBSTITUTE, rate=0.01, rng=soak.injector_rng(name, 5)))
+    if name == "render":
+        chain.append(
+            chaos.BehaviourInjector(restart_ledger, rate=0.002, rng=soak.injector_rng(name, 6))
+        )
+    for injector in chain:
+        soak.add(injector)
+    return chain
+
+
+def order_definition() -> SagaDefinition:
+    retry = RetrySettings(
+        max_attempts=6,
+        retry_on=frozenset(ErrorCategory)
+        - {ErrorCategory.VALIDATION, ErrorCategory.AUTHENTICATION, ErrorCategory.CONFIGURATION},
+        total_timeout=8.0,
+        backoff=BackoffSettings(base_delay=0.1, max_delay=1.0),
+    )
+
+    def op(name: str) -> Callable[[StepContext], Any]:
+        return lambda ctx: (name, ctx.key, ctx.input["order"])
+
+    def release(ctx: StepContext) -> Any:
+        return {"order": ctx.input["order"], "poison": ctx.input["poison"]}
+
+    common: dict[str, Any] = {"compensation_timeout": 1.0, "compensation_retry": retry}
+    return SagaDefinition(
+        "order",
+        [
+            SagaStep(
+                "reserve",
+                "fragile/inventory",
+                action=lambda ctx: {"order": ctx.input["order"]},
+                compensate=release,
+                timeout=1.0,
+                delivery="envelope",
+                **common,
+            ),
+            SagaStep(
+                "charge",
+                "providers/payments",
+                action=op("charge"),
+                compensate=op("refund"),
+                timeout=1.5,
+                delivery="call",
+                **common,
+            ),
+            SagaStep("ship", "providers/payments", action=op("ship"), timeout=1.5, delivery="call"),
+        ],
+        compensation_deadline=15.0,
+    )
+
+
+def build_tree(soak: Soak, journal: Journal) -> SupervisorSpec:
+    def provider(name: str, max_records: int, sagas: Sagas | None = None) -> Callable[[], Any]:
+        service = soak.services[name] = Service(
+            Backend(name, soak.seed, sagas), call_injectors(soak, name)
+        )
+        rng = soak.injector_rng(name, "jitter")
+        settings = provider_settings(max_records)
+        return lambda: ProviderActor(
+            name, service.call, settings, monitor="monitor", rng=rng, report_interval=0.1
+        )
+
+    providers = [ChildSpec(name, provider(name, 2 * KEYS)) for name in KEYED]
+    providers.append(ChildSpec("payments", provider("payments", 1000, soak.sagas)))
+    crash = soak.add(
+        chaos.CrashInjector(
+            rate=0.02,
+            rng=soak.injector_rng("flaky", "crash"),
+            when=lambda message: isinstance(message, GetStatus),
+        )
+    )
+    start = soak.add(
+        chaos.CrashInjector(rate=0.2, rng=soak.injector_rng("flaky", "start")), at_start=True
+    )
+    providers.append(
+        ChildSpec("flaky", chaos.wrap_actor(provider("flaky", 10), crash, start=[start]))
+    )
+
+    poison = soak.add(
+        chaos.OutcomeInjector(
+            factory=lambda message: Failure(ValueError(f"release refused ({INJECTED})")),
+            rate=1.0,
+            when=lambda message: (
+                isinstance(message, SagaStepMessage)
+                and message.compensate
+                and bool(message.payload.get("poison"))
+            ),
+        )
+    )
+    inventory = chaos.wrap_actor(
+        lambda: Inventory(soak.sagas),
+        poison,
+        soak.add(chaos.CrashInjector(rate=0.01, rng=soak.injector_rng("inventory", "crash"))),
+        start=[
+            soak.add(
+                chaos.CrashInjector(rate=0.1, rng=soak.injector_rng("inventory", 0)), at_start=True
+            )
+        ],
+    )
+    soak.ledger_crash = soak.add(
+        chaos.CrashInjector(rate=0.003, rng=soak.injector_rng("ledger", "crash"))
+    )
+    assert soak.ledger_crash is not None
+    ledger = chaos.wrap_actor(lambda: Ledger(soak.ledger), soak.ledger_crash)
+
+    definition = order_definition()
+    coordinator_rng = soak.injector_rng("sagas", "jitter")
+    sagas = chaos.wrap_actor(
+        lambda: SagaCoordinator(journal, [definition], monitor="monitor", rng=coordinator_rng),
+        soak.add(chaos.CrashInjector(rate=0.005, rng=soak.injector_rng("sagas", "crash"))),
+        start=[
+            soak.add(
+                chaos.CrashInjector(rate=0.2, rng=soak.injector_rng("sagas", "start")),
+                at_start=True,
+            )
+        ],
+    )
+    monitor_settings = MonitorSettings(check_interval=1.0)
+    return SupervisorSpec(
+        "soak",
+        [
+            ChildSpec("monitor", lambda: MonitorActor(monitor_settings)),
+            SupervisorSpec("providers", providers, max_restarts=200, period=1.0),
+            SupervisorSpec(
+                "fragile",
+                [ChildSpec("inventory", inventory), ChildSpec("ledger", ledger)],
+                max_restarts=2,
+                period=1.0,
+            ),
+            ChildSpec("sagas", sagas, mailbox_capacity=5000),
+        ],
+        max_restarts=1000,
+        period=1.0,
+    )
+
+
+# ------------------------------------------------------------------------------------ the load
+
+
+async def provider_caller(soak: Soak, root: Supervisor, number: int) -> None:
+    rng = soak.injector_rng("caller", number)
+    clients = {name: Provider[Any, Any](root.ref(f"providers/{name}")) for name in soak.services}
+    recent: deque[tuple[str, int]] = deque(maxlen=8)
+    while not soak.stopping:
+        name = rng.choice((*KEYED, *KEYED, "flaky"))
+        key: str | None = None
+        if name == "flaky" or rng.random() < 0.5:
+            value = rng.randrange(1000)
+        elif recent and rng.random() < 0.2:
+            name, index = rng.choice(recent)  # the same request again: a duplicate
+            key, value = f"{name}-{index}", index
+        else:
+            index = soak.next_key.get(name, 0)
+            if index < KEYS:
+                soak.next_key[name] = index + 1  # fill the key space once, then reuse it
+            else:
+                index = rng.randrange(KEYS)
+            recent.append((name, index))
+            key, value = f"{name}-{index}", index
+        timeout = rng.choice((0.2, 0.5, 1.0, 2.0))
+        with soak.book.ask(timeout) as outcome:
+            reply = await clients[name].call(("load", key, value), key=key, timeout=timeout)
+            if reply == SUBSTITUTE:
+                outcome[0] = "substitute"
+            elif reply != ("load", key, value):
+                soak.book.wrong_replies += 1
+        await trio.sleep(rng.random() * 0.002)
+
+
+async def saga_caller(soak: Soak, root: Supervisor, number: int) -> None:
+    rng = soak.injector_rng("saga caller", number)
+    ref = root.ref("sagas")
+    while not soak.stopping:
+        soak.next_saga += 1
+        saga_id = f"s{soak.seed}-{soak.next_saga}"
+        poison = rng.random() < 0.05
+        soak.sagas.open[saga_id] = poison
+        wait = rng.random() < 0.9
+        timeout = rng.choice((0.5, 1.5, 4.0)) if wait else 2.0
+        start = StartSaga(
+            "order", {"order": soak.next_saga, "poison": poison}, saga_id=saga_id, wait=wait
+        )
+        with soak.book.ask(timeout):
+            await ref.ask(start, timeout=timeout)
+        soak.audit.append((trio.current_time() + 0.2, saga_id))
+        await trio.sleep(rng.random() * 0.01)
+
+
+async def teller(soak: Soak, root: Supervisor) -> None:
+    ref = root.ref("fragile/ledger")
+    while not soak.stopping:
+        await ref.tell(("add", 1))
+        soak.ledger.sent += 1
+        await trio.sleep(0.002)
+
+
+async def pinger(soak: Soak, root: Supervisor) -> None:
+    """Status asks (crashing ``flaky`` at a rate) and monitor queries."""
+    refs = [root.ref(f"providers/{name}") for name in soak.services]
+    monitor = root.ref("monitor")
+    rng = soak.injector_rng("pinger")
+    while not soak.stopping:
+        with soak.book.ask(0.5):
+            await rng.choice(refs).ask(GetStatus(), timeout=0.5)
+        with soak.book.ask(0.5):
+            await monitor.ask(GetMetrics(), timeout=0.5)
+        await trio.sleep(0.02)
+
+
+# ----------------------------------------------------------------------------------- auditing
+
+
+async def auditor(soak: Soak, journal: Journal) -> None:
+    """Verify each saga once its caller is done and it has finished (see the module docstring)."""
+    while True:
+        now = trio.current_time()
+        queue = soak.audit
+        for _ in range(len(queue)):
+            due, saga_id = queue[0]
+            if due > now:
+                break
+            queue.popleft()
+            if not await audit_one(soak, journal, saga_id):
+                queue.append((now + 0.2, saga_id))
+        await trio.sleep(0.1)
+
+
+async def audit_one(soak: Soak, journal: Journal, saga_id: str) -> bool:
+    """Check one saga against the ground truth; ``False`` if it has not finished yet."""
+    sagas = soak.sagas
+    found = await journal.get(saga_id)
+    effects = sagas.effects(saga_id)
+    if found is None:
+        soak.saga_outcomes["never started"] += 1
+        if effects:
+            soak.violations.append(f"saga {saga_id} is not in the journal but has {effects}")
+        sagas.close(saga_id)
+        return True
+    state = saga_state(*found)
+    if not state.finished:
+        return False
+    phase = state.phase.value
+    soak.saga_outcomes[phase] += 1
+    if phase == "completed":
+        expected = {"reserve": 1, "charge": 1, "ship": 1}
+        if effects != expected:
+            soak.violations.append(f"completed saga {saga_id} has effects {effects}")
+    elif phase == "compensation_failed":
+        reason = decode_error(state.reason).describe()
+        soak.operator.append(f"{saga_id}: {reason}")
+        if INJECTED not in reason:
+            soak.violations.append(f"saga {saga_id} failed to compensate: {reason}")
+        await journal.discard(saga_id)  # what the operator does once it is handled
+    else:
+        for step in ("reserve", "charge"):
+            if effects.get(step) and not effects.get(f"{step}:compensate"):
+                soak.violations.append(f"{phase} saga {saga_id}: {step} was not undone")
+    sagas.close(saga_id)
+    return True
+
+
+# ---------------------------------------------------------------------------------- measuring
+
+
+def rss_bytes() -> int:
+    """Resident set size of this process, from /proc/self/statm (peak RSS elsewhere)."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):  # pragma: no cover - not Linux
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def sample_rss() -> int:
+    gc.collect()
+    return rss_bytes()
+
+
+def all_tasks() -> set[trio.lowlevel.Task]:
+    found: set[trio.lowlevel.Task] = set()
+    root = trio.lowlevel.current_root_task()
+    assert root is not None
+    todo = [root]
+    while todo:
+        task = todo.pop()
+        found.add(task)
+        for nursery in task.child_nurseries:
+            todo.extend(nursery.child_tasks)
+    return found
+
+
+# -------------------------------------------------------------------------------------- a run
+
+
+@attrs.frozen
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+@attrs.frozen
+class Result:
+    """What a run measured and checked."""
+
+    seconds: float
+    seed: int
+    journal: str
+    asks: int
+    asks_per_s: float
+    outcomes: dict[str, int]
+    faults: int
+    latencies: int
+    outcomes_injected: int
+    behaviours: int
+    crashes: int
+    start_crashes: int
+    escalations: int
+    supervision: dict[str, int]
+    sagas: dict[str, int]
+    tells: int
+    operator: list[str]
+    checks: list[Check]
+    violations: list[str]
+    rss_warm_mb: float
+    rss_end_mb: float
+    rss_growth_pct: float
+    max_late: float
+
+    @property
+    def ok(self) -> bool:
+        return all(check.ok for check in self.checks)
+
+
+@contextmanager
+def open_journal_file(kind: str) -> Iterator[str | None]:
+    if kind == "memory":
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix="aura-soak-") as directory:
+        yield str(Path(directory) / "sagas.db")
+
+
+async def run(seconds: float, seed: int, journal_kind: str = "memory") -> Result:
+    """Run the soak for ``seconds`` of load (plus the drain) and check the invariants."""
+    soak = Soak(seed=seed, seconds=seconds, rng=random.Random(seed), sagas=Sagas())
+    tasks_before = all_tasks()
+    with open_journal_file(journal_kind) as path:
+        journal: Any = (
+            MemoryJournal(retain_last=RETAIN)
+            if path is None
+            else SqliteJournal(path, synchronous="NORMAL", retain_last=RETAIN)
+        )
+        async with journal:
+            metrics, statuses, load_seconds, drained = await _tree_run(soak, journal)
+            unfinished = list(await journal.list_unfinished())
+    tasks_after = all_tasks()
+    return _result(
+        soak,
+        metrics,
+        statuses,
+        load_seconds,
+        drained,
+        unfinished,
+        tasks_before,
+        tasks_after,
+        journal_kind,
+    )
+
+
+async def _tree_run(soak: Soak, journal: Journal) -> tuple[Any, dict[str, Any], float, bool]:
+    tree = build_tree(soak, journal)
+    async with open_supervisor(tree, seed=soak.seed) as root:
+        soak.root = root
+        monitor = root.ref("monitor")
+
+        def listen(event: Any) -> None:
+            soak.events[event.kind.value] += 1
+            if event.kind is EventKind.GAVE_UP and event.path == "fragile":
+                soak.escalations += 1
+            try:
+                monitor.tell_nowait(event)
+            except ActorError:
+                soak.events["not told to the monitor"] += 1
+
+        root.add_listener(listen)
+        started = trio.current_time()
+        async with trio.open_nursery() as audit_nursery:
+            audit_nursery.start_soon(auditor, soak, journal)
+            async with trio.open_nursery() as load:
+                for number in range(48):
+                    load.start_soon(provider_caller, soak, root, number)
+                for number in range(8):
+                    load.start_soon(saga_caller, soak, root, number)
+                load.start_soon(teller, soak, root)
+                load.start_soon(pinger, soak, root)
+                await trio.sleep(soak.seconds * 0.2)
+                soak.rss_warm = sample_rss()
+                await trio.sleep_until(started + soak.seconds)
+                soak.stopping = True  # callers finish the ask they are in, then stop
+            load_seconds = trio.current_time() - started
+            for injector in soak.injectors:
+                injector.enabled = False
+            drained = await _drain(soak, root, journal)
+            audit_nursery.cancel_scope.cancel()
+        await trio.sleep(0.5)  # the providers' last report flush (every 0.1 s)
+        metrics = (await monitor.ask(GetMetrics())).services
+        statuses = {
+            name: await root.ref(f"providers/{name}").ask(GetStatus()) for name in soak.services
+        }
+        soak.rss_end = sample_rss()
+        soak.root = None
+    return metrics, statuses, load_seconds, drained
+
+
+async def _drain(soak: Soak, root: Supervisor, journal: Journal) -> bool:
+    """Wait until every saga finished and was audited and every mailbox is empty."""
+    refs = [root.ref(path) for path in ("fragile/ledger", "fragile/inventory", "sagas")]
+    with trio.move_on_after(DRAIN_LIMIT):
+        while True:
+            unfinished = [
+                s for s in await journal.list_unfinished() if s.phase.value != "compensation_failed"
+            ]
+            queued = sum(ref.statistics().mailbox_depth for ref in refs)
+            if not unfinished and not soak.audit and not queued:
+                return True
+            await trio.sleep(0.1)
+    return False
+
+
+def _result(
+    soak: Soak,
+    metrics: Any,
+    statuses: dict[str, Any],
+    load_seconds: float,
+    drained: bool,
+    unfinished: list[Any],
+    tasks_before: set[trio.lowlevel.Task],
+    tasks_after: set[trio.lowlevel.Task],
+    journal_kind: str,
+) -> Result:
+    book = soak.book
+    by_kind: Counter[str] = Counter()
+    for injector in soak.injectors:
+        by_kind[injector.kind] += injector.injected
+    crash_injected = by_kind["crash"]
+    start_crashes = sum(i.injected for i in soak.start_injectors)
+    checks: list[Check] = []
+
+    def check(name: str, ok: bool, detail: str) -> None:
+        checks.append(Check(name, ok, detail))
+
+    check(
+        "every ask ended with exactly one outcome",
+        book.ended == book.started
+        and not book.pending
+        and not book.twice
+        and not book.untyped
+        and not book.wrong_replies,
+        f"{book.started:,} asks, {book.ended:,} ended, {book.twice} twice, "
+        f"{len(book.pending)} pending, untyped errors {dict(book.untyped) or 0}, "
+        f"wrong replies {book.wrong_replies}",
+    )
+    check(
+        "no ask outlived its deadline",
+        book.late == 0,
+        f"latest end {max(book.max_late, 0.0) * 1000:.1f} ms after its deadline "
+        f"(tolerance {TOLERANCE * 1000:.0f} ms); {book.late} past it",
+    )
+    doubles = [key for service in soak.services.values() for key in service.backend.doubles]
+    keyed_effects = sum(len(soak.services[n].backend.effects) for n in KEYED)
+    check(
+        "each idempotency key took effect at most once",
+        not doubles and soak.sagas.late == 0,
+        f"{keyed_effects:,} load keys took effect, saga steps deduplicated "
+        f"({soak.sagas.redeliveries} redeliveries absorbed); twice: {doubles or 'none'}; "
+        f"effects after a saga was audited: {soak.sagas.late}",
+    )
+    leftover = [s.saga_id for s in unfinished]
+    sagas_total = sum(soak.saga_outcomes.values())
+    check(
+        "every saga completed or compensated",
+        drained and not leftover and not soak.sagas.open and not soak.audit and not soak.violations,
+        f"{sagas_total:,} audited ({dict(soak.saga_outcomes)}); unfinished after the drain: "
+        f"{len(leftover)}; compensation_failed listed for an operator: {len(soak.operator)}"
+        + "".join(f"\n      VIOLATION {v}" for v in soak.violations[:10]),
+    )
+    gaps = []
+    monitor_ok = True
+    for name, service in soak.services.items():
+        counted = metrics[name].totals.calls if name in metrics else 0
+        dropped = statuses[name].reports_dropped
+        if name == "flaky":
+            monitor_ok &= counted <= service.attempts
+            gaps.append(f"{name} {counted:,}/{service.attempts:,} (crashes lose in-flight reports)")
+        else:
+            monitor_ok &= counted == service.attempts and dropped == 0
+            gaps.append(f"{name} {counted:,}/{service.attempts:,}")
+    check("monitor counts equal ground truth", monitor_ok, "attempts " + ", ".join(gaps))
+    lost = soak.ledger_crash.injected if soak.ledger_crash is not None else 0
+    ledger = soak.ledger
+    check(
+        "every tell was handled or lost to an injected crash",
+        ledger.sent == ledger.handled + lost,
+        f"{ledger.sent:,} sent = {ledger.handled:,} handled + {lost} lost to crashes",
+    )
+    leaked = tasks_after - tasks_before
+    check(
+        "no task leaked",
+        not leaked,
+        f"{len(tasks_before)} tasks before the tree, {len(tasks_after)} after"
+        + (f": {sorted(t.name for t in leaked)[:5]}" if leaked else ""),
+    )
+    growth = 100.0 * (soak.rss_end - soak.rss_warm) / soak.rss_warm if soak.rss_warm else math.nan
+    check(
+        "memory steady after warm-up",
+        growth <= MAX_RSS_GROWTH,
+        f"RSS {soak.rss_warm / 2**20:.1f} MB after warm-up, {soak.rss_end / 2**20:.1f} MB at "
+        f"the end ({growth:+.1f} %, limit {MAX_RSS_GROWTH:g} %)",
+    )
+    assert len(checks) == INVARIANTS
+    return Result(
+        seconds=load_seconds,
+        seed=soak.seed,
+        journal=journal_kind,
+        asks=book.ended,
+        asks_per_s=book.ended / load_seconds if load_seconds > 0 else 0.0,
+        outcomes=dict(book.outcomes.most_common()),
+        faults=by_kind["fault"],
+        latencies=by_kind["latency"],
+        outcomes_injected=by_kind["outcome"],
+        behaviours=by_kind["behaviour"],
+        crashes=crash_injected - start_crashes,
+        start_crashes=start_crashes,
+        escalations=soak.escalations,
+        supervision=dict(soak.events),
+        sagas=dict(soak.saga_outcomes),
+        tells=ledger.sent,
+        operator=list(soak.operator),
+        checks=checks,
+        violations=list(soak.violations),
+        rss_warm_mb=soak.rss_warm / 2**20,
+        rss_end_mb=soak.rss_end / 2**20,
+        rss_growth_pct=growth,
+        max_late=book.max_late,
+    )
+
+
+# ------------------------------------------------------------------------------------- output
+
+
+def report(result: Result, out: Any = sys.stdout) -> None:
+    """Print what the run survived and each invariant with its verdict."""
+    sagas = sum(result.sagas.values())
+    ok_asks = result.outcomes.get("ok", 0)
+    print(
+        f"soak: {result.seconds:.1f} s of load, seed {result.seed}, {result.journal} journal",
+        file=out,
+    )
+    print(
+        f"survived: {result.asks:,} asks ({ok_asks:,} ok; {result.asks_per_s:,.0f} asks/s), "
+        f"{result.faults:,} injected faults, {result.latencies:,} latency injections, "
+        f"{result.outcomes_injected:,} substitute outcomes, {result.behaviours:,} behaviours, "
+        f"{result.crashes:,} crashes while handling and {result.start_crashes:,} at start, "
+        f"{result.escalations:,} escalations, {sagas:,} sagas, {result.tells:,} tells",
+        file=out,
+    )
+    outcomes = ", ".join(f"{name} {count:,}" for name, count in result.outcomes.items())
+    print(f"ask outcomes: {outcomes}", file=out)
+    events = ", ".join(f"{name} {count:,}" for name, count in sorted(result.supervision.items()))
+    print(f"supervision events: {events}", file=out)
+    if result.operator:
+        print(
+            f"sagas that need an operator (compensation_failed, {len(result.operator)}):",
+            file=out,
+        )
+        for line in result.operator[:10]:
+            print(f"  {line}", file=out)
+        if len(result.operator) > 10:
+            print(f"  ... and {len(result.operator) - 10} more", file=out)
+    for check in result.checks:
+        print(f"[{'ok' if check.ok else 'FAIL'}] {check.name}: {check.detail}", file=out)
+    failed = sum(not check.ok for check in result.checks)
+    print(
+        f"soak summary: {len(result.checks)} invariants checked, {failed} violated, "
+        f"{result.asks:,} asks, {result.asks_per_s:,.0f} asks/s, "
+        f"RSS growth {result.rss_growth_pct:+.1f} %",
+        file=out,
+    )
+
+
+def figures(result: Result) -> dict[str, float]:
+    """The numbers ``--json`` writes (and ``bench/figures_soak.py`` reads)."""
+    return {
+        "soak_seconds": result.seconds,
+        "soak_asks": float(result.asks),
+        "soak_asks_per_s": result.asks_per_s,
+        "rss_growth_pct": result.rss_growth_pct,
+        "soak_faults": float(result.faults),
+        "soak_crashes": float(result.crashes + result.start_crashes),
+        "soak_escalations": float(result.escalations),
+        "soak_sagas": float(sum(result.sagas.values())),
+        "soak_max_late_ms": result.max_late * 1000,
+        "soak_invariants_violated": float(sum(not c.ok for c in result.checks)),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.soak", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--seconds", type=float, default=60.0, help="seconds of load (60)")
+    parser.add_argument("--seed", type=int, default=1, help="seed of every random source (1)")
+    parser.add_argument(
+        "--journal", choices=("memory", "sqlite"), default="memory", help="saga journal (memory)"
+    )
+    parser.add_argument("--json", metavar="FILE", help="write the figures to FILE as JSON")
+    parser.add_argument("--verbose", action="store_true", help="show the runtime's log records")
+    args = parser.parse_args(argv)
+    if args.seconds < 5:
+        parser.error("--seconds must be at least 5")
+    if not args.verbose:
+        # Injected crashes and compensation retries are logged by design: thousands of lines.
+        logging.getLogger().addHandler(logging.NullHandler())
+        logging.getLogger().setLevel(logging.CRITICAL)
+    wall = time.monotonic()
+    result = trio.run(run, args.seconds, args.seed, args.journal)
+    report(result)
+    print(f"# {time.monotonic() - wall:.1f} s wall-clock", file=sys.stderr)
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures(result), indent=2, sort_keys=True) + "\n")
+    return 0 if result.ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
