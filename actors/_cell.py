@@ -112,6 +112,7 @@ class _Cell:
         "handled",
         "incarnation",
         "name",
+        "owner",
         "path",
         "queue",
         "received",
@@ -142,6 +143,8 @@ class _Cell:
         self.timers = timers
         # Every slot of the same tree, by path: how an actor finds its peers (Actor.lookup).
         self.registry: dict[str, _Cell] = {path: self} if registry is None else registry
+        # The supervision tree the slot belongs to (opaque here; see supervisors.root_of).
+        self.owner: object | None = None
         self.capacity = capacity
         self.ask_timeout = float(ask_timeout)
         self.queue: deque[tuple[Any, Reply[Any] | None]] = deque()

@@ -42,7 +42,7 @@ import itertools
 import math
 import random
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final, TypeAlias
 
 import attrs
@@ -58,6 +58,7 @@ from actors._bulkhead import ENTERED, Bulkhead
 from actors._cell import is_cancellation, is_fatal
 from actors._classify import Classifier
 from actors._config import ProviderSettings
+from actors._correlation import CORRELATION, ids
 from actors._errors import (
     ActorError,
     AuraError,
@@ -172,6 +173,7 @@ class _Job:
         "entry",
         "last_error",
         "live",
+        "log_ids",
         "payload",
         "permit",
         "retry",
@@ -183,8 +185,11 @@ class _Job:
         "waiters",
     )
 
-    def __init__(self, payload: Any, entry: InFlight | None, retry: RetryState) -> None:
+    def __init__(
+        self, payload: Any, entry: InFlight | None, retry: RetryState, log_ids: Mapping[str, str]
+    ) -> None:
         self.payload = payload
+        self.log_ids = log_ids
         self.entry = entry
         self.retry = retry
         self.deadline = retry.deadline
@@ -311,6 +316,7 @@ class ProviderActor(Actor[ProviderMessage, Any]):
         self._delay_seq = itertools.count()
         self._delay_scope: trio.CancelScope | None = None
         self._waiting = 0
+        self._log_ids = ids(service=name)
         self._timers = _Timers()  # replaced by the runtime's timer service in on_start
         self._token: trio.lowlevel.TrioToken | None = None
         self.counters = _Counters()
@@ -452,7 +458,8 @@ class ProviderActor(Actor[ProviderMessage, Any]):
                 self._add_waiter(job, reply)
                 return None
             entry = begun.entry  # type: ignore[union-attr]
-        job = _Job(payload, entry, self._retry.begin(now, reply.deadline))
+        log_ids = self._log_ids if key is None else ids(service=self.name, idempotency_key=key)
+        job = _Job(payload, entry, self._retry.begin(now, reply.deadline), log_ids)
         if entry is not None:
             entry.waiters.append(job)
         self._add_waiter(job, reply)
@@ -617,6 +624,7 @@ class ProviderActor(Actor[ProviderMessage, Any]):
         job.timeout = timeout
         guard = CancelAt(scope)
         self._timers.add(now + timeout, guard)
+        CORRELATION.set(job.log_ids)  # log records of the attempt carry service and key
         try:
             if self._hedging is None:
                 value = await self._fn(job.payload)

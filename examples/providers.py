@@ -142,7 +142,6 @@ async def workload(
     root: Supervisor, *, seconds: float = 600.0, clients: int = 12, seed: int = 7
 ) -> Counter[str]:
     """Clients sending prompts (some re-sent with the same key) for ``seconds``."""
-    root.add_listener(root.ref("monitor").tell_nowait)
     outcomes: Counter[str] = Counter()
     stop_at = trio.current_time() + seconds
     rng = random.Random(seed)
@@ -171,6 +170,7 @@ async def workload(
 
 async def main(seed: int, seconds: float) -> int:
     async with open_supervisor(build_tree(seed=seed)) as root:
+        root.add_listener(root.ref("monitor").tell_nowait)  # supervision events -> monitor
         outcomes = await workload(root, seconds=seconds, seed=seed)
         await trio.sleep(1.0)  # the last report flush
         monitor = root.ref("monitor")

@@ -1,11 +1,30 @@
-"""Supervision trees for aura-actors (Erlang/OTP semantics in trio form).
+"""Supervision trees for aura-actors (Erlang/OTP semantics in trio form), and the operator
+surface: the admin HTTP API, Prometheus metrics and structured logging.
 
 General layout: child specs and strategies in ``_spec``, the engine in ``_supervisor``, the
-public entry points in ``_tree``, events and snapshots in ``_events``.  This package only
-re-exports the public names, listed in ``__all__``.
+public entry points in ``_tree``, events and snapshots in ``_events``; the admin API in
+``_admin``, metrics in ``_metrics``, logging in ``_logging``, the ``aura`` command in ``_cli``
+and ``_live``.  This package only re-exports the public names, listed in ``__all__``.
 """
 
+from supervisors._admin import (
+    AdminActor,
+    AdminAddress,
+    AdminBackend,
+    AdminSettings,
+    GetAdminAddress,
+    admin_spec,
+    build_admin_app,
+)
 from supervisors._events import EventKind, Subscription, SupervisionEvent, TreeNode
+from supervisors._logging import (
+    CorrelationFilter,
+    JsonFormatter,
+    configure_logging,
+    correlation,
+    correlation_ids,
+)
+from supervisors._metrics import AuraCollector, OperatorSnapshot, render_metrics, take_snapshot
 from supervisors._spec import ChildSpec, Restart, RestartBackoff, Strategy, SupervisorSpec
 from supervisors._supervisor import (
     ChildStartFailed,
@@ -14,13 +33,22 @@ from supervisors._supervisor import (
     SupervisorGaveUp,
     SupervisorNotRunning,
 )
-from supervisors._tree import Supervisor, open_supervisor
+from supervisors._tree import Supervisor, open_supervisor, root_of
 
 __all__ = [
+    "AdminActor",
+    "AdminAddress",
+    "AdminBackend",
+    "AdminSettings",
+    "AuraCollector",
     "ChildSpec",
     "ChildStartFailed",
+    "CorrelationFilter",
     "EventKind",
+    "GetAdminAddress",
+    "JsonFormatter",
     "NoSuchChild",
+    "OperatorSnapshot",
     "Restart",
     "RestartBackoff",
     "Strategy",
@@ -32,5 +60,13 @@ __all__ = [
     "SupervisorNotRunning",
     "SupervisorSpec",
     "TreeNode",
+    "admin_spec",
+    "build_admin_app",
+    "configure_logging",
+    "correlation",
+    "correlation_ids",
     "open_supervisor",
+    "render_metrics",
+    "root_of",
+    "take_snapshot",
 ]

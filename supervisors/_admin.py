@@ -78,6 +78,7 @@ from actors._saga_messages import GetSaga, ListSagas, SagaInfo
 from supervisors._events import TreeNode
 from supervisors._metrics import METRICS_CONTENT_TYPE, render_metrics, take_snapshot
 from supervisors._spec import ChildSpec
+from supervisors._tree import root_of
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -841,9 +842,12 @@ class AdminActor(Actor[GetAdminAddress, AdminAddress]):
     def _snapshot(self) -> TreeNode:
         source = self._tree_source
         supervisor = source() if callable(source) else source
-        if supervisor is not None:
-            return supervisor.snapshot()
-        return tree_from_slots(self._cells())
+        if supervisor is None:
+            try:
+                supervisor = root_of(self)
+            except LookupError:  # not supervised: rebuild what the slots show
+                return tree_from_slots(self._cells())
+        return supervisor.snapshot()
 
     def _providers(self) -> dict[str, ActorRef[Any, Any]]:
         if self.settings.providers is None:

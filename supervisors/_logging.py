@@ -24,7 +24,6 @@ Values JSON cannot carry are written as their ``str()``.
 
 from __future__ import annotations
 
-import contextvars
 import datetime
 import logging
 import sys
@@ -34,6 +33,8 @@ from types import MappingProxyType
 from typing import Any, Final, TextIO
 
 import msgspec
+
+from actors._correlation import CORRELATION, EMPTY_IDS
 
 __all__ = [
     "CORRELATION_FIELDS",
@@ -47,8 +48,8 @@ __all__ = [
 #: The correlation ids every record carries, in the order they are printed.
 CORRELATION_FIELDS: Final = ("saga_id", "idempotency_key", "service")
 
-_EMPTY: Final[Mapping[str, str]] = MappingProxyType({})
-_IDS: Final = contextvars.ContextVar[Mapping[str, str]]("aura_correlation_ids", default=_EMPTY)
+_EMPTY: Final[Mapping[str, str]] = EMPTY_IDS
+_IDS: Final = CORRELATION  # shared with the built-in actors, which bind it around their work
 
 # Attributes every LogRecord has; anything else on a record came from `extra=` (or a filter).
 _STANDARD: Final = frozenset(

@@ -23,14 +23,14 @@ from typing import Any, TypeVar, final, overload
 
 import trio
 
-from actors import ActorRef
+from actors import Actor, ActorRef
 from actors._cell import is_cancellation, is_fatal, unwrap
 from actors._runtime import is_cancelled_here, open_runtime, reraise_unwrapped
 from supervisors._events import Subscription, SupervisionEvent, TreeNode
 from supervisors._spec import AnySpec, ChildSpec, RestartBackoff, Strategy, SupervisorSpec
 from supervisors._supervisor import NoSuchChild, _Node, _Run, _Tree, join
 
-__all__ = ["Supervisor", "open_supervisor"]
+__all__ = ["Supervisor", "open_supervisor", "root_of"]
 
 M = TypeVar("M")
 R = TypeVar("R")
@@ -176,6 +176,21 @@ class Supervisor:
 
     def __repr__(self) -> str:
         return f"<Supervisor {self._path or '(root)'!r}>"
+
+
+def root_of(actor: Actor[Any, Any] | ActorRef[Any, Any]) -> Supervisor:
+    """The root :class:`Supervisor` of the tree an actor (or a ref's slot) belongs to.
+
+    For actors that need the tree itself, such as an admin API showing its snapshot.
+
+    Raises:
+        LookupError: the actor is not supervised (``open_actor``) or not running.
+    """
+    cell = actor._cell if isinstance(actor, ActorRef) else actor._context().cell
+    tree = cell.owner
+    if not isinstance(tree, _Tree):
+        raise LookupError(f"{cell.path!r} is not part of a supervision tree")
+    return Supervisor._create(tree, "")
 
 
 @asynccontextmanager
