@@ -72,6 +72,10 @@ class ErrorCategory(enum.Enum):
     DEPENDENCY = "dependency"
     UNKNOWN = "unknown"
 
+    # Members are singletons compared by identity: identity hashing is correct and runs in C,
+    # where Enum's own __hash__ is Python code on hot paths (dicts keyed by category).
+    __hash__ = object.__hash__
+
     @property
     def info(self) -> CategoryInfo:
         """The behaviour table row for this category (see :data:`CATEGORY_INFO`)."""
@@ -179,6 +183,9 @@ CATEGORY_INFO: Final[dict[ErrorCategory, CategoryInfo]] = {
         suggested_action="Look at the error's cause and logs; report it if it is a bug.",
     ),
 }
+
+
+_DEPENDENCY: Final = ErrorCategory.DEPENDENCY
 
 
 class AuraError(Exception):
@@ -405,7 +412,7 @@ class CircuitOpen(ResilienceError):
         self.service = service
         self.retry_after = retry_after
         self.isolated = isolated
-        self.category = ErrorCategory.DEPENDENCY
+        self.category = _DEPENDENCY
 
     @property
     def message(self) -> str:  # type: ignore[override]

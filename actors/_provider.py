@@ -93,6 +93,9 @@ ProviderFunction: TypeAlias = Callable[[Any], Awaitable[Any]]
 Fallback: TypeAlias = "ActorRef[Any, Any] | str | Callable[[Any, BaseException], Awaitable[Any]]"
 
 _FLUSH_EVERY: Final = 256
+# Enum member look-ups are slow on Python 3.11: hot paths compare with these.
+_CLOSED: Final = BreakerState.CLOSED
+_ISOLATED: Final = BreakerState.ISOLATED
 _NOT_FALLBACK: Final = frozenset({ErrorCategory.VALIDATION})
 
 
@@ -389,12 +392,11 @@ class ProviderActor(Actor[ProviderMessage, Any]):
 
     def _breaker_rejection(self, now: float) -> CircuitOpen | None:
         breaker = self._breaker
-        if breaker.state is BreakerState.CLOSED or breaker.allows(now):
+        state = breaker._state
+        if state is _CLOSED or breaker.allows(now):
             return None
         return CircuitOpen(
-            service=self.name,
-            retry_after=breaker.retry_after(now),
-            isolated=breaker.state is BreakerState.ISOLATED,
+            service=self.name, retry_after=breaker.retry_after(now), isolated=state is _ISOLATED
         )
 
     # ------------------------------------------------------------------ admission
