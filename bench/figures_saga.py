@@ -18,18 +18,27 @@ Theory of operation
   rows in one commit, so this understates the rows written).  Goal >= 10.
 * ``saga_rows_per_commit_sqlite``: mean rows per journal transaction in the saga runs.
 
+Reference figures say how much of a step is the journal's, which the coordinator cannot go
+below: ``saga_journal_step_us`` is the journal writes of one step alone (a 10-step saga's
+writes, as the coordinator makes them, on a ``MemoryJournal``, without any actor), and
+``saga_ask_plus_journal_vs_ask`` is ``(ask + journal) / ask``: the ratio a coordinator costing
+nothing itself would reach.  ``saga_journal_steps_per_s_sqlite`` is the SQLite journal alone
+taking the same writes from 100 concurrent tasks: the ceiling of ``saga_steps_per_s_sqlite``.
+
 Candidates are interleaved (``bench._harness.interleave``), medians of several repetitions.
 """
 
 from __future__ import annotations
 
 import tempfile
+import time
 from typing import Any
 
+import msgspec
 import trio
 
 from actors._actor import Actor
-from actors._journal import Journal, MemoryJournal
+from actors._journal import Journal, MemoryJournal, SagaEvent, SagaEventKind, SagaHeader, SagaState
 from actors._ref import ActorRef
 from actors._runtime import open_actor
 from actors._saga import SagaCoordinator
@@ -46,6 +55,9 @@ _STEPS = 10
 _CALLERS = 100
 _SCALE = 20  # saga steps per floor row in one repetition (the floor is that much slower)
 _rows_per_commit: list[float] = []
+_NONE = msgspec.msgpack.encode(None)  # the saga's input
+_ONE = msgspec.msgpack.encode(1)  # the Echo actor's reply
+K = SagaEventKind
 
 
 class Echo(Actor[Any, Any]):
@@ -125,13 +137,74 @@ def _sqlite(n: int) -> float:
         return trio.run(_sqlite_body, path, max(_STEPS * _CALLERS, n * _SCALE))
 
 
+# ------------------------------------------------------------- the journal's share, alone
+
+
+async def _journal_saga(journal: Journal, saga_id: str, *, pairs: bool) -> None:
+    """The writes the coordinator makes for one 10-step saga (replies of the Echo actor)."""
+    header = SagaHeader(saga_id, "bench", time.time(), _NONE)
+    state = await journal.create(header, SagaState.new(header).next_event(K.STARTED))
+    state = await journal.append(state.next_event(K.STEP_STARTED, 0))
+    for i in range(_STEPS):
+        done = state.next_event(K.STEP_COMPLETED, i, _ONE)
+        if i < _STEPS - 1:
+            then = SagaEvent(saga_id, done.seq + 1, K.STEP_STARTED, i + 1, done.at)
+        else:
+            then = SagaEvent(saga_id, done.seq + 1, K.COMPLETED, None, done.at)
+        if pairs:
+            state = (await journal.append_many((done, then)))[saga_id]
+        else:
+            await journal.append(done)
+            state = await journal.append(then)
+
+
+async def _journal_steps(n: int) -> float:
+    sagas = max(1, n // _STEPS)
+    async with MemoryJournal() as journal:
+        t0 = now_ns()
+        for k in range(sagas):
+            await _journal_saga(journal, f"j{k}", pairs=False)
+        return (now_ns() - t0) / (sagas * _STEPS)
+
+
+async def _journal_sqlite_body(path: str, steps: int) -> float:
+    sagas = max(1, steps // (_STEPS * _CALLERS))
+
+    async def writer(task: int) -> None:
+        for k in range(sagas):
+            await _journal_saga(journal, f"j{task}-{k}", pairs=True)
+
+    async with SqliteJournal(path) as journal:
+        t0 = now_ns()
+        async with trio.open_nursery() as nursery:
+            for task in range(_CALLERS):
+                nursery.start_soon(writer, task)
+        return (now_ns() - t0) / (sagas * _CALLERS * _STEPS)
+
+
+def _journal_sqlite(n: int) -> float:
+    with tempfile.TemporaryDirectory(dir="/tmp") as directory:
+        path = _new_journal_file(directory)
+        return trio.run(_journal_sqlite_body, path, max(_STEPS * _CALLERS, n * _SCALE))
+
+
 def collect(quick: bool) -> dict[str, float]:
     """Per-step cost against a bare ask; SQLite steps/s against the one-fsync-per-row floor."""
     n, reps = (3000, 5) if quick else (20000, 9)
-    ns = interleave({"saga": timed_trio(_saga_steps), "ask": timed_trio(_ask)}, n=n, reps=reps)
+    ns = interleave(
+        {
+            "saga": timed_trio(_saga_steps),
+            "ask": timed_trio(_ask),
+            "journal": timed_trio(_journal_steps),
+        },
+        n=n,
+        reps=reps,
+    )
     _rows_per_commit.clear()
     m, reps_sqlite = (100, 5) if quick else (400, 7)
-    io = interleave({"floor": _floor, "saga": _sqlite}, n=m, reps=reps_sqlite)
+    io = interleave(
+        {"floor": _floor, "saga": _sqlite, "journal": _journal_sqlite}, n=m, reps=reps_sqlite
+    )
     floor = 1e9 / io["floor"]
     steps = 1e9 / io["saga"]
     commits = sorted(_rows_per_commit[1:])  # the first is the warm-up round
@@ -139,7 +212,10 @@ def collect(quick: bool) -> dict[str, float]:
         "saga_step_us": ns["saga"] / 1000,
         "ask_us": ns["ask"] / 1000,
         "saga_step_vs_ask": ns["saga"] / ns["ask"],
+        "saga_journal_step_us": ns["journal"] / 1000,
+        "saga_ask_plus_journal_vs_ask": (ns["ask"] + ns["journal"]) / ns["ask"],
         "saga_steps_per_s_sqlite": steps,
+        "saga_journal_steps_per_s_sqlite": 1e9 / io["journal"],
         "sqlite_floor_rows_per_s": floor,
         "saga_sqlite_vs_floor": steps / floor,
         "saga_rows_per_commit_sqlite": commits[len(commits) // 2] if commits else 0.0,
