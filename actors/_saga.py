@@ -170,7 +170,6 @@ class _Run:
 
     __slots__ = (
         "cancellable",
-        "cancelled",
         "cause",
         "definition",
         "error",
@@ -192,7 +191,6 @@ class _Run:
         self.waiters: list[Reply[Any]] = []
         self.scope = trio.CancelScope()  # the forward part: cancelled if the caller gives up
         self.cancellable = False  # whether a caller can cancel it (then `scope` is used)
-        self.cancelled = False
         self.finished = False
         self.sent: int | None = None  # the step whose message this run sent last
         self.pending: tuple[int, bytes] | None = None  # a reply being journaled
@@ -467,7 +465,6 @@ class SagaCoordinator(Actor[SagaMessage, Any]):
     def _abandoned(self, run: _Run) -> None:
         # The caller that started the saga stopped waiting: cancel the forward part.
         if not run.finished:
-            run.cancelled = True
             run.scope.cancel()
 
     async def _begin(self, run: _Run, started: Reply[Any] | None) -> None:

@@ -23,6 +23,11 @@ step's ``delivery``:
 * ``"auto"`` (default): ``"call"`` when the target actor is a ``ProviderActor``, else
   ``"envelope"`` (decided from the running actor the first time the coordinator sends to it).
 
+Builders must be deterministic functions of their context (apart from ``ctx.attempt``, which
+they should not put in the message): a step re-sent after a restart is built again, and a
+provider actor that still holds the key answers a different payload under the same key with
+``IdempotencyConflict``.
+
 Values.  The saga's input and every step's reply are encoded with msgpack (``msgspec``) and
 journaled, so they must be msgspec-encodable.  Builders always see values *decoded from those
 bytes*, live and after recovery alike, so a builder that works live also works after a crash:

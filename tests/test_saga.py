@@ -8,10 +8,12 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+import hypothesis.strategies as st
 import msgspec
 import pytest
 import trio
 import trio.testing
+from hypothesis import given
 
 from actors import (
     Actor,
@@ -1060,3 +1062,64 @@ def test_step_context_reads_only_completed_steps() -> None:
         ctx.result("zz")
     assert (ctx.saga_id, ctx.definition, ctx.name, ctx.key) == ("s", "order", "s1", "s:s1")
     assert "s:s1" in repr(ctx)
+
+
+@given(
+    options=st.lists(
+        st.tuples(st.booleans(), st.sampled_from(["uncertain", "always", "never"])),
+        min_size=1,
+        max_size=6,
+    ),
+    data=st.data(),
+)
+def test_the_compensation_plan_is_the_model_s(
+    options: list[tuple[bool, str]], data: st.DataObject
+) -> None:
+    """The steps compensated, in order, are the completed compensatable ones, last first,
+    preceded by the failed step when its policy (and the failure's certainty) says so."""
+    from actors._journal import SagaHeader, SagaState
+    from actors._saga import _Run
+    from actors._saga_definition import StepError
+
+    n = len(options)
+    completed = data.draw(st.integers(min_value=0, max_value=n - 1), label="completed")
+    failed = data.draw(st.sampled_from([None, completed]), label="failed")
+    uncertain = data.draw(st.booleans(), label="uncertain")
+    definition = SagaDefinition(
+        "plan",
+        [
+            SagaStep(
+                f"s{i}",
+                "a",
+                action=lambda c: 0,
+                compensate=(lambda c: 0) if comp else None,
+                compensate_failed=policy,  # type: ignore[arg-type]
+            )
+            for i, (comp, policy) in enumerate(options)
+        ],
+    )
+    error = StepError("E", "", "timeout" if uncertain else "validation", uncertain=uncertain)
+    state = SagaState(
+        saga_id="x",
+        definition="plan",
+        next_step=completed,
+        failed_step=failed,
+        step_error=msgspec.msgpack.encode(error) if failed is not None else b"",
+    )
+    coordinator = SagaCoordinator(MemoryJournal(), [definition])
+    run = _Run(SagaHeader("x", "plan", 0.0), definition, None)
+    plan = []
+    below = completed + (0 if failed is None else 1)
+    while (j := coordinator._next_compensation(run, state, below)) is not None:
+        plan.append(j)
+        below = j
+
+    def wanted(j: int) -> bool:
+        comp, policy = options[j]
+        if not comp:
+            return False
+        if j < completed:
+            return True
+        return j == failed and (policy == "always" or (policy == "uncertain" and uncertain))
+
+    assert plan == [j for j in range(n - 1, -1, -1) if wanted(j)]
