@@ -112,6 +112,7 @@ from actors._saga_messages import (
     GetSagaStatistics,
     ListSagas,
     SagaCoordinatorStatistics,
+    SagaInfo,
     SagaMessage,
     SagaReport,
     SagaResult,
@@ -121,7 +122,29 @@ from actors._saga_messages import (
     saga_info,
 )
 
-__all__ = ["SagaCoordinator"]
+# The protocol lives in actors._saga_messages and the definitions in actors._saga_definition;
+# their public names are re-exported here so the coordinator's users need one import.
+__all__ = [
+    "CompensationFailed",
+    "DiscardSaga",
+    "GetSaga",
+    "GetSagaStatistics",
+    "ListSagas",
+    "SagaCoordinator",
+    "SagaCoordinatorStatistics",
+    "SagaDefinition",
+    "SagaFailed",
+    "SagaInfo",
+    "SagaReport",
+    "SagaResult",
+    "SagaStarted",
+    "SagaStep",
+    "SagaStepMessage",
+    "StartSaga",
+    "StepContext",
+    "StepError",
+    "UnknownSagaDefinition",
+]
 
 _log = logging.getLogger("actors.saga")
 
@@ -222,6 +245,13 @@ def _abort_idle(raise_cancel: RaiseCancelT) -> Abort:
 
 
 _CANCELLED_IN_FLIGHT: Final = "the saga's caller stopped waiting while the step was in flight"
+#: Why a saga without a failed step is compensated: it was cancelled between two steps.
+_CANCELLED_BETWEEN_STEPS: Final = StepError(
+    type="Cancelled",
+    message="the saga's caller stopped waiting",
+    category=ErrorCategory.CANCELLATION.value,
+    cancelled=True,
+)
 
 
 # ------------------------------------------------------------------------------- the actor
@@ -696,13 +726,7 @@ class SagaCoordinator(Actor[SagaMessage, Any]):
             if state.next_step >= len(run.definition.steps):
                 state = run.state = await self._journal.append(state.next_event(_COMPLETED))
                 return state
-            reason = StepError(
-                type="Cancelled",
-                message="the saga's caller stopped waiting",
-                category=ErrorCategory.CANCELLATION.value,
-                cancelled=True,
-            )
-            return await self._decide(run, state, reason)
+            return await self._decide(run, state, _CANCELLED_BETWEEN_STEPS)
         return state
 
     def _failed_error(self, run: _Run, state: SagaState) -> StepError | None:
@@ -754,7 +778,10 @@ class SagaCoordinator(Actor[SagaMessage, Any]):
         if state.phase is _P.COMPENSATING:
             j = self._next_compensation(run, state, state.compensate_below or 0)
             if j is None:
-                state = run.state = await journal.append(state.next_event(_K.COMPENSATED))
+                # The final event keeps the reason of `compensating` (for the saga's error).
+                state = run.state = await journal.append(
+                    state.next_event(_K.COMPENSATED, None, state.reason)
+                )
                 return state
             event = state.next_event(_K.COMPENSATION_STARTED, j)
         else:  # resumed in flight or waiting for a retry: re-send (journaled first)
@@ -774,7 +801,7 @@ class SagaCoordinator(Actor[SagaMessage, Any]):
             done = state.next_event(_K.COMPENSATED_STEP, j)
             nxt = self._next_compensation(run, state, j)
             if nxt is None:
-                then = SagaEvent(saga_id, done.seq + 1, _K.COMPENSATED, None, done.at)
+                then = SagaEvent(saga_id, done.seq + 1, _K.COMPENSATED, None, done.at, state.reason)
             else:
                 then = SagaEvent(saga_id, done.seq + 1, _K.COMPENSATION_STARTED, nxt, done.at)
             state = run.state = (await journal.append_many((done, then)))[saga_id]
@@ -903,10 +930,14 @@ class SagaCoordinator(Actor[SagaMessage, Any]):
         state = run.state
         steps = run.definition.steps
         failed = state.failed_step
-        # Without a failed step, the reason is the data of `compensating` or of the last event.
+        # Without a failed step the saga was cancelled between steps; the final event's data
+        # is the reason (`compensated`, `cancelled`), or the compensation's error.
         info = self._failed_error(run, state) if failed is not None else None
         if info is None:
-            info = decode_error(state.reason)
+            if state.phase is _P.COMPENSATION_FAILED:
+                info = _CANCELLED_BETWEEN_STEPS
+            else:
+                info = decode_error(state.reason)
         compensated = [steps[j].name for j in state.compensated]
         step_name = steps[failed].name if failed is not None else None
         if state.phase is _P.COMPENSATION_FAILED:

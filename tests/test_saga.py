@@ -26,7 +26,7 @@ from actors import (
     MemoryJournal,
 )
 from actors._backoff import BackoffSettings
-from actors._journal import Journal
+from actors._journal import Journal, SagaEvent, SagaEventKind, SagaHeader, SagaState
 from actors._provider import Call, ProviderActor
 from actors._retry import RetrySettings
 from actors._saga import SagaCoordinator
@@ -691,39 +691,76 @@ async def test_an_ask_timeout_of_the_caller_cancels_the_saga(
     assert world.compensations("at") == ["s1", "s0"]
 
 
-async def test_cancelling_between_steps_compensates_what_completed(
+class GatedJournal(MemoryJournal):
+    """Holds the first write that ``when`` selects until ``release`` (or a cancellation)."""
+
+    def __init__(self, when: Callable[[SagaEvent], bool]) -> None:
+        super().__init__()
+        self.when = when
+        self.reached = trio.Event()
+        self.release = trio.Event()
+
+    async def _gate(self, events: Sequence[SagaEvent]) -> None:
+        if not self.reached.is_set() and any(self.when(e) for e in events):
+            self.reached.set()
+            await self.release.wait()
+
+    async def create(self, header: SagaHeader, first_event: SagaEvent) -> SagaState:
+        await self._gate([first_event])
+        return await super().create(header, first_event)
+
+    async def append(self, event: SagaEvent) -> SagaState:
+        await self._gate([event])
+        return await super().append(event)
+
+    async def append_many(self, events: Sequence[SagaEvent]) -> dict[str, SagaState]:
+        await self._gate(events)
+        return await super().append_many(events)
+
+
+async def test_cancelling_between_steps_journals_the_reply_and_compensates(
     mock_clock: trio.testing.MockClock,
 ) -> None:
-    """A cancellation that lands between two steps: no step in flight, completed ones undone."""
+    """A cancellation while step 1's reply is being journaled: the reply is recorded, no step
+    is in flight, the completed steps are undone and the next step is never sent."""
     world = World()
-
-    class Canceller(Actor[Any, Any]):
-        """Replies, then cancels the caller's scope (so the saga is between steps)."""
-
-        scope: trio.CancelScope | None = None
-
-        async def handle(self, message: Any) -> Any:
-            assert Canceller.scope is not None
-            Canceller.scope.cancel()
-            return {"ok": True}
-
-    definition = SagaDefinition(
-        "between",
-        [
-            SagaStep("s0", "a", action=lambda c: 0, compensate=lambda c: 0),
-            SagaStep("s1", "stop", action=lambda c: 0, compensate=lambda c: 0),
-            SagaStep("s2", "c", action=lambda c: 0, compensate=lambda c: 0),
-        ],
-    )
-    async with saga_tree(world, [definition], extra=[ChildSpec("stop", Canceller)]) as root:
+    journal = GatedJournal(lambda e: e.kind is SagaEventKind.STEP_COMPLETED and e.step == 1)
+    async with saga_tree(world, [chain(3)], journal=journal) as root:
         with trio.CancelScope() as scope:
-            Canceller.scope = scope
-            await root.ref("sagas").ask(StartSaga("between", saga_id="bt"))
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(root.ref("sagas").ask, StartSaga("order", saga_id="bt"))
+                await journal.reached.wait()
+                scope.cancel()
         info = await wait_finished(root, "bt")
     assert info.phase == "compensated"
-    assert info.completed_steps in (["s0", "s1"], ["s0"])
-    assert info.compensated[-len(info.completed_steps) :] == info.completed_steps[::-1]
+    assert info.completed_steps == ["s0", "s1"]
+    assert info.failed_step is None
+    assert info.compensated == ["s1", "s0"]
     assert "bt:s2" not in world.delivered
+    assert kinds(info)[4:6] == ["step_completed", "compensating"]
+    assert info.events[-1].detail == "Cancelled: the saga's caller stopped waiting"
+
+
+async def test_cancelling_before_the_first_step_ends_the_saga_cancelled(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """A caller that gives up while the saga is being created: nothing is sent, the saga
+    ends cancelled with nothing to compensate."""
+    world = World()
+    journal = GatedJournal(lambda e: e.kind is SagaEventKind.STARTED)
+    async with saga_tree(world, [chain(2)], journal=journal) as root:
+        with trio.CancelScope() as scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(root.ref("sagas").ask, StartSaga("order", saga_id="c0"))
+                await journal.reached.wait()
+                scope.cancel()
+        await trio.sleep(0.1)
+        journal.release.set()
+        info = await wait_finished(root, "c0")
+        stats = await root.ref("sagas").ask(GetSagaStatistics())
+    assert kinds(info) == ["started", "cancelled"]
+    assert world.delivered == []
+    assert stats.cancelled == 1
 
 
 async def test_a_saga_started_without_waiting_runs_to_its_end(
@@ -1077,7 +1114,6 @@ def test_the_compensation_plan_is_the_model_s(
 ) -> None:
     """The steps compensated, in order, are the completed compensatable ones, last first,
     preceded by the failed step when its policy (and the failure's certainty) says so."""
-    from actors._journal import SagaHeader, SagaState
     from actors._saga import _Run
     from actors._saga_definition import StepError
 
