@@ -515,3 +515,36 @@ def test_crashes_at_any_write_never_apply_an_effect_twice_or_skip_a_compensation
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
     assert max(world.applied.values(), default=1) == 1
+
+
+async def test_a_caller_giving_up_on_an_sqlite_journal_gets_the_saga_compensated(
+    tmp_path: Path,
+) -> None:
+    """With the durable journal (whose cut-short writes still land), a caller that gives up
+    mid-step gets the saga compensated, and the journal agrees with what was sent."""
+    world = World()
+    gate = Gate()
+
+    class Held(Actor[Any, Any]):
+        async def handle(self, message: Any) -> Any:
+            world.delivered.append(message.key)
+            if not message.compensate:
+                gate.reached.set()
+                await gate.release.wait()
+            return {"held": message.key}
+
+    definition = with_step(chain(3), 1, target="held", timeout=60.0)
+    held = ChildSpec("held", Held, shutdown=0.01)
+    async with (
+        SqliteJournal(tmp_path / "sagas.db") as journal,
+        saga_tree(world, [definition], journal=journal, extra=[held]) as root,
+    ):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(root.ref("sagas").ask, StartSaga("order", saga_id="sc"))
+            await gate.reached.wait()
+            nursery.cancel_scope.cancel()
+        gate.release.set()
+        info = await wait_finished(root, "sc")
+    assert info.phase == "compensated"
+    assert world.delivered == ["sc:s0", "sc:s1", "sc:s1:compensate", "sc:s0:compensate"]
+    assert info.compensated == ["s1", "s0"]
