@@ -105,12 +105,14 @@ from actors._saga_definition import (
     UnknownSagaDefinition,
     decoder,
     is_uncertain,
+    step_key,
 )
 from actors._saga_messages import (
     DiscardSaga,
     GetSaga,
     GetSagaStatistics,
     ListSagas,
+    SagaAuditEntry,
     SagaCoordinatorStatistics,
     SagaInfo,
     SagaMessage,
@@ -130,6 +132,7 @@ __all__ = [
     "GetSaga",
     "GetSagaStatistics",
     "ListSagas",
+    "SagaAuditEntry",
     "SagaCoordinator",
     "SagaCoordinatorStatistics",
     "SagaDefinition",
@@ -144,6 +147,7 @@ __all__ = [
     "StepContext",
     "StepError",
     "UnknownSagaDefinition",
+    "step_key",
 ]
 
 _log = logging.getLogger("actors.saga")
