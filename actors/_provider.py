@@ -221,6 +221,14 @@ def _fresh(error: BaseException) -> BaseException:
     return ProviderError(str(error), category=ErrorCategory.UNKNOWN, cause=error)
 
 
+def _describe(exc: BaseException) -> str:
+    """``"Type: message"`` for reports; never raises (an exception's ``__str__`` may)."""
+    try:
+        return f"{type(exc).__name__}: {exc}"
+    except Exception as error:
+        return f"{type(exc).__name__}: <str() raised {type(error).__name__}>"
+
+
 @attrs.define
 class _Counters:
     calls: int = 0
@@ -681,14 +689,22 @@ class ProviderActor(Actor[ProviderMessage, Any]):
         verdict = self._classifier.classify(exc)
         category = verdict.category
         self._breaker.record_failure(permit, now, category, now - started)
-        self._report(
-            False, now - started, now, category, f"{type(exc).__name__}: {exc}", job.attempts > 1
-        )
-        error = (
-            exc
-            if isinstance(exc, ResilienceError | ActorError)
-            else verdict.to_error(self.name, exc)
-        )
+        text = _describe(exc)
+        self._report(False, now - started, now, category, text, job.attempts > 1)
+        if isinstance(exc, ResilienceError | ActorError):
+            error: BaseException = exc
+        else:
+            try:
+                error = verdict.to_error(self.name, exc)
+            except Exception:  # the exception's __str__ fails: describe it without it
+                error = ProviderError(
+                    f"{self.name}: {verdict.message} ({text})",
+                    service=self.name,
+                    category=category,
+                    cause=exc,
+                    retry_after=verdict.retry_after,
+                    status_code=verdict.status_code,
+                )
         job.last_error = error
         decision = job.retry.on_failure(now, category, verdict.retry_after)
         if type(decision) is GiveUp:
