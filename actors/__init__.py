@@ -8,7 +8,8 @@ public names, listed in ``__all__``:
 * the sans-I/O resilience policies: classifier, circuit breaker, backoff and retry, retry
   budget, bulkhead, rate limiter, idempotency table, and the configuration schema;
 * the built-in actors: provider actors (``ProviderActor`` and the ``Provider`` client);
-* the saga journal (records, the state fold, memory and SQLite journals).
+* the saga coordinator (definitions, messages, results and errors) and its journal (records,
+  the state fold, memory and SQLite journals).
 """
 
 from actors._actor import Actor
@@ -116,6 +117,32 @@ from actors._ref import ActorRef
 from actors._reply import Failure, Reply
 from actors._retry import RETRY_PRESETS, GiveUp, GiveUpReason, RetryAt, RetryPolicy, RetrySettings
 from actors._runtime import open_actor
+from actors._saga import SagaCoordinator, SagaCoordinatorStatistics
+from actors._saga_definition import (
+    DEFAULT_COMPENSATION_RETRY,
+    NO_RETRY,
+    CompensationFailed,
+    SagaDefinition,
+    SagaFailed,
+    SagaStep,
+    SagaStepMessage,
+    StepContext,
+    StepError,
+    UnknownSagaDefinition,
+    step_key,
+)
+from actors._saga_messages import (
+    DiscardSaga,
+    GetSaga,
+    GetSagaStatistics,
+    ListSagas,
+    SagaAuditEntry,
+    SagaInfo,
+    SagaReport,
+    SagaResult,
+    SagaStarted,
+    StartSaga,
+)
 from actors._sqlite_journal import SqliteJournal
 
 __all__ = [
@@ -156,7 +183,10 @@ __all__ = [
     "CircuitOpen",
     "Classified",
     "Classifier",
+    "CompensationFailed",
     "ConfigError",
+    "DEFAULT_COMPENSATION_RETRY",
+    "DiscardSaga",
     "ErrorCategory",
     "ErrorRate",
     "ErrorRecord",
@@ -168,6 +198,8 @@ __all__ = [
     "GetHealth",
     "GetMetrics",
     "GetRecentErrors",
+    "GetSaga",
+    "GetSagaStatistics",
     "GetServiceMetrics",
     "GetStatus",
     "GiveUp",
@@ -185,12 +217,14 @@ __all__ = [
     "Jitter",
     "Journal",
     "JournalError",
+    "ListSagas",
     "MailboxFull",
     "MemoryJournal",
     "MetricsReport",
     "MonitorActor",
     "MonitorSettings",
     "MonitorState",
+    "NO_RETRY",
     "Provider",
     "ProviderActor",
     "ProviderError",
@@ -213,20 +247,35 @@ __all__ = [
     "RetryBudgetExhausted",
     "RetryPolicy",
     "RetrySettings",
+    "SagaAuditEntry",
+    "SagaCoordinator",
+    "SagaCoordinatorStatistics",
+    "SagaDefinition",
     "SagaEvent",
     "SagaEventKind",
+    "SagaFailed",
     "SagaHeader",
+    "SagaInfo",
     "SagaPhase",
+    "SagaReport",
+    "SagaResult",
     "SagaSequenceError",
+    "SagaStarted",
     "SagaState",
+    "SagaStep",
+    "SagaStepMessage",
     "SagaSummary",
     "ServiceHealth",
     "ServiceMetrics",
     "Severity",
     "SqliteJournal",
+    "StartSaga",
+    "StepContext",
+    "StepError",
     "SubscribeAlerts",
     "SupervisionReport",
     "UnknownAlert",
+    "UnknownSagaDefinition",
     "UnknownService",
     "UnsubscribeAlerts",
     "fingerprint",
@@ -236,4 +285,5 @@ __all__ = [
     "parse_retry_after",
     "redact",
     "saga_state",
+    "step_key",
 ]

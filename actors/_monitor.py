@@ -259,7 +259,7 @@ class MonitorActor(Actor[Any, Any]):
         status = getattr(message, "status", None)
         saga_id = getattr(message, "saga_id", None)
         if isinstance(status, str) and isinstance(saga_id, str):
-            if status == "compensation_failed":
+            if status in ("compensation_failed", "unresumable"):
                 event = self.state.saga_compensation_failed(
                     saga_id,
                     str(getattr(message, "definition", "")),

@@ -43,13 +43,24 @@ from typing import Any
 
 import trio
 
-from actors import MonitorActor, ProviderActor, ProviderSettings, RetrySettings
-from actors._backoff import BackoffSettings
-from actors._breaker import BreakerSettings
-from actors._saga import SagaCoordinator
-from actors._saga_definition import SagaDefinition, SagaFailed, SagaStep, StepContext
-from actors._saga_messages import GetSaga, GetSagaStatistics, SagaInfo, StartSaga
-from actors._sqlite_journal import SqliteJournal
+from actors import (
+    BackoffSettings,
+    BreakerSettings,
+    GetSaga,
+    GetSagaStatistics,
+    MonitorActor,
+    ProviderActor,
+    ProviderSettings,
+    RetrySettings,
+    SagaCoordinator,
+    SagaDefinition,
+    SagaFailed,
+    SagaInfo,
+    SagaStep,
+    SqliteJournal,
+    StartSaga,
+    StepContext,
+)
 from supervisors import ChildSpec, Supervisor, SupervisorSpec, open_supervisor
 
 TOPICS = (

@@ -62,7 +62,7 @@ def test_readme_starts_with_the_two_commands() -> None:
     """The README opens with the example command and the test command."""
     text = (ROOT / "README.md").read_text()
     first_block = text.split("```")[1]
-    assert "python -m examples.supervision_tree" in first_block or "-m examples." in first_block
+    assert "-m examples.video_pipeline" in first_block
     assert "-m pytest" in first_block
 
 
