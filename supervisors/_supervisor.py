@@ -251,6 +251,7 @@ class _Node:
                 self.tree.cells[path] = cell
             elif cell.closed:
                 cell.reopen()
+            cell.owner = self.tree
             child.cell = cell
         return child
 
