@@ -490,3 +490,20 @@ async def test_reports_never_block_and_drops_are_counted(
             s = await status(p)
             assert s.reports_dropped == 12 - 5
             assert s.succeeded == 12
+
+
+async def test_attempts_carry_correlation_ids(mock_clock: trio.testing.MockClock) -> None:
+    """Log records written during an attempt carry the service and the idempotency key."""
+    from actors._correlation import CORRELATION
+
+    seen: list[dict[str, str]] = []
+
+    async def service(payload: Any) -> Any:
+        seen.append(dict(CORRELATION.get()))
+        return payload
+
+    async with open_actor(lambda: ProviderActor("svc", service), name="svc") as ref:
+        p: Provider[Any, Any] = Provider(ref)
+        await p.call(1, key="k-1")
+        await p.call(2)
+    assert seen == [{"service": "svc", "idempotency_key": "k-1"}, {"service": "svc"}]

@@ -538,3 +538,18 @@ async def test_background_task_crash_restarts_the_actor(
         assert await ref.ask(1) == ("ok", 1)
         assert ref.statistics().incarnation == 2
     assert [e.kind for e in events][:2] == [EventKind.CRASHED, EventKind.RESTARTED]
+
+
+async def test_root_of_finds_the_tree(mock_clock: trio.testing.MockClock) -> None:
+    """root_of(actor or ref) is the root Supervisor of the actor's tree; unsupervised actors
+    have none."""
+    from actors import open_actor
+    from supervisors import root_of
+
+    sub = SupervisorSpec("sub", [spec("w")])
+    async with open_supervisor([sub]) as root:
+        ref = root.ref("sub/w")
+        assert root_of(ref).snapshot() == root.snapshot()
+    async with open_actor(Worker) as lone:
+        with pytest.raises(LookupError):
+            root_of(lone)
