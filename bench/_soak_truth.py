@@ -231,11 +231,18 @@ class Soak:
     saga_outcomes: Counter[str] = attrs.field(factory=Counter)
     operator: list[str] = attrs.field(factory=list)
     violations: list[str] = attrs.field(factory=list)
+    violation_count: int = 0
     rss_warm: int = 0
     rss_end: int = 0
 
     def injector_rng(self, *parts: object) -> random.Random:
         return random.Random(":".join(str(p) for p in (self.seed, *parts)))
+
+    def violate(self, what: str) -> None:
+        """Record a saga violation (the first 100 are kept for the report)."""
+        self.violation_count += 1
+        if len(self.violations) < 100:
+            self.violations.append(what)
 
     def add(self, injector: chaos.Injector, *, at_start: bool = False) -> Any:
         self.injectors.append(injector)
@@ -270,7 +277,7 @@ async def audit_one(soak: Soak, journal: Journal, saga_id: str) -> bool:
     if found is None:
         soak.saga_outcomes["never started"] += 1
         if effects:
-            soak.violations.append(f"saga {saga_id} is not in the journal but has {effects}")
+            soak.violate(f"saga {saga_id} is not in the journal but has {effects}")
         sagas.close(saga_id)
         return True
     state = saga_state(*found)
@@ -281,17 +288,17 @@ async def audit_one(soak: Soak, journal: Journal, saga_id: str) -> bool:
     if phase == "completed":
         expected = {"reserve": 1, "charge": 1, "ship": 1}
         if effects != expected:
-            soak.violations.append(f"completed saga {saga_id} has effects {effects}")
+            soak.violate(f"completed saga {saga_id} has effects {effects}")
     elif phase == "compensation_failed":
         reason = decode_error(state.reason).describe()
         soak.operator.append(f"{saga_id}: {reason}")
         if INJECTED not in reason:
-            soak.violations.append(f"saga {saga_id} failed to compensate: {reason}")
+            soak.violate(f"saga {saga_id} failed to compensate: {reason}")
         await journal.discard(saga_id)  # what the operator does once it is handled
     else:
         for step in ("reserve", "charge"):
             if effects.get(step) and not effects.get(f"{step}:compensate"):
-                soak.violations.append(f"{phase} saga {saga_id}: {step} was not undone")
+                soak.violate(f"{phase} saga {saga_id}: {step} was not undone")
     sagas.close(saga_id)
     return True
 

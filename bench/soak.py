@@ -570,14 +570,18 @@ def _result(
         "each idempotency key took effect at most once",
         not doubles and soak.sagas.late == 0,
         f"{keyed_effects:,} load keys took effect, saga steps deduplicated "
-        f"({soak.sagas.redeliveries} redeliveries absorbed); twice: {doubles or 'none'}; "
+        f"({soak.sagas.redeliveries} redeliveries absorbed); twice: {doubles[:10] or 'none'}; "
         f"effects after a saga was audited: {soak.sagas.late}",
     )
     leftover = [s.saga_id for s in unfinished]
     sagas_total = sum(soak.saga_outcomes.values())
     check(
         "every saga completed or compensated",
-        drained and not leftover and not soak.sagas.open and not soak.audit and not soak.violations,
+        drained
+        and not leftover
+        and not soak.sagas.open
+        and not soak.audit
+        and not soak.violation_count,
         f"{sagas_total:,} audited ({dict(soak.saga_outcomes)}); unfinished after the drain: "
         f"{len(leftover)}; compensation_failed listed for an operator: {len(soak.operator)}"
         + "".join(f"\n      VIOLATION {v}" for v in soak.violations[:10]),
