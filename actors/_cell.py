@@ -291,6 +291,8 @@ class _Incarnation:
         self.host.start_soon(self._background, async_fn, args, name=name)
 
     async def _background(self, async_fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        if self.closed:  # the incarnation ended before this task first ran: nobody cancels it
+            return
         scope = trio.CancelScope()
         self.background.add(scope)
         try:

@@ -32,7 +32,7 @@ from actors._config import ProviderSettings
 from actors._provider import ProviderActor
 from actors._provider_client import Provider
 from actors._retry import RetrySettings
-from supervisors import ChildSpec, open_supervisor
+from supervisors import ChildSpec, RestartBackoff, open_supervisor
 
 CATEGORIES = list(ErrorCategory)
 
@@ -527,3 +527,29 @@ async def test_provider_validation_fault_is_not_retried(
         assert info.value.category is ErrorCategory.VALIDATION
         assert info.value.status_code == 400
     assert faults.injected == 1
+
+
+class SpawnThenCrash(Actor[Any, Any]):
+    """Spawns a background task that would run forever, then crashes in the same step."""
+
+    async def handle(self, message: Any) -> Any:
+        self.spawn(trio.sleep_forever)
+        if message == "crash":
+            raise RuntimeError("crash right after spawning")
+        return message
+
+
+async def test_a_crash_right_after_a_spawn_cancels_the_new_task(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """A background task spawned in the step that crashes never outlives its incarnation:
+    the actor is restarted and answers (found by the soak: the saga coordinator hung)."""
+    # A restart backoff sends the crash through the supervisor's loop: the child's task ends.
+    backoff = RestartBackoff(min_delay=0.1, max_delay=0.1, jitter=0.0)
+    async with open_supervisor([ChildSpec("a", SpawnThenCrash)], backoff=backoff) as root:
+        ref = root.ref("a")
+        with trio.fail_after(10):
+            with pytest.raises(ActorCrashed):
+                await ref.ask("crash")
+            assert await ref.ask("hello") == "hello"
+        assert ref.statistics().incarnation == 2
