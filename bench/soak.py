@@ -574,6 +574,7 @@ def _result(
         f"effects after a saga was audited: {soak.sagas.late}",
     )
     leftover = [s.saga_id for s in unfinished]
+    stuck = Counter(s.phase.value for s in unfinished)
     sagas_total = sum(soak.saga_outcomes.values())
     check(
         "every saga completed or compensated",
@@ -583,7 +584,8 @@ def _result(
         and not soak.audit
         and not soak.violation_count,
         f"{sagas_total:,} audited ({dict(soak.saga_outcomes)}); unfinished after the drain: "
-        f"{len(leftover)}; compensation_failed listed for an operator: {len(soak.operator)}"
+        f"{len(leftover)}{f' {dict(stuck)}' if stuck else ''}; compensation_failed listed for "
+        f"an operator: {len(soak.operator)}"
         + "".join(f"\n      VIOLATION {v}" for v in soak.violations[:10]),
     )
     gaps = []
