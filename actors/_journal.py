@@ -138,7 +138,10 @@ class SagaSequenceError(JournalError, ValueError):
     """
 
     def __init__(self, *, saga_id: str, seq: int, problem: str) -> None:
-        where = f"event #{seq}" if seq >= 0 else "its events"
+        if type(seq) is not int:  # a malformed event: say what its seq was
+            where = f"an event with seq {seq!r}"
+        else:
+            where = f"event #{seq}" if seq >= 0 else "its events"
         super().__init__(
             f"Saga {saga_id!r}: {where} is not a valid transition: {problem}.",
             suggested_action=(
@@ -261,7 +264,10 @@ _COMPENSATION_STARTED: Final = _K.COMPENSATION_STARTED
 _COMPENSATED_STEP: Final = _K.COMPENSATED_STEP
 _COMPENSATION_FAILED_STEP: Final = _K.COMPENSATION_FAILED_STEP
 _COMPENSATION_FAILED: Final = _K.COMPENSATION_FAILED
+_COMPLETED: Final = _K.COMPLETED
+_DONE: Final = _P.COMPLETED
 _RUNNING: Final = _P.RUNNING
+_STEP_IN_FLIGHT: Final = _P.STEP_IN_FLIGHT
 _IN_COMPENSATION: Final = _P.COMPENSATING
 _NEEDS_OPERATOR: Final = _P.COMPENSATION_FAILED
 
@@ -288,7 +294,7 @@ class SagaHeader(msgspec.Struct, frozen=True, tag=True):
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
-class SagaEvent(msgspec.Struct, frozen=True, tag=True):
+class SagaEvent(msgspec.Struct, frozen=True, tag=True, gc=False):
     """One transition of one saga.
 
     Attributes:
@@ -309,7 +315,7 @@ class SagaEvent(msgspec.Struct, frozen=True, tag=True):
     data: bytes = b""
 
 
-class SagaState(msgspec.Struct, frozen=True):
+class SagaState(msgspec.Struct, frozen=True, gc=False):
     """Everything recovery needs to know about a saga, folded from its events.
 
     Build it with :func:`saga_state` (or :meth:`new` and :meth:`advance`, one event at a
@@ -392,6 +398,140 @@ class SagaState(msgspec.Struct, frozen=True):
                 ``seq``, a transition the table does not allow, a wrong step number, or fields
                 of the wrong type).
         """
+        # Fast path: a forward step starting or completing, well-formed (nearly every event a
+        # saga writes).  It checks exactly what the general path checks for these two
+        # transitions and builds the same state, without the table and the dict of changes;
+        # anything else (including every invalid event) takes the general path.
+        if type(event) is SagaEvent:
+            kind = event.kind
+            seq = event.seq
+            step = event.step
+            at = event.at
+            if (
+                type(seq) is int
+                and seq == self.next_seq
+                and type(step) is int
+                and type(at) is float
+                and type(event.data) is bytes
+                and event.saga_id == self.saga_id
+            ):
+                phase = self.phase
+                if kind is _STEP_COMPLETED:
+                    if phase is _STEP_IN_FLIGHT and step == self.step_in_flight:
+                        return SagaState(
+                            self.saga_id,
+                            self.definition,
+                            _RUNNING,
+                            seq + 1,
+                            self.next_step + 1,
+                            None,
+                            0,
+                            self.failed_step,
+                            (*self.results, event.data),
+                            self.compensate_below,
+                            self.compensation_step,
+                            self.compensation_attempts,
+                            self.compensated,
+                            self.step_error,
+                            self.compensation_error,
+                            self.reason,
+                            self.started_at,
+                            at,
+                        )
+                elif kind is _STEP_STARTED and phase is _RUNNING and step == self.next_step:
+                    return SagaState(
+                        self.saga_id,
+                        self.definition,
+                        _STEP_IN_FLIGHT,
+                        seq + 1,
+                        self.next_step,
+                        step,
+                        self.step_attempts + 1,
+                        self.failed_step,
+                        self.results,
+                        self.compensate_below,
+                        self.compensation_step,
+                        self.compensation_attempts,
+                        self.compensated,
+                        self.step_error,
+                        self.compensation_error,
+                        self.reason,
+                        self.started_at,
+                        at,
+                    )
+        return self._advance_checked(event)
+
+    def _advance_pair(self, done: SagaEvent, then: SagaEvent) -> SagaState | None:
+        """The state after ``done`` then ``then`` when they are a step's completion and the
+        next step's start (or the saga's completion), well-formed: what a saga writes once per
+        step, built at once; ``None`` for anything else (fold those with :meth:`advance`).
+
+        The result equals ``self.advance(done).advance(then)``; nothing is raised here.
+        """
+        if (
+            type(done) is not SagaEvent
+            or type(then) is not SagaEvent
+            or self.phase is not _STEP_IN_FLIGHT
+            or done.kind is not _STEP_COMPLETED
+        ):
+            return None
+        seq = done.seq
+        step = done.step
+        at = then.at
+        saga_id = self.saga_id
+        if not (
+            type(seq) is int
+            and seq == self.next_seq
+            and type(step) is int
+            and step == self.step_in_flight
+            and type(done.at) is float
+            and type(done.data) is bytes
+            and done.saga_id == saga_id
+            and then.saga_id == saga_id
+            and type(then.seq) is int
+            and then.seq == seq + 1
+            and type(at) is float
+            and type(then.data) is bytes
+        ):
+            return None
+        kind = then.kind
+        following = then.step
+        next_step = self.next_step + 1
+        if kind is _STEP_STARTED and type(following) is int and following == next_step:
+            phase: SagaPhase = _STEP_IN_FLIGHT
+            attempts = 1
+            reason = self.reason
+        elif kind is _COMPLETED and following is None:
+            phase = _DONE
+            attempts = 0
+            following = None
+            reason = then.data
+        else:
+            return None
+        return SagaState(
+            saga_id,
+            self.definition,
+            phase,
+            seq + 2,
+            next_step,
+            following,
+            attempts,
+            self.failed_step,
+            (*self.results, done.data),
+            self.compensate_below,
+            self.compensation_step,
+            self.compensation_attempts,
+            self.compensated,
+            self.step_error,
+            self.compensation_error,
+            reason,
+            self.started_at,
+            at,
+        )
+
+    def _advance_checked(self, event: SagaEvent) -> SagaState:
+        """:meth:`advance` by the general rules: the transition table and a dict of changes
+        (the reference the fast path of :meth:`advance` is tested against)."""
         if type(event) is not SagaEvent:
             raise SagaSequenceError(
                 saga_id=self.saga_id, seq=-1, problem=f"{type(event).__name__} is not a SagaEvent"
@@ -590,10 +730,15 @@ class Journal(Protocol):
     every call; an invalid event raises :class:`SagaSequenceError` and is not stored.
     """
 
-    async def create(self, header: SagaHeader, first_event: SagaEvent) -> SagaState:
-        """Store a new saga with its ``started`` event (``seq`` 0); return its state.
+    async def create(
+        self, header: SagaHeader, first_event: SagaEvent, *, then: Sequence[SagaEvent] = ()
+    ) -> SagaState:
+        """Store a new saga with its ``started`` event (``seq`` 0), and the events ``then``
+        after it in the same write (a coordinator passes the first step's start); return its
+        state.
 
-        Raises ``JournalError`` if the id is already in the journal.
+        Raises ``JournalError`` if the id is already in the journal, ``SagaSequenceError`` if
+        an event is invalid or ``then`` ends the saga.
         """
         ...
 
@@ -739,12 +884,24 @@ class SagaIndex:
         self.open: dict[str, Tracked] = {}
         self.attention: dict[str, Tracked] = {}
 
-    def check_create(self, header: SagaHeader, event: SagaEvent) -> SagaState:
-        """Validate a create; the state after ``started``.  Raises if the id is tracked."""
+    def check_create(
+        self, header: SagaHeader, event: SagaEvent, then: Sequence[SagaEvent] = ()
+    ) -> SagaState:
+        """Validate a create; the state after ``started`` and ``then``.  Raises if the id is
+        tracked (or an event is invalid).  Changes nothing."""
         saga_id = header.saga_id
         if saga_id in self.open or saga_id in self.attention:
             raise JournalError(f"Saga {saga_id!r} already exists in the journal.")
-        return SagaState.new(header).advance(event)
+        state = SagaState.new(header).advance(event)
+        for later in then:
+            state = state.advance(later)
+            if state.phase in _FINISHED:
+                raise SagaSequenceError(
+                    saga_id=saga_id,
+                    seq=later.seq,
+                    problem="the events of a create must leave the saga unfinished",
+                )
+        return state
 
     def check_append(self, events: Iterable[SagaEvent]) -> dict[str, SagaState]:
         """Validate events in order; the new state of each saga touched.  Changes nothing."""
@@ -778,6 +935,35 @@ class SagaIndex:
         state = tracked.state.advance(event)
         if state.phase in _FINISHED:
             self.commit({event.saga_id: state})
+        else:
+            tracked.state = state
+        return tracked
+
+    def advance_saga(self, events: Sequence[SagaEvent]) -> Tracked | None:
+        """Validate and record events that all belong to one open saga (the fast path of
+        ``append_many``); its saga, advanced.  ``None`` (nothing recorded) when the events
+        are not all of one confirmed open saga: use :meth:`check_append` and :meth:`commit`.
+        Raises like :meth:`check_append` (nothing recorded)."""
+        if not events:
+            return None
+        first = events[0]
+        if type(first) is not SagaEvent or type(first.saga_id) is not str:
+            return None
+        saga_id = first.saga_id
+        tracked = self.open.get(saga_id)
+        if tracked is None or not tracked.confirmed:
+            return None
+        state = tracked.state
+        paired = state._advance_pair(first, events[1]) if len(events) == 2 else None
+        if paired is not None:
+            state = paired
+        else:
+            for event in events:
+                if type(event) is not SagaEvent or event.saga_id != saga_id:
+                    return None
+                state = state.advance(event)
+        if state.phase in _FINISHED:
+            self.commit({saga_id: state})
         else:
             tracked.state = state
         return tracked
@@ -882,19 +1068,22 @@ class MemoryJournal:
 
     # -- writes
 
-    async def create(self, header: SagaHeader, first_event: SagaEvent) -> SagaState:
-        """Store a new saga with its ``started`` event; its state (see :class:`Journal`)."""
+    async def create(
+        self, header: SagaHeader, first_event: SagaEvent, *, then: Sequence[SagaEvent] = ()
+    ) -> SagaState:
+        """Store a new saga with its ``started`` event and the events ``then``; its state
+        (see :class:`Journal`)."""
         await trio.lowlevel.checkpoint_if_cancelled()
         self._check_open()
         header, encoded = normalize_header(header)
         if header.saga_id in self._sagas:
             raise JournalError(f"Saga {header.saga_id!r} already exists in the journal.")
-        state = self._index.check_create(header, first_event)
+        state = self._index.check_create(header, first_event, then)
         self._index.open[header.saga_id] = Tracked(header, state, confirmed=True)
-        self._sagas[header.saga_id] = _Stored(header, [first_event])
+        stored = self._sagas[header.saga_id] = _Stored(header, [first_event, *then])
         self._appends += 1
-        self._rows += 1
-        self._bytes += len(header.payload) + len(encoded) + len(first_event.data)
+        self._rows += len(stored.events)
+        self._bytes += len(header.payload) + len(encoded) + event_bytes(stored.events)
         return state
 
     async def append(self, event: SagaEvent) -> SagaState:
@@ -916,6 +1105,18 @@ class MemoryJournal:
         state of each saga touched."""
         await trio.lowlevel.checkpoint_if_cancelled()
         self._check_open()
+        tracked = self._index.advance_saga(events)
+        if tracked is not None:  # one saga's events (a step's completion and the next start)
+            state = tracked.state
+            stored = self._sagas[state.saga_id]
+            stored.events += events
+            if state.phase in _FINISHED:
+                self._finish(stored, state)
+            self._appends += 1
+            self._rows += len(events)
+            for event in events:
+                self._bytes += len(event.data)
+            return {state.saga_id: state}
         states = self._index.check_append(events)
         self._index.commit(states)
         sagas = self._sagas

@@ -80,7 +80,6 @@ from actors._errors import (
 from actors._journal import (
     Journal,
     JournalError,
-    MemoryJournal,
     SagaEvent,
     SagaEventKind,
     SagaHeader,
@@ -206,13 +205,24 @@ class _Run:
         "scope",
         "sent",
         "state",
+        "targets",
         "view",
         "waiters",
     )
 
-    def __init__(self, header: SagaHeader, definition: SagaDefinition, input: Any) -> None:
+    def __init__(
+        self,
+        header: SagaHeader,
+        definition: SagaDefinition,
+        input: Any,
+        targets: list[_Target | None] | None = None,
+    ) -> None:
         self.header = header
         self.definition = definition
+        # The coordinator's cache of the definition's step targets (shared by its sagas).
+        self.targets: list[_Target | None] = (
+            [None] * len(definition.steps) if targets is None else targets
+        )
         self.view = SagaView(header.saga_id, definition, input)
         self.state = SagaState.new(header)
         self.waiters: list[Reply[Any]] = []
@@ -226,6 +236,12 @@ class _Run:
 
 
 _Job: TypeAlias = "tuple[_Run, Reply[Any] | None, bool]"
+#: A step's target and how messages are delivered to it (one of the constants below).
+_Target: TypeAlias = "tuple[ActorRef[Any, Any], str]"
+_CALL: Final = "call"
+_ENVELOPE: Final = "envelope"
+_RAW: Final = "raw"
+_DELIVERIES: Final = {"call": _CALL, "envelope": _ENVELOPE, "raw": _RAW}
 
 
 def _step_error(exc: BaseException, category: ErrorCategory) -> StepError:
@@ -304,9 +320,6 @@ class SagaCoordinator(Actor[SagaMessage, Any]):
         rng: Any = None,
     ) -> None:
         self._journal = journal
-        # One commit per step matters for a durable journal (append_many); the in-memory
-        # journal has no commit to share and its single-event append is the cheaper path.
-        self._separate_writes = type(journal) is MemoryJournal
         self._definitions: dict[str, SagaDefinition] = {}
         for definition in definitions:
             if not isinstance(definition, SagaDefinition):
@@ -331,7 +344,10 @@ class SagaCoordinator(Actor[SagaMessage, Any]):
         self._rng = rng
         self._runs: dict[str, _Run] = {}
         self._idle: list[Task] = []
-        self._targets: dict[tuple[str, int], tuple[ActorRef[Any, Any], str]] = {}
+        # Per definition, per step: its resolved target (``None`` until first needed).
+        self._targets: dict[str, list[_Target | None]] = {
+            name: [None] * len(definition.steps) for name, definition in self._definitions.items()
+        }
         self._policies: dict[tuple[str, int, bool], RetryPolicy] = {}
         self._prefix = secrets.token_hex(6) + "-"
         self._next_id = 0
@@ -359,7 +375,7 @@ class SagaCoordinator(Actor[SagaMessage, Any]):
                 )
                 self._report(header.saga_id, header.definition, "unresumable", None, problem)
                 continue
-            run = _Run(header, definition, value)
+            run = _Run(header, definition, value, self._targets[definition.name])
             run.state = state
             self._runs[header.saga_id] = run
             self.counters.recovered += 1
@@ -455,7 +471,7 @@ class SagaCoordinator(Actor[SagaMessage, Any]):
             except (TypeError, ValueError) as exc:
                 return Failure(exc)
         reply = self.defer()
-        run = _Run(header, definition, value)
+        run = _Run(header, definition, value, self._targets[definition.name])
         self._runs[saga_id] = run
         self.counters.started += 1
         if message.wait:
@@ -503,9 +519,14 @@ class SagaCoordinator(Actor[SagaMessage, Any]):
 
     async def _begin(self, run: _Run, started: Reply[Any] | None) -> None:
         header = run.header
+        saga_id = header.saga_id
+        at = time.time()
         try:
+            # The saga's start and its first step's start: one write.
             run.state = await self._journal.create(
-                header, SagaState.new(header).next_event(_STARTED)
+                header,
+                SagaEvent(saga_id, 0, _STARTED, None, at),
+                then=(SagaEvent(saga_id, 1, _STEP_STARTED, 0, at),),
             )
         except JournalError:
             if self._runs.get(header.saga_id) is run:
@@ -521,7 +542,7 @@ class SagaCoordinator(Actor[SagaMessage, Any]):
             raise
         if started is not None:
             started.set(SagaStarted(header.saga_id))
-        await self._drive(run)
+        await self._drive(run, journaled=True)
 
     def _answer_existing(
         self, run: _Run, found: tuple[SagaHeader, list[SagaEvent]], started: Reply[Any] | None
@@ -545,24 +566,26 @@ class SagaCoordinator(Actor[SagaMessage, Any]):
             return
         if started is not None:
             started.set(SagaStarted(header.saga_id))
-        old = _Run(header, run.definition, run.view.input)
+        old = _Run(header, run.definition, run.view.input, run.targets)
         old.state = state
         for reply in run.waiters:
             self._answer(old, reply)
 
     # ------------------------------------------------------------------ driving a saga
 
-    async def _drive(self, run: _Run) -> None:
+    async def _drive(self, run: _Run, *, journaled: bool = False) -> None:
+        """Run the saga from its journaled state to its end (``journaled``: the step in flight
+        was journaled by this run and not sent yet, so it is sent, not re-sent)."""
         try:
             state = run.state
             if state.phase is _RUNNING or state.phase is _STEP_IN_FLIGHT:
                 if run.cancellable:
                     with run.scope:
-                        state = await self._forward(run)
+                        state = await self._forward(run, journaled)
                     if run.scope.cancelled_caught:
                         state = await self._after_cancel(run)
                 else:  # nobody can cancel it: no scope needed
-                    state = await self._forward(run)
+                    state = await self._forward(run, journaled)
             if state.phase is _P.STEP_FAILED:
                 state = await self._decide(run, state, None)
             if state.phase in _COMPENSATION_PHASES:
@@ -572,20 +595,27 @@ class SagaCoordinator(Actor[SagaMessage, Any]):
             if self._runs.get(run.header.saga_id) is run:
                 del self._runs[run.header.saga_id]
 
-    async def _forward(self, run: _Run) -> SagaState:
+    async def _forward(self, run: _Run, journaled: bool) -> SagaState:
         journal = self._journal
         state = run.state
         steps = run.definition.steps
         last = len(steps) - 1
-        if state.phase is _RUNNING:
+        if journaled:  # a new saga: its first step's start was journaled with the saga
+            # A caller that gave up meanwhile must not have the step sent.
+            await trio.lowlevel.checkpoint_if_cancelled()
+        elif state.phase is _RUNNING:
             if state.next_step > last:  # resumed after the last step completed
                 state = run.state = await journal.append(state.next_event(_COMPLETED))
                 return state
-            event = state.next_event(_STEP_STARTED, state.next_step)
+            state = run.state = await journal.append(
+                state.next_event(_STEP_STARTED, state.next_step)
+            )
         else:  # resumed with a step in flight: journal the re-send, then send
-            event = state.next_event(_STEP_STARTED, state.step_in_flight)
-        state = run.state = await journal.append(event)
+            state = run.state = await journal.append(
+                state.next_event(_STEP_STARTED, state.step_in_flight)
+            )
         saga_id = run.header.saga_id
+        append_many = journal.append_many
         while True:
             i: int = state.step_in_flight  # type: ignore[assignment]
             data = await self._send_step(run, i, steps[i])
@@ -595,17 +625,16 @@ class SagaCoordinator(Actor[SagaMessage, Any]):
                     state.next_event(_STEP_FAILED, i, _encode(data))
                 )
                 return state
-            done = state.next_event(_STEP_COMPLETED, i, data)
+            # The step's completion and the next step's start (or the end): one write.
+            seq = state.next_seq
+            at = time.time()
+            done = SagaEvent(saga_id, seq, _STEP_COMPLETED, i, at, data)
             if i < last:
-                then = SagaEvent(saga_id, done.seq + 1, _STEP_STARTED, i + 1, done.at)
+                then = SagaEvent(saga_id, seq + 1, _STEP_STARTED, i + 1, at)
             else:
-                then = SagaEvent(saga_id, done.seq + 1, _COMPLETED, None, done.at)
+                then = SagaEvent(saga_id, seq + 1, _COMPLETED, None, at)
             run.pending = (i, data)
-            if self._separate_writes:
-                state = run.state = await journal.append(done)
-                state = run.state = await journal.append(then)
-            else:
-                state = run.state = (await journal.append_many((done, then)))[saga_id]
+            state = run.state = (await append_many((done, then)))[saga_id]
             run.pending = None
             if i == last:
                 return state
@@ -616,6 +645,7 @@ class SagaCoordinator(Actor[SagaMessage, Any]):
         key = f"{saga_id}:{step.name}"
         retry: RetryState | None = None
         started = trio.current_time()
+        targets = run.targets
         while True:
             state = run.state
             try:
@@ -629,17 +659,17 @@ class SagaCoordinator(Actor[SagaMessage, Any]):
                     message=f"the step's action raised: {exc}",
                     category=self._classifier.classify(exc).category.value,
                 )
-            try:
-                ref, delivery = self._targets[(run.definition.name, i)]
-            except KeyError:
+            target = targets[i]
+            if target is None:
                 try:
-                    ref, delivery = await self._resolve(run.definition, i)
+                    target = await self._resolve(run.definition, i)
                 except ActorNotFound as exc:
                     run.cause = exc
                     return _step_error(exc, exc.category)
-            if delivery == "envelope":
+            ref, delivery = target
+            if delivery is _ENVELOPE:
                 message: Any = SagaStepMessage(key, payload, saga_id, step.name)
-            elif delivery == "call":
+            elif delivery is _CALL:
                 message = Call(payload, key)
             else:
                 message = payload
@@ -675,7 +705,7 @@ class SagaCoordinator(Actor[SagaMessage, Any]):
             run.state = await self._journal.append(run.state.next_event(_STEP_STARTED, i))
             self.counters.step_retries += 1
 
-    async def _resolve(self, definition: SagaDefinition, i: int) -> tuple[ActorRef[Any, Any], str]:
+    async def _resolve(self, definition: SagaDefinition, i: int) -> _Target:
         """The target ref of step ``i`` and how to deliver to it; cached once known."""
         step = definition.steps[i]
         target = step.target
@@ -692,8 +722,8 @@ class SagaCoordinator(Actor[SagaMessage, Any]):
             delivery = (
                 "call" if inc is not None and isinstance(inc.actor, ProviderActor) else ("envelope")
             )
-        self._targets[(definition.name, i)] = (ref, delivery)
-        return ref, delivery
+        found = self._targets[definition.name][i] = (ref, _DELIVERIES[delivery])
+        return found
 
     def _policy(self, definition: SagaDefinition, i: int, compensate: bool) -> RetryPolicy:
         key = (definition.name, i, compensate)
@@ -849,13 +879,13 @@ class SagaCoordinator(Actor[SagaMessage, Any]):
                     message="the saga's compensation deadline passed",
                     category=ErrorCategory.TIMEOUT.value,
                 )
-            try:
-                ref, delivery = self._targets[(run.definition.name, j)]
-            except KeyError:
+            target = run.targets[j]
+            if target is None:
                 try:
-                    ref, delivery = await self._resolve(run.definition, j)
+                    target = await self._resolve(run.definition, j)
                 except ActorNotFound as exc:
                     return _step_error(exc, exc.category)
+            ref, delivery = target
             if delivery == "envelope":
                 message: Any = SagaStepMessage(key, payload, saga_id, step.name, True)
             elif delivery == "call":

@@ -341,17 +341,21 @@ class SqliteJournal:
 
     # ------------------------------------------------------------------------ writes
 
-    async def create(self, header: SagaHeader, first_event: SagaEvent) -> SagaState:
-        """Durably store a new saga with its ``started`` event (``seq`` 0); return its state.
+    async def create(
+        self, header: SagaHeader, first_event: SagaEvent, *, then: Sequence[SagaEvent] = ()
+    ) -> SagaState:
+        """Durably store a new saga with its ``started`` event (``seq`` 0) and the events
+        ``then`` (in the same transaction); return its state.
 
         Raises:
-            SagaSequenceError: ``first_event`` is not a valid ``started`` event.
+            SagaSequenceError: ``first_event`` is not a valid ``started`` event, or an event
+                of ``then`` is not a valid transition.
             JournalError: the saga id is already in the journal; or the journal failed.
             TypeError, ValueError: a malformed header (named field).
         """
         header, metadata = normalize_header(header)
         await self._wait_for_room()
-        state = self._index.check_create(header, first_event)
+        state = self._index.check_create(header, first_event, then)
         request = _Request(_CREATE)
         number = self._next_number
         self._next_number += 1
@@ -363,8 +367,9 @@ class SqliteJournal:
             header.payload,
             metadata.decode(),
         )
-        request.rows = [_event_row(number, first_event)]
+        request.rows = [_event_row(number, e) for e in (first_event, *then)]
         request.nbytes = len(header.payload) + len(metadata) + len(first_event.data)
+        request.nbytes += event_bytes(then)
         self._index.open[header.saga_id] = Tracked(header, state, False, number)
         await self._submit(request)
         return state
@@ -587,7 +592,7 @@ class SqliteJournal:
                 tracked = index.open.get(saga_id)
                 if error is None:
                     appends += 1
-                    rows += 1
+                    rows += len(request.rows)
                     nbytes += request.nbytes
                     if tracked is not None:
                         tracked.confirmed = True

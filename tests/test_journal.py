@@ -267,6 +267,165 @@ def test_a_wrong_seq_is_rejected(data: st.DataObject, delta: int) -> None:
             state.advance(ev("s", ref.events + delta, kind, step))
 
 
+def _outcome(state: SagaState, event: Any) -> tuple[str, Any]:
+    try:
+        return "state", state.advance(event)
+    except SagaSequenceError as exc:
+        return "error", (exc.saga_id, exc.seq, exc.problem)
+
+
+def _checked_outcome(state: SagaState, event: Any) -> tuple[str, Any]:
+    try:
+        return "state", state._advance_checked(event)
+    except SagaSequenceError as exc:
+        return "error", (exc.saga_id, exc.seq, exc.problem)
+
+
+@settings(max_examples=300)
+@given(
+    st.data(),
+    st.sampled_from(list(SagaEventKind)),
+    st.one_of(st.none(), st.booleans(), st.integers(-1, 8)),
+    st.sampled_from([0, 0, 0, -1, 1]),
+    st.sampled_from(["s", "s", "other"]),
+    st.one_of(st.floats(allow_nan=False), st.integers(0, 3), st.booleans(), st.just("soon")),
+    st.one_of(st.binary(max_size=3), st.just("text")),
+)
+def test_the_fast_path_of_advance_matches_the_general_rules(
+    data: st.DataObject,
+    kind: SagaEventKind,
+    step: Any,
+    seq_delta: int,
+    saga_id: str,
+    at: Any,
+    payload: Any,
+) -> None:
+    """`advance` (with its fast path for forward steps) gives the same state, or the same
+    error, as the general fold for any event after any valid prefix."""
+    ref = draw_recorded(data, max_events=25)
+    state = SagaState.new(header())
+    slow = SagaState.new(header())
+    for event in ref_events(ref.history):
+        state = state.advance(event)
+        slow = slow._advance_checked(event)
+        assert state == slow
+    # Bias towards the fast path: often the move the reference expects next.
+    moves = sorted(ref.moves(), key=lambda m: (m[0].value, -1 if m[1] is None else m[1]))
+    use_move = data.draw(st.booleans())
+    if moves and use_move:
+        kind, step = data.draw(st.sampled_from(moves))
+    candidate = SagaEvent(saga_id, ref.events + seq_delta, kind, step, at, payload)
+    assert _outcome(state, candidate) == _checked_outcome(state, candidate)
+    assert _outcome(state, "not an event") == _checked_outcome(state, "not an event")
+
+
+def _pair_events(data: st.DataObject, ref: RefSaga) -> tuple[Any, Any]:
+    """Two events after ``ref``'s history: mostly a step's completion and what follows it,
+    sometimes perturbed in one field."""
+    seq = ref.events
+    i = ref.in_flight if ref.in_flight is not None else len(ref.results)
+    done: dict[str, Any] = {
+        "saga_id": "s",
+        "seq": seq,
+        "kind": K.STEP_COMPLETED,
+        "step": i,
+        "at": 1000.0 + seq,
+        "data": b"r",
+    }
+    then: dict[str, Any] = {
+        "saga_id": "s",
+        "seq": seq + 1,
+        "kind": data.draw(st.sampled_from([K.STEP_STARTED, K.COMPLETED])),
+        "step": i + 1,
+        "at": 1000.5 + seq,
+        "data": b"",
+    }
+    if then["kind"] is K.COMPLETED:
+        then["step"] = data.draw(st.sampled_from([None, None, i + 1]))
+        then["data"] = data.draw(st.sampled_from([b"", b"why"]))
+    bad = st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-1, 9),
+        st.sampled_from(list(SagaEventKind)),
+        st.just("other"),
+        st.just(1.5),
+        st.just(b"x"),
+    )
+    if data.draw(st.integers(0, 2)) == 0:
+        which = data.draw(st.sampled_from([done, then]))
+        field = data.draw(st.sampled_from(sorted(which)))
+        which[field] = data.draw(bad)
+    return SagaEvent(**done), SagaEvent(**then)
+
+
+@settings(max_examples=300)
+@given(st.data())
+def test_the_pair_fast_path_matches_two_folds(data: st.DataObject) -> None:
+    """A step's completion and the next start (or the end), folded at once, give the state two
+    general folds give; any other pair is left to the general fold."""
+    if data.draw(st.booleans()):
+        ref = draw_recorded(data, max_events=25)
+    else:  # a saga going forward, with a step in flight (where the pair applies)
+        ref = Recorder()
+        ref.apply(K.STARTED, None, b"")
+        for i in range(data.draw(st.integers(0, 4))):
+            ref.apply(K.STEP_STARTED, i, b"")
+            ref.apply(K.STEP_COMPLETED, i, b"d%d" % i)
+        ref.apply(K.STEP_STARTED, len(ref.results), b"")
+    state = saga_state(header(), ref_events(ref.history)) if ref.history else None
+    if state is None:
+        state = SagaState.new(header())
+    done, then = _pair_events(data, ref)
+    paired = state._advance_pair(done, then)
+    first = _checked_outcome(state, done)
+    if first[0] == "error":
+        assert paired is None
+        return
+    second = _checked_outcome(first[1], then)
+    if second[0] == "error":
+        assert paired is None
+        return
+    if paired is not None:
+        assert paired == second[1]
+    else:  # only the common pair is built at once, and it must be
+        assert not (
+            state.phase is P.STEP_IN_FLIGHT
+            and done.kind is K.STEP_COMPLETED
+            and type(done.at) is float
+            and type(then.at) is float
+            and (then.kind, then.step)
+            in {(K.STEP_STARTED, state.next_step + 1), (K.COMPLETED, None)}
+        )
+
+
+async def test_a_pair_of_one_saga_is_all_or_nothing_in_both_journals(journal: Any) -> None:
+    """A step's completion followed by an invalid event stores neither; the valid pair then
+    lands and reads back in order."""
+    h = header("pair")
+    state = await journal.create(h, ev("pair", 0, K.STARTED))
+    state = await journal.append(ev("pair", 1, K.STEP_STARTED, 0))
+    with pytest.raises(SagaSequenceError):
+        await journal.append_many(
+            [ev("pair", 2, K.STEP_COMPLETED, 0, b"r"), ev("pair", 3, K.STEP_STARTED, 5)]
+        )
+    found = await journal.get("pair")
+    assert [e.seq for e in found[1]] == [0, 1]
+    states = await journal.append_many(
+        [ev("pair", 2, K.STEP_COMPLETED, 0, b"r"), ev("pair", 3, K.STEP_STARTED, 1)]
+    )
+    assert states["pair"] == state.advance(ev("pair", 2, K.STEP_COMPLETED, 0, b"r")).advance(
+        ev("pair", 3, K.STEP_STARTED, 1)
+    )
+    found = await journal.get("pair")
+    assert found[1] == [
+        ev("pair", 0, K.STARTED),
+        ev("pair", 1, K.STEP_STARTED, 0),
+        ev("pair", 2, K.STEP_COMPLETED, 0, b"r"),
+        ev("pair", 3, K.STEP_STARTED, 1),
+    ]
+
+
 Moves = list[tuple[SagaEventKind, int | None]]
 
 
@@ -602,6 +761,35 @@ async def test_a_create_must_start_with_a_started_event(journal: Any) -> None:
             await journal.create(h, bad)
     assert await journal.get("a") is None
     assert journal.statistics().rows == 0
+
+
+async def test_a_create_can_carry_the_first_steps_start(journal: Any, kit: Kit) -> None:
+    """create(..., then=[step_started(0)]) stores both events in one write; events that are
+    invalid or end the saga are refused and nothing is stored."""
+    h = header("t")
+    with pytest.raises(SagaSequenceError, match="unfinished"):
+        await journal.create(h, ev("t", 0, K.STARTED), then=[ev("t", 1, K.COMPLETED)])
+    with pytest.raises(SagaSequenceError):
+        await journal.create(h, ev("t", 0, K.STARTED), then=[ev("t", 1, K.STEP_STARTED, 3)])
+    assert await journal.get("t") is None
+    commits = journal.statistics().commits
+    state = await journal.create(h, ev("t", 0, K.STARTED), then=[ev("t", 1, K.STEP_STARTED, 0)])
+    assert state.phase is P.STEP_IN_FLIGHT
+    assert state.step_in_flight == 0
+    assert journal.statistics().commits == commits + 1
+    assert journal.statistics().rows == 2
+    with pytest.raises(JournalError, match="already exists"):
+        await journal.create(h, ev("t", 0, K.STARTED), then=[ev("t", 1, K.STEP_STARTED, 0)])
+    state = await journal.append(ev("t", 2, K.STEP_COMPLETED, 0, b"r"))
+    reopened = await kit.reopen(journal)
+    found = await reopened.get("t")
+    assert found is not None
+    assert found[1] == [
+        ev("t", 0, K.STARTED),
+        ev("t", 1, K.STEP_STARTED, 0),
+        ev("t", 2, K.STEP_COMPLETED, 0, b"r"),
+    ]
+    assert saga_state(*found) == state
 
 
 async def test_invalid_appends_store_nothing_and_the_saga_stays_usable(journal: Any) -> None:

@@ -705,9 +705,11 @@ class GatedJournal(MemoryJournal):
             self.reached.set()
             await self.release.wait()
 
-    async def create(self, header: SagaHeader, first_event: SagaEvent) -> SagaState:
-        await self._gate([first_event])
-        return await super().create(header, first_event)
+    async def create(
+        self, header: SagaHeader, first_event: SagaEvent, *, then: Sequence[SagaEvent] = ()
+    ) -> SagaState:
+        await self._gate([first_event, *then])
+        return await super().create(header, first_event, then=then)
 
     async def append(self, event: SagaEvent) -> SagaState:
         await self._gate([event])
@@ -758,7 +760,11 @@ async def test_cancelling_before_the_first_step_ends_the_saga_cancelled(
         journal.release.set()
         info = await wait_finished(root, "c0")
         stats = await root.ref("sagas").ask(GetSagaStatistics())
-    assert kinds(info) == ["started", "cancelled"]
+    # The first step's start is journaled with the saga (write-ahead); it was never sent, so
+    # its failure is certain and there is nothing to compensate.
+    assert kinds(info) == ["started", "step_started", "step_failed", "cancelled"]
+    assert info.failed_step == "s0"
+    assert info.compensated == []
     assert world.delivered == []
     assert stats.cancelled == 1
 

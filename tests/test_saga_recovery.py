@@ -292,8 +292,10 @@ class FlakyJournal:
         self.crashed.set()
         raise RuntimeError(f"injected crash at write {self.writes}")
 
-    async def create(self, header: SagaHeader, first_event: SagaEvent) -> SagaState:
-        return await self._write(lambda: self.inner.create(header, first_event))  # type: ignore[no-any-return]
+    async def create(
+        self, header: SagaHeader, first_event: SagaEvent, *, then: Sequence[SagaEvent] = ()
+    ) -> SagaState:
+        return await self._write(lambda: self.inner.create(header, first_event, then=then))  # type: ignore[no-any-return]
 
     async def append(self, event: SagaEvent) -> SagaState:
         return await self._write(lambda: self.inner.append(event))  # type: ignore[no-any-return]
