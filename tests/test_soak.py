@@ -16,7 +16,7 @@ import trio.testing
 
 from actors import AskTimeout, MemoryJournal
 from actors._journal import SagaEventKind, SagaHeader, SagaState
-from bench import soak
+from bench import _soak_truth as truth
 
 ROOT = Path(__file__).parent.parent
 
@@ -67,16 +67,16 @@ async def test_the_ask_book_counts_late_and_repeated_ends(
     mock_clock: trio.testing.MockClock,
 ) -> None:
     """An ask ended past its deadline plus the tolerance, or ended twice, is counted."""
-    book = soak.AskBook()
+    book = truth.AskBook()
     first = book.begin()
     book.end(first, trio.current_time(), "ok")
     book.end(first, trio.current_time(), "ok")
     late = book.begin()
     deadline = trio.current_time()
-    await trio.sleep(soak.TOLERANCE * 2)
+    await trio.sleep(truth.TOLERANCE * 2)
     book.end(late, deadline, "AskTimeout")
     assert (book.started, book.ended, book.twice, book.late) == (2, 3, 1, 1)
-    assert book.max_late == pytest.approx(soak.TOLERANCE * 2)
+    assert book.max_late == pytest.approx(truth.TOLERANCE * 2)
     assert not book.pending
 
 
@@ -86,7 +86,7 @@ async def test_the_ask_book_flags_untyped_errors(mock_clock: trio.testing.MockCl
     def fail(exc: Exception) -> None:
         raise exc
 
-    book = soak.AskBook()
+    book = truth.AskBook()
     with book.ask(1.0):
         fail(KeyError("oops"))
     with book.ask(1.0):
@@ -99,7 +99,7 @@ async def test_a_backend_records_a_second_effect_of_a_key(
     mock_clock: trio.testing.MockClock,
 ) -> None:
     """The ground truth sees a key that takes effect twice."""
-    backend = soak.Backend("svc", seed=0)
+    backend = truth.Backend("svc", seed=0)
     await backend(("load", "k", 1))
     await backend(("load", None, 2))
     assert backend.doubles == []
@@ -111,7 +111,7 @@ async def test_a_backend_records_a_second_effect_of_a_key(
 async def test_the_auditor_flags_a_completed_saga_without_its_effects() -> None:
     """A completed saga whose steps did not all take effect is a violation; one whose
     effects are all there is not; a finished saga's ground truth is forgotten."""
-    run = soak.Soak(seed=0, seconds=1.0, rng=random.Random(0), sagas=soak.Sagas())
+    run = truth.Soak(seed=0, seconds=1.0, rng=random.Random(0), sagas=truth.Sagas())
     async with MemoryJournal() as journal:
         for saga_id in ("good", "bad"):
             run.sagas.open[saga_id] = False
@@ -119,9 +119,9 @@ async def test_the_auditor_flags_a_completed_saga_without_its_effects() -> None:
         for step in ("reserve", "charge", "ship"):
             run.sagas.payments[f"good:{step}"] = 1
         run.sagas.payments["bad:reserve"] = 1
-        assert await soak.audit_one(run, journal, "good")
+        assert await truth.audit_one(run, journal, "good")
         assert run.violations == []
-        assert await soak.audit_one(run, journal, "bad")
+        assert await truth.audit_one(run, journal, "bad")
         assert len(run.violations) == 1
         assert "completed saga bad" in run.violations[0]
         assert run.sagas.open == {}
