@@ -137,6 +137,7 @@ class UnsubscribeAlerts(msgspec.Struct, frozen=True, tag=True):
 
 
 _REPORTS = (CallReport, BreakerReport, SupervisionReport)
+_SERVICE_QUERIES = frozenset({GetBreaker, GetServiceMetrics, GetErrorRate, ResetService})
 
 
 class MonitorActor(Actor[Any, Any]):
@@ -209,6 +210,11 @@ class MonitorActor(Actor[Any, Any]):
             return state.metrics(now)
         if kind is GetAlerts:
             return state.alerts(message.include_resolved)
+        service = getattr(message, "service", None)
+        if kind in _SERVICE_QUERIES and not isinstance(service, str):
+            return Failure(
+                TypeError(f"{kind.__name__}.service must be a str, not {type(service).__name__}")
+            )
         try:
             if kind is GetBreaker:
                 return state.breaker(message.service)

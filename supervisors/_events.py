@@ -24,6 +24,8 @@ from typing import Final
 import msgspec
 import trio
 
+from actors import MailboxFull
+
 __all__ = ["EventKind", "Subscription", "SupervisionEvent", "TreeNode"]
 
 logger: Final = logging.getLogger("supervisors")
@@ -115,10 +117,11 @@ Listener = Callable[[SupervisionEvent], object]
 class _EventBus:
     """Fan-out of a tree's events to logging and to listeners filtered by path prefix."""
 
-    __slots__ = ("_listeners",)
+    __slots__ = ("_listeners", "dropped")
 
     def __init__(self) -> None:
         self._listeners: list[tuple[str, Listener]] = []
+        self.dropped = 0
 
     def add(self, prefix: str, listener: Listener) -> Callable[[], None]:
         entry = (prefix, listener)
@@ -153,6 +156,10 @@ class _EventBus:
                 continue
             try:
                 listener(event)
+            except MailboxFull:
+                # A busy monitor (``add_listener(monitor.tell_nowait)``) loses this event but
+                # keeps listening: a full mailbox is a passing condition.
+                self.dropped += 1
             except Exception:
                 logger.exception("supervision event listener %r failed; removing it", listener)
                 try:

@@ -280,13 +280,6 @@ def test_monitor_survives_wrong_messages(messages: list[Any]) -> None:
     run(body)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "the monitor crashes when a query names a service whose repr() raises: "
-        "UnknownService formats it with !r and only KeyError/ValueError/TypeError are answered"
-    ),
-)
 def test_monitor_refuses_an_unprintable_service_name() -> None:
     """GetBreaker with a service name whose repr() raises gets an error, not a crash."""
 

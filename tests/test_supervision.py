@@ -553,3 +553,33 @@ async def test_root_of_finds_the_tree(mock_clock: trio.testing.MockClock) -> Non
     async with open_actor(Worker) as lone:
         with pytest.raises(LookupError):
             root_of(lone)
+
+
+async def test_listener_on_a_full_mailbox_keeps_listening(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """add_listener(ref.tell_nowait): a full mailbox drops that event but keeps the listener."""
+    from actors import open_actor
+
+    class Sink(Actor[Any, Any]):
+        def __init__(self) -> None:
+            self.got: list[Any] = []
+
+        async def handle(self, message: Any) -> Any:
+            if message == "got":
+                return len(self.got)
+            if message == "block":
+                await trio.sleep(10)
+                return None
+            self.got.append(message)
+            return None
+
+    async with open_actor(Sink, capacity=1) as sink, open_supervisor([spec("w")]) as root:
+        root.add_listener(sink.tell_nowait)
+        sink.tell_nowait("block")
+        await trio.testing.wait_all_tasks_blocked()
+        sink.tell_nowait("filler")
+        await crash(root, "w")  # two events; the mailbox is full: both dropped
+        await trio.sleep(11)
+        await crash(root, "w")  # still listening
+        assert await sink.ask("got") >= 2
