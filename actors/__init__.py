@@ -7,7 +7,9 @@ public names, listed in ``__all__``:
 * the error hierarchy (``AuraError`` and its subclasses, ``ErrorCategory``);
 * the sans-I/O resilience policies: classifier, circuit breaker, backoff and retry, retry
   budget, bulkhead, rate limiter, idempotency table, and the configuration schema;
-* the built-in actors: provider actors (``ProviderActor`` and the ``Provider`` client);
+* the built-in actors: provider actors (``ProviderActor`` and the ``Provider`` client), the
+  monitor (``MonitorActor``);
+* chaos injection for tests (the public module ``actors.chaos``; ``ChaosSettings`` here);
 * the saga coordinator (definitions, messages, results and errors) and its journal (records,
   the state fold, memory and SQLite journals).
 """
@@ -144,6 +146,7 @@ from actors._saga_messages import (
     StartSaga,
 )
 from actors._sqlite_journal import SqliteJournal
+from actors.chaos import ChaosSettings
 
 __all__ = [
     "AcknowledgeAlert",
@@ -179,6 +182,7 @@ __all__ = [
     "CallReport",
     "CategoryInfo",
     "CellState",
+    "ChaosSettings",
     "CircuitBreaker",
     "CircuitOpen",
     "Classified",
