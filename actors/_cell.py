@@ -111,6 +111,7 @@ class _Cell:
         "generation",
         "handled",
         "incarnation",
+        "keep",
         "name",
         "owner",
         "path",
@@ -145,6 +146,8 @@ class _Cell:
         self.registry: dict[str, _Cell] = {path: self} if registry is None else registry
         # The supervision tree the slot belongs to (opaque here; see supervisors.root_of).
         self.owner: object | None = None
+        # State a built-in actor keeps across its restarts (a provider's idempotency table).
+        self.keep: dict[str, Any] = {}
         self.capacity = capacity
         self.ask_timeout = float(ask_timeout)
         self.queue: deque[tuple[Any, Reply[Any] | None]] = deque()

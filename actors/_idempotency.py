@@ -450,6 +450,15 @@ class IdempotencyTable:
         self._finish(entry, "abandon")
         return entry.waiters
 
+    def abandon_all(self) -> int:
+        """Forget every call in flight (their owner restarted); return how many.
+
+        Completed outcomes are kept: the table can outlive the actor incarnation that filled it.
+        """
+        count = len(self._inflight)
+        self._inflight.clear()
+        return count
+
     def expire(self, now: float) -> int:
         """Drop the completed records that have expired at ``now``; return how many."""
         order, meta, values, failed = self._order, self._meta, self._values, self._failed

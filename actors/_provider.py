@@ -336,7 +336,17 @@ class ProviderActor(Actor[ProviderMessage, Any]):
 
     async def on_start(self) -> None:
         self._token = trio.lowlevel.current_trio_token()
-        self._timers = self._inc.cell.timers
+        cell = self._inc.cell
+        self._timers = cell.timers
+        # The idempotency table belongs to the slot, not the incarnation: a key that completed
+        # before a restart still answers from its stored outcome (calls that were in flight
+        # died with the old incarnation; their callers got ActorCrashed / ActorStopped).
+        kept = cell.keep.get("idempotency")
+        if isinstance(kept, IdempotencyTable) and kept.settings == self._table.settings:
+            kept.abandon_all()
+            self._table = kept
+        else:
+            cell.keep["idempotency"] = self._table
         self.spawn(self._housekeeping, name=f"{self.path}:housekeeping")
         self.spawn(self._delay_loop, name=f"{self.path}:delays")
 

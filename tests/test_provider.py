@@ -507,3 +507,18 @@ async def test_attempts_carry_correlation_ids(mock_clock: trio.testing.MockClock
         await p.call(1, key="k-1")
         await p.call(2)
     assert seen == [{"service": "svc", "idempotency_key": "k-1"}, {"service": "svc"}]
+
+
+async def test_idempotency_outlives_a_restart(mock_clock: trio.testing.MockClock) -> None:
+    """A key completed before the provider restarted is answered from its stored outcome
+    after the restart; the service does not run it again."""
+    from supervisors import ChildSpec, open_supervisor
+
+    service = FakeService()
+    async with open_supervisor([ChildSpec("svc", lambda: ProviderActor("svc", service))]) as root:
+        p: Provider[Any, Any] = Provider(root.ref("svc"))
+        first = await p.call("x", key="once")
+        await root.restart_child("svc")
+        assert root.ref("svc").statistics().incarnation == 2
+        assert await p.call("x", key="once") == first
+        assert len(service.calls) == 1
