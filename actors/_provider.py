@@ -316,6 +316,7 @@ class ProviderActor(Actor[ProviderMessage, Any]):
         self._report_interval = report_interval
         self._max_pending = max_pending_reports
         self._reports: list[Any] = []
+        self._keep: dict[str, Any] = {}  # the slot's cell.keep once started
         self._queued: dict[int, _Job] = {}
         self._fresh: deque[_Fresh] = deque()
         self._max_workers = settings.bulkhead.max_concurrent
@@ -347,6 +348,9 @@ class ProviderActor(Actor[ProviderMessage, Any]):
             self._table = kept
         else:
             cell.keep["idempotency"] = self._table
+        # Reports the previous incarnation had not sent yet go out with this one's.
+        self._keep = cell.keep
+        self._reports = cell.keep.setdefault("reports", self._reports)
         self.spawn(self._housekeeping, name=f"{self.path}:housekeeping")
         self.spawn(self._delay_loop, name=f"{self.path}:delays")
 
@@ -914,7 +918,7 @@ class ProviderActor(Actor[ProviderMessage, Any]):
             except ActorError:
                 pass
             else:
-                self._reports = []
+                self._reports = self._keep["reports"] = []
                 return
         overflow = len(reports) - self._max_pending
         if overflow > 0:

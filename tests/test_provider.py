@@ -522,3 +522,24 @@ async def test_idempotency_outlives_a_restart(mock_clock: trio.testing.MockClock
         assert root.ref("svc").statistics().incarnation == 2
         assert await p.call("x", key="once") == first
         assert len(service.calls) == 1
+
+
+async def test_unsent_reports_survive_a_restart(mock_clock: trio.testing.MockClock) -> None:
+    """Reports a provider could not send yet (no monitor reachable) are sent by the next
+    incarnation: the monitor's totals still equal the attempts made."""
+    from actors import GetServiceMetrics, MonitorActor
+    from supervisors import ChildSpec, open_supervisor
+
+    service = FakeService()
+    spec = ChildSpec("svc", lambda: ProviderActor("svc", service, monitor="monitor"))
+    async with open_supervisor([spec]) as root:
+        p: Provider[Any, Any] = Provider(root.ref("svc"))
+        for i in range(3):
+            await p.call(i)
+        await trio.sleep(1.0)  # a flush finds no monitor: the reports wait
+        await root.restart_child("svc")
+        monitor = await root.start_child(ChildSpec("monitor", MonitorActor))
+        await p.call(3)
+        await trio.sleep(1.0)
+        metrics = await monitor.ask(GetServiceMetrics("svc"))
+        assert metrics.totals.calls == len(service.calls) == 4
