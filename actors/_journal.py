@@ -266,6 +266,7 @@ _COMPENSATION_FAILED_STEP: Final = _K.COMPENSATION_FAILED_STEP
 _COMPENSATION_FAILED: Final = _K.COMPENSATION_FAILED
 _COMPLETED: Final = _K.COMPLETED
 _DONE: Final = _P.COMPLETED
+_NEW: Final = _P.NEW
 _RUNNING: Final = _P.RUNNING
 _STEP_IN_FLIGHT: Final = _P.STEP_IN_FLIGHT
 _IN_COMPENSATION: Final = _P.COMPENSATING
@@ -398,10 +399,10 @@ class SagaState(msgspec.Struct, frozen=True, gc=False):
                 ``seq``, a transition the table does not allow, a wrong step number, or fields
                 of the wrong type).
         """
-        # Fast path: a forward step starting or completing, well-formed (nearly every event a
-        # saga writes).  It checks exactly what the general path checks for these two
-        # transitions and builds the same state, without the table and the dict of changes;
-        # anything else (including every invalid event) takes the general path.
+        # Fast path: a saga starting, or a forward step starting or completing, well-formed
+        # (nearly every event a saga writes).  It checks exactly what the general path checks
+        # for these transitions and builds the same state, without the table and the dict of
+        # changes; anything else (including every invalid event) takes the general path.
         if type(event) is SagaEvent:
             kind = event.kind
             seq = event.seq
@@ -410,13 +411,34 @@ class SagaState(msgspec.Struct, frozen=True, gc=False):
             if (
                 type(seq) is int
                 and seq == self.next_seq
-                and type(step) is int
                 and type(at) is float
                 and type(event.data) is bytes
                 and event.saga_id == self.saga_id
             ):
                 phase = self.phase
-                if kind is _STEP_COMPLETED:
+                if type(step) is not int:
+                    if kind is _STARTED and step is None and phase is _NEW:
+                        return SagaState(
+                            self.saga_id,
+                            self.definition,
+                            _RUNNING,
+                            seq + 1,
+                            self.next_step,
+                            self.step_in_flight,
+                            self.step_attempts,
+                            self.failed_step,
+                            self.results,
+                            self.compensate_below,
+                            self.compensation_step,
+                            self.compensation_attempts,
+                            self.compensated,
+                            self.step_error,
+                            self.compensation_error,
+                            self.reason,
+                            at,
+                            at,
+                        )
+                elif kind is _STEP_COMPLETED:
                     if phase is _STEP_IN_FLIGHT and step == self.step_in_flight:
                         return SagaState(
                             self.saga_id,
@@ -836,6 +858,9 @@ def normalize_header(header: SagaHeader) -> tuple[SagaHeader, bytes]:
     if type(header.payload) is not bytes:
         raise TypeError(f"SagaHeader.payload must be bytes, got {type(header.payload).__name__}")
     metadata = header.metadata
+    if type(metadata) is dict and not metadata:  # the common case: no JSON round trip
+        created_at = float(header.created_at)
+        return msgspec.structs.replace(header, created_at=created_at, metadata={}), b"{}"
     if not isinstance(metadata, dict) or not all(type(k) is str for k in metadata):
         raise TypeError("SagaHeader.metadata must be a dict with str keys")
     try:
@@ -1104,18 +1129,8 @@ class MemoryJournal:
         """Append events atomically, in order: all are stored or, on error, none.  Returns the
         state of each saga touched."""
         await trio.lowlevel.checkpoint_if_cancelled()
-        self._check_open()
-        tracked = self._index.advance_saga(events)
-        if tracked is not None:  # one saga's events (a step's completion and the next start)
-            state = tracked.state
-            stored = self._sagas[state.saga_id]
-            stored.events += events
-            if state.phase in _FINISHED:
-                self._finish(stored, state)
-            self._appends += 1
-            self._rows += len(events)
-            for event in events:
-                self._bytes += len(event.data)
+        state = self.append_saga_nowait(events)
+        if state is not None:
             return {state.saga_id: state}
         states = self._index.check_append(events)
         self._index.commit(states)
@@ -1129,6 +1144,28 @@ class MemoryJournal:
         self._rows += len(events)
         self._bytes += event_bytes(events)
         return states
+
+    def append_saga_nowait(self, events: Sequence[SagaEvent]) -> SagaState | None:
+        """Append events that all belong to one saga, as :meth:`append_many` does, without its
+        checkpoint (it never blocks, and it is not a cancel point); the saga's new state.
+
+        ``None``, with nothing written, when the events are not all of one open saga (use
+        :meth:`append_many`).  Raises like :meth:`append_many`.
+        """
+        self._check_open()
+        tracked = self._index.advance_saga(events)
+        if tracked is None:
+            return None
+        state = tracked.state
+        stored = self._sagas[state.saga_id]
+        stored.events += events
+        if state.phase in _FINISHED:
+            self._finish(stored, state)
+        self._appends += 1
+        self._rows += len(events)
+        for event in events:
+            self._bytes += len(event.data)
+        return state
 
     def _finish(self, stored: _Stored, state: SagaState) -> None:
         stored.finished_at = state.updated_at

@@ -80,6 +80,7 @@ from actors._errors import (
 from actors._journal import (
     Journal,
     JournalError,
+    MemoryJournal,
     SagaEvent,
     SagaEventKind,
     SagaHeader,
@@ -165,6 +166,7 @@ _COMPENSATION_PHASES: Final = frozenset(
     {_P.COMPENSATING, _P.COMPENSATION_IN_FLIGHT, _P.COMPENSATION_RETRYING}
 )
 _DEFAULT_MAX_RUNNING: Final = 10_000
+_UNSEEN: Final = object()  # a reply not decoded yet
 _MAX_IDLE_WORKERS: Final = 256
 
 _encode = msgspec.msgpack.Encoder().encode
@@ -195,6 +197,7 @@ class _Run:
     """One saga driven by this coordinator."""
 
     __slots__ = (
+        "abandoned",
         "cancellable",
         "cause",
         "definition",
@@ -202,10 +205,10 @@ class _Run:
         "finished",
         "header",
         "pending",
+        "plan",
         "scope",
         "sent",
         "state",
-        "targets",
         "view",
         "waiters",
     )
@@ -215,19 +218,17 @@ class _Run:
         header: SagaHeader,
         definition: SagaDefinition,
         input: Any,
-        targets: list[_Target | None] | None = None,
+        plan: _Plan | None = None,
     ) -> None:
         self.header = header
         self.definition = definition
-        # The coordinator's cache of the definition's step targets (shared by its sagas).
-        self.targets: list[_Target | None] = (
-            [None] * len(definition.steps) if targets is None else targets
-        )
+        self.plan = _Plan(definition) if plan is None else plan
         self.view = SagaView(header.saga_id, definition, input)
-        self.state = SagaState.new(header)
+        self.state = SagaState(header.saga_id, header.definition)
         self.waiters: list[Reply[Any]] = []
         self.scope = trio.CancelScope()  # the forward part: cancelled if the caller gives up
         self.cancellable = False  # whether a caller can cancel it (then `scope` is used)
+        self.abandoned = False  # its caller gave up (`scope` was cancelled)
         self.finished = False
         self.sent: int | None = None  # the step whose message this run sent last
         self.pending: tuple[int, bytes] | None = None  # a reply being journaled
@@ -242,6 +243,23 @@ _CALL: Final = "call"
 _ENVELOPE: Final = "envelope"
 _RAW: Final = "raw"
 _DELIVERIES: Final = {"call": _CALL, "envelope": _ENVELOPE, "raw": _RAW}
+
+
+class _Plan:
+    """What a coordinator keeps about one definition, shared by the sagas that run it."""
+
+    __slots__ = ("checked", "decoders", "input", "names", "retrying", "targets")
+
+    def __init__(self, definition: SagaDefinition) -> None:
+        steps = definition.steps
+        self.names = tuple(step.name for step in steps)
+        self.input = decoder(definition.input_type)
+        #: Per step: the decoder of its replies; whether replies must be validated by it;
+        #: whether it may be retried; its target, once resolved.
+        self.decoders = tuple(decoder(step.reply_type) for step in steps)
+        self.checked = tuple(step.reply_type is not Any for step in steps)
+        self.retrying = tuple(step.retry.max_attempts > 1 for step in steps)
+        self.targets: list[_Target | None] = [None] * len(steps)
 
 
 def _step_error(exc: BaseException, category: ErrorCategory) -> StepError:
@@ -320,6 +338,10 @@ class SagaCoordinator(Actor[SagaMessage, Any]):
         rng: Any = None,
     ) -> None:
         self._journal = journal
+        # The in-memory journal's writes never block: the forward part makes its per-step
+        # write without a coroutine (a subclass, which may override the awaited calls, gets
+        # those).  Cancellation is checked before it as the awaited call would.
+        self._write_now = journal.append_saga_nowait if type(journal) is MemoryJournal else None
         self._definitions: dict[str, SagaDefinition] = {}
         for definition in definitions:
             if not isinstance(definition, SagaDefinition):
@@ -344,10 +366,7 @@ class SagaCoordinator(Actor[SagaMessage, Any]):
         self._rng = rng
         self._runs: dict[str, _Run] = {}
         self._idle: list[Task] = []
-        # Per definition, per step: its resolved target (``None`` until first needed).
-        self._targets: dict[str, list[_Target | None]] = {
-            name: [None] * len(definition.steps) for name, definition in self._definitions.items()
-        }
+        self._plans = {name: _Plan(d) for name, d in self._definitions.items()}
         self._policies: dict[tuple[str, int, bool], RetryPolicy] = {}
         self._prefix = secrets.token_hex(6) + "-"
         self._next_id = 0
@@ -375,7 +394,7 @@ class SagaCoordinator(Actor[SagaMessage, Any]):
                 )
                 self._report(header.saga_id, header.definition, "unresumable", None, problem)
                 continue
-            run = _Run(header, definition, value, self._targets[definition.name])
+            run = _Run(header, definition, value, self._plans[definition.name])
             run.state = state
             self._runs[header.saga_id] = run
             self.counters.recovered += 1
@@ -471,7 +490,7 @@ class SagaCoordinator(Actor[SagaMessage, Any]):
             except (TypeError, ValueError) as exc:
                 return Failure(exc)
         reply = self.defer()
-        run = _Run(header, definition, value, self._targets[definition.name])
+        run = _Run(header, definition, value, self._plans[definition.name])
         self._runs[saga_id] = run
         self.counters.started += 1
         if message.wait:
@@ -497,10 +516,7 @@ class SagaCoordinator(Actor[SagaMessage, Any]):
         # Long-lived: a task per saga would cost more than a step of it.
         while True:
             run, started, fresh = job
-            if fresh:
-                await self._begin(run, started)
-            else:
-                await self._drive(run)
+            await self._drive(run, started, fresh)
             if len(self._idle) >= _MAX_IDLE_WORKERS:
                 return
             task = current_task()
@@ -515,34 +531,36 @@ class SagaCoordinator(Actor[SagaMessage, Any]):
     def _abandoned(self, run: _Run) -> None:
         # The caller that started the saga stopped waiting: cancel the forward part.
         if not run.finished:
+            run.abandoned = True
             run.scope.cancel()
 
-    async def _begin(self, run: _Run, started: Reply[Any] | None) -> None:
+    async def _begin(self, run: _Run, started: Reply[Any] | None) -> bool:
+        """Journal a new saga with its first step's start (one write); whether to drive it
+        (``False``: the id was in the journal already and its callers were answered)."""
         header = run.header
         saga_id = header.saga_id
         at = time.time()
         try:
-            # The saga's start and its first step's start: one write.
             run.state = await self._journal.create(
                 header,
                 SagaEvent(saga_id, 0, _STARTED, None, at),
                 then=(SagaEvent(saga_id, 1, _STEP_STARTED, 0, at),),
             )
         except JournalError:
-            if self._runs.get(header.saga_id) is run:
-                del self._runs[header.saga_id]
-            found = await self._journal.get(header.saga_id)
+            if self._runs.get(saga_id) is run:
+                del self._runs[saga_id]
+            found = await self._journal.get(saga_id)
             if found is None:
                 raise  # the journal failed: let the coordinator crash
             self._answer_existing(run, found, started)
-            return
+            return False
         except BaseException:
-            if self._runs.get(header.saga_id) is run:
-                del self._runs[header.saga_id]
+            if self._runs.get(saga_id) is run:
+                del self._runs[saga_id]
             raise
         if started is not None:
-            started.set(SagaStarted(header.saga_id))
-        await self._drive(run, journaled=True)
+            started.set(SagaStarted(saga_id))
+        return True
 
     def _answer_existing(
         self, run: _Run, found: tuple[SagaHeader, list[SagaEvent]], started: Reply[Any] | None
@@ -566,26 +584,28 @@ class SagaCoordinator(Actor[SagaMessage, Any]):
             return
         if started is not None:
             started.set(SagaStarted(header.saga_id))
-        old = _Run(header, run.definition, run.view.input, run.targets)
+        old = _Run(header, run.definition, run.view.input, run.plan)
         old.state = state
         for reply in run.waiters:
             self._answer(old, reply)
 
     # ------------------------------------------------------------------ driving a saga
 
-    async def _drive(self, run: _Run, *, journaled: bool = False) -> None:
-        """Run the saga from its journaled state to its end (``journaled``: the step in flight
-        was journaled by this run and not sent yet, so it is sent, not re-sent)."""
+    async def _drive(self, run: _Run, started: Reply[Any] | None, fresh: bool) -> None:
+        """Run a saga to its end: a new one (``fresh``: journal it first; ``started`` is the
+        reply of a ``StartSaga(wait=False)``), or one resumed from its journaled state."""
+        if fresh and not await self._begin(run, started):
+            return
         try:
             state = run.state
             if state.phase is _RUNNING or state.phase is _STEP_IN_FLIGHT:
                 if run.cancellable:
                     with run.scope:
-                        state = await self._forward(run, journaled)
+                        state = await self._forward(run, fresh)
                     if run.scope.cancelled_caught:
                         state = await self._after_cancel(run)
                 else:  # nobody can cancel it: no scope needed
-                    state = await self._forward(run, journaled)
+                    state = await self._forward(run, fresh)
             if state.phase is _P.STEP_FAILED:
                 state = await self._decide(run, state, None)
             if state.phase in _COMPENSATION_PHASES:
@@ -595,13 +615,15 @@ class SagaCoordinator(Actor[SagaMessage, Any]):
             if self._runs.get(run.header.saga_id) is run:
                 del self._runs[run.header.saga_id]
 
-    async def _forward(self, run: _Run, journaled: bool) -> SagaState:
+    async def _forward(self, run: _Run, fresh: bool) -> SagaState:
+        """The forward part: send each step (write-ahead) until the last completes or one
+        fails (``fresh``: the first step's start was journaled with the saga, unsent)."""
         journal = self._journal
         state = run.state
         steps = run.definition.steps
         last = len(steps) - 1
-        if journaled:  # a new saga: its first step's start was journaled with the saga
-            # A caller that gave up meanwhile must not have the step sent.
+        if fresh:
+            # A caller that gave up while the saga was created must not have the step sent.
             await trio.lowlevel.checkpoint_if_cancelled()
         elif state.phase is _RUNNING:
             if state.next_step > last:  # resumed after the last step completed
@@ -616,10 +638,46 @@ class SagaCoordinator(Actor[SagaMessage, Any]):
             )
         saga_id = run.header.saga_id
         append_many = journal.append_many
+        write_now = self._write_now
+        plan = run.plan
+        targets = plan.targets
+        view = run.view
+        counters = self.counters
         while True:
             i: int = state.step_in_flight  # type: ignore[assignment]
-            data = await self._send_step(run, i, steps[i])
-            state = run.state
+            step = steps[i]
+            target = targets[i]
+            data: bytes | StepError
+            if target is None:
+                data = await self._send_step(run, i, step)
+            else:
+                # The first attempt, inline (a coroutine less on the hot path); failures and
+                # retries go on in _send_step.
+                started = trio.current_time() if plan.retrying[i] else 0.0
+                key = f"{saga_id}:{step.name}"
+                try:
+                    payload = step.action(
+                        StepContext(view, i, key, state.step_attempts, state.results)
+                    )
+                except Exception as exc:
+                    data = self._builder_failed(run, exc, "action")
+                else:
+                    ref, delivery = target
+                    if delivery is _ENVELOPE:
+                        message: Any = SagaStepMessage(key, payload, saga_id, step.name)
+                    elif delivery is _CALL:
+                        message = Call(payload, key)
+                    else:
+                        message = payload
+                    run.sent = i
+                    counters.steps_sent += 1
+                    try:
+                        reply = await ref.ask(message, timeout=step.timeout)
+                    except Exception as exc:
+                        data = await self._send_step(run, i, step, started, exc)
+                    else:
+                        data = self._journalable(run, i, reply)
+            state = run.state  # retries journal re-sends
             if type(data) is not bytes:
                 state = run.state = await journal.append(
                     state.next_event(_STEP_FAILED, i, _encode(data))
@@ -634,65 +692,92 @@ class SagaCoordinator(Actor[SagaMessage, Any]):
             else:
                 then = SagaEvent(saga_id, seq + 1, _COMPLETED, None, at)
             run.pending = (i, data)
-            state = run.state = (await append_many((done, then)))[saga_id]
+            if write_now is None:
+                state = run.state = (await append_many((done, then)))[saga_id]
+            else:
+                if run.abandoned:  # deliver the caller's cancellation before writing
+                    await trio.lowlevel.checkpoint_if_cancelled()
+                written = write_now((done, then))
+                if written is None:  # not an open saga of this journal: the precise error
+                    written = (await append_many((done, then)))[saga_id]
+                state = run.state = written
             run.pending = None
             if i == last:
                 return state
 
-    async def _send_step(self, run: _Run, i: int, step: SagaStep) -> bytes | StepError:
-        """Send step ``i`` (retrying per its policy); its encoded reply, or why it failed."""
+    def _builder_failed(self, run: _Run, exc: Exception, which: str) -> StepError:
+        run.cause = exc
+        return StepError(
+            type=type(exc).__name__,
+            message=f"the step's {which} raised: {exc}",
+            category=self._classifier.classify(exc).category.value,
+        )
+
+    def _journalable(self, run: _Run, i: int, reply: Any) -> bytes | StepError:
+        """A step's reply encoded for the journal (and checked against its ``reply_type``)."""
+        try:
+            data = _encode(reply)
+            plan = run.plan
+            if plan.checked[i]:
+                plan.decoders[i].decode(data)
+        except (msgspec.EncodeError, msgspec.ValidationError, TypeError) as exc:
+            run.cause = exc
+            return StepError(
+                type=type(exc).__name__,
+                message=f"the step's reply cannot be journaled: {exc}",
+                category=ErrorCategory.VALIDATION.value,
+                uncertain=True,  # the target did the work
+            )
+        return data
+
+    async def _send_step(
+        self,
+        run: _Run,
+        i: int,
+        step: SagaStep,
+        started: float | None = None,
+        error: Exception | None = None,
+    ) -> bytes | StepError:
+        """Send step ``i`` (retrying per its policy); its encoded reply, or why it failed.
+
+        With ``error``, the first attempt (begun at ``started``) was made and failed with it.
+        """
         saga_id = run.header.saga_id
         key = f"{saga_id}:{step.name}"
         retry: RetryState | None = None
-        started = trio.current_time()
-        targets = run.targets
+        if started is None:
+            started = trio.current_time()
         while True:
-            state = run.state
-            try:
-                payload = step.action(
-                    StepContext(run.view, i, key, state.step_attempts, state.results)
-                )
-            except Exception as exc:
-                run.cause = exc
-                return StepError(
-                    type=type(exc).__name__,
-                    message=f"the step's action raised: {exc}",
-                    category=self._classifier.classify(exc).category.value,
-                )
-            target = targets[i]
-            if target is None:
+            if error is None:
+                state = run.state
                 try:
-                    target = await self._resolve(run.definition, i)
-                except ActorNotFound as exc:
-                    run.cause = exc
-                    return _step_error(exc, exc.category)
-            ref, delivery = target
-            if delivery is _ENVELOPE:
-                message: Any = SagaStepMessage(key, payload, saga_id, step.name)
-            elif delivery is _CALL:
-                message = Call(payload, key)
-            else:
-                message = payload
-            run.sent = i
-            self.counters.steps_sent += 1
-            try:
-                reply = await ref.ask(message, timeout=step.timeout)
-            except Exception as exc:
-                error: Exception = exc
-            else:
-                try:
-                    data = _encode(reply)
-                    if step.reply_type is not Any:
-                        decoder(step.reply_type).decode(data)
-                except (msgspec.EncodeError, msgspec.ValidationError, TypeError) as exc:
-                    run.cause = exc
-                    return StepError(
-                        type=type(exc).__name__,
-                        message=f"the step's reply cannot be journaled: {exc}",
-                        category=ErrorCategory.VALIDATION.value,
-                        uncertain=True,  # the target did the work
+                    payload = step.action(
+                        StepContext(run.view, i, key, state.step_attempts, state.results)
                     )
-                return data
+                except Exception as exc:
+                    return self._builder_failed(run, exc, "action")
+                target = run.plan.targets[i]
+                if target is None:
+                    try:
+                        target = await self._resolve(run, i)
+                    except ActorNotFound as exc:
+                        run.cause = exc
+                        return _step_error(exc, exc.category)
+                ref, delivery = target
+                if delivery is _ENVELOPE:
+                    message: Any = SagaStepMessage(key, payload, saga_id, step.name)
+                elif delivery is _CALL:
+                    message = Call(payload, key)
+                else:
+                    message = payload
+                run.sent = i
+                self.counters.steps_sent += 1
+                try:
+                    reply = await ref.ask(message, timeout=step.timeout)
+                except Exception as exc:
+                    error = exc
+                else:
+                    return self._journalable(run, i, reply)
             verdict = self._classifier.classify(error)
             if retry is None:
                 retry = self._policy(run.definition, i, False).begin(started)
@@ -701,13 +786,14 @@ class SagaCoordinator(Actor[SagaMessage, Any]):
             if type(decision) is GiveUp:
                 run.cause = error
                 return _step_error(error, verdict.category)
+            error = None
             await trio.sleep_until(decision.at)  # type: ignore[union-attr]
             run.state = await self._journal.append(run.state.next_event(_STEP_STARTED, i))
             self.counters.step_retries += 1
 
-    async def _resolve(self, definition: SagaDefinition, i: int) -> _Target:
+    async def _resolve(self, run: _Run, i: int) -> _Target:
         """The target ref of step ``i`` and how to deliver to it; cached once known."""
-        step = definition.steps[i]
+        step = run.definition.steps[i]
         target = step.target
         ref = target if isinstance(target, ActorRef) else self.lookup(target)
         delivery: str = step.delivery
@@ -722,7 +808,7 @@ class SagaCoordinator(Actor[SagaMessage, Any]):
             delivery = (
                 "call" if inc is not None and isinstance(inc.actor, ProviderActor) else ("envelope")
             )
-        found = self._targets[definition.name][i] = (ref, _DELIVERIES[delivery])
+        found = run.plan.targets[i] = (ref, _DELIVERIES[delivery])
         return found
 
     def _policy(self, definition: SagaDefinition, i: int, compensate: bool) -> RetryPolicy:
@@ -879,10 +965,10 @@ class SagaCoordinator(Actor[SagaMessage, Any]):
                     message="the saga's compensation deadline passed",
                     category=ErrorCategory.TIMEOUT.value,
                 )
-            target = run.targets[j]
+            target = run.plan.targets[j]
             if target is None:
                 try:
-                    target = await self._resolve(run.definition, j)
+                    target = await self._resolve(run, j)
                 except ActorNotFound as exc:
                     return _step_error(exc, exc.category)
             ref, delivery = target
@@ -951,10 +1037,15 @@ class SagaCoordinator(Actor[SagaMessage, Any]):
 
     def _answer(self, run: _Run, reply: Reply[Any]) -> None:
         if run.state.phase is _P.COMPLETED:
-            state = run.state
-            steps = run.definition.steps
-            view = run.view
-            results = {steps[i].name: view.reply(i, state.results) for i in range(len(steps))}
+            # Replies decoded from the journal (the values builders saw, where they looked).
+            seen = run.view.replies
+            plan = run.plan
+            results = {}
+            for i, (name, decode, data) in enumerate(
+                zip(plan.names, plan.decoders, run.state.results, strict=True)
+            ):
+                value = seen.get(i, _UNSEEN)
+                results[name] = decode.decode(data) if value is _UNSEEN else value
             reply.set(SagaResult(run.header.saga_id, run.definition.name, results))
         else:
             reply.fail(self._error(run))

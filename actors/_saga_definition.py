@@ -373,6 +373,7 @@ class SagaDefinition:
 
 
 _DECODERS: dict[Any, msgspec.msgpack.Decoder[Any]] = {}
+_UNSEEN: Final = object()  # a reply not decoded yet
 
 
 def decoder(tp: Any) -> msgspec.msgpack.Decoder[Any]:
@@ -406,12 +407,10 @@ class SagaView:
         self.replies: dict[int, Any] = {}
 
     def reply(self, index: int, results: Sequence[bytes]) -> Any:
-        try:
-            return self.replies[index]
-        except KeyError:
-            pass
-        value = decoder(self.definition.steps[index].reply_type).decode(results[index])
-        self.replies[index] = value
+        value = self.replies.get(index, _UNSEEN)
+        if value is _UNSEEN:
+            value = decoder(self.definition.steps[index].reply_type).decode(results[index])
+            self.replies[index] = value
         return value
 
 

@@ -743,6 +743,68 @@ async def test_cancelling_between_steps_journals_the_reply_and_compensates(
     assert info.events[-1].detail == "Cancelled: the saga's caller stopped waiting"
 
 
+class _PlainJournal(MemoryJournal):
+    """A subclass: the coordinator makes every write through the awaited calls."""
+
+
+class _AnswersThenAbandons(Actor[Any, Any]):
+    """Answers a step, then has the saga's caller give up before the saga's task resumes."""
+
+    def __init__(self, world: World, coordinator: list[SagaCoordinator]) -> None:
+        self.world = world
+        self.coordinator = coordinator
+
+    async def handle(self, message: Any) -> Any:
+        self.world.delivered.append(message.key)
+        self.world.order.append(message.key)
+        reply = self.defer()
+        reply.set({"key": message.key})
+        if not message.compensate:
+            coordinator = self.coordinator[0]
+            coordinator._abandoned(coordinator._runs[message.saga_id])
+        return None
+
+
+@pytest.mark.parametrize("journal_type", [MemoryJournal, _PlainJournal])
+async def test_a_caller_giving_up_as_a_reply_arrives_stops_before_the_next_write(
+    mock_clock: trio.testing.MockClock, journal_type: type[MemoryJournal]
+) -> None:
+    """The caller gives up after step s1 answered, before the saga's task resumes: the reply
+    is journaled, the next step is never journaled nor sent, completed steps are undone; the
+    same whether the journal is written with or without awaiting."""
+    world = World()
+    made: list[SagaCoordinator] = []
+    journal = journal_type()
+
+    def coordinator() -> SagaCoordinator:
+        made[:] = [SagaCoordinator(journal, [chain(3)])]
+        return made[0]
+
+    specs: list[Any] = [ChildSpec(name, service(name, world)) for name in SERVICES]
+    specs[1] = ChildSpec("b", lambda: _AnswersThenAbandons(world, made))
+    specs.append(ChildSpec("sagas", coordinator))
+    async with open_supervisor(specs) as root:
+        with pytest.raises(SagaFailed) as failed:
+            await root.ref("sagas").ask(StartSaga("order", saga_id="ab"))
+        info = await wait_finished(root, "ab")
+    assert failed.value.cancelled
+    assert kinds(info) == [
+        "started",
+        "step_started",
+        "step_completed",
+        "step_started",
+        "step_completed",
+        "compensating",
+        "compensation_started",
+        "compensated_step",
+        "compensation_started",
+        "compensated_step",
+        "compensated",
+    ]
+    assert info.compensated == ["s1", "s0"]
+    assert "ab:s2" not in world.delivered
+
+
 async def test_cancelling_before_the_first_step_ends_the_saga_cancelled(
     mock_clock: trio.testing.MockClock,
 ) -> None:
