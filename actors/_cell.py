@@ -462,17 +462,14 @@ def _end_incarnation(inc: _Incarnation, error: BaseException | None) -> None:
 def new_reply(cell: _Cell, seconds: float, now: float) -> Reply[Any]:
     """The reply slot of an ask from the current task, registered with the ask timer.
 
-    Its deadline is the earlier of ``now + seconds`` and the caller's trio deadline; only the
-    former needs the timer (trio's own cancellation enforces the latter).
+    The timer enforces ``now + seconds``; the caller's own trio deadline is enforced by trio's
+    cancellation and is only looked up if the actor reads ``Reply.deadline`` (walking up the
+    caller's cancel scopes costs more than the rest of an ask, deep in a tree).
     """
     limit = now + seconds
-    effective = trio.current_effective_deadline()
-    if limit < effective:
-        reply: Reply[Any] = Reply._new(trio.lowlevel.current_task(), cell, limit)
-        reply._timeout = seconds
-        cell.timers.add(limit, reply)
-    else:
-        reply = Reply._new(trio.lowlevel.current_task(), cell, effective)
+    reply: Reply[Any] = Reply._new(trio.lowlevel.current_task(), cell, limit)
+    reply._timeout = seconds
+    cell.timers.add(limit, reply)
     return reply
 
 

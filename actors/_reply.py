@@ -23,9 +23,10 @@ The timer is one long-lived task per runtime (not a cancel scope per ask): a hea
 ``(deadline, seq, reply)`` entries whose sleep deadline is moved earlier only when a new ask has
 an earlier deadline than any pending one.  Answered asks leave stale heap entries behind; the
 heap is compacted whenever it grows past twice the size it had after the last compaction, so
-its memory is bounded by the asks in flight, not by traffic.  When the caller's own trio
-deadline is earlier than the ask timeout, the reply is not put on the heap at all: trio's
-cancellation already bounds the wait.
+its memory is bounded by the asks in flight, not by traffic.  The caller's own trio deadline
+needs no timer (trio's cancellation already bounds the wait); it is looked up only when the
+actor reads :attr:`Reply.deadline`, since walking up the caller's cancel scopes costs more than
+the rest of an ask deep inside a tree.
 """
 
 from __future__ import annotations
@@ -93,14 +94,24 @@ class Reply(Generic[R]):
             own trio deadline, whichever is earlier); ``math.inf`` for a tell.
     """
 
-    __slots__ = ("_cell", "_on_abandon", "_state", "_task", "_timeout", "deadline", "deferred")
+    __slots__ = (
+        "_cell",
+        "_deadline",
+        "_limit",
+        "_on_abandon",
+        "_state",
+        "_task",
+        "_timeout",
+        "deferred",
+    )
 
     _cell: _Cell | None
     _on_abandon: Callable[[Reply[Any]], object] | None
     _state: int
     _task: Task
     _timeout: float
-    deadline: float
+    _deadline: float | None
+    _limit: float
     deferred: bool
 
     def __init__(self) -> None:
@@ -114,9 +125,26 @@ class Reply(Generic[R]):
         self._state = PENDING if task is not None else DONE
         self._timeout = 0.0
         self._on_abandon = None
-        self.deadline = deadline
+        self._limit = deadline
+        self._deadline = None if task is not None else deadline
         self.deferred = False
         return self
+
+    @property
+    def deadline(self) -> float:
+        """The trio time after which the caller no longer waits: the earlier of its ask timeout
+        and its own trio deadline (read when first asked for, so asks that never need it do
+        not pay for the walk up the caller's cancel scopes)."""
+        deadline = self._deadline
+        if deadline is None:
+            deadline = self._limit
+            status = getattr(self._task, "_cancel_status", None)
+            if status is not None and not self.done:
+                caller = status.effective_deadline()
+                if caller < deadline:
+                    deadline = caller
+            self._deadline = deadline
+        return deadline
 
     @property
     def done(self) -> bool:
