@@ -513,10 +513,33 @@ class SagaCoordinator(Actor[SagaMessage, Any]):
             self.spawn(self._worker, job, name=f"{self.path}:saga worker")
 
     async def _worker(self, job: _Job) -> None:
-        # Long-lived: a task per saga would cost more than a step of it.
+        """Drive sagas to their end, one after another: a new one (``fresh``: journal it
+        first; ``started`` is the reply of a ``StartSaga(wait=False)``), or one resumed from
+        its journaled state."""
+        # Long-lived: a task per saga would cost more than a step of it.  It drives each saga
+        # itself: every coroutine between the task and a step's await costs each suspension
+        # and resumption of every step.
         while True:
             run, started, fresh = job
-            await self._drive(run, started, fresh)
+            if not fresh or await self._begin(run, started):
+                try:
+                    state = run.state
+                    if state.phase is _RUNNING or state.phase is _STEP_IN_FLIGHT:
+                        if run.cancellable:
+                            with run.scope:
+                                state = await self._forward(run, fresh)
+                            if run.scope.cancelled_caught:
+                                state = await self._after_cancel(run)
+                        else:  # nobody can cancel it: no scope needed
+                            state = await self._forward(run, fresh)
+                    if state.phase is _P.STEP_FAILED:
+                        state = await self._decide(run, state, None)
+                    if state.phase in _COMPENSATION_PHASES:
+                        state = await self._compensate(run, state)
+                    self._finish(run, state)
+                finally:
+                    if self._runs.get(run.header.saga_id) is run:
+                        del self._runs[run.header.saga_id]
             if len(self._idle) >= _MAX_IDLE_WORKERS:
                 return
             task = current_task()
@@ -590,30 +613,6 @@ class SagaCoordinator(Actor[SagaMessage, Any]):
             self._answer(old, reply)
 
     # ------------------------------------------------------------------ driving a saga
-
-    async def _drive(self, run: _Run, started: Reply[Any] | None, fresh: bool) -> None:
-        """Run a saga to its end: a new one (``fresh``: journal it first; ``started`` is the
-        reply of a ``StartSaga(wait=False)``), or one resumed from its journaled state."""
-        if fresh and not await self._begin(run, started):
-            return
-        try:
-            state = run.state
-            if state.phase is _RUNNING or state.phase is _STEP_IN_FLIGHT:
-                if run.cancellable:
-                    with run.scope:
-                        state = await self._forward(run, fresh)
-                    if run.scope.cancelled_caught:
-                        state = await self._after_cancel(run)
-                else:  # nobody can cancel it: no scope needed
-                    state = await self._forward(run, fresh)
-            if state.phase is _P.STEP_FAILED:
-                state = await self._decide(run, state, None)
-            if state.phase in _COMPENSATION_PHASES:
-                state = await self._compensate(run, state)
-            self._finish(run, state)
-        finally:
-            if self._runs.get(run.header.saga_id) is run:
-                del self._runs[run.header.saga_id]
 
     async def _forward(self, run: _Run, fresh: bool) -> SagaState:
         """The forward part: send each step (write-ahead) until the last completes or one

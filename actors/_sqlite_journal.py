@@ -30,14 +30,25 @@ Storage: ``sagas`` holds one row per saga (its header, and its outcome once fini
 an integer ``saga_no`` the journal allocates in creation order (``saga_id`` is a UNIQUE
 column); ``events`` is keyed by ``(saga_no, seq)``.  Sagas running together are recent, so
 their events sit together at the right edge of the tree: a 100-row group commit dirties about
-15 pages (keyed by the text ``saga_id`` it was 85, and fsync time grows with the bytes).
+15 pages (keyed by the text ``saga_id`` it was 85, and fsync time grows with the bytes).  An
+event written together with the next one of its saga, when that one has the same time and no
+data (a step's completion and the next step's start, a saga's start and its first step's
+start), shares its row (columns ``next_kind``, ``next_step``): a saga's step costs one row.
+The view ``event_log`` lists every event as its own row, for people reading the file.
+
+The writer runs few statements per transaction: rows are inserted (and sagas finished)
+several per statement.  sqlite3 releases the GIL around each statement and takes it back after;
+while the trio thread is busy that costs the writer a wait, and the Python work of both threads
+is what limits throughput under load (an fsync, with the GIL released, overlaps with trio).
 
 Identity and safety: the file carries ``PRAGMA application_id`` :data:`APPLICATION_ID` and
 ``PRAGMA user_version`` :data:`SCHEMA_VERSION`, repeated in a ``meta`` table.  Opening checks
 them, runs ``PRAGMA quick_check``, and folds every unfinished saga: a file that is not SQLite,
 is truncated or corrupt, belongs to another application or has a newer schema raises
 :class:`JournalError` naming the path.  A file is never reset or overwritten; only a missing or
-empty file becomes a new journal.
+empty file becomes a new journal.  A file of an older schema of ours is upgraded in place, in
+one transaction, once it passed those checks (version 1 to 2 adds the shared-row columns; old
+rows stay as they are).
 
 Cancellation: a caller cancelled while waiting for room in the queue wrote nothing; a caller
 cancelled after its write was queued just stops waiting: the write still lands (unless the
@@ -56,6 +67,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import timedelta
+from itertools import chain
 from types import TracebackType
 from typing import Any, Final, Literal, Self
 
@@ -90,8 +102,9 @@ __all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "SqliteJournal"]
 
 #: ``PRAGMA application_id`` of every aura-actors journal (ASCII "AURJ").
 APPLICATION_ID: Final = 0x4155524A
-#: ``PRAGMA user_version`` this code writes and reads; newer files are refused.
-SCHEMA_VERSION: Final = 1
+#: ``PRAGMA user_version`` this code writes and reads; newer files are refused, older ones
+#: are migrated when opened.
+SCHEMA_VERSION: Final = 2
 #: Requests queued before callers wait for room.
 DEFAULT_MAX_PENDING: Final = 4096
 
@@ -100,6 +113,16 @@ _MAX_BATCH: Final = 1024
 _BUSY_TIMEOUT: Final = 2.0
 _SQLITE_MAGIC: Final = b"SQLite format 3\x00"
 _ATTENTION: Final = SagaPhase.COMPENSATION_FAILED.value
+
+#: Every event as its own row, in order (rows that hold two events are split): for people
+#: reading a journal file with the sqlite3 shell.
+_EVENT_LOG: Final = """
+CREATE VIEW event_log (saga_no, seq, kind, step, at, data) AS
+    SELECT saga_no, seq, kind, step, at, data FROM events
+    UNION ALL
+    SELECT saga_no, seq + 1, next_kind, next_step, at, X'' FROM events
+    WHERE next_kind IS NOT NULL;
+"""
 
 SCHEMA: Final = f"""
 BEGIN;
@@ -124,8 +147,11 @@ CREATE TABLE events (
     step INTEGER,
     at REAL NOT NULL,
     data BLOB NOT NULL,
+    next_kind TEXT,
+    next_step INTEGER,
     PRIMARY KEY (saga_no, seq)
 ) WITHOUT ROWID;
+{_EVENT_LOG}
 INSERT INTO meta VALUES ('application', '{_APPLICATION_NAME}');
 INSERT INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}');
 PRAGMA application_id = {APPLICATION_ID};
@@ -133,8 +159,22 @@ PRAGMA user_version = {SCHEMA_VERSION};
 COMMIT;
 """
 
-#: The statements a journal write runs (the benchmark's floor runs the same ones).
-INSERT_EVENT: Final = "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?)"
+#: Upgrades of older files, by the version they upgrade (run in one transaction, after the
+#: file passed every check).  Version 1 stored one event per row; version 2 may store a
+#: second event in the same row (``next_kind``, ``next_step``).
+_MIGRATIONS: Final = {
+    1: f"""
+ALTER TABLE events ADD COLUMN next_kind TEXT;
+ALTER TABLE events ADD COLUMN next_step INTEGER;
+{_EVENT_LOG}
+UPDATE meta SET value = '2' WHERE key = 'schema_version';
+PRAGMA user_version = 2;
+""",
+}
+
+#: The statements a journal write runs (the benchmark's floor runs the same ones); event rows
+#: are inserted several per statement (see :func:`insert_events`).
+INSERT_EVENT: Final = "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 INSERT_SAGA: Final = "INSERT OR IGNORE INTO sagas VALUES (?, ?, ?, ?, ?, ?, NULL, NULL)"
 FINISH_SAGA: Final = "UPDATE sagas SET outcome = ?, finished_at = ? WHERE saga_no = ?"
 _PRUNABLE: Final = f"outcome IS NOT NULL AND outcome != '{_ATTENTION}'"
@@ -154,11 +194,12 @@ _Loaded = tuple[list[tuple[SagaHeader, SagaState, int]], int]
 class _Request:
     """One unit of work for the writer thread; ``task`` waits for it (``None``: nobody)."""
 
-    __slots__ = ("error", "fn", "nbytes", "op", "rows", "saga", "task", "value")
+    __slots__ = ("error", "events", "fn", "nbytes", "op", "rows", "saga", "task", "value")
 
     def __init__(self, op: int) -> None:
         self.op = op
-        self.rows: list[Row] = []  # event rows; CREATE: [saga row, event row]
+        self.rows: list[Row] = []  # event rows
+        self.events = 0  # events in them
         self.saga: Any = ()  # CREATE: saga row; APPEND: finish rows; DISCARD: the id
         self.fn: Callable[[sqlite3.Connection], Any] | None = None
         self.task: Task | None = None
@@ -175,8 +216,83 @@ _ENDS: Final = frozenset(phase for phase in SagaPhase if phase.finished)
 _KIND_VALUES: Final = {kind: kind.value for kind in SagaEventKind}  # `.value` is slow on 3.11
 
 
-def _event_row(number: int, e: SagaEvent) -> Row:
-    return (number, e.seq, _KIND_VALUES[e.kind], e.step, float(e.at), e.data)
+def _multi_row(statement: str, count: int) -> str:
+    """``statement`` (an INSERT of one row of parameters) made to insert ``count`` rows."""
+    head, _, values = statement.partition(" VALUES ")
+    return f"{head} VALUES {', '.join([values] * count)}"
+
+
+#: Rows per multi-row INSERT: powers of two (each statement text is prepared once and
+#: cached; at most 8 parameters a row keeps the largest under SQLite's parameter limits).
+_CHUNKS: Final = (256, 128, 64, 32, 16, 8, 4, 2, 1)
+_INSERT_EVENTS: Final = {n: _multi_row(INSERT_EVENT, n) for n in _CHUNKS}
+_INSERT_SAGAS: Final = {n: _multi_row(INSERT_SAGA, n) for n in _CHUNKS}
+
+
+def _insert_many(conn: sqlite3.Connection, statements: dict[int, str], rows: list[Row]) -> int:
+    """Run the multi-row ``statements`` (by rows per statement) over ``rows``: a few
+    statements instead of one per row; the number of rows changed."""
+    added = 0
+    start = 0
+    left = len(rows)
+    for size in _CHUNKS:
+        while left >= size:
+            params = list(chain.from_iterable(rows[start : start + size]))
+            added += conn.execute(statements[size], params).rowcount
+            start += size
+            left -= size
+    return added
+
+
+#: Finish several sagas in one statement (``UPDATE ... FROM`` needs SQLite 3.33; older
+#: libraries run FINISH_SAGA once per saga).
+_FINISH_FROM: Final = sqlite3.sqlite_version_info >= (3, 33, 0)
+_FINISH_SAGAS: Final = {
+    n: "UPDATE sagas SET outcome = v.column1, finished_at = v.column2 FROM (VALUES "
+    + ", ".join(["(?, ?, ?)"] * n)
+    + ") AS v WHERE sagas.saga_no = v.column3"
+    for n in _CHUNKS
+}
+
+
+def finish_sagas(conn: sqlite3.Connection, rows: list[Row]) -> None:
+    """Record sagas as finished (rows of FINISH_SAGA parameters) the way the writer does."""
+    if _FINISH_FROM:
+        _insert_many(conn, _FINISH_SAGAS, rows)
+    else:  # pragma: no cover - an old SQLite library
+        conn.executemany(FINISH_SAGA, rows)
+
+
+def insert_events(conn: sqlite3.Connection, rows: list[Row]) -> None:
+    """Insert event rows (from :func:`event_rows`) the way the journal's writer does."""
+    _insert_many(conn, _INSERT_EVENTS, rows)
+
+
+def event_rows(number: int, events: Sequence[SagaEvent]) -> list[Row]:
+    """The ``events`` rows of one saga's (validated) events, in order.
+
+    An event followed by one at the same time with no data (a step's completion and the next
+    step's start, a saga's start and its first step's start) shares its row: the second one is
+    stored as ``next_kind`` and ``next_step``, so a saga's step costs one row, not two.
+    """
+    rows: list[Row] = []
+    kinds = _KIND_VALUES
+    i = 0
+    n = len(events)
+    while i < n:
+        e = events[i]
+        at = float(e.at)
+        if i + 1 < n:
+            then = events[i + 1]
+            if not then.data and then.at == at:
+                rows.append(
+                    (number, e.seq, kinds[e.kind], e.step, at, e.data, kinds[then.kind], then.step)
+                )
+                i += 2
+                continue
+        rows.append((number, e.seq, kinds[e.kind], e.step, at, e.data, None, None))
+        i += 1
+    return rows
 
 
 class SqliteJournal:
@@ -367,7 +483,8 @@ class SqliteJournal:
             header.payload,
             metadata.decode(),
         )
-        request.rows = [_event_row(number, e) for e in (first_event, *then)]
+        request.rows = event_rows(number, (first_event, *then))
+        request.events = 1 + len(then)
         request.nbytes = len(header.payload) + len(metadata) + len(first_event.data)
         request.nbytes += event_bytes(then)
         self._index.open[header.saga_id] = Tracked(header, state, False, number)
@@ -377,29 +494,16 @@ class SqliteJournal:
     async def append(self, event: SagaEvent) -> SagaState:
         """Durably append one event; return the saga's state after it (see
         :meth:`append_many`)."""
-        # The hot path of a saga: _wait_for_room and _submit inlined (a coroutine frame each).
         await trio.lowlevel.checkpoint_if_cancelled()
         if (
             self._status != "open"
             or self._failure is not None
-            or (self._pending >= self._max_pending)
+            or self._pending >= self._max_pending
         ):
             await self._wait_for_room()
         tracked = self._index.advance_one(event)
-        state = tracked.state
-        request = _Request(_APPEND)
-        request.rows = [_event_row(tracked.number, event)]
-        if state.phase in _ENDS:
-            request.saga = [(state.phase.value, state.updated_at, tracked.number)]
-        request.nbytes = len(event.data)
-        request.task = current_task()
-        self._pending += 1
-        if not self._staged:
-            assert self._token is not None
-            self._token.run_sync_soon(self._flush)
-        self._staged.append(request)
-        await wait_task_rescheduled(request.abort)
-        return state
+        await wait_task_rescheduled(self._queue_write(tracked, (event,)).abort)
+        return tracked.state
 
     async def append_many(self, events: Sequence[SagaEvent]) -> dict[str, SagaState]:
         """Durably append events (of one or more sagas) in one transaction, in order.
@@ -412,20 +516,57 @@ class SqliteJournal:
                 finished, or its create has not returned yet).
             JournalError: the journal is closed or failed.
         """
-        await self._wait_for_room()
-        states = self._index.check_append(events)
-        numbers = {saga_id: self._index.open[saga_id].number for saga_id in states}
-        self._index.commit(states)
+        # The hot path of a saga (a step's completion and the next start): _wait_for_room and
+        # _submit inlined, a coroutine frame each.
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if (
+            self._status != "open"
+            or self._failure is not None
+            or self._pending >= self._max_pending
+        ):
+            await self._wait_for_room()
+        index = self._index
+        tracked = index.advance_saga(events)
+        if tracked is not None:  # one saga's events
+            await wait_task_rescheduled(self._queue_write(tracked, events).abort)
+            state = tracked.state
+            return {state.saga_id: state}
+        states = index.check_append(events)
+        numbers = {saga_id: index.open[saga_id].number for saga_id in states}
+        index.commit(states)
         request = _Request(_APPEND)
-        request.rows = [_event_row(numbers[e.saga_id], e) for e in events]
+        for saga_id, number in numbers.items():
+            request.rows += event_rows(number, [e for e in events if e.saga_id == saga_id])
         request.saga = [
             (state.phase.value, state.updated_at, numbers[saga_id])
             for saga_id, state in states.items()
             if state.finished
         ]
         request.nbytes = event_bytes(events)
+        request.events = len(events)
         await self._submit(request)
         return states
+
+    def _queue_write(self, tracked: Tracked, events: Sequence[SagaEvent]) -> _Request:
+        """Queue the (validated) ``events`` of one saga for the current task, which then waits
+        for it with ``wait_task_rescheduled(request.abort)``."""
+        state = tracked.state
+        request = _Request(_APPEND)
+        request.rows = event_rows(tracked.number, events)
+        if state.phase in _ENDS:
+            request.saga = [(state.phase.value, state.updated_at, tracked.number)]
+        nbytes = 0
+        for event in events:
+            nbytes += len(event.data)
+        request.nbytes = nbytes
+        request.events = len(events)
+        request.task = current_task()
+        self._pending += 1
+        if not self._staged:
+            assert self._token is not None
+            self._token.run_sync_soon(self._flush)
+        self._staged.append(request)
+        return request
 
     async def prune_finished(
         self,
@@ -581,7 +722,7 @@ class SqliteJournal:
             if op == _APPEND:  # the common case first
                 if error is None:
                     appends += 1
-                    rows += len(request.rows)
+                    rows += request.events
                     nbytes += request.nbytes
             elif op == _CLOSE:
                 self._close_error = error
@@ -592,7 +733,7 @@ class SqliteJournal:
                 tracked = index.open.get(saga_id)
                 if error is None:
                     appends += 1
-                    rows += len(request.rows)
+                    rows += request.events
                     nbytes += request.nbytes
                     if tracked is not None:
                         tracked.confirmed = True
@@ -710,10 +851,13 @@ class _Writer:
         return batch
 
     def _process(self, conn: sqlite3.Connection, batch: list[_Request]) -> tuple[int, int]:
+        # Few statements per batch: sqlite3 releases the GIL around each step and must take it
+        # back after, which costs up to a switch interval (5 ms) while the trio thread runs.
         commits = pruned = 0
         if any(r.op in _WRITES for r in batch):
             rows: list[Row] = []
             finishes: list[Row] = []
+            creates: list[_Request] = []
             conn.execute("BEGIN IMMEDIATE")
             try:
                 for r in batch:
@@ -722,24 +866,23 @@ class _Writer:
                         rows += r.rows
                         finishes += r.saga
                     elif op == _CREATE:
-                        if conn.execute(INSERT_SAGA, r.saga).rowcount == 1:
-                            rows += r.rows
+                        creates.append(r)
+                    elif op in (_PRUNE, _DISCARD):
+                        if creates:  # in order: the creates queued before it first
+                            self._create(conn, creates, rows)
+                            creates = []
+                        if op == _PRUNE:
+                            cutoff, keep = r.value
+                            r.value = _prune(conn, cutoff, keep)
                         else:
-                            r.error = JournalError(
-                                f"Saga {r.saga[1]!r} already exists in the journal {self.path}.",
-                                path=self.path,
-                            )
-                    elif op == _PRUNE:
-                        cutoff, keep = r.value
-                        r.value = _prune(conn, cutoff, keep)
+                            r.value = _discard(conn, r.saga)
                         pruned += r.value
-                    elif op == _DISCARD:
-                        r.value = _discard(conn, r.saga)
-                        pruned += r.value
+                if creates:
+                    self._create(conn, creates, rows)
                 if rows:
-                    conn.executemany(INSERT_EVENT, rows)
+                    insert_events(conn, rows)
                 if finishes:
-                    conn.executemany(FINISH_SAGA, finishes)
+                    finish_sagas(conn, finishes)
                     self.finished_since_prune += sum(1 for f in finishes if f[0] != _ATTENTION)
                 if self.before_commit is not None:
                     self.before_commit(conn)
@@ -766,6 +909,35 @@ class _Writer:
                 except (sqlite3.Error, msgspec.DecodeError, KeyError, ValueError) as exc:
                     r.error = _translate(exc, self.path)
         return commits, pruned
+
+    def _create(self, conn: sqlite3.Connection, creates: list[_Request], rows: list[Row]) -> None:
+        """Insert the saga rows of ``creates`` (several per statement); the event rows of those
+        inserted go to ``rows``, the others (the id exists) get their error."""
+        added = _insert_many(conn, _INSERT_SAGAS, [r.saga for r in creates])
+        if added == len(creates):
+            for r in creates:
+                rows += r.rows
+            return
+        # Some ids were in the journal already.  Saga numbers are new, so a number found in the
+        # table is a saga inserted just now.
+        numbers = [r.saga[0] for r in creates]
+        found = {
+            number
+            for chunk in range(0, len(numbers), 500)
+            for (number,) in conn.execute(
+                "SELECT saga_no FROM sagas WHERE saga_no IN "
+                f"({', '.join('?' * len(numbers[chunk : chunk + 500]))})",
+                numbers[chunk : chunk + 500],
+            )
+        }
+        for r in creates:
+            if r.saga[0] in found:
+                rows += r.rows
+            else:
+                r.error = JournalError(
+                    f"Saga {r.saga[1]!r} already exists in the journal {self.path}.",
+                    path=self.path,
+                )
 
 
 # --------------------------------------------------------------------- thread-side helpers
@@ -838,7 +1010,7 @@ def _check_identity(conn: sqlite3.Connection, path: str, app_id: int, version: i
             category=ErrorCategory.CONFIGURATION,
             suggested_action="Upgrade aura-actors to the version that wrote the journal.",
         )
-    if version != SCHEMA_VERSION:
+    if version != SCHEMA_VERSION and version not in _MIGRATIONS:
         raise JournalError(
             f"The journal file {path} has unknown schema version {version}.",
             path=path,
@@ -854,12 +1026,20 @@ def _check_identity(conn: sqlite3.Connection, path: str, app_id: int, version: i
             ),
         )
     meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-    if meta.get("application") != _APPLICATION_NAME or meta.get("schema_version") != str(
-        SCHEMA_VERSION
-    ):
+    if meta.get("application") != _APPLICATION_NAME or meta.get("schema_version") != str(version):
         raise JournalError(
             f"The journal file {path} has an inconsistent meta table ({meta!r}).", path=path
         )
+    while version < SCHEMA_VERSION:  # an older journal of ours, checked: upgrade it in place
+        try:
+            conn.executescript(f"BEGIN IMMEDIATE;{_MIGRATIONS[version]}COMMIT;")
+        except BaseException:
+            _rollback_quietly(conn)
+            raise
+        upgraded = conn.execute("PRAGMA user_version").fetchone()[0]
+        if upgraded <= version:  # pragma: no cover - a migration that does not say it ran
+            raise JournalError(f"Upgrading the journal file {path} failed.", path=path)
+        version = upgraded
 
 
 def _load_tracked(conn: sqlite3.Connection, path: str) -> _Loaded:
@@ -905,9 +1085,16 @@ def _header(row: Row) -> SagaHeader:
 
 def _events(conn: sqlite3.Connection, number: int, saga_id: str) -> list[SagaEvent]:
     rows = conn.execute(
-        "SELECT seq, kind, step, at, data FROM events WHERE saga_no = ? ORDER BY seq", (number,)
+        "SELECT seq, kind, step, at, data, next_kind, next_step FROM events "
+        "WHERE saga_no = ? ORDER BY seq",
+        (number,),
     ).fetchall()
-    return [SagaEvent(saga_id, r[0], _KINDS[r[1]], r[2], r[3], r[4]) for r in rows]
+    events: list[SagaEvent] = []
+    for seq, kind, step, at, data, next_kind, next_step in rows:
+        events.append(SagaEvent(saga_id, seq, _KINDS[kind], step, at, data))
+        if next_kind is not None:
+            events.append(SagaEvent(saga_id, seq + 1, _KINDS[next_kind], next_step, at, b""))
+    return events
 
 
 def _prune(conn: sqlite3.Connection, cutoff: float, keep: int) -> int:

@@ -32,7 +32,13 @@ from typing import Any
 import trio
 
 from actors._journal import SagaEvent, SagaEventKind, SagaHeader, SagaState
-from actors._sqlite_journal import FINISH_SAGA, INSERT_EVENT, INSERT_SAGA, SqliteJournal
+from actors._sqlite_journal import (
+    FINISH_SAGA,
+    INSERT_EVENT,
+    INSERT_SAGA,
+    SqliteJournal,
+    event_rows,
+)
 from bench._harness import interleave, now_ns
 
 GOALS = {"journal_group_commit_vs_floor": (">=", 10.0)}
@@ -81,7 +87,7 @@ def _floor_writes(rows: int) -> list[list[tuple[str, tuple[Any, ...]]]]:
         i += 1
         header, events = _saga_events(f"floor-{i}")
         for event in events:
-            row = (i, event.seq, event.kind.value, event.step, event.at, event.data)
+            (row,) = event_rows(i, [event])  # a single append's row, as the journal writes it
             if event.kind is K.STARTED:
                 h = header
                 saga = (i, h.saga_id, h.definition, h.created_at, h.payload, "{}")
@@ -97,26 +103,32 @@ def _floor_writes(rows: int) -> list[list[tuple[str, tuple[Any, ...]]]]:
 def _floor(n: int) -> float:
     writes = _floor_writes(n)
     result: list[float] = []
+    errors: list[BaseException] = []
     with tempfile.TemporaryDirectory(dir="/tmp") as directory:
         path = _new_journal_file(directory)
 
         def work() -> None:
-            conn = sqlite3.connect(path, isolation_level=None)
-            conn.execute("PRAGMA locking_mode = EXCLUSIVE")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = FULL")
-            start = now_ns()
-            for statements in writes:
-                conn.execute("BEGIN IMMEDIATE")
-                for sql, params in statements:
-                    conn.execute(sql, params)
-                conn.execute("COMMIT")
-            result.append((now_ns() - start) / len(writes))
-            conn.close()
+            try:
+                conn = sqlite3.connect(path, isolation_level=None)
+                conn.execute("PRAGMA locking_mode = EXCLUSIVE")
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute("PRAGMA synchronous = FULL")
+                start = now_ns()
+                for statements in writes:
+                    conn.execute("BEGIN IMMEDIATE")
+                    for sql, params in statements:
+                        conn.execute(sql, params)
+                    conn.execute("COMMIT")
+                result.append((now_ns() - start) / len(writes))
+                conn.close()
+            except BaseException as exc:  # reported in the caller's thread
+                errors.append(exc)
 
         thread = threading.Thread(target=work)
         thread.start()
         thread.join()
+    if errors:
+        raise errors[0]
     return result[0]
 
 

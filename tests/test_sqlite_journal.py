@@ -12,14 +12,16 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+import hypothesis.strategies as st
 import pytest
 import trio
 import trio.testing
+from hypothesis import given, settings
 
 from actors._errors import ErrorCategory
-from actors._journal import JournalError, SagaEventKind, saga_state
+from actors._journal import JournalError, SagaEvent, SagaEventKind, SagaState, saga_state
 from actors._sqlite_journal import APPLICATION_ID, SCHEMA_VERSION, SqliteJournal
-from tests.test_journal import Driver
+from tests.test_journal import Driver, draw_recorded, header
 
 K = SagaEventKind
 
@@ -233,7 +235,10 @@ async def test_new_files_carry_the_application_id_and_schema_version(tmp_path: P
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-    assert meta == {"application": "aura-actors saga journal", "schema_version": "1"}
+    assert meta == {
+        "application": "aura-actors saga journal",
+        "schema_version": str(SCHEMA_VERSION),
+    }
     conn.close()
 
 
@@ -418,6 +423,22 @@ async def worker(journal, w):
     for i in range(10**9):
         header = SagaHeader(f"{sys.argv[2]}-w{w}-{i}", "crash", time.time())
         state = SagaState.new(header)
+        if i % 2:  # as a coordinator writes: pairs of events sharing a row
+            first = state.next_event(K.STARTED)
+            state = state.advance(first)
+            then = state.next_event(K.STEP_STARTED, 0, at=first.at)
+            state = state.advance(then)
+            await journal.create(header, first, then=[then])
+            ack(header.saga_id, then.seq)
+            for s in range(4):
+                done = state.next_event(K.STEP_COMPLETED, s, b"r")
+                state = state.advance(done)
+                kind, step = (K.STEP_STARTED, s + 1) if s < 3 else (K.COMPLETED, None)
+                then = state.next_event(kind, step, at=done.at)
+                state = state.advance(then)
+                await journal.append_many([done, then])
+                ack(header.saga_id, then.seq)
+            continue
         event = state.next_event(K.STARTED)
         state = state.advance(event)
         await journal.create(header, event)
@@ -502,3 +523,271 @@ def test_every_acknowledged_append_survives_sigkill(tmp_path: Path) -> None:
 def test_every_acknowledged_append_survives_30_sigkills(tmp_path: Path) -> None:
     """30 SIGKILLs at seeded random moments: every acknowledged append is in the journal."""
     crash_rounds(tmp_path, rounds=30, seed=11)
+
+
+# ------------------------------------------------------------------ rows, batches, upgrades
+
+
+def _events_table(path: Path) -> tuple[int, list[tuple[object, ...]]]:
+    """(rows in ``events``, every event of the ``event_log`` view in order)."""
+    conn = sqlite3.connect(path)
+    try:
+        rows = conn.execute("SELECT count(*) FROM events").fetchone()[0]
+        log = conn.execute(
+            "SELECT saga_no, seq, kind, step, at, data FROM event_log ORDER BY saga_no, seq"
+        ).fetchall()
+    finally:
+        conn.close()
+    return rows, log
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.data())
+def test_events_written_in_any_grouping_read_back_exactly(
+    tmp_path_factory: pytest.TempPathFactory, data: st.DataObject
+) -> None:
+    """A valid history written as a create (with some events after it), single appends and
+    append_many groups, with events sharing their time or not, reads back event for event
+    (after a restart too), and the event_log view lists the same events."""
+    ref = draw_recorded(data, max_events=30)
+    if not ref.history:
+        return
+    times: list[float] = []
+    events = []
+    for seq, (kind, step) in enumerate(ref.history):
+        same = bool(times) and data.draw(st.booleans())
+        times.append(times[-1] if same else 1000.0 + seq)
+        body = b"" if data.draw(st.booleans()) else b"d%d" % seq
+        events.append(SagaEvent("s", seq, kind, step, times[-1], body))
+    state = SagaState.new(header("s"))
+    states = [state := state.advance(e) for e in events]
+    # The create carries the events after `started` up to the first that ends the saga.
+    limit = next((i for i, s in enumerate(states) if s.finished), len(events))
+    first = data.draw(st.integers(1, max(1, min(limit, 4))))
+    path = tmp_path_factory.mktemp("rows") / "j.db"
+
+    async def main() -> None:
+        async with SqliteJournal(path, synchronous="NORMAL") as journal:
+            await journal.create(header("s"), events[0], then=events[1:first])
+            i = first
+            while i < len(events):
+                size = data.draw(st.integers(1, 3))
+                group = events[i : i + size]
+                if len(group) == 1 and data.draw(st.booleans()):
+                    await journal.append(group[0])
+                else:
+                    await journal.append_many(group)
+                i += size
+            found = await journal.get("s")
+            assert found is not None
+            assert found[1] == events
+        async with SqliteJournal(path) as again:
+            found = await again.get("s")
+            assert found is not None
+            assert found[1] == events
+            assert saga_state(*found) == states[-1]
+
+    trio.run(main)
+    rows, log = _events_table(path)
+    assert rows <= len(events)
+    assert log == [(1, e.seq, e.kind.value, e.step, e.at, e.data) for e in events]
+
+
+async def test_a_step_and_the_next_start_share_one_row(tmp_path: Path) -> None:
+    """A saga written as a coordinator writes it (its start with its first step's start, then
+    each completion with the next start) takes one row per step."""
+    path = tmp_path / "j.db"
+    async with SqliteJournal(path) as journal:
+        saga = Driver(journal, "a", at=5.0)
+        started = saga.event(K.STARTED)
+        await journal.create(saga.header, started, then=[saga.event(K.STEP_STARTED, 0)])
+        for i in range(3):
+            done = saga.event(K.STEP_COMPLETED, i, b"r%d" % i)
+            then = (
+                SagaEvent("a", done.seq + 1, K.STEP_STARTED, i + 1, done.at)
+                if i < 2
+                else SagaEvent("a", done.seq + 1, K.COMPLETED, None, done.at)
+            )
+            saga.state = saga.state.advance(then)
+            await journal.append_many([done, then])
+        found = await journal.get("a")
+        assert found is not None
+        assert saga_state(*found) == saga.state
+        assert saga.state.phase.value == "completed"
+        assert journal.statistics().rows == 8
+    rows, log = _events_table(path)
+    assert rows == 4
+    assert [seq for _, seq, *_ in log] == list(range(8))
+
+
+async def test_creates_and_finishes_in_one_commit_each_get_their_own_outcome(
+    tmp_path: Path,
+) -> None:
+    """Many creates and finishes queued behind one commit share the next one; a create whose
+    id is already in the journal (even from the same batch) fails alone."""
+    async with SqliteJournal(tmp_path / "j.db") as journal:
+        sagas = [await Driver(journal, f"old{i}").start() for i in range(40)]
+        gate = Gate()
+        install(journal, gate)
+        results: dict[str, object] = {}
+
+        async def create(saga_id: str) -> None:
+            try:
+                await Driver(journal, saga_id).start()
+            except JournalError as exc:
+                results[saga_id] = exc
+            else:
+                results[saga_id] = "ok"
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sagas[0].finish)
+            await gate.wait_entered()
+            for saga in sagas[1:]:
+                nursery.start_soon(saga.finish)
+            for i in range(30):
+                nursery.start_soon(create, f"new{i}")
+            nursery.start_soon(create, "old5")  # finishing in this batch: still there
+            await trio.testing.wait_all_tasks_blocked()
+            base = journal.statistics().commits
+            gate.release.set()
+        assert journal.statistics().commits - base == 2  # the held one, then all the rest
+        assert all(results[f"new{i}"] == "ok" for i in range(30))
+        assert isinstance(results["old5"], JournalError)
+        assert "already exists" in str(results["old5"])
+        with pytest.raises(JournalError, match="already exists"):
+            await Driver(journal, "new3").start()
+    async with SqliteJournal(tmp_path / "j.db") as again:
+        listed = {s.saga_id for s in await again.list_unfinished()}
+        assert listed == {f"new{i}" for i in range(30)}
+        for i in range(40):
+            found = await again.get(f"old{i}")
+            assert found is not None
+            assert saga_state(*found).phase.value == "completed"
+
+
+# A journal file as version 1 of the schema made it (one event per row).
+_SCHEMA_V1 = """
+BEGIN;
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE sagas (
+    saga_no INTEGER PRIMARY KEY,
+    saga_id TEXT NOT NULL UNIQUE,
+    definition TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    payload BLOB NOT NULL,
+    metadata TEXT NOT NULL,
+    outcome TEXT,
+    finished_at REAL
+);
+CREATE INDEX sagas_open ON sagas (created_at) WHERE outcome IS NULL;
+CREATE INDEX sagas_prunable ON sagas (finished_at)
+    WHERE outcome IS NOT NULL AND outcome != 'compensation_failed';
+CREATE TABLE events (
+    saga_no INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    step INTEGER,
+    at REAL NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (saga_no, seq)
+) WITHOUT ROWID;
+INSERT INTO meta VALUES ('application', 'aura-actors saga journal');
+INSERT INTO meta VALUES ('schema_version', '1');
+PRAGMA application_id = 1096110666;
+PRAGMA user_version = 1;
+COMMIT;
+"""
+
+
+V1Saga = tuple[list[tuple[str, int | None, bytes]], str | None]
+
+
+def _write_v1(path: Path, sagas: dict[str, V1Saga]) -> None:
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.executescript(_SCHEMA_V1)
+    for number, (saga_id, (moves, outcome)) in enumerate(sagas.items(), start=1):
+        conn.execute(
+            "INSERT INTO sagas VALUES (?, ?, 'video', ?, X'', '{}', ?, ?)",
+            (number, saga_id, float(number), outcome, 2000.0 if outcome else None),
+        )
+        for seq, (kind, step, data) in enumerate(moves):
+            conn.execute(
+                "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?)",
+                (number, seq, kind, step, 1000.0 + seq, data),
+            )
+    conn.close()
+
+
+async def test_a_journal_of_the_previous_schema_is_upgraded_in_place(tmp_path: Path) -> None:
+    """A version-1 file is checked, then upgraded (new columns, view, version 2) and every saga
+    in it resumes where it was; new writes land and survive a restart."""
+    path = tmp_path / "v1.db"
+    _write_v1(
+        path,
+        {
+            "running": (
+                [
+                    ("started", None, b""),
+                    ("step_started", 0, b""),
+                    ("step_completed", 0, b"r"),
+                    ("step_started", 1, b""),
+                ],
+                None,
+            ),
+            "done": ([("started", None, b""), ("completed", None, b"")], "completed"),
+            "stuck": (
+                [
+                    ("started", None, b""),
+                    ("step_started", 0, b""),
+                    ("step_completed", 0, b"r"),
+                    ("compensating", None, b"why"),
+                    ("compensation_started", 0, b""),
+                    ("compensation_failed", 0, b"e"),
+                ],
+                "compensation_failed",
+            ),
+        },
+    )
+    assert APPLICATION_ID == 1096110666  # the value in _SCHEMA_V1
+    async with SqliteJournal(path) as journal:
+        ((h, events),) = await journal.load_unfinished()
+        state = saga_state(h, events)
+        assert (h.saga_id, state.phase.value, state.step_in_flight) == (
+            "running",
+            "step_in_flight",
+            1,
+        )
+        listed = {s.saga_id: s.phase.value for s in await journal.list_unfinished()}
+        assert listed == {"running": "step_in_flight", "stuck": "compensation_failed"}
+        found = await journal.get("done")
+        assert found is not None
+        assert saga_state(*found).phase.value == "completed"
+        done = state.next_event(K.STEP_COMPLETED, 1, b"r1")
+        end = SagaEvent("running", done.seq + 1, K.COMPLETED, None, done.at)
+        await journal.append_many([done, end])
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert dict(conn.execute("SELECT key, value FROM meta").fetchall())["schema_version"] == "2"
+    conn.close()
+    async with SqliteJournal(path) as again:
+        assert [s.saga_id for s in await again.list_unfinished()] == ["stuck"]
+        found = await again.get("running")
+        assert found is not None
+        assert [e.kind.value for e in found[1]][-2:] == ["step_completed", "completed"]
+    rows, log = _events_table(path)
+    assert len(log) == 14  # 4 + 2 written now, 2, 6
+    assert rows == 13  # the two written now share a row
+
+
+async def test_a_damaged_journal_of_the_previous_schema_is_refused_not_upgraded(
+    tmp_path: Path,
+) -> None:
+    """A version-1 file with an inconsistent meta table is refused and left as it was."""
+    path = tmp_path / "v1.db"
+    _write_v1(path, {"a": ([("started", None, b"")], None)})
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    conn.commit()
+    conn.close()
+    await expect_refused(path, "inconsistent meta")
