@@ -33,9 +33,13 @@ ends ``compensation_failed``: it stays listed, a :class:`SagaReport` goes to the
 the caller gets :class:`~actors._saga_definition.CompensationFailed`.
 
 Cancellation.  When the caller that started a saga stops waiting (its ask timed out or was
-cancelled), the saga's *forward* cancel scope is cancelled (one scope per saga, none per
-step): the step in flight is abandoned and journaled failed (uncertain), and compensation runs
-outside that scope, so the caller's cancellation cannot interrupt it.  A journal write cut short
+cancelled), the cancel scope its *forward* part runs in is cancelled (one scope per worker task,
+shared by the forward parts of the sagas it runs one after another; none per step, and none per
+saga: entering one costs about as much as a step): the step in flight is abandoned and journaled
+failed (uncertain), and compensation runs outside that scope, so the caller's cancellation
+cannot interrupt it.  The scope is cancelled only while that saga goes forward; a cancellation
+that comes too late to cut anything short still spends the scope, so the worker leaves it
+before doing anything else and enters a new one.  A journal write cut short
 by that cancellation may still have landed (the SQLite journal finishes queued writes), so the
 saga's state is read back from the journal before going on.  Stopping the coordinator cancels
 every saga task wherever it is, compensations included: the journal has their state, and the
@@ -162,14 +166,15 @@ _STEP_FAILED: Final = _K.STEP_FAILED
 _COMPLETED: Final = _K.COMPLETED
 _RUNNING: Final = _P.RUNNING
 _STEP_IN_FLIGHT: Final = _P.STEP_IN_FLIGHT
+_DONE: Final = _P.COMPLETED
 _COMPENSATION_PHASES: Final = frozenset(
     {_P.COMPENSATING, _P.COMPENSATION_IN_FLIGHT, _P.COMPENSATION_RETRYING}
 )
 _DEFAULT_MAX_RUNNING: Final = 10_000
-_UNSEEN: Final = object()  # a reply not decoded yet
 _MAX_IDLE_WORKERS: Final = 256
 
 _encode = msgspec.msgpack.Encoder().encode
+_decode = msgspec.msgpack.Decoder.decode  # (decoder, data)
 
 
 @attrs.define
@@ -203,6 +208,7 @@ class _Run:
         "definition",
         "error",
         "finished",
+        "forwarding",
         "header",
         "pending",
         "plan",
@@ -226,9 +232,12 @@ class _Run:
         self.view = SagaView(header.saga_id, definition, input)
         self.state = SagaState(header.saga_id, header.definition)
         self.waiters: list[Reply[Any]] = []
-        self.scope = trio.CancelScope()  # the forward part: cancelled if the caller gives up
+        # While `forwarding`, the cancel scope its forward part runs in (its worker's): its
+        # caller giving up cancels it.
+        self.scope: trio.CancelScope | None = None
+        self.forwarding = False
         self.cancellable = False  # whether a caller can cancel it (then `scope` is used)
-        self.abandoned = False  # its caller gave up (`scope` was cancelled)
+        self.abandoned = False  # its caller gave up
         self.finished = False
         self.sent: int | None = None  # the step whose message this run sent last
         self.pending: tuple[int, bytes] | None = None  # a reply being journaled
@@ -455,7 +464,7 @@ class SagaCoordinator(Actor[SagaMessage, Any]):
             return Failure(TypeError(f"saga_id must be a non-empty str, got {saga_id!r}"))
         try:
             payload = _encode(message.input)
-            value = decoder(definition.input_type).decode(payload)
+            value = self._plans[definition.name].input.decode(payload)
         except (
             msgspec.EncodeError,
             msgspec.DecodeError,
@@ -513,49 +522,107 @@ class SagaCoordinator(Actor[SagaMessage, Any]):
             self.spawn(self._worker, job, name=f"{self.path}:saga worker")
 
     async def _worker(self, job: _Job) -> None:
-        """Drive sagas to their end, one after another: a new one (``fresh``: journal it
-        first; ``started`` is the reply of a ``StartSaga(wait=False)``), or one resumed from
-        its journaled state."""
-        # Long-lived: a task per saga would cost more than a step of it.  It drives each saga
-        # itself: every coroutine between the task and a step's await costs each suspension
-        # and resumption of every step.
+        """Drive sagas to their end, one after another (see :meth:`_jobs`)."""
+        # Long-lived: a task per saga would cost more than a step of it.  The forward parts of
+        # its sagas run in ONE cancel scope per worker (entering and leaving a scope per saga
+        # costs about as much as a step): a caller who gives up cancels it while its saga goes
+        # forward; the worker then finishes that saga outside it and enters a new one.
+        cut: list[tuple[_Run, SagaState | None]] = []
+        try:
+            next_job: _Job | None = job
+            while next_job is not None:
+                scope = trio.CancelScope()
+                job, next_job = next_job, None  # never driven twice, whatever cuts it short
+                with scope:
+                    next_job = await self._jobs(job, scope, cut)
+                if cut:  # the saga whose caller gave up: finish it outside the spent scope
+                    run, state = cut[0]
+                    if state is None:  # its forward part was cut short
+                        state = await self._after_cancel(run)
+                    await self._conclude(run, state)
+                    cut.clear()
+                    self._forget(run)
+                    next_job = await self._next_job()
+        finally:
+            for run, _ in cut:  # the coordinator is stopping: the journal has the saga
+                self._forget(run)
+
+    async def _jobs(
+        self, job: _Job, scope: trio.CancelScope, cut: list[tuple[_Run, SagaState | None]]
+    ) -> _Job | None:
+        """Drive sagas, one after another, in the worker's ``scope``: a new one (``fresh``:
+        journal it first; ``started`` is the reply of a ``StartSaga(wait=False)``), or one
+        resumed from its journaled state.
+
+        Returns ``None`` when the worker retires, or when the caller of a saga gave up during
+        its forward part (that saga is in ``cut`` with its state, or with ``None`` while the
+        scope's cancellation unwinds from its forward part).
+        """
         while True:
             run, started, fresh = job
             if not fresh or await self._begin(run, started):
+                forgotten = True
                 try:
                     state = run.state
                     if state.phase is _RUNNING or state.phase is _STEP_IN_FLIGHT:
                         if run.cancellable:
-                            with run.scope:
-                                state = await self._forward(run, fresh)
-                            if run.scope.cancelled_caught:
-                                state = await self._after_cancel(run)
-                        else:  # nobody can cancel it: no scope needed
+                            run.scope = scope
+                            run.forwarding = True
+                            cut.append((run, None))
+                            forgotten = False
+                            if run.abandoned:  # gave up while the saga was being created
+                                scope.cancel()
                             state = await self._forward(run, fresh)
-                    if state.phase is _P.STEP_FAILED:
-                        state = await self._decide(run, state, None)
-                    if state.phase in _COMPENSATION_PHASES:
-                        state = await self._compensate(run, state)
-                    self._finish(run, state)
+                            run.forwarding = False
+                            if run.abandoned:  # too late to cut anything short, but the
+                                cut[0] = (run, state)  # scope is cancelled: leave it
+                                return None
+                            cut.clear()
+                            forgotten = True
+                        else:  # nobody can cancel it
+                            state = await self._forward(run, fresh)
+                    await self._conclude(run, state)
                 finally:
-                    if self._runs.get(run.header.saga_id) is run:
-                        del self._runs[run.header.saga_id]
-            if len(self._idle) >= _MAX_IDLE_WORKERS:
-                return
-            task = current_task()
-            self._idle.append(task)
-            try:
-                job = await wait_task_rescheduled(_abort_idle)
-            except BaseException:
-                if task in self._idle:
-                    self._idle.remove(task)
-                raise
+                    if forgotten:
+                        self._forget(run)
+            next_job = await self._next_job()
+            if next_job is None:
+                return None
+            job = next_job
+
+    async def _conclude(self, run: _Run, state: SagaState) -> None:
+        """After the forward part: compensate or end, and answer the saga's callers."""
+        if state.phase is _P.STEP_FAILED:
+            state = await self._decide(run, state, None)
+        if state.phase in _COMPENSATION_PHASES:
+            state = await self._compensate(run, state)
+        self._finish(run, state)
+
+    def _forget(self, run: _Run) -> None:
+        if self._runs.get(run.header.saga_id) is run:
+            del self._runs[run.header.saga_id]
+
+    async def _next_job(self) -> _Job | None:
+        """Wait idle for the next saga; ``None`` when enough workers are idle already."""
+        if len(self._idle) >= _MAX_IDLE_WORKERS:
+            return None
+        task = current_task()
+        self._idle.append(task)
+        try:
+            job: _Job = await wait_task_rescheduled(_abort_idle)
+        except BaseException:
+            if task in self._idle:
+                self._idle.remove(task)
+            raise
+        return job
 
     def _abandoned(self, run: _Run) -> None:
-        # The caller that started the saga stopped waiting: cancel the forward part.
+        # The caller that started the saga stopped waiting: cancel the forward part (or have
+        # it cancelled as it starts).
         if not run.finished:
             run.abandoned = True
-            run.scope.cancel()
+            if run.forwarding and run.scope is not None:
+                run.scope.cancel()
 
     async def _begin(self, run: _Run, started: Reply[Any] | None) -> bool:
         """Journal a new saga with its first step's start (one write); whether to drive it
@@ -1012,7 +1079,7 @@ class SagaCoordinator(Actor[SagaMessage, Any]):
         run.finished = True
         phase = state.phase
         counters = self.counters
-        if phase is _P.COMPLETED:
+        if phase is _DONE:
             counters.completed += 1
         elif phase is _P.COMPENSATED:
             counters.compensated += 1
@@ -1025,7 +1092,7 @@ class SagaCoordinator(Actor[SagaMessage, Any]):
         for reply in run.waiters:
             self._answer(run, reply)
         run.waiters = []
-        if phase is not _P.COMPLETED:
+        if phase is not _DONE:
             error = self._error(run)
             step = state.compensation_step if phase is _P.COMPENSATION_FAILED else state.failed_step
             if phase is _P.COMPENSATION_FAILED:
@@ -1035,16 +1102,14 @@ class SagaCoordinator(Actor[SagaMessage, Any]):
             self._report(run.header.saga_id, run.definition.name, phase.value, step, str(error))
 
     def _answer(self, run: _Run, reply: Reply[Any]) -> None:
-        if run.state.phase is _P.COMPLETED:
+        if run.state.phase is _DONE:
             # Replies decoded from the journal (the values builders saw, where they looked).
             seen = run.view.replies
             plan = run.plan
-            results = {}
-            for i, (name, decode, data) in enumerate(
-                zip(plan.names, plan.decoders, run.state.results, strict=True)
-            ):
-                value = seen.get(i, _UNSEEN)
-                results[name] = decode.decode(data) if value is _UNSEEN else value
+            values = list(map(_decode, plan.decoders, run.state.results))
+            for i, value in seen.items():
+                values[i] = value
+            results = dict(zip(plan.names, values, strict=True))
             reply.set(SagaResult(run.header.saga_id, run.definition.name, results))
         else:
             reply.fail(self._error(run))

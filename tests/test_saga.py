@@ -805,6 +805,64 @@ async def test_a_caller_giving_up_as_a_reply_arrives_stops_before_the_next_write
     assert "ab:s2" not in world.delivered
 
 
+class _LateGiveUp(MemoryJournal):
+    """Has the caller of saga ``late`` give up just after its last write, before its task
+    resumes (too late to cut anything short)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.coordinator: list[SagaCoordinator] = []
+        self.creates: list[str] = []
+
+    async def create(
+        self, header: SagaHeader, first_event: SagaEvent, *, then: Sequence[SagaEvent] = ()
+    ) -> SagaState:
+        self.creates.append(header.saga_id)
+        return await super().create(header, first_event, then=then)
+
+    async def append_many(self, events: Sequence[SagaEvent]) -> dict[str, SagaState]:
+        states = await super().append_many(events)
+        if events[0].saga_id == "late" and events[-1].kind is SagaEventKind.COMPLETED:
+            coordinator = self.coordinator[0]
+            coordinator._abandoned(coordinator._runs["late"])
+        return states
+
+
+async def test_a_caller_giving_up_too_late_changes_nothing_for_the_next_sagas(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """A caller that gives up after its saga's last write: the saga completes; the sagas the
+    same worker runs next (one of them cancelled by its caller) are not affected."""
+    world = World()
+    journal = _LateGiveUp()
+
+    def coordinator() -> SagaCoordinator:
+        journal.coordinator[:] = [SagaCoordinator(journal, [chain(3)])]
+        return journal.coordinator[0]
+
+    specs: list[Any] = [ChildSpec(name, service(name, world)) for name in SERVICES]
+    specs.append(ChildSpec("sagas", coordinator))
+    world.plan("cut:s1", ("sleep", 5.0))
+    async with open_supervisor(specs) as root:
+        sagas = root.ref("sagas")
+        late = await sagas.ask(StartSaga("order", saga_id="late"))
+        assert isinstance(late, SagaResult)
+        assert len(journal.coordinator[0]._idle) == 1  # one worker, reused below
+        after = await sagas.ask(StartSaga("order", saga_id="after"))
+        assert isinstance(after, SagaResult)
+        with trio.move_on_after(2.0):
+            await sagas.ask(StartSaga("order", saga_id="cut"), timeout=100)
+        info = await wait_finished(root, "cut")
+        again = await sagas.ask(StartSaga("order", saga_id="again"))
+        assert isinstance(again, SagaResult)
+        for saga_id in ("late", "after", "again"):
+            assert (await wait_finished(root, saga_id)).phase == "completed"
+    assert info.phase == "compensated"
+    assert info.compensated == ["s1", "s0"]
+    assert world.forward("again") == ["s0", "s1", "s2"]
+    assert journal.creates == ["late", "after", "cut", "again"]  # no saga was driven twice
+
+
 async def test_cancelling_before_the_first_step_ends_the_saga_cancelled(
     mock_clock: trio.testing.MockClock,
 ) -> None:
