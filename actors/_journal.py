@@ -881,18 +881,25 @@ def normalize_header(header: SagaHeader) -> tuple[SagaHeader, bytes]:
 class Tracked:
     """A saga the journal tracks in memory: running ones, and ``compensation_failed`` ones.
 
-    ``number`` is the storage's own key for the saga (the SQLite journal's ``saga_no``).
+    ``number`` is the storage's own key for the saga (the SQLite journal's ``saga_no``);
+    ``stored`` is the in-memory journal's record of it.
     """
 
-    __slots__ = ("confirmed", "header", "number", "state")
+    __slots__ = ("confirmed", "header", "number", "state", "stored")
 
     def __init__(
-        self, header: SagaHeader, state: SagaState, confirmed: bool, number: int = 0
+        self,
+        header: SagaHeader,
+        state: SagaState,
+        confirmed: bool,
+        number: int = 0,
+        stored: Any = None,
     ) -> None:
         self.header = header
         self.state = state
         self.confirmed = confirmed
         self.number = number
+        self.stored = stored
 
 
 class SagaIndex:
@@ -1104,8 +1111,8 @@ class MemoryJournal:
         if header.saga_id in self._sagas:
             raise JournalError(f"Saga {header.saga_id!r} already exists in the journal.")
         state = self._index.check_create(header, first_event, then)
-        self._index.open[header.saga_id] = Tracked(header, state, confirmed=True)
         stored = self._sagas[header.saga_id] = _Stored(header, [first_event, *then])
+        self._index.open[header.saga_id] = Tracked(header, state, True, 0, stored)
         self._appends += 1
         self._rows += len(stored.events)
         self._bytes += len(header.payload) + len(encoded) + event_bytes(stored.events)
@@ -1152,12 +1159,34 @@ class MemoryJournal:
         ``None``, with nothing written, when the events are not all of one open saga (use
         :meth:`append_many`).  Raises like :meth:`append_many`.
         """
-        self._check_open()
-        tracked = self._index.advance_saga(events)
-        if tracked is None:
+        if self._closed:
+            self._check_open()
+        if len(events) == 2:  # a step's completion and what follows: the common write
+            done, then = events
+            tracked = (
+                self._index.open.get(done.saga_id)
+                if type(done) is SagaEvent and type(done.saga_id) is str
+                else None
+            )
+            if tracked is not None and tracked.confirmed:
+                state = tracked.state._advance_pair(done, then)
+                if state is not None:
+                    stored: _Stored = tracked.stored
+                    stored.events += events
+                    if state.phase in _FINISHED:
+                        self._index.commit({state.saga_id: state})
+                        self._finish(stored, state)
+                    else:
+                        tracked.state = state
+                    self._appends += 1
+                    self._rows += 2
+                    self._bytes += len(done.data) + len(then.data)
+                    return state
+        found = self._index.advance_saga(events)
+        if found is None:
             return None
-        state = tracked.state
-        stored = self._sagas[state.saga_id]
+        state = found.state
+        stored = found.stored
         stored.events += events
         if state.phase in _FINISHED:
             self._finish(stored, state)
@@ -1266,7 +1295,7 @@ class MemoryJournal:
             copy._sagas[saga_id] = new
             if stored.outcome is None or stored.outcome is _NEEDS_OPERATOR:
                 state = saga_state(stored.header, stored.events)
-                tracked = Tracked(stored.header, state, confirmed=True)
+                tracked = Tracked(stored.header, state, True, 0, new)
                 if stored.outcome is None:
                     copy._index.open[saga_id] = tracked
                 else:

@@ -1064,3 +1064,27 @@ def test_pruning_matches_the_retention_rule(
         if what != "completed" or (recent_rank[i] < keep_last and i >= 20.0 - older_than)
     }
     assert kept == expected
+
+
+async def test_a_pair_that_ends_the_saga_finishes_it_in_both_journals(kit: Kit) -> None:
+    """The last step's completion and the saga's end in one write: the saga is finished (no
+    longer listed, no event may follow) and reads back so after a restart."""
+    journal = await kit.open()
+    saga = await Driver(journal, "end", at=7.0).start()
+    await saga.go(K.STEP_STARTED, 0)
+    done = saga.event(K.STEP_COMPLETED, 0, b"r")
+    end = saga.event(K.COMPLETED)
+    before = journal.statistics()
+    states = await journal.append_many([done, end])
+    assert states == {"end": saga.state}
+    assert saga.state.phase is P.COMPLETED
+    assert await journal.list_unfinished() == []
+    after = journal.statistics()
+    assert (after.rows - before.rows, after.bytes_written - before.bytes_written) == (2, 1)
+    with pytest.raises(SagaSequenceError):
+        await journal.append(ev("end", 4, K.STEP_STARTED, 1))
+    again = await kit.reopen(journal)
+    found = await again.get("end")
+    assert found is not None
+    assert saga_state(*found) == saga.state
+    assert await again.load_unfinished() == []
