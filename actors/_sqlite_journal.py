@@ -526,6 +526,40 @@ class SqliteJournal:
         ):
             await self._wait_for_room()
         index = self._index
+        if len(events) == 2:  # a step's completion and what follows: the common write
+            done, then = events
+            tracked = (
+                index.open.get(done.saga_id)
+                if type(done) is SagaEvent and type(done.saga_id) is str
+                else None
+            )
+            if tracked is not None and tracked.confirmed:
+                state = tracked.state._advance_pair(done, then)
+                if state is not None:
+                    request = _Request(_APPEND)
+                    number = tracked.number
+                    if state.phase in _ENDS:
+                        index.commit({state.saga_id: state})
+                        request.saga = [(state.phase.value, state.updated_at, number)]
+                    else:
+                        tracked.state = state
+                    at = done.at
+                    if not then.data and then.at == at:  # one row (see event_rows)
+                        kind, following = _KIND_VALUES[done.kind], _KIND_VALUES[then.kind]
+                        row = (number, done.seq, kind, done.step, at, done.data, following)
+                        request.rows = [(*row, then.step)]
+                    else:
+                        request.rows = event_rows(number, events)
+                    request.nbytes = len(done.data) + len(then.data)
+                    request.events = 2
+                    request.task = current_task()
+                    self._pending += 1
+                    if not self._staged:
+                        assert self._token is not None
+                        self._token.run_sync_soon(self._flush)
+                    self._staged.append(request)
+                    await wait_task_rescheduled(request.abort)
+                    return {state.saga_id: state}
         tracked = index.advance_saga(events)
         if tracked is not None:  # one saga's events
             await wait_task_rescheduled(self._queue_write(tracked, events).abort)
