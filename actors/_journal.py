@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import enum
 import math
+import operator
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
@@ -1040,7 +1041,13 @@ def _summary(tracked: Tracked) -> SagaSummary:
 
 def event_bytes(events: Iterable[SagaEvent]) -> int:
     """Data bytes carried by ``events`` (for ``bytes_written``)."""
-    return sum(len(e.data) for e in events)
+    total = 0
+    for event in events:
+        total += len(event.data)
+    return total
+
+
+_finished_at = operator.attrgetter("finished_at")
 
 
 # ------------------------------------------------------------------------ in-memory journal
@@ -1248,14 +1255,13 @@ class MemoryJournal:
     def _prune(self, older_than: float, keep_last: int, now: float) -> int:
         self._finished_since_prune = 0
         cutoff = now - older_than
-        by_age = sorted(
-            self._finished.values(),
-            key=lambda s: s.finished_at or 0.0,
-            reverse=True,
-        )
-        doomed = [
-            s for i, s in enumerate(by_age) if i >= keep_last or (s.finished_at or 0) < cutoff
-        ]
+        # Newest first (every finished saga has its finished_at): the sagas older than the
+        # cutoff are a suffix, so the doomed ones are everything past the kept prefix.
+        by_age = sorted(self._finished.values(), key=_finished_at, reverse=True)
+        kept = min(keep_last, len(by_age))
+        while kept and (by_age[kept - 1].finished_at or 0.0) < cutoff:
+            kept -= 1
+        doomed = by_age[kept:]
         for stored in doomed:
             saga_id = stored.header.saga_id
             del self._finished[saga_id]
