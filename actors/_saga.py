@@ -13,10 +13,14 @@ coordinator's state (the table of running sagas, counters) is touched only by it
 A saga's task drives the saga state machine of ``actors._journal`` (table ``TRANSITIONS``)
 and is write-ahead: every transition is durable in the journal *before* the message it
 announces is sent.  Forward, step ``i``'s completion and step ``i + 1``'s start are journaled in
-one ``append_many`` (one commit per step, not two), then step ``i + 1``'s message is sent::
+one ``append_many`` (one commit per step, not two; the SQLite journal stores them in one row),
+then step ``i + 1``'s message is sent; a new saga is created with its first step's start::
 
-    create(started) -> step_started(0) -> send 0 -> [step_completed(0), step_started(1)]
+    create(started, then=[step_started(0)]) -> send 0 -> [step_completed(0), step_started(1)]
     -> send 1 -> ... -> [step_completed(n-1), completed]
+
+On the in-memory journal, whose writes never block, the per-step write is made without a
+coroutine (``MemoryJournal.append_saga_nowait``); a subclass gets the awaited calls.
 
 Each step and compensation carries the idempotency key ``{saga_id}:{step}`` or
 ``{saga_id}:{step}:compensate`` (see ``actors._saga_definition`` for how it reaches the

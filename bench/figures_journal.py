@@ -4,8 +4,9 @@ Theory of operation
 -------------------
 Both candidates write the same workload to a fresh journal file in a temporary directory on
 ``/tmp`` at the journal's default durability (WAL, ``synchronous=FULL``, exclusive lock): sagas
-of 22 rows each (``started`` with its header row, ten ``step_started`` / ``step_completed``
-pairs, ``completed`` with the header's final update).
+of 22 events each (``started`` with its header row, ten ``step_started`` / ``step_completed``
+pairs, ``completed`` with the header's final update), each appended on its own, so each is its
+own row (the rows the journal writes for single appends, built by its own ``event_rows``).
 
 * ``sqlite_floor_rows_per_s``: plain ``sqlite3`` on one thread, one transaction per journal
   write, running the journal's own statements: the cost of one commit (one fsync) per row.

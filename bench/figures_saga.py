@@ -17,9 +17,10 @@ Theory of operation
   durability (WAL, ``synchronous=FULL``): steps completed per second.
 * ``sqlite_floor_rows_per_s``: the journal's rows inserted one transaction per row with the same
   settings (``bench.figures_journal``'s floor), in the same run.
-* ``saga_sqlite_vs_floor``: steps per second over floor rows per second (every step writes two
-  rows in one commit, so this understates the rows written).  Goal >= 10.
-* ``saga_rows_per_commit_sqlite``: mean rows per journal transaction in the saga runs.
+* ``saga_sqlite_vs_floor``: steps per second over floor rows per second (one commit, one fsync,
+  per row is the floor; a step writes one row: its completion and the next step's start share
+  it, as a saga's start and its first step's start do).  Goal >= 10.
+* ``saga_rows_per_commit_sqlite``: mean events per journal transaction in the saga runs.
 
 Reference figures say how much of a step is the journal's, which the coordinator cannot go
 below: ``saga_journal_step_us`` is the journal writes of one step alone (a 10-step saga's
