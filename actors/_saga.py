@@ -308,6 +308,11 @@ _CANCELLED_BETWEEN_STEPS: Final = StepError(
 # ------------------------------------------------------------------------------- the actor
 
 
+def _not_a_str(field: str, value: object) -> TypeError:
+    # Never repr() the value: a bad input may not even print.
+    return TypeError(f"{field} must be a str, not {type(value).__name__}")
+
+
 class SagaCoordinator(Actor[SagaMessage, Any]):
     """Runs sagas over a journal; resumes unfinished ones when it starts (see the module
     docstring).
@@ -432,13 +437,21 @@ class SagaCoordinator(Actor[SagaMessage, Any]):
 
     async def handle(self, message: SagaMessage) -> Any:
         if type(message) is StartSaga:
+            if type(message.definition) is not str:
+                return Failure(_not_a_str("StartSaga.definition", message.definition))
+            if message.saga_id is not None and type(message.saga_id) is not str:
+                return Failure(_not_a_str("StartSaga.saga_id", message.saga_id))
             return self._start(message)
         if type(message) is GetSaga:
+            if type(message.saga_id) is not str:
+                return Failure(_not_a_str("GetSaga.saga_id", message.saga_id))
             self.spawn(self._get, self.defer(), message.saga_id)
             return None
         if type(message) is ListSagas:
             return await self._journal.list_unfinished()
         if type(message) is DiscardSaga:
+            if type(message.saga_id) is not str:
+                return Failure(_not_a_str("DiscardSaga.saga_id", message.saga_id))
             self.spawn(self._discard, self.defer(), message.saga_id)
             return None
         if type(message) is GetSagaStatistics:
@@ -465,7 +478,7 @@ class SagaCoordinator(Actor[SagaMessage, Any]):
             self._next_id += 1
             saga_id = f"{self._prefix}{self._next_id}"
         elif type(saga_id) is not str or not saga_id:
-            return Failure(TypeError(f"saga_id must be a non-empty str, got {saga_id!r}"))
+            return Failure(TypeError("StartSaga.saga_id must be a non-empty str"))
         try:
             payload = _encode(message.input)
             value = self._plans[definition.name].input.decode(payload)

@@ -121,7 +121,7 @@ hostile = st.sampled_from(
 )
 
 #: Values for fields and arguments.  Values whose repr() raises are only sent as whole
-#: messages (see `messages`): error messages repr the offending field, see the xfails below.
+#: messages (see `messages`); names of unusable types are covered by the tests below.
 anything = st.one_of(junk, hostile)
 
 #: A whole message of any type, including one whose str() and repr() raise.
@@ -304,7 +304,7 @@ DEFINITION = SagaDefinition(
 )
 
 
-#: Names the coordinator looks up in its tables: hashable and printable (see the xfail below).
+#: Names the coordinator looks up in its tables (unusable ones: see the test below).
 names = st.one_of(st.text(max_size=8), st.integers(), st.none(), st.floats(), st.booleans())
 
 
@@ -348,14 +348,6 @@ def test_saga_coordinator_survives_wrong_messages(messages: list[Any]) -> None:
     run(lambda: send_to_coordinator(messages))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "SagaCoordinator crashes on a StartSaga whose definition is unhashable or whose "
-        "definition / saga_id repr() raises, and on a GetSaga / DiscardSaga whose saga_id is "
-        "unhashable (the journal lookup raises TypeError in the spawned task)"
-    ),
-)
 @pytest.mark.parametrize(
     "message",
     [
