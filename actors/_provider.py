@@ -58,7 +58,7 @@ from actors._bulkhead import ENTERED, Bulkhead
 from actors._cell import is_cancellation, is_fatal
 from actors._classify import Classifier
 from actors._config import ProviderSettings
-from actors._correlation import CORRELATION, ids
+from actors._correlation import CORRELATION, ServiceCall, ids
 from actors._errors import (
     ActorError,
     AuraError,
@@ -482,7 +482,7 @@ class ProviderActor(Actor[ProviderMessage, Any]):
                 self._add_waiter(job, reply)
                 return None
             entry = begun.entry  # type: ignore[union-attr]
-        log_ids = self._log_ids if key is None else ids(service=self.name, idempotency_key=key)
+        log_ids = self._log_ids if key is None else ServiceCall(self.name, key)
         job = _Job(payload, entry, self._retry.begin(now, reply.deadline), log_ids)
         if entry is not None:
             entry.waiters.append(job)
