@@ -825,6 +825,7 @@ class ProviderActor(Actor[ProviderMessage, Any]):
         job.done = True
         entry = job.entry
         if entry is not None:
+            job.entry = None  # the entry lists the job: break the cycle so both die at once
             if failed:
                 transient = getattr(result, "transient", False)
                 self._table.fail(entry, now, result, transient=bool(transient))
@@ -846,8 +847,10 @@ class ProviderActor(Actor[ProviderMessage, Any]):
             return
         job.done = True
         job.cancelled = True
-        if job.entry is not None:
-            self._table.abandon(job.entry)
+        entry = job.entry
+        if entry is not None:
+            job.entry = None
+            self._table.abandon(entry)
 
     # ------------------------------------------------------------------ delays
 
