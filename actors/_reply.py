@@ -21,9 +21,12 @@ before its message was handled never has it handled.
 
 The timer is one long-lived task per runtime (not a cancel scope per ask): a heap of
 ``(deadline, seq, reply)`` entries whose sleep deadline is moved earlier only when a new ask has
-an earlier deadline than any pending one.  Answered asks leave stale heap entries behind; the
-heap is compacted whenever it grows past twice the size it had after the last compaction, so
-its memory is bounded by the asks in flight, not by traffic.  The caller's own trio deadline
+an earlier deadline than any pending one.  Answered asks leave stale heap entries behind:
+those at the top of the heap are popped as the next entry is added (with one timeout for all
+asks that is nearly all of them, so a reply dies by reference counting soon after it is
+answered instead of aging into the garbage collector's older generations), and the heap is
+compacted whenever it grows past twice the size it had after the last compaction, so its
+memory is bounded by the asks in flight, not by traffic.  The caller's own trio deadline
 needs no timer (trio's cancellation already bounds the wait); it is looked up only when the
 actor reads :attr:`Reply.deadline`, since walking up the caller's cancel scopes costs more than
 the rest of an ask deep inside a tree.
