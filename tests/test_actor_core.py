@@ -403,3 +403,13 @@ async def test_ref_equality_and_repr() -> None:
         assert "eq" in repr(ref)
         assert ref.path == "eq"
         assert ref.name == "eq"
+
+
+async def test_answered_asks_leave_the_timer_heap_at_once() -> None:
+    """With one timeout for every ask, an answered ask's entry goes as the next is added, so
+    replies die by reference counting instead of waiting in the heap for a compaction."""
+    async with open_actor(Echo) as ref:
+        timers = ref._cell.timers
+        for i in range(3000):
+            await ref.ask(i, timeout=30.0)
+            assert len(timers) <= 2, f"{len(timers)} entries after ask {i}"
