@@ -209,7 +209,14 @@ class MonitorActor(Actor[Any, Any]):
         if kind is GetMetrics:
             return state.metrics(now)
         if kind is GetAlerts:
-            return state.alerts(message.include_resolved)
+            flag: object = message.include_resolved
+            if flag is not True and flag is not False:
+                return Failure(
+                    TypeError(
+                        f"GetAlerts.include_resolved must be a bool, not {type(flag).__name__}"
+                    )
+                )
+            return state.alerts(flag)
         service = getattr(message, "service", None)
         if kind in _SERVICE_QUERIES and not isinstance(service, str):
             return Failure(

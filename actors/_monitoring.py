@@ -81,6 +81,7 @@ from actors._monitoring_types import (
     ServiceTotals,
     SupervisionReport,
     UnknownService,
+    shown,
 )
 from actors._monitoring_windows import (
     _CALLS,
@@ -267,19 +268,25 @@ class MonitorState:
             valid = False
         if not valid:
             self._invalid_times(r)
-        ok = r.ok
+        ok: object = r.ok  # typed bool, but reports come from anywhere
+        retried: object = r.retried
+        if (ok is not True and ok is not False) or (retried is not True and retried is not False):
+            self._invalid_flags(r)
         ci = 0
         message = ""
         if not ok:
             ci, message = self._error_fields(r)
-        s = self._series.get(r.service)
+        try:
+            s = self._series.get(r.service)
+        except TypeError:  # unhashable: not a name
+            s = None
+            self._admit(r.service, now)  # raises InvalidReport naming the field
         if now >= self._tick_until:
             self._tick(now)
         if s is None:
             s = self._admit(r.service, now)
             if s is None:
                 return _NO_EVENTS
-        retried = r.retried
 
         # Count ring: the report's bucket is the newest one unless it is older (delayed).
         k = self._k
@@ -377,8 +384,16 @@ class MonitorState:
         except TypeError:
             lat_ok = False
         if not lat_ok:
-            raise InvalidReport(f"must be a finite number >= 0, got {r.latency!r}", field="latency")
-        raise InvalidReport(f"must be a finite number, got {r.at!r}", field="at")
+            raise InvalidReport(
+                f"must be a finite number >= 0, got {shown(r.latency)}", field="latency"
+            )
+        raise InvalidReport(f"must be a finite number, got {shown(r.at)}", field="at")
+
+    @staticmethod
+    def _invalid_flags(r: CallReport) -> None:
+        name = "ok" if r.ok is not True and r.ok is not False else "retried"
+        value = getattr(r, name)
+        raise InvalidReport(f"must be a bool, got {type(value).__name__}", field=name)
 
     def _error_fields(self, r: CallReport) -> tuple[int, str]:
         category = r.category
@@ -394,12 +409,12 @@ class MonitorState:
                 except TypeError:
                     ci = -1
         if ci < 0:
-            raise InvalidReport(f"not an error category: {category!r}", field="category")
+            raise InvalidReport(f"not an error category: {shown(category)}", field="category")
         error = r.error
         if error is None:
             return ci, _CATEGORIES[ci].info.message
         if not isinstance(error, str):
-            raise InvalidReport(f"must be a str or None, got {error!r}", field="error")
+            raise InvalidReport(f"must be a str or None, got {shown(error)}", field="error")
         return ci, redact(error, max_length=self._settings.max_message_length)
 
     def _raise_on_intake(self, s: _Series, now: float) -> Sequence[AlertEvent]:
@@ -444,16 +459,16 @@ class MonitorState:
             value = getattr(r, name)
             if not isinstance(value, str) or value not in BREAKER_STATES:
                 raise InvalidReport(
-                    f"must be one of {sorted(BREAKER_STATES)}, got {value!r}", field=name
+                    f"must be one of {sorted(BREAKER_STATES)}, got {shown(value)}", field=name
                 )
         try:
             at_ok = -_INF < r.at < _INF
         except TypeError:
             at_ok = False
         if not at_ok:
-            raise InvalidReport(f"must be a finite number, got {r.at!r}", field="at")
+            raise InvalidReport(f"must be a finite number, got {shown(r.at)}", field="at")
         if not isinstance(r.reason, str):
-            raise InvalidReport(f"must be a str, got {r.reason!r}", field="reason")
+            raise InvalidReport(f"must be a str, got {shown(r.reason)}", field="reason")
         reason = redact(r.reason, max_length=self._settings.max_message_length)
         if now >= self._tick_until:
             self._tick(now)
@@ -486,12 +501,12 @@ class MonitorState:
     def _record_supervision(self, r: SupervisionReport, now: float) -> Sequence[AlertEvent]:
         if not isinstance(r.kind, str) or r.kind not in SUPERVISION_KINDS:
             raise InvalidReport(
-                f"must be one of {sorted(SUPERVISION_KINDS)}, got {r.kind!r}", field="kind"
+                f"must be one of {sorted(SUPERVISION_KINDS)}, got {shown(r.kind)}", field="kind"
             )
         if not isinstance(r.path, str) or not r.path:
-            raise InvalidReport(f"must be a non-empty str, got {r.path!r}", field="path")
+            raise InvalidReport(f"must be a non-empty str, got {shown(r.path)}", field="path")
         if not isinstance(r.detail, str):
-            raise InvalidReport(f"must be a str, got {r.detail!r}", field="detail")
+            raise InvalidReport(f"must be a str, got {shown(r.detail)}", field="detail")
         self._reports += 1
         self._supervision[r.kind] += 1
         book = self._book
@@ -517,7 +532,8 @@ class MonitorState:
     def _admit(self, name: object, now: float) -> _Series | None:
         if not isinstance(name, str) or not name or len(name) > _MAX_SERVICE_NAME:
             raise InvalidReport(
-                f"must be a non-empty str of at most {_MAX_SERVICE_NAME} characters, got {name!r}",
+                f"must be a non-empty str of at most {_MAX_SERVICE_NAME} characters, "
+                f"got {shown(name)}",
                 field="service",
             )
         if len(self._series) >= self._settings.max_services:
@@ -804,10 +820,10 @@ class MonitorState:
             InvalidQuery: ``offset`` is negative, or ``limit`` is not in ``[1, 1000]``.
         """
         if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-            raise InvalidQuery(f"must be an integer >= 0, got {offset!r}", argument="offset")
+            raise InvalidQuery(f"must be an integer >= 0, got {shown(offset)}", argument="offset")
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= _MAX_PAGE:
             raise InvalidQuery(
-                f"must be an integer from 1 to {_MAX_PAGE}, got {limit!r}", argument="limit"
+                f"must be an integer from 1 to {_MAX_PAGE}, got {shown(limit)}", argument="limit"
             )
         if service is None:
             total = len(self._recent)
@@ -835,7 +851,7 @@ class MonitorState:
             or not 0 < window <= limit * (1 + 1e-9)
         ):
             raise InvalidQuery(
-                f"must be a number of seconds in (0, {limit:g}], got {window!r}",
+                f"must be a number of seconds in (0, {limit:g}], got {shown(window)}",
                 argument="window",
             )
         buckets = min(self._n, max(1, math.ceil(window / self._width - 1e-9)))

@@ -441,6 +441,11 @@ class SagaCoordinator(Actor[SagaMessage, Any]):
                 return Failure(_not_a_str("StartSaga.definition", message.definition))
             if message.saga_id is not None and type(message.saga_id) is not str:
                 return Failure(_not_a_str("StartSaga.saga_id", message.saga_id))
+            wait: object = message.wait  # typed bool, but messages come from anywhere
+            if wait is not True and wait is not False:
+                return Failure(
+                    TypeError(f"StartSaga.wait must be a bool, not {type(wait).__name__}")
+                )
             return self._start(message)
         if type(message) is GetSaga:
             if type(message.saga_id) is not str:

@@ -47,7 +47,14 @@ from actors._monitor import (
     SubscribeAlerts,
     UnsubscribeAlerts,
 )
-from actors._monitoring_types import BreakerReport, CallReport, SupervisionReport
+from actors._monitoring import MonitorState
+from actors._monitoring_types import (
+    BreakerReport,
+    CallReport,
+    InvalidReport,
+    MonitorSettings,
+    SupervisionReport,
+)
 from actors._provider import Call, Isolate, Reset
 from actors._saga import SagaCoordinator
 from actors._saga_definition import SagaDefinition, SagaStep
@@ -291,6 +298,57 @@ def test_monitor_refuses_an_unprintable_service_name() -> None:
     run(body)
 
 
+def good_report(**fields: Any) -> CallReport:
+    base: dict[str, Any] = {"service": "svc", "ok": True, "latency": 0.01, "at": 1.0}
+    base.update(fields)
+    return CallReport(**base)
+
+
+#: Reports whose fields a type checker would refuse but a sender can still build.
+BAD_FIELDS: dict[str, dict[str, Any]] = {
+    "ok-notimplemented": {"ok": NotImplemented},
+    "retried-notimplemented": {"retried": NotImplemented},
+    "ok-int": {"ok": 1},
+    "service-unhashable": {"service": Unhashable()},
+    "service-unprintable": {"service": BrokenStr()},
+    "latency-unprintable": {"latency": BrokenStr()},
+    "category-unprintable": {"ok": False, "category": BrokenStr()},
+    "error-unprintable": {"ok": False, "error": BrokenStr()},
+}
+BAD_REPORTS = [good_report(**fields) for fields in BAD_FIELDS.values()]
+
+
+@pytest.mark.parametrize("report", BAD_REPORTS, ids=list(BAD_FIELDS))
+def test_a_report_with_a_wrong_field_is_refused_by_name(report: CallReport) -> None:
+    """A report with a non-bool flag, an unhashable or unprintable field is refused with
+    InvalidReport naming the field; in a batch it is skipped and counted, and the rest of the
+    batch is recorded."""
+    state = MonitorState(MonitorSettings())
+    with pytest.raises(InvalidReport) as caught:
+        state.record(report, 1.0)
+    assert caught.value.field in ("ok", "retried", "service", "latency", "category", "error")
+    assert state.statistics().reports == 0
+    state.record_batch([report, good_report(), report], 1.0)
+    stats = state.statistics()
+    assert (stats.reports, stats.reports_invalid) == (1, 2)
+
+
+def test_monitor_refuses_wrong_flags_and_fields_without_crashing() -> None:
+    """Wrong flags in queries and reports, alone or in a batch, never crash the monitor."""
+
+    async def body() -> None:
+        async with open_actor(MonitorActor, name="monitor") as ref:
+            with pytest.raises(TypeError, match="include_resolved must be a bool"):
+                await ref.ask(GetAlerts(include_resolved=NotImplemented))  # type: ignore[arg-type]
+            for report in BAD_REPORTS:
+                with pytest.raises(InvalidReport):
+                    await ref.ask(report)
+            await ref.ask(BAD_REPORTS)
+            assert ref.statistics().crashed == 0
+
+    run(body)
+
+
 # ---------------------------------------------------------------------------------- sagas
 
 
@@ -368,6 +426,25 @@ def test_saga_coordinator_survives_wrong_messages(messages: list[Any]) -> None:
 def test_saga_coordinator_refuses_unhashable_or_unprintable_names(message: Any) -> None:
     """Names that cannot be looked up or printed get a clear error, not a crash."""
     run(lambda: send_to_coordinator([message]))
+
+
+def test_saga_coordinator_refuses_a_wait_flag_that_is_not_a_bool() -> None:
+    """StartSaga(wait=...) must be a bool: anything else is a clear TypeError."""
+
+    async def body() -> None:
+        journal = MemoryJournal()
+        tree = [
+            ChildSpec("target", Target),
+            ChildSpec("sagas", lambda: SagaCoordinator(journal, [DEFINITION])),
+        ]
+        async with open_supervisor(tree) as root:
+            ref = root.ref("sagas")
+            for flag in (NotImplemented, 1, None, "yes"):
+                with pytest.raises(TypeError, match=r"StartSaga\.wait must be a bool"):
+                    await ref.ask(StartSaga("order", {"x": 1}, wait=flag))
+            assert ref.statistics().crashed == 0
+
+    run(body)
 
 
 # ------------------------------------------------------------------------------ supervisors
