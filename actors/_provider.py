@@ -32,6 +32,12 @@ Reports: every attempt that reached the service is reported to the monitor exact
 most every ``report_interval`` seconds or every 256 reports, so reporting never blocks the
 provider; when the monitor's mailbox is full they wait for the next flush, and only beyond
 ``max_pending_reports`` are they dropped (and counted).  Breaker transitions are sent at once.
+
+Restarts: the idempotency table, the unsent reports and the set of attempts running belong to
+the actor's slot (``cell.keep``), not to one incarnation.  A key completed before a restart is
+still answered from its outcome; reports not sent yet go out with the next incarnation's; and
+attempts cut short by a crash or a restart are reported by the next incarnation as cancelled
+(category ``cancellation``), so the monitor counts every attempt the service saw.
 """
 
 from __future__ import annotations
@@ -318,6 +324,7 @@ class ProviderActor(Actor[ProviderMessage, Any]):
         self._reports: list[Any] = []
         self._keep: dict[str, Any] = {}  # the slot's cell.keep once started
         self._queued: dict[int, _Job] = {}
+        self._attempting: set[_Job] = set()  # attempts running now (the slot keeps it)
         self._fresh: deque[_Fresh] = deque()
         self._max_workers = settings.bulkhead.max_concurrent
         self._max_queued = settings.bulkhead.max_queued
@@ -351,6 +358,22 @@ class ProviderActor(Actor[ProviderMessage, Any]):
         # Reports the previous incarnation had not sent yet go out with this one's.
         self._keep = cell.keep
         self._reports = cell.keep.setdefault("reports", self._reports)
+        # Attempts the previous incarnation was running when it crashed or stopped never got
+        # an outcome: report them now, so the monitor counts every attempt the service saw.
+        left = cell.keep.get("attempting")
+        if left:
+            now = trio.current_time()
+            for job in left:
+                self._report(
+                    False,
+                    max(0.0, now - job.started),
+                    now,
+                    ErrorCategory.CANCELLATION,
+                    "the provider actor stopped during the attempt",
+                    job.attempts > 1,
+                )
+            left.clear()
+        cell.keep["attempting"] = self._attempting
         self.spawn(self._housekeeping, name=f"{self.path}:housekeeping")
         self.spawn(self._delay_loop, name=f"{self.path}:delays")
 
@@ -646,6 +669,7 @@ class ProviderActor(Actor[ProviderMessage, Any]):
         job.permit = permit
         job.started = now
         job.timeout = timeout
+        self._attempting.add(job)
         guard = CancelAt(scope)
         self._timers.add(now + timeout, guard)
         CORRELATION.set(job.log_ids)  # log records of the attempt carry service and key
@@ -658,12 +682,14 @@ class ProviderActor(Actor[ProviderMessage, Any]):
             if is_cancellation(exc) or is_fatal(exc):
                 raise
             guard._state = DONE
+            self._attempting.discard(job)
             self._running -= 1
             job.running = False
             job.scope = None
             self._failed(job, permit, now, exc)
             return self._release_slot()
         guard._state = DONE
+        self._attempting.discard(job)
         self._running -= 1
         job.running = False
         job.scope = None
@@ -679,6 +705,7 @@ class ProviderActor(Actor[ProviderMessage, Any]):
         if job is None or not job.running:
             return job  # pragma: no cover - the scope only fires during an attempt
         now = trio.current_time()
+        self._attempting.discard(job)
         self._running -= 1
         job.running = False
         job.scope = None

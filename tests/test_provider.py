@@ -566,3 +566,48 @@ async def test_successful_calls_leave_no_garbage_cycles() -> None:
         finally:
             gc.enable()
     assert found < 100, f"{found} objects were left in reference cycles by 4000 calls"
+
+
+@pytest.mark.parametrize("how", ["crash", "restart"])
+async def test_attempts_cut_short_by_a_crash_are_reported(
+    mock_clock: trio.testing.MockClock, how: str
+) -> None:
+    """Attempts running when the provider actor crashes (or is restarted) are reported by the
+    next incarnation as cancelled attempts: the monitor counts every attempt the service saw."""
+    from actors import ActorError, ErrorCategory, GetServiceMetrics, MonitorActor, chaos
+    from supervisors import ChildSpec, open_supervisor
+
+    service = FakeService(("sleep", 100.0), ("sleep", 100.0), ("sleep", 100.0))
+    crash = chaos.CrashInjector(rate=1.0, enabled=False)
+    factory = chaos.wrap_actor(lambda: ProviderActor("svc", service, monitor="monitor"), crash)
+    tree = [ChildSpec("monitor", MonitorActor), ChildSpec("svc", factory)]
+    outcomes: list[BaseException] = []
+    async with open_supervisor(tree) as root:
+        p: Provider[Any, Any] = Provider(root.ref("svc"))
+
+        async def caller(i: int) -> None:
+            try:
+                await p.call(i, timeout=1000)
+            except ActorError as exc:
+                outcomes.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            for i in range(3):
+                nursery.start_soon(caller, i)
+            await trio.sleep(1.0)  # virtual time: every attempt has started
+            assert len(service.calls) == 3
+            if how == "crash":
+                crash.enabled = True
+                with pytest.raises(ActorError):
+                    await p.status()  # handled through the mailbox: the actor crashes
+                crash.enabled = False
+            else:
+                await root.restart_child("svc")
+        assert len(outcomes) == 3  # every caller got an outcome from the runtime
+        assert root.ref("svc").statistics().incarnation == 2
+        await p.call(3)
+        await trio.sleep(1.0)  # the next flush
+        metrics = await root.ref("monitor").ask(GetServiceMetrics("svc"))
+        assert metrics.totals.calls == len(service.calls) == 4
+        assert metrics.totals.errors == 3
+        assert metrics.totals.errors_by_category[ErrorCategory.CANCELLATION.value] == 3
