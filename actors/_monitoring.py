@@ -279,8 +279,9 @@ class MonitorState:
         try:
             s = self._series.get(r.service)
         except TypeError:  # unhashable: not a name
-            s = None
-            self._admit(r.service, now)  # raises InvalidReport naming the field
+            raise InvalidReport(
+                f"must be a str, got {type(r.service).__name__}", field="service"
+            ) from None
         if now >= self._tick_until:
             self._tick(now)
         if s is None:
