@@ -259,6 +259,11 @@ class _Incarnation:
     each inside its own cancel scope, so an incarnation costs no nursery of its own (opening
     and closing one costs more than a message round trip).  When a background task fails, the
     incarnation records the error and cancels ``kill``, the scope its runner put around it.
+
+    When an incarnation ends, its background tasks are cancelled and :func:`run_actor` waits
+    for the last of them to exit before it returns: a restarted actor never overlaps the
+    tasks of the incarnation it replaces (a task the scheduler had already resumed would
+    otherwise go on running, against state the slot keeps for the next incarnation).
     """
 
     __slots__ = (
@@ -268,6 +273,7 @@ class _Incarnation:
         "closed",
         "current",
         "deferred",
+        "drained",
         "error",
         "host",
         "kill",
@@ -284,6 +290,7 @@ class _Incarnation:
         self.background: set[trio.CancelScope] = set()
         self.current: Reply[Any] | None = None
         self.deferred: set[Reply[Any]] = set()
+        self.drained: trio.Event | None = None  # set when the last background task exits
         self.stop_requested = False
         self.closed = False
         self.error: BaseException | None = None
@@ -310,6 +317,8 @@ class _Incarnation:
                 self.kill.cancel()
         finally:
             self.background.discard(scope)
+            if self.drained is not None and not self.background:
+                self.drained.set()
 
 
 def is_cancellation(exc: BaseException) -> bool:
@@ -428,6 +437,10 @@ async def run_actor(
         if error is None and inc.error is not None:
             error = inc.error  # on_stop finished while a background task was failing
         _end_incarnation(inc, error)
+        if inc.background:  # cancelled, but some may be scheduled already: let them exit
+            inc.drained = trio.Event()
+            with trio.CancelScope(shield=True):
+                await inc.drained.wait()
     if inc.error is not None:
         raise inc.error
 

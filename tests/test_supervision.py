@@ -583,3 +583,34 @@ async def test_listener_on_a_full_mailbox_keeps_listening(
         await trio.sleep(11)
         await crash(root, "w")  # still listening
         assert await sink.ask("got") >= 2
+
+
+async def test_a_restart_waits_for_the_old_incarnations_background_tasks(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """A background task the scheduler had already resumed when its actor crashed runs to its
+    next checkpoint and exits before the next incarnation's ``on_start``: incarnations of one
+    slot never overlap."""
+    log: list[str] = []
+
+    class Overlapping(Actor[str, str]):
+        async def on_start(self) -> None:
+            log.append("start")
+            self.wake = trio.Event()
+            self.spawn(self.worker)
+
+        async def worker(self) -> None:
+            await self.wake.wait()
+            log.append("old worker resumed")  # runs: it was rescheduled before the crash
+            await trio.sleep_forever()
+
+        async def handle(self, message: str) -> str:
+            self.wake.set()  # the worker is resumed with a value...
+            raise RuntimeError("boom")  # ...and the incarnation crashes in the same step
+
+    async with open_supervisor([ChildSpec("a", Overlapping)]) as root:
+        with pytest.raises(ActorCrashed):
+            await root.ref("a").ask("go")
+        await trio.sleep(1)
+        assert root.ref("a").statistics().incarnation == 2
+    assert log == ["start", "old worker resumed", "start"]
