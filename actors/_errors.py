@@ -599,3 +599,13 @@ class ConfigError(AuraError, ValueError):
         self.problem = problem
         self.path = path
         self.source = source
+
+
+def shown(value: object, limit: int = 80) -> str:
+    """``repr(value)`` for an error message, cut to ``limit`` characters; never raises (a value
+    whose ``repr`` fails is named by its type)."""
+    try:
+        text = repr(value)
+    except Exception:
+        return f"<unprintable {type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -48,6 +48,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Final
 
+from actors._errors import shown
 from actors._monitoring_alerts import (
     Alert,
     AlertBook,
@@ -81,7 +82,6 @@ from actors._monitoring_types import (
     ServiceTotals,
     SupervisionReport,
     UnknownService,
-    shown,
 )
 from actors._monitoring_windows import (
     _CALLS,

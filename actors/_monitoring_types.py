@@ -102,18 +102,6 @@ class InvalidReport(AuraError, ValueError):
 # ================================================================================ settings
 
 
-def shown(value: object, limit: int = 80) -> str:
-    """``repr(value)`` for an error message, cut to ``limit`` characters; never raises (a value
-    whose ``repr`` fails is named by its type)."""
-    try:
-        text = repr(value)
-    except Exception:
-        return f"<unprintable {type(value).__name__}>"
-    if type(text) is not str:  # pragma: no cover - repr() checks this itself
-        return f"<unprintable {type(value).__name__}>"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _number(name: str, value: object, *, integer: bool = False) -> float:
     ok_types: tuple[type, ...] = (int,) if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, ok_types):

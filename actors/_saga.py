@@ -275,6 +275,19 @@ class _Plan:
         self.targets: list[_Target | None] = [None] * len(steps)
 
 
+def _step_message(
+    delivery: str, payload: Any, key: str, saga_id: str, step: str, *, compensate: bool = False
+) -> Any:
+    """What a step's (or its compensation's) target receives: the payload in a
+    :class:`SagaStepMessage`, in a provider :class:`Call` with the idempotency key, or as it
+    is."""
+    if delivery is _ENVELOPE:
+        return SagaStepMessage(key, payload, saga_id, step, compensate)
+    if delivery is _CALL:
+        return Call(payload, key)
+    return payload
+
+
 def _step_error(exc: BaseException, category: ErrorCategory) -> StepError:
     return StepError(
         type=type(exc).__name__,
@@ -751,12 +764,7 @@ class SagaCoordinator(Actor[SagaMessage, Any]):
                     data = self._builder_failed(run, exc, "action")
                 else:
                     ref, delivery = target
-                    if delivery is _ENVELOPE:
-                        message: Any = SagaStepMessage(key, payload, saga_id, step.name)
-                    elif delivery is _CALL:
-                        message = Call(payload, key)
-                    else:
-                        message = payload
+                    message = _step_message(delivery, payload, key, saga_id, step.name)
                     run.sent = i
                     counters.steps_sent += 1
                     try:
@@ -852,12 +860,7 @@ class SagaCoordinator(Actor[SagaMessage, Any]):
                         run.cause = exc
                         return _step_error(exc, exc.category)
                 ref, delivery = target
-                if delivery is _ENVELOPE:
-                    message: Any = SagaStepMessage(key, payload, saga_id, step.name)
-                elif delivery is _CALL:
-                    message = Call(payload, key)
-                else:
-                    message = payload
+                message = _step_message(delivery, payload, key, saga_id, step.name)
                 run.sent = i
                 self.counters.steps_sent += 1
                 try:
@@ -1060,12 +1063,7 @@ class SagaCoordinator(Actor[SagaMessage, Any]):
                 except ActorNotFound as exc:
                     return _step_error(exc, exc.category)
             ref, delivery = target
-            if delivery == "envelope":
-                message: Any = SagaStepMessage(key, payload, saga_id, step.name, True)
-            elif delivery == "call":
-                message = Call(payload, key)
-            else:
-                message = payload
+            message = _step_message(delivery, payload, key, saga_id, step.name, compensate=True)
             self.counters.compensations_sent += 1
             try:
                 await ref.ask(message, timeout=timeout)

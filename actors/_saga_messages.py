@@ -17,7 +17,7 @@ from typing import Any, TypeAlias
 import attrs
 import msgspec
 
-from actors._errors import ErrorCategory
+from actors._errors import ErrorCategory, shown
 from actors._journal import SagaEvent, SagaEventKind, SagaHeader, saga_state
 from actors._saga_definition import SagaDefinition, StepError, decoder
 
@@ -292,5 +292,4 @@ def _abridge(data: bytes) -> str:
         value = msgspec.msgpack.decode(data)
     except msgspec.DecodeError:
         return f"<{len(data)} bytes>"
-    text = repr(value)
-    return text if len(text) <= 200 else text[:197] + "..."
+    return shown(value, 200)

@@ -366,13 +366,17 @@ DEFINITION = SagaDefinition(
 names = st.one_of(st.text(max_size=8), st.integers(), st.none(), st.floats(), st.booleans())
 
 
-async def send_to_coordinator(messages: list[Any]) -> None:
+def coordinator_tree() -> list[ChildSpec]:
+    """A saga coordinator on a fresh in-memory journal, and its step target."""
     journal = MemoryJournal()
-    tree = [
+    return [
         ChildSpec("target", Target),
         ChildSpec("sagas", lambda: SagaCoordinator(journal, [DEFINITION])),
     ]
-    async with open_supervisor(tree) as root:
+
+
+async def send_to_coordinator(messages: list[Any]) -> None:
+    async with open_supervisor(coordinator_tree()) as root:
         ref = root.ref("sagas")
         for message in messages:
             await ask_expecting_clear_outcome(ref, message)
@@ -432,12 +436,7 @@ def test_saga_coordinator_refuses_a_wait_flag_that_is_not_a_bool() -> None:
     """StartSaga(wait=...) must be a bool: anything else is a clear TypeError."""
 
     async def body() -> None:
-        journal = MemoryJournal()
-        tree = [
-            ChildSpec("target", Target),
-            ChildSpec("sagas", lambda: SagaCoordinator(journal, [DEFINITION])),
-        ]
-        async with open_supervisor(tree) as root:
+        async with open_supervisor(coordinator_tree()) as root:
             ref = root.ref("sagas")
             for flag in (NotImplemented, 1, None, "yes"):
                 with pytest.raises(TypeError, match=r"StartSaga\.wait must be a bool"):
