@@ -10,6 +10,9 @@ import pytest
 import trio.testing
 from hypothesis import HealthCheck, settings
 
+from tests.fixtures_postgres import *  # noqa: F403  (server fixtures, see that module)
+from tests.fixtures_redis import *  # noqa: F403  (server fixtures, see that module)
+
 settings.register_profile(
     "default", deadline=None, suppress_health_check=[HealthCheck.too_slow], max_examples=100
 )
