@@ -42,6 +42,8 @@ field in the document (``providers.openai.retry.max_attempts``), whose message s
 broken, and whose ``source`` is the file.  msgspec's validation errors (``$.retry.backoff``) and
 the settings' own checks are translated at one boundary (:func:`_translate`), chained with
 ``raise ... from``.  Unknown keys are errors everywhere (with a suggestion when one is close).
+A document nested more than :data:`MAX_DEPTH` levels (a "config bomb" of nested arrays or
+tables, or a dict containing itself) is a ConfigError too, found before anything recurses.
 """
 
 from __future__ import annotations
@@ -237,6 +239,7 @@ class ResilienceConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
             raise ConfigError(
                 f"the document must be a mapping of sections, not {_kind(data)}", source=source
             )
+        _check_depth(data, source)
         return _build(_normalise(data), source)
 
     @classmethod
@@ -290,29 +293,72 @@ def loads_config(
 ) -> ResilienceConfig:
     """Parse a TOML or JSON document and build its configuration (see :func:`load_config`)."""
     document: object
-    if format == "toml":
-        try:
-            decoded = text.decode("utf-8") if isinstance(text, bytes) else text
-            document = tomllib.loads(decoded)
-        except UnicodeDecodeError as exc:
-            raise ConfigError(f"the file is not UTF-8 text: {exc}", source=source) from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"malformed TOML: {exc}", source=source) from exc
-    elif format == "json":
-        try:
-            document = msgspec.json.decode(text)
-        except msgspec.DecodeError as exc:
-            raise ConfigError(f"malformed JSON: {exc}", source=source) from exc
-    else:
-        raise ConfigError(f"unknown format {format!r}; expected 'toml' or 'json'", source=source)
+    try:
+        if format == "toml":
+            try:
+                decoded = text.decode("utf-8") if isinstance(text, bytes) else text
+                document = tomllib.loads(decoded)
+            except UnicodeDecodeError as exc:
+                raise ConfigError(f"the file is not UTF-8 text: {exc}", source=source) from exc
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigError(f"malformed TOML: {exc}", source=source) from exc
+        elif format == "json":
+            try:
+                document = msgspec.json.decode(text)
+            except msgspec.DecodeError as exc:
+                raise ConfigError(f"malformed JSON: {exc}", source=source) from exc
+        else:
+            raise ConfigError(
+                f"unknown format {format!r}; expected 'toml' or 'json'", source=source
+            )
+    except RecursionError:
+        # Both parsers recurse once per level of nesting: a "config bomb" of nested arrays or
+        # tables ends here rather than escaping as a RecursionError.
+        raise ConfigError(
+            f"the document is nested too deeply to parse (a configuration is at most "
+            f"{MAX_DEPTH} levels deep)",
+            source=source,
+        ) from None
     if not isinstance(document, dict):
         raise ConfigError(
             f"the document must be a table of sections, not {_kind(document)}", source=source
         )
+    _check_depth(document, source)
     return _build(document, source)
 
 
 # ------------------------------------------------------------------------------- building
+
+
+#: The deepest nesting a configuration document may have (the schema itself needs 5 levels).
+MAX_DEPTH: Final = 32
+
+
+def _check_depth(document: Mapping[str, Any], source: str | None) -> None:
+    """Refuse a document nested more than :data:`MAX_DEPTH` levels (or containing itself).
+
+    Merging, normalising and converting all recurse once per level, so the depth is bounded
+    before any of them runs.  Depth first, so a document that contains itself is refused after
+    at most ``MAX_DEPTH`` levels of one path, however wide it is.
+    """
+    stack: list[tuple[object, str, int]] = [(document, "", 0)]
+    while stack:
+        value, path, depth = stack.pop()
+        if isinstance(value, Mapping):
+            items: list[tuple[str, object]] = [
+                (f"{path}.{key}" if path else str(key), item) for key, item in value.items()
+            ]
+        elif isinstance(value, list | tuple):
+            items = [(f"{path}[{index}]", item) for index, item in enumerate(value)]
+        else:
+            continue
+        if depth >= MAX_DEPTH and items:
+            raise ConfigError(
+                f"nested more than {MAX_DEPTH} levels deep (a configuration needs at most 5)",
+                path=path[:200],
+                source=source,
+            )
+        stack.extend((item, item_path, depth + 1) for item_path, item in items)
 
 
 def _build(document: dict[str, Any], source: str | None) -> ResilienceConfig:

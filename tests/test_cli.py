@@ -346,6 +346,23 @@ def test_config_check_malformed_or_unknown_files(tmp_path: Path, name: str, cont
     assert "cannot read" in missing.getvalue()
 
 
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("bomb.toml", "a = " + "[" * 50_000 + "]" * 50_000),
+        ("bomb.json", '{"defaults": ' + '{"a":' * 50_000 + "1" + "}" * 50_001),
+    ],
+)
+def test_config_check_of_a_config_bomb_exits_1(tmp_path: Path, name: str, content: str) -> None:
+    """Deeply nested TOML or JSON: exit 1 with a ConfigError saying so, no traceback."""
+    file = tmp_path / name
+    file.write_text(content)
+    err = io.StringIO()
+    assert main(["config", "check", str(file)], stderr=err) == 1
+    assert err.getvalue().startswith("error: Invalid configuration")
+    assert "nested too deeply" in err.getvalue()
+
+
 def test_describe_config_names_providers_equal_to_the_defaults() -> None:
     """A provider whose settings equal the defaults is listed as such."""
     from actors import ResilienceConfig

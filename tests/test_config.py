@@ -437,3 +437,53 @@ def test_config_values_keep_their_types() -> None:
     assert isinstance(config.defaults.retry.retry_on, frozenset)
     assert isinstance(config.defaults.breaker.break_duration, float)
     assert config.defaults.budget == BudgetSettings()
+
+
+# ----------------------------------------------------------------------------- config bombs
+
+
+def _nested(open_: str, close: str, depth: int, inner: str = "1") -> str:
+    return open_ * depth + inner + close * depth
+
+
+@pytest.mark.parametrize(
+    ("text", "fmt"),
+    [
+        ("a = " + _nested("[", "]", 100_000, ""), "toml"),
+        ("[defaults]\nx = " + _nested("{b = ", "}", 5_000), "toml"),
+        (_nested("[", "]", 100_000, ""), "json"),
+        ('{"providers": {"x": ' + _nested('{"a":', "}", 5_000) + "}}", "json"),
+        ('{"defaults": {"retry": {"retry_on": ' + _nested("[", "]", 3_000, "") + "}}}", "json"),
+    ],
+    ids=["toml-arrays", "toml-tables", "json-arrays", "json-objects", "json-in-a-field"],
+)
+def test_a_deeply_nested_document_is_a_config_error(text: str, fmt: Any) -> None:
+    """Nesting past any sane depth ends in ConfigError (never RecursionError), naming the file."""
+    with pytest.raises(ConfigError, match="nested") as info:
+        loads_config(text, format=fmt, source="bomb")
+    assert info.value.source == "bomb"
+
+
+def test_a_moderately_nested_value_gets_the_usual_field_error() -> None:
+    """Nesting within the bound is checked as usual: the error names the field."""
+    text = '{"defaults": {"retry": {"retry_on": ' + _nested("[", "]", 20, "") + "}}}"
+    with pytest.raises(ConfigError) as info:
+        loads_config(text, format="json")
+    assert "nested" not in str(info.value)
+    assert info.value.path.startswith("defaults.retry.retry_on")
+
+
+def test_from_dict_refuses_deep_and_cyclic_documents() -> None:
+    """A dict nested too deeply, or one containing itself, is a ConfigError."""
+    deep: dict[str, Any] = {}
+    node = deep
+    for _ in range(5_000):
+        node["a"] = {}
+        node = node["a"]
+    with pytest.raises(ConfigError, match="nested") as info:
+        ResilienceConfig.from_dict({"defaults": deep})
+    assert info.value.path.startswith("defaults.a.a")
+    cyclic: dict[str, Any] = {}
+    cyclic["self"] = cyclic
+    with pytest.raises(ConfigError, match="nested"):
+        ResilienceConfig.from_dict({"providers": {"x": cyclic}})
