@@ -2,8 +2,9 @@
 
 Theory of operation
 -------------------
-``aura run MODULE[:TREE]`` imports ``MODULE`` (the current directory is on the import path, as
-with ``python -m``) and builds its tree.  By convention the module defines
+``aura run MODULE[:TREE]`` imports ``MODULE`` (the current directory is added at the *end* of
+the import path, so a file there named like an installed package never shadows it) and builds
+its tree.  By convention the module defines
 ``build_tree(config) -> SupervisorSpec``; ``TREE`` names another attribute: a
 ``SupervisorSpec``, or a callable taking the configuration (or nothing) and returning one.  An
 optional ``async def workload(root) -> None`` drives traffic; the run ends when it returns,
@@ -78,9 +79,11 @@ def _import(target: str) -> tuple[Any, str | None]:
     module_name, _, attribute = target.partition(":")
     if not module_name:
         raise UsageError(f"expected MODULE[:TREE], got {target!r}")
+    # The current directory goes *last*: the tree's module and its siblings import from it,
+    # but a stray ./starlette.py (or any file named like a dependency) shadows nothing.
     cwd = os.getcwd()
     if cwd not in sys.path:
-        sys.path.insert(0, cwd)
+        sys.path.append(cwd)
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:

@@ -222,6 +222,26 @@ def test_run_reports_bad_targets(
     assert message in err.getvalue()
 
 
+def test_run_does_not_let_the_current_directory_shadow_dependencies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The current directory goes last on sys.path: a ./starlette.py shadows nothing."""
+    import importlib.machinery
+    import sys
+
+    (tmp_path / "aura_cwd_tree.py").write_text(textwrap.dedent(IDLE))
+    (tmp_path / "starlette.py").write_text("raise ImportError('the shadow was imported')\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    err = io.StringIO()
+    assert main(["run", "aura_cwd_tree", "--no-live", "--seconds", "0.1"], stderr=err) == 0
+    assert sys.path[-1] == str(tmp_path)  # the tree's module and its siblings still import
+    found = importlib.machinery.PathFinder.find_spec("starlette", sys.path)
+    assert found is not None
+    assert found.origin is not None
+    assert not found.origin.startswith(str(tmp_path)), found.origin
+
+
 FAILING = """
     from actors import MonitorActor
     from supervisors import ChildSpec, SupervisorSpec
