@@ -21,6 +21,10 @@ free text: a free-standing word is only treated as a token when it looks like on
 prefix such as ``sk-`` or ``AKIA``, a JWT, or a long run of hex or mixed-case letters and digits).
 UUIDs are kept: they are request ids, useful and not secret.
 
+Every rule is linear in the message: each pattern either matches at few candidate positions
+(found by substring scans) or alternates character classes that cannot overlap, so no input
+makes it backtrack; tests feed each rule input crafted against it and compare growth.
+
 Length is bounded: a message longer than ``max_length`` is cut *before* redaction at the last
 whitespace before the limit (so a secret straddling the cut is dropped whole, never kept in part)
 and marked with ``... [truncated, N chars]``.  The work is therefore bounded by ``max_length``
@@ -69,7 +73,17 @@ _SECRET_NAMES: Final = (
     "sessionid",
     "signature",
     "sig",
+    # `db_pass`, `smtp-pass`, `db_pw`: a short name after a separator (never `bypass`).
+    "_pass",
+    "-pass",
+    "_pw",
+    "-pw",
 )
+# Names that announce a secret only as a whole name (`?key=`, `{"pass": ...}`, `pw:`): as a
+# suffix they would take `idempotency_key`, `monkey` or `bypass`.
+_WHOLE_NAMES: Final = ("key", "pass", "pw")
+# What may come right before a whole name: anything but a character of a longer name.
+_NAME_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-.")
 
 _URL: Final = re.compile(
     # scheme://user:password@host -> keep scheme, user and host.  The password runs to the last
@@ -86,6 +100,15 @@ _BEARER: Final = re.compile(r"(\b(?i:bearer)\s+)([A-Za-z0-9\-._~+/]+=*)")
 # The value after a separator: blanks, then a quoted string or a run up to a delimiter.
 # (An unterminated quote runs to the end: the message may have been cut inside the value.)
 _VALUE: Final = re.compile(r"[ \t]*(\"[^\"]*(?:\"|$)|'[^']*(?:'|$)|[^\s&,;\"'<>(){}\[\]]+)")
+# After `name:` or `name = ` (YAML, headers, prose) an unquoted value may be several words
+# (`password: correct horse battery staple`): words separated by blanks, up to the end of the
+# line, a delimiter, or a word that is itself the next `name:`.  Blanks and words alternate,
+# so the pattern cannot backtrack more than one word at a time: linear in the message.
+_WORD: Final = r"[^\s&,;\"'<>(){}\[\]]"
+_PHRASE: Final = re.compile(
+    r"[ \t]*(\"[^\"]*(?:\"|$)|'[^']*(?:'|$)"
+    rf"|{_WORD}+(?:[ \t]+(?!{_WORD}*:(?:[ \t]|$)){_WORD}+)*)"
+)
 # Words that look generated, tried only inside words long enough to hold one (>= 14 chars):
 # keys of known shapes (OpenAI, Anthropic and Stripe sk-..., GitHub, Slack, Google, AWS key ids),
 # JSON Web Tokens (header and payload are base64 JSON objects, so both start with "eyJ"), and
@@ -104,6 +127,7 @@ _TOKEN: Final = re.compile(
 )
 _UUID: Final = re.compile(r"[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
 _HEX: Final = re.compile(r"[0-9a-fA-F]+")
+_WORD_SPLIT: Final = re.compile(r"[-_+]")
 _ASCII_LOWER: Final = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
@@ -130,6 +154,8 @@ def _token(m: re.Match[str]) -> str:
     core = run.rstrip("=")
     if _UUID.fullmatch(core):
         return run  # request ids are useful and not secret
+    if "/" in core and all(map(_wordlike, core.split("/"))):
+        return run  # a path of words (`/en-US/docs/Web/HTTP/Status/429`), not base64
     if _HEX.fullmatch(core):
         secret = any(c.isdigit() for c in core) and any(c.isalpha() for c in core)
     else:
@@ -139,6 +165,20 @@ def _token(m: re.Match[str]) -> str:
             and any(c.islower() for c in core)
         )
     return REDACTED if secret else run
+
+
+def _wordlike(piece: str) -> bool:
+    """Whether a path segment is made of words: lower, Capitalised, UPPER or numbers,
+    joined by ``-``, ``_`` or ``+`` (``en-US``, ``Fetch_API``, ``Using_Fetch2``).
+
+    Base64 of a random secret almost never splits at its ``/`` into such segments: its letters
+    change case within a word (``wJalrXUtnFEMI``).
+    """
+    for word in _WORD_SPLIT.split(piece):
+        letters = word.lstrip("0123456789")
+        if not (letters.islower() or letters.isupper() or letters[1:].islower() or not letters):
+            return False
+    return True
 
 
 def _lower(message: str) -> str:
@@ -160,6 +200,15 @@ def _separators(message: str) -> list[int]:
     return found
 
 
+def _whole_name(lower: str, end: int) -> bool:
+    """Whether ``lower[:end]`` ends with a whole name of :data:`_WHOLE_NAMES`."""
+    for name in _WHOLE_NAMES:
+        start = end - len(name)
+        if start >= 0 and lower.startswith(name, start):
+            return start == 0 or lower[start - 1] not in _NAME_CHARS
+    return False
+
+
 def _name_values(message: str) -> str:
     # Found from the separators (few in a message) backwards: the text before a separator must
     # end with a secret name.  Much cheaper than a case-insensitive alternation of names tried
@@ -176,9 +225,12 @@ def _name_values(message: str) -> str:
             end -= 1
         if end > 0 and message[end - 1] in "\"'":
             end -= 1
-        if not lower.endswith(_SECRET_NAMES, 0, end):
+        if not (lower.endswith(_SECRET_NAMES, 0, end) or _whole_name(lower, end)):
             continue
-        value = _VALUE.match(message, at + 1)
+        # `name=value` (query strings, logfmt) is one token; `name: a b c` and `name = a b`
+        # may be a phrase.
+        phrase = message[at] == ":" or message.startswith((" ", "\t"), at + 1)
+        value = (_PHRASE if phrase else _VALUE).match(message, at + 1)
         if value is None:
             continue
         start = value.start(1)
@@ -222,14 +274,21 @@ def redact(message: str, *, max_length: int = DEFAULT_MAX_LENGTH) -> str:
     * ``Authorization`` / ``Proxy-Authorization`` header values (the scheme is kept);
     * ``Bearer <token>`` anywhere (after lower-case ``bearer`` only when the word looks like a
       token: it has a digit or is at least 20 characters long);
-    * the value after any name containing password, passwd, pwd, secret, token, api key,
-      access key, private key, client secret, credential, auth, session id or signature,
-      followed by ``=`` or ``:`` (query and form parameters, headers such as ``x-api-key``,
-      JSON and YAML fields); quoted values keep their quotes;
+    * the value after any name ending in password, passwd, pwd, secret, token, api key,
+      access key, private key, client secret, credential, auth, session id or signature, or
+      ``_pass`` / ``_pw``, or the whole names ``key``, ``pass`` and ``pw`` (``?key=``, but
+      not ``idempotency_key`` or ``bypass``), followed by ``=`` or ``:`` (query and form
+      parameters, headers such as ``x-api-key``, JSON and YAML fields); quoted values keep
+      their quotes.  After ``name=`` the value is one token (query strings, logfmt); after
+      ``name:`` or ``name = `` it may be several words (``password: correct horse battery
+      staple``), up to the end of the line, a delimiter (``,;&()[]{}<>`` or a quote) or the
+      next ``name:``;
     * keys of known shapes: ``sk-...`` / ``sk_...`` (OpenAI, Anthropic, Stripe), GitHub, Slack
       and Google API tokens, AWS access key ids (``AKIA...``), JSON Web Tokens;
     * long blobs that look generated: 32+ hex digits (with at least one letter and one digit)
-      or 32+ base64 characters mixing upper case, lower case and digits.  UUIDs are kept.
+      or 32+ base64 characters mixing upper case, lower case and digits.  UUIDs are kept, and
+      so are paths of words (``/en-US/docs/Web/HTTP/Status/429``: each segment lower case,
+      Capitalised, upper case or digits).
 
     Text without secrets is returned unchanged.  A message longer than ``max_length`` is cut at
     the last whitespace before ``max_length`` (a partial word is dropped, so a secret cut in two

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import string
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from actors._redact import DEFAULT_MAX_LENGTH, REDACTED, redact
+from tests.growth import assert_linear
 
 # ------------------------------------------------------------------------------- examples
 
@@ -334,3 +336,127 @@ def test_redaction_is_idempotent(before: str, after: str, secret: tuple[str, str
     """Redacting an already redacted message changes nothing."""
     once = redact(f"{before} {secret[0]} {after}")
     assert redact(once) == once
+
+
+# ------------------------------------------------------- short names, phrases and URL paths
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        ("GET /v1?key=hunter2hunter2 failed", "GET /v1?key=[REDACTED] failed"),
+        ("GET /v1?a=1&key=hunter2 failed", "GET /v1?a=1&key=[REDACTED] failed"),
+        ('{"key": "abcdef"}', '{"key": "[REDACTED]"}'),
+        ('{"pass": "hunter2"}', '{"pass": "[REDACTED]"}'),
+        ("db_pass=hunter2 host=db", "db_pass=[REDACTED] host=db"),
+        ("SMTP-PASS: hunter2", "SMTP-PASS: [REDACTED]"),
+        ("pw=hunter2", "pw=[REDACTED]"),
+        ("password: correct horse battery staple", "password: [REDACTED]"),
+        ("password: correct horse battery staple\nnext line", "password: [REDACTED]\nnext line"),
+        ("token: abc def (expired)", "token: [REDACTED] (expired)"),
+        ("secret: a b c, user: bob", "secret: [REDACTED], user: bob"),
+        ("password: two words user: bob", "password: [REDACTED] user: bob"),
+        ("password = correct horse", "password = [REDACTED]"),
+        ("password=abc user=bob", "password=[REDACTED] user=bob"),
+    ],
+)
+def test_short_names_and_phrases_are_redacted(message: str, expected: str) -> None:
+    """`key`, `pass` and `pw` as whole names, and multi-word values after `name:`, are removed."""
+    assert redact(message) == expected
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "see https://developer.mozilla.org/en-US/docs/Web/HTTP/Reference/Status/429 for help",
+        "https://developer.mozilla.org/en-US/docs/Web/API/Fetch_API/Using_Fetch2",
+        "docs at https://docs.python.org/3/library/asyncio-task.html#Task/Cancellation2",
+        "GET /api/V2/Users/Profile-Settings/Page2/Items/Recent4 answered 404",
+        "idempotency_key=order-42 cache_key: abc monkey=3 bypass: yes compass=north",
+        "keyerror: 'model'",
+    ],
+)
+def test_url_paths_and_lookalike_names_are_kept(message: str) -> None:
+    """Paths of words are not blobs; names that merely end in key or pass are not secrets."""
+    assert redact(message) == message
+
+
+_PATH_WORDS = st.one_of(
+    st.text(alphabet=string.ascii_lowercase, min_size=1, max_size=10),
+    st.text(alphabet=string.ascii_lowercase, min_size=1, max_size=9).map(str.capitalize),
+    st.text(alphabet=string.ascii_uppercase, min_size=1, max_size=5),
+    st.integers(min_value=0, max_value=99999).map(str),
+)
+_PATH_PIECES = st.lists(_PATH_WORDS, min_size=1, max_size=3).flatmap(
+    lambda words: st.sampled_from(["-", "_"]).map(lambda sep: sep.join(words))
+)
+
+
+@given(
+    host=st.sampled_from(["developer.mozilla.org", "example.com", "docs.python.org"]),
+    pieces=st.lists(_PATH_PIECES, min_size=1, max_size=10),
+    before=_ordinary,
+)
+def test_url_paths_of_words_are_unchanged(host: str, pieces: list[str], before: str) -> None:
+    """Any URL whose path is made of words (lower, Capitalised, UPPER, numbers) is kept."""
+    message = f"{before} https://{host}/{'/'.join(pieces)} failed".strip()
+    assert redact(message, max_length=10_000) == message
+
+
+@given(
+    name=st.sampled_from(["key", "KEY", "pass", "Pass", "pw", "db_pass", "smtp-pass", "db_pw"]),
+    form=st.sampled_from(["?{n}={v}", "&{n}={v}", '{{"{n}": "{v}"}}', "{n}: {v}", " {n}={v}"]),
+    value=_distinctive(_ALNUM + "!$*~./+-", min_size=4),
+    before=_ordinary,
+    after=_ordinary,
+)
+def test_short_secret_names_never_keep_their_value(
+    name: str, form: str, value: str, before: str, after: str
+) -> None:
+    """`key`, `pass` and `pw` (whole, or after `_`/`-`) never keep their value."""
+    out = redact(f"{before} {form.format(n=name, v=value)} {after}")
+    assert value not in out
+    assert REDACTED in out
+
+
+@given(
+    name=st.sampled_from(["password", "passphrase", "secret", "token", "api_key", "pass"]),
+    words=st.lists(_distinctive(_ALNUM + "!$*~.+-", min_size=2, max_size=10), min_size=1),
+    end=st.sampled_from(["", "\n", ", next: field", "; done", " (retry)"]),
+    before=_ordinary,
+)
+def test_no_word_of_a_multi_word_secret_survives(
+    name: str, words: list[str], end: str, before: str
+) -> None:
+    """`name: several words` loses every word up to the end of the line or a delimiter."""
+    out = redact(f"{before} {name}: {' '.join(words)}{end}", max_length=10_000)
+    for word in words:
+        assert word not in out
+    assert out.endswith(end)
+
+
+# ------------------------------------------------------------------------------ linear time
+
+_ADVERSARIAL = {
+    "url passwords": lambda n: ("://a:" + "@x") * n,
+    "url authority": lambda n: "://a:" + "b" * n + "@" * n,
+    "authorization": lambda n: "authorization:" * n,
+    "bearer": lambda n: "Bearer " * n,
+    "jwt starts": lambda n: "eyJ-" * n,
+    "key prefixes": lambda n: "sk-" * n + "ghp_" * n,
+    "names": lambda n: "token=" * n,
+    "quoted names": lambda n: 'token="' * n,
+    "colons": lambda n: ":" * n,
+    "phrase": lambda n: "password: " + "a:b " * n,
+    "phrase colons": lambda n: "password: a " + "a:" * n,
+    "phrases": lambda n: "password: a b " * n,
+    "whole names": lambda n: "?key: " * n,
+    "paths": lambda n: "/Ab-cD1" * n,
+    "blanks": lambda n: "password" + " " * n + ":" + " " * n + "x",
+}
+
+
+@pytest.mark.parametrize("make", list(_ADVERSARIAL.values()), ids=list(_ADVERSARIAL))
+def test_adversarial_messages_are_redacted_in_linear_time(make: Any) -> None:
+    """Input crafted against each rule costs time linear in its length (no backtracking blow-up)."""
+    assert_linear(lambda text: redact(text, max_length=len(text) + 1), make, 400)
