@@ -105,7 +105,15 @@ DEFAULT_PORT: Final = 9470
 #: Loopback host names accepted in the ``Host`` header while bound to loopback.
 LOOPBACK_NAMES: Final = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 _MAX_NAME: Final = 200
-_DURATION: Final = re.compile(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(ms|s|m|h)?\s*\Z")
+#: The longest duration text accepted (``"1.5e3 ms"`` needs 8): checked before any pattern.
+MAX_DURATION_TEXT: Final = 32
+# One way to read any text: the number's parts cannot trade characters (digits, then an
+# optional fraction with digits, then an optional exponent), and blanks only separate it from
+# the unit.  Matched with fullmatch on text already stripped and length-capped, so it is linear
+# in at most MAX_DURATION_TEXT characters.
+_DURATION: Final = re.compile(
+    r"((?:[0-9]+(?:\.[0-9]+)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?)(?:[ \t]*(ms|s|m|h))?"
+)
 _UNITS: Final = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _TRUE: Final = frozenset({"1", "true", "yes", "on"})
 _FALSE: Final = frozenset({"0", "false", "no", "off"})
@@ -414,17 +422,34 @@ def _bool_param(request: Request, key: str) -> bool:
     raise ApiError(400, "invalid_query", f"`{key}` must be true or false, got {raw!r}")
 
 
+def parse_duration(text: str) -> float | None:
+    """Seconds from ``60``, ``30s``, ``1.5 m``, ``250ms`` or ``1h``; ``None`` if not one.
+
+    Blanks around the number and before the unit are allowed.  Text longer than
+    :data:`MAX_DURATION_TEXT` characters, and durations that are not positive and finite, are
+    ``None``.  Linear in the text: the length is checked before the (unambiguous) pattern.
+    """
+    if len(text) > MAX_DURATION_TEXT:
+        return None
+    match = _DURATION.fullmatch(text.strip(" \t"))
+    if match is None:
+        return None
+    seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    return seconds if 0 < seconds < math.inf else None
+
+
 def _duration_param(request: Request, key: str, default: float) -> float:
     raw = _query(request, key)
     if raw is None:
         return default
-    match = _DURATION.match(raw)
-    seconds = float(match.group(1)) * _UNITS[match.group(2)] if match else math.nan
-    if not (0 < seconds < math.inf):
+    seconds = parse_duration(raw)
+    if seconds is None:
+        shown = raw if len(raw) <= 40 else f"{raw[:40]}... ({len(raw)} characters)"
         raise ApiError(
             400,
             "invalid_query",
-            f"`{key}` must be a positive duration such as 60, 30s, 5m or 1h, got {raw!r}",
+            f"`{key}` must be a positive duration of at most {MAX_DURATION_TEXT} characters "
+            f"such as 60, 30s, 5m or 1h, got {shown!r}",
         )
     return seconds
 

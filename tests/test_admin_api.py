@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import re
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -31,7 +33,7 @@ from actors._saga import SagaCoordinator
 from actors._saga_definition import SagaDefinition, SagaStep, SagaStepMessage
 from actors._saga_messages import StartSaga
 from supervisors import ChildSpec, Supervisor, SupervisorSpec, open_supervisor
-from supervisors._admin import AdminSettings, GetAdminAddress, admin_spec
+from supervisors._admin import AdminSettings, GetAdminAddress, admin_spec, parse_duration
 
 TOKEN = "test-token-123"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -244,6 +246,101 @@ async def test_error_rate_rejects_bad_windows(window: str) -> None:
         )
         assert response.status_code == 400
         assert error_of(response)["code"] == "invalid_query"
+
+
+async def _best_request_time(client: httpx.AsyncClient, url: str, **params: str) -> float:
+    best = math.inf
+    for _ in range(5):
+        start = time.perf_counter()
+        response = await client.get(url, params=params)
+        best = min(best, time.perf_counter() - start)
+        assert response.status_code == 400, response.text
+    return best
+
+
+async def test_an_adversarial_window_costs_no_more_than_a_short_one() -> None:
+    """A long crafted `window` (digits then blanks) is refused without super-linear work.
+
+    Compared by growth, not by absolute time: a window 8 times longer may take a few times
+    longer to refuse (sending it), never the hundreds of times of a backtracking pattern.
+    """
+    async with admin_app() as (root, client):
+        report(root, *calls("a", 1, 1))
+        url = "/api/resilience/metrics/a/error-rate"
+        small = "1" * 100 + " " * 100 + "x"
+        large = "1" * 800 + " " * 800 + "x"
+        await _best_request_time(client, url, window=small)  # warm up the connection
+        ratio = await _best_request_time(client, url, window=large) / (
+            await _best_request_time(client, url, window=small)
+        )
+        assert ratio < 24, f"8x the window took {ratio:.0f}x the time"
+        response = await client.get(url, params={"window": large})
+        assert "at most 32 characters" in error_of(response)["message"]
+
+
+@pytest.mark.parametrize(
+    ("url", "key"),
+    [
+        ("/api/resilience/errors/recent", "offset"),
+        ("/api/resilience/errors/recent", "limit"),
+        ("/api/resilience/errors/recent", "service"),
+        ("/api/resilience/alerts", "include_resolved"),
+        ("/api/resilience/sagas", "limit"),
+    ],
+)
+async def test_every_query_value_is_refused_in_linear_time(url: str, key: str) -> None:
+    """Each query value read from a request is checked without super-linear work."""
+    async with admin_app() as (_root, client):
+        small = "1" * 300 + " " * 300 + "\x01"
+        large = "1" * 2400 + " " * 2400 + "\x01"
+        await _best_request_time(client, url, **{key: small})
+        ratio = await _best_request_time(client, url, **{key: large}) / (
+            await _best_request_time(client, url, **{key: small})
+        )
+        assert ratio < 24, f"8x the value took {ratio:.0f}x the time"
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("60", 60.0),
+        (" 30s ", 30.0),
+        ("30 s", 30.0),
+        ("1.5m", 90.0),
+        (".5h", 1800.0),
+        ("250ms", 0.25),
+        ("1e2", 100.0),
+        ("2E-1s", 0.2),
+        ("0", None),
+        ("5.", None),
+        ("5 5s", None),
+        ("1e309", None),
+        ("٣", None),
+        ("1 h x", None),
+        ("9" * 33, None),
+    ],
+)
+def test_durations_parse_by_one_unambiguous_pattern(text: str, seconds: float | None) -> None:
+    """Seconds, or a number with ms/s/m/h; anything else (or longer than 32 characters) is None."""
+    assert parse_duration(text) == (None if seconds is None else pytest.approx(seconds))
+
+
+@given(
+    number=st.one_of(
+        st.integers(1, 10**6).map(str),
+        st.tuples(st.integers(0, 999), st.integers(0, 999)).map(lambda t: f"{t[0]}.{t[1]:03d}"),
+    ),
+    unit=st.sampled_from(["", "ms", "s", "m", "h"]),
+    blanks=st.tuples(*[st.sampled_from(["", " ", "  ", "\t"])] * 3),
+)
+def test_every_well_formed_duration_parses(
+    number: str, unit: str, blanks: tuple[str, str, str]
+) -> None:
+    """Any positive number with optional unit and blanks parses to number x unit."""
+    text = f"{blanks[0]}{number}{blanks[1] if unit else ''}{unit}{blanks[2]}"
+    scale = {"": 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[unit]
+    expected = float(number) * scale
+    assert parse_duration(text) == (pytest.approx(expected) if expected > 0 else None)
 
 
 # ================================================================================ errors, alerts
