@@ -1,4 +1,4 @@
-"""Remove secrets from error messages before they are stored or shown.
+"""Make text safe to store and show: remove secrets, escape control characters.
 
 Theory of operation
 -------------------
@@ -25,6 +25,13 @@ Every rule is linear in the message: each pattern either matches at few candidat
 (found by substring scans) or alternates character classes that cannot overlap, so no input
 makes it backtrack; tests feed each rule input crafted against it and compare growth.
 
+Control characters.  Saga ids, service names and remote error text reach terminals and log
+files.  :func:`escape_control` makes any text inert there: C0 and C1 control characters (an
+``ESC[2J`` clears a screen, a newline forges a log line), line and paragraph separators and the
+bidirectional formatting characters (which reorder what a reader sees) are written as Python
+escapes (``\\x1b``, ``\\n``, ``\\u202e``).  Every text sink of the operator surface calls
+it.  :func:`check_printable` is the matching intake check for names and ids: it refuses them.
+
 Length is bounded: a message longer than ``max_length`` is cut *before* redaction at the last
 whitespace before the limit (so a secret straddling the cut is dropped whole, never kept in part)
 and marked with ``... [truncated, N chars]``.  The work is therefore bounded by ``max_length``
@@ -36,7 +43,7 @@ from __future__ import annotations
 import re
 from typing import Final
 
-__all__ = ["DEFAULT_MAX_LENGTH", "REDACTED", "redact"]
+__all__ = ["DEFAULT_MAX_LENGTH", "REDACTED", "check_printable", "escape_control", "redact"]
 
 #: What a secret is replaced with.
 REDACTED: Final = "[REDACTED]"
@@ -325,3 +332,70 @@ def redact(message: str, *, max_length: int = DEFAULT_MAX_LENGTH) -> str:
     if truncated:
         message = f"{message.rstrip()}... [truncated, {original_length} chars]"
     return message
+
+
+# ------------------------------------------------------------------------ control characters
+
+# What terminals and log readers act on: C0 controls, DEL, C1 controls, the line and paragraph
+# separators, and the bidirectional formatting characters ("Trojan Source").
+_ACTIVE: Final = (
+    *range(0x20),
+    *range(0x7F, 0xA0),
+    0x061C,
+    0x200E,
+    0x200F,
+    0x2028,
+    0x2029,
+    *range(0x202A, 0x202F),
+    *range(0x2066, 0x206A),
+)
+_NAMED: Final = {0x09: "\\t", 0x0A: "\\n", 0x0D: "\\r"}
+_ESCAPES: Final = {
+    code: _NAMED.get(code, f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+    for code in _ACTIVE
+}
+_ESCAPES_KEEP_NEWLINES: Final = {code: text for code, text in _ESCAPES.items() if code != 0x0A}
+
+
+def escape_control(text: str, *, keep_newlines: bool = False) -> str:
+    """``text`` with every control, separator and bidi character written as an escape.
+
+    C0 controls, DEL, C1 controls, U+2028/U+2029 and the bidirectional formatting characters
+    become ``\\n``, ``\\t``, ``\\r``, ``\\xNN`` or ``\\uNNNN``; everything else (any
+    script, emoji, spaces) is kept.  ``keep_newlines`` keeps ``\\n`` (for a traceback whose
+    lines the caller indents).  Escaping twice changes nothing more.  Costs one C-speed scan
+    when there is nothing to escape.
+    """
+    if text.isprintable():
+        return text
+    return text.translate(_ESCAPES_KEEP_NEWLINES if keep_newlines else _ESCAPES)
+
+
+def check_printable(value: object, what: str, *, max_length: int | None = None) -> str:
+    """Return ``value`` if it is a non-empty string of printable characters; raise otherwise.
+
+    The intake check for names and ids that end up on terminals and in logs (saga ids,
+    service names): a control character, a separator, a format character such as a bidi
+    override, or a blank other than the space is refused, as is an empty string or one longer
+    than ``max_length``.
+
+    Raises:
+        TypeError: ``value`` is not a ``str``.
+        ValueError: it is empty, too long, or not printable; the message names ``what`` and
+            shows the value escaped.
+    """
+    if not isinstance(value, str):
+        raise TypeError(f"a {what} must be a str, not {type(value).__name__}")
+    if not value:
+        raise ValueError(f"a {what} must not be empty")
+    if max_length is not None and len(value) > max_length:
+        raise ValueError(
+            f"a {what} must be at most {max_length} characters, got {len(value)}: {value[:40]!r}..."
+        )
+    if not value.isprintable():
+        # repr() escapes every non-printable character, so the message itself is safe.
+        raise ValueError(
+            f"a {what} must be printable text (no control, separator or format characters), "
+            f"got {value[:200]!r}"
+        )
+    return value

@@ -47,6 +47,7 @@ import trio
 
 from actors._config import ResilienceConfig, load_config
 from actors._errors import ActorError, AuraError, ConfigError
+from actors._redact import escape_control
 from actors._saga_messages import ListSagas
 from supervisors._events import SupervisionEvent
 from supervisors._logging import CorrelationFilter, JsonFormatter, configure_logging
@@ -300,13 +301,10 @@ def _leaf(exc: BaseException) -> BaseException:
 def _console_handler(console: Console, json: bool) -> logging.Handler:
     from supervisors._live import ConsoleLogHandler
 
-    handler = ConsoleLogHandler(console)
+    handler = ConsoleLogHandler(console)  # plain, escaped lines by default
     handler.addFilter(CorrelationFilter())
-    handler.setFormatter(
-        JsonFormatter()
-        if json
-        else logging.Formatter("%(levelname)s %(name)s%(correlation)s: %(message)s")
-    )
+    if json:
+        handler.setFormatter(JsonFormatter())
     return handler
 
 
@@ -399,14 +397,14 @@ def _cmd_status(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int
                     return EXIT_ERROR
                 results[key] = response.json()
     except httpx.HTTPError as exc:
-        print(f"error: cannot reach {base}: {exc}", file=stderr)
+        print(f"error: cannot reach {base}: {_text(exc)}", file=stderr)
         return EXIT_ERROR
     except ValueError as exc:
-        print(f"error: {base} did not answer JSON: {exc}", file=stderr)
+        print(f"error: {base} did not answer JSON: {_text(exc)}", file=stderr)
         return EXIT_ERROR
     health = results["health"]
     if "status" not in health:
-        print(f"error: {base}: {health.get('error', health)}", file=stderr)
+        print(f"error: {base}: {_text(health.get('error', health))}", file=stderr)
         return EXIT_ERROR
     if args.json:
         print(msgspec.json.encode(results).decode(), file=stdout)
@@ -416,10 +414,14 @@ def _cmd_status(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int
 
 
 def format_status(base: str, results: dict[str, Any]) -> str:
-    """The plain-text report of ``aura status``."""
+    """The plain-text report of ``aura status``.
+
+    Everything the server sent is escaped (:func:`~actors._redact.escape_control`): a name or
+    message cannot move the cursor, clear the screen or start a line of its own.
+    """
     health = results["health"]
-    lines = [f"{base}: {health['status']}"]
-    lines += [f"  {reason}" for reason in health.get("reasons", [])]
+    lines = [f"{base}: {_text(health['status'])}"]
+    lines += [f"  {_text(reason)}" for reason in health.get("reasons", [])]
     services = health.get("services", {})
     breakers = results.get("breakers", {}).get("breakers", [])
     lines += ["", "breakers:"]
@@ -428,16 +430,22 @@ def format_status(base: str, results: dict[str, Any]) -> str:
     for b in breakers:
         service = services.get(b["service"], {})
         lines.append(
-            f"  {b['service']:<20} {b['state']:<10} trips={b['trips']:<4} "
-            f"health={service.get('status', '-')}"
+            f"  {_text(b['service']):<20} {_text(b['state']):<10} trips={_text(b['trips']):<4} "
+            f"health={_text(service.get('status', '-'))}"
         )
     active = results.get("alerts", {}).get("active", [])
     lines += ["", f"alerts: {len(active)} active"]
     for a in active:
         lines.append(
-            f"  #{a['id']} {a['severity']:<8} {a['rule']:<24} {a['service']}: {a['message']}"
+            f"  #{_text(a['id'])} {_text(a['severity']):<8} {_text(a['rule']):<24} "
+            f"{_text(a['service'])}: {_text(a['message'])}"
         )
     return "\n".join(lines)
+
+
+def _text(value: object) -> str:
+    """A value the server sent, as inert text."""
+    return escape_control(str(value))
 
 
 # ================================================================================ main

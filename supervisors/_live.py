@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
+from actors._redact import escape_control
 from supervisors._events import TreeNode
 from supervisors._metrics import OperatorSnapshot
 
@@ -39,6 +40,9 @@ if TYPE_CHECKING:
 __all__ = ["ChangeLog", "ConsoleLogHandler", "render_view", "run_live", "summary_line"]
 
 logger: Final = logging.getLogger("supervisors.live")
+
+#: The format of records printed above the live view (the view shows the time).
+CONSOLE_FORMAT: Final = "%(levelname)s %(name)s%(correlation)s: %(message)s"
 
 _STATE_STYLE: Final = {
     "running": "green",
@@ -60,13 +64,14 @@ _STATE_STYLE: Final = {
 
 def _styled(text: str) -> str:
     style = _STATE_STYLE.get(text)
-    return f"[{style}]{text}[/]" if style else text
+    return f"[{style}]{text}[/]" if style else _escape(text)
 
 
 def _escape(text: str) -> str:
+    """Text from callers or services, made inert: no rich markup, no control characters."""
     from rich.markup import escape
 
-    return escape(text)
+    return escape(escape_control(text))
 
 
 def _seconds(value: float | None) -> str:
@@ -267,7 +272,10 @@ async def run_live(
 
 
 def summary_line(snapshot: OperatorSnapshot) -> str:
-    """One line: health, services, open breakers, active alerts, restarts, unfinished sagas."""
+    """One line: health, services, open breakers, active alerts, restarts, unfinished sagas.
+
+    Service names are escaped: the line has no control characters.
+    """
     health = snapshot.health.status.value if snapshot.health is not None else "-"
     breakers = snapshot.breakers.breakers if snapshot.breakers is not None else []
     opened = [b.service for b in breakers if b.state != "closed"]
@@ -284,7 +292,7 @@ def summary_line(snapshot: OperatorSnapshot) -> str:
     )
     if snapshot.sagas is not None:
         line += f" sagas_unfinished={len(snapshot.sagas)}"
-    return line
+    return escape_control(line)
 
 
 class ChangeLog:
@@ -297,7 +305,15 @@ class ChangeLog:
         self._restarts: dict[str, int] = {}
 
     def changes(self, snapshot: OperatorSnapshot) -> Iterator[tuple[int, str]]:
-        """``(level, message)`` for each change since the previous snapshot."""
+        """``(level, message)`` for each change since the previous snapshot.
+
+        Names and messages are escaped (:func:`~actors._redact.escape_control`): each message
+        is one line without control characters.
+        """
+        for level, message in self._changes(snapshot):
+            yield level, escape_control(message)
+
+    def _changes(self, snapshot: OperatorSnapshot) -> Iterator[tuple[int, str]]:
         if snapshot.health is not None:
             status = snapshot.health.status.value
             if status != self._health:
@@ -370,16 +386,31 @@ async def run_plain(
 
 
 class ConsoleLogHandler(logging.Handler):
-    """Writes formatted records with ``console.print``, so they appear above a live view."""
+    """Writes formatted records with ``console.print``, so they appear above a live view.
+
+    Formats with a :class:`~supervisors._logging.PlainFormatter` (``LEVEL logger [ids]:
+    message``) unless given another formatter.  Whatever the formatter, every control
+    character but a line break is escaped before it reaches the terminal, and the lines after
+    a record's first are indented, so no text can clear the screen or pass for a record.
+    """
 
     def __init__(self, console: Console, level: int = logging.NOTSET) -> None:
+        from supervisors._logging import PlainFormatter
+
         super().__init__(level)
         self.console = console
+        self.setFormatter(PlainFormatter(CONSOLE_FORMAT))
 
     def emit(self, record: logging.LogRecord) -> None:
-        """Print one formatted record (markup and highlighting off)."""
+        """Print one formatted record, escaped (markup and highlighting off)."""
+        from supervisors._logging import PlainFormatter
+
         try:
-            text = self.format(record)
+            text = escape_control(self.format(record), keep_newlines=True)
+            if not isinstance(self.formatter, PlainFormatter):
+                # Another formatter may leave a message's line breaks in: indent what follows
+                # them, so no line of this record can pass for a record of its own.
+                text = text.replace("\n", "\n  ")
             self.console.print(text, markup=False, highlight=False, soft_wrap=True)
         except Exception:
             self.handleError(record)

@@ -20,6 +20,14 @@ it.
 level, logger, message, the three ids, the ``extra`` fields of the record (the supervision
 events' ``aura_event`` / ``aura_path``, say), and the exception's traceback when there is one.
 Values JSON cannot carry are written as their ``str()``.
+
+Log lines cannot be forged or turned against a terminal.  Saga ids, service names and error
+text are often chosen by callers or remote services, so both formats escape what a terminal or
+a log reader would act on (see :func:`actors._redact.escape_control`): :class:`PlainFormatter`
+writes the record's line with every control character escaped (a newline in a message or an
+id is ``\\n``, an ``ESC`` is ``\\x1b``) and indents each line of a traceback, so every line
+that starts a record is a record; :class:`JsonFormatter` leaves no raw C1 control, separator or
+bidi character in the JSON (msgspec already escapes C0).
 """
 
 from __future__ import annotations
@@ -35,11 +43,13 @@ from typing import Any, Final, TextIO
 import msgspec
 
 from actors._correlation import CORRELATION, EMPTY_IDS
+from actors._redact import escape_control
 
 __all__ = [
     "CORRELATION_FIELDS",
     "CorrelationFilter",
     "JsonFormatter",
+    "PlainFormatter",
     "configure_logging",
     "correlation",
     "correlation_ids",
@@ -126,6 +136,51 @@ def _fallback(value: object) -> object:
     return str(value)
 
 
+# msgspec escapes C0 controls in JSON strings but writes DEL, C1 controls, separators and bidi
+# characters raw: these become JSON escapes (the line still decodes to the same text).
+_JSON_ESCAPES: Final = {
+    code: f"\\u{code:04x}"
+    for code in (0x7F, *range(0x80, 0xA0), 0x061C, 0x200E, 0x200F, 0x2028, 0x2029,
+                 *range(0x202A, 0x202F), *range(0x2066, 0x206A))
+}  # fmt: skip
+
+
+_IDS_FILTER: Final = CorrelationFilter()
+
+
+class PlainFormatter(logging.Formatter):
+    """A :class:`logging.Formatter` whose lines cannot be forged (see the module docstring).
+
+    The record's line (``fmt``, default ``time LEVEL logger [ids]: message``) has every
+    control character escaped, so it stays one line; a traceback or stack keeps its line
+    breaks, escaped otherwise, with every line indented by two spaces.  The record itself is
+    not changed (its cached ``exc_text`` is left for other handlers).
+    """
+
+    def __init__(self, fmt: str = "", datefmt: str | None = None) -> None:
+        super().__init__(fmt or PLAIN_FORMAT, datefmt)
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The record as one escaped line, then its indented traceback, if any."""
+        if "correlation" not in record.__dict__:
+            _IDS_FILTER.filter(record)  # used without the filter: the ids bound now
+        record.message = record.getMessage()
+        if self.usesTime():
+            record.asctime = self.formatTime(record, self.datefmt)
+        text = escape_control(self.formatMessage(record))
+        blocks = []
+        if record.exc_info and record.exc_info[0] is not None:
+            blocks.append(self.formatException(record.exc_info))
+        elif record.exc_text:
+            blocks.append(record.exc_text)
+        if record.stack_info:
+            blocks.append(self.formatStack(record.stack_info))
+        for block in blocks:
+            for line in escape_control(block, keep_newlines=True).split("\n"):
+                text += "\n  " + line
+        return text
+
+
 class JsonFormatter(logging.Formatter):
     """Formats a record as one line of JSON (see the module docstring for the fields).
 
@@ -164,12 +219,13 @@ class JsonFormatter(logging.Formatter):
         if record.stack_info:
             data["stack"] = self.formatStack(record.stack_info)
         try:
-            return self._encoder.encode(data).decode()
+            line = self._encoder.encode(data).decode()
         except (TypeError, ValueError, OverflowError):
             # A value msgspec refuses even through the fallback (a non-string dict key):
             # stringify every extra rather than lose the record.
             safe = {k: v if isinstance(v, str) else str(v) for k, v in data.items()}
-            return self._encoder.encode(safe).decode()
+            line = self._encoder.encode(safe).decode()
+        return line if line.isprintable() else line.translate(_JSON_ESCAPES)
 
 
 def configure_logging(
@@ -195,7 +251,7 @@ def configure_logging(
     target = logging.getLogger() if logger is None else logger
     handler = logging.StreamHandler(sys.stderr if stream is None else stream)
     handler.addFilter(CorrelationFilter())
-    handler.setFormatter(JsonFormatter() if json else logging.Formatter(PLAIN_FORMAT))
+    handler.setFormatter(JsonFormatter() if json else PlainFormatter())
     target.addHandler(handler)
     target.setLevel(level)
     return handler
