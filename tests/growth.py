@@ -12,30 +12,37 @@ import time
 from collections.abc import Callable
 
 
-def best_time(fn: Callable[[], object], repeats: int = 7) -> float:
-    """The shortest of ``repeats`` timed runs of ``fn()``, in seconds."""
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+def _timed(fn: Callable[[str], object], text: str) -> float:
+    start = time.perf_counter()
+    fn(text)
+    return time.perf_counter() - start
 
 
-def growth(fn: Callable[[str], object], make: Callable[[int], str], n: int, factor: int) -> float:
-    """How many times longer ``fn(make(n * factor))`` takes than ``fn(make(n))``."""
+def growth(
+    fn: Callable[[str], object], make: Callable[[int], str], n: int, factor: int, rounds: int = 11
+) -> float:
+    """How many times longer ``fn(make(n * factor))`` takes than ``fn(make(n))``.
+
+    The two inputs are timed alternately, ``rounds`` times each, so a stretch of load on the
+    machine slows both alike; the best of each is compared.
+    """
     small, large = make(n), make(n * factor)
     # Warm up (regex compilation caches, first-call costs) before timing either.
     fn(small)
     fn(large)
-    return best_time(lambda: fn(large)) / max(best_time(lambda: fn(small)), 1e-7)
+    best_small = best_large = float("inf")
+    for _ in range(rounds):
+        best_small = min(best_small, _timed(fn, small))
+        best_large = min(best_large, _timed(fn, large))
+    return best_large / max(best_small, 1e-7)
 
 
 def assert_linear(fn: Callable[[str], object], make: Callable[[int], str], n: int) -> None:
     """``fn`` handles ``make(n)`` in time linear in ``n`` (far below quadratic).
 
-    An 8-fold longer input may take up to 24 times longer: linear work takes about 8, quadratic
-    64, cubic 512.
+    An 8-fold longer input may take up to 24 times longer: linear work takes about 8 (a little
+    more once the input outgrows a CPU cache), quadratic 64, cubic 512.  Keep ``make(8 * n)``
+    to some tens of kilobytes.
     """
     ratio = growth(fn, make, n, 8)
     assert ratio < 24, f"8x the input took {ratio:.1f}x the time: worse than linear"
