@@ -13,11 +13,15 @@ as maps, and the whole is encoded as deterministic msgpack (sorted maps and sets
 with BLAKE2b-128 under a versioned prefix.  Renaming a class keeps the fingerprint; renaming a
 field or changing a value changes it.
 
+Integers must fit in 64 bits (msgpack's range); a request that cannot be encoded raises
+TypeError.
+
 **Outcomes.**  What a shared record can hold is what msgspec can encode as msgpack: None, bool,
-int, float, str, bytes, lists, tuples, dicts, sets, datetimes, UUIDs, Decimals, enums,
-msgspec Structs, dataclasses and attrs classes.  A joiner on another instance decodes it to
-``value_type`` when one is given (so a Struct comes back as that Struct) and to plain builtins
-otherwise.  A failed outcome is stored as its error's category, class name, message, and
+int (64-bit), float, str, bytes, lists, tuples, dicts, sets, datetimes, UUIDs, Decimals,
+enums, msgspec Structs, dataclasses and attrs classes.  A joiner on another instance decodes it
+to ``value_type`` when one is given (so a Struct comes back as that Struct) and to plain
+builtins otherwise (datetimes stay datetimes; UUIDs, Decimals and enums come back as their
+encoded form, Structs and dataclasses as dicts).  A failed outcome is stored as its error's category, class name, message, and
 Retry-After / HTTP status when it has them, and replayed as a
 :class:`~actors._errors.ProviderError` with that category (an exception object cannot cross
 processes faithfully).  A value that cannot be encoded raises TypeError before anything is

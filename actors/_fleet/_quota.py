@@ -14,8 +14,11 @@ full again (a missing key is a full bucket).
 
 **On each instance.**  A :class:`QuotaLease` (sans-I/O) holds tokens leased ahead of need:
 the hot path takes one with :meth:`QuotaLease.try_take` and no round trip.  When the lease runs
-low (half a batch) it asks its owner for a refill, which :class:`FleetQuotas` makes in the
-background (one round trip per batch of up to ``quota_batch`` tokens).  Leased tokens are
+low (less than half a batch) it asks its owner for a refill, which :class:`FleetQuotas` makes
+in the background: one round trip for a batch of up to ``quota_batch`` tokens (so a lease holds
+at most one and a half batches).  A refill the fleet's bucket could not fill whole (it is
+empty) is not repeated before the rest of a batch is there, so a saturated quota costs a round
+trip per batch and instance, however often callers try.  Leased tokens are
 usable for ``quota_lease`` seconds: an idle instance does not hoard the fleet's quota for a
 later burst.  A token leased and not used is lost to the quota (it was counted as taken): the
 price of no round trip per call, bounded by the batch size per instance.
@@ -183,8 +186,8 @@ class QuotaLease:
                 self._on_low()
 
     def granted(self, tokens: int, wait: float, now: float) -> None:
-        """A refill answered at ``now``: ``tokens`` more (usable for ``lease`` seconds), or
-        none before ``wait`` seconds."""
+        """A refill answered at ``now``: ``tokens`` more (usable for ``lease`` seconds); the
+        next refill is not due for ``wait`` seconds (0 when the whole batch was granted)."""
         self.refill_wanted = False
         self.store_down = False
         if now >= self.expires_at:
@@ -193,8 +196,7 @@ class QuotaLease:
         if tokens:
             self.available += tokens
             self.expires_at = now + self.lease
-        else:
-            self.not_before = now + wait
+        self.not_before = now + wait
 
     def failed(self, now: float, retry_in: float) -> None:
         """A refill failed at ``now``: the store is unreachable until a refill succeeds; the
@@ -245,11 +247,14 @@ class FleetQuotas:
         burst = provider.quota_burst if burst is None else burst
         burst = max(1.0, rate) if burst is None else burst
         batch = max(1, min(self.settings.quota_batch, math.floor(burst)))
-        lease = QuotaLease(name, batch, self.settings.quota_lease, self._wanted.set)
+        lease = QuotaLease(name, batch, self.settings.quota_lease, self._want)
         self._quotas[name] = _Quota(rate, burst, lease)
         lease.refill_wanted = True
         self._wanted.set()
         return lease
+
+    def _want(self) -> None:
+        self._wanted.set()  # the current event: run() replaces it after each wake-up
 
     def lease(self, name: str) -> QuotaLease:
         """The lease of registered provider ``name`` (KeyError if not registered)."""
@@ -284,7 +289,7 @@ class FleetQuotas:
         """Lease a batch for ``name`` now (one round trip); False when the store failed."""
         quota = self._quotas[name]
         lease = quota.lease
-        want = max(1, lease.batch - lease.available)
+        want = lease.batch  # on top of what is left: a whole batch per round trip
         try:
             granted, wait = await self.store.take(name, quota.rate, quota.burst, want)
         except FleetStoreUnavailable:
@@ -292,5 +297,10 @@ class FleetQuotas:
             lease.failed(trio.current_time(), self.settings.refresh_interval)
             return False
         self.refills += 1
+        # The fleet's bucket could not fill the whole request: it is empty now.  Come back
+        # when the rest of a batch is there, so a saturated quota costs a round trip per
+        # batch, not per token.
+        if granted < want:
+            wait += (want - granted - (0 if granted else 1)) / quota.rate
         lease.granted(granted, wait, trio.current_time())
         return True
