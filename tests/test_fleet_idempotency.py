@@ -20,7 +20,6 @@ from hypothesis import strategies as st
 from actors._errors import ErrorCategory, IdempotencyConflict, ProviderError, RateLimited
 from actors._fleet._idempotency_codec import OutcomeCodec, stable_fingerprint
 from actors._fleet._idempotency_shared import SharedClaim, SharedIdempotency
-from actors._fleet._idempotency_store import IdempotencyRecordStore
 from actors._idempotency import Completed
 from tests.fixtures_redis import StoreEnv
 
@@ -65,9 +64,7 @@ class DataCharge:
 def test_renaming_a_class_keeps_the_fingerprint() -> None:
     """Fingerprints hash content, not class names (tags included)."""
     assert stable_fingerprint(Charge(5, "EUR")) == stable_fingerprint(Payment(5, "EUR"))
-    assert stable_fingerprint(TaggedCharge(5, "EUR")) == stable_fingerprint(
-        TaggedPayment(5, "EUR")
-    )
+    assert stable_fingerprint(TaggedCharge(5, "EUR")) == stable_fingerprint(TaggedPayment(5, "EUR"))
     assert stable_fingerprint(DataCharge(5, "EUR")) == stable_fingerprint(Charge(5, "EUR"))
 
 
@@ -195,7 +192,7 @@ async def test_a_lapsed_lease_is_taken_over_and_the_old_owner_fenced(
     store = store_env.idempotency_store()
     await store.claim("k", FP, "a", 0.2)
     with trio.fail_after(10):
-        while (await store.claim("k", FP, "b", 5.0)).outcome != "claimed":
+        while (await store.claim("k", FP, "b", 5.0)).outcome != "claimed":  # noqa: ASYNC110
             await trio.sleep(0.02)
     assert not await store.finish("k", "a", b"late", False, 60.0, 100)
     assert not await store.release("k", "a")
@@ -242,6 +239,24 @@ async def test_finished_records_are_capped_and_in_flight_ones_kept(
     assert (await store.claim("running", FP, "z", 60.0)).outcome == "running"
 
 
+async def test_the_cap_never_evicts_a_key_claimed_again(
+    store_env: StoreEnv, store_clock: trio.testing.MockClock | None
+) -> None:
+    """A finished record that expired and was claimed again is still in the finished index;
+    when the cap pops it, the running claim survives."""
+    store = store_env.idempotency_store()
+    await store.claim("a", FP, "t1", 60.0)
+    await store.finish("a", "t1", b"old", False, 0.2, 100)  # a short TTL (an older deploy)
+    with trio.fail_after(10):
+        while (await store.claim("a", FP, "t2", 60.0)).outcome != "claimed":  # noqa: ASYNC110
+            await trio.sleep(0.02)
+    for i in range(3):
+        await store.claim(f"k{i}", FP, "x", 60.0)
+        await store.finish(f"k{i}", "x", b"v", False, 60.0, 1)
+    assert (await store.claim("a", FP, "t3", 60.0)).outcome == "running"
+    assert await store.finish("a", "t2", b"new", False, 60.0, 100)
+
+
 async def test_finished_records_expire_after_their_ttl(
     store_env: StoreEnv, store_clock: trio.testing.MockClock | None
 ) -> None:
@@ -251,7 +266,7 @@ async def test_finished_records_expire_after_their_ttl(
     await store.finish("k", "a", b"v", False, 0.2, 100)
     assert (await store.claim("k", FP, "b", 60.0)).outcome == "done"
     with trio.fail_after(10):
-        while (await store.claim("k", FP, "b", 60.0)).outcome != "claimed":
+        while (await store.claim("k", FP, "b", 60.0)).outcome != "claimed":  # noqa: ASYNC110
             await trio.sleep(0.02)
 
 
@@ -421,5 +436,3 @@ async def test_a_success_costs_two_round_trips(mock_clock: trio.testing.MockCloc
     assert isinstance(claim, SharedClaim)
     assert await tier.complete(claim, "ok")
     assert server.round_trips - before == 2
-
-

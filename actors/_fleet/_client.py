@@ -272,5 +272,37 @@ async def open_store_client(settings: FleetSettings) -> AsyncIterator[StoreClien
         connect_timeout=settings.connect_timeout,
         verify_version=False,
     )
+    pool = redis.connection_pool
+    pool.connection_class = _closing(pool.connection_class)
     async with redis:
         yield StoreClient(redis, settings)
+
+
+_BUFFERS: Final = (
+    "_write_buffer_in",
+    "_write_buffer_out",
+    "_push_message_buffer_in",
+    "_push_message_buffer_out",
+    "_streamed_message_buffer_in",
+    "_streamed_message_buffer_out",
+)
+
+
+def _closing(kind: type[Any]) -> type[Any]:
+    """``kind`` (a coredis connection class) closing its buffers when it ends.
+
+    A coredis connection makes its in-memory buffers when it is built and closes them only if
+    it connected: one that fails to connect (the server is down) leaves them to the garbage
+    collector, which warns (ResourceWarning) at an unpredictable later moment.
+    """
+
+    async def run(self: Any, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+        try:
+            await kind.run(self, task_status=task_status)
+        finally:
+            for name in _BUFFERS:
+                stream = getattr(self, name, None)
+                if stream is not None:
+                    stream.close()
+
+    return type(f"Closing{kind.__name__}", (kind,), {"run": run})

@@ -21,8 +21,8 @@ int (64-bit), float, str, bytes, lists, tuples, dicts, sets, datetimes, UUIDs, D
 enums, msgspec Structs, dataclasses and attrs classes.  A joiner on another instance decodes it
 to ``value_type`` when one is given (so a Struct comes back as that Struct) and to plain
 builtins otherwise (datetimes stay datetimes; UUIDs, Decimals and enums come back as their
-encoded form, Structs and dataclasses as dicts).  A failed outcome is stored as its error's category, class name, message, and
-Retry-After / HTTP status when it has them, and replayed as a
+encoded form, Structs and dataclasses as dicts).  A failed outcome is stored as its error's
+category, class name, message, and Retry-After / HTTP status when it has them, and replayed as a
 :class:`~actors._errors.ProviderError` with that category (an exception object cannot cross
 processes faithfully).  A value that cannot be encoded raises TypeError before anything is
 stored.

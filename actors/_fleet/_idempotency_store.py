@@ -18,6 +18,8 @@ old owner's late finish then finds another token (or no record) and is refused. 
 with the owner's own token renews.  **Finish** stores the outcome, keeps it for the TTL, and
 enters it in the finished index ``{prefix}:idem:{service}:done`` (a sorted set by finish
 time); past ``max_records`` the oldest finished records are deleted, never a running one.
+The index has no expiry of its own: it is bounded by ``max_records`` and drops entries older
+than the TTL on every finish.
 **Release** deletes a running claim without an outcome (the caller gave up, or the failure was
 transient and may be retried), so a waiting joiner can claim it at once.  Finishing and
 releasing publish the key on ``{prefix}:idem:{service}``, which wakes joiners on every
@@ -171,7 +173,6 @@ if over > 0 then
     end
   end
 end
-redis.call('PEXPIRE', KEYS[2], ttl)
 redis.call('PUBLISH', ARGV[6], ARGV[7])
 return 1
 """,

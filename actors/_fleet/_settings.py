@@ -78,7 +78,8 @@ class FleetProviderSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=T
             ``max(1, quota_rate)``.
     """
 
-    on_store_down: StoreDownPolicy = "local"
+    # Typed ``str`` and checked below, so a bad value's error lists the valid ones.
+    on_store_down: str = "local"
     quota_rate: float | None = None
     quota_burst: float | None = None
 
@@ -280,7 +281,23 @@ class FleetSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
         field on bad input."""
         from actors._config import _convert, _normalise
 
-        return _convert(_normalise(data), cls, "fleet", None)
+        document = _normalise(data)
+        if not isinstance(document, dict):
+            raise ConfigError("must be a table", path="fleet")
+        raw = document.pop("providers", {})
+        if not isinstance(raw, dict):
+            raise ConfigError("must be a table of provider settings", path="fleet.providers")
+        providers = {
+            str(name): _convert(value, FleetProviderSettings, f"fleet.providers.{name}", None)
+            for name, value in raw.items()
+        }
+        settings = _convert(document, cls, "fleet", None)
+        if not providers:
+            return settings
+        try:
+            return msgspec.structs.replace(settings, providers=providers)
+        except ConfigError as exc:
+            raise ConfigError(exc.problem, path=f"fleet.{exc.path}") from None
 
 
 _DEFAULT_PROVIDER: Final = FleetProviderSettings()
