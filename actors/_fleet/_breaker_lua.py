@@ -24,18 +24,14 @@ from __future__ import annotations
 
 from typing import Final
 
-from actors._fleet._client import LuaScript
+from actors._fleet._client import LUA_PRELUDE, LuaScript
 
 __all__ = ["HEARTBEAT", "OPERATE", "PROBE", "READ", "SETTLE", "TRIP"]
 
-# Shared helpers, prepended to every script.  ``redis.replicate_commands`` lets a Redis 6.x
-# script write after reading TIME (7.0 and later always replicate effects; it is a no-op there).
-_PRELUDE: Final = """
-if redis.replicate_commands then redis.replicate_commands() end
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
+# Shared helpers, prepended to every script.
+_PRELUDE: Final = (
+    LUA_PRELUDE
+    + """
 local function num(v, d)
   if v then return tonumber(v) end
   return d
@@ -57,6 +53,7 @@ local function publish(channel, s)
   redis.call('PUBLISH', channel, cjson.encode(s))
 end
 """
+)
 
 
 def _script(name: str, body: str) -> LuaScript:

@@ -45,7 +45,7 @@ import trio
 from actors._errors import FleetStoreUnavailable
 from actors._fleet._settings import FleetSettings
 
-__all__ = ["LuaScript", "StoreClient", "StoreClientStatistics", "open_store_client"]
+__all__ = ["LUA_PRELUDE", "LuaScript", "StoreClient", "StoreClientStatistics", "open_store_client"]
 
 _log = logging.getLogger("actors.fleet.store")
 
@@ -62,6 +62,18 @@ _STORE_ERRORS: Final = (
 )
 
 Redis = coredis.Redis[bytes]
+
+
+#: The start of every script: the server's clock in whole ms (``now_ms()``).  Redis 6.x needs
+#: ``redis.replicate_commands`` before a script writes after reading TIME (7.0 and later
+#: always replicate effects; there it is a no-op).
+LUA_PRELUDE: Final = """
+if redis.replicate_commands then redis.replicate_commands() end
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+"""
 
 
 @attrs.frozen

@@ -38,7 +38,7 @@ from typing import Any, Final, Literal, Protocol
 import msgspec
 import trio
 
-from actors._fleet._client import LuaScript, StoreClient
+from actors._fleet._client import LUA_PRELUDE, LuaScript, StoreClient
 from actors._fleet._memory import MemoryServer
 
 __all__ = [
@@ -100,13 +100,7 @@ class IdempotencyRecordStore(Protocol):
         ...
 
 
-_PRELUDE: Final = """
-if redis.replicate_commands then redis.replicate_commands() end
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-"""
+_PRELUDE: Final = LUA_PRELUDE
 
 #: KEYS: record.  ARGV: fingerprint, token, lease_ms.
 _CLAIM: Final = LuaScript(
