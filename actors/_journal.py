@@ -413,6 +413,7 @@ class SagaState(msgspec.Struct, frozen=True, gc=False):
                 type(seq) is int
                 and seq == self.next_seq
                 and type(at) is float
+                and at - at == 0.0  # finite (NaN and infinities fail this)
                 and type(event.data) is bytes
                 and event.saga_id == self.saga_id
             ):
@@ -508,12 +509,14 @@ class SagaState(msgspec.Struct, frozen=True, gc=False):
             and type(step) is int
             and step == self.step_in_flight
             and type(done.at) is float
+            and done.at - done.at == 0.0  # finite
             and type(done.data) is bytes
             and done.saga_id == saga_id
             and then.saga_id == saga_id
             and type(then.seq) is int
             and then.seq == seq + 1
             and type(at) is float
+            and at - at == 0.0
             and type(then.data) is bytes
         ):
             return None
@@ -582,9 +585,14 @@ class SagaState(msgspec.Struct, frozen=True, gc=False):
                 problem=f"{kind.value!r} cannot follow phase {phase.value!r}",
             )
         step = event.step
-        if type(event.data) is not bytes or not isinstance(event.at, (float, int)):
+        at = event.at
+        if type(event.data) is not bytes or not isinstance(at, (float, int)):
             raise SagaSequenceError(
                 saga_id=self.saga_id, seq=seq, problem="`data` must be bytes and `at` a float"
+            )
+        if not math.isfinite(at):  # a NaN would be stored as NULL, an infinity is no time
+            raise SagaSequenceError(
+                saga_id=self.saga_id, seq=seq, problem=f"`at` must be a finite float, not {at!r}"
             )
         if kind in STEP_KINDS:
             if type(step) is not int or step < 0:
@@ -843,6 +851,16 @@ def check_count(value: int, name: str) -> int:
     return value
 
 
+def storable(text: str) -> bool:
+    """Whether ``text`` can be stored: journals keep text as UTF-8, which has no lone
+    surrogates (``"x\\udcff"`` is a valid Python str that no file can hold)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def normalize_header(header: SagaHeader) -> tuple[SagaHeader, bytes]:
     """Check a header's fields and return it with JSON-normalised metadata, plus that JSON.
 
@@ -854,8 +872,15 @@ def normalize_header(header: SagaHeader) -> tuple[SagaHeader, bytes]:
         raise TypeError(f"SagaHeader.saga_id must be a non-empty str, got {header.saga_id!r}")
     if type(header.definition) is not str:
         raise TypeError(f"SagaHeader.definition must be a str, got {header.definition!r}")
+    for field in ("saga_id", "definition"):
+        if not storable(getattr(header, field)):
+            raise ValueError(
+                f"SagaHeader.{field} holds characters that cannot be stored (a lone surrogate)"
+            )
     if isinstance(header.created_at, bool) or not isinstance(header.created_at, (int, float)):
         raise TypeError(f"SagaHeader.created_at must be a float, got {header.created_at!r}")
+    if not math.isfinite(header.created_at):
+        raise ValueError(f"SagaHeader.created_at must be finite, got {header.created_at!r}")
     if type(header.payload) is not bytes:
         raise TypeError(f"SagaHeader.payload must be bytes, got {type(header.payload).__name__}")
     metadata = header.metadata
@@ -866,7 +891,7 @@ def normalize_header(header: SagaHeader) -> tuple[SagaHeader, bytes]:
         raise TypeError("SagaHeader.metadata must be a dict with str keys")
     try:
         encoded = msgspec.json.encode(metadata)
-    except (TypeError, msgspec.EncodeError) as exc:
+    except (TypeError, ValueError, msgspec.EncodeError) as exc:  # ValueError: a lone surrogate
         raise TypeError(f"SagaHeader.metadata is not JSON-compatible: {exc}") from exc
     if len(encoded) > MAX_METADATA_BYTES:
         raise ValueError(
@@ -883,10 +908,12 @@ class Tracked:
     """A saga the journal tracks in memory: running ones, and ``compensation_failed`` ones.
 
     ``number`` is the storage's own key for the saga (the SQLite journal's ``saga_no``);
-    ``stored`` is the in-memory journal's record of it.
+    ``stored`` is the in-memory journal's record of it.  ``epoch`` counts the times its state
+    was rolled back after a write the storage refused (the SQLite journal's writes queued
+    before a rollback carry the old epoch, and are refused too).
     """
 
-    __slots__ = ("confirmed", "header", "number", "state", "stored")
+    __slots__ = ("confirmed", "epoch", "header", "number", "state", "stored")
 
     def __init__(
         self,
@@ -901,6 +928,7 @@ class Tracked:
         self.confirmed = confirmed
         self.number = number
         self.stored = stored
+        self.epoch = 0
 
 
 class SagaIndex:
@@ -1010,6 +1038,19 @@ class SagaIndex:
                 del self.open[saga_id]
                 if state.phase is _NEEDS_OPERATOR:
                     self.attention[saga_id] = tracked
+
+    def roll_back(self, tracked: Tracked, prior: SagaState, epoch: int) -> None:
+        """Undo a recorded write the storage refused: the saga's state is ``prior`` again
+        (open again, if that write had ended it).  Only the first refused write of an epoch
+        rolls back; the writes queued after it were refused with it."""
+        if tracked.epoch != epoch:
+            return
+        tracked.epoch += 1
+        tracked.state = prior
+        saga_id = tracked.header.saga_id
+        if self.attention.get(saga_id) is tracked:
+            del self.attention[saga_id]
+        self.open[saga_id] = tracked
 
     def summaries(self) -> list[SagaSummary]:
         """Summaries of confirmed open sagas and of attention sagas, oldest first."""
@@ -1248,6 +1289,8 @@ class MemoryJournal:
         """Remove old finished sagas (see :class:`Journal`); ``now`` defaults to ``time.time()``."""
         await trio.lowlevel.checkpoint_if_cancelled()
         self._check_open()
+        if now is not None and (isinstance(now, bool) or not math.isfinite(now)):
+            raise ValueError(f"now must be a finite time, got {now!r}")
         age = self._retain_for if older_than is None else seconds(older_than, "older_than")
         keep = self._retain_last if keep_last is None else check_count(keep_last, "keep_last")
         return self._prune(age, keep, time.time() if now is None else now)

@@ -60,9 +60,13 @@ Backpressure: at most ``max_pending`` requests are queued; further callers wait 
 
 from __future__ import annotations
 
+import errno
+import logging
+import math
 import os
 import queue
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -96,6 +100,7 @@ from actors._journal import (
     normalize_header,
     saga_state,
     seconds,
+    storable,
 )
 
 __all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "SqliteJournal"]
@@ -108,10 +113,28 @@ SCHEMA_VERSION: Final = 2
 #: Requests queued before callers wait for room.
 DEFAULT_MAX_PENDING: Final = 4096
 
+_log = logging.getLogger("actors.journal")
+
 _APPLICATION_NAME: Final = "aura-actors saga journal"
 _MAX_BATCH: Final = 1024
 _BUSY_TIMEOUT: Final = 2.0
 _SQLITE_MAGIC: Final = b"SQLite format 3\x00"
+#: ``PRAGMA synchronous`` levels as the connection reports them.
+_SYNCHRONOUS_LEVELS: Final = {"NORMAL": 1, "FULL": 2}
+#: Files SQLite keeps beside the journal (all are checked like the journal itself).
+_COMPANIONS: Final = ("-wal", "-shm", "-journal")
+_NOFOLLOW: Final = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC: Final = getattr(os, "O_CLOEXEC", 0)
+#: Errors one request can cause (a value SQLite or the driver refuses): that request fails
+#: alone.  Anything else (I/O, a full disk, corruption) fails the journal.
+_REQUEST_ERRORS: Final = (
+    sqlite3.IntegrityError,
+    sqlite3.InterfaceError,
+    sqlite3.DataError,
+    OverflowError,
+    ValueError,
+    TypeError,
+)
 _ATTENTION: Final = SagaPhase.COMPENSATION_FAILED.value
 
 #: Every event as its own row, in order (rows that hold two events are split): for people
@@ -194,13 +217,28 @@ _Loaded = tuple[list[tuple[SagaHeader, SagaState, int]], int]
 class _Request:
     """One unit of work for the writer thread; ``task`` waits for it (``None``: nobody)."""
 
-    __slots__ = ("error", "events", "fn", "nbytes", "op", "rows", "saga", "task", "value")
+    __slots__ = (
+        "error",
+        "events",
+        "fn",
+        "nbytes",
+        "op",
+        "rows",
+        "saga",
+        "task",
+        "undo",
+        "value",
+    )
 
     def __init__(self, op: int) -> None:
         self.op = op
         self.rows: list[Row] = []  # event rows
         self.events = 0  # events in them
-        self.saga: Any = ()  # CREATE: saga row; APPEND: finish rows; DISCARD: the id
+        # CREATE: saga row; APPEND: finish rows; DISCARD: the id; PRUNE: (cutoff, keep)
+        self.saga: Any = ()
+        #: APPEND: (saga, its state before this write, its epoch) per saga written: how to
+        #: roll the in-memory state back if the writer refuses this request alone.
+        self.undo: tuple[tuple[Tracked, SagaState, int], ...] = ()
         self.fn: Callable[[sqlite3.Connection], Any] | None = None
         self.task: Task | None = None
         self.value: Any = None
@@ -501,8 +539,17 @@ class SqliteJournal:
             or self._pending >= self._max_pending
         ):
             await self._wait_for_room()
-        tracked = self._index.advance_one(event)
-        await wait_task_rescheduled(self._queue_write(tracked, (event,)).abort)
+        index = self._index
+        found = (
+            index.open.get(event.saga_id)
+            if type(event) is SagaEvent and type(event.saga_id) is str
+            else None
+        )
+        undo = () if found is None else ((found, found.state, found.epoch),)
+        tracked = index.advance_one(event)  # raises (nothing recorded) if invalid
+        request = self._queue_write(tracked, (event,))
+        request.undo = undo
+        await wait_task_rescheduled(request.abort)
         return tracked.state
 
     async def append_many(self, events: Sequence[SagaEvent]) -> dict[str, SagaState]:
@@ -537,6 +584,7 @@ class SqliteJournal:
                 state = tracked.state._advance_pair(done, then)
                 if state is not None:
                     request = _Request(_APPEND)
+                    request.undo = ((tracked, tracked.state, tracked.epoch),)
                     number = tracked.number
                     if state.phase in _ENDS:
                         index.commit({state.saga_id: state})
@@ -560,15 +608,27 @@ class SqliteJournal:
                     self._staged.append(request)
                     await wait_task_rescheduled(request.abort)
                     return {state.saga_id: state}
+        first = events[0] if events else None
+        found = (
+            index.open.get(first.saga_id)
+            if type(first) is SagaEvent and type(first.saga_id) is str
+            else None
+        )
+        undo = () if found is None else ((found, found.state, found.epoch),)
         tracked = index.advance_saga(events)
         if tracked is not None:  # one saga's events
-            await wait_task_rescheduled(self._queue_write(tracked, events).abort)
+            request = self._queue_write(tracked, events)
+            request.undo = undo
+            await wait_task_rescheduled(request.abort)
             state = tracked.state
             return {state.saga_id: state}
         states = index.check_append(events)
         numbers = {saga_id: index.open[saga_id].number for saga_id in states}
+        priors = [index.open[saga_id] for saga_id in states]
+        undos = tuple((t, t.state, t.epoch) for t in priors)
         index.commit(states)
         request = _Request(_APPEND)
+        request.undo = undos
         for saga_id, number in numbers.items():
             request.rows += event_rows(number, [e for e in events if e.saga_id == saga_id])
         request.saga = [
@@ -617,10 +677,12 @@ class SqliteJournal:
         """
         age = self._retain_for if older_than is None else seconds(older_than, "older_than")
         keep = self._retain_last if keep_last is None else check_count(keep_last, "keep_last")
+        if now is not None and (isinstance(now, bool) or not math.isfinite(now)):
+            raise ValueError(f"now must be a finite time, got {now!r}")
         cutoff = (time.time() if now is None else now) - age
         await self._wait_for_room()
         request = _Request(_PRUNE)
-        request.value = (cutoff, keep)
+        request.saga = (cutoff, keep)
         result: int = await self._submit(request)
         return result
 
@@ -636,6 +698,8 @@ class SqliteJournal:
                 f"Saga {saga_id!r} is not finished; only finished sagas can be discarded.",
                 path=self._path,
             )
+        if not storable(saga_id):  # no saga can have it: never hand it to the writer
+            return False
         request = _Request(_DISCARD)
         request.saga = saga_id
         found: int = await self._submit(request)
@@ -662,6 +726,8 @@ class SqliteJournal:
     async def get(self, saga_id: str) -> tuple[SagaHeader, list[SagaEvent]] | None:
         """One saga's header and events, or ``None`` if unknown or pruned."""
         await self._wait_for_room()
+        if not storable(saga_id):  # no saga can have it
+            return None
 
         def read(conn: sqlite3.Connection) -> tuple[SagaHeader, list[SagaEvent]] | None:
             row = conn.execute(
@@ -775,6 +841,10 @@ class SqliteJournal:
                     del index.open[saga_id]
             elif op == _DISCARD and error is None and request.value:
                 index.attention.pop(request.saga, None)
+            if op == _APPEND and error is not None and not failed:
+                # The writer refused this request alone: its sagas' states go back.
+                for tracked, prior, epoch in request.undo:
+                    index.roll_back(tracked, prior, epoch)
             done += 1
             task = request.task
             if task is not None:
@@ -811,6 +881,8 @@ class _Writer:
         self.queue = journal._queue
         self.prune_every = max(1, journal._retain_last // 10)
         self.finished_since_prune = 0
+        #: Saga number -> epoch of a write refused alone (see _write_isolated).
+        self.refused: dict[int, int] = {}
         #: Called on the writer thread just before each COMMIT (tests inject failures here).
         self.before_commit: Callable[[sqlite3.Connection], None] | None = None
 
@@ -889,52 +961,17 @@ class _Writer:
         # back after, which costs up to a switch interval (5 ms) while the trio thread runs.
         commits = pruned = 0
         if any(r.op in _WRITES for r in batch):
-            rows: list[Row] = []
-            finishes: list[Row] = []
-            creates: list[_Request] = []
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for r in batch:
-                    op = r.op
-                    if op == _APPEND:
-                        rows += r.rows
-                        finishes += r.saga
-                    elif op == _CREATE:
-                        creates.append(r)
-                    elif op in (_PRUNE, _DISCARD):
-                        if creates:  # in order: the creates queued before it first
-                            self._create(conn, creates, rows)
-                            creates = []
-                        if op == _PRUNE:
-                            cutoff, keep = r.value
-                            r.value = _prune(conn, cutoff, keep)
-                        else:
-                            r.value = _discard(conn, r.saga)
-                        pruned += r.value
-                if creates:
-                    self._create(conn, creates, rows)
-                if rows:
-                    insert_events(conn, rows)
-                if finishes:
-                    finish_sagas(conn, finishes)
-                    self.finished_since_prune += sum(1 for f in finishes if f[0] != _ATTENTION)
-                if self.before_commit is not None:
-                    self.before_commit(conn)
-                conn.execute("COMMIT")
-            except BaseException:
-                _rollback_quietly(conn)
-                raise
-            commits = 1
-            journal = self.journal
-            if journal._auto_prune and self.finished_since_prune >= self.prune_every:
-                self.finished_since_prune = 0
-                conn.execute("BEGIN IMMEDIATE")
+            isolate = bool(self.refused) and self._touches_refused(batch)
+            if not isolate:
                 try:
-                    pruned += _prune(conn, time.time() - journal._retain_for, journal._retain_last)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    _rollback_quietly(conn)
-                    raise
+                    pruned, finished = self._write(conn, batch)
+                except _REQUEST_ERRORS:
+                    isolate = True  # one request is bad: find it, fail it alone
+            if isolate:
+                pruned, finished = self._write_isolated(conn, batch)
+            commits = 1
+            self.finished_since_prune += finished
+            pruned += self._auto_prune(conn)
         for r in batch:
             if r.op == _READ:
                 assert r.fn is not None
@@ -943,6 +980,174 @@ class _Writer:
                 except (sqlite3.Error, msgspec.DecodeError, KeyError, ValueError) as exc:
                     r.error = _translate(exc, self.path)
         return commits, pruned
+
+    def _write(self, conn: sqlite3.Connection, batch: list[_Request]) -> tuple[int, int]:
+        """Every write of ``batch`` in one transaction, in the order queued (appends and
+        creates grouped into a few statements between prunes and discards); (sagas pruned,
+        sagas finished).  Rolls back and raises on any error."""
+        pruned = finished = 0
+        rows: list[Row] = []
+        finishes: list[Row] = []
+        creates: list[_Request] = []
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for r in batch:
+                op = r.op
+                if op == _APPEND:
+                    rows += r.rows
+                    finishes += r.saga
+                elif op == _CREATE:
+                    creates.append(r)
+                elif op in (_PRUNE, _DISCARD):
+                    # What was queued before it first: a saga finished and then discarded in
+                    # one batch must be finished when the discard looks for it.
+                    finished += self._store(conn, creates, rows, finishes)
+                    rows, finishes, creates = [], [], []
+                    r.value = _prune(conn, *r.saga) if op == _PRUNE else _discard(conn, r.saga)
+                    pruned += r.value
+            finished += self._store(conn, creates, rows, finishes)
+            if self.before_commit is not None:
+                self.before_commit(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            _rollback_quietly(conn)
+            raise
+        return pruned, finished
+
+    def _store(
+        self,
+        conn: sqlite3.Connection,
+        creates: list[_Request],
+        rows: list[Row],
+        finishes: list[Row],
+    ) -> int:
+        """Insert the sagas of ``creates``, then the event ``rows`` (and those of the creates
+        that were inserted), then record the ``finishes``; the number of sagas finished that
+        retention may prune."""
+        if creates:
+            self._create(conn, creates, rows)
+        if rows:
+            insert_events(conn, rows)
+        if finishes:
+            finish_sagas(conn, finishes)
+        return sum(1 for f in finishes if f[0] != _ATTENTION)
+
+    def _write_isolated(self, conn: sqlite3.Connection, batch: list[_Request]) -> tuple[int, int]:
+        """Like :meth:`_write`, but each write in a savepoint of its own: a request that cannot
+        be stored (a value SQLite refuses) fails alone, with nothing of it written, and so do
+        the writes of the same saga queued behind it (they would leave a gap); the others
+        commit.  Only a batch where a request failed pays for this."""
+        pruned = finished = 0
+        for r in batch:
+            if r.op in _WRITES:
+                r.error = None  # the first try's verdicts were rolled back with it
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for r in batch:
+                op = r.op
+                if op not in _WRITES:
+                    continue
+                if self.refused and self._is_refused(r):
+                    r.error = self._refusal(None)
+                    continue
+                conn.execute("SAVEPOINT request")
+                try:
+                    if op == _APPEND:
+                        insert_events(conn, r.rows)
+                        if r.saga:
+                            finish_sagas(conn, r.saga)
+                    elif op == _CREATE:
+                        rows: list[Row] = []
+                        self._create(conn, [r], rows)
+                        if rows:
+                            insert_events(conn, rows)
+                    elif op == _PRUNE:
+                        r.value = _prune(conn, *r.saga)
+                    else:
+                        r.value = _discard(conn, r.saga)
+                except _REQUEST_ERRORS as exc:
+                    conn.execute("ROLLBACK TO request")
+                    conn.execute("RELEASE request")
+                    r.error = self._refusal(exc)
+                    for tracked, _, epoch in r.undo:
+                        self.refused[tracked.number] = epoch
+                    continue
+                conn.execute("RELEASE request")
+                if op == _APPEND:
+                    finished += sum(1 for f in r.saga if f[0] != _ATTENTION)
+                elif op != _CREATE:
+                    pruned += r.value
+            if self.before_commit is not None:
+                self.before_commit(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            _rollback_quietly(conn)
+            raise
+        return pruned, finished
+
+    def _is_refused(self, request: _Request) -> bool:
+        """Whether ``request`` writes a saga whose earlier write was refused, validated before
+        the trio side rolled that saga back (its epoch is not newer)."""
+        refused = self.refused
+        for tracked, _, epoch in request.undo:
+            last = refused.get(tracked.number)
+            if last is not None:
+                if epoch <= last:
+                    return True
+                # Written after the rollback: nothing stale can follow it (the queue is FIFO).
+                del refused[tracked.number]
+        return False
+
+    def _touches_refused(self, batch: list[_Request]) -> bool:
+        found = False
+        for r in batch:
+            if r.op == _APPEND and self._is_refused(r):
+                found = True
+        return found
+
+    def _refusal(self, exc: BaseException | None) -> JournalError:
+        if exc is None:
+            why = "an earlier write of the same saga could not be stored"
+        else:
+            why = f"{type(exc).__name__}: {exc}"
+        error = JournalError(
+            f"The journal {self.path} refused this write: it could not be stored ({why}); "
+            "nothing of it was written, and the journal goes on.",
+            path=self.path,
+            suggested_action=(
+                "This is a bug in what was written (report it); the saga's journaled state is "
+                "what it was before this write."
+            ),
+        )
+        error.__cause__ = exc
+        return error
+
+    def _auto_prune(self, conn: sqlite3.Connection) -> int:
+        """Retention, every ``prune_every`` finished sagas, in its own transaction after the
+        batch's commit; the sagas pruned.  A failure here is logged and retried at the next
+        round: the batch before it is committed and its callers are answered as such."""
+        journal = self.journal
+        if not journal._auto_prune or self.finished_since_prune < self.prune_every:
+            return 0
+        self.finished_since_prune = 0
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                pruned = _prune(conn, time.time() - journal._retain_for, journal._retain_last)
+                conn.execute("COMMIT")
+            except BaseException:
+                _rollback_quietly(conn)
+                raise
+        except Exception as exc:
+            _log.warning(
+                "journal %s: removing old finished sagas failed (%s: %s); the writes before "
+                "it are committed, and it is tried again later",
+                self.path,
+                type(exc).__name__,
+                exc,
+            )
+            return 0
+        return pruned
 
     def _create(self, conn: sqlite3.Connection, creates: list[_Request], rows: list[Row]) -> None:
         """Insert the saga rows of ``creates`` (several per statement); the event rows of those
@@ -979,29 +1184,28 @@ class _Writer:
 
 def _open(path: str, synchronous: str) -> sqlite3.Connection:
     """Open, check and (if new) initialise the journal file; runs on the writer thread."""
-    if os.path.isdir(path):
-        raise JournalError(
-            f"The journal path {path} is a directory, not a file.",
-            path=path,
-            category=ErrorCategory.CONFIGURATION,
-        )
+    fd = _open_private(path)
     try:
-        size = os.path.getsize(path)
-    except FileNotFoundError:
-        size = 0
-    if size:
-        with open(path, "rb") as file:
-            head = file.read(100)
-        if len(head) < 100 or not head.startswith(_SQLITE_MAGIC):
-            raise JournalError(
-                f"The journal file {path} is not a SQLite database (or is truncated): "
-                "refusing to use or overwrite it.",
-                path=path,
-                category=ErrorCategory.CONFIGURATION,
-                suggested_action="Point the journal at its own file, or move this one away.",
-            )
+        known = os.fstat(fd)
+        if known.st_size:
+            head = os.pread(fd, 100, 0)
+            if len(head) < 100 or not head.startswith(_SQLITE_MAGIC):
+                raise JournalError(
+                    f"The journal file {path} is not a SQLite database (or is truncated): "
+                    "refusing to use or overwrite it.",
+                    path=path,
+                    category=ErrorCategory.CONFIGURATION,
+                    suggested_action="Point the journal at its own file, or move this one away.",
+                )
+    finally:
+        os.close(fd)
     conn = sqlite3.connect(path, isolation_level=None, timeout=_BUSY_TIMEOUT)
     try:
+        # SQLite opened the path again: it must still be the file checked above (not a link
+        # swapped in meanwhile).
+        now = os.lstat(path)
+        if (now.st_dev, now.st_ino) != (known.st_dev, known.st_ino) or stat.S_ISLNK(now.st_mode):
+            raise _unsafe(path, "was replaced while it was being opened")
         conn.execute("PRAGMA locking_mode = EXCLUSIVE")
         app_id = conn.execute("PRAGMA application_id").fetchone()[0]
         version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -1017,6 +1221,14 @@ def _open(path: str, synchronous: str) -> sqlite3.Connection:
                 f"The journal file {path} cannot use WAL mode (got {mode!r}).", path=path
             )
         conn.execute(f"PRAGMA synchronous = {synchronous}")
+        level = conn.execute("PRAGMA synchronous").fetchone()[0]
+        if level != _SYNCHRONOUS_LEVELS[synchronous]:  # never less durable than promised
+            raise JournalError(
+                f"The journal file {path} cannot be written at synchronous={synchronous} (the "
+                f"connection runs at level {level}).",
+                path=path,
+                category=ErrorCategory.CONFIGURATION,
+            )
         # Take the write lock now and keep it (locking_mode=EXCLUSIVE): one journal per file.
         conn.execute("BEGIN EXCLUSIVE")
         conn.execute("COMMIT")
@@ -1024,6 +1236,68 @@ def _open(path: str, synchronous: str) -> sqlite3.Connection:
         conn.close()
         raise
     return conn
+
+
+def _unsafe(path: str, problem: str) -> JournalError:
+    return JournalError(
+        f"The journal path {path} {problem}: refusing to use it.",
+        path=path,
+        category=ErrorCategory.CONFIGURATION,
+        suggested_action=(
+            "Keep the journal in a directory only its user can write, as a regular file of "
+            "that user (mode 0600)."
+        ),
+    )
+
+
+def _check_existing(path: str, found: os.stat_result, what: str) -> None:
+    """Refuse a journal file (or a companion of it) that someone else could have planted."""
+    if stat.S_ISLNK(found.st_mode):
+        raise _unsafe(path, f"is a symbolic link{what}")
+    if stat.S_ISDIR(found.st_mode) and not what:
+        raise JournalError(
+            f"The journal path {path} is a directory, not a file.",
+            path=path,
+            category=ErrorCategory.CONFIGURATION,
+        )
+    if not stat.S_ISREG(found.st_mode):
+        raise _unsafe(path, f"is not a regular file{what}")
+    geteuid = getattr(os, "geteuid", None)
+    if geteuid is not None and found.st_uid != geteuid():
+        raise _unsafe(path, f"is owned by user id {found.st_uid}, not by this process's user{what}")
+    if found.st_mode & stat.S_IWOTH:
+        raise _unsafe(path, f"is writable by other users (mode {found.st_mode & 0o777:o}){what}")
+
+
+def _open_private(path: str) -> int:
+    """A descriptor of the journal file, opened without following a symbolic link after the
+    file and its companions (``-wal``, ``-shm``) passed :func:`_check_existing`; a missing file
+    is created with mode 0600 (SQLite gives its companions the file's mode)."""
+    for suffix in _COMPANIONS:
+        try:
+            found = os.lstat(path + suffix)
+        except FileNotFoundError:
+            continue
+        _check_existing(path, found, f" (its {suffix} file)")
+    existing: os.stat_result | None
+    try:
+        existing = os.lstat(path)
+    except FileNotFoundError:
+        existing = None
+    try:
+        if existing is None:
+            flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC
+            fd = os.open(path, flags, 0o600)
+            os.fchmod(fd, 0o600)  # exactly, whatever the umask
+            return fd
+        _check_existing(path, existing, "")
+        return os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # a link appeared after the check
+            raise _unsafe(path, "is a symbolic link") from exc
+        if exc.errno == errno.EEXIST:  # something appeared after the check
+            raise _unsafe(path, "was created by someone else while it was being opened") from exc
+        raise
 
 
 def _check_identity(conn: sqlite3.Connection, path: str, app_id: int, version: int) -> None:

@@ -11,6 +11,7 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import hypothesis.strategies as st
 import pytest
@@ -19,7 +20,14 @@ import trio.testing
 from hypothesis import given, settings
 
 from actors._errors import ErrorCategory
-from actors._journal import JournalError, SagaEvent, SagaEventKind, SagaState, saga_state
+from actors._journal import (
+    JournalError,
+    SagaEvent,
+    SagaEventKind,
+    SagaHeader,
+    SagaState,
+    saga_state,
+)
 from actors._sqlite_journal import APPLICATION_ID, SCHEMA_VERSION, SqliteJournal
 from tests.test_journal import Driver, draw_recorded, header
 
@@ -791,3 +799,301 @@ async def test_a_damaged_journal_of_the_previous_schema_is_refused_not_upgraded(
     conn.commit()
     conn.close()
     await expect_refused(path, "inconsistent meta")
+
+
+# -------------------------------------------------------------- durability level, group size
+
+
+async def journal_pragma(journal: SqliteJournal, name: str) -> object:
+    """A PRAGMA of the journal's own connection, read on its writer thread."""
+    from actors._sqlite_journal import _READ, _Request
+
+    request = _Request(_READ)
+    request.fn = lambda conn: conn.execute(f"PRAGMA {name}").fetchone()[0]
+    await journal._wait_for_room()
+    return await journal._submit(request)
+
+
+@pytest.mark.parametrize(("level", "value"), [(None, 2), ("FULL", 2), ("NORMAL", 1)])
+async def test_the_connection_runs_at_the_synchronous_level_promised(
+    tmp_path: Path, level: str | None, value: int
+) -> None:
+    """FULL by default (every commit fsyncs the WAL: durable across a power cut), NORMAL when
+    asked: read back from the live connection after writes, so a journal whose connection ran
+    at OFF (or any other level than promised) fails here."""
+    options = {} if level is None else {"synchronous": level}
+    async with SqliteJournal(tmp_path / "j.db", **options) as journal:  # type: ignore[arg-type]
+        saga = await Driver(journal, "a").start()
+        await saga.steps(2)
+        assert await journal_pragma(journal, "synchronous") == value
+        assert await journal_pragma(journal, "journal_mode") == "wal"
+        await saga.finish()
+        assert await journal_pragma(journal, "synchronous") == value
+
+
+async def test_a_connection_that_does_not_keep_its_synchronous_level_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If the library ignored the requested level (every connection stuck at OFF), opening
+    the journal fails: durability is never silently weaker than promised."""
+    real_connect = sqlite3.connect
+
+    class StuckOff(sqlite3.Connection):
+        def execute(self, sql: str, *args: object) -> sqlite3.Cursor:  # type: ignore[override]
+            if sql.upper().replace(" ", "").startswith("PRAGMASYNCHRONOUS="):
+                sql = "PRAGMA synchronous = OFF"
+            return super().execute(sql, *args)  # type: ignore[arg-type]
+
+    def connect(*args: object, **kwargs: object) -> sqlite3.Connection:
+        return real_connect(*args, factory=StuckOff, **kwargs)  # type: ignore[call-overload,no-any-return]
+
+    monkeypatch.setattr(sqlite3, "connect", connect)
+    await expect_refused(tmp_path / "j.db", "synchronous")
+
+
+async def test_one_hundred_concurrent_sagas_commit_about_one_hundred_rows_at_a_time(
+    tmp_path: Path,
+) -> None:
+    """Group commit at the size it is claimed: 100 sagas stepping together commit each round
+    of their writes in one transaction (12 rounds: create, 5 x 2 steps, finish)."""
+    async with SqliteJournal(tmp_path / "j.db") as journal:
+
+        async def run(i: int) -> None:
+            saga = await Driver(journal, f"s{i}").start()
+            await saga.steps(5)
+            await saga.finish()
+
+        async with trio.open_nursery() as nursery:
+            for i in range(100):
+                nursery.start_soon(run, i)
+        stats = journal.statistics()
+    assert stats.rows == 1200
+    assert stats.rows_per_commit >= 90
+    assert stats.commits <= 14
+
+
+# --------------------------------------------------------------- bad requests stay their own
+
+
+@pytest.mark.parametrize("saga_id", ["\udc80", "x\udcff"])
+async def test_an_id_that_cannot_be_stored_never_reaches_the_writer(
+    tmp_path: Path, saga_id: str
+) -> None:
+    """A lone surrogate in a saga id: create raises ValueError naming the field; discard and
+    get answer "unknown" (no such saga can exist); the journal keeps working and reopens."""
+    path = tmp_path / "j.db"
+    async with SqliteJournal(path) as journal:
+        header = SagaHeader(saga_id, "d", 1.0)
+        first = SagaEvent(saga_id, 0, K.STARTED, None, 1.0)
+        with pytest.raises(ValueError, match="saga_id"):
+            await journal.create(header, first)
+        with pytest.raises(ValueError, match="definition"):
+            await journal.create(
+                SagaHeader("ok", "d\udcff", 1.0), SagaEvent("ok", 0, K.STARTED, None, 1.0)
+            )
+        assert await journal.discard(saga_id) is False
+        assert await journal.get(saga_id) is None
+        saga = await Driver(journal, "fine").start()
+        await saga.steps(1)
+    async with SqliteJournal(path) as again:
+        assert [s.saga_id for s in await again.list_unfinished()] == ["fine"]
+
+
+async def test_a_nan_time_is_refused_before_it_reaches_the_writer(tmp_path: Path) -> None:
+    """A NaN ``at`` (stored as NULL, violating NOT NULL) is a SagaSequenceError for its
+    caller; nothing else fails."""
+    async with SqliteJournal(tmp_path / "j.db") as journal:
+        header = SagaHeader("n", "d", 1.0)
+        with pytest.raises(ValueError, match="finite"):
+            await journal.create(header, SagaEvent("n", 0, K.STARTED, None, float("nan")))
+        with pytest.raises(ValueError, match="finite"):
+            await journal.create(
+                SagaHeader("n", "d", float("nan")), SagaEvent("n", 0, K.STARTED, None, 1.0)
+            )
+        saga = await Driver(journal, "a").start()
+        with pytest.raises(ValueError, match="finite"):
+            await journal.append(saga.state.next_event(K.STEP_STARTED, 0, at=float("nan")))
+        await saga.steps(2)
+        await saga.finish()
+
+
+async def test_a_request_the_writer_cannot_store_fails_alone_and_its_saga_stays_usable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write that fails inside the writer's transaction (something no trio-side check
+    caught) fails only its caller: the others in its batch commit, the journal stays open,
+    the saga's state is rolled back so its caller can write the same event again, and a
+    write of that saga queued behind the bad one fails too rather than leave a gap."""
+    import actors._sqlite_journal as module
+
+    path = tmp_path / "j.db"
+    async with SqliteJournal(path) as journal:
+        good = await Driver(journal, "good").start()
+        bad = await Driver(journal, "bad").start()
+        bad_number = journal._index.open["bad"].number
+        real_rows = module.event_rows
+        poisoned = {"on": True}
+
+        def rows(number: int, events: Any) -> list[Any]:
+            found = real_rows(number, events)
+            if number == bad_number and poisoned["on"]:
+                return [(*row[:4], None, *row[5:]) for row in found]  # at NULL: NOT NULL fails
+            return found
+
+        monkeypatch.setattr(module, "event_rows", rows)
+        gate = Gate()
+        install(journal, gate)
+        results: dict[str, object] = {}
+        bad_first = bad.event(K.STEP_STARTED, 0)
+        bad_second = bad.event(K.STEP_COMPLETED, 0, b"r")
+
+        async def write(name: str, event: SagaEvent) -> None:
+            try:
+                await journal.append(event)
+            except JournalError as exc:
+                results[name] = exc
+            else:
+                results[name] = "ok"
+
+        async with trio.open_nursery() as nursery:
+            filler = await Driver(journal, "filler").start()
+            nursery.start_soon(filler.go, K.STEP_STARTED, 0)
+            await gate.wait_entered()
+            nursery.start_soon(write, "good", good.event(K.STEP_STARTED, 0))
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(write, "bad", bad_first)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(write, "bad-next", bad_second)
+            await trio.testing.wait_all_tasks_blocked()
+            gate.release.set()
+        assert results["good"] == "ok"
+        assert isinstance(results["bad"], JournalError)
+        assert "could not be stored" in str(results["bad"])
+        assert isinstance(results["bad-next"], JournalError)
+        poisoned["on"] = False
+        again = Driver(journal, "bad")
+        again.state = journal._index.open["bad"].state
+        assert again.state.next_seq == 1  # rolled back to before the failed write
+        await again.steps(1)
+        await good.go(K.STEP_COMPLETED, 0, b"r")
+    async with SqliteJournal(path) as reopened:
+        loaded = {h.saga_id: saga_state(h, e) for h, e in await reopened.load_unfinished()}
+    assert loaded["bad"] == again.state
+    assert loaded["good"] == good.state
+
+
+async def test_a_failing_auto_prune_does_not_fail_the_batch_that_committed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The batch committed, then the retention transaction after it failed: the batch's
+    callers succeed, the failure is logged, the journal keeps working and prunes later."""
+    import actors._sqlite_journal as module
+
+    real_prune = module._prune
+    failures = {"left": 1}
+
+    def prune(conn: sqlite3.Connection, cutoff: float, keep: int) -> int:
+        if failures["left"]:
+            failures["left"] -= 1
+            raise sqlite3.OperationalError("prune went wrong")
+        return real_prune(conn, cutoff, keep)
+
+    monkeypatch.setattr(module, "_prune", prune)
+    async with SqliteJournal(tmp_path / "j.db", retain_last=1, retain_for=1e12) as journal:
+        first = await Driver(journal, "a").start()
+        await first.finish()  # commits, then the auto-prune fails
+        second = await Driver(journal, "b").start()
+        await second.finish()  # the next auto-prune works: "a" goes
+        assert await journal.get("a") is None
+        assert await journal.get("b") is not None
+        assert journal.statistics().sagas_pruned == 1
+    assert any("prune went wrong" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_saga_finished_and_discarded_in_one_batch_is_discarded(tmp_path: Path) -> None:
+    """Writes run in the order they were queued: the append that finishes a saga and the
+    discard queued after it in the same batch remove it."""
+    async with SqliteJournal(tmp_path / "j.db") as journal:
+        saga = await Driver(journal, "x").start()
+        filler = await Driver(journal, "filler").start()
+        gate = Gate()
+        install(journal, gate)
+        found: list[bool] = []
+
+        async def discard() -> None:
+            found.append(await journal.discard("x"))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(filler.go, K.STEP_STARTED, 0)
+            await gate.wait_entered()
+            nursery.start_soon(saga.finish)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(discard)
+            await trio.testing.wait_all_tasks_blocked()
+            gate.release.set()
+        assert found == [True]
+        assert await journal.get("x") is None
+
+
+# ------------------------------------------------------------------------ the file on disk
+
+
+async def test_journal_files_are_private_to_their_owner(tmp_path: Path) -> None:
+    """A new journal and its WAL are created 0600 whatever the umask: the file holds saga
+    inputs and errors."""
+    path = tmp_path / "j.db"
+    old = os.umask(0o022)
+    try:
+        async with SqliteJournal(path) as journal:
+            saga = await Driver(journal, "a").start()
+            await saga.steps(2)
+            modes = {
+                name: os.stat(tmp_path / name).st_mode & 0o777
+                for name in os.listdir(tmp_path)
+                if name.startswith("j.db")
+            }
+    finally:
+        os.umask(old)
+    assert modes["j.db"] == 0o600
+    assert modes["j.db-wal"] == 0o600
+    assert set(modes.values()) == {0o600}
+
+
+async def test_a_symlink_at_the_journal_path_is_refused(tmp_path: Path) -> None:
+    """A dangling symlink (or one to an existing file) at the path is refused: the journal
+    never writes through a link someone planted."""
+    target = tmp_path / "elsewhere.db"
+    link = tmp_path / "j.db"
+    link.symlink_to(target)
+    await expect_refused(link, "symbolic link")
+    assert not target.exists()
+    async with SqliteJournal(target):
+        pass
+    await expect_refused(link, "symbolic link")
+
+
+async def test_a_planted_wal_symlink_is_refused(tmp_path: Path) -> None:
+    """A symlink planted at the journal's -wal path is refused too."""
+    (tmp_path / "j.db-wal").symlink_to(tmp_path / "stolen")
+    await expect_refused(tmp_path / "j.db", "symbolic link")
+    assert not (tmp_path / "stolen").exists()
+
+
+async def test_a_world_writable_journal_file_is_refused(tmp_path: Path) -> None:
+    """A journal file anyone may write (planted, or left so) is refused with a clear error."""
+    path = tmp_path / "j.db"
+    async with SqliteJournal(path) as journal:
+        await Driver(journal, "a").start()
+    path.chmod(0o666)
+    error = await expect_refused(path, "writable by other users")
+    assert error.category is ErrorCategory.CONFIGURATION
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a file to another user")
+async def test_a_journal_file_owned_by_another_user_is_refused(tmp_path: Path) -> None:
+    """A file owned by someone else (planted in a shared directory) is refused."""
+    path = tmp_path / "j.db"
+    async with SqliteJournal(path) as journal:
+        await Driver(journal, "a").start()
+    os.chown(path, 65534, 65534)
+    await expect_refused(path, "owned by")
