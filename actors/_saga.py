@@ -30,10 +30,16 @@ each effect once.
 Failure.  A step that fails (after its retries) is journaled ``step_failed`` with a
 :class:`~actors._saga_definition.StepError`; if any completed compensatable step (or the failed
 step itself, when its outcome is uncertain) needs undoing the saga journals ``compensating``
-and compensates them in reverse order, else it ends ``failed``.  A compensation that fails is
+and compensates them in reverse order, else it ends ``failed``.  A failed step's outcome is
+uncertain once any send of its key may have landed: an attempt failed with a timeout, a crash
+or a cancellation, or the key was sent more than once (a retry, a re-send after a restart, a
+provider's own retry), since a final refusal ("already charged") says nothing about the sends
+before it.  Journaled errors are redacted and bounded (``actors._redact``), and so is every
+log line and monitor report.  A compensation that fails is
 journaled ``compensation_failed_step`` and retried with backoff under the step's
 ``compensation_retry`` and the definition's ``compensation_deadline``; when it gives up the saga
-ends ``compensation_failed``: it stays listed, a :class:`SagaReport` goes to the monitor and
+ends ``compensation_failed``: it stays listed, a :class:`SagaReport` goes to the monitor (if
+its mailbox is full, a background task waits for room: that report is never dropped) and
 the caller gets :class:`~actors._saga_definition.CompensationFailed`.
 
 Cancellation.  When the caller that started a saga stops waiting (its ask timed out or was
@@ -80,10 +86,12 @@ from actors._classify import Classifier
 from actors._errors import (
     ActorError,
     ActorNotFound,
+    ActorStopped,
     BulkheadFull,
     ConfigError,
     ErrorCategory,
     IdempotencyConflict,
+    MailboxFull,
 )
 from actors._journal import (
     Journal,
@@ -96,8 +104,10 @@ from actors._journal import (
     SagaState,
     normalize_header,
     saga_state,
+    storable,
 )
 from actors._provider import Call, ProviderActor
+from actors._redact import redact
 from actors._ref import ActorRef
 from actors._reply import Failure, Reply
 from actors._retry import GiveUp, RetryPolicy, RetryState
@@ -113,6 +123,7 @@ from actors._saga_definition import (
     UnknownSagaDefinition,
     decoder,
     is_uncertain,
+    step_error,
     step_key,
 )
 from actors._saga_messages import (
@@ -218,6 +229,7 @@ class _Run:
         "plan",
         "scope",
         "sent",
+        "sent_seq",
         "state",
         "view",
         "waiters",
@@ -244,6 +256,7 @@ class _Run:
         self.abandoned = False  # its caller gave up
         self.finished = False
         self.sent: int | None = None  # the step whose message this run sent last
+        self.sent_seq = -1  # the seq of the step_started (or compensation_started) sent last
         self.pending: tuple[int, bytes] | None = None  # a reply being journaled
         self.cause: BaseException | None = None  # the live exception that failed the saga
         self.error: StepError | None = None  # decoded step_error (cache)
@@ -288,13 +301,22 @@ def _step_message(
     return payload
 
 
-def _step_error(exc: BaseException, category: ErrorCategory) -> StepError:
-    return StepError(
-        type=type(exc).__name__,
-        message=str(exc),
-        category=category.value,
-        uncertain=is_uncertain(exc),
-    )
+def _shown(text: object) -> str:
+    """Text for a log line or a monitor report: redacted (provider errors quote credentials)."""
+    try:
+        value = str(text)
+    except Exception as exc:  # an exception's __str__ may raise
+        value = f"<str() raised {type(exc).__name__}>"
+    return redact(value, max_length=_MAX_SHOWN)
+
+
+#: Report statuses that need an operator: delivered to the monitor even when its mailbox is
+#: full (waiting for room), never dropped while the coordinator runs.
+_CRITICAL: Final = frozenset({_P.COMPENSATION_FAILED.value, "unresumable"})
+#: Critical reports waiting for room in the monitor's mailbox, at most.
+_MAX_PENDING_REPORTS: Final = 1000
+#: Longest text a log line or report carries (redaction bounds it).
+_MAX_SHOWN: Final = 4000
 
 
 def _category(error: StepError) -> ErrorCategory:
@@ -309,6 +331,9 @@ def _abort_idle(raise_cancel: RaiseCancelT) -> Abort:
 
 
 _CANCELLED_IN_FLIGHT: Final = "the saga's caller stopped waiting while the step was in flight"
+_NOT_RUNNING: Final = (
+    "it is not running (stopped, or waiting to restart), so how to deliver to it is unknown"
+)
 #: Why a saga without a failed step is compensated: it was cancelled between two steps.
 _CANCELLED_BETWEEN_STEPS: Final = StepError(
     type="Cancelled",
@@ -316,6 +341,14 @@ _CANCELLED_BETWEEN_STEPS: Final = StepError(
     category=ErrorCategory.CANCELLATION.value,
     cancelled=True,
 )
+
+
+def _bad_id(message: str, saga_id: str) -> ValueError:
+    # Never the id itself: it cannot even be encoded.
+    return ValueError(
+        f"{message}.saga_id holds characters that cannot be stored (a lone surrogate, at "
+        f"position {next(i for i, c in enumerate(saga_id) if not storable(c))}): use valid text"
+    )
 
 
 # ------------------------------------------------------------------------------- the actor
@@ -402,6 +435,7 @@ class SagaCoordinator(Actor[SagaMessage, Any]):
         self._prefix = secrets.token_hex(6) + "-"
         self._next_id = 0
         self._token: trio.lowlevel.TrioToken | None = None
+        self._pending_reports = 0
         self.counters = _Counters()
 
     # ------------------------------------------------------------------ lifecycle
@@ -421,7 +455,10 @@ class SagaCoordinator(Actor[SagaMessage, Any]):
             if problem is not None:
                 self.counters.unresumable += 1
                 _log.error(
-                    "saga %s (%s) cannot be resumed: %s", header.saga_id, header.definition, problem
+                    "saga %s (%s) cannot be resumed: %s",
+                    header.saga_id,
+                    header.definition,
+                    _shown(problem),
                 )
                 self._report(header.saga_id, header.definition, "unresumable", None, problem)
                 continue
@@ -452,8 +489,11 @@ class SagaCoordinator(Actor[SagaMessage, Any]):
         if type(message) is StartSaga:
             if type(message.definition) is not str:
                 return Failure(_not_a_str("StartSaga.definition", message.definition))
-            if message.saga_id is not None and type(message.saga_id) is not str:
-                return Failure(_not_a_str("StartSaga.saga_id", message.saga_id))
+            if message.saga_id is not None:
+                if type(message.saga_id) is not str:
+                    return Failure(_not_a_str("StartSaga.saga_id", message.saga_id))
+                if not storable(message.saga_id):
+                    return Failure(_bad_id("StartSaga", message.saga_id))
             wait: object = message.wait  # typed bool, but messages come from anywhere
             if wait is not True and wait is not False:
                 return Failure(
@@ -463,6 +503,8 @@ class SagaCoordinator(Actor[SagaMessage, Any]):
         if type(message) is GetSaga:
             if type(message.saga_id) is not str:
                 return Failure(_not_a_str("GetSaga.saga_id", message.saga_id))
+            if not storable(message.saga_id):
+                return Failure(_bad_id("GetSaga", message.saga_id))
             self.spawn(self._get, self.defer(), message.saga_id)
             return None
         if type(message) is ListSagas:
@@ -470,6 +512,8 @@ class SagaCoordinator(Actor[SagaMessage, Any]):
         if type(message) is DiscardSaga:
             if type(message.saga_id) is not str:
                 return Failure(_not_a_str("DiscardSaga.saga_id", message.saga_id))
+            if not storable(message.saga_id):
+                return Failure(_bad_id("DiscardSaga", message.saga_id))
             self.spawn(self._discard, self.defer(), message.saga_id)
             return None
         if type(message) is GetSagaStatistics:
@@ -505,6 +549,7 @@ class SagaCoordinator(Actor[SagaMessage, Any]):
             msgspec.DecodeError,
             msgspec.ValidationError,
             TypeError,
+            ValueError,  # text that cannot be encoded (a lone surrogate)
         ) as exc:
             return Failure(
                 TypeError(
@@ -671,12 +716,29 @@ class SagaCoordinator(Actor[SagaMessage, Any]):
                 SagaEvent(saga_id, 0, _STARTED, None, at),
                 then=(SagaEvent(saga_id, 1, _STEP_STARTED, 0, at),),
             )
-        except JournalError:
+        except JournalError as exc:
             if self._runs.get(saga_id) is run:
                 del self._runs[saga_id]
+            # A failed journal raises here too, and the coordinator crashes (as it must).
             found = await self._journal.get(saga_id)
             if found is None:
-                raise  # the journal failed: let the coordinator crash
+                # The create was refused, yet the id is not in the journal: a finished saga of
+                # that id was pruned in between (or only this request was bad).  Answer, and
+                # run nothing: its outcome is gone, and running it again would repeat effects.
+                for reply in (*run.waiters, *([started] if started is not None else [])):
+                    error = JournalError(
+                        f"Saga {saga_id!r} could not be created ({exc}); it is not in the "
+                        "journal now: a finished saga with this id may have been pruned just "
+                        "now, and its outcome is no longer known.",
+                        suggested_action=(
+                            "Use a new saga id, or keep finished sagas longer (the journal's "
+                            "retain_for / retain_last)."
+                        ),
+                    )
+                    error.__cause__ = exc
+                    reply.fail(error)
+                run.waiters = []
+                return False
             self._answer_existing(run, found, started)
             return False
         except BaseException:
@@ -761,11 +823,12 @@ class SagaCoordinator(Actor[SagaMessage, Any]):
                         StepContext(view, i, key, state.step_attempts, state.results)
                     )
                 except Exception as exc:
-                    data = self._builder_failed(run, exc, "action")
+                    data = self._builder_failed(run, exc, "action", state.step_attempts > 1)
                 else:
                     ref, delivery = target
                     message = _step_message(delivery, payload, key, saga_id, step.name)
                     run.sent = i
+                    run.sent_seq = state.next_seq - 1
                     counters.steps_sent += 1
                     try:
                         reply = await ref.ask(message, timeout=step.timeout)
@@ -801,12 +864,17 @@ class SagaCoordinator(Actor[SagaMessage, Any]):
             if i == last:
                 return state
 
-    def _builder_failed(self, run: _Run, exc: Exception, which: str) -> StepError:
+    def _builder_failed(
+        self, run: _Run, exc: Exception, which: str, uncertain: bool = False
+    ) -> StepError:
+        """Nothing was sent (``uncertain``: an earlier send of the same key may have landed)."""
         run.cause = exc
-        return StepError(
-            type=type(exc).__name__,
-            message=f"the step's {which} raised: {exc}",
-            category=self._classifier.classify(exc).category.value,
+        return step_error(
+            exc,
+            self._classifier.classify(exc).category,
+            prefix=f"the step's {which} raised: ",
+            uncertain=uncertain,
+            unsent=True,
         )
 
     def _journalable(self, run: _Run, i: int, reply: Any) -> bytes | StepError:
@@ -816,12 +884,12 @@ class SagaCoordinator(Actor[SagaMessage, Any]):
             plan = run.plan
             if plan.checked[i]:
                 plan.decoders[i].decode(data)
-        except (msgspec.EncodeError, msgspec.ValidationError, TypeError) as exc:
+        except (msgspec.EncodeError, msgspec.ValidationError, TypeError, ValueError) as exc:
             run.cause = exc
-            return StepError(
-                type=type(exc).__name__,
-                message=f"the step's reply cannot be journaled: {exc}",
-                category=ErrorCategory.VALIDATION.value,
+            return step_error(
+                exc,
+                ErrorCategory.VALIDATION,
+                prefix="the step's reply cannot be journaled: ",
                 uncertain=True,  # the target did the work
             )
         return data
@@ -837,12 +905,18 @@ class SagaCoordinator(Actor[SagaMessage, Any]):
         """Send step ``i`` (retrying per its policy); its encoded reply, or why it failed.
 
         With ``error``, the first attempt (begun at ``started``) was made and failed with it.
+        The failure is uncertain when any attempt's was, or when the key was sent more than
+        once (a retry, or a re-send after a restart): a later refusal ("already done") says
+        nothing about whether an earlier send landed.  Each retry's ``step_started`` carries
+        the error of the attempt before it (for the audit trail).
         """
         saga_id = run.header.saga_id
         key = f"{saga_id}:{step.name}"
         retry: RetryState | None = None
         if started is None:
             started = trio.current_time()
+        doubt = error is not None and is_uncertain(error)  # a send may have landed
+        unsent = False  # the last attempt was never sent
         while True:
             if error is None:
                 state = run.state
@@ -851,24 +925,37 @@ class SagaCoordinator(Actor[SagaMessage, Any]):
                         StepContext(run.view, i, key, state.step_attempts, state.results)
                     )
                 except Exception as exc:
-                    return self._builder_failed(run, exc, "action")
+                    return self._builder_failed(
+                        run, exc, "action", doubt or state.step_attempts > 1
+                    )
                 target = run.plan.targets[i]
                 if target is None:
                     try:
                         target = await self._resolve(run, i)
                     except ActorNotFound as exc:
                         run.cause = exc
-                        return _step_error(exc, exc.category)
-                ref, delivery = target
-                message = _step_message(delivery, payload, key, saga_id, step.name)
-                run.sent = i
-                self.counters.steps_sent += 1
-                try:
-                    reply = await ref.ask(message, timeout=step.timeout)
-                except Exception as exc:
-                    error = exc
-                else:
-                    return self._journalable(run, i, reply)
+                        return step_error(
+                            exc,
+                            exc.category,
+                            uncertain=doubt or run.state.step_attempts > 1,
+                            unsent=True,
+                        )
+                    except ActorStopped as exc:  # not running: retried like a failed send
+                        error, unsent = exc, True
+                if target is not None:
+                    ref, delivery = target
+                    message = _step_message(delivery, payload, key, saga_id, step.name)
+                    run.sent = i
+                    run.sent_seq = run.state.next_seq - 1
+                    self.counters.steps_sent += 1
+                    try:
+                        reply = await ref.ask(message, timeout=step.timeout)
+                    except Exception as exc:
+                        error, unsent = exc, False
+                        doubt = doubt or is_uncertain(exc)
+                    else:
+                        return self._journalable(run, i, reply)
+            assert error is not None
             verdict = self._classifier.classify(error)
             if retry is None:
                 retry = self._policy(run.definition, i, False).begin(started)
@@ -876,14 +963,29 @@ class SagaCoordinator(Actor[SagaMessage, Any]):
             decision = retry.on_failure(now, verdict.category, verdict.retry_after)
             if type(decision) is GiveUp:
                 run.cause = error
-                return _step_error(error, verdict.category)
+                return step_error(
+                    error,
+                    verdict.category,
+                    uncertain=doubt or run.state.step_attempts > 1,
+                    unsent=unsent,
+                )
+            info = step_error(error, verdict.category, uncertain=doubt, unsent=unsent)
             error = None
             await trio.sleep_until(decision.at)  # type: ignore[union-attr]
-            run.state = await self._journal.append(run.state.next_event(_STEP_STARTED, i))
+            run.state = await self._journal.append(
+                run.state.next_event(_STEP_STARTED, i, _encode(info))
+            )
             self.counters.step_retries += 1
 
     async def _resolve(self, run: _Run, i: int) -> _Target:
-        """The target ref of step ``i`` and how to deliver to it; cached once known."""
+        """The target ref of step ``i`` and how to deliver to it; cached once known.
+
+        Raises:
+            ActorNotFound: no actor at the step's path.
+            ActorStopped: ``delivery="auto"`` and the target is not running (stopped, or
+                waiting out a restart backoff) within the step's timeout: how to deliver to
+                it is not known, so nothing is sent and nothing is cached.
+        """
         step = run.definition.steps[i]
         target = step.target
         ref = target if isinstance(target, ActorRef) else self.lookup(target)
@@ -892,13 +994,17 @@ class SagaCoordinator(Actor[SagaMessage, Any]):
             cell = ref._cell
             # Decide from the running actor; while it is (re)starting, wait for it a little.
             waited = 0.0
+            pause = 0.01
             while cell.incarnation is None and not cell.closed and waited < step.timeout:
-                await trio.sleep(0.01)
-                waited += 0.01
+                await trio.sleep(pause)
+                waited += pause
+                pause = min(pause * 2, 0.5, max(step.timeout - waited, 0.01))
             inc = cell.incarnation
-            delivery = (
-                "call" if inc is not None and isinstance(inc.actor, ProviderActor) else ("envelope")
-            )
+            if inc is None:  # undecided: never cache a guess (every later saga would keep it)
+                raise ActorStopped(
+                    actor=ref.path, reason=_NOT_RUNNING, category=ErrorCategory.DEPENDENCY
+                )
+            delivery = "call" if isinstance(inc.actor, ProviderActor) else "envelope"
         found = run.plan.targets[i] = (ref, _DELIVERIES[delivery])
         return found
 
@@ -928,8 +1034,9 @@ class SagaCoordinator(Actor[SagaMessage, Any]):
                     type="Cancelled",
                     message=_CANCELLED_IN_FLIGHT,
                     category=ErrorCategory.CANCELLATION.value,
-                    uncertain=run.sent == i,
+                    uncertain=run.sent == i or state.step_attempts > 1,
                     cancelled=True,
+                    unsent=run.sent_seq != state.next_seq - 1,  # gone before it left
                 )
                 run.error = error
                 return await self._journal.append(state.next_event(_STEP_FAILED, i, _encode(error)))
@@ -947,6 +1054,12 @@ class SagaCoordinator(Actor[SagaMessage, Any]):
             run.error = decode_error(state.step_error)
         return run.error
 
+    def _uncertain(self, run: _Run, state: SagaState) -> bool:
+        """Whether the failed step may have taken effect: its error says so, or its key was
+        sent more than once (journals written before errors recorded that say it this way)."""
+        error = self._failed_error(run, state)
+        return state.step_attempts > 1 or (error is not None and error.uncertain)
+
     def _next_compensation(self, run: _Run, state: SagaState, below: int) -> int | None:
         """The highest step below ``below`` that must be compensated, or ``None``."""
         steps = run.definition.steps
@@ -959,10 +1072,7 @@ class SagaCoordinator(Actor[SagaMessage, Any]):
                 return j
             if j == failed:
                 policy = step.compensate_failed
-                error = self._failed_error(run, state)
-                if policy == "always" or (
-                    policy == "uncertain" and error is not None and error.uncertain
-                ):
+                if policy == "always" or (policy == "uncertain" and self._uncertain(run, state)):
                     return j
         return None
 
@@ -1043,10 +1153,11 @@ class SagaCoordinator(Actor[SagaMessage, Any]):
                     )
                 )
             except Exception as exc:
-                return StepError(
-                    type=type(exc).__name__,
-                    message=f"the step's compensate builder raised: {exc}",
-                    category=self._classifier.classify(exc).category.value,
+                return step_error(
+                    exc,
+                    self._classifier.classify(exc).category,
+                    prefix="the step's compensate builder raised: ",
+                    unsent=True,
                 )
             now = trio.current_time()
             timeout = min(step.compensation_timeout, deadline - now)
@@ -1055,27 +1166,33 @@ class SagaCoordinator(Actor[SagaMessage, Any]):
                     type="DeadlineExceeded",
                     message="the saga's compensation deadline passed",
                     category=ErrorCategory.TIMEOUT.value,
+                    unsent=True,
                 )
+            error: Exception
+            unsent = False
             target = run.plan.targets[j]
             if target is None:
                 try:
                     target = await self._resolve(run, j)
                 except ActorNotFound as exc:
-                    return _step_error(exc, exc.category)
-            ref, delivery = target
-            message = _step_message(delivery, payload, key, saga_id, step.name, compensate=True)
-            self.counters.compensations_sent += 1
-            try:
-                await ref.ask(message, timeout=timeout)
-            except Exception as exc:
-                error: Exception = exc
-            else:
-                return None
+                    return step_error(exc, exc.category, unsent=True)
+                except ActorStopped as exc:  # not running: retried like a failed send
+                    error, unsent = exc, True
+            if target is not None:
+                ref, delivery = target
+                message = _step_message(delivery, payload, key, saga_id, step.name, compensate=True)
+                self.counters.compensations_sent += 1
+                try:
+                    await ref.ask(message, timeout=timeout)
+                except Exception as exc:
+                    error = exc
+                else:
+                    return None
             verdict = self._classifier.classify(error)
             if retry is None:
                 retry = self._policy(run.definition, j, True).begin(started, deadline)
             now = trio.current_time()
-            info = _step_error(error, verdict.category)
+            info = step_error(error, verdict.category, unsent=unsent)
             decision = retry.on_failure(now, verdict.category, verdict.retry_after)
             if type(decision) is GiveUp:
                 return info
@@ -1083,7 +1200,7 @@ class SagaCoordinator(Actor[SagaMessage, Any]):
                 "saga %s: compensation of step %r failed (%s); retrying in %.3g s",
                 saga_id,
                 step.name,
-                info.describe(),
+                _shown(info.describe()),
                 decision.delay,  # type: ignore[union-attr]
             )
             run.state = await self._journal.append(
@@ -1115,11 +1232,12 @@ class SagaCoordinator(Actor[SagaMessage, Any]):
         if phase is not _DONE:
             error = self._error(run)
             step = state.compensation_step if phase is _P.COMPENSATION_FAILED else state.failed_step
+            text = _shown(error)
             if phase is _P.COMPENSATION_FAILED:
-                _log.error("%s", error)
+                _log.error("%s", text)
             else:
-                _log.info("%s", error)
-            self._report(run.header.saga_id, run.definition.name, phase.value, step, str(error))
+                _log.info("%s", text)
+            self._report(run.header.saga_id, run.definition.name, phase.value, step, text)
 
     def _answer(self, run: _Run, reply: Reply[Any]) -> None:
         if run.state.phase is _DONE:
@@ -1180,27 +1298,71 @@ class SagaCoordinator(Actor[SagaMessage, Any]):
     def _report(
         self, saga_id: str, definition: str, status: str, step: int | None, detail: str
     ) -> None:
+        """Tell the monitor (never blocking).  A full mailbox drops an ordinary report (counted);
+        a critical one (``compensation_failed``, ``unresumable``: an operator must act) is handed
+        to a background task that waits for room, so it is delivered without holding up the
+        coordinator's other sagas."""
         spec = self._monitor_spec
         if spec is None:
             return
+        report = SagaReport(saga_id, definition, status, step, _shown(detail), time.time())
         monitor = self._monitor
         if monitor is None:
             try:
                 monitor = self._monitor = self.lookup(spec)  # type: ignore[arg-type]
             except LookupError:
+                if status in _CRITICAL and self._queue_report(report):
+                    return
                 self.counters.reports_dropped += 1
                 return
         try:
-            monitor.tell_nowait(SagaReport(saga_id, definition, status, step, detail, time.time()))
+            monitor.tell_nowait(report)
+        except MailboxFull:
+            if status in _CRITICAL and self._queue_report(report):
+                return
+            self.counters.reports_dropped += 1
         except ActorError:
             self.counters.reports_dropped += 1
         else:
             self.counters.reports_sent += 1
 
+    def _queue_report(self, report: SagaReport) -> bool:
+        """Deliver ``report`` in the background (``False``: too many are waiting already)."""
+        if self._pending_reports >= _MAX_PENDING_REPORTS:
+            return False
+        self._pending_reports += 1
+        self.spawn(self._deliver_report, report, name=f"{self.path}:critical report")
+        return True
+
+    async def _deliver_report(self, report: SagaReport) -> None:
+        """Wait for room in the monitor's mailbox and send ``report``; while the monitor is
+        missing or stopped, look it up again and retry with backoff (up to 30 s apart)."""
+        pause = 0.5
+        try:
+            while True:
+                monitor = self._monitor
+                try:
+                    if monitor is None:
+                        monitor = self._monitor = self.lookup(self._monitor_spec)  # type: ignore[arg-type]
+                    await monitor.tell(report)
+                except (ActorError, LookupError):
+                    self._monitor = None if isinstance(self._monitor_spec, str) else monitor
+                    await trio.sleep(pause)
+                    pause = min(pause * 2, 30.0)
+                    continue
+                self.counters.reports_sent += 1
+                return
+        finally:
+            self._pending_reports -= 1
+
     # ------------------------------------------------------------------ queries
 
     async def _get(self, reply: Reply[Any], saga_id: str) -> None:
-        found = await self._journal.get(saga_id)
+        try:
+            found = await self._journal.get(saga_id)
+        except JournalError as exc:  # the query's answer; a failed journal shows at the writes
+            reply.fail(exc)
+            return
         if found is None:
             reply.set(None)
             return

@@ -40,7 +40,9 @@ a timeout, a crash of the target or a cancellation nobody knows.  The journal al
 compensation to run too (see ``actors._journal``); ``compensate_failed`` decides:
 ``"uncertain"`` (default) compensates the failed step only when its outcome is uncertain (a
 timeout, the target crashed or was stopped while handling it, the saga was cancelled while it
-was in flight); ``"always"`` and ``"never"`` do what they say.  Completed compensatable steps are
+was in flight, or its key was sent more than once: a retry, a re-send after a restart or a
+provider's own retry may have landed before a final refusal); ``"always"`` and ``"never"`` do
+what they say.  Completed compensatable steps are
 always compensated, in reverse order.  Compensations must therefore tolerate undoing an effect
 that never happened: the step's key tells the target which effect is meant.
 """
@@ -63,7 +65,9 @@ from actors._errors import (
     AuraError,
     ConfigError,
     ErrorCategory,
+    RetriesExhausted,
 )
+from actors._redact import redact
 from actors._ref import ActorRef
 from actors._retry import RetrySettings
 
@@ -103,9 +107,27 @@ _DELIVERIES: Final = ("auto", "call", "envelope", "raw")
 _COMPENSATE_FAILED: Final = ("uncertain", "always", "never")
 
 
+#: The last part of a compensation's key; no step may have this name (see :func:`step_key`).
+COMPENSATE_SUFFIX: Final = "compensate"
+
+
 def step_key(saga_id: str, step: str, *, compensate: bool = False) -> str:
     """The idempotency key of a step (``"{saga_id}:{step}"``) or of its compensation
-    (``"{saga_id}:{step}:compensate"``)."""
+    (``"{saga_id}:{step}:compensate"``).
+
+    Keys are unambiguous: a step name holds no ``":"`` and is never ``"compensate"``, so a key
+    ending in ``":compensate"`` is a compensation's and the part before the last ``":"`` of
+    any other key is its saga id (saga ids may hold ``":"``).  Two different effects never
+    share a key.
+
+    Raises:
+        ValueError: ``step`` holds a ``":"`` or is ``"compensate"``.
+    """
+    if ":" in step or step == COMPENSATE_SUFFIX:
+        raise ValueError(
+            f"a step name may not hold ':' nor be {COMPENSATE_SUFFIX!r} (keys would collide), "
+            f"got {step!r}"
+        )
     return f"{saga_id}:{step}:compensate" if compensate else f"{saga_id}:{step}"
 
 
@@ -133,10 +155,16 @@ class StepError(msgspec.Struct, frozen=True):
 
     Attributes:
         type: the exception's class name (``"Cancelled"`` for a cancellation).
-        message: the exception's message.
+        message: the exception's message, redacted (``actors._redact``: no API keys, tokens
+            or URL passwords reach the journal) and bounded to about 1,000 characters.
         category: the :class:`~actors._errors.ErrorCategory` value.
-        uncertain: whether the effect may have happened anyway (timeout, crash, cancellation).
+        uncertain: whether the effect may have happened anyway: a send failed with a timeout,
+            a crash or a cancellation, or the key was sent more than once (a retry, a re-send
+            after a restart, a provider's own retry) and a later refusal cannot tell whether
+            an earlier send landed.
         cancelled: the saga's caller gave up while the step was in flight.
+        unsent: the message was never sent (its builder raised, its target was missing or not
+            running, the deadline had passed, or the caller gave up before it left).
     """
 
     type: str
@@ -144,17 +172,57 @@ class StepError(msgspec.Struct, frozen=True):
     category: str
     uncertain: bool = False
     cancelled: bool = False
+    unsent: bool = False
 
     def describe(self) -> str:
         """``"Type: message"``."""
         return f"{self.type}: {self.message}" if self.message else self.type
 
 
+def describe_exception(exc: BaseException) -> str:
+    """``str(exc)``, redacted and bounded; never raises (an exception's ``__str__`` may)."""
+    try:
+        text = str(exc)
+    except Exception as error:
+        text = f"<str() raised {type(error).__name__}>"
+    return redact(text)
+
+
+def step_error(
+    exc: BaseException,
+    category: ErrorCategory,
+    *,
+    prefix: str = "",
+    uncertain: bool = False,
+    unsent: bool = False,
+) -> StepError:
+    """The journaled :class:`StepError` of ``exc``: its message redacted and bounded, uncertain
+    when ``uncertain`` is true or :func:`is_uncertain` says so."""
+    return StepError(
+        type=type(exc).__name__,
+        message=prefix + describe_exception(exc),
+        category=category.value,
+        uncertain=uncertain or (not unsent and is_uncertain(exc)),
+        unsent=unsent,
+    )
+
+
 def is_uncertain(exc: BaseException) -> bool:
-    """Whether a failed send may still have taken effect (timeouts, crashes, cancellation)."""
-    seen = 0
-    error: BaseException | None = exc
-    while error is not None and seen < 8:
+    """Whether a failed send may still have taken effect.
+
+    True when ``exc``, or an error it wraps (``last_error``, ``__cause__``), is a timeout, a
+    crash, a cancellation or a stop while handling the message; and for a provider's
+    ``RetriesExhausted`` after more than one attempt (the same key was sent again after a
+    failure, so the final refusal says nothing about the earlier sends).  An open breaker
+    whose ``__cause__`` is the timeout of the attempt before it is uncertain too.
+    """
+    pending: list[BaseException] = [exc]
+    seen: set[int] = set()
+    while pending and len(seen) < 16:
+        error = pending.pop()
+        if id(error) in seen:
+            continue
+        seen.add(id(error))
         if isinstance(error, TimeoutError | ActorCrashed):
             return True
         category = getattr(error, "category", None)
@@ -162,8 +230,11 @@ def is_uncertain(exc: BaseException) -> bool:
             return True
         if isinstance(error, ActorStopped) and error.category is ErrorCategory.DEPENDENCY:
             return True  # stopped while handling the message
-        error = getattr(error, "last_error", None)
-        seen += 1
+        if isinstance(error, RetriesExhausted) and error.attempts > 1:
+            return True
+        for inner in (getattr(error, "last_error", None), error.__cause__):
+            if isinstance(inner, BaseException):
+                pending.append(inner)
     return False
 
 
@@ -182,6 +253,12 @@ def _check_name(what: str, name: object) -> None:
             f"got {name!r}",
             path="name",
         )
+    if what == "step" and name == COMPENSATE_SUFFIX:
+        raise ConfigError(
+            f"a step may not be named {COMPENSATE_SUFFIX!r}: its key would be the key of "
+            "another step's compensation (see step_key)",
+            path="name",
+        )
 
 
 @attrs.frozen
@@ -189,8 +266,8 @@ class SagaStep:
     """One step of a :class:`SagaDefinition`.
 
     Args:
-        name: unique in its definition; letters, digits, ``_``, ``.``, ``-`` (it is part of
-            the idempotency key ``"{saga_id}:{name}"``).
+        name: unique in its definition; letters, digits, ``_``, ``.``, ``-``, and not
+            ``"compensate"`` (it is part of the idempotency key ``"{saga_id}:{name}"``).
         target: the actor that performs the step: its path in the coordinator's tree (looked
             up with ``Actor.lookup``) or its ``ActorRef``.
         action: ``action(ctx) -> payload``: builds the step's message from the

@@ -12,7 +12,7 @@ no trio.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, TypeAlias
+from typing import Any, Final, TypeAlias
 
 import attrs
 import msgspec
@@ -39,6 +39,19 @@ __all__ = [
 ]
 
 _SENDS = frozenset({SagaEventKind.STEP_STARTED, SagaEventKind.COMPENSATION_STARTED})
+#: Events after a send that say it was answered (or failed after leaving, unless their error
+#: says it never left).
+_OUTCOMES = frozenset(
+    {
+        SagaEventKind.STEP_COMPLETED,
+        SagaEventKind.STEP_FAILED,
+        SagaEventKind.COMPENSATED_STEP,
+        SagaEventKind.COMPENSATION_FAILED_STEP,
+        SagaEventKind.COMPENSATION_FAILED,
+    }
+)
+#: The audit detail of a step reply when personal data is hidden.
+REPLY_HIDDEN: Final = "completed (reply hidden)"
 
 
 class StartSaga(msgspec.Struct, frozen=True, tag="saga.start"):
@@ -116,7 +129,12 @@ class SagaAuditEntry(msgspec.Struct, frozen=True):
         step_name: the step's name, when the definition is known.
         at: wall-clock time of the event (``time.time()``).
         detail: what happened: the error for failures, the reply (abridged) for completed
-            steps, the attempt for (re-)sends.
+            steps; for a send (``step_started``, ``compensation_started``) what became of it:
+            ``"sent"`` or ``"re-sent (attempt N)"`` (followed by ``" after <error>"`` for a
+            retry), ``"not sent"`` (its builder raised, its target was missing, the caller
+            gave up first), ``"in flight"`` (no outcome yet) or ``"interrupted (may not have
+            been sent)"`` (the coordinator stopped before its outcome was known, and sent it
+            again after restarting).
     """
 
     seq: int
@@ -157,6 +175,22 @@ class SagaInfo(msgspec.Struct, frozen=True):
     running_here: bool
     metadata: dict[str, Any]
     events: list[SagaAuditEntry]
+
+    def without_personal_data(self) -> SagaInfo:
+        """A copy without what may hold personal data: the input (``None``), the metadata
+        (``{}``) and the step replies (each ``step_completed`` detail reads
+        ``"completed (reply hidden)"``).  Errors, names and times are kept.
+
+        The admin API serves this unless it was configured with ``saga_input=True``.
+        """
+        events = [
+            msgspec.structs.replace(e, detail=REPLY_HIDDEN) if e.kind == _COMPLETED_KIND else e
+            for e in self.events
+        ]
+        return msgspec.structs.replace(self, input=None, metadata={}, events=events)
+
+
+_COMPLETED_KIND: Final = SagaEventKind.STEP_COMPLETED.value
 
 
 class SagaReport(msgspec.Struct, frozen=True, tag=True):
@@ -255,11 +289,12 @@ def saga_info(
         value = None
     entries: list[SagaAuditEntry] = []
     sends: dict[tuple[SagaEventKind, int | None], int] = {}
-    for event in events:
+    for k, event in enumerate(events):
         kind = event.kind
         if kind in _SENDS:
             attempt = sends[kind, event.step] = sends.get((kind, event.step), 0) + 1
-            detail = "sent" if attempt == 1 else f"re-sent (attempt {attempt})"
+            following = events[k + 1] if k + 1 < len(events) else None
+            detail = _send_detail(event, following, attempt)
         elif kind is SagaEventKind.STEP_COMPLETED:
             detail = _abridge(event.data)
         elif event.data:
@@ -284,6 +319,30 @@ def saga_info(
         metadata=header.metadata,
         events=entries,
     )
+
+
+def _send_detail(event: SagaEvent, following: SagaEvent | None, attempt: int) -> str:
+    """What became of the send ``event`` announced, told by the event after it.
+
+    A send is journaled before it is made (write-ahead), so its own event cannot say whether
+    it left: the next event of the saga (always about the same step) does.  An outcome, or a
+    retry carrying the error of this attempt, says it was sent unless that error says it
+    never left; a re-send without an error is a restarted coordinator's, which cannot know
+    whether this one left.
+    """
+    sent = "sent" if attempt == 1 else f"re-sent (attempt {attempt})"
+    if event.data:  # a retry: the error of the attempt before it
+        sent += f" after {decode_error(event.data).describe()}"
+    if following is None:
+        return "in flight" if attempt == 1 else f"in flight (attempt {attempt})"
+    if following.kind in _OUTCOMES or (following.kind is event.kind and following.data):
+        failure = following.kind is not SagaEventKind.STEP_COMPLETED  # whose data is a reply
+        if failure and following.data and decode_error(following.data).unsent:
+            return "not sent" if attempt == 1 else f"not sent (attempt {attempt})"
+        return sent
+    if following.kind is event.kind:  # re-sent by a restarted coordinator
+        return "interrupted (may not have been sent)"
+    return sent  # pragma: no cover - no other event can follow a send
 
 
 def _abridge(data: bytes) -> str:

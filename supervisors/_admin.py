@@ -168,8 +168,9 @@ class AdminSettings:
             bound to loopback, any otherwise.
         graceful_timeout: seconds open connections get to finish when the server stops
             (default 1).
-        saga_input: show each saga's input in ``GET .../sagas/{id}`` (default ``False``: an
-            input may hold personal data; the audit trail's details are always redacted).
+        saga_input: show each saga's input, metadata and step replies in ``GET .../sagas``
+            and ``GET .../sagas/{id}`` (default ``False``: they may hold personal data; the
+            audit trail's details are always redacted).
 
     Raises:
         ValueError: a value is out of range.
@@ -311,10 +312,12 @@ class SagaPage(msgspec.Struct, frozen=True):
 
 
 def _hide_input(info: SagaInfo, show_input: bool) -> SagaInfo:
-    """A saga's input may hold personal data: hidden unless configured; details redacted."""
+    """A saga's input, metadata and step replies may hold personal data: hidden unless
+    configured; details redacted."""
+    if not show_input:
+        info = info.without_personal_data()
     events = [msgspec.structs.replace(e, detail=redact(e.detail)) for e in info.events]
-    shown = info.input if show_input else None
-    return msgspec.structs.replace(info, input=shown, events=events)
+    return msgspec.structs.replace(info, events=events)
 
 
 # ================================================================================ backend
@@ -657,7 +660,10 @@ async def _sagas(request: Request, backend: AdminBackend) -> object:
     offset = _int_param(request, "offset", 0, 0, 1_000_000)
     limit = _int_param(request, "limit", min(50, most), 1, most)
     sagas = await backend.ask(_sagas_path(backend), ListSagas(), "saga coordinator")
-    return SagaPage(list(sagas[offset : offset + limit]), offset, limit, len(sagas))
+    page = list(sagas[offset : offset + limit])
+    if not backend.settings.saga_input:  # metadata may hold personal data
+        page = [msgspec.structs.replace(s, metadata={}) for s in page]
+    return SagaPage(page, offset, limit, len(sagas))
 
 
 async def _saga(request: Request, backend: AdminBackend) -> object:

@@ -27,7 +27,14 @@ from actors._journal import (
 )
 from actors._saga import SagaCoordinator
 from actors._saga_definition import SagaDefinition, StepError
-from actors._saga_messages import GetSaga, GetSagaStatistics, ListSagas, SagaReport, StartSaga
+from actors._saga_messages import (
+    GetSaga,
+    GetSagaStatistics,
+    ListSagas,
+    SagaInfo,
+    SagaReport,
+    StartSaga,
+)
 from actors._sqlite_journal import SqliteJournal
 from supervisors import ChildSpec, open_supervisor
 from tests.test_saga import SERVICES, World, chain, saga_tree, service, wait_finished
@@ -357,7 +364,9 @@ async def test_a_restarted_coordinator_finishes_the_saga_its_crash_interrupted(
         return
     assert info.phase == "compensated"
     assert world.forward("c1") == ["s0", "s1"]
-    assert world.compensations("c1") == ["s1", "s0"]
+    # s2 re-sent after the crash may have landed the first time: it is compensated too.
+    resent = [e for e in info.events if e.kind == "step_started" and e.step == 2][1:]
+    assert world.compensations("c1") == (["s2", "s1", "s0"] if resent else ["s1", "s0"])
     assert max(world.applied.values()) == 1
 
 
@@ -429,8 +438,9 @@ async def test_an_sqlite_journal_reopened_by_a_new_process_finishes_the_saga(
             info = await wait_finished(root, "sq")
     assert info.phase == "completed"
     assert world.delivered == ["sq:s0", "sq:s1", "sq:s1"]
+    # The journal cannot know whether the send cut short by the teardown left.
     assert [e.detail for e in info.events if e.step == 1 and e.kind == "step_started"] == [
-        "sent",
+        "interrupted (may not have been sent)",
         "re-sent (attempt 2)",
     ]
 
@@ -495,9 +505,10 @@ def test_crashes_at_any_write_never_apply_an_effect_twice_or_skip_a_compensation
         if process:  # a new process over what the journal holds
             async with saga_tree(world, [definition], journal=inner.snapshot()) as root:
                 info = await wait_finished(root, "p")
-        check(info.phase)
+        check(info)
 
-    def check(phase: str) -> None:
+    def check(info: SagaInfo) -> None:
+        phase = info.phase
         first_failure = next((i for i, b in enumerate(behaviours) if b != "ok"), None)
         if first_failure is None:
             assert phase == "completed"
@@ -506,7 +517,11 @@ def test_crashes_at_any_write_never_apply_an_effect_twice_or_skip_a_compensation
             return
         f = first_failure
         applied = list(range(f)) + ([f] if behaviours[f] == "lose" else [])
-        undo = [j for j in reversed(applied) if compensatable[j]]
+        # A step sent again after the crash may have landed before it (its refusal now says
+        # nothing about the first send): it is compensated like one that timed out.
+        resent = sum(1 for e in info.events if e.kind == "step_started" and e.step == f) > 1
+        doubted = sorted({*applied, *([f] if resent else [])})
+        undo = [j for j in reversed(doubted) if compensatable[j]]
         assert world.forward("p") == [f"s{i}" for i in applied]
         assert world.compensations("p") == [f"s{j}" for j in undo]
         assert phase == ("compensated" if undo else "failed")
