@@ -56,10 +56,11 @@ every saga task wherever it is, compensations included: the journal has their st
 next coordinator resumes them.
 
 Recovery.  ``on_start`` loads every unfinished saga from the journal and resumes it from its
-phase: ``running`` starts the next step; ``step_in_flight`` re-sends the step with its key
-(journaling another ``step_started`` first); ``step_failed`` decides again; ``compensating``
-continues below the last compensated step; a compensation in flight or waiting for a retry is
-re-sent with its key.  This holds after a supervisor restarts the actor (same journal object)
+phase (and reports again, in the background, every saga that waits for an operator, so an
+alert lost with a killed process is raised again): ``running`` starts the next step;
+``step_in_flight`` re-sends the step with its key (journaling another ``step_started``
+first); ``step_failed`` decides again; ``compensating`` continues below the last compensated
+step; a compensation in flight or waiting for a retry is re-sent with its key.  This holds after a supervisor restarts the actor (same journal object)
 and after ``kill -9`` of the process (a new :class:`~actors._sqlite_journal.SqliteJournal` over
 the same file).  Sagas whose callers are gone still finish; ``GetSaga`` shows their outcome and
 a ``StartSaga`` with the same ``saga_id`` and input joins the running saga or returns the
@@ -469,6 +470,29 @@ class SagaCoordinator(Actor[SagaMessage, Any]):
             self._launch(run, None, fresh=False)
         if self.counters.recovered:
             _log.info("%s resumed %d unfinished saga(s)", self.path, self.counters.recovered)
+        if self._monitor_spec is not None:
+            self.spawn(self._report_waiting, name=f"{self.path}:waiting sagas")
+
+    async def _report_waiting(self) -> None:
+        """Report again every saga that waits for an operator (``compensation_failed`` and not
+        discarded): a report lost with a killed process (or a monitor restart) is raised again.
+        The monitor keeps one alert per saga."""
+        for summary in await self._journal.list_unfinished():
+            if summary.phase is not _P.COMPENSATION_FAILED:
+                continue
+            definition = self._definitions.get(summary.definition)
+            found = await self._journal.get(summary.saga_id) if definition is not None else None
+            if definition is None or found is None:
+                detail = "it needs an operator (its definition is not registered here)"
+                step = summary.compensation_step
+            else:
+                run = _Run(found[0], definition, None, self._plans[definition.name])
+                run.state = saga_state(*found)
+                detail = str(self._error(run))
+                step = run.state.compensation_step
+            self._report(
+                summary.saga_id, summary.definition, _P.COMPENSATION_FAILED.value, step, detail
+            )
 
     def _unresumable(self, header: SagaHeader, state: SagaState) -> str | None:
         definition = self._definitions.get(header.definition)

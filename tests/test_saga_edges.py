@@ -540,3 +540,43 @@ def test_nan_and_infinite_times_are_refused_by_the_state_machine() -> None:
     state = state.advance(SagaEvent("s", 0, K.STARTED, None, 1.0))
     with pytest.raises(ValueError, match="finite"):
         state.advance(SagaEvent("s", 1, K.STEP_STARTED, 0, math.nan))
+
+
+async def test_a_saga_waiting_for_an_operator_is_reported_again_when_a_coordinator_starts(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """The report of a compensation_failed saga can be lost with a killed process: the next
+    coordinator reports it again (the monitor keeps one alert per saga)."""
+    failure = msgspec.msgpack.encode(StepError("ValueError", "refund refused", "validation"))
+    journal = MemoryJournal()
+    await journal_at(
+        journal,
+        "w",
+        [
+            *done("w", 0),
+            (K.STEP_STARTED, 1, b""),
+            (K.STEP_FAILED, 1, failure),
+            (K.COMPENSATING, None, failure),
+            (K.COMPENSATION_STARTED, 0, b""),
+            (K.COMPENSATION_FAILED, 0, failure),
+        ],
+    )
+    reports: list[Any] = []
+    async with saga_tree(World(), [chain(2)], journal=journal, reports=reports):
+        await trio.sleep(1.0)
+    ((report,),) = [[r for r in reports if isinstance(r, SagaReport)]]
+    assert (report.saga_id, report.status, report.step) == ("w", "compensation_failed", 0)
+    assert "refund refused" in report.detail
+
+
+async def test_an_input_that_cannot_be_encoded_is_refused_without_a_crash(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """A saga input holding a lone surrogate gets a TypeError naming the input; the
+    coordinator keeps running."""
+    async with saga_tree(World(), [chain(1)]) as root:
+        coordinator = root.ref("sagas")
+        with pytest.raises(TypeError, match="input"):
+            await coordinator.ask(StartSaga("order", {"name": "x\udcff"}, saga_id="bad"))
+        await coordinator.ask(StartSaga("order", saga_id="fine"))
+        assert coordinator.statistics().restarts == 0

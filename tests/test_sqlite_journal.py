@@ -839,7 +839,7 @@ async def test_a_connection_that_does_not_keep_its_synchronous_level_is_refused(
     real_connect = sqlite3.connect
 
     class StuckOff(sqlite3.Connection):
-        def execute(self, sql: str, *args: object) -> sqlite3.Cursor:  # type: ignore[override]
+        def execute(self, sql: str, *args: object) -> sqlite3.Cursor:
             if sql.upper().replace(" ", "").startswith("PRAGMASYNCHRONOUS="):
                 sql = "PRAGMA synchronous = OFF"
             return super().execute(sql, *args)  # type: ignore[arg-type]
