@@ -60,12 +60,13 @@ phase (and reports again, in the background, every saga that waits for an operat
 alert lost with a killed process is raised again): ``running`` starts the next step;
 ``step_in_flight`` re-sends the step with its key (journaling another ``step_started``
 first); ``step_failed`` decides again; ``compensating`` continues below the last compensated
-step; a compensation in flight or waiting for a retry is re-sent with its key.  This holds after a supervisor restarts the actor (same journal object)
-and after ``kill -9`` of the process (a new :class:`~actors._sqlite_journal.SqliteJournal` over
-the same file).  Sagas whose callers are gone still finish; ``GetSaga`` shows their outcome and
-a ``StartSaga`` with the same ``saga_id`` and input joins the running saga or returns the
-stored outcome.  A saga whose definition is not registered is left untouched in the journal
-(and reported), never guessed at.
+step; a compensation in flight or waiting for a retry is re-sent with its key.  This holds
+after a supervisor restarts the actor (same journal object) and after ``kill -9`` of the
+process (a new :class:`~actors._sqlite_journal.SqliteJournal` over the same file).  Sagas whose
+callers are gone still finish; ``GetSaga`` shows their outcome and a ``StartSaga`` with the
+same ``saga_id`` and input joins the running saga or returns the stored outcome.  A saga whose
+definition is not registered is left untouched in the journal (and reported), never guessed
+at.
 """
 
 from __future__ import annotations

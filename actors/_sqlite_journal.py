@@ -60,6 +60,7 @@ Backpressure: at most ``max_pending`` requests are queued; further callers wait 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import math
@@ -69,7 +70,7 @@ import sqlite3
 import stat
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import timedelta
 from itertools import chain
 from types import TracebackType
@@ -989,8 +990,7 @@ class _Writer:
         rows: list[Row] = []
         finishes: list[Row] = []
         creates: list[_Request] = []
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction(conn):
             for r in batch:
                 op = r.op
                 if op == _APPEND:
@@ -1006,13 +1006,20 @@ class _Writer:
                     r.value = _prune(conn, *r.saga) if op == _PRUNE else _discard(conn, r.saga)
                     pruned += r.value
             finished += self._store(conn, creates, rows, finishes)
+        return pruned, finished
+
+    @contextlib.contextmanager
+    def _transaction(self, conn: sqlite3.Connection) -> Iterator[None]:
+        """One write transaction: committed (after the test hook) or rolled back on error."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
             if self.before_commit is not None:
                 self.before_commit(conn)
             conn.execute("COMMIT")
         except BaseException:
             _rollback_quietly(conn)
             raise
-        return pruned, finished
 
     def _store(
         self,
@@ -1041,8 +1048,7 @@ class _Writer:
         for r in batch:
             if r.op in _WRITES:
                 r.error = None  # the first try's verdicts were rolled back with it
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction(conn):
             for r in batch:
                 op = r.op
                 if op not in _WRITES:
@@ -1077,12 +1083,6 @@ class _Writer:
                     finished += sum(1 for f in r.saga if f[0] != _ATTENTION)
                 elif op != _CREATE:
                     pruned += r.value
-            if self.before_commit is not None:
-                self.before_commit(conn)
-            conn.execute("COMMIT")
-        except BaseException:
-            _rollback_quietly(conn)
-            raise
         return pruned, finished
 
     def _is_refused(self, request: _Request) -> bool:

@@ -50,11 +50,6 @@ from actors._config import ProviderSettings
 from actors._journal import (
     Journal,
     JournalError,
-    JournalStatistics,
-    SagaEvent,
-    SagaHeader,
-    SagaState,
-    SagaSummary,
 )
 from actors._provider import ProviderActor
 from actors._retry import RetrySettings
@@ -78,6 +73,7 @@ from actors._saga_messages import (
 )
 from actors._sqlite_journal import SqliteJournal
 from supervisors import ChildSpec, Supervisor, open_supervisor
+from tests.test_saga_recovery import FlakyJournal
 
 SERVICES = ("a", "b", "c", "d")
 PROVIDER = "p"
@@ -326,12 +322,12 @@ class Killed(Exception):
     it over the same journal)."""
 
 
-class CrashingJournal:
+class CrashingJournal(FlakyJournal):
     """A journal over another that crashes the coordinator at planned write numbers, after the
     write landed or instead of it.  The write count runs across processes."""
 
     def __init__(self, inner: Journal, plan: dict[int, bool], count: list[int]) -> None:
-        self.inner = inner
+        super().__init__(inner, 0, lands=False)  # type: ignore[arg-type]
         self.plan = plan
         self.count = count
 
@@ -343,38 +339,6 @@ class CrashingJournal:
         if lands:
             await do()
         raise Killed(f"injected crash at journal write {self.count[0]}")
-
-    async def create(
-        self, header: SagaHeader, first_event: SagaEvent, *, then: Sequence[SagaEvent] = ()
-    ) -> SagaState:
-        return await self._write(lambda: self.inner.create(header, first_event, then=then))  # type: ignore[no-any-return]
-
-    async def append(self, event: SagaEvent) -> SagaState:
-        return await self._write(lambda: self.inner.append(event))  # type: ignore[no-any-return]
-
-    async def append_many(self, events: Sequence[SagaEvent]) -> dict[str, SagaState]:
-        return await self._write(lambda: self.inner.append_many(events))  # type: ignore[no-any-return]
-
-    async def load_unfinished(self) -> list[tuple[SagaHeader, list[SagaEvent]]]:
-        return await self.inner.load_unfinished()
-
-    async def get(self, saga_id: str) -> tuple[SagaHeader, list[SagaEvent]] | None:
-        return await self.inner.get(saga_id)
-
-    async def list_unfinished(self) -> list[SagaSummary]:
-        return await self.inner.list_unfinished()
-
-    async def prune_finished(self, older_than: Any = None, keep_last: Any = None) -> int:
-        return await self.inner.prune_finished(older_than, keep_last)
-
-    async def discard(self, saga_id: str) -> bool:
-        return await self.inner.discard(saga_id)
-
-    def statistics(self) -> JournalStatistics:
-        return self.inner.statistics()
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
 
 
 class Recorder(Actor[Any, None]):

@@ -94,7 +94,9 @@ async def test_acknowledged_writes_survive_close_and_reopen(tmp_path: Path) -> N
 
 
 async def test_concurrent_appenders_share_commits(tmp_path: Path) -> None:
-    """100 concurrent sagas commit their 1,200 rows in far fewer transactions (group commit)."""
+    """Group commit at the size it is claimed: 100 sagas stepping together commit each round
+    of their 1,200 rows in one transaction (12 rounds: create, 5 x 2 steps, finish), about
+    100 rows per commit."""
     async with SqliteJournal(tmp_path / "j.db") as journal:
 
         async def run(i: int) -> None:
@@ -108,8 +110,8 @@ async def test_concurrent_appenders_share_commits(tmp_path: Path) -> None:
         stats = journal.statistics()
     assert stats.rows == 1200
     assert stats.appends == 1200
-    assert stats.commits * 4 < stats.rows
-    assert stats.rows_per_commit > 4
+    assert stats.commits <= 14
+    assert stats.rows_per_commit >= 90
 
 
 async def test_everything_queued_during_a_commit_goes_in_the_next_one(tmp_path: Path) -> None:
@@ -849,27 +851,6 @@ async def test_a_connection_that_does_not_keep_its_synchronous_level_is_refused(
 
     monkeypatch.setattr(sqlite3, "connect", connect)
     await expect_refused(tmp_path / "j.db", "synchronous")
-
-
-async def test_one_hundred_concurrent_sagas_commit_about_one_hundred_rows_at_a_time(
-    tmp_path: Path,
-) -> None:
-    """Group commit at the size it is claimed: 100 sagas stepping together commit each round
-    of their writes in one transaction (12 rounds: create, 5 x 2 steps, finish)."""
-    async with SqliteJournal(tmp_path / "j.db") as journal:
-
-        async def run(i: int) -> None:
-            saga = await Driver(journal, f"s{i}").start()
-            await saga.steps(5)
-            await saga.finish()
-
-        async with trio.open_nursery() as nursery:
-            for i in range(100):
-                nursery.start_soon(run, i)
-        stats = journal.statistics()
-    assert stats.rows == 1200
-    assert stats.rows_per_commit >= 90
-    assert stats.commits <= 14
 
 
 # --------------------------------------------------------------- bad requests stay their own
