@@ -309,6 +309,8 @@ class _Incarnation:
             with scope:
                 await async_fn(*args)
         except BaseException as exc:
+            if is_cancellation(exc) and not _cancelled_here():
+                exc = stray_cancellation(self.cell, exc)
             if is_cancellation(exc) or is_fatal(exc):
                 raise
             # A failing background task crashes its incarnation (not the host's other tasks).
@@ -337,6 +339,27 @@ def is_fatal(exc: BaseException) -> bool:
     if isinstance(exc, BaseExceptionGroup):
         return any(is_fatal(e) for e in exc.exceptions)
     return False
+
+
+def _cancelled_here() -> bool:
+    """Whether the current task is inside a cancelled scope (a real cancellation)."""
+    return trio.current_effective_deadline() == -math.inf
+
+
+class StrayCancellation(RuntimeError):
+    """Actor code raised ``trio.Cancelled`` while no scope around the actor was cancelled."""
+
+
+def stray_cancellation(cell: _Cell, exc: BaseException) -> BaseException:
+    """The crash a stray ``trio.Cancelled`` from actor code stands for (chained to it)."""
+    if isinstance(exc, StrayCancellation):
+        return exc
+    error = StrayCancellation(
+        f"actor {cell.path!r} raised a stray trio.Cancelled (no scope around it was "
+        "cancelled): a cancellation caught elsewhere must not be re-raised; counted as a crash"
+    )
+    error.__cause__ = exc
+    return error
 
 
 def unwrap(exc: BaseException) -> BaseException:
@@ -376,11 +399,18 @@ async def _serve(inc: _Incarnation) -> None:
         try:
             result = await handle(message)
         except BaseException as exc:
-            if not is_cancellation(exc) and not is_fatal(exc):
+            error = exc
+            if is_cancellation(exc):
+                if _cancelled_here():
+                    raise
+                error = stray_cancellation(cell, exc)  # a bug in the actor: a crash
+            if not is_fatal(error):
                 cell.crashed += 1
                 if reply is not None:
-                    reply.fail(ActorCrashed(actor=cell.path, cause=exc))
-            raise
+                    reply.fail(ActorCrashed(actor=cell.path, cause=error))
+            if error is exc:
+                raise
+            raise error from exc
         inc.current = None
         cell.handled += 1
         if reply is not None and not reply.deferred:
@@ -391,7 +421,9 @@ async def _serve(inc: _Incarnation) -> None:
         budget -= 1
         if not budget:
             budget = _FAIRNESS
-            await trio.lowlevel.cancel_shielded_checkpoint()
+            # A full checkpoint, not a shielded one: an actor that keeps its own mailbox
+            # non-empty (and never awaits in handle) must still see its cancellation here.
+            await trio.lowlevel.checkpoint()
 
 
 async def run_actor(
@@ -429,6 +461,11 @@ async def run_actor(
         if inc.error is not None and is_cancellation(exc):
             error = inc.error
             raise inc.error from None
+        if is_cancellation(exc) and not _cancelled_here():
+            # trio.Cancelled with no cancelled scope around: actor code raised one it had
+            # caught elsewhere.  That is a bug in the actor, so a crash, not a stop.
+            error = stray_cancellation(cell, exc)
+            raise error from exc
         raise
     finally:
         inc.closed = True

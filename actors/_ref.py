@@ -79,8 +79,9 @@ class ActorRef(Generic[M, R]):
             The actor's reply.
 
         Raises:
-            AskTimeout: no reply within ``timeout`` (the message is dropped if the actor had not
-                started on it).
+            AskTimeout: no reply within ``timeout``, counted from the call (time spent waiting
+                for room in a full mailbox included); the message is dropped if the actor had
+                not started on it.
             ActorCrashed: the actor crashed while handling this message.
             ActorStopped: the actor is stopped, or stopped before answering.
             trio.Cancelled: the caller's scope was cancelled; the actor is unaffected.
@@ -92,8 +93,9 @@ class ActorRef(Generic[M, R]):
         seconds = effective_timeout(timeout, cell)
         now = trio.current_time()
         if len(cell.queue) >= cell.capacity:
+            # The wait for room counts against the timeout: the reply's deadline stays
+            # ``now + seconds`` from the start of the ask.
             await cell.wait_for_space(now + seconds, seconds)
-            now = trio.current_time()
         reply = new_reply(cell, seconds, now)
         cell.put_nowait(message, reply)
         return await wait_task_rescheduled(reply._abort)  # type: ignore[no-any-return]

@@ -413,3 +413,82 @@ async def test_answered_asks_leave_the_timer_heap_at_once() -> None:
         for i in range(3000):
             await ref.ask(i, timeout=30.0)
             assert len(timers) <= 2, f"{len(timers)} entries after ask {i}"
+
+
+async def test_ask_on_a_full_mailbox_waits_its_timeout_in_all(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """The time an ask spends waiting for mailbox room counts against its timeout: room that
+    appears late leaves only the rest of the timeout for the reply."""
+    async with open_actor(Echo, capacity=1) as ref, trio.open_nursery() as nursery:
+        nursery.start_soon(occupy, ref, 9.0)
+        await trio.testing.wait_all_tasks_blocked()
+        ref.tell_nowait(("sleep", 100.0))  # fills the mailbox, then keeps the actor busy
+        start = trio.current_time()
+        with pytest.raises(AskTimeout):
+            await ref.ask("late", timeout=10.0)  # room at 9 s, no reply before 10 s
+        assert trio.current_time() - start == pytest.approx(10.0)
+        nursery.cancel_scope.cancel()
+
+
+class Spinner(Actor[Any, Any]):
+    """Keeps its own mailbox non-empty: each message tells itself the next one."""
+
+    def __init__(self) -> None:
+        self.handled = 0
+
+    async def handle(self, message: Any) -> None:
+        self.handled += 1
+        if self.handled < 200_000:  # a bound, so a runtime that cannot cancel it still ends
+            self.ref.tell_nowait(message)
+
+
+async def test_an_actor_feeding_its_own_mailbox_can_be_cancelled() -> None:
+    """An actor whose handle never awaits and whose mailbox never empties still sees
+    cancellation at its periodic yield."""
+    spinner = Spinner()
+    with trio.CancelScope() as scope:
+        async with open_actor(spinner) as ref:
+            ref.tell_nowait("go")
+            for _ in range(10):
+                await trio.lowlevel.checkpoint()
+            scope.cancel()
+            await trio.lowlevel.checkpoint()
+    assert scope.cancelled_caught
+    assert spinner.handled < 10_000, spinner.handled
+
+
+async def test_an_actor_feeding_its_own_mailbox_stops_when_asked() -> None:
+    """The same actor stops gracefully when its block ends normally."""
+    spinner = Spinner()
+    async with open_actor(spinner) as ref:
+        ref.tell_nowait("go")
+        for _ in range(10):
+            await trio.lowlevel.checkpoint()
+    assert spinner.handled < 10_000, spinner.handled
+
+
+class StrayCancel(Actor[Any, Any]):
+    """Raises a trio.Cancelled caught from a scope that has already ended."""
+
+    async def handle(self, message: Any) -> Any:
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            try:
+                await trio.lowlevel.checkpoint()
+            except trio.Cancelled as exc:
+                stray = exc
+        raise stray
+
+
+async def test_a_stray_cancelled_from_handle_is_a_crash(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """trio.Cancelled raised by actor code outside any cancelled scope is a crash: the caller
+    gets ActorCrashed and the block raises, instead of the actor exiting as if stopped."""
+    with pytest.raises(RuntimeError, match=r"stray trio\.Cancelled") as info:
+        async with open_actor(StrayCancel, name="stray") as ref:
+            with pytest.raises(ActorCrashed):
+                await ref.ask("x")
+            await trio.sleep(1.0)
+    assert isinstance(info.value.__cause__, trio.Cancelled)
