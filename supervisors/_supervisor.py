@@ -186,6 +186,7 @@ class _Child:
     restart_due: float | None = None
     restart_delay: float = 0.0
     start_error: BaseException | None = None
+    exit_error: BaseException | None = None  # how the last incarnation ended (a crash)
     started_ok: bool = False
 
     @property
@@ -222,6 +223,7 @@ class _Node:
         self.path = path
         self.children: list[_Child] = []
         self.inbox: trio.MemorySendChannel[Any] | None = None
+        self.current: _Run | None = None  # the incarnation running now
         self.retired = False
         self.state = CellState.RESTARTING
         tree.nodes[path] = self
@@ -327,6 +329,13 @@ class _Node:
             inbox.send_nowait(_Stop(terminal))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return False
+        run = self.current
+        if run is not None:
+            # A child blocked in on_start must not hold the stop up: the start is abandoned
+            # (the child gets its shutdown grace) and the loop then reads the stop request.
+            run.stopping = True
+            if run.start_scope is not None:
+                run.start_scope.cancel()
         return True
 
     # ------------------------------------------------------------------ one run
@@ -347,11 +356,14 @@ class _Run:
         self.restart_times: deque[float] = deque()
         self.nursery: trio.Nursery | None = None
         self.idle = False
+        self.stopping = False  # a stop request is queued: no more starts or control requests
+        self.start_scope: trio.CancelScope | None = None  # around the wait for a start
         self.send, self.receive = trio.open_memory_channel[Any](math.inf)
 
     async def main(self, started: Callable[[], None]) -> None:
         node = self.node
         node.inbox = self.send
+        node.current = self
         node.state = CellState.STARTING
         terminal = False
         try:
@@ -377,6 +389,8 @@ class _Run:
                 nursery.cancel_scope.cancel()
         finally:
             node.inbox = None
+            if node.current is self:
+                node.current = None
             self.send.close()
             node.state = CellState.STOPPED if terminal else CellState.RESTARTING
             self._fail_pending_controls()
@@ -417,11 +431,21 @@ class _Run:
                 if message.gen == message.child.gen and message.child.running:
                     await self._on_exit(message.child, message.error)
             elif isinstance(message, _Control):
+                if self.stopping:  # a stop request is queued behind it: refuse
+                    message.error = SupervisorNotRunning(self.node.path)
+                    message.done.set()
+                    continue
                 try:
                     message.result = await message.op(self)
                 except Exception as exc:
                     message.error = exc
-                message.done.set()
+                except BaseException:
+                    # Cut short by cancellation (the tree is going away): its caller is
+                    # answered all the same, then the cancellation goes on.
+                    message.error = SupervisorNotRunning(self.node.path)
+                    raise
+                finally:
+                    message.done.set()
             elif isinstance(message, _Stop):
                 return message.terminal
 
@@ -435,6 +459,7 @@ class _Run:
         child.expected_exit = False
         child.restart_due = None
         child.start_error = None
+        child.exit_error = None
         child.started_ok = False
         child.scope = trio.CancelScope()
         child.exited = trio.Event()
@@ -443,7 +468,18 @@ class _Run:
         self.nursery.start_soon(
             self._child_main, child, ready, restarted, name=f"child {child.path}"
         )
-        await ready.wait()
+        # Waiting for on_start must not freeze the supervisor: a stop request (the tree's
+        # shutdown, a parent's restart) abandons the start and stops the child within its
+        # grace.  Control requests and exits wait in the inbox meanwhile.
+        with trio.CancelScope() as scope:
+            self.start_scope = scope
+            if self.stopping:
+                scope.cancel()
+            await ready.wait()
+        self.start_scope = None
+        if not ready.is_set():
+            await self._stop(child, terminal=False)
+            return False
         return child.started_ok
 
     def _mark_started(self, child: _Child, restarted: bool) -> None:
@@ -500,6 +536,7 @@ class _Run:
         finally:
             if not child.started_ok:
                 child.start_error = error
+            child.exit_error = error
             child.exited.set()
             ready.set()
             try:
@@ -682,6 +719,18 @@ class _Run:
                 child.scope.cancel()
                 await child.exited.wait()
             child.running = False
+            error = child.exit_error
+            if error is not None:
+                # It failed on its way out (on_stop raised): the exit is expected, so the loop
+                # ignores it, but the failure is still a crash to report.
+                child.exit_error = None
+                self.tree.emit(
+                    EventKind.CRASHED,
+                    child.path,
+                    self.node.path,
+                    reason=f"{type(error).__name__}: {error} (while stopping)",
+                    restarts=child.restarts,
+                )
         if terminal:
             child.state = CellState.STOPPED
             self.tree.close_under(child.path, "it was stopped by its supervisor")
@@ -708,8 +757,9 @@ class _Run:
             self.node.children.remove(child)
             child.running = False
             self.tree.close_under(child.path, "it failed to start")
-            error = child.start_error
-            raise ChildStartFailed(child.path, error)
+            if self.stopping and child.start_error is None:
+                raise SupervisorNotRunning(self.node.path)  # abandoned: the supervisor stops
+            raise ChildStartFailed(child.path, child.start_error)
         return child
 
     async def terminate_child(self, name: str) -> None:
