@@ -23,9 +23,15 @@ inside a cancel scope whose deadline is moved per attempt: no task spawn and no 
 per call on the success path.  A worker that finishes an attempt takes the next queued job
 directly.  Retries wait on one delay queue (one task) without holding a bulkhead slot.
 
-Cancellation: a job lives as long as someone waits for it.  When the last waiter gives up
-(ask timeout or caller cancelled), the job is cancelled wherever it is (queued, waiting for a
-retry, or mid-attempt); a job other callers joined keeps running for them.
+Cancellation: a job lives as long as someone waits for it, until the latest deadline of its
+callers.  When the last waiter gives up (ask timeout or caller cancelled), the job is cancelled
+wherever it is: queued or waiting for a retry, at once; mid-attempt or in the fallback, by
+cancelling that task's scope, and the task settles the job (its key stays in flight until then,
+so a key never runs twice side by side).  A caller that joins in between revives the job.  A
+worker whose scope fired in the batch the attempt's outcome arrived in takes a fresh scope for
+its next job.
+
+A graceful stop waits (within the shutdown grace) for the jobs in progress to settle.
 
 Reports: every attempt that reached the service is reported to the monitor exactly once
 (success, failure category, latency).  Reports are batched and sent with ``tell_nowait`` at
@@ -82,7 +88,7 @@ from actors._idempotency import Completed, IdempotencyTable, InFlight, Joined, f
 from actors._monitoring_types import BreakerReport, CallReport
 from actors._ratelimit import RateLimiter
 from actors._ref import ActorRef
-from actors._reply import DONE, CancelAt, Failure, Reply, _Timers
+from actors._reply import ABANDONED, DONE, PENDING, CancelAt, Failure, Reply, _Timers
 from actors._retry import GiveUp, GiveUpReason, RetryPolicy, RetryState
 from actors.chaos import wrap_provider_function
 
@@ -142,7 +148,11 @@ class ProviderStatus(msgspec.Struct, frozen=True):
         queued: calls waiting for a bulkhead slot.
         waiting: calls waiting for a retry delay or a rate-limit token.
         cached: idempotency records held.
-        calls, succeeded, failed: calls admitted and how they ended.
+        calls, succeeded, failed: calls taken and how each ended, once per caller: answered
+            with a reply (from the service, the fallback, a joined call or a stored outcome) or
+            failed (an error, a refusal, or the caller gave up).  Once nothing is in flight,
+            ``calls == succeeded + failed`` (calls the runtime answered because the actor
+            crashed or was cancelled are not counted as ended).
         attempts, retries: attempts made, of which retries.
         rejected: calls refused before any attempt (breaker, bulkhead, rate limit, conflicts).
         fallbacks, hedges: fallbacks used and hedged attempts sent.
@@ -172,7 +182,15 @@ ProviderMessage: TypeAlias = Call | Isolate | Reset | GetStatus
 
 
 class _Job:
-    """One call in progress, shared by every caller waiting for it."""
+    """One call in progress, shared by every caller waiting for it.
+
+    ``live`` counts the callers still waiting and ``deadline`` is the latest of theirs (the
+    job runs for its longest-waiting caller).  When ``live`` drops to zero the job is
+    cancelled: at once if it is queued or waiting for a retry; else the task running it (a
+    worker's attempt or the fallback) has its ``scope`` cancelled (``stopping``) and settles
+    it.  A caller that joins before then revives the job (``cancelled`` is cleared) and is
+    answered like any other.
+    """
 
     __slots__ = (
         "attempts",
@@ -180,6 +198,7 @@ class _Job:
         "deadline",
         "done",
         "entry",
+        "guard",
         "last_error",
         "live",
         "log_ids",
@@ -189,6 +208,7 @@ class _Job:
         "running",
         "scope",
         "started",
+        "stopping",
         "ticket",
         "timeout",
         "waiters",
@@ -209,7 +229,9 @@ class _Job:
         self.done = False
         self.cancelled = False
         self.running = False
+        self.stopping = False
         self.scope: trio.CancelScope | None = None
+        self.guard: CancelAt | None = None  # the running attempt's timeout
         self.ticket = 0
         self.permit = Permit(0)
         self.started = 0.0
@@ -335,6 +357,8 @@ class ProviderActor(Actor[ProviderMessage, Any]):
         self._delay_seq = itertools.count()
         self._delay_scope: trio.CancelScope | None = None
         self._waiting = 0
+        self._jobs = 0  # jobs not settled yet (a graceful stop waits for them)
+        self._drained: trio.Event | None = None  # set as jobs settle while on_stop waits
         self._log_ids = ids(service=name)
         self._timers = _Timers()  # replaced by the runtime's timer service in on_start
         self._token: trio.lowlevel.TrioToken | None = None
@@ -378,6 +402,13 @@ class ProviderActor(Actor[ProviderMessage, Any]):
         self.spawn(self._delay_loop, name=f"{self.path}:delays")
 
     async def on_stop(self) -> None:
+        # A graceful stop lets the calls in progress finish (running, queued, waiting for a
+        # retry or in the fallback), within the shutdown grace: past it the runtime cancels
+        # them and their callers get ActorStopped.  New calls already go to the mailbox.
+        while self._jobs or any(not item[2].done for item in self._fresh):
+            drained = self._drained = trio.Event()
+            await drained.wait()
+        self._drained = None
         self._flush()
 
     async def handle(self, message: ProviderMessage) -> Any:
@@ -410,7 +441,7 @@ class ProviderActor(Actor[ProviderMessage, Any]):
             retry_after=self._breaker.retry_after(now),
             budget_balance=self._budget.balance(now),
             running=self._running,
-            queued=len(self._queued) + len(self._fresh),
+            queued=len(self._queued) + sum(1 for item in self._fresh if not item[2].done),
             waiting=self._waiting,
             cached=self._table.statistics().records,
             calls=c.calls,
@@ -449,7 +480,7 @@ class ProviderActor(Actor[ProviderMessage, Any]):
     def _call(self, message: Call) -> None:
         self._begin(message.payload, message.key, self.defer(), trio.current_time(), False)
 
-    def submit(self, payload: Any, key: str | None, reply: Reply[Any]) -> None:
+    def submit(self, payload: Any, key: str | None, reply: Reply[Any]) -> bool:
         """Queue a call for the worker pool directly (the :class:`Provider` client's lane).
 
         Called from the caller's task instead of sending a :class:`Call` to the mailbox: the
@@ -457,56 +488,89 @@ class ProviderActor(Actor[ProviderMessage, Any]):
         costs one task switch each way.  ``reply`` becomes one of this incarnation's deferred
         replies (answered with ``ActorStopped`` / ``ActorCrashed`` if the actor goes away).
 
+        Returns ``False`` (and keeps nothing) when the bulkhead is full but the call may still
+        be answered without a slot (it has a key, whose stored outcome or call in flight may
+        answer it, or there is a fallback): the caller then sends it through the mailbox, so
+        the actor decides as for any :class:`Call`.
+
         Raises:
-            BulkheadFull: every worker is busy and ``max_queued`` calls already wait.
+            BulkheadFull: every worker is busy and ``max_queued`` calls already wait (the
+                caller's ``reply`` is not kept: retire it).
         """
-        inc = self._inc
-        reply.deferred = True
         if self._idle:
-            inc.deferred.add(reply)
+            reply.deferred = True
+            self._inc.deferred.add(reply)
             reschedule(self._idle.pop(), outcome.Value((payload, key, reply)))
         elif self._workers < self._max_workers:
-            inc.deferred.add(reply)
+            reply.deferred = True
+            self._inc.deferred.add(reply)
             self._workers += 1
             self.spawn(self._worker, (payload, key, reply), name=f"{self.path}:worker")
-        elif len(self._fresh) + self._bulkhead.queued >= self._max_queued:
-            self.counters.calls += 1
-            self.counters.rejected += 1
+        elif self._lane_full():
+            if key is not None or self._fallback_spec is not None:
+                return False
+            self._refused()
             raise BulkheadFull(
                 service=self.name, max_concurrent=self._max_workers, max_queued=self._max_queued
             )
         else:
-            inc.deferred.add(reply)
+            reply.deferred = True
+            self._inc.deferred.add(reply)
             self._fresh.append((payload, key, reply))
+        return True
+
+    def _lane_full(self) -> bool:
+        """Whether a call that finds every slot busy must be refused: its place in the queue
+        would pass ``max_queued`` (direct-lane calls and admitted jobs wait in one queue).
+        Calls whose callers gave up while queued leave it first."""
+        fresh = self._fresh
+        if fresh:
+            live = [item for item in fresh if not item[2].done]
+            if len(live) != len(fresh):
+                fresh.clear()
+                fresh.extend(live)
+        return len(fresh) + self._bulkhead.queued >= self._max_queued
+
+    def _refused(self) -> None:
+        """Count a call refused before admission (the client's fast paths), exactly as the
+        actor counts the same refusal of a :class:`Call`: a call, rejected, failed."""
+        counters = self.counters
+        counters.calls += 1
+        counters.rejected += 1
+        counters.failed += 1
 
     def _begin(
         self, payload: Any, key: str | None, reply: Reply[Any], now: float, run_here: bool
     ) -> _Job | None:
         """Admit one call: idempotency, then :meth:`_admit`.  With ``run_here`` (a worker
         calling), a job that got a bulkhead slot is returned for the caller to run."""
-        self.counters.calls += 1
+        counters = self.counters
+        counters.calls += 1
         entry: InFlight | None = None
         if key is not None:
             try:
                 begun = self._table.begin(key, fingerprint(payload), now)
             except (ResilienceError, ValueError, TypeError) as exc:
-                self.counters.rejected += 1
+                counters.rejected += 1
+                counters.failed += 1
                 reply.fail(exc)
                 return None
             if type(begun) is Completed:
                 if begun.failed:
+                    counters.failed += 1
                     reply.fail(_fresh(begun.value))  # type: ignore[arg-type]
                 else:
+                    counters.succeeded += 1
                     reply.set(begun.value)
                 return None
             if type(begun) is Joined:
-                # The joiner waits for the running call, within that call's own deadline.
                 job: _Job = begun.entry.waiters[0]  # type: ignore[assignment]
-                self._add_waiter(job, reply)
+                self._join(job, reply)
                 return None
             entry = begun.entry  # type: ignore[union-attr]
         log_ids = self._log_ids if key is None else ServiceCall(self.name, key)
         job = _Job(payload, entry, self._retry.begin(now, reply.deadline), log_ids)
+        self._jobs += 1
         if entry is not None:
             entry.waiters.append(job)
         self._add_waiter(job, reply)
@@ -517,8 +581,42 @@ class ProviderActor(Actor[ProviderMessage, Any]):
         job.live += 1
         reply.on_abandon(lambda _reply: self._waiter_gone(job))
 
+    def _join(self, job: _Job, reply: Reply[Any]) -> None:
+        """A caller joins the call in flight under its key: it is answered with that call's
+        outcome, and the call now runs until the latest deadline of its callers."""
+        self._add_waiter(job, reply)
+        # If every earlier caller had just left, the job was being cancelled: it goes on for
+        # this caller (whoever settles it sees the flag cleared).
+        job.cancelled = False
+        deadline = reply.deadline
+        if deadline > job.deadline:
+            self._extend(job, deadline)
+
+    def _extend(self, job: _Job, deadline: float) -> None:
+        """Move ``job``'s deadline later (a caller with a later deadline joined), within the
+        call's ``total_timeout``; a running attempt or fallback that was cut at the old
+        deadline gets the new one."""
+        total = self.settings.retry.total_timeout
+        if total is not None and deadline > job.retry.started + total:
+            deadline = job.retry.started + total
+        if deadline <= job.deadline:
+            return
+        job.deadline = job.retry.deadline = deadline
+        guard = job.guard
+        if job.running and guard is not None and guard._state == PENDING:
+            timeout = job.retry.attempt_timeout(job.started)
+            if timeout > job.timeout:
+                guard._state = DONE
+                job.timeout = timeout
+                job.guard = guard = CancelAt(guard.scope)
+                self._timers.add(job.started + timeout, guard)
+        elif not job.running and job.scope is not None:  # the fallback runs under the scope
+            job.scope.deadline = deadline
+
     def _waiter_gone(self, job: _Job) -> None:
-        # Runs inside trio's cancellation machinery: only schedule the real work.
+        # Runs inside trio's cancellation machinery: only count, and schedule the real work.
+        # A caller that gave up is a call that ended without an answer: it failed.
+        self.counters.failed += 1
         job.live -= 1
         if job.live <= 0 and not job.done and self._token is not None:
             self._token.run_sync_soon(self._cancel_job, job)
@@ -527,9 +625,12 @@ class ProviderActor(Actor[ProviderMessage, Any]):
         if job.done or job.live > 0:
             return
         job.cancelled = True
-        if job.running:
-            if job.scope is not None:
-                job.scope.cancel()  # the worker settles the job
+        scope = job.scope
+        if scope is not None:
+            # An attempt or the fallback runs it: that task settles the job (and its key stays
+            # in flight until then, so the same key cannot run twice side by side).
+            job.stopping = True
+            scope.cancel()
             return
         if job.ticket and self._bulkhead.cancel(job.ticket):
             self._queued.pop(job.ticket, None)
@@ -559,6 +660,13 @@ class ProviderActor(Actor[ProviderMessage, Any]):
                     self._delay(job, now + wait)
                 return None
         try:
+            if self._fresh and self._bulkhead.running >= self._max_workers and self._lane_full():
+                # Direct-lane calls and admitted jobs share one queue of max_queued places.
+                raise BulkheadFull(
+                    service=self.name,
+                    max_concurrent=self._max_workers,
+                    max_queued=self._max_queued,
+                )
             ticket = self._bulkhead.try_enter()
         except ResilienceError as exc:
             self.counters.rejected += 1
@@ -604,6 +712,8 @@ class ProviderActor(Actor[ProviderMessage, Any]):
             return item
         payload, key, reply = item  # type: ignore[misc]
         if reply.done:  # the caller gave up while the call was queued
+            if self._drained is not None:
+                self._drained.set()
             return None
         return self._begin(payload, key, reply, trio.current_time(), True)
 
@@ -641,6 +751,10 @@ class ProviderActor(Actor[ProviderMessage, Any]):
                     if job is None:
                         job = await self._next_job()
                     job = await self._attempt(job, scope)
+                    if scope.cancel_called:
+                        # The attempt's timeout (or its cancellation) fired in the batch its
+                        # outcome arrived in: the next job needs a scope of its own.
+                        break
             # The scope's deadline passed (attempt timeout) or the job was cancelled.
             job = self._interrupted(job)
 
@@ -670,7 +784,7 @@ class ProviderActor(Actor[ProviderMessage, Any]):
         job.started = now
         job.timeout = timeout
         self._attempting.add(job)
-        guard = CancelAt(scope)
+        guard = job.guard = CancelAt(scope)
         self._timers.add(now + timeout, guard)
         CORRELATION.set(job.log_ids)  # log records of the attempt carry service and key
         try:
@@ -681,35 +795,42 @@ class ProviderActor(Actor[ProviderMessage, Any]):
         except BaseException as exc:
             if is_cancellation(exc) or is_fatal(exc):
                 raise
-            guard._state = DONE
-            self._attempting.discard(job)
-            self._running -= 1
-            job.running = False
-            job.scope = None
+            self._end_attempt(job)
             self._failed(job, permit, now, exc)
             return self._release_slot()
-        guard._state = DONE
+        self._end_attempt(job)
+        end = trio.current_time()
+        self._breaker.record_success(permit, end, end - now)
+        self._report(True, end - now, end, None, None, job.attempts > 1)
+        self._finish(job, value, end)
+        return self._release_slot()
+
+    def _end_attempt(self, job: _Job) -> None:
+        guard = job.guard
+        if guard is not None:
+            guard._state = DONE
+            job.guard = None
         self._attempting.discard(job)
         self._running -= 1
         job.running = False
         job.scope = None
-        end = trio.current_time()
-        self._breaker.record_success(permit, end, end - now)
-        self._report(True, end - now, end, None, None, job.attempts > 1)
-        self.counters.succeeded += 1
-        self._finish(job, value, end)
-        return self._release_slot()
+        job.stopping = False
 
     def _interrupted(self, job: _Job | None) -> _Job | None:
         """The worker's scope fired during ``job``'s attempt: a timeout or a cancellation."""
         if job is None or not job.running:
-            return job  # pragma: no cover - the scope only fires during an attempt
+            return job  # the scope fired as the attempt ended: nothing was interrupted
         now = trio.current_time()
-        self._attempting.discard(job)
-        self._running -= 1
-        job.running = False
-        job.scope = None
-        if job.cancelled:
+        guard = job.guard
+        timed_out = guard is not None and guard._state == ABANDONED
+        if timed_out and job.retry.attempt_timeout(job.started) > job.timeout:
+            # Cut at its callers' deadline just as a caller with a later one joined (in the
+            # same batch, before the timeout could move): not a failure of the service.
+            timed_out = False
+            job.stopping = True
+        stopped = job.stopping and not timed_out
+        self._end_attempt(job)
+        if stopped:  # cancelled because every caller had left (or cut short, above)
             self._breaker.release(job.permit, now)
             self._report(
                 False,
@@ -719,6 +840,8 @@ class ProviderActor(Actor[ProviderMessage, Any]):
                 "cancelled: every caller gave up",
                 job.attempts > 1,
             )
+            if not job.cancelled:
+                return job  # a caller joined meanwhile: run it again for that caller
             self._abandon(job)
         else:
             timeout = ProviderTimeout(service=self.name, timeout=job.timeout)
@@ -767,23 +890,24 @@ class ProviderActor(Actor[ProviderMessage, Any]):
     # ------------------------------------------------------------------ hedging
 
     async def _hedged(self, job: _Job) -> Any:
-        """Race the attempt with a second one sent after ``hedging_delay``; first success wins."""
+        """Race the attempt with a second one sent if it is still running after
+        ``hedging_delay``; the first success wins.  A first attempt that fails before the
+        delay is this attempt's outcome: it is never re-sent here (the retry policy decides,
+        as without hedging)."""
         assert self._hedging is not None
         results: list[Any] = []
         errors: list[BaseException] = []
-        started = 0
+        sent = 1
         finished = trio.Event()
 
         async def one(nursery: trio.Nursery) -> None:
-            nonlocal started
-            started += 1
             try:
                 value = await self._fn(job.payload)
             except BaseException as exc:
                 if is_cancellation(exc) or is_fatal(exc):
                     raise
                 errors.append(exc)
-                if len(errors) == started:
+                if len(errors) == sent:
                     finished.set()
                 return
             if not results:
@@ -795,10 +919,9 @@ class ProviderActor(Actor[ProviderMessage, Any]):
             nursery.start_soon(one, nursery)
             with trio.move_on_after(self._hedging):
                 await finished.wait()
-            if not results:
+            if not finished.is_set():
                 self.counters.hedges += 1
-                if finished.is_set():
-                    finished = trio.Event()
+                sent += 1
                 nursery.start_soon(one, nursery)
                 await finished.wait()
             nursery.cancel_scope.cancel()
@@ -812,44 +935,65 @@ class ProviderActor(Actor[ProviderMessage, Any]):
         fallback = self._fallback_spec
         category = getattr(error, "category", ErrorCategory.UNKNOWN)
         if fallback is None or category in _NOT_FALLBACK or job.cancelled:
-            self.counters.failed += 1
             self._finish(job, error, trio.current_time(), failed=True)
             return
         self.counters.fallbacks += 1
         self._waiting += 1
-        self.spawn(self._run_fallback, job, error, fallback, name=f"{self.path}:fallback")
+        # The scope exists from now on, so a cancellation before the task first runs finds
+        # it (see _cancel_job); its deadline is the job's.
+        job.scope = scope = trio.CancelScope(deadline=job.deadline)
+        self.spawn(self._run_fallback, job, error, fallback, scope, name=f"{self.path}:fallback")
 
-    async def _run_fallback(self, job: _Job, error: BaseException, fallback: Fallback) -> None:
+    async def _run_fallback(
+        self, job: _Job, error: BaseException, fallback: Fallback, scope: trio.CancelScope
+    ) -> None:
+        """Answer ``job`` from the fallback within the job's deadline (``scope``).
+
+        When every caller leaves, ``_cancel_job`` cancels ``scope`` and the job is abandoned
+        here (its key stays in flight until then); a caller that joined meanwhile has the
+        fallback run again for it.  Past the deadline the callers get ``error``.
+        """
         try:
-            with trio.move_on_at(job.deadline):
-                if isinstance(fallback, str):
-                    parent = self.path.rpartition("/")[0]
-                    path = fallback if "/" in fallback or not parent else f"{parent}/{fallback}"
-                    fallback = self.lookup(path)
-                if isinstance(fallback, ActorRef):
-                    timeout = max(1e-3, job.deadline - trio.current_time())
-                    if math.isinf(timeout):
-                        timeout = 30.0
-                    value = await fallback.ask(Call(job.payload), timeout=timeout)
-                else:
-                    value = await fallback(job.payload, error)
-                self.counters.succeeded += 1
-                self._finish(job, value, trio.current_time())
-                return
-        except Exception as exc:
-            exc.__context__ = error
-            self.counters.failed += 1
-            self._finish(job, exc, trio.current_time(), failed=True)
-            return
+            while True:
+                with scope:
+                    try:
+                        value = await self._fallback_value(job, error, fallback)
+                    except Exception as exc:
+                        exc.__context__ = error
+                        self._finish(job, exc, trio.current_time(), failed=True)
+                    else:
+                        self._finish(job, value, trio.current_time())
+                    return
+                if not job.stopping:  # the deadline passed
+                    self._finish(job, error, trio.current_time(), failed=True)
+                    return
+                job.stopping = False
+                if job.cancelled:
+                    self._abandon(job)
+                    return
+                job.scope = scope = trio.CancelScope(deadline=job.deadline)
         finally:
+            job.scope = None
             self._waiting -= 1
-        self.counters.failed += 1
-        self._finish(job, error, trio.current_time(), failed=True)
+
+    async def _fallback_value(self, job: _Job, error: BaseException, fallback: Fallback) -> Any:
+        if isinstance(fallback, str):
+            parent = self.path.rpartition("/")[0]
+            path = fallback if "/" in fallback or not parent else f"{parent}/{fallback}"
+            fallback = self.lookup(path)
+        if isinstance(fallback, ActorRef):
+            timeout = max(1e-3, job.deadline - trio.current_time())
+            if math.isinf(timeout):
+                timeout = 30.0
+            # The same key: the fallback provider runs this call at most once too.
+            key = None if job.entry is None else job.entry.key
+            return await fallback.ask(Call(job.payload, key), timeout=timeout)
+        return await fallback(job.payload, error)
 
     def _finish(self, job: _Job, result: Any, now: float, *, failed: bool = False) -> None:
         if job.done:
             return
-        job.done = True
+        self._settle(job)
         entry = job.entry
         if entry is not None:
             job.entry = None  # the entry lists the job: break the cycle so both die at once
@@ -860,24 +1004,34 @@ class ProviderActor(Actor[ProviderMessage, Any]):
                 self._table.complete(entry, now, result)
         waiters = job.waiters
         job.waiters = []
+        counters = self.counters
         if failed:
             first = True
             for reply in waiters:
-                reply.fail(result if first else _fresh(result))
-                first = False
+                if not reply.done:  # callers that gave up were counted when they did
+                    reply.fail(result if first else _fresh(result))
+                    counters.failed += 1
+                    first = False
         else:
             for reply in waiters:
-                reply.set(result)
+                if reply.set(result):
+                    counters.succeeded += 1
 
     def _abandon(self, job: _Job) -> None:
         if job.done:
             return
-        job.done = True
+        self._settle(job)
         job.cancelled = True
         entry = job.entry
         if entry is not None:
             job.entry = None
             self._table.abandon(entry)
+
+    def _settle(self, job: _Job) -> None:
+        job.done = True
+        self._jobs -= 1
+        if self._drained is not None:
+            self._drained.set()
 
     # ------------------------------------------------------------------ delays
 

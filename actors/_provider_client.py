@@ -96,11 +96,23 @@ class Provider(Generic[P, R]):
             rejected = actor.rejection(now)
             if rejected is not None:
                 await trio.lowlevel.checkpoint_if_cancelled()
-                actor.counters.calls += 1
-                actor.counters.rejected += 1
+                actor._refused()  # counted as the actor counts the same refusal
                 raise rejected
         reply = new_reply(cell, effective_timeout(timeout, cell), now)
-        actor.submit(payload, key, reply)
+        try:
+            lane = actor.submit(payload, key, reply)
+        except BaseException:
+            # Refused before the caller parked: nothing may wake this task for that reply
+            # later (its timer, or the runtime failing the incarnation's deferred replies).
+            reply._retire()
+            await trio.lowlevel.checkpoint_if_cancelled()
+            raise
+        if not lane:
+            # Refused by a full bulkhead while a stored outcome or a fallback may still
+            # answer: the actor decides, as for a call sent to its mailbox.
+            reply._retire()
+            result = await self._ref.ask(Call(payload, key), timeout=timeout)
+            return result
         value: R = await wait_task_rescheduled(reply._abort)
         return value
 

@@ -177,6 +177,13 @@ class Reply(Generic[R]):
         reschedule(self._task, outcome.Error(error))
         return True
 
+    def _retire(self) -> None:
+        """The ask never started waiting (its message was refused before the caller parked):
+        close the slot without waking anyone, so neither the timer nor the runtime ever
+        reschedules the caller's task on its account."""
+        self._state = DONE
+        self._forget()
+
     def _forget(self) -> None:
         self._on_abandon = None  # drop the callback's references (no reference cycles)
         if self.deferred and self._cell is not None:

@@ -195,11 +195,11 @@ async def main(seed: int, seconds: float) -> int:
         "breaker",
     )
     print(f"{'provider':<10} " + " ".join(f"{c:>8}" for c in columns))
-    # calls = ok + failed + cached (answered from the idempotency table or joined)
+    # calls = ok + failed once nothing is in flight; cached = idempotency records held
     for name in PROFILES:
         s = statuses[name]
         row = (
-            s.calls, s.succeeded, s.failed, s.calls - s.succeeded - s.failed, s.attempts,
+            s.calls, s.succeeded, s.failed, s.cached, s.attempts,
             s.retries, s.fallbacks,
             breakers[name].trips if name in breakers else 0, s.breaker,
         )  # fmt: skip
