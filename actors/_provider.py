@@ -68,7 +68,7 @@ from actors._breaker import BreakerState, BreakerTransition, CircuitBreaker, Per
 from actors._budget import RetryBudget
 from actors._bulkhead import ENTERED, Bulkhead
 from actors._cell import is_cancellation, is_fatal
-from actors._classify import Classifier
+from actors._classify import Classified, Classifier
 from actors._config import ProviderSettings
 from actors._correlation import CORRELATION, ServiceCall, ids
 from actors._errors import (
@@ -245,7 +245,11 @@ _Fresh: TypeAlias = tuple[Any, "str | None", Reply[Any]]
 def _fresh(error: BaseException) -> BaseException:
     """A copy of ``error`` for one more waiter (one exception object per raise)."""
     if isinstance(error, AuraError):
-        return copy.copy(error)
+        fresh = copy.copy(error)  # copies the attributes, not the chain: keep it
+        fresh.__cause__ = error.__cause__
+        fresh.__context__ = error.__context__
+        fresh.__suppress_context__ = error.__suppress_context__
+        return fresh
     return ProviderError(str(error), category=ErrorCategory.UNKNOWN, cause=error)
 
 
@@ -855,20 +859,7 @@ class ProviderActor(Actor[ProviderMessage, Any]):
         self._breaker.record_failure(permit, now, category, now - started)
         text = _describe(exc)
         self._report(False, now - started, now, category, text, job.attempts > 1)
-        if isinstance(exc, ResilienceError | ActorError):
-            error: BaseException = exc
-        else:
-            try:
-                error = verdict.to_error(self.name, exc)
-            except Exception:  # the exception's __str__ fails: describe it without it
-                error = ProviderError(
-                    f"{self.name}: {verdict.message} ({text})",
-                    service=self.name,
-                    category=category,
-                    cause=exc,
-                    retry_after=verdict.retry_after,
-                    status_code=verdict.status_code,
-                )
+        error = self._translate(exc, verdict, text)
         job.last_error = error
         decision = job.retry.on_failure(now, category, verdict.retry_after)
         if type(decision) is GiveUp:
@@ -878,6 +869,26 @@ class ProviderActor(Actor[ProviderMessage, Any]):
             self._abandon(job)
             return
         self._delay(job, decision.at)  # type: ignore[union-attr]
+
+    def _translate(
+        self, exc: BaseException, verdict: Classified | None = None, text: str | None = None
+    ) -> BaseException:
+        """The typed error a caller gets for ``exc`` (a service's or a fallback's failure)."""
+        if isinstance(exc, ResilienceError | ActorError):
+            return exc
+        if verdict is None:
+            verdict = self._classifier.classify(exc)
+        try:
+            return verdict.to_error(self.name, exc)
+        except Exception:  # the exception's __str__ fails: describe it without it
+            return ProviderError(
+                f"{self.name}: {verdict.message} ({text or _describe(exc)})",
+                service=self.name,
+                category=verdict.category,
+                cause=exc,
+                retry_after=verdict.retry_after,
+                status_code=verdict.status_code,
+            )
 
     def _final_error(self, job: _Job, decision: GiveUp, error: BaseException) -> BaseException:
         reason = decision.reason
@@ -915,16 +926,25 @@ class ProviderActor(Actor[ProviderMessage, Any]):
                 finished.set()
                 nursery.cancel_scope.cancel()
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(one, nursery)
-            with trio.move_on_after(self._hedging):
-                await finished.wait()
-            if not finished.is_set():
-                self.counters.hedges += 1
-                sent += 1
+        try:
+            async with trio.open_nursery() as nursery:
                 nursery.start_soon(one, nursery)
-                await finished.wait()
-            nursery.cancel_scope.cancel()
+                with trio.move_on_after(self._hedging):
+                    await finished.wait()
+                if not finished.is_set():
+                    self.counters.hedges += 1
+                    sent += 1
+                    nursery.start_soon(one, nursery)
+                    await finished.wait()
+                nursery.cancel_scope.cancel()
+        except BaseException as exc:
+            if results and is_cancellation(exc):
+                # The answer arrived in the batch the attempt was cancelled in (its timeout,
+                # or every caller left): it counts, as it does without hedging (the service
+                # took effect; dropping the answer would run the call again).  The worker's
+                # scope stays cancelled, so the cancellation is not lost.
+                return results[0]
+            raise
         if results:
             return results[0]
         raise errors[-1]
@@ -959,8 +979,9 @@ class ProviderActor(Actor[ProviderMessage, Any]):
                     try:
                         value = await self._fallback_value(job, error, fallback)
                     except Exception as exc:
-                        exc.__context__ = error
-                        self._finish(job, exc, trio.current_time(), failed=True)
+                        exc.__context__ = error  # the failure the fallback stood in for
+                        failure = self._translate(exc)
+                        self._finish(job, failure, trio.current_time(), failed=True)
                     else:
                         self._finish(job, value, trio.current_time())
                     return

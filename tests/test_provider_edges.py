@@ -304,6 +304,34 @@ async def test_a_fallback_stops_with_its_last_caller_and_a_key_runs_once(
     assert balanced(s), s
 
 
+async def test_a_failing_fallback_gives_every_caller_one_typed_error(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """A fallback that raises a library error is translated at the provider's boundary, like
+    the service's own failures: every caller of the call gets a ProviderError chained to it."""
+    service = FakeService(("sleep", 1.0, HTTPStatus(503)))
+
+    async def fallback(payload: Any, error: BaseException) -> Any:
+        raise ConnectionError("fallback down")
+
+    errors: list[BaseException] = []
+    async with provider(service, settings(), fallback=fallback) as p:
+
+        async def call() -> None:
+            try:
+                await p.call("x", key="k")
+            except ProviderError as exc:
+                errors.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(call)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(call)
+    assert len(errors) == 2
+    for error in errors:
+        assert isinstance(error.__cause__, ConnectionError)
+
+
 def test_a_caller_joining_a_cancelled_fallback_is_answered() -> None:
     """A caller joining a key whose fallback is being cancelled gets the fallback's answer
     (over 100 schedules)."""
@@ -340,6 +368,38 @@ def test_a_caller_joining_a_cancelled_fallback_is_answered() -> None:
 
 
 # ------------------------------------------------------------------ hedging
+
+
+def test_a_hedged_answer_in_the_batch_its_last_caller_leaves_is_kept() -> None:
+    """With hedging on, an answer that arrives as the attempt is cancelled (its last caller
+    left) is still the key's outcome, as it is without hedging: the service ran the call, so
+    the next caller with the key gets that answer instead of running it again (over 100
+    schedules)."""
+
+    async def main() -> int:
+        gate = trio.Event()
+        runs: list[float] = []
+
+        async def service(payload: Any) -> Any:
+            await gate.wait()
+            runs.append(trio.current_time())
+            return ("reply", payload)
+
+        async def release() -> None:
+            await trio.sleep(2.0)
+            gate.set()
+
+        async with provider(service, settings(hedging_delay=5.0)) as p:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(release)
+                with trio.move_on_after(2.0):
+                    await p.call("x", key="k")
+            await trio.sleep(1.0)
+            assert await p.call("x", key="k") == ("reply", "x")
+        return len(runs)
+
+    for seed in SEEDS:
+        assert run_seeded(main, seed) == 1, seed
 
 
 async def test_hedging_never_resends_a_fast_failure(mock_clock: trio.testing.MockClock) -> None:
