@@ -409,7 +409,10 @@ class ProviderActor(Actor[ProviderMessage, Any]):
         # A graceful stop lets the calls in progress finish (running, queued, waiting for a
         # retry or in the fallback), within the shutdown grace: past it the runtime cancels
         # them and their callers get ActorStopped.  New calls already go to the mailbox.
-        while self._jobs or any(not item[2].done for item in self._fresh):
+        # Calls handed to a worker that has not taken them yet are among the deferred
+        # replies (the direct lane's are deferred from the start).
+        inc = self._inc
+        while self._jobs or inc.deferred:
             drained = self._drained = trio.Event()
             await drained.wait()
         self._drained = None
@@ -715,9 +718,9 @@ class ProviderActor(Actor[ProviderMessage, Any]):
         if type(item) is _Job:
             return item
         payload, key, reply = item  # type: ignore[misc]
+        if self._drained is not None:
+            self._drained.set()  # a graceful stop waits for this call: let it look again
         if reply.done:  # the caller gave up while the call was queued
-            if self._drained is not None:
-                self._drained.set()
             return None
         return self._begin(payload, key, reply, trio.current_time(), True)
 

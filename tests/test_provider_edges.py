@@ -293,8 +293,16 @@ async def test_a_fallback_stops_with_its_last_caller_and_a_key_runs_once(
         return ("fallback", payload)
 
     async with provider(service, settings(), fallback=fallback) as p:
-        with trio.move_on_after(1.0):
-            await p.call("order-7", key="order-7")
+        async with trio.open_nursery() as nursery:
+            scope = trio.CancelScope()  # cancelled from outside: no deadline the actor sees
+
+            async def cancel_soon() -> None:
+                await trio.sleep(1.0)
+                scope.cancel()
+
+            nursery.start_soon(cancel_soon)
+            with scope:
+                await p.call("order-7", key="order-7")
         await trio.testing.wait_all_tasks_blocked()
         assert cancelled == ["order-7"]
         assert await p.call("order-7", key="order-7") == ("fallback", "order-7")
@@ -456,6 +464,45 @@ async def test_a_graceful_stop_lets_calls_in_flight_finish(
             start = trio.current_time()
         assert trio.current_time() - start == 3.0
     assert sorted(got) == [(("reply", "retried"), start + 1.0), (("reply", "slow"), start + 3.0)]
+
+
+def test_a_graceful_stop_waits_for_a_call_handed_to_a_worker() -> None:
+    """A call handed to an idle worker in the batch the stop is requested in (the worker has
+    not taken it yet) finishes too (over 100 schedules; in those where the call comes after
+    the stop request, it goes to the mailbox and is refused as the actor stops)."""
+
+    async def main() -> tuple[bool, Any]:
+        async def service(payload: Any) -> Any:
+            await trio.sleep(1.0)
+            return ("reply", payload)
+
+        got: list[Any] = []
+        direct: list[bool] = []
+        async with (
+            trio.open_nursery() as nursery,
+            provider(service, settings(), shutdown=10.0) as p,
+        ):
+            await p.call("warm")  # a worker now waits idle
+
+            async def call() -> None:
+                inc = p.ref._cell.incarnation
+                direct.append(inc is not None and not inc.stop_requested)
+                try:
+                    got.append(await p.call("x"))
+                except ActorStopped as exc:
+                    got.append(exc)
+
+            nursery.start_soon(call)
+            await trio.lowlevel.checkpoint()  # the call is handed over as the block ends
+        return direct[0], got[0]
+
+    handed = 0
+    for seed in SEEDS:
+        direct, got = run_seeded(main, seed)
+        if direct:
+            handed += 1
+            assert got == ("reply", "x"), (seed, got)
+    assert handed > 0
 
 
 async def test_a_graceful_stop_past_its_grace_fails_the_rest(

@@ -12,6 +12,8 @@ checks:
   event and must wake exactly when it asked to (trio also fails the run on a double wake);
 * once the run settles nothing is left running, queued, waiting or in flight: the status,
   the workers, the bulkhead, the idempotency table, the service and the fallback;
+* no work goes on without a caller: every run of the service or the fallback lies within the
+  time its callers waited (the last caller leaving cancels it);
 * no key takes effect twice: per key at most one successful execution (service or fallback;
   a hedged pair of one attempt excepted), and every caller answered with a success for a key
   got that execution's result;
@@ -59,7 +61,7 @@ from supervisors import ChildSpec, open_supervisor
 from tests.test_provider import HTTPStatus
 from tests.trio_seeds import run_seeded
 
-CI_SEEDS = 150
+CI_SEEDS = 1000
 LONG_SEEDS = 10_000
 
 #: What a caller may get: a reply, or one of these (or its own scope's cancellation).
@@ -84,11 +86,15 @@ LATENCIES = (0.0, 0.5, 1.0, 1.0, 2.0, 3.0, 100.0)
 
 @attrs.define
 class Effect:
+    """One run of the service or the fallback (an effect if it succeeded)."""
+
     key: str | None
+    tag: int  # the variant of a keyed payload; the caller's number for a call without key
     execution: int
     start: float
     end: float
     by: str  # "service" or "fallback"
+    outcome: str = "running"  # then "ok", "failed" or "cancelled"
 
 
 class Backend:
@@ -98,48 +104,57 @@ class Backend:
         self.rng = rng
         self.network = network
         self.ids = itertools.count(1)
-        self.effects: list[Effect] = []
+        self.runs: list[Effect] = []
         self.running = 0
         self.fallbacks_running = 0
 
-    async def _answer(self, latency: float) -> None:
+    @property
+    def effects(self) -> list[Effect]:
+        return [run for run in self.runs if run.outcome == "ok"]
+
+    async def _run(self, payload: tuple[str | None, int], by: str, ok: bool) -> Effect:
+        """Wait for the answer from the network; record the run and how it ended."""
+        key, tag = payload
+        run = Effect(key, tag, next(self.ids), trio.current_time(), math.nan, by)
+        self.runs.append(run)
+        latencies = LATENCIES if by == "service" else LATENCIES[:-1]
         arrived = trio.Event()
 
-        async def deliver() -> None:
+        async def deliver(latency: float) -> None:
             await trio.sleep(latency)
             arrived.set()
 
-        self.network.start_soon(deliver)
-        await arrived.wait()
+        self.network.start_soon(deliver, self.rng.choice(latencies))
+        try:
+            await arrived.wait()
+        except BaseException:
+            run.outcome = "cancelled"
+            raise
+        finally:
+            run.end = trio.current_time()
+        run.outcome = "ok" if ok else "failed"
+        return run
 
     async def service(self, payload: tuple[str | None, int]) -> Any:
-        key, _variant = payload
-        execution = next(self.ids)
-        start = trio.current_time()
         outcome = self.rng.choice(("ok", "ok", "ok", "503", "503", "400", "429"))
         self.running += 1
         try:
-            await self._answer(self.rng.choice(LATENCIES))
+            run = await self._run(payload, "service", outcome == "ok")
         finally:
             self.running -= 1
         if outcome == "ok":
-            self.effects.append(Effect(key, execution, start, trio.current_time(), "service"))
-            return ("ok", key, execution)
+            return ("ok", run.key, run.execution)
         raise HTTPStatus(int(outcome), retry_after=0.5 if outcome == "429" else None)
 
     async def fallback(self, payload: tuple[str | None, int], error: BaseException) -> Any:
-        key, _variant = payload
-        execution = next(self.ids)
-        start = trio.current_time()
         ok = self.rng.random() < 0.7
         self.fallbacks_running += 1
         try:
-            await self._answer(self.rng.choice(LATENCIES[:-1]))
+            run = await self._run(payload, "fallback", ok)
         finally:
             self.fallbacks_running -= 1
         if ok:
-            self.effects.append(Effect(key, execution, start, trio.current_time(), "fallback"))
-            return ("fallback", key, execution)
+            return ("fallback", run.key, run.execution)
         raise ConnectionError("fallback down")
 
 
@@ -194,6 +209,8 @@ def draw_plan(rng: random.Random) -> Plan:
                 "variant": 1 if key is not None and rng.random() < 0.05 else 0,
                 "timeout": rng.choice((None, 1.0, 2.0, 3.0, 5.0, 10.0, math.inf)),
                 "cancel_after": rng.choice((None, None, None, 0.5, 1.0, 2.0, 3.0)),
+                # a deadline the provider sees, or a cancellation out of the blue
+                "cancel_how": rng.choice(("deadline", "explicit")),
                 "lane": "ask" if rng.random() < 0.25 else "client",
                 "probe": rng.choice((0.5, 1.0, 7.0)),
             }
@@ -235,11 +252,15 @@ async def fuzz_run(seed: int) -> dict[str, int]:
 
                 async def caller(call: dict[str, Any]) -> None:
                     await trio.sleep(call["at"])
-                    payload = (call["key"], call["variant"])
+                    key = call["key"]
+                    payload = (key, call["variant"] if key is not None else call["i"])
                     answer = Answer(call, trio.current_time(), 0.0)
                     scope = trio.CancelScope()
                     if call["cancel_after"] is not None:
-                        scope.deadline = trio.current_time() + call["cancel_after"]
+                        if call["cancel_how"] == "deadline":
+                            scope.deadline = trio.current_time() + call["cancel_after"]
+                        else:
+                            nursery.start_soon(cancel_later, scope, call["cancel_after"])
                     with scope:
                         try:
                             if call["lane"] == "client":
@@ -262,6 +283,10 @@ async def fuzz_run(seed: int) -> dict[str, int]:
                     with trio.move_on_after(call["probe"]) as waited:
                         await trio.Event().wait()
                     assert waited.cancelled_caught
+
+                async def cancel_later(scope: trio.CancelScope, after: float) -> None:
+                    await trio.sleep(after)
+                    scope.cancel()
 
                 async def crash(at: float) -> None:
                     await trio.sleep(at)
@@ -289,6 +314,7 @@ async def fuzz_run(seed: int) -> dict[str, int]:
     assert len(answers) == len(plan.calls), f"seed {seed}: a caller was never answered"
     check_answers(seed, plan, answers)
     check_effects(seed, plan, backend, answers)
+    check_no_work_without_a_caller(seed, backend, answers)
     if not plan.crashes:
         # Without crashes nothing is cut short: graceful restarts let calls in flight finish.
         cut = [a for a in answers if isinstance(a.error, ActorCrashed | ActorStopped)]
@@ -363,6 +389,24 @@ def check_effects(seed: int, plan: Plan, backend: Backend, answers: list[Answer]
         assert len(delivered) <= 1, (seed, key, delivered)
         if delivered:
             assert delivered <= {e.execution for e in by_key[key]}, (seed, key, delivered)
+
+
+def check_no_work_without_a_caller(seed: int, backend: Backend, answers: list[Answer]) -> None:
+    """Every run of the service or the fallback happens while a caller waits for its call:
+    the callers of its key (or the one caller of a call without key) cover its whole span.
+    Work goes on after its last caller left only if the provider failed to stop it."""
+    spans: dict[Any, list[tuple[float, float]]] = defaultdict(list)
+    for a in answers:
+        key = a.call["key"]
+        spans[key if key is not None else ("call", a.call["i"])].append((a.started, a.at))
+    for run in backend.runs:
+        group = run.key if run.key is not None else ("call", run.tag)
+        reach = run.start
+        for start, end in sorted(spans[group]):
+            if start > reach:
+                break
+            reach = max(reach, end)
+        assert reach >= run.end, (seed, run, sorted(spans[group]))
 
 
 def test_provider_fuzz(long_run: bool) -> None:
