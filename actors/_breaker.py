@@ -462,8 +462,14 @@ class CircuitBreaker:
         return list(self._history)
 
     def statistics(self, now: float | None = None) -> BreakerStatistics:
-        """A :class:`BreakerStatistics` snapshot; with ``now`` the window is aged to ``now``."""
-        if now is not None and self._state is _CLOSED and now >= self._bucket_end:
+        """A :class:`BreakerStatistics` snapshot; with ``now`` the window is aged to ``now``.
+
+        Aging applies in every state: an open, half-open or isolated breaker's window still
+        holds the outcomes that tripped it (it is only cleared when the breaker closes), and
+        they leave it as time passes.  Aging changes no decision: a breaker aged here decides
+        its next input exactly as one aged by that input.
+        """
+        if now is not None and now >= self._bucket_end:
             self._advance(now)
         calls = self._window_calls()
         failures = self._r_fail + self._c_fail

@@ -3,6 +3,7 @@ reference model that recomputes everything from a plain list of outcomes."""
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 
@@ -247,6 +248,28 @@ def test_failures_leave_the_window_as_time_passes() -> None:
     assert (stats.window_calls, stats.window_failures) == (0, 0)
     fail(breaker, 10.0)  # 1/1 but below minimum throughput
     assert breaker.state is CLOSED
+
+
+@pytest.mark.parametrize("state", [OPEN, HALF_OPEN, ISOLATED])
+def test_statistics_age_the_window_in_every_state(state: BreakerState) -> None:
+    """statistics(now) reports the window as of now whatever the state: the calls that
+    tripped the breaker leave the window as time passes, open, half-open or isolated."""
+    breaker, _ = make(failure_threshold=2, window=10.0, buckets=5, break_duration=1.0)
+    succeed(breaker, 0.0)
+    if state is ISOLATED:
+        breaker.isolate(0.5)
+    else:
+        fail(breaker, 0.5, 2)
+        assert breaker.state is OPEN
+        if state is HALF_OPEN:
+            breaker.acquire(1.5)  # the break elapsed: this call is the probe
+    assert breaker.state is state
+    before = breaker.statistics(9.9)
+    assert before.window_calls == (1 if state is ISOLATED else 3)
+    stats = breaker.statistics(10.0)  # bucket 0 (0-2 s) left the window
+    assert (stats.window_calls, stats.window_failures, stats.window_failure_ratio) == (0, 0, 0.0)
+    assert stats.state is state
+    assert stats.consecutive_failures == before.consecutive_failures  # not a window figure
 
 
 def test_a_long_time_jump_clears_the_whole_window() -> None:
@@ -512,6 +535,13 @@ def test_bucket_of_brackets_the_time(t: float, width: float) -> None:
 
 
 # ------------------------------------------------------------------------------ reference model
+
+
+def observe(breaker: CircuitBreaker) -> CircuitBreaker:
+    """A deep copy of ``breaker`` to query (its listener detached): ``statistics(now)`` ages
+    the window it is asked about, and a model test must never change the object under test
+    while observing it."""
+    return copy.deepcopy(breaker, {id(breaker._listener): None})
 
 
 @dataclass
@@ -783,7 +813,7 @@ class BreakerAgainstModel(RuleBasedStateMachine):
         got = [(e.old, e.new, e.reason, e.at) for e in self.events]
         assert got == m.transitions
         assert [(e.old, e.new, e.reason, e.at) for e in b.transitions()] == m.transitions
-        stats = b.statistics()
+        stats = b.statistics()  # without ``now``: changes nothing
         assert stats.trips == m.trips
         assert (stats.successes, stats.failures, stats.ignored) == (
             m.successes,
@@ -796,13 +826,15 @@ class BreakerAgainstModel(RuleBasedStateMachine):
                 len(m.probes),
                 m.probe_successes,
             )
-        if m.state is CLOSED:
-            stats = b.statistics(self.now)
-            window = m.window(self.now)
-            assert stats.window_calls == len(window)
-            assert stats.window_failures == sum(1 for o in window if o[1])
-            assert stats.window_slow_calls == sum(1 for o in window if o[2])
-            assert stats.consecutive_failures == m.consecutive()
+        # The window as of now, in every state, observed on a copy: aging the breaker under
+        # test here would rotate its buckets between inputs and hide a record path that
+        # forgets to.
+        aged = observe(b).statistics(self.now)
+        window = m.window(self.now)
+        assert aged.window_calls == len(window)
+        assert aged.window_failures == sum(1 for o in window if o[1])
+        assert aged.window_slow_calls == sum(1 for o in window if o[2])
+        assert aged.consecutive_failures == m.consecutive()
         if m.state is OPEN:
             assert stats.break_duration == m.break_
             assert stats.open_until == m.open_until
