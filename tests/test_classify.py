@@ -13,11 +13,11 @@ import json
 import socket
 import ssl
 import sys
-import types
 import urllib.error
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import trio
 from hypothesis import given
@@ -253,41 +253,28 @@ def test_urllib_http_error_with_retry_after_header() -> None:
 # ------------------------------------------------------------------------------ httpx
 
 
-def fake_httpx() -> types.ModuleType:
-    """A stand-in with httpx's exception hierarchy (httpx itself is never imported)."""
-    mod = types.ModuleType("httpx")
+#: The request httpx attaches to its request errors (the errors are built as httpx builds them).
+HTTPX_REQUEST = httpx.Request("POST", "https://api.example.com/v1/complete")
 
-    def cls(name: str, base: type[Exception]) -> type[Exception]:
-        made = type(name, (base,), {"__module__": "httpx"})
-        setattr(mod, name, made)
-        return made
 
-    http = cls("HTTPError", Exception)
-    request = cls("RequestError", http)
-    transport = cls("TransportError", request)
-    timeout = cls("TimeoutException", transport)
-    for name in ("ConnectTimeout", "ReadTimeout", "WriteTimeout", "PoolTimeout"):
-        cls(name, timeout)
-    network = cls("NetworkError", transport)
-    for name in ("ConnectError", "ReadError", "WriteError", "CloseError"):
-        cls(name, network)
-    protocol = cls("ProtocolError", transport)
-    cls("LocalProtocolError", protocol)
-    cls("RemoteProtocolError", protocol)
-    cls("ProxyError", transport)
-    cls("UnsupportedProtocol", transport)
-    cls("DecodingError", request)
-    cls("TooManyRedirects", request)
+def httpx_error(name: str) -> Exception:
+    """An instance of httpx's exception class ``name``."""
+    tp = getattr(httpx, name)
+    if issubclass(tp, httpx.RequestError):
+        error: Exception = tp("boom", request=HTTPX_REQUEST)
+    elif name == "StreamClosed":  # a fixed message: takes no argument
+        error = tp()
+    else:
+        error = tp("boom")
+    return error
 
-    def init(self: Exception, message: str, *, request: object, response: object) -> None:
-        Exception.__init__(self, message)
-        self.request = request  # type: ignore[attr-defined]
-        self.response = response  # type: ignore[attr-defined]
 
-    mod.__dict__["HTTPStatusError"] = type("HTTPStatusError", (http,), {"__init__": init})
-    cls("InvalidURL", Exception)
-    cls("StreamError", RuntimeError)
-    return mod
+def httpx_status_error(status: int, headers: dict[str, str]) -> httpx.HTTPStatusError:
+    """The error ``Response.raise_for_status()`` raises for ``status``, as a caller gets it."""
+    response = httpx.Response(status, headers=headers, request=HTTPX_REQUEST)
+    with pytest.raises(httpx.HTTPStatusError) as info:
+        response.raise_for_status()
+    return info.value
 
 
 @pytest.mark.parametrize(
@@ -295,9 +282,12 @@ def fake_httpx() -> types.ModuleType:
     [
         ("ConnectTimeout", C.TIMEOUT),
         ("ReadTimeout", C.TIMEOUT),
+        ("WriteTimeout", C.TIMEOUT),
         ("PoolTimeout", C.TIMEOUT),
         ("ConnectError", C.NETWORK),
         ("ReadError", C.NETWORK),
+        ("WriteError", C.NETWORK),
+        ("CloseError", C.NETWORK),
         ("RemoteProtocolError", C.NETWORK),
         ("LocalProtocolError", C.VALIDATION),
         ("ProxyError", C.NETWORK),
@@ -306,42 +296,36 @@ def fake_httpx() -> types.ModuleType:
         ("TooManyRedirects", C.DEPENDENCY),
         ("InvalidURL", C.CONFIGURATION),
         ("StreamError", C.INVALID_STATE),
+        ("StreamClosed", C.INVALID_STATE),
         ("HTTPError", C.DEPENDENCY),
     ],
 )
-def test_httpx_types_when_httpx_is_imported(
-    monkeypatch: pytest.MonkeyPatch, name: str, category: ErrorCategory
-) -> None:
-    """httpx's exception types get their rules once httpx is in sys.modules."""
-    mod = fake_httpx()
-    monkeypatch.setitem(sys.modules, "httpx", mod)
-    assert classifier().classify(getattr(mod, name)("boom")).category is category
+def test_httpx_types_when_httpx_is_imported(name: str, category: ErrorCategory) -> None:
+    """httpx's exception types (the real ones) get their rules once httpx is in sys.modules."""
+    assert "httpx" in sys.modules
+    assert classifier().classify(httpx_error(name)).category is category
 
 
-def test_httpx_status_error_uses_the_response(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_httpx_status_error_uses_the_response() -> None:
     """HTTPStatusError is decided by response.status_code and its Retry-After header."""
-    mod = fake_httpx()
-    monkeypatch.setitem(sys.modules, "httpx", mod)
     c = classifier()
-    limited = mod.HTTPStatusError(
-        "429", request=None, response=Response(429, {"retry-after": "30"})
-    )
+    limited = httpx_status_error(429, {"Retry-After": "30"})
     assert c.classify(limited) == Classified(C.RATE_LIMIT, 30.0, 429)
-    unavailable = mod.HTTPStatusError(
-        "503", request=None, response=Response(503, {"Retry-After-Ms": "1500"})
-    )
+    unavailable = httpx_status_error(503, {"Retry-After-Ms": "1500"})
     assert c.classify(unavailable) == Classified(C.DEPENDENCY, 1.5, 503)
+    missing = httpx_status_error(404, {})
+    assert c.classify(missing) == Classified(C.VALIDATION, None, 404)
 
 
 def test_an_httpx_type_met_before_httpx_existed_is_not_a_problem(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The type table is built per type on first sight, so importing httpx later works."""
+    monkeypatch.delitem(sys.modules, "httpx")
     c = classifier()
     assert c.classify(RuntimeError()).category is C.UNKNOWN
-    mod = fake_httpx()
-    monkeypatch.setitem(sys.modules, "httpx", mod)
-    assert c.classify(mod.ConnectError("x")).category is C.NETWORK
+    monkeypatch.setitem(sys.modules, "httpx", httpx)  # httpx imported after the classifier
+    assert c.classify(httpx_error("ConnectError")).category is C.NETWORK
 
 
 @pytest.mark.parametrize("module", ["_classify.py", "_breaker.py", "_bulkhead.py", "_ratelimit.py"])
