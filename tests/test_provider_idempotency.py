@@ -1,0 +1,146 @@
+"""Provider idempotency while a key is in flight: a different payload under the held key is a
+conflict, answered at once, and the call holding the key is not disturbed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from actors import IdempotencyConflict, open_actor
+from actors._backoff import BackoffSettings
+from actors._bulkhead import BulkheadSettings
+from actors._config import ProviderSettings
+from actors._provider import ProviderActor
+from actors._provider_client import Provider
+from actors._retry import RetrySettings
+
+#: The phases of a keyed call that holds its key before it has an outcome.
+PHASES = ["running", "backing_off"]
+
+
+class Service:
+    """Counts calls per payload; ``"slow"`` payloads take 3 s, ``fail_first`` fails once."""
+
+    def __init__(self, *, fail_first: bool = False) -> None:
+        self.calls: list[Any] = []
+        self.fail_first = fail_first
+
+    async def __call__(self, payload: Any) -> Any:
+        self.calls.append(payload)
+        if self.fail_first and len(self.calls) == 1:
+            raise ConnectionError("connection reset by peer")
+        await trio.sleep(3.0)
+        return ("reply", payload)
+
+
+def _settings(phase: str) -> ProviderSettings:
+    retry = RetrySettings(
+        max_attempts=3,
+        attempt_timeout=10.0,
+        backoff=BackoffSettings(kind="constant", base_delay=2.0, jitter="none"),
+    )
+    bulkhead = BulkheadSettings(max_concurrent=1 if phase == "queued" else 10, max_queued=5)
+    return ProviderSettings(retry=retry, bulkhead=bulkhead)
+
+
+async def test_a_conflicting_payload_queued_behind_the_key(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """Calls waiting for a bulkhead slot take their key in queue order: the first one queued
+    runs once and gets its reply, the later one with another payload gets IdempotencyConflict
+    and never reaches the service."""
+    service = Service()
+    factory = lambda: ProviderActor("svc", service, _settings("queued"))  # noqa: E731
+    async with open_actor(factory, name="svc") as ref:
+        p: Provider[Any, Any] = Provider(ref)
+        results: dict[str, Any] = {}
+
+        async def call(name: str, payload: Any, key: str | None) -> None:
+            try:
+                results[name] = await p.call(payload, key=key)
+            except IdempotencyConflict as exc:
+                results[name] = exc
+
+        async with trio.open_nursery() as nursery:
+            for name, payload, key in [("blocker", "other", None), ("first", "one", "k")]:
+                nursery.start_soon(call, name, payload, key)
+                await trio.testing.wait_all_tasks_blocked()
+            assert (await p.status()).queued == 1
+            nursery.start_soon(call, "second", "two", "k")
+        assert results["first"] == ("reply", "one")
+        assert isinstance(results["second"], IdempotencyConflict)
+        assert results["second"].key == "k"
+        assert service.calls == ["other", "one"]
+
+
+@pytest.mark.parametrize("phase", PHASES)
+async def test_a_conflicting_payload_while_the_key_is_in_flight(
+    mock_clock: trio.testing.MockClock, phase: str
+) -> None:
+    """While a keyed call runs or waits for its retry, the same key with another payload raises
+    IdempotencyConflict at once (no attempt, no wait); the first call completes undisturbed,
+    and its outcome is what the key holds afterwards."""
+    service = Service(fail_first=phase == "backing_off")
+    factory = lambda: ProviderActor("svc", service, _settings(phase))  # noqa: E731
+    async with open_actor(factory, name="svc") as ref:
+        p: Provider[Any, Any] = Provider(ref)
+        results: dict[str, Any] = {}
+
+        async def call(name: str, payload: Any, key: str | None) -> None:
+            results[name] = await p.call(payload, key=key)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(call, "first", "one", "k")
+            await trio.testing.wait_all_tasks_blocked()
+            if phase == "backing_off":
+                await trio.sleep(1.0)  # inside the 2 s delay before the retry
+            status = await p.status()
+            held = {"running": status.running, "backing_off": status.waiting}
+            assert held[phase] == 1, status
+            asked = trio.current_time()
+            with pytest.raises(IdempotencyConflict) as info:
+                await p.call("two", key="k")
+            assert info.value.key == "k"
+            assert trio.current_time() == asked  # refused at once, not after the first call
+            assert "first" not in results
+        assert results["first"] == ("reply", "one")
+        assert "two" not in service.calls
+        assert service.calls.count("one") == (2 if phase == "backing_off" else 1)
+        # The key holds the first call's outcome: the same payload is answered from it, another
+        # payload is still a conflict.
+        assert await p.call("one", key="k") == ("reply", "one")
+        with pytest.raises(IdempotencyConflict):
+            await p.call("two", key="k")
+        assert service.calls.count("one") == (2 if phase == "backing_off" else 1)
+        status = await p.status()
+        assert status.rejected == 2
+        assert (status.running, status.queued, status.waiting) == (0, 0, 0)
+
+
+async def test_a_conflict_does_not_cancel_the_joined_callers(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """Callers that joined the key with the same payload get the reply even though a caller
+    with another payload was refused in between."""
+    service = Service()
+    async with open_actor(lambda: ProviderActor("svc", service), name="svc") as ref:
+        p: Provider[Any, Any] = Provider(ref)
+        replies: list[Any] = []
+        conflicts: list[IdempotencyConflict] = []
+
+        async def call(payload: Any) -> None:
+            try:
+                replies.append(await p.call(payload, key="k"))
+            except IdempotencyConflict as exc:
+                conflicts.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            for payload in ["one", "one", "two", "one"]:
+                nursery.start_soon(call, payload)
+                await trio.testing.wait_all_tasks_blocked()
+        assert replies == [("reply", "one")] * 3
+        assert [c.key for c in conflicts] == ["k"]
+        assert service.calls == ["one"]
