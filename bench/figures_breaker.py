@@ -1,72 +1,92 @@
-"""Figures for the circuit breaker and the classifier, against pybreaker and purgatory.
+"""Figures for the circuit breaker and the classifier, against pybreaker, purgatory, aiobreaker.
 
 Theory of operation
 -------------------
-Every figure is the extra cost a policy adds around a trivial call, measured in one process.
-Each *round* runs every candidate once, interleaved (:func:`bench._harness.interleave`), and
-yields one value of each figure (ratios are formed inside the round, so both sides of a ratio
-saw the same machine load); the reported figure is the median over rounds.  Short runs and many
-rounds keep a busy machine's preemptions from skewing the medians.
+Every figure is the extra cost a breaker adds around a trivial call ``f()``, measured inside a
+trio run, on the same workload for every candidate: a fresh breaker per run, **one counted
+failure** recorded first (so the window holds a failure, as a service's window usually does),
+then ``n`` successful calls.  Rounds interleave the candidates (:func:`bench._harness.measure`);
+each figure is the median of its per-round values, with the interquartile range.
 
-* ``breaker_permit_record_ns``: our closed breaker, ``acquire(now)`` + ``record_success``
-  around ``f()``, minus calling ``f()`` bare in the same loop.
-* ``pybreaker_call_overhead_ns``: ``pybreaker.CircuitBreaker().call(f)`` minus ``f()``.
-* ``purgatory_call_overhead_ns``: purgatory's cheapest API, its synchronous breaker fetched
-  once from a ``SyncCircuitBreakerFactory`` and reused as a context manager (``with brk: f()``)
-  minus ``f()``.  (Its decorator looks the breaker up again on every call, which costs more.)
-* ``breaker_vs_cheapest_peer``: ours divided by the cheaper peer; the goal is <= 0.33.
+* ``breaker_clocked_ns``: our breaker's per-call work *as the provider does it*:
+  ``start = trio.current_time()``, ``acquire(start)``, ``f()``, ``end = trio.current_time()``,
+  ``record_success(permit, end, end - start)``; minus ``f()`` called bare in the same kind of
+  loop.  The clock reads count: the provider makes them for the breaker.
+* ``pybreaker_call_ns``: ``pybreaker.CircuitBreaker().call(f)`` minus ``f()``.
+* ``purgatory_call_ns``: purgatory's cheapest correct form, its synchronous breaker fetched once
+  from a ``SyncCircuitBreakerFactory`` and reused as a context manager (``with brk: f()``)
+  minus ``f()`` (its decorator looks the breaker up again on every call, which costs more).
+* ``aiobreaker_call_ns``: ``aiobreaker.CircuitBreaker().call(f)`` (its synchronous form, cheaper
+  than ``call_async``) minus ``f()``.
+* ``breaker_clocked_vs_cheapest_peer``: ours over the cheapest peer of the same round.  Each
+  peer reads its own clock as it needs to (pybreaker and aiobreaker only when a call fails).
 * ``breaker_open_reject_ns``: an open breaker refusing a call (``CircuitOpen`` raised and
-  caught), for comparison with the peers' 4-19 us quoted in DESIGN.md.
+  caught), for comparison with the peers' rejections in ``bench.figures_provider``.
 * ``classify_ns``: classifying a ``ConnectionResetError`` (the cached per-type path), minus
   an empty loop.
 
-A figure is ``nan`` when a peer is not installed (``pip install aura-actors[bench]``).
+A peer's figure is ``nan`` when it is not installed (``pip install aura-actors[bench]``); the
+ratio uses the peers that are.
 """
 
 from __future__ import annotations
 
 import math
-import statistics
 import time
 from collections.abc import Callable
 
-from actors._breaker import BreakerSettings, CircuitBreaker
+import trio
+
+from actors._breaker import BreakerSettings, BreakerState, CircuitBreaker
 from actors._classify import Classifier
 from actors._errors import CircuitOpen, ErrorCategory
-from bench._harness import Candidate, interleave
+from bench._harness import Candidate, Figure, measure, now_ns, timed_trio
 
 __all__ = ["GOALS", "collect"]
 
-GOALS = {"breaker_vs_cheapest_peer": ("<=", 0.33)}
+GOALS = {"breaker_clocked_vs_cheapest_peer": ("<=", 0.5)}
+
+_PEERS = ("pybreaker", "purgatory", "aiobreaker")
+
+
+class _Failure(ConnectionError):
+    """The one counted failure every breaker sees before the timed calls."""
 
 
 def _f() -> None:
     return None
 
 
-def _bare(n: int) -> float:
+def _fail() -> None:
+    raise _Failure("connection reset")
+
+
+async def _bare(n: int) -> float:
     f = _f
-    t0 = time.perf_counter_ns()
+    t0 = now_ns()
     for _ in range(n):
         f()
-    return (time.perf_counter_ns() - t0) / n
+    return (now_ns() - t0) / n
 
 
-def _ours() -> Candidate:
+async def _ours(n: int) -> float:
     breaker = CircuitBreaker(BreakerSettings(), name="bench")
+    clock = trio.current_time
+    failed = clock()
+    breaker.record_failure(breaker.acquire(failed), clock(), ErrorCategory.NETWORK, 0.0)
     acquire, record = breaker.acquire, breaker.record_success
-
-    def run(n: int) -> float:
-        f = _f
-        now = 1000.0
-        t0 = time.perf_counter_ns()
-        for _ in range(n):
-            permit = acquire(now)
-            f()
-            record(permit, now, 0.0)
-        return (time.perf_counter_ns() - t0) / n
-
-    return run
+    f = _f
+    t0 = now_ns()
+    for _ in range(n):
+        start = clock()
+        permit = acquire(start)
+        f()
+        end = clock()
+        record(permit, end, end - start)
+    elapsed = now_ns() - t0
+    assert breaker.state is BreakerState.CLOSED
+    assert breaker.statistics().window_failures == 1, "the failure must stay in the window"
+    return elapsed / n
 
 
 def _pybreaker() -> Candidate | None:
@@ -74,16 +94,22 @@ def _pybreaker() -> Candidate | None:
         import pybreaker
     except ImportError:
         return None
-    breaker = pybreaker.CircuitBreaker()
 
-    def run(n: int) -> float:
+    async def body(n: int) -> float:
+        breaker = pybreaker.CircuitBreaker()
         call, f = breaker.call, _f
-        t0 = time.perf_counter_ns()
+        try:
+            call(_fail)
+        except _Failure:
+            pass
+        t0 = now_ns()
         for _ in range(n):
             call(f)
-        return (time.perf_counter_ns() - t0) / n
+        elapsed = now_ns() - t0
+        assert breaker.current_state == "closed"
+        return elapsed / n
 
-    return run
+    return timed_trio(body)
 
 
 def _purgatory() -> Candidate | None:
@@ -91,34 +117,60 @@ def _purgatory() -> Candidate | None:
         from purgatory import SyncCircuitBreakerFactory
     except ImportError:
         return None
-    breaker = SyncCircuitBreakerFactory().get_breaker("bench")
 
-    def run(n: int) -> float:
+    async def body(n: int) -> float:
+        breaker = SyncCircuitBreakerFactory().get_breaker("bench")
+        try:
+            with breaker:
+                _fail()
+        except _Failure:
+            pass
         f = _f
-        t0 = time.perf_counter_ns()
+        t0 = now_ns()
         for _ in range(n):
             with breaker:
                 f()
-        return (time.perf_counter_ns() - t0) / n
+        elapsed = now_ns() - t0
+        assert breaker.context.state == "closed"
+        return elapsed / n
 
-    return run
+    return timed_trio(body)
 
 
-def _open_reject() -> Candidate:
+def _aiobreaker() -> Candidate | None:
+    try:
+        import aiobreaker
+    except ImportError:
+        return None
+
+    async def body(n: int) -> float:
+        breaker = aiobreaker.CircuitBreaker()
+        call, f = breaker.call, _f
+        try:
+            call(_fail)
+        except _Failure:
+            pass
+        t0 = now_ns()
+        for _ in range(n):
+            call(f)
+        elapsed = now_ns() - t0
+        assert breaker.current_state is aiobreaker.CircuitBreakerState.CLOSED
+        return elapsed / n
+
+    return timed_trio(body)
+
+
+def _open_reject(n: int) -> float:
     breaker = CircuitBreaker(BreakerSettings(failure_threshold=1, break_duration=1e9))
     breaker.record_failure(breaker.acquire(0.0), 0.0, ErrorCategory.TIMEOUT)
     acquire = breaker.acquire
-
-    def run(n: int) -> float:
-        t0 = time.perf_counter_ns()
-        for _ in range(n):
-            try:
-                acquire(1.0)
-            except CircuitOpen:
-                pass
-        return (time.perf_counter_ns() - t0) / n
-
-    return run
+    t0 = time.perf_counter_ns()
+    for _ in range(n):
+        try:
+            acquire(1.0)
+        except CircuitOpen:
+            pass
+    return (time.perf_counter_ns() - t0) / n
 
 
 def _empty(n: int) -> float:
@@ -141,13 +193,32 @@ def _classify() -> Candidate:
     return run
 
 
-def collect(quick: bool) -> dict[str, float]:
+def _round(ns: dict[str, float]) -> dict[str, float]:
+    def overhead(name: str) -> float:
+        return ns[name] - ns["bare"] if name in ns else math.nan
+
+    ours = overhead("ours")
+    peers = [overhead(p) for p in _PEERS if p in ns]
+    cheapest = min(peers) if peers else math.nan
+    return {
+        "breaker_clocked_ns": ours,
+        "pybreaker_call_ns": overhead("pybreaker"),
+        "purgatory_call_ns": overhead("purgatory"),
+        "aiobreaker_call_ns": overhead("aiobreaker"),
+        "breaker_clocked_vs_cheapest_peer": ours / cheapest if cheapest > 0 else math.nan,
+        "breaker_open_reject_ns": ns["reject"] - ns["empty"],
+        "classify_ns": ns["classify"] - ns["empty"],
+    }
+
+
+def collect(quick: bool) -> dict[str, Figure]:
     """Measure the figures listed in the module docstring."""
-    n, rounds = (10_000, 9) if quick else (20_000, 41)
-    candidates: dict[str, Candidate] = {"bare": _bare, "ours": _ours()}
+    n, rounds = (10_000, 15) if quick else (20_000, 41)
+    candidates: dict[str, Candidate] = {"bare": timed_trio(_bare), "ours": timed_trio(_ours)}
     peers: dict[str, Callable[[], Candidate | None]] = {
         "pybreaker": _pybreaker,
         "purgatory": _purgatory,
+        "aiobreaker": _aiobreaker,
     }
     for name, build in peers.items():
         candidate = build()
@@ -155,27 +226,5 @@ def collect(quick: bool) -> dict[str, float]:
             candidates[name] = candidate
     candidates["empty"] = _empty
     candidates["classify"] = _classify()
-    candidates["reject"] = _open_reject()
-    samples: dict[str, list[float]] = {}
-    for _ in range(rounds):
-        ns = interleave(candidates, n=n, reps=1)
-        for name, value in _round_figures(ns, list(peers)).items():
-            samples.setdefault(name, []).append(value)
-    return {name: statistics.median(values) for name, values in samples.items()}
-
-
-def _round_figures(ns: dict[str, float], peers: list[str]) -> dict[str, float]:
-    def overhead(name: str) -> float:
-        return ns[name] - ns["bare"] if name in ns else math.nan
-
-    ours = overhead("ours")
-    peer_costs = [overhead(p) for p in peers if p in ns]
-    cheapest = min(peer_costs) if peer_costs else math.nan
-    return {
-        "breaker_permit_record_ns": ours,
-        "pybreaker_call_overhead_ns": overhead("pybreaker"),
-        "purgatory_call_overhead_ns": overhead("purgatory"),
-        "breaker_vs_cheapest_peer": ours / cheapest if cheapest > 0 else math.nan,
-        "breaker_open_reject_ns": ns["reject"] - ns["empty"],
-        "classify_ns": ns["classify"] - ns["empty"],
-    }
+    candidates["reject"] = _open_reject
+    return measure(candidates, _round, n=n, rounds=rounds)

@@ -1,73 +1,80 @@
-"""Saga journal figures: group commit through the SQLite journal against one fsync per row.
+"""SQLite journal figures, and the SQLite yardsticks the saga figures share.
 
 Theory of operation
 -------------------
-Both candidates write the same workload to a fresh journal file in a temporary directory on
-``/tmp`` at the journal's default durability (WAL, ``synchronous=FULL``, exclusive lock): sagas
-of 22 events each (``started`` with its header row, ten ``step_started`` / ``step_completed``
-pairs, ``completed`` with the header's final update), each appended on its own, so each is its
-own row (the rows the journal writes for single appends, built by its own ``event_rows``).
+Every SQLite candidate writes to a fresh journal file in a temporary directory on ``/tmp`` (a
+disk here, not tmpfs) at the journal's default durability: WAL, ``synchronous=FULL``, an
+exclusive lock, the connection opened by the journal's own ``_open``.  Two yardsticks, both
+plain ``sqlite3`` on one thread of their own, doing the least work that writes the same rows:
 
-* ``sqlite_floor_rows_per_s``: plain ``sqlite3`` on one thread, one transaction per journal
-  write, running the journal's own statements: the cost of one commit (one fsync) per row.
-* ``journal_rows_per_s_sqlite_100``: 100 concurrent trio tasks, each running sagas through
-  :class:`~actors._sqlite_journal.SqliteJournal`, every ``append`` awaited before the next
-  (write-ahead, as a coordinator does).  Group commit lets them share transactions.
-* ``journal_group_commit_vs_floor``: their ratio; the saga figure needs >= 10.
-* ``journal_rows_per_commit_sqlite_100``: mean rows per transaction in the journal runs.
+* **the commit floor** (:func:`commit_floor`): one event row per transaction
+  (``BEGIN IMMEDIATE``, the journal's own ``INSERT``, ``COMMIT``): what one durable write costs
+  on this disk in this run, fsync included (``sqlite_commit_us`` in ``bench.figures_saga``).
+* **the ceiling** (:class:`Recorder` and :func:`replay`): while a journal candidate runs, the
+  rows its writer inserts (sagas, events, finishes: the statements and parameters it passes to
+  the journal's ``_insert_many``) are recorded transaction by transaction; the ceiling then
+  commits exactly those rows, in the same transactions, with the same statements, on a fresh
+  file.  Whatever the journal (and everything in front of it) adds to the durable writes
+  themselves shows as the ratio of the two times.
 
-The journal candidate writes ``_SCALE`` times more rows than the floor in the same repetition
-(the floor is that much slower per row), so both run for comparable times; each reports its
-own cost per row and excludes opening and closing the file.
+Figures of this module (rounds interleaved, medians of per-round values with their IQR):
+
+* ``journal_steps_per_s_sqlite_100``: 100 concurrent trio tasks each writing 10-step sagas as
+  a saga coordinator does (a saga with its first step's start, then each step's completion
+  with the next step's start, one write each, awaited), without any actor: steps per second.
+* ``journal_vs_ceiling_sqlite_100``: the ceiling's time over the journal's for the same rows:
+  the journal's own share of ``saga_sqlite_vs_ceiling`` (1 would be a journal costing nothing
+  beyond its commits).
+* ``journal_rows_per_commit_sqlite_100``: event rows per commit in those runs (group commit).
 """
 
 from __future__ import annotations
 
 import os
+import queue
 import sqlite3
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
+import msgspec
 import trio
 
-from actors._journal import SagaEvent, SagaEventKind, SagaHeader, SagaState
-from actors._sqlite_journal import (
-    FINISH_SAGA,
-    INSERT_EVENT,
-    INSERT_SAGA,
-    SqliteJournal,
-    event_rows,
-)
-from bench._harness import interleave, now_ns
+import actors._sqlite_journal as sqlite_journal
+from actors._journal import Journal, MemoryJournal, SagaEvent, SagaEventKind, SagaHeader
+from actors._sqlite_journal import SqliteJournal
+from bench._harness import Figure, measure, now_ns
 
-GOALS = {"journal_group_commit_vs_floor": (">=", 10.0)}
+__all__ = [
+    "CommitFloor",
+    "Recorder",
+    "collect",
+    "commit_floor",
+    "journal_saga",
+    "new_journal_file",
+    "replay",
+]
 
-_TASKS = 100
-_STEPS = 10
-_SCALE = 20
+STEPS = 10  # steps per saga, in this module and in bench.figures_saga
+TASKS = 100  # concurrent writers (sagas) in the concurrent figures
 K = SagaEventKind
-_rows_per_commit: list[float] = []
+_NONE = msgspec.msgpack.encode(None)  # a saga's input
+_ONE = msgspec.msgpack.encode(1)  # a step's reply
+
+#: The journal writer's insert helper, recorded by :class:`Recorder` and called by
+#: :func:`replay` (one private name: the bench's only hook into the writer besides the
+#: ``before_commit`` test hook).
+_insert_many = sqlite_journal._insert_many
+
+Transaction = list[tuple[dict[int, str], list[Any]]]
 
 
-def _saga_events(saga_id: str) -> tuple[SagaHeader, list[SagaEvent]]:
-    header = SagaHeader(saga_id, "bench", time.time(), b"payload")
-    state = SagaState.new(header)
-    events = []
-    moves: list[tuple[SagaEventKind, int | None]] = [(K.STARTED, None)]
-    for i in range(_STEPS):
-        moves += [(K.STEP_STARTED, i), (K.STEP_COMPLETED, i)]
-    moves.append((K.COMPLETED, None))
-    for kind, step in moves:
-        event = state.next_event(kind, step, b"reply" if kind is K.STEP_COMPLETED else b"")
-        state = state.advance(event)
-        events.append(event)
-    return header, events
-
-
-def _new_journal_file(directory: str) -> str:
-    path = os.path.join(directory, "journal.db")
+def new_journal_file(directory: str, name: str = "journal.db") -> str:
+    """A fresh, initialised journal file ``name`` in ``directory``."""
+    path = os.path.join(directory, name)
 
     async def init() -> None:
         async with SqliteJournal(path):
@@ -77,117 +84,247 @@ def _new_journal_file(directory: str) -> str:
     return path
 
 
-# ---------------------------------------------------------------------------------- floor
-
-
-def _floor_writes(rows: int) -> list[list[tuple[str, tuple[Any, ...]]]]:
-    """The journal's writes as lists of (statement, parameters), one list per transaction."""
-    writes: list[list[tuple[str, tuple[Any, ...]]]] = []
-    i = 0
-    while len(writes) < rows:
-        i += 1
-        header, events = _saga_events(f"floor-{i}")
-        for event in events:
-            (row,) = event_rows(i, [event])  # a single append's row, as the journal writes it
-            if event.kind is K.STARTED:
-                h = header
-                saga = (i, h.saga_id, h.definition, h.created_at, h.payload, "{}")
-                writes.append([(INSERT_SAGA, saga), (INSERT_EVENT, row)])
-            elif event.kind is K.COMPLETED:
-                finish = ("completed", event.at, i)
-                writes.append([(INSERT_EVENT, row), (FINISH_SAGA, finish)])
-            else:
-                writes.append([(INSERT_EVENT, row)])
-    return writes[:rows]
-
-
-def _floor(n: int) -> float:
-    writes = _floor_writes(n)
+def _in_thread(work: Callable[[], float]) -> float:
+    """Run ``work`` on a thread of its own (as the journal's writer is) and return its result."""
     result: list[float] = []
     errors: list[BaseException] = []
-    with tempfile.TemporaryDirectory(dir="/tmp") as directory:
-        path = _new_journal_file(directory)
 
-        def work() -> None:
-            try:
-                conn = sqlite3.connect(path, isolation_level=None)
-                conn.execute("PRAGMA locking_mode = EXCLUSIVE")
-                conn.execute("PRAGMA journal_mode = WAL")
-                conn.execute("PRAGMA synchronous = FULL")
-                start = now_ns()
-                for statements in writes:
-                    conn.execute("BEGIN IMMEDIATE")
-                    for sql, params in statements:
-                        conn.execute(sql, params)
-                    conn.execute("COMMIT")
-                result.append((now_ns() - start) / len(writes))
-                conn.close()
-            except BaseException as exc:  # reported in the caller's thread
-                errors.append(exc)
+    def run() -> None:
+        try:
+            result.append(work())
+        except BaseException as exc:  # reported in the caller's thread
+            errors.append(exc)
 
-        thread = threading.Thread(target=work)
-        thread.start()
-        thread.join()
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
     if errors:
         raise errors[0]
     return result[0]
 
 
-# -------------------------------------------------------------------------------- journal
+class CommitFloor:
+    """A plain ``sqlite3`` connection on a thread of its own, making single-row durable commits
+    of event rows on request (:meth:`commits`), timed on that thread.  Close it when done."""
+
+    def __init__(self, path: str) -> None:
+        self._jobs: queue.SimpleQueue[tuple[int, queue.SimpleQueue[Any]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._opened: queue.SimpleQueue[BaseException | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, args=(path,), daemon=True)
+        self._thread.start()
+        error = self._opened.get()
+        if error is not None:
+            raise error
+
+    def _run(self, path: str) -> None:
+        try:
+            conn = sqlite_journal._open(path, "FULL")
+            at = time.time()
+            _insert_many(
+                conn, sqlite_journal._INSERT_SAGAS, [(1, "floor", "bench", at, _NONE, "{}")]
+            )
+        except BaseException as exc:  # reported to the opener
+            self._opened.put(exc)
+            return
+        self._opened.put(None)
+        seq = 0
+        try:
+            while (job := self._jobs.get()) is not None:
+                count, done = job
+                try:
+                    start = now_ns()
+                    for _ in range(count):
+                        seq += 1
+                        conn.execute("BEGIN IMMEDIATE")
+                        row = (1, seq, "step_completed", 0, at, _ONE, None, None)
+                        _insert_many(conn, sqlite_journal._INSERT_EVENTS, [row])
+                        conn.execute("COMMIT")
+                    done.put(now_ns() - start)
+                except BaseException as exc:  # reported to the caller
+                    done.put(exc)
+        finally:
+            conn.close()
+
+    def commits(self, count: int) -> int:
+        """Make ``count`` commits (blocking); the ns they took."""
+        done: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._jobs.put((count, done))
+        result = done.get()
+        if isinstance(result, BaseException):
+            raise result
+        return int(result)
+
+    def close(self) -> None:
+        self._jobs.put(None)
+        self._thread.join()
 
 
-async def _appender(journal: SqliteJournal, task: int, budget: int) -> None:
-    written = 0
-    i = 0
-    while written < budget:
-        # Events are built as a coordinator builds them: one at a time, from the state the
-        # journal returns for the previous one.
-        header = SagaHeader(f"t{task}-{i}", "bench", time.time(), b"payload")
-        i += 1
-        state = await journal.create(header, SagaState.new(header).next_event(K.STARTED))
-        written += 1
-        step = 0
-        while written < budget and not state.finished:
-            if step == _STEPS:
-                event = state.next_event(K.COMPLETED)
-            elif state.step_in_flight is None:
-                event = state.next_event(K.STEP_STARTED, step)
-            else:
-                event = state.next_event(K.STEP_COMPLETED, step, b"reply")
-                step += 1
-            state = await journal.append(event)
-            written += 1
-
-
-async def _journal_body(path: str, rows: int) -> float:
-    async with SqliteJournal(path) as journal:
-        start = now_ns()
-        async with trio.open_nursery() as nursery:
-            for task in range(_TASKS):
-                nursery.start_soon(_appender, journal, task, rows // _TASKS)
-        elapsed = now_ns() - start
-        stats = journal.statistics()
-    _rows_per_commit.append(stats.rows_per_commit)
-    return elapsed / stats.rows
-
-
-def _journal(n: int) -> float:
+def commit_floor(n: int) -> float:
+    """Mean ns of one single-row durable commit of an event row, ``n`` of them."""
     with tempfile.TemporaryDirectory(dir="/tmp") as directory:
-        path = _new_journal_file(directory)
-        return trio.run(_journal_body, path, max(_TASKS, n * _SCALE))
+        floor = CommitFloor(new_journal_file(directory))
+        try:
+            return floor.commits(n) / n
+        finally:
+            floor.close()
 
 
-def collect(quick: bool) -> dict[str, float]:
-    """Median rows/s of the floor and of the journal with 100 appenders, and their ratio."""
-    n, reps = (200, 5) if quick else (800, 9)
-    _rows_per_commit.clear()
-    ns = interleave({"floor": _floor, "journal": _journal}, n=n, reps=reps)
-    floor = 1e9 / ns["floor"]
-    journal = 1e9 / ns["journal"]
-    commits = sorted(_rows_per_commit[1:])  # the first is the warm-up round
-    return {
-        "sqlite_floor_rows_per_s": floor,
-        "journal_rows_per_s_sqlite_100": journal,
-        "journal_group_commit_vs_floor": journal / floor,
-        "journal_rows_per_commit_sqlite_100": commits[len(commits) // 2],
-    }
+class Recorder:
+    """Records the rows a :class:`SqliteJournal`'s writer commits, transaction by transaction.
+
+    Use :meth:`recording` around the part of a run to record; :attr:`transactions` then holds,
+    per committed transaction, the ``(statements, rows)`` of each insert it ran.  The hooks
+    are the journal module's ``_insert_many`` (wrapped for the block: one more Python call
+    per insert statement on the writer thread) and its writer's ``before_commit`` test hook.
+    """
+
+    def __init__(self) -> None:
+        self.transactions: list[Transaction] = []
+        self._current: Transaction = []
+        self.active = False
+
+    def _insert(self, conn: sqlite3.Connection, statements: dict[int, str], rows: list[Any]) -> int:
+        if self.active:
+            self._current.append((statements, list(rows)))
+        return _insert_many(conn, statements, rows)
+
+    def _before_commit(self, conn: sqlite3.Connection) -> None:
+        if self.active:
+            self.transactions.append(self._current)
+            self._current = []
+
+    @contextmanager
+    def recording(self, journal: SqliteJournal) -> Iterator[None]:
+        """Record what ``journal``'s writer (open, idle) commits during the block.
+
+        On a normal exit, checks that the recording holds exactly the transactions the
+        journal reports committing meanwhile: the ceiling must commit no fewer.
+        """
+        writer = journal._writer
+        assert writer is not None, "open the journal first"
+        writer.before_commit = self._before_commit
+        sqlite_journal._insert_many = self._insert
+        before = journal.statistics().commits
+        self.active = True
+        try:
+            yield
+        finally:
+            self.active = False
+            sqlite_journal._insert_many = _insert_many
+            writer.before_commit = None
+        committed = journal.statistics().commits - before
+        if len(self.transactions) != committed or self._current:
+            raise AssertionError(
+                f"recorded {len(self.transactions)} transactions, the journal committed "
+                f"{committed}: the ceiling would not replay the same work"
+            )
+
+    @property
+    def rows(self) -> int:
+        """Event rows recorded (a saga's step is one row)."""
+        events = sqlite_journal._INSERT_EVENTS
+        return sum(len(rows) for tx in self.transactions for s, rows in tx if s is events)
+
+
+def replay(transactions: list[Transaction]) -> float:
+    """Commit ``transactions`` on a fresh journal file from a plain thread; total ns."""
+    with tempfile.TemporaryDirectory(dir="/tmp") as directory:
+        path = new_journal_file(directory)
+
+        def work() -> float:
+            conn = sqlite_journal._open(path, "FULL")
+            try:
+                start = now_ns()
+                for tx in transactions:
+                    conn.execute("BEGIN IMMEDIATE")
+                    for statements, rows in tx:
+                        _insert_many(conn, statements, rows)
+                    conn.execute("COMMIT")
+                return float(now_ns() - start)
+            finally:
+                conn.close()
+
+        return _in_thread(work)
+
+
+# ------------------------------------------------------------------ the journal alone
+
+
+async def journal_saga(journal: Journal, saga_id: str) -> None:
+    """The writes a coordinator makes for one 10-step saga whose steps all succeed: the saga
+    with its first step's start, then each step's completion with the next step's start (or
+    the saga's end) in one write; on the in-memory journal without a coroutine, as it does."""
+    at = time.time()
+    state = await journal.create(
+        SagaHeader(saga_id, "bench", at, _NONE),
+        SagaEvent(saga_id, 0, K.STARTED, None, at),
+        then=(SagaEvent(saga_id, 1, K.STEP_STARTED, 0, at),),
+    )
+    now = journal.append_saga_nowait if type(journal) is MemoryJournal else None
+    for i in range(STEPS):
+        seq = state.next_seq
+        at = time.time()
+        done = SagaEvent(saga_id, seq, K.STEP_COMPLETED, i, at, _ONE)
+        if i < STEPS - 1:
+            then = SagaEvent(saga_id, seq + 1, K.STEP_STARTED, i + 1, at)
+        else:
+            then = SagaEvent(saga_id, seq + 1, K.COMPLETED, None, at)
+        written = now((done, then)) if now is not None else None
+        state = (
+            written if written is not None else (await journal.append_many((done, then)))[saga_id]
+        )
+
+
+class _JournalRun:
+    """The journal alone with :data:`TASKS` writers; keeps its recording for the ceiling."""
+
+    def __init__(self) -> None:
+        self.recorder = Recorder()
+        self.elapsed = 0.0
+
+    def __call__(self, steps: int) -> float:
+        self.recorder = Recorder()
+        with tempfile.TemporaryDirectory(dir="/tmp") as directory:
+            path = new_journal_file(directory)
+            return trio.run(self._body, path, max(steps, STEPS * TASKS))
+
+    async def _body(self, path: str, steps: int) -> float:
+        sagas = max(1, steps // (STEPS * TASKS))
+
+        async def writer(task: int) -> None:
+            for k in range(sagas):
+                await journal_saga(journal, f"j{task}-{k}")
+
+        async with SqliteJournal(path) as journal:
+            with self.recorder.recording(journal):
+                t0 = now_ns()
+                async with trio.open_nursery() as nursery:
+                    for task in range(TASKS):
+                        nursery.start_soon(writer, task)
+                self.elapsed = now_ns() - t0
+        return self.elapsed / (sagas * TASKS * STEPS)
+
+
+def collect(quick: bool) -> dict[str, Figure]:
+    """Measure the figures listed in the module docstring."""
+    steps, rounds = (5_000, 7) if quick else (20_000, 15)
+    journal = _JournalRun()
+    rows_per_commit: list[float] = []
+
+    def ceiling(_: int) -> float:
+        transactions = journal.recorder.transactions
+        rows_per_commit.append(journal.recorder.rows / max(1, len(transactions)))
+        return replay(transactions)
+
+    def derive(ns: dict[str, float]) -> dict[str, float]:
+        return {
+            "journal_steps_per_s_sqlite_100": 1e9 / ns["journal"],
+            "journal_vs_ceiling_sqlite_100": ns["ceiling"] / journal.elapsed,
+            "journal_rows_per_commit_sqlite_100": rows_per_commit[-1],
+        }
+
+    return measure(
+        {"journal": journal, "ceiling": ceiling}, derive, n=steps, rounds=rounds, rotate=False
+    )

@@ -3,8 +3,10 @@
 Theory of operation
 -------------------
 :func:`collect` runs the reliability suite (``python -m bench.soak``) in a fresh subprocess,
-so its resident memory is measured alone, for 12 s of load (``quick``) or 60 s, and reads the
-figures it writes with ``--json``:
+so its resident memory is measured alone, for 12 s of load (``quick``) or 60 s, on the saga
+journal chosen with ``python -m bench --journal memory|sqlite`` (the in-memory journal by
+default; ``sqlite`` is a :class:`~actors._sqlite_journal.SqliteJournal` at its default
+durability in a temporary directory), and reads the figures it writes with ``--json``:
 
 * ``soak_asks_per_s``: asks ended per second of load, every injector on (faults, latency,
   substitute outcomes, behaviours, actor crashes, escalations), sagas and tells included.  It is
@@ -32,8 +34,8 @@ GOALS = {
 }
 
 
-def collect(quick: bool) -> dict[str, float]:
-    """Run one soak in a subprocess and return its throughput and memory growth."""
+def collect(quick: bool, journal: str = "memory") -> dict[str, float]:
+    """Run one soak on ``journal`` in a subprocess; return its throughput and memory growth."""
     seconds = 12 if quick else 60
     with tempfile.TemporaryDirectory(prefix="aura-soak-figures-") as directory:
         target = Path(directory) / "soak.json"
@@ -46,6 +48,8 @@ def collect(quick: bool) -> dict[str, float]:
                 str(seconds),
                 "--seed",
                 "1",
+                "--journal",
+                journal,
                 "--json",
                 str(target),
             ],

@@ -446,7 +446,7 @@ async def run(seconds: float, seed: int, journal_kind: str = "memory") -> Result
         journal: Any = (
             MemoryJournal(retain_last=RETAIN)
             if path is None
-            else SqliteJournal(path, synchronous="NORMAL", retain_last=RETAIN)
+            else SqliteJournal(path, retain_last=RETAIN)
         )
         async with journal:
             metrics, statuses, load_seconds, drained = await _tree_run(soak, journal)
