@@ -68,15 +68,19 @@ class Figure:
 
     @classmethod
     def of(cls, samples: Sequence[float]) -> Figure:
-        """The median and quartiles of ``samples`` (``nan`` samples make the figure ``nan``)."""
-        if not samples:
+        """The median and quartiles of ``samples``.
+
+        A ``nan`` sample is a round in which the figure could not be formed (a peer that is
+        not installed; a difference that a preemption made negative): it does not vote, and
+        ``rounds`` counts only the samples that did.  No valid sample gives ``nan``.
+        """
+        valid = [s for s in samples if not math.isnan(s)]
+        if not valid:
             return cls(math.nan, rounds=0)
-        if any(math.isnan(s) for s in samples):
-            return cls(math.nan, rounds=len(samples))
-        if len(samples) == 1:
-            return cls(samples[0], rounds=1)
-        q1, median, q3 = statistics.quantiles(samples, n=4, method="inclusive")
-        return cls(median, q1, q3, len(samples))
+        if len(valid) == 1:
+            return cls(valid[0], rounds=1)
+        q1, median, q3 = statistics.quantiles(valid, n=4, method="inclusive")
+        return cls(median, q1, q3, len(valid))
 
     @classmethod
     def exact(cls, value: float) -> Figure:

@@ -50,6 +50,7 @@ from bench._harness import Figure, measure, now_ns
 
 __all__ = [
     "CommitFloor",
+    "RecordedRun",
     "Recorder",
     "collect",
     "commit_floor",
@@ -277,54 +278,77 @@ async def journal_saga(journal: Journal, saga_id: str) -> None:
         )
 
 
-class _JournalRun:
-    """The journal alone with :data:`TASKS` writers; keeps its recording for the ceiling."""
+class RecordedRun:
+    """A candidate running :data:`TASKS` concurrent writers on a fresh SQLite journal, recorded
+    (:class:`Recorder`) for :meth:`ceiling`, the candidate that replays it; run them in that
+    order in every round (``measure(..., rotate=False)``).  Subclasses write in :meth:`work`
+    and return the steps they made; ``elapsed`` and ``rows_per_commit`` describe the last run.
+    """
 
     def __init__(self) -> None:
         self.recorder = Recorder()
         self.elapsed = 0.0
+        self.rows_per_commit = 0.0
 
     def __call__(self, steps: int) -> float:
         self.recorder = Recorder()
         with tempfile.TemporaryDirectory(dir="/tmp") as directory:
             path = new_journal_file(directory)
-            return trio.run(self._body, path, max(steps, STEPS * TASKS))
+            return trio.run(self._run, path, max(1, steps // (STEPS * TASKS)))
 
-    async def _body(self, path: str, steps: int) -> float:
-        sagas = max(1, steps // (STEPS * TASKS))
+    async def _run(self, path: str, sagas: int) -> float:
+        async with SqliteJournal(path) as journal:
+            steps = await self.work(journal, sagas)
+        return self.elapsed / steps
 
+    async def work(self, journal: SqliteJournal, sagas: int) -> int:
+        """Run ``sagas`` sagas per writer, timed and recorded (see :meth:`timed`)."""
+        raise NotImplementedError
+
+    async def timed(self, journal: SqliteJournal, writer: Callable[[int], Any]) -> None:
+        """Run ``writer(task)`` for :data:`TASKS` tasks at once, timed and recorded."""
+        with self.recorder.recording(journal):
+            t0 = now_ns()
+            async with trio.open_nursery() as nursery:
+                for task in range(TASKS):
+                    nursery.start_soon(writer, task)
+            self.elapsed = now_ns() - t0
+
+    def ceiling(self, _: int) -> float:
+        """Replay the last run's transactions (total ns); sets ``rows_per_commit``."""
+        transactions = self.recorder.transactions
+        self.rows_per_commit = self.recorder.rows / max(1, len(transactions))
+        return replay(transactions)
+
+
+class _JournalRun(RecordedRun):
+    """The journal alone, written as a coordinator writes it."""
+
+    async def work(self, journal: SqliteJournal, sagas: int) -> int:
         async def writer(task: int) -> None:
             for k in range(sagas):
                 await journal_saga(journal, f"j{task}-{k}")
 
-        async with SqliteJournal(path) as journal:
-            with self.recorder.recording(journal):
-                t0 = now_ns()
-                async with trio.open_nursery() as nursery:
-                    for task in range(TASKS):
-                        nursery.start_soon(writer, task)
-                self.elapsed = now_ns() - t0
-        return self.elapsed / (sagas * TASKS * STEPS)
+        await self.timed(journal, writer)
+        return sagas * TASKS * STEPS
 
 
 def collect(quick: bool) -> dict[str, Figure]:
     """Measure the figures listed in the module docstring."""
     steps, rounds = (5_000, 7) if quick else (20_000, 15)
     journal = _JournalRun()
-    rows_per_commit: list[float] = []
-
-    def ceiling(_: int) -> float:
-        transactions = journal.recorder.transactions
-        rows_per_commit.append(journal.recorder.rows / max(1, len(transactions)))
-        return replay(transactions)
 
     def derive(ns: dict[str, float]) -> dict[str, float]:
         return {
             "journal_steps_per_s_sqlite_100": 1e9 / ns["journal"],
             "journal_vs_ceiling_sqlite_100": ns["ceiling"] / journal.elapsed,
-            "journal_rows_per_commit_sqlite_100": rows_per_commit[-1],
+            "journal_rows_per_commit_sqlite_100": journal.rows_per_commit,
         }
 
     return measure(
-        {"journal": journal, "ceiling": ceiling}, derive, n=steps, rounds=rounds, rotate=False
+        {"journal": journal, "ceiling": journal.ceiling},
+        derive,
+        n=steps,
+        rounds=rounds,
+        rotate=False,
     )

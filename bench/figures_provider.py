@@ -75,14 +75,17 @@ class Echo(Actor[Any, Any]):
         return message
 
 
+async def _keyed_calls(p: Provider[Any, Any], n: int) -> float:
+    await p.call(-1, key="warm")
+    t0 = now_ns()
+    for i in range(n):
+        await p.call(i, key=f"request-{i}")
+    return (now_ns() - t0) / n
+
+
 async def _provider(n: int) -> float:
     async with open_actor(lambda: ProviderActor("svc", service), name="svc") as ref:
-        p: Provider[Any, Any] = Provider(ref)
-        await p.call(-1, key="warm")
-        t0 = now_ns()
-        for i in range(n):
-            await p.call(i, key=f"request-{i}")
-        return (now_ns() - t0) / n
+        return await _keyed_calls(Provider(ref), n)
 
 
 async def _provider_monitored(n: int) -> float:
@@ -91,12 +94,7 @@ async def _provider_monitored(n: int) -> float:
         ChildSpec("svc", lambda: ProviderActor("svc", service, monitor="monitor")),
     ]
     async with open_supervisor(specs) as root:
-        p: Provider[Any, Any] = Provider(root.ref("svc"))
-        await p.call(-1, key="warm")
-        t0 = now_ns()
-        for i in range(n):
-            await p.call(i, key=f"request-{i}")
-        return (now_ns() - t0) / n
+        return await _keyed_calls(Provider(root.ref("svc")), n)
 
 
 async def _ask(n: int) -> float:

@@ -49,7 +49,6 @@ import trio
 
 from actors._actor import Actor
 from actors._journal import Journal, MemoryJournal
-from actors._ref import ActorRef
 from actors._runtime import open_actor
 from actors._saga import SagaCoordinator
 from actors._saga_definition import SagaDefinition, SagaStep
@@ -60,10 +59,9 @@ from bench.figures_journal import (
     STEPS,
     TASKS,
     CommitFloor,
-    Recorder,
+    RecordedRun,
     journal_saga,
     new_journal_file,
-    replay,
 )
 from supervisors import ChildSpec, open_supervisor
 
@@ -208,35 +206,20 @@ class _Serial:
         return saga_ns / (sagas * STEPS)
 
 
-async def _caller(coordinator: ActorRef[Any, Any], sagas: int) -> None:
-    for _ in range(sagas):
-        await coordinator.ask(StartSaga("bench"), timeout=600)
+class _Concurrent(RecordedRun):
+    """:data:`TASKS` callers running sagas back to back through one coordinator."""
 
-
-class _Concurrent:
-    """:data:`TASKS` callers running sagas back to back; keeps its recording for the ceiling."""
-
-    def __init__(self) -> None:
-        self.recorder = Recorder()
-        self.elapsed = 0.0
-
-    def __call__(self, steps: int) -> float:
-        self.recorder = Recorder()
-        with tempfile.TemporaryDirectory(dir="/tmp") as directory:
-            return trio.run(self._body, new_journal_file(directory), max(steps, STEPS * TASKS))
-
-    async def _body(self, path: str, steps: int) -> float:
-        sagas = max(1, steps // (STEPS * TASKS))
-        async with SqliteJournal(path) as journal, open_supervisor(_tree(journal)) as root:
+    async def work(self, journal: SqliteJournal, sagas: int) -> int:
+        async with open_supervisor(_tree(journal)) as root:
             coordinator = root.ref("sagas")
             await coordinator.ask(StartSaga("bench"), timeout=600)
-            with self.recorder.recording(journal):
-                t0 = now_ns()
-                async with trio.open_nursery() as nursery:
-                    for _ in range(TASKS):
-                        nursery.start_soon(_caller, coordinator, sagas)
-                self.elapsed = now_ns() - t0
-        return self.elapsed / (sagas * TASKS * STEPS)
+
+            async def caller(task: int) -> None:
+                for _ in range(sagas):
+                    await coordinator.ask(StartSaga("bench"), timeout=600)
+
+            await self.timed(journal, caller)
+        return sagas * TASKS * STEPS
 
 
 def collect(quick: bool) -> dict[str, Figure]:
@@ -270,20 +253,13 @@ def collect(quick: bool) -> dict[str, Figure]:
     )
 
     concurrent = _Concurrent()
-    rows_per_commit: list[float] = []
-
-    def ceiling(_: int) -> float:
-        transactions = concurrent.recorder.transactions
-        rows_per_commit.append(concurrent.recorder.rows / max(1, len(transactions)))
-        return replay(transactions)
-
     figures.update(
         measure(
-            {"sagas": concurrent, "ceiling": ceiling},
+            {"sagas": concurrent, "ceiling": concurrent.ceiling},
             lambda ns: {
                 "saga_steps_per_s_sqlite": 1e9 / ns["sagas"],
                 "saga_sqlite_vs_ceiling": ns["ceiling"] / concurrent.elapsed,
-                "saga_rows_per_commit_sqlite": rows_per_commit[-1],
+                "saga_rows_per_commit_sqlite": concurrent.rows_per_commit,
             },
             n=5_000 if quick else 20_000,
             rounds=sqlite_rounds,

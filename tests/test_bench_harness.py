@@ -39,8 +39,15 @@ def test_a_figure_is_the_median_of_its_samples_with_their_quartiles() -> None:
     assert figure.has_spread
     single = Figure.of([7.0])
     assert (single.value, single.rounds, single.has_spread) == (7.0, 1, False)
-    assert math.isnan(Figure.of([1.0, math.nan, 2.0]).value)
     assert math.isnan(Figure.of([]).value)
+    assert math.isnan(Figure.of([math.nan, math.nan]).value)
+
+
+def test_a_round_without_a_figure_does_not_vote() -> None:
+    """nan samples (a round where the figure could not be formed) are left out and not
+    counted in ``rounds``."""
+    figure = Figure.of([1.0, math.nan, 3.0, 2.0])
+    assert (figure.value, figure.rounds) == (2.0, 3)
 
 
 def test_figure_conversions_keep_the_quartiles_in_order() -> None:
