@@ -1,8 +1,59 @@
 """Fixtures for tests against a real Postgres server (started by the suite when no URL is given).
 
 Every name in ``__all__`` is imported into tests/conftest.py.
+
+* ``postgres_url`` (session): ``AURA_TEST_POSTGRES_URL`` if set, else the URL of a server this
+  suite starts (:class:`actors.testing.PostgresServer`) and stops at the end.  There is no
+  skip: a missing server or driver fails the test loudly.
+* ``postgres_schema`` (function): a fresh, empty schema on that server, dropped afterwards, so
+  tests never see each other's tables.
+* ``postgres_server`` (function): a private server for tests that stop and restart it (they
+  cannot do that to a shared one), stopped afterwards.
 """
 
 from __future__ import annotations
 
-__all__: list[str] = []
+import itertools
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from actors.testing import PostgresServer
+
+__all__ = ["postgres_schema", "postgres_server", "postgres_url"]
+
+URL_ENV = "AURA_TEST_POSTGRES_URL"
+_schemas = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL server for the whole session: ``AURA_TEST_POSTGRES_URL`` or our own."""
+    configured = os.environ.get(URL_ENV)
+    if configured:
+        yield configured
+        return
+    with PostgresServer() as server:
+        yield server.url
+
+
+@pytest.fixture
+def postgres_schema(postgres_url: str) -> Iterator[str]:
+    """A fresh schema name (created empty), dropped with everything in it after the test."""
+    import psycopg  # the `postgres` extra; a missing driver fails here, loudly
+
+    name = f"test_{os.getpid()}_{next(_schemas)}"
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+        conn.execute(f'CREATE SCHEMA "{name}"')
+    yield name
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+
+
+@pytest.fixture
+def postgres_server() -> Iterator[PostgresServer]:
+    """A private, running PostgreSQL server that the test may stop and restart."""
+    with PostgresServer() as server:
+        yield server
