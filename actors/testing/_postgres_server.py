@@ -311,12 +311,13 @@ class PostgresServer:
 
     # -------------------------------------------------------------------------- helpers
 
-    def _run_as(self) -> dict[str, object]:
-        """subprocess arguments that drop root privileges (PostgreSQL refuses root)."""
+    def _run_as(self) -> tuple[int | None, int | None, list[int] | None]:
+        """(user, group, extra_groups) for subprocess: unprivileged when we are root
+        (PostgreSQL refuses to run as root); unchanged otherwise."""
         if os.geteuid() != 0:
-            return {}
+            return None, None, None
         user = pwd.getpwnam(_UNPRIVILEGED_USER)
-        return {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
+        return user.pw_uid, user.pw_gid, []
 
     def _hand_over(self, path: Path) -> None:
         if os.geteuid() == 0:
@@ -338,8 +339,15 @@ class PostgresServer:
             "--no-locale",
             "--no-sync",  # the initial files only; the running server keeps fsync on
         ]
+        uid, gid, groups = self._run_as()
         result = subprocess.run(
-            command, capture_output=True, cwd=self._dir, check=False, **self._run_as()
+            command,
+            capture_output=True,
+            cwd=self._dir,
+            check=False,
+            user=uid,
+            group=gid,
+            extra_groups=groups,
         )
         if result.returncode != 0:
             output = (result.stdout + result.stderr).decode(errors="replace")
@@ -349,7 +357,8 @@ class PostgresServer:
             )
 
     def _launch(self) -> None:
-        assert self._dir is not None and self._port is not None
+        assert self._dir is not None
+        assert self._port is not None
         data = self._dir / "data"
         settings = {
             "listen_addresses": "127.0.0.1",
@@ -371,6 +380,7 @@ class PostgresServer:
             )
         with contextlib.suppress(FileNotFoundError):  # a crashed run's leftover
             (data / "postmaster.pid").unlink()
+        uid, gid, groups = self._run_as()
         self._process = subprocess.Popen(
             command,
             stdin=subprocess.DEVNULL,
@@ -378,7 +388,9 @@ class PostgresServer:
             stderr=self._log_file,
             cwd=self._dir,
             start_new_session=True,  # a Ctrl-C in the terminal goes to the tests, not here
-            **self._run_as(),  # type: ignore[arg-type]
+            user=uid,
+            group=gid,
+            extra_groups=groups,
         )
         deadline = time.monotonic() + _START_TIMEOUT
         while not _ready(data, self._process.pid):
