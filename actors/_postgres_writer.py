@@ -191,9 +191,12 @@ class Writer:
         self.lease_due = 0.0
         self.unreadable: set[int] = set()
         self.reconnects = 0
-        #: Test hooks, called on the writer thread: before each COMMIT of a segment, and
-        #: between a claim's choice of candidates and its compare-and-set.
+        #: Test hooks, called on the writer thread: just before and just after each COMMIT
+        #: of a segment (an error raised after it stands for an acknowledgement lost with
+        #: the connection), and between a claim's choice of candidates and its
+        #: compare-and-set.
         self.before_commit: Callable[[Conn], None] | None = None
+        self.after_commit: Callable[[Conn], None] | None = None
         self.before_claim: Callable[[], None] | None = None
 
     def post(self, fn: Callable[..., None], *args: Any) -> bool:
@@ -440,6 +443,8 @@ class Writer:
                         self.before_commit(conn)
             except _Redo:
                 continue
+            if self.after_commit is not None:
+                self.after_commit(conn)
             break
         for r in segment:
             r.committed = True

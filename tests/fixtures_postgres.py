@@ -38,18 +38,30 @@ def postgres_url() -> Iterator[str]:
         yield server.url
 
 
+def new_schema_name() -> str:
+    """A schema name no other test of this run uses."""
+    return f"test_{os.getpid()}_{next(_schemas)}"
+
+
+def drop_schema(url: str, name: str) -> None:
+    """Drop the schema ``name`` and everything in it (if it exists)."""
+    import psycopg  # the `postgres` extra; a missing driver fails here, loudly
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+
+
 @pytest.fixture
 def postgres_schema(postgres_url: str) -> Iterator[str]:
     """A fresh schema name (created empty), dropped with everything in it after the test."""
     import psycopg  # the `postgres` extra; a missing driver fails here, loudly
 
-    name = f"test_{os.getpid()}_{next(_schemas)}"
+    name = new_schema_name()
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
         conn.execute(f'CREATE SCHEMA "{name}"')
     yield name
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+    drop_schema(postgres_url, name)
 
 
 @pytest.fixture

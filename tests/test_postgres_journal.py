@@ -1,0 +1,454 @@
+"""PostgresJournal: its schema, ownership (leases, fencing epochs, claims) and LISTEN/NOTIFY.
+
+The journal contract it shares with the other journals is in test_journal_contract.py; outages
+and restarts of the server are in test_postgres_outages.py.  These tests run on the real
+clock against the suite's real server, each in a fresh schema; leases are expired by writing
+the server's lease rows (never by sleeping).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+import trio
+
+import actors._postgres_schema as schema_module
+from actors._errors import ConfigError, ErrorCategory, JournalUnavailable, OwnershipLost
+from actors._journal import (
+    JournalError,
+    SagaEventKind,
+    SagaPhase,
+    SagaSequenceError,
+    saga_state,
+)
+from actors._postgres_journal import PostgresJournal
+from tests.postgres_helpers import (
+    age_connection,
+    expire_lease,
+    open_journal,
+    owners,
+    sql,
+    travel,
+)
+from tests.test_journal import ev, header
+from tests.test_journal_contract import Driver
+
+K = SagaEventKind
+P = SagaPhase
+
+
+@pytest.fixture
+async def journals(postgres_url: str, postgres_schema: str) -> Any:
+    """Opens journals on the test's schema; closes them all at the end."""
+    opened: list[PostgresJournal] = []
+
+    async def make(**options: Any) -> PostgresJournal:
+        journal = await open_journal(postgres_url, postgres_schema, **options)
+        opened.append(journal)
+        return journal
+
+    yield make
+    for journal in opened:
+        await journal.aclose()
+
+
+# ------------------------------------------------------------------------------ schema
+
+
+async def test_a_new_schema_records_the_application_and_version(
+    postgres_url: str, postgres_schema: str, journals: Any
+) -> None:
+    """Opening an empty schema creates the journal's tables and records who owns them."""
+    await journals()
+    meta = dict(await sql(postgres_url, f'SELECT key, value FROM "{postgres_schema}".meta'))
+    assert meta == {
+        "application": "aura-actors saga journal",
+        "schema_version": str(schema_module.SCHEMA_VERSION),
+    }
+
+
+async def test_instances_opening_a_missing_schema_together_create_it_once(
+    postgres_url: str, postgres_schema: str
+) -> None:
+    """Several instances starting at once on a schema that does not exist all open it."""
+    name = f"{postgres_schema}_fresh"
+    opened: list[PostgresJournal] = []
+
+    async def one() -> None:
+        opened.append(await open_journal(postgres_url, name))
+
+    try:
+        async with trio.open_nursery() as nursery:
+            for _ in range(4):
+                nursery.start_soon(one)
+        assert len({j.instance_id for j in opened}) == 4
+        assert len(await opened[0].instances()) == 4
+    finally:
+        for journal in opened:
+            await journal.aclose()
+        await sql(postgres_url, f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+
+
+async def test_a_schema_holding_other_tables_is_refused_and_left_alone(
+    postgres_url: str, postgres_schema: str
+) -> None:
+    """A schema with tables but no journal meta, or a meta naming another application, is
+    refused with a configuration error, and nothing in it changes."""
+    await sql(postgres_url, f'CREATE TABLE "{postgres_schema}".orders (id int)')
+    with pytest.raises(JournalError, match="not an aura-actors journal") as info:
+        await open_journal(postgres_url, postgres_schema)
+    assert info.value.category is ErrorCategory.CONFIGURATION
+    await sql(postgres_url, f'CREATE TABLE "{postgres_schema}".meta (key text, value text)')
+    await sql(
+        postgres_url, f"INSERT INTO \"{postgres_schema}\".meta VALUES ('application', 'billing')"
+    )
+    with pytest.raises(JournalError, match="billing"):
+        await open_journal(postgres_url, postgres_schema)
+    tables = await sql(
+        postgres_url,
+        "SELECT tablename FROM pg_tables WHERE schemaname = %s ORDER BY 1",
+        (postgres_schema,),
+    )
+    assert tables == [("meta",), ("orders",)]
+
+
+async def test_a_newer_or_incomplete_schema_is_refused(
+    postgres_url: str, postgres_schema: str
+) -> None:
+    """A journal schema of a later version, or with a table missing, is refused (the
+    fleet's instances must run one schema)."""
+    journal = await open_journal(postgres_url, postgres_schema)
+    await journal.aclose()
+    meta = f'"{postgres_schema}".meta'
+    await sql(postgres_url, f"UPDATE {meta} SET value = '99' WHERE key = 'schema_version'")
+    with pytest.raises(JournalError, match="version 99, newer") as info:
+        await open_journal(postgres_url, postgres_schema)
+    assert info.value.category is ErrorCategory.CONFIGURATION
+    version = str(schema_module.SCHEMA_VERSION)
+    await sql(
+        postgres_url, f"UPDATE {meta} SET value = %s WHERE key = 'schema_version'", (version,)
+    )
+    await sql(postgres_url, f'DROP TABLE "{postgres_schema}".events')
+    with pytest.raises(JournalError, match="incomplete"):
+        await open_journal(postgres_url, postgres_schema)
+
+
+async def test_an_older_schema_is_upgraded_in_place_keeping_its_sagas(
+    postgres_url: str, postgres_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A schema of the previous version is migrated when opened: its sagas stay and go on."""
+    old = await open_journal(postgres_url, postgres_schema)
+    saga = await Driver(old, "kept").start()
+    await saga.steps(1)
+    await old.aclose()
+    current = schema_module.SCHEMA_VERSION
+    monkeypatch.setattr(schema_module, "SCHEMA_VERSION", current + 1)
+    monkeypatch.setitem(
+        schema_module.MIGRATIONS,
+        current,
+        [
+            "ALTER TABLE {schema}.sagas ADD COLUMN note text",
+            f"UPDATE {{schema}}.meta SET value = '{current + 1}' WHERE key = 'schema_version'",
+        ],
+    )
+    new = await open_journal(postgres_url, postgres_schema)
+    try:
+        version = await sql(
+            postgres_url,
+            f"SELECT value FROM \"{postgres_schema}\".meta WHERE key = 'schema_version'",
+        )
+        assert version == [(str(current + 1),)]
+        columns = await sql(
+            postgres_url,
+            "SELECT column_name FROM information_schema.columns "
+            "WHERE table_schema = %s AND table_name = 'sagas' AND column_name = 'note'",
+            (postgres_schema,),
+        )
+        assert columns == [("note",)]
+        await age_connection(postgres_url, postgres_schema, new.instance_id, 60.0)
+        ((h, events),) = await new.claim_orphans()
+        assert saga_state(h, events) == saga.state
+    finally:
+        await new.aclose()
+
+
+# ---------------------------------------------------------------------------- ownership
+
+
+async def test_instance_ids_are_fresh_for_every_journal(journals: Any) -> None:
+    """Two journals of one process, and a journal opened after another closed, never share
+    an instance id."""
+    a, b = await journals(), await journals()
+    c = PostgresJournal("postgresql://x@127.0.0.1/x")
+    assert len({a.instance_id, b.instance_id, c.instance_id}) == 3
+    assert len(a.instance_id) == 32
+
+
+async def test_sagas_are_read_fleet_wide_but_written_and_loaded_only_by_their_owner(
+    journals: Any,
+) -> None:
+    """get and list_unfinished see every instance's sagas; load_unfinished and writes are
+    the owner's alone; another instance cannot create the same id."""
+    a, b = await journals(), await journals()
+    saga = await Driver(a, "mine").start()
+    await saga.steps(1)
+    found = await b.get("mine")
+    assert found is not None
+    assert saga_state(*found) == saga.state
+    assert [s.saga_id for s in await b.list_unfinished()] == ["mine"]
+    assert await b.load_unfinished() == []
+    assert [h.saga_id for h, _ in await a.load_unfinished()] == ["mine"]
+    with pytest.raises(SagaSequenceError, match="not open"):
+        await b.append(ev("mine", 3, K.STEP_STARTED, 1))
+    with pytest.raises(JournalError, match="already exists"):
+        await Driver(b, "mine").start()
+    owner = await b.ownership("mine")
+    assert owner is not None
+    assert (owner.owner, owner.epoch, owner.owner_alive) == (a.instance_id, 0, True)
+    assert owner.phase is P.RUNNING
+    assert await b.ownership("nobody") is None
+
+
+async def test_survivors_take_over_sagas_of_an_expired_lease_and_fence_the_old_owner(
+    postgres_url: str, postgres_schema: str, journals: Any
+) -> None:
+    """Once A's lease has expired, B claims A's unfinished sagas (with their events, epoch
+    one higher); every later append of A is refused with OwnershipLost and stores nothing."""
+    a, b = await journals(), await journals()
+    one = await Driver(a, "one", created_at=1.0).start()
+    await one.go(K.STEP_STARTED, 0)
+    two = await Driver(a, "two", created_at=2.0).start()
+    done = await Driver(a, "done").start()
+    await done.finish()
+    assert await b.claim_orphans() == []  # A's lease is current
+    await expire_lease(postgres_url, postgres_schema, a.instance_id)
+    claimed = await b.claim_orphans()
+    assert [h.saga_id for h, _ in claimed] == ["one", "two"]
+    assert saga_state(*claimed[0]) == one.state
+    assert saga_state(*claimed[1]) == two.state
+    assert (await owners(postgres_url, postgres_schema))["one"] == (b.instance_id, 1)
+    late = ev("one", 2, K.STEP_COMPLETED, 0, b"late")
+    with pytest.raises(OwnershipLost) as info:
+        await a.append(late)
+    assert (info.value.saga_id, info.value.owner, info.value.epoch) == ("one", b.instance_id, 1)
+    with pytest.raises(OwnershipLost):  # remembered: refused without a round trip
+        await a.append(late)
+    with pytest.raises(OwnershipLost):
+        await a.append_many([ev("two", 1, K.STEP_STARTED, 0)])
+    found = await b.get("one")
+    assert found is not None
+    assert len(found[1]) == 2  # the late append was not stored
+    assert [h.saga_id for h, _ in await b.load_unfinished()] == ["one", "two"]
+    assert await a.load_unfinished() == []
+    assert a.fleet_statistics().ownership_lost == 2
+    assert b.fleet_statistics().sagas_claimed == 2
+    # B continues the claimed saga where A left it.
+    one.journal = b
+    await one.go(K.STEP_COMPLETED, 0, b"r")
+    await one.finish()
+    assert b.statistics().sagas_open == 1
+
+
+async def test_a_closed_instance_hands_its_sagas_over_at_once(journals: Any) -> None:
+    """aclose expires the lease: survivors claim at their next call, without waiting."""
+    a, b = await journals(), await journals()
+    await Driver(a, "s").start()
+    await a.aclose()
+    assert [h.saga_id for h, _ in await b.claim_orphans()] == ["s"]
+    (info,) = [i for i in await b.instances() if i.instance_id == a.instance_id]
+    assert info.closed
+    assert not info.alive
+
+
+async def test_an_instance_connected_after_a_lease_expired_waits_a_lease_before_claiming(
+    postgres_url: str, postgres_schema: str, journals: Any
+) -> None:
+    """After an outage every lease looks expired: an instance whose connection is younger
+    than the expiry claims only once it has been connected for a whole lease."""
+    a = await journals(lease_duration=600.0)  # renews every 200 s: not during this test
+    await Driver(a, "s").start()
+    await expire_lease(postgres_url, postgres_schema, a.instance_id)
+    late = await journals(lease_duration=30.0)  # connected after the expiry
+    assert await late.claim_orphans() == []
+    await travel(postgres_url, postgres_schema, 29.0)  # 29 s pass on the server's clock
+    assert await late.claim_orphans() == []
+    await travel(postgres_url, postgres_schema, 1.5)
+    assert [h.saga_id for h, _ in await late.claim_orphans()] == ["s"]
+
+
+async def test_claims_respect_the_limit_oldest_first(
+    postgres_url: str, postgres_schema: str, journals: Any
+) -> None:
+    """claim_orphans claims at most `limit` sagas of other instances per call, oldest first."""
+    a, b = await journals(), await journals()
+    for i in range(5):
+        await Driver(a, f"s{i}", created_at=float(10 - i)).start()
+    await expire_lease(postgres_url, postgres_schema, a.instance_id)
+    first = [h.saga_id for h, _ in await b.claim_orphans(limit=2)]
+    rest = [h.saga_id for h, _ in await b.claim_orphans(limit=10)]
+    assert (first, rest) == (["s4", "s3"], ["s2", "s1", "s0"])
+    with pytest.raises(ConfigError, match="limit"):
+        await b.claim_orphans(limit=0)
+
+
+async def _race_claims(
+    postgres_url: str, postgres_schema: str, claimers: list[PostgresJournal], sagas: int, tag: str
+) -> dict[str, list[str]]:
+    """A fresh owner creates ``sagas`` sagas and closes; every claimer reads its candidates
+    before any of them claims (a barrier on the writer threads forces it), then all claim at
+    once.  Returns saga_id -> the instances that were handed it."""
+    owner = await open_journal(postgres_url, postgres_schema)
+    for i in range(sagas):
+        await Driver(owner, f"{tag}-{i}").start()
+    await owner.aclose()
+    barrier = threading.Barrier(len(claimers))
+    for claimer in claimers:
+        assert claimer._writer is not None
+        claimer._writer.before_claim = lambda: barrier.wait(timeout=30)
+    got: dict[str, list[str]] = {f"{tag}-{i}": [] for i in range(sagas)}
+
+    async def claim(journal: PostgresJournal) -> None:
+        for h, _ in await journal.claim_orphans(limit=sagas):
+            got[h.saga_id].append(journal.instance_id)
+
+    async with trio.open_nursery() as nursery:
+        for claimer in claimers:
+            nursery.start_soon(claim, claimer)
+    for claimer in claimers:
+        assert claimer._writer is not None
+        claimer._writer.before_claim = None
+    return got
+
+
+async def test_racing_claimers_claim_each_saga_exactly_once(
+    postgres_url: str, postgres_schema: str, journals: Any
+) -> None:
+    """Four survivors that all chose the same candidates claim each saga exactly once (the
+    compare-and-set on owner and epoch decides under READ COMMITTED), over 10 rounds."""
+    claimers = [await journals() for _ in range(4)]
+    for round_ in range(10):
+        got = await _race_claims(postgres_url, postgres_schema, claimers, 12, f"r{round_}")
+        assert all(len(who) == 1 for who in got.values()), got
+        stored = await owners(postgres_url, postgres_schema)
+        for saga_id, (who,) in got.items():
+            assert stored[saga_id] == (who, 1)
+    # Each survivor tracks exactly what it was handed.
+    assert sum(c.statistics().sagas_open for c in claimers) == 10 * 12
+
+
+async def test_without_the_compare_and_set_the_same_race_claims_twice(
+    postgres_url: str, postgres_schema: str, journals: Any
+) -> None:
+    """The race above is real: a claim that updates by saga number alone (check, then act)
+    hands the same sagas to several survivors."""
+    claimers = [await journals() for _ in range(3)]
+    for claimer in claimers:
+        assert claimer._writer is not None
+        stmts = claimer._writer.stmts
+        stmts.claim = stmts.claim.replace(
+            "AND s.owner = c.owner AND s.epoch = c.epoch", "AND c.owner IS NOT NULL"
+        )
+    got = await _race_claims(postgres_url, postgres_schema, claimers, 6, "naive")
+    assert any(len(who) > 1 for who in got.values())
+
+
+async def test_a_saga_lost_in_a_write_of_several_is_not_written_at_all(
+    postgres_url: str, postgres_schema: str, journals: Any
+) -> None:
+    """append_many over two sagas, one of them claimed meanwhile by another instance: the
+    write raises OwnershipLost and stores nothing of either; the kept saga is handed out
+    again, as stored, by the next claim_orphans."""
+    a, b = await journals(), await journals()
+    kept = await Driver(a, "kept", created_at=1.0).start()
+    taken = await Driver(a, "taken", created_at=2.0).start()
+    await expire_lease(postgres_url, postgres_schema, a.instance_id)
+    assert len(await b.claim_orphans()) == 2
+    # Give "kept" back to A, as if A had claimed it again.
+    await sql(
+        postgres_url,
+        f'UPDATE "{postgres_schema}".sagas SET owner = %s, epoch = 2 WHERE saga_id = %s',
+        (a.instance_id, "kept"),
+    )
+    await sql(
+        postgres_url,
+        f'UPDATE "{postgres_schema}".instances SET lease_until = clock_timestamp() '
+        "+ interval '1 minute' WHERE instance_id = %s",
+        (a.instance_id,),
+    )
+    tracked = a._index.open["kept"]
+    tracked.stored = 2  # the epoch A would have after claiming it back
+    with pytest.raises(OwnershipLost, match="taken"):
+        await a.append_many([kept.event(K.STEP_STARTED, 0), taken.event(K.STEP_STARTED, 0)])
+    for saga_id in ("kept", "taken"):
+        found = await a.get(saga_id)
+        assert found is not None
+        assert len(found[1]) == 1
+    handed = await a.claim_orphans()
+    assert [h.saga_id for h, _ in handed] == ["kept"]
+    assert len(handed[0][1]) == 1
+
+
+# ----------------------------------------------------------------------- LISTEN/NOTIFY
+
+
+async def test_an_instance_waits_for_a_saga_owned_elsewhere_to_finish(journals: Any) -> None:
+    """wait_finished returns the final phase once the owner ends the saga (notified, not
+    polled), at once for a finished saga, and None for an unknown one."""
+    a, b = await journals(), await journals()
+    saga = await Driver(a, "long").start()
+    results: list[SagaPhase | None] = []
+
+    async def waiter() -> None:
+        results.append(await b.wait_finished("long"))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(waiter)
+        with trio.fail_after(10):  # until the waiter has read the saga and parked
+            while not any(  # noqa: ASYNC110 (a condition of another task, not an event)
+                w.event.statistics().tasks_waiting for ws in b._finish_waiters.values() for w in ws
+            ):
+                await trio.sleep(0.01)
+        await saga.steps(1)
+        assert results == []
+        await saga.finish(K.CANCELLED)
+    assert results == [P.CANCELLED]
+    assert await b.wait_finished("long") is P.CANCELLED
+    assert await b.wait_finished("never") is None
+    assert b._finish_waiters == {}
+
+
+async def test_a_closed_journal_refuses_fleet_calls(journals: Any) -> None:
+    """After aclose the fleet calls raise JournalError like the others."""
+    a = await journals()
+    await a.aclose()
+    for call in (a.claim_orphans(), a.instances(), a.ownership("x"), a.wait_finished("x")):
+        with pytest.raises(JournalError, match="closed"):
+            await call
+    assert not a.available
+
+
+async def test_text_postgres_cannot_store_is_refused_before_anything_is_written(
+    journals: Any,
+) -> None:
+    """A saga id or definition with a NUL character is a ValueError naming the field; the
+    journal stays usable."""
+    a = await journals()
+    with pytest.raises(ValueError, match="saga_id"):
+        await a.create(header("a\x00b"), ev("a\x00b", 0, K.STARTED))
+    with pytest.raises(ValueError, match="definition"):
+        await a.create(header("a", definition="v\x00"), ev("a", 0, K.STARTED))
+    await Driver(a, "a").start()
+    assert a.statistics().appends == 1
+
+
+async def test_a_password_in_the_url_never_appears_in_errors() -> None:
+    """An unreachable server's error names the journal by URL without its password."""
+    journal = PostgresJournal("postgresql://app:hunter2secret@127.0.0.1:9/app", schema="s")
+    assert "hunter2secret" not in journal.where
+    with pytest.raises(JournalUnavailable) as info:
+        await journal.open()
+    assert "hunter2secret" not in info.value.describe()
+    assert "127.0.0.1:9" in str(info.value)
+    assert info.value.category is ErrorCategory.DEPENDENCY
