@@ -659,9 +659,7 @@ class OwnershipLost(AuraError):
 
     default_category = ErrorCategory.INVALID_STATE
 
-    def __init__(
-        self, *, saga_id: str, owner: str | None = None, epoch: int | None = None
-    ) -> None:
+    def __init__(self, *, saga_id: str, owner: str | None = None, epoch: int | None = None) -> None:
         now = f" (now owned by instance {owner!r}, epoch {epoch})" if owner is not None else ""
         super().__init__(
             f"Saga {saga_id!r} is no longer owned by this instance{now}; nothing was written.",

@@ -842,9 +842,9 @@ class PostgresJournal:
         created, or pruned).  Returns at once for a finished saga.
 
         A second connection listens for finished sagas from the first call on.  Waits
-        without a deadline: put one around it.  If the journal closes meanwhile, raises
-        ``JournalError``; while the server is unreachable, the check raises
-        ``JournalUnavailable``.
+        without a deadline (put one around it), through outages of the server: the saga is
+        checked again whenever the listener or the journal reconnects.  If the journal
+        closes or fails meanwhile, raises ``JournalError``.
         """
         key = hashlib.md5(saga_id.encode(), usedforsecurity=False).hexdigest()
         waiter = _FinishWaiter()
@@ -853,7 +853,11 @@ class PostgresJournal:
             await self._ensure_listening()
             while True:
                 waiter.event = trio.Event()
-                stored = await self._outcome(saga_id)
+                try:
+                    stored = await self._outcome(saga_id)
+                except JournalUnavailable:
+                    await self.wait_available()  # then check again: notes sent meanwhile are lost
+                    continue
                 if stored is None:
                     return None
                 if stored:
@@ -996,8 +1000,17 @@ class PostgresJournal:
 
     def _expire(self, busy_for: float) -> None:
         # Runs in trio (from the watchdog): the writer has been on one batch for busy_for s.
-        if busy_for >= self._write_timeout and self._available:
+        writer = self._writer
+        if (
+            busy_for >= self._write_timeout
+            and self._available
+            and writer is not None
+            and writer.busy_since is not None
+        ):
             self._set_available(False, f"no answer for {busy_for:.1f} s")
+            # The writer announces the server again once its batch is through (and at its
+            # next lease renewal at the latest).
+            writer.available = False
         now = time.monotonic()
         waiting = self._waiting
         while waiting and (waiting[0].done or waiting[0].deadline <= now):

@@ -226,11 +226,16 @@ class Writer:
         if self.conn is None or self.conn.closed:
             self.conn = self.connect(first=False)
             self.reconnects += 1
+        return self.conn
+
+    def announce(self) -> None:
+        """Tell trio the server is reachable again, once the work in hand is done: posted after
+        the batch's delivery, so a caller woken by ``wait_available`` finds the writes that
+        were in doubt settled."""
         if not self.available:
             self.available = True
             logger.warning("The saga journal %s is reachable again.", self.where)
             self.post(self.journal._set_available, True, "")
-        return self.conn
 
     def disconnected(self, exc: BaseException) -> None:
         conn, self.conn = self.conn, None
@@ -322,10 +327,12 @@ class Writer:
                     batch[-1].error = translate(exc, self.where)
             if not self.post(journal._deliver, batch, commits, pruned) or closing:
                 return
+            self.announce()
 
     def idle_renew(self) -> None:
         try:
             self.renew(self.ensure_connected())
+            self.announce()
         except Exception as exc:
             if not transient(exc):
                 raise

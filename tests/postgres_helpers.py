@@ -62,3 +62,18 @@ async def travel(url: str, schema: str, seconds: float) -> None:
         "lease_until = lease_until - %(s)s * interval '1 second'",
         {"s": seconds},
     )
+
+
+async def waiting_for_end(journal: PostgresJournal, count: int = 1) -> None:
+    """Return once ``count`` callers of ``journal.wait_finished`` have read their saga and
+    are parked until it ends (10 s at most)."""
+    with trio.fail_after(10):
+        while (  # noqa: ASYNC110 (a condition of other tasks, not one event)
+            sum(
+                waiter.event.statistics().tasks_waiting
+                for waiters in journal._finish_waiters.values()
+                for waiter in waiters
+            )
+            < count
+        ):
+            await trio.sleep(0.01)
