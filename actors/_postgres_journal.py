@@ -38,12 +38,8 @@ nothing is applied twice (see :mod:`actors._postgres_writer`).
 Cancellation: as the SQLite journal.  A caller cancelled before its write was queued wrote
 nothing; cancelled after, it just stops waiting and the write still lands.
 
-What the coordinator must do with the fleet errors (the contract of :class:`FleetJournal`):
-on ``OwnershipLost``, stop driving the saga and send nothing more for it; on
-``JournalUnavailable`` with ``in_doubt=False``, nothing was written: wait
-(:meth:`wait_available`) and retry the same write; with ``in_doubt=True``, stop driving the
-saga: :meth:`claim_orphans` hands it back once settled.  Call :meth:`claim_orphans`
-periodically (every quarter of ``lease_duration`` keeps takeover within about 1.25 leases).
+What a coordinator must do with ``OwnershipLost`` and ``JournalUnavailable``, and how to call
+:meth:`claim_orphans`, is the contract of :class:`~actors._fleet_journal.FleetJournal`.
 """
 
 from __future__ import annotations
@@ -53,22 +49,21 @@ import hashlib
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import timedelta
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Protocol, Self
+from typing import TYPE_CHECKING, Any, Final, Self
 
-import attrs
 import msgspec
 import outcome
 import trio
 from trio.lowlevel import Abort, RaiseCancelT, Task, current_task, reschedule, wait_task_rescheduled
 
 from actors._errors import ConfigError, ErrorCategory, JournalUnavailable, OwnershipLost
+from actors._fleet_journal import FleetJournal, FleetStatistics, InstanceInfo, SagaOwnership
 from actors._journal import (
     DEFAULT_RETAIN_FOR,
     DEFAULT_RETAIN_LAST,
-    Journal,
     JournalError,
     JournalStatistics,
     SagaEvent,
@@ -83,22 +78,25 @@ from actors._journal import (
     normalize_header,
     seconds,
 )
-from actors._postgres_schema import SCHEMA_VERSION, check_schema_name
+from actors._postgres_schema import (
+    APPEND,
+    CLAIM,
+    CLOSE,
+    CREATE,
+    DISCARD,
+    PRUNE,
+    READ,
+    SCHEMA_VERSION,
+    Request,
+    check_schema_name,
+    saga_row,
+)
 
 if TYPE_CHECKING:
     from actors._postgres_schema import Statements
     from actors._postgres_writer import Listener, Watchdog, Writer
 
-__all__ = [
-    "DEFAULT_LEASE_DURATION",
-    "DEFAULT_WRITE_TIMEOUT",
-    "SCHEMA_VERSION",
-    "FleetJournal",
-    "FleetStatistics",
-    "InstanceInfo",
-    "PostgresJournal",
-    "SagaOwnership",
-]
+__all__ = ["DEFAULT_LEASE_DURATION", "DEFAULT_WRITE_TIMEOUT", "SCHEMA_VERSION", "PostgresJournal"]
 
 #: Seconds an instance's lease lasts without renewal (renewed every third of it).
 DEFAULT_LEASE_DURATION: Final = 10.0
@@ -109,180 +107,9 @@ DEFAULT_MAX_PENDING: Final = 4096
 #: Saga ids remembered as lost to another owner (so their writes raise OwnershipLost).
 _LOST_MEMORY: Final = 10_000
 
-_ENDS: Final = frozenset(phase for phase in SagaPhase if phase.finished)
 _ATTENTION: Final = SagaPhase.COMPENSATION_FAILED
 _KIND_VALUES: Final = {kind: kind.value for kind in SagaEventKind}
 _PHASES: Final = {phase.value: phase for phase in SagaPhase}
-
-
-# ---------------------------------------------------------------------------- records
-
-
-@attrs.frozen
-class InstanceInfo:
-    """One journal instance of the fleet (``PostgresJournal.instances()``).
-
-    Attributes:
-        instance_id: its fresh random id.
-        host, pid: where it runs.
-        started_at: wall-clock time (``time.time()`` scale) it first registered.
-        lease_remaining: seconds until its lease expires, by the server's clock (negative:
-            expired).
-        closed: whether it closed gracefully.
-        sagas_owned: unfinished sagas it owns.
-    """
-
-    instance_id: str
-    host: str
-    pid: int
-    started_at: float
-    lease_remaining: float
-    closed: bool
-    sagas_owned: int
-
-    @property
-    def alive(self) -> bool:
-        """Whether its lease is current (it has not closed and its lease has not expired)."""
-        return not self.closed and self.lease_remaining >= 0
-
-
-@attrs.frozen
-class SagaOwnership:
-    """Who owns a saga (``PostgresJournal.ownership()``).
-
-    Attributes:
-        saga_id: the saga.
-        owner: the instance id of its owner (its creator, or the last instance to claim it).
-        epoch: its fencing epoch (0 at creation, one more at each claim).
-        phase: its phase as last written.
-        finished: whether it has ended.
-        owner_alive: whether the owner's lease is current.
-    """
-
-    saga_id: str
-    owner: str
-    epoch: int
-    phase: SagaPhase
-    finished: bool
-    owner_alive: bool
-
-
-@attrs.frozen
-class FleetStatistics:
-    """A snapshot of a fleet journal's connection and ownership counters.
-
-    Attributes:
-        instance_id: this instance.
-        available: whether the server is reachable.
-        unavailable_reason: the last connection error (redacted), ``""`` when available.
-        reconnects: connections made again after an outage.
-        ownership_lost: writes refused because another instance owns the saga.
-        sagas_claimed: sagas taken over by :meth:`PostgresJournal.claim_orphans`.
-        writes_in_doubt: writes whose caller was told ``JournalUnavailable(in_doubt=True)``.
-    """
-
-    instance_id: str
-    available: bool
-    unavailable_reason: str
-    reconnects: int
-    ownership_lost: int
-    sagas_claimed: int
-    writes_in_doubt: int
-
-
-class FleetJournal(Journal, Protocol):
-    """A :class:`~actors._journal.Journal` shared by several instances (see the module
-    docstring for what a coordinator must do with ``OwnershipLost`` and
-    ``JournalUnavailable``)."""
-
-    @property
-    def instance_id(self) -> str:
-        """This instance's id (fresh per journal object)."""
-        ...
-
-    @property
-    def lease_duration(self) -> float:
-        """Seconds a lease lasts; call :meth:`claim_orphans` several times per lease."""
-        ...
-
-    @property
-    def available(self) -> bool:
-        """Whether the journal's server is reachable (writes are accepted)."""
-        ...
-
-    async def wait_available(self) -> None:
-        """Return once the server is reachable again."""
-        ...
-
-    async def claim_orphans(self, limit: int = 100) -> list[tuple[SagaHeader, list[SagaEvent]]]:
-        """Take over sagas nobody drives; return them, oldest first, to be resumed."""
-        ...
-
-    async def wait_finished(self, saga_id: str) -> SagaPhase | None:
-        """Wait until the saga has ended; its final phase (``None`` if unknown)."""
-        ...
-
-    async def ownership(self, saga_id: str) -> SagaOwnership | None:
-        """Who owns the saga, or ``None`` if unknown."""
-        ...
-
-    async def instances(self) -> list[InstanceInfo]:
-        """Every instance with a lease row, oldest first."""
-        ...
-
-
-# Request operations (the writer's work, see actors._postgres_writer).
-CREATE, APPEND, PRUNE, DISCARD, READ, CLAIM, CLOSE = range(7)
-
-
-class Request:
-    """One unit of work for the writer thread; ``task`` waits for it (``None``: nobody).
-
-    ``saga`` is a create's saga row; ``sagas`` an append's per-saga compare-and-set rows (see
-    ``Statements.append``) with ``ids`` their saga ids; ``rows`` the event rows.  The writer
-    sets ``value`` or ``error``, and ``committed`` once the request needs no replay.
-    """
-
-    __slots__ = (
-        "abandoned",
-        "committed",
-        "deadline",
-        "done",
-        "error",
-        "events",
-        "fn",
-        "ids",
-        "lost",
-        "nbytes",
-        "op",
-        "rows",
-        "saga",
-        "sagas",
-        "task",
-        "value",
-    )
-
-    def __init__(self, op: int) -> None:
-        self.op = op
-        self.rows: list[tuple[Any, ...]] = []
-        self.sagas: list[tuple[Any, ...]] = []
-        self.ids: list[str] = []
-        self.saga: tuple[Any, ...] = ()
-        self.events = 0
-        self.nbytes = 0
-        self.fn: Callable[[Any], Any] | None = None
-        self.task: Task | None = None
-        self.value: Any = None
-        self.error: BaseException | None = None
-        self.lost: list[str] = []
-        self.deadline = 0.0
-        self.done = False
-        self.abandoned = False  # its caller was told JournalUnavailable
-        self.committed = False
-
-    def abort(self, raise_cancel: RaiseCancelT) -> Abort:
-        self.task = None  # the write (if queued) still lands; the caller just stops waiting
-        return Abort.SUCCEEDED
 
 
 class _FinishWaiter:
@@ -626,7 +453,7 @@ class PostgresJournal:
             mine = owned[saga_id]
             first = next(e for e in events if e.saga_id == saga_id)
             request.ids.append(saga_id)
-            request.sagas.append(_saga_row(mine, first.seq, state))
+            request.sagas.append(saga_row(mine, first.seq, state))
             request.rows += [
                 (mine.number, e.seq, kinds[e.kind], e.step, float(e.at), e.data)
                 for e in events
@@ -660,7 +487,7 @@ class PostgresJournal:
             nbytes += len(e.data)
         request.rows = rows
         request.ids = [state.saga_id]
-        request.sagas = [_saga_row(tracked, events[0].seq, state)]
+        request.sagas = [saga_row(tracked, events[0].seq, state)]
         request.nbytes = nbytes
         request.events = len(events)
         self._enqueue(request)
@@ -1037,8 +864,12 @@ class PostgresJournal:
             )
             reschedule(task, outcome.Error(error))
 
-    def _deliver(self, batch: list[Request], commits: int, pruned: int) -> None:
-        # Runs in trio, once per batch (run_sync_soon from the writer thread).
+    def _deliver(self, batch: list[Request], commits: int, pruned: int, back: bool) -> None:
+        # Runs in trio, once per batch (run_sync_soon from the writer thread); ``back``: the
+        # server is reachable again (said here, before anyone is woken, so that callers woken
+        # by this batch find the journal available and wait_available's see it settled).
+        if back:
+            self._set_available(True, "")
         failed = self._failure is not None
         index = self._index
         done = appends = rows = nbytes = 0
@@ -1139,26 +970,7 @@ class PostgresJournal:
         # Runs in trio: the writer hit an error it cannot recover from.
         if self._failure is None:
             self._failure = (message, cause)
-        self._deliver(batch, 0, 0)  # every caller gets a fresh error naming the failure
-
-
-def _saga_row(tracked: Tracked, expect: int, state: SagaState) -> tuple[Any, ...]:
-    """The compare-and-set row of one saga's write (see ``Statements.append``)."""
-    ended = state.phase in _ENDS
-    return (
-        tracked.number,
-        tracked.stored,
-        expect,
-        state.next_seq,
-        state.phase.value,
-        state.next_step,
-        state.step_in_flight,
-        state.compensation_step,
-        len(state.compensated),
-        state.updated_at,
-        state.phase.value if ended else None,
-        state.updated_at if ended else None,
-    )
+        self._deliver(batch, 0, 0, False)  # every caller gets a fresh error naming the failure
 
 
 def _check_text(value: str, name: str) -> None:
@@ -1178,3 +990,9 @@ def _display(url: str) -> str:
     except ImportError:  # psycopg missing: open() says so; never show the URL's password
         return "<a PostgreSQL URL>"
     return display_url(url)
+
+
+if TYPE_CHECKING:  # mypy checks that the journal meets the protocols
+
+    def _is_a_fleet_journal(journal: PostgresJournal) -> FleetJournal:
+        return journal

@@ -1,4 +1,5 @@
-"""The PostgreSQL saga journal's schema: tables, versions, migrations and statements.
+"""The PostgreSQL saga journal's schema: tables, versions, migrations, statements and the
+requests that carry their parameters to the writer thread.
 
 Theory of operation
 -------------------
@@ -33,16 +34,27 @@ saga owned elsewhere to finish.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
+from trio.lowlevel import Abort, RaiseCancelT, Task
+
 from actors._errors import ErrorCategory
-from actors._journal import JournalError, SagaPhase
+from actors._journal import JournalError, SagaPhase, SagaState, Tracked
 
 if TYPE_CHECKING:
     import psycopg
 
-__all__ = ["APPLICATION", "CHANNEL", "MIGRATIONS", "SCHEMA_VERSION", "Statements", "prepare"]
+__all__ = [
+    "APPLICATION",
+    "CHANNEL",
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "Request",
+    "Statements",
+    "prepare",
+    "saga_row",
+]
 
 #: What ``meta.application`` says in every journal schema of ours.
 APPLICATION: Final = "aura-actors saga journal"
@@ -52,6 +64,7 @@ SCHEMA_VERSION: Final = 1
 CHANNEL: Final = "aura_saga_finished"
 
 _ATTENTION: Final = SagaPhase.COMPENSATION_FAILED.value
+_ENDS: Final = frozenset(phase for phase in SagaPhase if phase.finished)
 _NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _TABLES: Final = frozenset({"meta", "instances", "sagas", "events"})
 
@@ -386,4 +399,79 @@ def _foreign(where: str, schema: str, why: str) -> JournalError:
         "use or change it.",
         category=ErrorCategory.CONFIGURATION,
         suggested_action="Give the journal a schema of its own (the `schema` setting).",
+    )
+
+
+# ------------------------------------------------------------------------------ requests
+
+#: Request operations (the writer's work, see actors._postgres_writer).
+CREATE, APPEND, PRUNE, DISCARD, READ, CLAIM, CLOSE = range(7)
+
+
+class Request:
+    """One unit of work for the writer thread; ``task`` waits for it (``None``: nobody).
+
+    ``saga`` is a create's saga row; ``sagas`` an append's per-saga compare-and-set rows (see
+    ``Statements.append``) with ``ids`` their saga ids; ``rows`` the event rows.  The writer
+    sets ``value`` or ``error``, and ``committed`` once the request needs no replay.
+    """
+
+    __slots__ = (
+        "abandoned",
+        "committed",
+        "deadline",
+        "done",
+        "error",
+        "events",
+        "fn",
+        "ids",
+        "lost",
+        "nbytes",
+        "op",
+        "rows",
+        "saga",
+        "sagas",
+        "task",
+        "value",
+    )
+
+    def __init__(self, op: int) -> None:
+        self.op = op
+        self.rows: list[tuple[Any, ...]] = []
+        self.sagas: list[tuple[Any, ...]] = []
+        self.ids: list[str] = []
+        self.saga: tuple[Any, ...] = ()
+        self.events = 0
+        self.nbytes = 0
+        self.fn: Callable[[Any], Any] | None = None
+        self.task: Task | None = None
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self.lost: list[str] = []
+        self.deadline = 0.0
+        self.done = False
+        self.abandoned = False  # its caller was told JournalUnavailable
+        self.committed = False
+
+    def abort(self, raise_cancel: RaiseCancelT) -> Abort:
+        self.task = None  # the write (if queued) still lands; the caller just stops waiting
+        return Abort.SUCCEEDED
+
+
+def saga_row(tracked: Tracked, expect: int, state: SagaState) -> tuple[Any, ...]:
+    """The compare-and-set row of one saga's write (see ``Statements.append``)."""
+    ended = state.phase in _ENDS
+    return (
+        tracked.number,
+        tracked.stored,
+        expect,
+        state.next_seq,
+        state.phase.value,
+        state.next_step,
+        state.step_in_flight,
+        state.compensation_step,
+        len(state.compensated),
+        state.updated_at,
+        state.phase.value if ended else None,
+        state.updated_at if ended else None,
     )

@@ -47,7 +47,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 import psycopg
@@ -65,19 +65,23 @@ from actors._journal import (
     SagaState,
     saga_state,
 )
-from actors._postgres_journal import (
+from actors._postgres_schema import (
     APPEND,
+    CHANNEL,
     CLAIM,
     CLOSE,
     CREATE,
     DISCARD,
     PRUNE,
     READ,
-    PostgresJournal,
     Request,
+    Statements,
+    prepare,
 )
-from actors._postgres_schema import CHANNEL, Statements, prepare
 from actors._redact import redact
+
+if TYPE_CHECKING:
+    from actors._postgres_journal import PostgresJournal
 
 __all__ = ["Listener", "Watchdog", "Writer", "conninfo", "display_url"]
 
@@ -228,14 +232,16 @@ class Writer:
             self.reconnects += 1
         return self.conn
 
-    def announce(self) -> None:
-        """Tell trio the server is reachable again, once the work in hand is done: posted after
-        the batch's delivery, so a caller woken by ``wait_available`` finds the writes that
-        were in doubt settled."""
-        if not self.available:
-            self.available = True
-            logger.warning("The saga journal %s is reachable again.", self.where)
-            self.post(self.journal._set_available, True, "")
+    def back(self) -> bool:
+        """Whether the server just became reachable again (after an outage, or after trio
+        judged it unavailable); trio is told with the delivery of the batch in hand, so that
+        callers woken by ``wait_available`` find the writes that were in doubt settled, and
+        callers woken by the delivery find the journal available."""
+        if self.available:
+            return False
+        self.available = True
+        logger.warning("The saga journal %s is reachable again.", self.where)
+        return True
 
     def disconnected(self, exc: BaseException) -> None:
         conn, self.conn = self.conn, None
@@ -307,7 +313,7 @@ class Writer:
             if failed or self.abandon:
                 if self.abandon and not failed:
                     self.give_up(batch)
-                self.post(journal._deliver, batch, 0, 0)
+                self.post(journal._deliver, batch, 0, 0, False)
                 if closing:
                     return
                 continue
@@ -325,14 +331,14 @@ class Writer:
                     self.conn.execute(self.stmts.release, (self.me,))
                 except psycopg.Error as exc:
                     batch[-1].error = translate(exc, self.where)
-            if not self.post(journal._deliver, batch, commits, pruned) or closing:
+            if not self.post(journal._deliver, batch, commits, pruned, self.back()) or closing:
                 return
-            self.announce()
 
     def idle_renew(self) -> None:
         try:
             self.renew(self.ensure_connected())
-            self.announce()
+            if self.back():
+                self.post(self.journal._set_available, True, "")
         except Exception as exc:
             if not transient(exc):
                 raise

@@ -8,7 +8,7 @@ Every name in ``__all__`` is imported into tests/conftest.py.
 * ``postgres_schema`` (function): a fresh, empty schema on that server, dropped afterwards, so
   tests never see each other's tables.
 * ``postgres_server`` (function): a private server for tests that stop and restart it (they
-  cannot do that to a shared one), stopped afterwards.
+  cannot do that to a shared one): one per test module, running when each test starts.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import pytest
 
 from actors.testing import PostgresServer
 
-__all__ = ["postgres_schema", "postgres_server", "postgres_url"]
+__all__ = ["_postgres_server_of_module", "postgres_schema", "postgres_server", "postgres_url"]
 
 URL_ENV = "AURA_TEST_POSTGRES_URL"
 _schemas = itertools.count()
@@ -64,8 +64,15 @@ def postgres_schema(postgres_url: str) -> Iterator[str]:
     drop_schema(postgres_url, name)
 
 
-@pytest.fixture
-def postgres_server() -> Iterator[PostgresServer]:
-    """A private, running PostgreSQL server that the test may stop and restart."""
+@pytest.fixture(scope="module")
+def _postgres_server_of_module() -> Iterator[PostgresServer]:
     with PostgresServer() as server:
         yield server
+
+
+@pytest.fixture
+def postgres_server(_postgres_server_of_module: PostgresServer) -> PostgresServer:
+    """A private PostgreSQL server (one per test module), running when the test starts; the
+    test may stop, kill and restart it.  Use a fresh schema per test on it."""
+    _postgres_server_of_module.start()
+    return _postgres_server_of_module

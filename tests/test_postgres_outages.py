@@ -21,27 +21,34 @@ from actors._errors import JournalUnavailable
 from actors._journal import JournalError, SagaEventKind, SagaHeader, SagaPhase, saga_state
 from actors._postgres_journal import PostgresJournal
 from actors.testing import PostgresServer
+from tests.fixtures_postgres import new_schema_name
 from tests.postgres_helpers import open_journal, sql, waiting_for_end
 from tests.test_journal import ev, header
 from tests.test_journal_contract import Driver
 
 K = SagaEventKind
 P = SagaPhase
-SCHEMA = "outages"
 WRITE_TIMEOUT = 0.5
 #: Generous bound on how long a call may take past write_timeout (a loaded 2-core machine).
 MARGIN = 10.0
 
 
+_schemas: dict[str, str] = {}
+
+
 async def _journal(server: PostgresServer, **options: Any) -> PostgresJournal:
+    """A journal on a schema of its own (the server is shared by this module's tests)."""
     options.setdefault("write_timeout", WRITE_TIMEOUT)
-    return await open_journal(server.url, SCHEMA, **options)
+    schema = _schemas[server.url] = new_schema_name()
+    return await open_journal(server.url, schema, **options)
 
 
 async def _stored(url: str, saga_id: str) -> list[tuple[Any, ...]]:
+    """(seq, kind, step) of a saga's stored events, in the schema of the last _journal."""
+    schema = _schemas[url]
     return await sql(
         url,
-        f"SELECT e.seq, e.kind, e.step FROM {SCHEMA}.events AS e JOIN {SCHEMA}.sagas AS s "
+        f"SELECT e.seq, e.kind, e.step FROM {schema}.events AS e JOIN {schema}.sagas AS s "
         "USING (saga_no) WHERE s.saga_id = %s ORDER BY e.seq",
         (saga_id,),
     )
@@ -112,9 +119,12 @@ class Fleet:
         self.refused = 0
         self.in_doubt = 0
         self.half = trio.Event()
+        self.gate: trio.Event | None = None  # when set (and not yet open), writes wait for it
         self.target = 0
 
     async def write(self, call: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
+        if self.gate is not None:
+            await self.gate.wait()
         while True:
             try:
                 return await call()
@@ -148,7 +158,8 @@ class Fleet:
                 return
             state = result[state.saga_id]
             self.progress += 1
-            if self.progress >= self.target // 2:
+            if self.progress >= self.target // 2 and not self.half.is_set():
+                self.gate = trio.Event()  # hold the writes until the server is down
                 self.half.set()
 
     async def claim_loop(self, nursery: trio.Nursery, done: trio.Event) -> None:
@@ -165,9 +176,10 @@ class Fleet:
 async def test_a_server_restart_mid_run_loses_nothing_and_applies_nothing_twice(
     postgres_server: PostgresServer, mode: str
 ) -> None:
-    """Twelve sagas of eight steps run while the server stops (cleanly, or killed) until the
-    drivers have met the outage, then starts again: every saga completes, and each step is
-    journaled started and completed exactly once."""
+    """Twelve sagas of eight steps run; halfway through, the server stops (cleanly, or killed,
+    with the writes in flight then) and the drivers' next writes meet the outage; then it
+    starts again: every saga completes, and each step is journaled started and completed
+    exactly once."""
     journal = await _journal(postgres_server)
     sagas, steps = 12, 8
     fleet = Fleet(journal, steps)
@@ -182,6 +194,8 @@ async def test_a_server_restart_mid_run_loses_nothing_and_applies_nothing_twice(
                 await fleet.half.wait()
                 await trio.to_thread.run_sync(postgres_server.stop, mode)
                 assert fleet.progress < fleet.target  # the outage hits the run midway
+                assert fleet.gate is not None
+                fleet.gate.set()
                 with trio.fail_after(WRITE_TIMEOUT + MARGIN):
                     while fleet.refused + fleet.in_doubt == 0:  # noqa: ASYNC110
                         await trio.sleep(0.02)  # until the drivers have met the outage
@@ -189,7 +203,7 @@ async def test_a_server_restart_mid_run_loses_nothing_and_applies_nothing_twice(
                 while True:
                     rows = await sql(
                         postgres_server.url,
-                        f"SELECT count(*) FROM {SCHEMA}.sagas WHERE outcome = 'completed'",
+                        f"SELECT count(*) FROM {journal.schema}.sagas WHERE outcome = 'completed'",
                     )
                     if rows[0][0] == sagas:
                         break
