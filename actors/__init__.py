@@ -11,7 +11,7 @@ public names, listed in ``__all__``:
   monitor (``MonitorActor``);
 * chaos injection for tests (the public module ``actors.chaos``; ``ChaosSettings`` here);
 * the saga coordinator (definitions, messages, results and errors) and its journal (records,
-  the state fold, memory and SQLite journals).
+  the state fold, memory, SQLite and PostgreSQL journals).
 """
 
 from actors._actor import Actor
@@ -42,7 +42,9 @@ from actors._errors import (
     ConfigError,
     ErrorCategory,
     IdempotencyConflict,
+    JournalUnavailable,
     MailboxFull,
+    OwnershipLost,
     ProviderError,
     ProviderTimeout,
     RateLimited,
@@ -111,6 +113,7 @@ from actors._monitoring import (
     UnknownAlert,
     UnknownService,
 )
+from actors._postgres_journal import PostgresJournal
 from actors._provider import Call, GetStatus, Isolate, ProviderActor, ProviderStatus, Reset
 from actors._provider_client import Provider
 from actors._ratelimit import RateLimiter, RateLimiterSettings
@@ -221,6 +224,7 @@ __all__ = [
     "Jitter",
     "Journal",
     "JournalError",
+    "JournalUnavailable",
     "ListSagas",
     "MailboxFull",
     "MemoryJournal",
@@ -229,6 +233,8 @@ __all__ = [
     "MonitorSettings",
     "MonitorState",
     "NO_RETRY",
+    "OwnershipLost",
+    "PostgresJournal",
     "Provider",
     "ProviderActor",
     "ProviderError",

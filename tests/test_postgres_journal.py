@@ -452,3 +452,27 @@ async def test_a_password_in_the_url_never_appears_in_errors() -> None:
     assert "hunter2secret" not in info.value.describe()
     assert "127.0.0.1:9" in str(info.value)
     assert info.value.category is ErrorCategory.DEPENDENCY
+
+
+# ------------------------------------------------------------------------- group commit
+
+
+async def test_concurrent_sagas_share_commits(journals: Any) -> None:
+    """Fifty sagas stepping at once are written in far fewer transactions than writes (group
+    commit), and every write reads back."""
+    journal = await journals()
+    drivers = [Driver(journal, f"g{i}") for i in range(50)]
+    async with trio.open_nursery() as nursery:
+        for driver in drivers:
+            nursery.start_soon(driver.start)
+    async with trio.open_nursery() as nursery:
+        for driver in drivers:
+            nursery.start_soon(driver.steps, 3)
+    stats = journal.statistics()
+    assert stats.appends == 50 * 7
+    assert stats.commits * 5 <= stats.appends
+    assert stats.rows_per_commit >= 5
+    for driver in drivers:
+        found = await journal.get(driver.header.saga_id)
+        assert found is not None
+        assert saga_state(*found) == driver.state
