@@ -90,6 +90,7 @@ from actors._postgres_schema import (
     Request,
     check_schema_name,
     saga_row,
+    state_columns,
 )
 
 if TYPE_CHECKING:
@@ -383,13 +384,7 @@ class PostgresJournal:
             header.created_at,
             header.payload,
             metadata.decode(),
-            state.next_seq,
-            state.phase.value,
-            state.next_step,
-            state.step_in_flight,
-            state.compensation_step,
-            len(state.compensated),
-            state.updated_at,
+            *state_columns(state),
         )
         kinds = _KIND_VALUES
         request.rows = [

@@ -54,6 +54,7 @@ __all__ = [
     "Statements",
     "prepare",
     "saga_row",
+    "state_columns",
 ]
 
 #: What ``meta.application`` says in every journal schema of ours.
@@ -465,6 +466,16 @@ def saga_row(tracked: Tracked, expect: int, state: SagaState) -> tuple[Any, ...]
         tracked.number,
         tracked.stored,
         expect,
+        *state_columns(state),
+        state.phase.value if ended else None,
+        state.updated_at if ended else None,
+    )
+
+
+def state_columns(state: SagaState) -> tuple[Any, ...]:
+    """The summary columns of a saga row, in statement order: next_seq, phase, next_step,
+    step_in_flight, compensation_step, compensated, updated_at."""
+    return (
         state.next_seq,
         state.phase.value,
         state.next_step,
@@ -472,6 +483,4 @@ def saga_row(tracked: Tracked, expect: int, state: SagaState) -> tuple[Any, ...]
         state.compensation_step,
         len(state.compensated),
         state.updated_at,
-        state.phase.value if ended else None,
-        state.updated_at if ended else None,
     )

@@ -135,6 +135,15 @@ class _Redo(Exception):
     """Roll the transaction back and run the segment again without the failed requests."""
 
 
+def post(token: trio.lowlevel.TrioToken, fn: Callable[..., None], *args: Any) -> bool:
+    """Run ``fn(*args)`` in trio soon (from a thread); ``False`` if the trio run is over."""
+    try:
+        token.run_sync_soon(fn, *args)
+    except trio.RunFinishedError:
+        return False
+    return True
+
+
 def transient(exc: BaseException) -> bool:
     """Whether ``exc`` (from psycopg) may go away by itself: connection trouble, the server
     restarting, shutting down or out of resources, a serialization failure or deadlock, a
@@ -204,11 +213,7 @@ class Writer:
         self.before_claim: Callable[[], None] | None = None
 
     def post(self, fn: Callable[..., None], *args: Any) -> bool:
-        try:
-            self.token.run_sync_soon(fn, *args)
-        except trio.RunFinishedError:
-            return False
-        return True
+        return post(self.token, fn, *args)
 
     # ------------------------------------------------------------------- connection
 
@@ -697,9 +702,7 @@ class Watchdog:
             since = self.writer.busy_since
             if since is None or time.monotonic() - since < self.tick:
                 continue
-            try:
-                self.token.run_sync_soon(self.journal._expire, time.monotonic() - since)
-            except trio.RunFinishedError:
+            if not post(self.token, self.journal._expire, time.monotonic() - since):
                 return
 
 
@@ -719,30 +722,23 @@ class Listener:
         self.prefix = f"{journal.schema}:"
         self.stop = threading.Event()
 
-    def post(self, fn: Callable[..., None], *args: Any) -> bool:
-        try:
-            self.token.run_sync_soon(fn, *args)
-        except trio.RunFinishedError:
-            return False
-        return True
-
     def run(self) -> None:
         backoff = _BACKOFF_FIRST
         while not self.stop.is_set():
             try:
                 with psycopg.connect(self.info, autocommit=True) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
-                    if not self.post(self.journal._set_listening, True):
+                    if not post(self.token, self.journal._set_listening, True):
                         return
                     backoff = _BACKOFF_FIRST
                     while not self.stop.is_set():
                         for note in conn.notifies(timeout=self._POLL):
-                            if note.payload.startswith(self.prefix) and not self.post(
-                                self.journal._notified, note.payload[len(self.prefix) :]
+                            if note.payload.startswith(self.prefix) and not post(
+                                self.token, self.journal._notified, note.payload[len(self.prefix) :]
                             ):
                                 return
             except psycopg.Error:
-                if not self.post(self.journal._set_listening, False):
+                if not post(self.token, self.journal._set_listening, False):
                     return
                 self.stop.wait(backoff)
                 backoff = min(backoff * 2, _BACKOFF_MAX)

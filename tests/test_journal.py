@@ -15,6 +15,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from actors._errors import AuraError, ErrorCategory
 from actors._journal import (
     TRANSITIONS,
+    Journal,
     JournalError,
     SagaEvent,
     SagaEventKind,
@@ -602,3 +603,42 @@ class SagaMachine(RuleBasedStateMachine):
 
 TestSagaMachine = SagaMachine.TestCase
 TestSagaMachine.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
+
+
+# ------------------------------------------------------------------ a coordinator's writes
+
+
+class Driver:
+    """Writes one saga's events through a journal, tracking its state like a coordinator."""
+
+    def __init__(
+        self, journal: Journal, saga_id: str, created_at: float = 1000.0, at: float | None = None
+    ) -> None:
+        self.journal = journal
+        self.header = header(saga_id, created_at, metadata={"user": "u1", "n": [1, 2]})
+        self.state = SagaState.new(self.header)
+        self.at = at  # every event's `at`; default 2000.0 + seq
+
+    def event(self, kind: SagaEventKind, step: int | None = None, data: bytes = b"") -> SagaEvent:
+        at = 2000.0 + self.state.next_seq if self.at is None else self.at
+        event = self.state.next_event(kind, step, data, at=at)
+        self.state = self.state.advance(event)
+        return event
+
+    async def start(self) -> Driver:
+        returned = await self.journal.create(self.header, self.event(K.STARTED))
+        assert returned == self.state
+        return self
+
+    async def go(self, kind: SagaEventKind, step: int | None = None, data: bytes = b"") -> None:
+        returned = await self.journal.append(self.event(kind, step, data))
+        assert returned == self.state  # the journal's fold is the coordinator's state
+
+    async def steps(self, count: int) -> None:
+        for _ in range(count):
+            i = self.state.next_step
+            await self.go(K.STEP_STARTED, i)
+            await self.go(K.STEP_COMPLETED, i, b"reply %d" % i)
+
+    async def finish(self, kind: SagaEventKind = K.COMPLETED) -> None:
+        await self.go(kind)

@@ -25,18 +25,16 @@ from actors._journal import (
     JournalError,
     JournalStatistics,
     MemoryJournal,
-    SagaEvent,
     SagaEventKind,
     SagaHeader,
     SagaPhase,
     SagaSequenceError,
-    SagaState,
     saga_state,
 )
 from actors._postgres_journal import PostgresJournal
 from actors._sqlite_journal import SqliteJournal
 from tests.fixtures_postgres import drop_schema, new_schema_name
-from tests.test_journal import ev, header
+from tests.test_journal import Driver, ev, header
 
 K = SagaEventKind
 P = SagaPhase
@@ -106,42 +104,6 @@ async def kit(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[K
 @pytest.fixture
 async def journal(kit: Kit) -> Any:
     return await kit.open()
-
-
-class Driver:
-    """Writes one saga's events through a journal, tracking its state like a coordinator."""
-
-    def __init__(
-        self, journal: Journal, saga_id: str, created_at: float = 1000.0, at: float | None = None
-    ) -> None:
-        self.journal = journal
-        self.header = header(saga_id, created_at, metadata={"user": "u1", "n": [1, 2]})
-        self.state = SagaState.new(self.header)
-        self.at = at  # every event's `at`; default 2000.0 + seq
-
-    def event(self, kind: SagaEventKind, step: int | None = None, data: bytes = b"") -> SagaEvent:
-        at = 2000.0 + self.state.next_seq if self.at is None else self.at
-        event = self.state.next_event(kind, step, data, at=at)
-        self.state = self.state.advance(event)
-        return event
-
-    async def start(self) -> Driver:
-        returned = await self.journal.create(self.header, self.event(K.STARTED))
-        assert returned == self.state
-        return self
-
-    async def go(self, kind: SagaEventKind, step: int | None = None, data: bytes = b"") -> None:
-        returned = await self.journal.append(self.event(kind, step, data))
-        assert returned == self.state  # the journal's fold is the coordinator's state
-
-    async def steps(self, count: int) -> None:
-        for _ in range(count):
-            i = self.state.next_step
-            await self.go(K.STEP_STARTED, i)
-            await self.go(K.STEP_COMPLETED, i, b"reply %d" % i)
-
-    async def finish(self, kind: SagaEventKind = K.COMPLETED) -> None:
-        await self.go(kind)
 
 
 async def test_a_pair_of_one_saga_is_all_or_nothing(journal: Any) -> None:

@@ -32,8 +32,7 @@ from tests.postgres_helpers import (
     sql,
     travel,
 )
-from tests.test_journal import ev, header
-from tests.test_journal_contract import Driver
+from tests.test_journal import Driver, ev, header
 
 K = SagaEventKind
 P = SagaPhase

@@ -23,8 +23,7 @@ from actors._postgres_journal import PostgresJournal
 from actors.testing import PostgresServer
 from tests.fixtures_postgres import new_schema_name
 from tests.postgres_helpers import open_journal, sql, waiting_for_end
-from tests.test_journal import ev, header
-from tests.test_journal_contract import Driver
+from tests.test_journal import Driver, ev, header
 
 K = SagaEventKind
 P = SagaPhase
