@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import math
 import threading
 import time
 import uuid
@@ -370,7 +371,7 @@ class PostgresJournal:
                 failed or is closed.
             JournalUnavailable: the server is unreachable (see the module docstring).
             TypeError, ValueError: a malformed header (named field), including text
-                PostgreSQL cannot store (NUL characters, invalid Unicode).
+                PostgreSQL cannot store (NUL characters).
         """
         header, metadata = normalize_header(header)
         _check_text(header.saga_id, "saga_id")
@@ -499,6 +500,8 @@ class PostgresJournal:
         beyond the ``keep_last`` most recently finished (defaults: the journal's retention);
         return how many.  Unfinished and ``compensation_failed`` sagas are never removed.
         ``now`` defaults to ``time.time()``."""
+        if now is not None and (isinstance(now, bool) or not math.isfinite(now)):
+            raise ValueError(f"now must be a finite time, got {now!r}")
         age = self._retain_for if older_than is None else seconds(older_than, "older_than")
         keep = self._retain_last if keep_last is None else check_count(keep_last, "keep_last")
         cutoff = (time.time() if now is None else now) - age
@@ -969,14 +972,10 @@ class PostgresJournal:
 
 
 def _check_text(value: str, name: str) -> None:
-    """PostgreSQL text holds no NUL character and only valid Unicode: say so up front, rather
-    than failing the writer's batch."""
+    """PostgreSQL text holds no NUL character: say so up front, rather than failing the
+    writer's batch (``normalize_header`` has refused text that UTF-8 cannot hold)."""
     if "\x00" in value:
         raise ValueError(f"SagaHeader.{name} must not contain NUL characters (PostgreSQL text)")
-    try:
-        value.encode()
-    except UnicodeEncodeError as exc:
-        raise ValueError(f"SagaHeader.{name} is not valid Unicode text: {exc}") from None
 
 
 def _display(url: str) -> str:
