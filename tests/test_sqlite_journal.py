@@ -917,8 +917,8 @@ async def test_a_request_the_writer_cannot_store_fails_alone_and_its_saga_stays_
 
         def rows(number: int, events: Any) -> list[Any]:
             found = real_rows(number, events)
-            if number == bad_number and poisoned["on"]:
-                return [(*row[:4], None, *row[5:]) for row in found]  # at NULL: NOT NULL fails
+            if number == bad_number and poisoned["on"]:  # only the first write of "bad"
+                return [(*r[:4], None, *r[5:]) if r[1] == 1 else r for r in found]
             return found
 
         monkeypatch.setattr(module, "event_rows", rows)
@@ -961,6 +961,89 @@ async def test_a_request_the_writer_cannot_store_fails_alone_and_its_saga_stays_
         loaded = {h.saga_id: saga_state(h, e) for h, e in await reopened.load_unfinished()}
     assert loaded["bad"] == again.state
     assert loaded["good"] == good.state
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    sagas=st.integers(min_value=1, max_value=4),
+    steps=st.integers(min_value=1, max_value=5),
+    poison=st.sets(
+        st.tuples(st.integers(min_value=0, max_value=3), st.integers(min_value=1, max_value=11)),
+        max_size=5,
+    ),
+)
+def test_refused_writes_leave_every_saga_as_its_writer_believes(
+    tmp_path_factory: pytest.TempPathFactory,
+    sagas: int,
+    steps: int,
+    poison: set[tuple[int, int]],
+) -> None:
+    """Concurrent sagas write their steps while random writes are refused by SQLite (once
+    each): each refused caller gets a JournalError and finds its saga's state rolled back,
+    writes the same transition again, and in the end the file holds exactly what every
+    writer believes, and nothing else failed."""
+    import actors._sqlite_journal as module
+
+    path = tmp_path_factory.mktemp("refused") / "j.db"
+    real_rows = module.event_rows
+    numbers: dict[int, int] = {}  # saga_no -> saga index
+    pending = set(poison)
+    refused: list[tuple[int, int]] = []
+
+    def rows(number: int, events: Any) -> list[Any]:
+        found = real_rows(number, events)
+        index = numbers.get(number)
+        for k, row in enumerate(found):
+            if (index, row[1]) in pending:
+                pending.discard((index, row[1]))
+                refused.append((index, row[1]))
+                found[k] = (*row[:4], None, *row[5:])  # NULL time: NOT NULL refuses it
+        return found
+
+    drivers: list[Driver] = []
+    errors: list[str] = []
+
+    async def main() -> None:
+        async with SqliteJournal(path, synchronous="NORMAL") as journal:
+            for i in range(sagas):
+                drivers.append(await Driver(journal, f"s{i}").start())
+                numbers[journal._index.open[f"s{i}"].number] = i
+
+            async def write(driver: Driver, kind: SagaEventKind, *args: Any) -> None:
+                for _ in range(3):  # a write is refused at most once: the retry must land
+                    try:
+                        await driver.go(kind, *args)
+                        return
+                    except JournalError as exc:
+                        errors.append(str(exc))
+                        driver.state = journal._index.open[driver.header.saga_id].state
+                raise AssertionError(f"{driver.header.saga_id}: refused again: {errors[-1]}")
+
+            async def run(driver: Driver) -> None:
+                for i in range(steps):
+                    await write(driver, K.STEP_STARTED, i)
+                    await write(driver, K.STEP_COMPLETED, i, b"r%d" % i)
+                await write(driver, K.COMPLETED)
+
+            original = module.event_rows
+            module.event_rows = rows
+            try:
+                async with trio.open_nursery() as nursery:
+                    for driver in drivers:
+                        nursery.start_soon(run, driver)
+            finally:
+                module.event_rows = original
+        async with SqliteJournal(path) as again:
+            for driver in drivers:
+                found = await again.get(driver.header.saga_id)
+                assert found is not None
+                assert saga_state(*found) == driver.state
+                assert driver.state.phase.value == "completed"
+
+    trio.run(main)
+    assert sorted(refused) == sorted(p for p in poison if p[0] < sagas and p[1] <= 2 * steps + 1)
+    assert len(errors) == len(refused)
+    assert all("could not be stored" in error for error in errors)
 
 
 async def test_a_failing_auto_prune_does_not_fail_the_batch_that_committed(
