@@ -196,11 +196,14 @@ _COMPLETED_KIND: Final = SagaEventKind.STEP_COMPLETED.value
 class SagaReport(msgspec.Struct, frozen=True, tag=True):
     """What the coordinator tells the monitor about a saga that did not complete.
 
-    Sent with ``tell_nowait`` (never blocking; dropped and counted when the monitor's mailbox
-    is full) when a saga ends ``compensated``, ``failed``, ``cancelled`` or
-    ``compensation_failed`` (the last one needs an operator: the monitor raises an alert), and
-    with status ``"unresumable"`` for a journaled saga the coordinator cannot resume (unknown
-    or incompatible definition).
+    Sent with ``tell_nowait`` (never blocking the saga) when a saga ends ``compensated``,
+    ``failed``, ``cancelled`` or ``compensation_failed`` (the last one needs an operator: the
+    monitor raises an alert), and with status ``"unresumable"`` for a journaled saga the
+    coordinator cannot resume (unknown or incompatible definition).  When the monitor's mailbox
+    is full an ordinary report is dropped and counted; a ``compensation_failed`` or
+    ``unresumable`` one is handed to a background task that waits for room.  A coordinator that
+    starts sends the report of every ``compensation_failed`` saga still in its journal again.
+    ``detail`` is redacted.
 
     Attributes:
         saga_id, definition: the saga.
