@@ -574,13 +574,7 @@ class _Run:
         if len(times) + 1 > self.spec.max_restarts:
             return False
         if error is not None:
-            self.tree.emit(
-                EventKind.CRASHED,
-                child.path,
-                self.node.path,
-                reason=f"{type(error).__name__}: {error}",
-                restarts=child.restarts,
-            )
+            self._crashed(child, error)
         times.append(now)
         child.gen += 1
         child.restarts += 1
@@ -608,15 +602,7 @@ class _Run:
         if child.expected_exit:
             return
         child.state = CellState.RESTARTING
-        reason = "" if error is None else f"{type(error).__name__}: {error}"
-        if error is not None:
-            self.tree.emit(
-                EventKind.CRASHED,
-                child.path,
-                self.node.path,
-                reason=reason,
-                restarts=child.restarts,
-            )
+        reason = "" if error is None else self._crashed(child, error)
         restart = child.spec.restart
         if restart is Restart.TEMPORARY or (restart is Restart.TRANSIENT and error is None):
             self.tree.emit(
@@ -641,6 +627,18 @@ class _Run:
             member.state = CellState.RESTARTING
             member.restart_due = now + delay
             member.restart_delay = delay
+
+    def _crashed(self, child: _Child, error: BaseException, note: str = "") -> str:
+        """Emit the ``crashed`` event of ``child`` (logged by the bus); return its reason."""
+        reason = f"{type(error).__name__}: {error}"
+        self.tree.emit(
+            EventKind.CRASHED,
+            child.path,
+            self.node.path,
+            reason=reason + note,
+            restarts=child.restarts,
+        )
+        return reason
 
     def _count_restart(self, child: _Child, error: BaseException | None, now: float) -> None:
         times = self.restart_times
@@ -724,13 +722,7 @@ class _Run:
                 # It failed on its way out (on_stop raised): the exit is expected, so the loop
                 # ignores it, but the failure is still a crash to report.
                 child.exit_error = None
-                self.tree.emit(
-                    EventKind.CRASHED,
-                    child.path,
-                    self.node.path,
-                    reason=f"{type(error).__name__}: {error} (while stopping)",
-                    restarts=child.restarts,
-                )
+                self._crashed(child, error, " (while stopping)")
         if terminal:
             child.state = CellState.STOPPED
             self.tree.close_under(child.path, "it was stopped by its supervisor")

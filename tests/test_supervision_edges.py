@@ -20,6 +20,7 @@ from supervisors import (
     SupervisorNotRunning,
     open_supervisor,
 )
+from tests.test_actor_core import StrayCancel
 
 
 class Echo(Actor[Any, Any]):
@@ -37,19 +38,6 @@ class SlowStop(Echo):
 class BadStop(Echo):
     async def on_stop(self) -> None:
         raise ValueError("cleanup failed")
-
-
-class StrayCancel(Actor[Any, Any]):
-    """Raises a trio.Cancelled caught from a scope that has already ended."""
-
-    async def handle(self, message: Any) -> Any:
-        with trio.CancelScope() as scope:
-            scope.cancel()
-            try:
-                await trio.lowlevel.checkpoint()
-            except trio.Cancelled as exc:
-                stray = exc
-        raise stray
 
 
 def blocks_on_restart() -> Callable[[], Actor[Any, Any]]:
