@@ -109,7 +109,7 @@ from actors._journal import (
     storable,
 )
 from actors._provider import Call, ProviderActor
-from actors._redact import redact
+from actors._redact import check_printable, redact
 from actors._ref import ActorRef
 from actors._reply import Failure, Reply
 from actors._retry import GiveUp, RetryPolicy, RetryState
@@ -517,8 +517,10 @@ class SagaCoordinator(Actor[SagaMessage, Any]):
             if message.saga_id is not None:
                 if type(message.saga_id) is not str:
                     return Failure(_not_a_str("StartSaga.saga_id", message.saga_id))
-                if not storable(message.saga_id):
-                    return Failure(_bad_id("StartSaga", message.saga_id))
+                try:  # ids reach terminals and log lines: printable text only (nor surrogates)
+                    check_printable(message.saga_id, "StartSaga.saga_id")
+                except ValueError as exc:
+                    return Failure(exc)
             wait: object = message.wait  # typed bool, but messages come from anywhere
             if wait is not True and wait is not False:
                 return Failure(

@@ -60,9 +60,11 @@ class StartSaga(msgspec.Struct, frozen=True, tag="saga.start"):
     Attributes:
         definition: the name of a registered :class:`SagaDefinition`.
         input: the saga's input (msgspec-encodable; builders see it as ``ctx.input``).
-        saga_id: the saga's id (default: a fresh unique id).  Starting an id that is running
-            joins it; an id that finished (and is still in the journal) answers its outcome;
-            the same id with another definition or input is an ``IdempotencyConflict``.
+        saga_id: the saga's id (default: a fresh unique id): printable text (no control,
+            separator or format characters: ids reach terminals and logs).  Starting an id that
+            is running joins it; an id that finished (and is still in the journal) answers its
+            outcome; the same id with another definition or input is an
+            ``IdempotencyConflict``.
         wait: ``True`` (default): the reply is the saga's :class:`SagaResult`, or the error
             ``SagaFailed`` / ``CompensationFailed``; if this caller stops waiting (its ask times
             out or is cancelled) the saga is cancelled and compensated.  ``False``: the reply

@@ -580,3 +580,20 @@ async def test_an_input_that_cannot_be_encoded_is_refused_without_a_crash(
             await coordinator.ask(StartSaga("order", {"name": "x\udcff"}, saga_id="bad"))
         await coordinator.ask(StartSaga("order", saga_id="fine"))
         assert coordinator.statistics().restarts == 0
+
+
+@pytest.mark.parametrize("saga_id", ["a\x1b[2Jb", "line\nINFO health=healthy", "x\u202ey", "\t"])
+async def test_a_new_saga_id_must_be_printable(
+    mock_clock: trio.testing.MockClock, saga_id: str
+) -> None:
+    """Saga ids reach terminals and log lines: a control character, a line break or a bidi
+    override is refused when a saga is started (nothing journaled); queries of such an id
+    still answer (a journal written before may hold one)."""
+    journal = MemoryJournal()
+    async with saga_tree(World(), [chain(1)], journal=journal) as root:
+        coordinator = root.ref("sagas")
+        with pytest.raises(ValueError, match="printable"):
+            await coordinator.ask(StartSaga("order", saga_id=saga_id))
+        assert await coordinator.ask(GetSaga(saga_id)) is None
+        assert coordinator.statistics().restarts == 0
+    assert await journal.get(saga_id) is None
