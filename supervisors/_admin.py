@@ -18,9 +18,13 @@ Safety, by default:
 
 * the server binds ``127.0.0.1``, and while it is bound to a loopback address it answers only
   requests whose ``Host`` is a loopback name (a browser tricked by DNS rebinding gets 400);
-* every ``POST`` needs ``Authorization: Bearer <token>`` with the configured token: 401
-  without one, 403 with a wrong one (compared with :func:`hmac.compare_digest`) or when no token
-  is configured, which disables writes;
+  bound to any other address it needs ``allowed_hosts`` (the names clients use, or ``*`` for
+  any, logged as a warning), so the defence is never switched off silently;
+* every ``POST`` needs ``Authorization: Bearer <token>`` with the configured token (at least
+  16 characters): 401 without one, 403 with a wrong one (compared with
+  :func:`hmac.compare_digest`) or when no token is configured, which disables writes; a client
+  address that sent too many wrong tokens gets 429 until its bucket refills
+  (:class:`FailedAttempts`);
 * bad input is the client's error: an unknown route 404, a wrong method 405, an unknown
   service or alert 404, a malformed query value or body 400, a body over ``max_body`` bytes
   413; never a 5xx.  503 means the monitor (or the actor asked) is not available, and answers
@@ -71,7 +75,8 @@ from actors._monitoring_alerts import UnknownAlert
 from actors._monitoring_types import HealthReport, HealthStatus, InvalidQuery, UnknownService
 from actors._provider import GetStatus, Isolate, ProviderActor
 from actors._provider import Reset as ResetProvider
-from actors._redact import redact
+from actors._ratelimit import RateLimiter, RateLimiterSettings
+from actors._redact import escape_control, redact
 from actors._ref import ActorRef
 from actors._reply import Failure
 from actors._saga_messages import GetSaga, ListSagas, SagaInfo
@@ -105,6 +110,12 @@ DEFAULT_PORT: Final = 9470
 #: Loopback host names accepted in the ``Host`` header while bound to loopback.
 LOOPBACK_NAMES: Final = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 _MAX_NAME: Final = 200
+#: The shortest admin token accepted.
+MIN_TOKEN_LENGTH: Final = 16
+#: Wrong tokens one client may send: 5, then one more every 12 seconds.
+DEFAULT_FAILED_AUTH: Final = RateLimiterSettings(rate=5 / 60, burst=5)
+#: The most client addresses whose failed attempts are remembered.
+MAX_THROTTLED_CLIENTS: Final = 4096
 #: The longest duration text accepted (``"1.5e3 ms"`` needs 8): checked before any pattern.
 MAX_DURATION_TEXT: Final = 32
 # One way to read any text: the number's parts cannot trade characters (digits, then an
@@ -137,8 +148,25 @@ def _check_port(_instance: Any, _attribute: Any, value: int) -> None:
 def _check_token(_instance: Any, _attribute: Any, value: str | None) -> None:
     if value is None:
         return
-    if not isinstance(value, str) or not value or value != value.strip() or " " in value:
-        raise ValueError("the admin token must be a non-empty string without spaces")
+    # The message never quotes the value: it is a secret, even when it is a bad one.
+    if (
+        not isinstance(value, str)
+        or len(value) < MIN_TOKEN_LENGTH
+        or not (value.isascii() and value.isprintable())
+        or " " in value
+    ):
+        raise ValueError(
+            f"the admin token must be at least {MIN_TOKEN_LENGTH} characters of printable "
+            "ASCII without spaces; generate one with "
+            "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+        )
+
+
+def _check_hosts(_instance: Any, _attribute: Any, value: frozenset[str] | None) -> None:
+    if value is None:
+        return
+    if not isinstance(value, frozenset) or not all(isinstance(h, str) and h for h in value):
+        raise ValueError(f"admin allowed_hosts must be non-empty host names, got {value!r}")
 
 
 def _positive_int(name: str) -> Callable[[Any, Any, int], None]:
@@ -157,15 +185,21 @@ class AdminSettings:
         host: the address to bind (default ``127.0.0.1``).  Binding a non-loopback address
             exposes the read endpoints to the network: put it behind your own access control.
         port: the TCP port (default 9470; ``0`` picks a free one, see :class:`AdminAddress`).
-        token: the bearer token every ``POST`` needs; ``None`` (default) disables writes.
+        token: the bearer token every ``POST`` needs: at least 16 printable ASCII characters
+            without spaces; ``None`` (default) disables writes.
+        failed_auth: how many wrong tokens one client address may send: a token bucket
+            (default 5, refilled at 5 a minute).  Past it the client gets 429 with
+            ``Retry-After``, whatever it sends, until the bucket refills.
         monitor: the monitor's path in the tree (default ``monitor``).
         sagas: the saga coordinator's path (default ``sagas``; ``None`` for none).
         providers: ``{service: path}`` of provider actors; ``None`` (default) finds them.
         max_page: the largest page of recent errors (default 100, at most 1000).
         max_body: the largest request body accepted, in bytes (default 64 KiB).
         ask_timeout: seconds each ask to another actor may take (default 5).
-        allowed_hosts: the ``Host`` names accepted; ``None`` (default): loopback names when
-            bound to loopback, any otherwise.
+        allowed_hosts: the ``Host`` names accepted (the defence against DNS rebinding);
+            ``None`` (default): loopback names, which needs ``host`` to be a loopback address.
+            Bound anywhere else it must be given: the names clients use to reach the API, or
+            ``{"*"}`` to accept any (logged as a warning at start).
         graceful_timeout: seconds open connections get to finish when the server stops
             (default 1).
         saga_input: show each saga's input, metadata and step replies in ``GET .../sagas``
@@ -185,9 +219,10 @@ class AdminSettings:
     max_page: int = attrs.field(default=100, validator=_positive_int("max_page"))
     max_body: int = attrs.field(default=64 * 1024, validator=_positive_int("max_body"))
     ask_timeout: float = 5.0
-    allowed_hosts: frozenset[str] | None = None
+    allowed_hosts: frozenset[str] | None = attrs.field(default=None, validator=_check_hosts)
     graceful_timeout: float = 1.0
     saga_input: bool = False
+    failed_auth: RateLimiterSettings = DEFAULT_FAILED_AUTH
 
     def __attrs_post_init__(self) -> None:
         if not isinstance(self.host, str) or not self.host:
@@ -198,21 +233,34 @@ class AdminSettings:
             value = getattr(self, name)
             if not (isinstance(value, int | float) and 0 < value < math.inf):
                 raise ValueError(f"admin {name} must be a positive number, got {value!r}")
+        if self.allowed_hosts is None and not _is_loopback(self.host):
+            raise ValueError(
+                f"admin host {self.host!r} is not a loopback address: give allowed_hosts, the "
+                "Host names clients use to reach the API (the defence against DNS rebinding, "
+                "off otherwise), or allowed_hosts=['*'] to accept any Host"
+            )
+        if not isinstance(self.failed_auth, RateLimiterSettings):
+            raise ValueError(
+                f"admin failed_auth must be RateLimiterSettings, got {self.failed_auth!r}"
+            )
 
     def hosts(self) -> frozenset[str] | None:
-        """The accepted ``Host`` names (``None``: any)."""
+        """The accepted ``Host`` names (``None``: any, with ``allowed_hosts={"*"}``)."""
         if self.allowed_hosts is not None:
+            if "*" in self.allowed_hosts:
+                return None
             return frozenset(h.lower() for h in self.allowed_hosts)
-        return LOOPBACK_NAMES if _is_loopback(self.host) else None
+        return LOOPBACK_NAMES
 
     def host_allowed(self, hostname: str) -> bool:
         """Whether a request naming ``hostname`` (no port) in its ``Host`` header is served.
 
-        Bound to loopback without ``allowed_hosts``: ``localhost`` and loopback addresses.
+        Without ``allowed_hosts`` (bound to loopback): ``localhost`` and loopback addresses.
         """
-        if self.allowed_hosts is not None:
-            return hostname.lower() in self.hosts()  # type: ignore[operator]
-        return not _is_loopback(self.host) or _is_loopback(hostname)
+        if self.allowed_hosts is None:
+            return _is_loopback(hostname)
+        hosts = self.hosts()
+        return hosts is None or hostname.lower() in hosts
 
 
 # ================================================================================ errors
@@ -345,6 +393,7 @@ class AdminBackend:
         self.lookup = lookup
         self.tree = tree
         self.providers = providers
+        self.failed_auth = FailedAttempts(settings.failed_auth)
 
     async def ask(self, path: str, message: object, what: str) -> Any:
         """Ask the actor at ``path``; translate its errors to :class:`ApiError`."""
@@ -479,7 +528,52 @@ async def _read_body(request: Request, limit: int) -> object:
     return body
 
 
-def _authorize(request: Request, token: str | None) -> None:
+class FailedAttempts:
+    """Wrong tokens sent by each client address, limited by a token bucket per client.
+
+    Sans-I/O (times are passed in).  :meth:`wait` is how long a client must wait before its
+    token is checked again (``0.0``: now); :meth:`failed` records a wrong token.  At most
+    ``max_clients`` buckets are kept: when full, buckets that have refilled completely are
+    dropped first (those clients are forgiven), then the oldest.
+    """
+
+    def __init__(
+        self, settings: RateLimiterSettings, *, max_clients: int = MAX_THROTTLED_CLIENTS
+    ) -> None:
+        self.settings = settings
+        self.max_clients = max_clients
+        self._clients: dict[str, RateLimiter] = {}
+
+    def __len__(self) -> int:
+        return len(self._clients)
+
+    def wait(self, client: str, now: float) -> float:
+        """Seconds before ``client``'s next token is checked (``0.0``: it is checked now)."""
+        limiter = self._clients.get(client)
+        if limiter is None:
+            return 0.0
+        missing = 1.0 - limiter.tokens(now)
+        return missing / self.settings.rate if missing > 1e-9 else 0.0
+
+    def failed(self, client: str, now: float) -> None:
+        """Record a wrong token from ``client`` at ``now``."""
+        limiter = self._clients.get(client)
+        if limiter is None:
+            if len(self._clients) >= self.max_clients:
+                self._evict(now)
+            limiter = self._clients[client] = RateLimiter(self.settings, client)
+        limiter.try_acquire(now)
+
+    def _evict(self, now: float) -> None:
+        burst = self.settings.effective_burst
+        for client, limiter in list(self._clients.items()):
+            if limiter.tokens(now) >= burst:
+                del self._clients[client]
+        while len(self._clients) >= self.max_clients:
+            del self._clients[next(iter(self._clients))]
+
+
+def _authorize(request: Request, token: str | None, attempts: FailedAttempts) -> None:
     header = request.headers.get("authorization")
     challenge = {"WWW-Authenticate": 'Bearer realm="aura-admin"'}
     if header is None:
@@ -506,8 +600,27 @@ def _authorize(request: Request, token: str | None) -> None:
             "writes are disabled: no admin token is configured",
             action="Start the admin API with a token to allow POST requests.",
         )
+    client = request.client.host if request.client is not None else ""
+    now = trio.current_time()
+    wait = attempts.wait(client, now)
+    if wait > 0:
+        # Checked before the token: while blocked, a guess (even a right one) tells nothing.
+        raise ApiError(
+            429,
+            "too_many_attempts",
+            "too many wrong tokens from this address; try again later",
+            action="Check the admin token configured for this application.",
+            headers={"Retry-After": str(max(1, math.ceil(wait)))},
+        )
     # Header values arrive latin-1 decoded: encoding back gives the bytes that were sent.
     if not hmac.compare_digest(credentials.encode("latin-1"), token.encode("utf-8")):
+        attempts.failed(client, now)
+        if attempts.wait(client, now) > 0:
+            logger.warning(
+                "admin API: wrong tokens from %s; its writes are refused for %.0f s",
+                escape_control(client),
+                attempts.wait(client, now),
+            )
         raise ApiError(403, "forbidden", "the token is not valid")
 
 
@@ -523,7 +636,7 @@ def _wrap(fn: Endpoint, backend: AdminBackend, *, write: bool = False) -> Callab
     async def endpoint(request: Request) -> Response:
         try:
             if write:
-                _authorize(request, backend.settings.token)
+                _authorize(request, backend.settings.token, backend.failed_auth)
             result = await fn(request, backend)
         except ApiError as error:
             return _error_response(error)
@@ -843,6 +956,12 @@ class AdminActor(Actor[GetAdminAddress, AdminAddress]):
                 )
                 self._address = _address(binds[0])
                 logger.info("admin API listening on %s", self._address.url)
+                if self.settings.hosts() is None:
+                    logger.warning(
+                        "admin API on %s accepts any Host header (allowed_hosts=['*']): the "
+                        "DNS-rebinding defence is off; list the names clients use instead",
+                        self._address.url,
+                    )
                 ready.set()
         finally:
             self._done.set()
@@ -974,6 +1093,7 @@ def admin_spec(
     ask_timeout: float = 5.0,
     allowed_hosts: Sequence[str] | None = None,
     saga_input: bool = False,
+    failed_auth: RateLimiterSettings = DEFAULT_FAILED_AUTH,
     shutdown: float = 5.0,
 ) -> ChildSpec[GetAdminAddress, AdminAddress]:
     """The child spec of the admin API server (an :class:`AdminActor`).
@@ -1006,5 +1126,6 @@ def admin_spec(
         ask_timeout=ask_timeout,
         allowed_hosts=None if allowed_hosts is None else frozenset(allowed_hosts),
         saga_input=saga_input,
+        failed_auth=failed_auth,
     )
     return ChildSpec(name, lambda: AdminActor(settings, tree=tree), shutdown=shutdown)

@@ -4,16 +4,17 @@ Theory of operation
 -------------------
 ``aura run MODULE[:TREE]`` imports ``MODULE`` (the current directory is added at the *end* of
 the import path, so a file there named like an installed package never shadows it) and builds
-its tree.  By convention the module defines
-``build_tree(config) -> SupervisorSpec``; ``TREE`` names another attribute: a
-``SupervisorSpec``, or a callable taking the configuration (or nothing) and returning one.  An
-optional ``async def workload(root) -> None`` drives traffic; the run ends when it returns,
-after ``--seconds``, or on Ctrl-C (the first one stops the run gracefully: the tree shuts down
-in order).  While the tree runs, its supervision events are forwarded to the monitor (``--monitor
-PATH``, default ``monitor``), the live view redraws from snapshots (``supervisors._live``) that
-include the saga coordinator's unfinished sagas when there is one (``--sagas PATH``, default
-``sagas``), and ``--admin-port`` adds the admin API as a dynamic child of the root (named
-``aura-admin``).  With ``--no-live``, or when stdout is not a terminal, the view is plain log
+its tree. By convention the module defines ``build_tree(config) -> SupervisorSpec``; ``TREE``
+names another attribute: a ``SupervisorSpec``, or a callable taking the configuration (or
+nothing) and returning one. An optional ``async def workload(root) -> None`` drives traffic; the
+run ends when it returns, after ``--seconds``, or on Ctrl-C (the first one stops the run
+gracefully: the tree shuts down in order). While the tree runs, its supervision events are
+forwarded to the monitor (``--monitor PATH``, default ``monitor``), the live view redraws from
+snapshots (``supervisors._live``) that include the saga coordinator's unfinished sagas when
+there is one (``--sagas PATH``, default ``sagas``), and ``--admin-port`` adds the admin API as a
+dynamic child of the root (named ``aura-admin``; its write token comes from
+``$AURA_ADMIN_TOKEN`` or ``--admin-token-file``, never the command line, which every user of the
+machine can read). With ``--no-live``, or when stdout is not a terminal, the view is plain log
 lines instead: what changed between snapshots, and a summary line every ``--every`` seconds.
 
 ``aura config check FILE`` loads a configuration with :func:`actors.load_config` and prints
@@ -37,9 +38,11 @@ import io
 import logging
 import os
 import signal
+import stat
 import sys
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TextIO
 
 import msgspec
@@ -58,6 +61,8 @@ from supervisors._tree import Supervisor, open_supervisor
 
 if TYPE_CHECKING:
     from rich.console import Console
+
+    from supervisors._admin import AdminSettings
 
 __all__ = ["main"]
 
@@ -162,8 +167,12 @@ async def run_tree(
     workload: Callable[[Supervisor], Awaitable[object]] | None,
     args: argparse.Namespace,
     console: Console | None,
+    admin_settings: AdminSettings | None = None,
 ) -> int:
-    """Run the tree with the view until the workload ends, time runs out or Ctrl-C."""
+    """Run the tree with the view until the workload ends, time runs out or Ctrl-C.
+
+    With ``admin_settings`` the admin API runs beside the view (the child ``aura-admin``).
+    """
     interrupted: list[bool] = []
     async with open_supervisor(spec) as root:
         try:
@@ -173,24 +182,17 @@ async def run_tree(
             monitor = None
         forwarder = _Forwarder(monitor) if monitor is not None else None
         remove = root.add_listener(forwarder) if forwarder is not None else None
-        if args.admin_port is not None:
-            from supervisors._admin import GetAdminAddress, admin_spec
+        if admin_settings is not None:
+            from supervisors._admin import AdminActor, GetAdminAddress
+            from supervisors._spec import ChildSpec
 
-            token = args.admin_token or os.environ.get("AURA_ADMIN_TOKEN") or None
+            settings = admin_settings
             admin = await root.start_child(
-                admin_spec(
-                    port=args.admin_port,
-                    host=args.admin_host,
-                    token=token,
-                    monitor=args.monitor,
-                    sagas=args.sagas,
-                    tree=root,
-                    name="aura-admin",
-                )
+                ChildSpec("aura-admin", lambda: AdminActor(settings, tree=root), shutdown=5.0)
             )
             address = await admin.ask(GetAdminAddress())
-            logger.warning("admin API on %s (writes %s)", address.url,
-                           "need the token" if token else "disabled: no token")  # fmt: skip
+            writes = "need the token" if settings.token else "disabled: no token"
+            logger.warning("admin API on %s (writes %s)", address.url, writes)
 
         try:
             sagas = root.ref(args.sagas)
@@ -269,9 +271,12 @@ def _cmd_run(args: argparse.Namespace, console: Console | None, stderr: TextIO) 
             json=args.log_json, level=args.log_level or logging.INFO, stream=stderr
         )
     try:
-        return trio.run(run_tree, spec, workload, args, view_console)
+        admin = _admin_settings(args)
+        return trio.run(run_tree, spec, workload, args, view_console, admin)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except UsageError:
+        raise
     except Exception as exc:
         error = _leaf(exc)
         if isinstance(error, AuraError):
@@ -282,6 +287,70 @@ def _cmd_run(args: argparse.Namespace, console: Console | None, stderr: TextIO) 
     finally:
         root_logger.removeHandler(handler)
         root_logger.setLevel(previous_level)
+
+
+TOKEN_VARIABLE: Final = "AURA_ADMIN_TOKEN"
+
+
+def _admin_settings(args: argparse.Namespace) -> AdminSettings | None:
+    """The admin API's settings from the command line (``None`` without ``--admin-port``).
+
+    The token comes from ``--admin-token-file`` or ``$AURA_ADMIN_TOKEN``, never from the
+    command line, where every user of the machine can read it (``/proc/PID/cmdline``).
+
+    Raises:
+        UsageError: the token file cannot be read, or a setting is refused (a short token, a
+            non-loopback address without ``--admin-allowed-host``).
+    """
+    if args.admin_port is None:
+        return None
+    from supervisors._admin import AdminSettings
+
+    token = os.environ.get(TOKEN_VARIABLE) or None
+    if args.admin_token_file is not None:
+        token = _read_token_file(args.admin_token_file)
+    try:
+        return AdminSettings(
+            host=args.admin_host,
+            port=args.admin_port,
+            token=token,
+            monitor=args.monitor,
+            sagas=args.sagas,
+            allowed_hosts=frozenset(args.admin_allowed_host) if args.admin_allowed_host else None,
+        )
+    except ValueError as exc:
+        hint = ""
+        if "allowed_hosts" in str(exc):
+            hint = " (aura run: --admin-allowed-host NAME, once per name)"
+        elif "token" in str(exc):
+            hint = f" (aura run: ${TOKEN_VARIABLE} or --admin-token-file FILE)"
+        raise UsageError(f"{exc}{hint}") from None
+
+
+def _read_token_file(path: str) -> str:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+        mode = os.stat(path).st_mode
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise UsageError(f"cannot read the admin token file {path!r}: {reason}") from None
+    if mode & 0o077:
+        logger.warning(
+            "the admin token file %r is readable by other users (mode %o): chmod 600 it",
+            path,
+            stat.S_IMODE(mode),
+        )
+    return text.strip()
+
+
+class _RefuseTokenArgument(argparse.Action):
+    """``--admin-token VALUE`` is refused: the process list would show the token."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_args: object, **_kwargs: object) -> None:
+        parser.error(
+            f"--admin-token would show the token to every user in the process list: set "
+            f"${TOKEN_VARIABLE} or use --admin-token-file FILE"
+        )
 
 
 def _is_terminal(stream: TextIO) -> bool:
@@ -502,8 +571,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--admin-port", type=int, metavar="N", help="serve the admin API on port N")
     run.add_argument("--admin-host", default="127.0.0.1", help="the admin API's address")
     run.add_argument(
-        "--admin-token", help="bearer token for admin writes (default: $AURA_ADMIN_TOKEN)"
+        "--admin-allowed-host",
+        action="append",
+        metavar="NAME",
+        help="a Host name clients use to reach the admin API (repeat; needed off loopback; "
+        "'*' accepts any)",
     )
+    run.add_argument(
+        "--admin-token-file",
+        metavar="FILE",
+        help="read the bearer token for admin writes from FILE (default: $AURA_ADMIN_TOKEN; "
+        "at least 16 characters; none disables writes)",
+    )
+    run.add_argument("--admin-token", action=_RefuseTokenArgument, help=argparse.SUPPRESS)
 
     config = commands.add_parser("config", help="configuration commands")
     config_commands = config.add_subparsers(dest="config_command", required=True)

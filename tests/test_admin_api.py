@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import threading
@@ -29,13 +30,20 @@ from actors import (
 )
 from actors._monitor import MonitorActor
 from actors._monitoring_types import BreakerReport, CallReport, MonitorSettings
+from actors._ratelimit import RateLimiterSettings
 from actors._saga import SagaCoordinator
 from actors._saga_definition import SagaDefinition, SagaStep, SagaStepMessage
 from actors._saga_messages import StartSaga
 from supervisors import ChildSpec, Supervisor, SupervisorSpec, open_supervisor
-from supervisors._admin import AdminSettings, GetAdminAddress, admin_spec, parse_duration
+from supervisors._admin import (
+    AdminSettings,
+    FailedAttempts,
+    GetAdminAddress,
+    admin_spec,
+    parse_duration,
+)
 
-TOKEN = "test-token-123"
+TOKEN = "test-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
@@ -715,7 +723,15 @@ async def test_the_admin_actor_refuses_other_messages() -> None:
         {"port": 70000},
         {"port": True},
         {"token": ""},
-        {"token": "has space"},
+        {"token": "has space in it, long enough"},
+        {"token": "x"},
+        {"token": "fifteen-chars.."},
+        {"token": "ünïcödé-token-0123456789"},
+        {"token": 1234567890123456789},
+        {"host": "0.0.0.0"},
+        {"host": "::"},
+        {"host": "10.1.2.3"},
+        {"host": "0.0.0.0", "allowed_hosts": frozenset({""})},
         {"max_page": 0},
         {"max_page": 1001},
         {"ask_timeout": 0},
@@ -729,16 +745,87 @@ def test_settings_reject_bad_values(kwargs: dict[str, Any]) -> None:
 
 
 def test_loopback_binding_trusts_only_loopback_hosts() -> None:
-    """Bound to loopback the Host check is on; bound elsewhere it is off unless configured."""
+    """Bound to loopback the Host check is on; bound elsewhere only the names listed pass."""
     loopback = AdminSettings()
     for name in ("localhost", "127.0.0.1", "127.0.0.2", "::1", "LOCALHOST"):
         assert loopback.host_allowed(name), name
     for name in ("evil.example", "10.0.0.1", "", "localhost.evil.example"):
         assert not loopback.host_allowed(name), name
-    assert AdminSettings(host="0.0.0.0").host_allowed("evil.example")
     listed = AdminSettings(host="0.0.0.0", allowed_hosts=frozenset({"Ops.example"}))
     assert listed.host_allowed("ops.example")
     assert not listed.host_allowed("localhost")
+    assert not listed.host_allowed("evil.example")
+
+
+def test_binding_off_loopback_needs_allowed_hosts() -> None:
+    """A wildcard or other non-loopback address without allowed_hosts is refused, saying why;
+    `*` accepts any Host, explicitly."""
+    for host in ("0.0.0.0", "::", "192.168.1.10", "admin.internal"):
+        with pytest.raises(ValueError, match="allowed_hosts") as info:
+            AdminSettings(host=host)
+        assert "DNS rebinding" in str(info.value)
+        with pytest.raises(ValueError, match="allowed_hosts"):
+            admin_spec(host=host)
+    anything = AdminSettings(host="0.0.0.0", allowed_hosts=frozenset({"*"}))
+    assert anything.host_allowed("evil.example")
+    assert anything.hosts() is None
+
+
+async def test_accepting_any_host_is_logged_loudly(caplog: pytest.LogCaptureFixture) -> None:
+    """allowed_hosts=['*'] starts, with a warning that the DNS-rebinding defence is off."""
+    with caplog.at_level(logging.WARNING, logger="supervisors.admin"):
+        async with admin_app(allowed_hosts=["*"]) as (_root, client):
+            response = await client.get(
+                "/api/resilience/health", headers={"Host": "rebound.example"}
+            )
+            assert response.status_code == 200
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("any Host" in message for message in warnings), warnings
+
+
+async def test_failed_token_attempts_are_limited_per_client() -> None:
+    """Past the allowed failures a client gets 429 with Retry-After, even with the right
+    token, until the limit refills; reads are not affected."""
+    limit = RateLimiterSettings(rate=1 / 60, burst=3)
+    async with admin_app(failed_auth=limit) as (root, client):
+        report(root, *calls("a", 1, 0))
+        path = "/api/resilience/metrics/a/reset"
+        wrong = {"Authorization": "Bearer wrong-token-0123456789"}
+        for _ in range(3):
+            assert (await client.post(path, headers=wrong)).status_code == 403
+        blocked = await client.post(path, headers=wrong)
+        assert blocked.status_code == 429
+        assert error_of(blocked)["code"] == "too_many_attempts"
+        assert 1 <= int(blocked.headers["retry-after"]) <= 60
+        assert (await client.post(path, headers=AUTH)).status_code == 429
+        assert (await client.post(path)).status_code == 401  # no token: not an attempt
+        assert (await client.get("/api/resilience/health")).status_code == 200
+
+
+def test_failed_attempts_refill_and_the_table_is_bounded() -> None:
+    """The throttle is a token bucket per client: it refills with time, and keeps at most
+    max_clients buckets (forgiven ones first, then the oldest)."""
+    throttle = FailedAttempts(RateLimiterSettings(rate=1 / 10, burst=2), max_clients=3)
+    assert throttle.wait("a", 0.0) == 0.0
+    throttle.failed("a", 0.0)
+    throttle.failed("a", 0.0)
+    wait = throttle.wait("a", 0.0)
+    assert wait == pytest.approx(10.0)
+    assert throttle.wait("b", 0.0) == 0.0  # another client is not affected
+    assert throttle.wait("a", 5.0) == pytest.approx(5.0)
+    assert throttle.wait("a", 10.0 + 1e-9) == 0.0
+    for client in ("b", "c", "d", "e"):
+        throttle.failed(client, 20.0)
+    assert len(throttle) == 3
+    throttle.failed("f", 100.0)  # by now every bucket is full again: forgiven, dropped first
+    assert len(throttle) <= 3
+    assert throttle.wait("f", 100.0) == 0.0
+
+
+def test_the_token_is_never_in_the_settings_repr() -> None:
+    """The token is kept out of repr (and so out of logs of the settings)."""
+    settings = AdminSettings(token=TOKEN)
+    assert TOKEN not in repr(settings)
 
 
 # ================================================================================ fuzzing
@@ -763,7 +850,8 @@ class ServerThread:
             self._ready.set()
 
     async def _main(self) -> None:
-        spec, holder = _tree()
+        # The fuzzers send wrong tokens often: a lenient throttle keeps the right one working.
+        spec, holder = _tree(failed_auth=RateLimiterSettings(rate=1000, burst=1000))
         async with open_supervisor(spec) as root:
             holder["root"] = root
             report(root, *calls("steady", 20, 0), *calls("shaky", 5, 5))

@@ -272,18 +272,90 @@ def test_run_with_an_invalid_config_exits_1(tmp_path: Path) -> None:
     assert "defaults.retry.max_attempts" in err.getvalue()
 
 
+ADMIN_TOKEN = "cli-test-token-0123456789abcdef"
+
+
 def test_run_with_admin_port_serves_the_api(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """--admin-port starts the admin API beside the view; its address is logged."""
+    """--admin-port starts the admin API beside the view; its address is logged; the token
+    comes from $AURA_ADMIN_TOKEN."""
     name = _module(tmp_path, monkeypatch, "aura_admin_run", IDLE + AUTO_STATUS)
+    monkeypatch.setenv("AURA_ADMIN_TOKEN", ADMIN_TOKEN)
     err = io.StringIO()
-    code = main(["run", name, "--no-live", "--admin-port", "0", "--admin-token", "t0k"], stderr=err)
+    code = main(["run", name, "--no-live", "--admin-port", "0"], stderr=err)
     assert code == 0, err.getvalue()
     module = __import__(name)
     assert module.answers["health"] == 200
     assert module.answers["reset"] == 401
+    assert module.answers["reset_with_token"] == 404  # authorized; the service is unknown
     assert "admin API on http://127.0.0.1:" in err.getvalue()
+    assert ADMIN_TOKEN not in err.getvalue()
+
+
+def test_run_reads_the_admin_token_from_a_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--admin-token-file reads the token (a trailing newline is dropped); a file others can
+    read is accepted with a warning."""
+    name = _module(tmp_path, monkeypatch, "aura_admin_file", IDLE + AUTO_STATUS)
+    monkeypatch.delenv("AURA_ADMIN_TOKEN", raising=False)
+    token_file = tmp_path / "admin.token"
+    token_file.write_text(ADMIN_TOKEN + "\n")
+    token_file.chmod(0o600)
+    err = io.StringIO()
+    argv = ["run", name, "--no-live", "--admin-port", "0", "--admin-token-file", str(token_file)]
+    assert main(argv, stderr=err) == 0, err.getvalue()
+    assert __import__(name).answers["reset_with_token"] == 404
+    assert "readable by" not in err.getvalue()
+    token_file.chmod(0o644)
+    err = io.StringIO()
+    assert main(argv, stderr=err) == 0, err.getvalue()
+    assert "readable by other users" in err.getvalue()
+
+
+def test_the_admin_token_is_refused_on_the_command_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """--admin-token VALUE would show in the process list: a usage error naming the options."""
+    with pytest.raises(SystemExit) as info:
+        main(["run", "x", "--admin-port", "0", "--admin-token", ADMIN_TOKEN])
+    assert info.value.code == 2
+    message = capsys.readouterr().err
+    assert "AURA_ADMIN_TOKEN" in message
+    assert "--admin-token-file" in message
+    assert ADMIN_TOKEN not in message
+
+
+@pytest.mark.parametrize("source", ["env", "file", "missing-file"])
+def test_a_bad_admin_token_exits_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str
+) -> None:
+    """A token shorter than 16 characters, or an unreadable token file, exits 1 saying why."""
+    name = _module(tmp_path, monkeypatch, "aura_admin_short", IDLE)
+    argv = ["run", name, "--no-live", "--seconds", "0.1", "--admin-port", "0"]
+    monkeypatch.delenv("AURA_ADMIN_TOKEN", raising=False)
+    if source == "env":
+        monkeypatch.setenv("AURA_ADMIN_TOKEN", "short")
+    else:
+        token_file = tmp_path / "admin.token"
+        if source == "file":
+            token_file.write_text("short\n")
+        argv += ["--admin-token-file", str(token_file)]
+    err = io.StringIO()
+    assert main(argv, stderr=err) == 1
+    expected = "cannot read" if source == "missing-file" else "at least 16 characters"
+    assert expected in err.getvalue()
+    assert "Traceback" not in err.getvalue()
+
+
+def test_an_admin_host_off_loopback_needs_allowed_hosts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--admin-host 0.0.0.0 without --admin-allowed-host exits 1 saying why."""
+    name = _module(tmp_path, monkeypatch, "aura_admin_wild", IDLE)
+    argv = ["run", name, "--no-live", "--seconds", "0.1", "--admin-port", "0"]
+    err = io.StringIO()
+    assert main([*argv, "--admin-host", "0.0.0.0"], stderr=err) == 1
+    assert "--admin-allowed-host" in err.getvalue()
 
 
 AUTO_STATUS = """
@@ -298,6 +370,12 @@ AUTO_STATUS = """
         async with httpx.AsyncClient(base_url=address.url) as client:
             answers["health"] = (await client.get("/api/resilience/health")).status_code
             answers["reset"] = (await client.post("/api/resilience/metrics/x/reset")).status_code
+            answers["reset_with_token"] = (
+                await client.post(
+                    "/api/resilience/metrics/x/reset",
+                    headers={"Authorization": "Bearer cli-test-token-0123456789abcdef"},
+                )
+            ).status_code
 """
 
 
