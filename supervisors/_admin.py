@@ -3,9 +3,10 @@
 Theory of operation
 -------------------
 :func:`admin_spec` returns the :class:`~supervisors.ChildSpec` of an :class:`AdminActor`.  Added
-to a supervision tree, the actor starts hypercorn's trio server in its own scope (so the tree's
-shutdown, or a restart, stops the server: the actor's ``on_stop`` pulls hypercorn's shutdown
-trigger and waits for it to drain, and a cancellation cuts it short).  Requests are served by
+to a supervision tree, the actor starts an :class:`~supervisors._http.HttpServer` (HTTP/1.1 over
+h11, every resource bounded: connections, read and write deadlines, no HTTP/2) in its own scope,
+so the tree's shutdown, or a restart, stops the server: the actor's ``on_stop`` stops it, which
+takes at most ``graceful_timeout``, and a cancellation cuts it short.  Requests are served by
 tasks of that scope; they read the monitor, provider actors and saga coordinator by *asking*
 them, so the HTTP layer holds no state of its own and never blocks an actor.
 
@@ -81,6 +82,7 @@ from actors._ref import ActorRef
 from actors._reply import Failure
 from actors._saga_messages import GetSaga, ListSagas, SagaInfo
 from supervisors._events import TreeNode
+from supervisors._http import HttpLimits, HttpServer, HttpStatistics
 from supervisors._metrics import METRICS_CONTENT_TYPE, render_metrics, take_snapshot
 from supervisors._spec import ChildSpec
 from supervisors._tree import root_of
@@ -200,8 +202,14 @@ class AdminSettings:
             ``None`` (default): loopback names, which needs ``host`` to be a loopback address.
             Bound anywhere else it must be given: the names clients use to reach the API, or
             ``{"*"}`` to accept any (logged as a warning at start).
-        graceful_timeout: seconds open connections get to finish when the server stops
-            (default 1).
+        graceful_timeout: seconds requests in progress get to be answered when the server
+            stops (default 1); then every connection is closed.
+        max_connections: connections open at once (default 64); one more gets 503.
+        request_timeout: seconds a request may take to arrive, from its first byte (default
+            10).
+        write_timeout: seconds a response may take to be read by the client (default 10);
+            then the connection is cut.
+        keep_alive: seconds a connection may idle between requests (default 5).
         saga_input: show each saga's input, metadata and step replies in ``GET .../sagas``
             and ``GET .../sagas/{id}`` (default ``False``: they may hold personal data; the
             audit trail's details are always redacted).
@@ -223,13 +231,23 @@ class AdminSettings:
     graceful_timeout: float = 1.0
     saga_input: bool = False
     failed_auth: RateLimiterSettings = DEFAULT_FAILED_AUTH
+    max_connections: int = attrs.field(default=64, validator=_positive_int("max_connections"))
+    request_timeout: float = 10.0
+    write_timeout: float = 10.0
+    keep_alive: float = 5.0
 
     def __attrs_post_init__(self) -> None:
         if not isinstance(self.host, str) or not self.host:
             raise ValueError(f"admin host must be a non-empty string, got {self.host!r}")
         if self.max_page > 1000:
             raise ValueError(f"admin max_page must be at most 1000, got {self.max_page}")
-        for name in ("ask_timeout", "graceful_timeout"):
+        for name in (
+            "ask_timeout",
+            "graceful_timeout",
+            "request_timeout",
+            "write_timeout",
+            "keep_alive",
+        ):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and 0 < value < math.inf):
                 raise ValueError(f"admin {name} must be a positive number, got {value!r}")
@@ -243,6 +261,17 @@ class AdminSettings:
             raise ValueError(
                 f"admin failed_auth must be RateLimiterSettings, got {self.failed_auth!r}"
             )
+
+    def limits(self) -> HttpLimits:
+        """The :class:`~supervisors._http.HttpLimits` the server enforces."""
+        return HttpLimits(
+            max_connections=self.max_connections,
+            max_body=self.max_body,
+            request_timeout=self.request_timeout,
+            keep_alive=self.keep_alive,
+            write_timeout=self.write_timeout,
+            graceful_timeout=self.graceful_timeout,
+        )
 
     def hosts(self) -> frozenset[str] | None:
         """The accepted ``Host`` names (``None``: any, with ``allowed_hosts={"*"}``)."""
@@ -910,8 +939,11 @@ class AdminActor(Actor[GetAdminAddress, AdminAddress]):
         tree: the tree's :class:`~supervisors.Supervisor` (or a function returning it) for
             ``/api/resilience/tree``; without it the snapshot is rebuilt from the actor slots.
 
-    Answers :class:`GetAdminAddress` with the bound :class:`AdminAddress`.  A failure to bind
-    (the port is taken) crashes the actor at start, like any failing ``on_start``.
+    Answers :class:`GetAdminAddress` with the bound :class:`AdminAddress`;
+    :meth:`statistics` counts the server's connections, refusals and timeouts.  A failure to
+    bind (the port is taken) crashes the actor at start, like any failing ``on_start``.
+    Stopping (the tree's shutdown, a restart) takes at most ``graceful_timeout``: the server
+    closes every connection then, whatever its clients do.
     """
 
     def __init__(
@@ -923,7 +955,7 @@ class AdminActor(Actor[GetAdminAddress, AdminAddress]):
         self.settings = settings
         self._tree_source = tree
         self._address: AdminAddress | None = None
-        self._shutdown = trio.Event()
+        self._server: HttpServer | None = None
         self._done = trio.Event()
         self._provider_paths: dict[str, str] = dict(settings.providers or {})
 
@@ -932,29 +964,19 @@ class AdminActor(Actor[GetAdminAddress, AdminAddress]):
         backend = AdminBackend(
             self.settings, lookup=self.lookup, tree=self._snapshot, providers=self._providers
         )
+        app = build_admin_app(backend)
+        server = HttpServer(app, self.settings.limits(), error_body=_error_body)
+        self._server = server
         ready = trio.Event()
-        self.spawn(self._serve, build_admin_app(backend), ready, name=f"{self.path}:http")
+        self.spawn(self._serve, server, ready, name=f"{self.path}:http")
         await ready.wait()
 
-    async def _serve(self, app: ASGIApp, ready: trio.Event) -> None:
-        from hypercorn.config import Config
-        from hypercorn.trio import serve
-
-        config = Config()
-        host = self.settings.host
-        config.bind = [
-            f"[{host}]:{self.settings.port}" if ":" in host else f"{host}:{self.settings.port}"
-        ]
-        config.accesslog = None
-        config.errorlog = logger
-        config.graceful_timeout = self.settings.graceful_timeout
-        config.include_server_header = False
+    async def _serve(self, server: HttpServer, ready: trio.Event) -> None:
         try:
             async with trio.open_nursery() as nursery:
-                binds = await nursery.start(
-                    functools.partial(serve, app, config, shutdown_trigger=self._shutdown.wait)  # type: ignore[arg-type]
-                )
-                self._address = _address(binds[0])
+                settings = self.settings
+                host, port = await nursery.start(server.serve, settings.host, settings.port)
+                self._address = _address(host, port)
                 logger.info("admin API listening on %s", self._address.url)
                 if self.settings.hosts() is None:
                     logger.warning(
@@ -967,8 +989,9 @@ class AdminActor(Actor[GetAdminAddress, AdminAddress]):
             self._done.set()
 
     async def on_stop(self) -> None:
-        """Stop accepting connections and let open ones finish (``graceful_timeout``)."""
-        self._shutdown.set()
+        """Stop the server: at most ``graceful_timeout`` for requests in progress."""
+        if self._server is not None:
+            self._server.stop()
         await self._done.wait()
 
     async def handle(self, message: object) -> AdminAddress | Failure:
@@ -978,6 +1001,10 @@ class AdminActor(Actor[GetAdminAddress, AdminAddress]):
             return Failure(TypeError(problem))
         assert self._address is not None
         return self._address
+
+    def statistics(self) -> HttpStatistics | None:
+        """The server's :class:`~supervisors._http.HttpStatistics` (``None`` before start)."""
+        return None if self._server is None else self._server.statistics()
 
     @property
     def address(self) -> AdminAddress | None:
@@ -1034,11 +1061,15 @@ def find_providers(root: Supervisor) -> dict[str, ActorRef[Any, Any]]:
     }
 
 
-def _address(bind: str) -> AdminAddress:
-    """``http://127.0.0.1:8080`` -> AdminAddress."""
-    rest = bind.split("://", 1)[-1]
-    host, _, port = rest.rpartition(":")
-    return AdminAddress(host=host.strip("[]"), port=int(port), url=f"http://{rest}")
+def _address(host: str, port: int) -> AdminAddress:
+    """``("::1", 8080)`` -> ``AdminAddress("::1", 8080, "http://[::1]:8080")``."""
+    shown = f"[{host}]" if ":" in host else host
+    return AdminAddress(host=host, port=port, url=f"http://{shown}:{port}")
+
+
+def _error_body(status: int, code: str, message: str) -> tuple[bytes, bytes]:
+    """The body of an error the HTTP server answers itself, in the API's error shape."""
+    return b"application/json", _encoder.encode(ErrorBody(ErrorInfo(status, code, message)))
 
 
 def tree_from_slots(cells: Mapping[str, _Cell]) -> TreeNode:
@@ -1094,6 +1125,11 @@ def admin_spec(
     allowed_hosts: Sequence[str] | None = None,
     saga_input: bool = False,
     failed_auth: RateLimiterSettings = DEFAULT_FAILED_AUTH,
+    max_connections: int = 64,
+    request_timeout: float = 10.0,
+    write_timeout: float = 10.0,
+    keep_alive: float = 5.0,
+    graceful_timeout: float = 1.0,
     shutdown: float = 5.0,
 ) -> ChildSpec[GetAdminAddress, AdminAddress]:
     """The child spec of the admin API server (an :class:`AdminActor`).
@@ -1127,5 +1163,10 @@ def admin_spec(
         allowed_hosts=None if allowed_hosts is None else frozenset(allowed_hosts),
         saga_input=saga_input,
         failed_auth=failed_auth,
+        max_connections=max_connections,
+        request_timeout=request_timeout,
+        write_timeout=write_timeout,
+        keep_alive=keep_alive,
+        graceful_timeout=graceful_timeout,
     )
     return ChildSpec(name, lambda: AdminActor(settings, tree=tree), shutdown=shutdown)
