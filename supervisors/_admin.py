@@ -82,7 +82,6 @@ from actors._ref import ActorRef
 from actors._reply import Failure
 from actors._saga_messages import GetSaga, ListSagas, SagaInfo
 from supervisors._events import TreeNode
-from supervisors._http import HttpLimits, HttpServer, HttpStatistics
 from supervisors._metrics import METRICS_CONTENT_TYPE, render_metrics, take_snapshot
 from supervisors._spec import ChildSpec
 from supervisors._tree import root_of
@@ -93,6 +92,7 @@ if TYPE_CHECKING:
     from starlette.types import ASGIApp, Receive, Scope, Send
 
     from actors._cell import _Cell
+    from supervisors._http import HttpLimits, HttpServer, HttpStatistics
     from supervisors._tree import Supervisor
 
 __all__ = [
@@ -263,7 +263,12 @@ class AdminSettings:
             )
 
     def limits(self) -> HttpLimits:
-        """The :class:`~supervisors._http.HttpLimits` the server enforces."""
+        """The :class:`~supervisors._http.HttpLimits` the server enforces.
+
+        Needs the ``admin`` extra (h11), like the server; raises ``ImportError`` without it.
+        """
+        from supervisors._http import HttpLimits
+
         return HttpLimits(
             max_connections=self.max_connections,
             max_body=self.max_body,
@@ -964,6 +969,8 @@ class AdminActor(Actor[GetAdminAddress, AdminAddress]):
         backend = AdminBackend(
             self.settings, lookup=self.lookup, tree=self._snapshot, providers=self._providers
         )
+        from supervisors._http import HttpServer
+
         app = build_admin_app(backend)
         server = HttpServer(app, self.settings.limits(), error_body=_error_body)
         self._server = server

@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 import re
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -384,3 +386,20 @@ def test_limits_reject_bad_values() -> None:
     for name in ("max_connections", "max_body", "request_timeout", "write_timeout"):
         with pytest.raises(ValueError, match=name):
             HttpLimits(**{name: 0})
+
+
+def test_the_server_needs_the_admin_extra_only_when_it_runs() -> None:
+    """`import supervisors` works without the admin extra (h11, starlette, prometheus-client):
+    the server imports them when it starts."""
+    blocked = ["h11", "starlette", "prometheus_client", "httpx", "rich"]
+    code = (
+        "import sys\n"
+        f"for name in {blocked!r}:\n"
+        "    sys.modules[name] = None  # an import of it raises ImportError\n"
+        "import supervisors\n"
+        "from supervisors import admin_spec\n"
+        "admin_spec(port=0)\n"
+    )
+    command = [sys.executable, "-c", code]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
