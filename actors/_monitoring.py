@@ -27,11 +27,28 @@ the relative error is at most ``10**(1/(2k)) - 1`` (about 5.9 % at the default 2
 inside ``[latency_min, latency_max)``; below ``latency_min`` the estimate is ``latency_min / 2``,
 at or above the top of the range (``latency_max`` rounded up to a whole bin) it is that top.
 
-Totals (calls, errors by category, retries) are exact integers since the service was first
-seen or last reset, never sampled: they are what load tests compare with ground truth.
+Rates.  There is one definition of an error rate: the errors in a window divided by the time
+the window spans so far, that is the whole buckets before the current one plus the elapsed part
+of the current one (dividing by whole buckets would under-report a short window, whose newest
+bucket has only partly elapsed).  Below ``min_calls`` calls in the window neither the rate nor
+the ratio is judged: the alert rules skip them and health says ``unknown``.
+
+Totals (calls, errors by category, retries, breaker transitions and trips) are exact integers
+since the service was first seen, never sampled: they are what load tests compare with ground
+truth, and they only ever go up for the life of the monitor (Prometheus counters).  A reset
+clears the windows only; an evicted service's counters are kept aside (for up to
+``max_services`` evicted services) and continue if it comes back.
+
+Breakers.  The monitor's copy of each breaker's state changes on a :class:`BreakerReport`: a
+transition, or a *state report* (``old == new``) that a provider sends whenever an incarnation
+starts, so a restart of the provider or of the monitor never leaves a stale state behind.  A
+supervision ``stopped`` event for the provider's path (or a path above it) means the provider
+is gone for good: its breaker reads ``closed`` again and its ``breaker_open`` alert is resolved
+(resolution ``stopped``).
 
 Alerts and health: see :mod:`actors._monitoring_alerts` for the rules and their hysteresis and
-:meth:`MonitorState.health` for how health is derived from breakers and active alerts.
+:meth:`MonitorState.health` for how health is derived from breakers, active alerts and the
+amount of data.
 
 Bounds: ``max_services`` services (an idle service is evicted to make room, see
 :meth:`MonitorState.record`), ``recent_errors`` error records, ``resolved_alerts`` resolved
@@ -92,6 +109,7 @@ from actors._monitoring_windows import (
     _RETRIES,
     _STRIDE,
     _UNKNOWN_INDEX,
+    _Counts,
     _LatencyLayout,
     _Ring,
     _Series,
@@ -166,6 +184,7 @@ class MonitorState:
         "_checks",
         "_dropped",
         "_evicted",
+        "_gave_up",
         "_invalid",
         "_k",
         "_k_base",
@@ -177,9 +196,9 @@ class MonitorState:
         "_lk_base",
         "_lk_start",
         "_n",
-        "_per_min",
         "_recent",
         "_reports",
+        "_retired",
         "_series",
         "_settings",
         "_supervision",
@@ -206,13 +225,16 @@ class MonitorState:
         )
         self._book = AlertBook(
             history=settings.resolved_alerts,
-            # Three threshold/breaker alerts per service at most; the rest for gave-up paths.
-            max_active=4 * settings.max_services,
+            # Per rule: one alert per service for the service rules (so they never overflow),
+            # and as many supervision paths and saga definitions.
+            max_active=settings.max_services,
             wall_clock=wall_clock,
         )
+        # Counters of evicted services, oldest eviction first (bounded by max_services).
+        self._retired: collections.OrderedDict[str, _Counts] = collections.OrderedDict()
+        self._gave_up: dict[str, int] = {}
         self._n = settings.buckets
         self._width = settings.bucket_width
-        self._per_min = 60.0 / settings.window
         self._lat_n = settings.latency_buckets
         self._lat_width = settings.latency_bucket_width
         self._layout = _LatencyLayout(settings)
@@ -418,13 +440,21 @@ class MonitorState:
             raise InvalidReport(f"must be a str or None, got {shown(error)}", field="error")
         return ci, redact(error, max_length=self._settings.max_message_length)
 
+    def _span(self, whole: int, now: float) -> float:
+        """Seconds covered by the current bucket's elapsed part and ``whole`` buckets before
+        it (the windows have been ticked to ``now``)."""
+        span = whole * self._width + min(self._width, max(0.0, now - self._k_start))
+        return span if span > 0.0 else self._width
+
     def _raise_on_intake(self, s: _Series, now: float) -> Sequence[AlertEvent]:
         # Errors only make the rate and the ratio worse, so intake raises and never resolves.
         settings = self._settings
         book = self._book
         errors, calls = s.counts.errors, s.counts.calls
+        if calls < settings.min_calls:
+            return _NO_EVENTS
         events: list[AlertEvent] = []
-        rate = errors * self._per_min
+        rate = errors * 60.0 / self._span(self._n - 1, now)
         if rate >= settings.high_error_rate and not book.is_active(
             AlertRule.HIGH_ERROR_RATE, s.name
         ):
@@ -438,24 +468,27 @@ class MonitorState:
             )
             if event is not None:
                 events.append(event)
-        if calls >= settings.min_calls:
-            ratio = errors / calls
-            if ratio >= settings.critical_error_ratio and not book.is_active(
-                AlertRule.CRITICAL_ERROR_RATIO, s.name
-            ):
-                event = book.raise_alert(
-                    AlertRule.CRITICAL_ERROR_RATIO,
-                    s.name,
-                    self._ratio_message(s.name, ratio),
-                    now,
-                    value=ratio,
-                    threshold=settings.critical_error_ratio,
-                )
-                if event is not None:
-                    events.append(event)
+        ratio = errors / calls
+        if ratio >= settings.critical_error_ratio and not book.is_active(
+            AlertRule.CRITICAL_ERROR_RATIO, s.name
+        ):
+            event = book.raise_alert(
+                AlertRule.CRITICAL_ERROR_RATIO,
+                s.name,
+                self._ratio_message(s.name, ratio),
+                now,
+                value=ratio,
+                threshold=settings.critical_error_ratio,
+            )
+            if event is not None:
+                events.append(event)
         return tuple(events) if events else _NO_EVENTS
 
     def _record_breaker(self, r: BreakerReport, now: float) -> Sequence[AlertEvent]:
+        if not isinstance(r.service, str):
+            raise InvalidReport(f"must be a str, got {shown(r.service)}", field="service")
+        if not isinstance(r.path, str):
+            raise InvalidReport(f"must be a str, got {shown(r.path)}", field="path")
         for name in ("old", "new"):
             value = getattr(r, name)
             if not isinstance(value, str) or value not in BREAKER_STATES:
@@ -480,12 +513,20 @@ class MonitorState:
                 return _NO_EVENTS
         self._reports += 1
         s.last_seen = now
-        s.breaker = r.new
-        s.breaker_since = r.at
-        s.last_transition = BreakerTransitionInfo(r.old, r.new, reason, r.at)
-        s.transitions += 1
-        if r.new == "open":
-            s.trips += 1
+        if r.path:
+            s.path = r.path
+        if r.old == r.new:  # a state report: correct the copy, count no transition
+            if s.breaker == r.new:
+                return _NO_EVENTS
+            s.breaker = r.new
+            s.breaker_since = r.at
+        else:
+            s.breaker = r.new
+            s.breaker_since = r.at
+            s.last_transition = BreakerTransitionInfo(r.old, r.new, reason, r.at)
+            s.transitions += 1
+            if r.new == "open":
+                s.trips += 1
         event: AlertEvent | None = None
         if r.new == "open" or r.new == "isolated":
             what = "opened" if r.new == "open" else "was isolated"
@@ -511,7 +552,12 @@ class MonitorState:
         self._reports += 1
         self._supervision[r.kind] += 1
         book = self._book
+        if r.kind == "stopped":
+            return self._provider_stopped(r.path, now)
         if r.kind == "gave_up":
+            count = self._gave_up.get(r.path)
+            if count is not None or len(self._gave_up) < self._settings.max_services:
+                self._gave_up[r.path] = (count or 0) + 1
             detail = redact(r.detail, max_length=self._settings.max_message_length)
             event = book.raise_alert(
                 AlertRule.SUPERVISOR_GAVE_UP,
@@ -530,6 +576,22 @@ class MonitorState:
             return tuple(events)
         return _NO_EVENTS
 
+    def _provider_stopped(self, path: str, now: float) -> Sequence[AlertEvent]:
+        """The actor at ``path`` (and everything under it) stopped for good: forget the
+        breakers of the providers that ran there."""
+        events = []
+        for s in self._series.values():
+            if not s.path or not (s.path == path or s.path.startswith(path + "/")):
+                continue
+            s.path = ""
+            if s.breaker != "closed":
+                s.breaker = "closed"
+                s.breaker_since = now
+            event = self._book.resolve(AlertRule.BREAKER_OPEN, s.name, now, "stopped")
+            if event is not None:
+                events.append(event)
+        return tuple(events)
+
     def _admit(self, name: object, now: float) -> _Series | None:
         if not isinstance(name, str) or not name or len(name) > _MAX_SERVICE_NAME:
             raise InvalidReport(
@@ -537,19 +599,28 @@ class MonitorState:
                 f"got {shown(name)}",
                 field="service",
             )
+        retired = self._retired
         if len(self._series) >= self._settings.max_services:
             victim = self._idle_victim(now)
             if victim is None:
                 self._dropped += 1
                 return None
-            del self._series[victim]
+            gone = self._series.pop(victim)
             self._evicted += 1
+            kept = retired.pop(name, None)  # before the bound below can forget it
+            retired[victim] = gone.counters()
+            if len(retired) > self._settings.max_services:
+                retired.popitem(last=False)
+        else:
+            kept = retired.pop(name, None)
         s = _Series(
             name,
             _Ring(self._n, _STRIDE, self._k, summed=True),
             _Ring(self._lat_n, self._layout.stride, self._lk, summed=False),
             now,
         )
+        if kept is not None:
+            s.restore(kept)
         self._series[name] = s
         return s
 
@@ -572,9 +643,10 @@ class MonitorState:
     def evaluate(self, now: float) -> list[AlertEvent]:
         """The periodic check: evaluate the threshold rules of every service.
 
-        Raises alerts whose value reached the threshold and resolves those whose value stayed
-        below ``threshold x resolve_factor`` for ``resolve_checks`` checks in a row (see
-        :mod:`actors._monitoring_alerts`).  Call it every ``settings.check_interval`` seconds.
+        Raises alerts whose value reached the threshold and resolves those whose value was
+        measured below ``threshold x resolve_factor`` at ``resolve_checks`` checks in a row (see
+        :mod:`actors._monitoring_alerts`); a service with fewer than ``min_calls`` calls in the
+        window is not measured.  Call it every ``settings.check_interval`` seconds.
         """
         settings = self._settings
         book = self._book
@@ -583,14 +655,17 @@ class MonitorState:
             self._tick(now)
         k = self._k
         self._checks += 1
+        per_min = 60.0 / self._span(self._n - 1, now)
+        min_calls = settings.min_calls
         for s in self._series.values():
             s.counts.advance(k)
             errors, calls = s.counts.errors, s.counts.calls
+            measured = calls >= min_calls
             name = s.name
             event = book.check(
                 AlertRule.HIGH_ERROR_RATE,
                 name,
-                errors * self._per_min,
+                errors * per_min if measured else None,
                 settings.high_error_rate,
                 resolve_factor=settings.resolve_factor,
                 resolve_checks=settings.resolve_checks,
@@ -602,7 +677,7 @@ class MonitorState:
             event = book.check(
                 AlertRule.CRITICAL_ERROR_RATIO,
                 name,
-                errors / calls if calls >= settings.min_calls else None,
+                errors / calls if measured else None,
                 settings.critical_error_ratio,
                 resolve_factor=settings.resolve_factor,
                 resolve_checks=settings.resolve_checks,
@@ -618,34 +693,64 @@ class MonitorState:
     ) -> AlertEvent | None:
         """Raise the critical alert for a saga that could not be compensated.
 
-        The alert's service is ``"saga:<definition>"``; it stays active until an operator
-        acknowledges it.  Returns the event, or ``None`` if that saga's alert is active.
+        There is one alert per saga definition, subject ``"saga:<definition>"``: the first
+        failed saga raises it, each further one while it is active adds one to its ``count``
+        and replaces its message (an ``updated`` event), so any number of failed sagas takes
+        one alert per definition and never crowds out other alerts.  Nothing but an operator
+        resolves it (by acknowledging it; :meth:`acknowledge_all` does a whole definition or
+        every saga alert at once).  Returns the event, or ``None`` if the rule is full.
         """
         message = redact(
             f"saga {saga_id} ({definition}) could not be compensated: {detail}",
             max_length=self._settings.max_message_length,
         )
-        return self._book.raise_alert(
-            AlertRule.SAGA_COMPENSATION_FAILED, f"saga:{definition}:{saga_id}", message, now
+        return self._book.raise_or_count(
+            AlertRule.SAGA_COMPENSATION_FAILED, f"saga:{definition}", message, now
         )
 
     def acknowledge(self, alert_id: int, now: float) -> AlertEvent:
-        """Resolve an active alert on an operator's word (resolution ``acknowledged``).
+        """Acknowledge an active alert on an operator's word.
 
-        A threshold alert whose value is still high is raised again (as a new alert) by the
-        next check.
+        A condition alert (threshold, breaker, supervisor) stays active, silenced (an
+        ``acknowledged`` event; ``acknowledged_at`` set), until its condition clears; health
+        still counts it.  A ``saga_compensation_failed`` alert, which has no condition to
+        clear, is resolved (resolution ``acknowledged``).
 
         Raises:
             UnknownAlert: no active alert has this id.
         """
         return self._book.acknowledge(alert_id, now)
 
+    def acknowledge_all(
+        self, now: float, *, rule: AlertRule | str | None = None, subject: str = ""
+    ) -> list[AlertEvent]:
+        """Acknowledge every active alert of ``rule`` (any rule when ``None``) whose subject is
+        ``subject`` or below it (``subject:...`` or ``subject/...``; any subject when empty), as
+        :meth:`acknowledge` does one.  ``acknowledge_all(now, subject="saga:checkout")``
+        acknowledges the failed sagas of the ``checkout`` definition.
+
+        Raises:
+            InvalidQuery: ``rule`` is not a rule, or ``subject`` not a str.
+        """
+        if rule is not None and not isinstance(rule, AlertRule):
+            try:
+                rule = AlertRule(rule)
+            except ValueError:
+                raise InvalidQuery(
+                    f"must be one of {sorted(r.value for r in AlertRule)}, got {shown(rule)}",
+                    argument="rule",
+                ) from None
+        if not isinstance(subject, str):
+            raise InvalidQuery(f"must be a str, got {shown(subject)}", argument="subject")
+        return self._book.acknowledge_all(now, rule=rule, subject=subject)
+
     def reset(self, service: str, now: float) -> list[AlertEvent]:
-        """Clear one service's windows and totals (``POST .../metrics/{service}/reset``).
+        """Clear one service's windows (``POST .../metrics/{service}/reset``).
 
         Its error-rate and error-ratio alerts are resolved (resolution ``reset``): the data
-        they stood on is gone.  Its breaker state, breaker alert and recent error records are
-        kept: they describe the service, not its metrics.
+        they stood on is gone.  Its totals are kept (they are counters for the life of the
+        monitor), and so are its breaker state, breaker alert and recent error records: they
+        describe the service, not its windows.
 
         Raises:
             UnknownService: the monitor has no such service.
@@ -653,7 +758,6 @@ class MonitorState:
         s = self._get(service)
         s.counts.clear()
         s.latency.clear()
-        s.reset_totals(now)
         events = []
         for rule in (AlertRule.HIGH_ERROR_RATE, AlertRule.CRITICAL_ERROR_RATIO):
             event = self._book.resolve(rule, service, now, "reset")
@@ -692,20 +796,27 @@ class MonitorState:
 
         A service is *unhealthy* when its breaker is open or isolated or it has an active
         ``critical_error_ratio`` alert; *degraded* when its breaker is half-open or it has an
-        active ``high_error_rate`` alert; *healthy* otherwise.
+        active ``high_error_rate`` alert; otherwise *healthy* if its window holds at least
+        ``min_calls`` calls and *unknown* if it does not (too little data: silence is not
+        health).  Acknowledged alerts count: acknowledging silences, it does not heal.
 
         Overall health is *unhealthy* when a supervisor gave up (an alert is active: part of
         the tree is not running) or when every service is unhealthy (nothing can be served);
-        *degraded* when any service is not healthy; *healthy* otherwise (also with no
-        services).  One failing provider does not make the application unhealthy on purpose:
-        the outage is shared by every instance, and a load balancer that took all of them out
-        of rotation would turn a partial outage (with fallbacks still working) into a full one.
+        *degraded* when any service is degraded or unhealthy; *unknown* when no service has
+        enough data (or there is no service); *healthy* otherwise.  One failing provider does
+        not make the application unhealthy on purpose: the outage is shared by every instance,
+        and a load balancer that took all of them out of rotation would turn a partial outage
+        (with fallbacks still working) into a full one.
 
-        Health reads the alerts as of the last check or report; ``now`` stamps the report.
+        Health reads the alerts as of the last check or report and the windows at ``now``.
         """
         book = self._book
+        if now >= self._tick_until:
+            self._tick(now)
+        k = self._k
+        min_calls = self._settings.min_calls
         services: dict[str, ServiceHealth] = {}
-        unhealthy = not_healthy = 0
+        unhealthy = not_healthy = unknown = 0
         for name in sorted(self._series):
             s = self._series[name]
             status = HealthStatus.HEALTHY
@@ -724,9 +835,18 @@ class MonitorState:
                 if status is HealthStatus.HEALTHY:
                     status = HealthStatus.DEGRADED
                 reasons.append("high error rate")
+            s.counts.advance(k)
+            calls = s.counts.calls
+            if calls < min_calls:
+                if status is HealthStatus.HEALTHY:
+                    status = HealthStatus.UNKNOWN
+                reasons.append(
+                    f"too few calls to judge ({calls} in the window, fewer than {min_calls})"
+                )
             services[name] = ServiceHealth(status, s.breaker, reasons)
             unhealthy += status is HealthStatus.UNHEALTHY
-            not_healthy += status is not HealthStatus.HEALTHY
+            unknown += status is HealthStatus.UNKNOWN
+            not_healthy += status is HealthStatus.UNHEALTHY or status is HealthStatus.DEGRADED
         overall = HealthStatus.HEALTHY
         reasons = [
             f"supervisor {path!r} gave up"
@@ -741,6 +861,15 @@ class MonitorState:
             if overall is HealthStatus.HEALTHY:
                 overall = HealthStatus.DEGRADED
             reasons.append(f"{not_healthy} of {len(services)} services not healthy")
+        elif unknown == len(services) and overall is HealthStatus.HEALTHY:
+            overall = HealthStatus.UNKNOWN
+            reasons.append(
+                "no service has reported yet"
+                if not services
+                else "no service has enough calls to judge"
+            )
+        if unknown and overall is not HealthStatus.UNKNOWN:
+            reasons.append(f"{unknown} of {len(services)} services have too few calls to judge")
         return HealthReport(overall, services, book.active_count, now, reasons)
 
     def breakers(self) -> BreakerList:
@@ -761,12 +890,15 @@ class MonitorState:
             s.name, s.breaker, s.breaker_since, s.transitions, s.trips, s.last_transition
         )
 
-    def metrics(self, now: float) -> MetricsReport:
-        """Every tracked service's metrics (``GET /api/resilience/metrics``)."""
+    def metrics(self, now: float, services: Iterable[str] | None = None) -> MetricsReport:
+        """Every tracked service's metrics (``GET /api/resilience/metrics``), or only those of
+        ``services`` that are tracked (in that order; unknown names are skipped)."""
+        series = self._series
+        names = sorted(series) if services is None else services
         return MetricsReport(
             self._settings.window,
             now,
-            {name: self._metrics(self._series[name], now) for name in sorted(self._series)},
+            {name: self._metrics(series[name], now) for name in names if name in series},
         )
 
     def service_metrics(self, service: str, now: float) -> ServiceMetrics:
@@ -790,7 +922,7 @@ class MonitorState:
             calls=calls,
             errors=errors,
             retries=sums[_RETRIES],
-            error_rate_per_min=errors * self._per_min,
+            error_rate_per_min=errors * 60.0 / self._span(self._n - 1, now),
             error_ratio=errors / calls if calls else 0.0,
             errors_by_category={
                 c.value: sums[_CAT0 + i] for i, c in enumerate(_CATEGORIES) if sums[_CAT0 + i]
@@ -808,6 +940,7 @@ class MonitorState:
                 },
                 since=s.since,
             ),
+            enough_calls=calls >= self._settings.min_calls,
         )
 
     def recent_errors(
@@ -838,7 +971,9 @@ class MonitorState:
     def error_rate(self, service: str, window: float, now: float) -> ErrorRate:
         """Errors, calls, rate and ratio of one service over the last ``window`` seconds.
 
-        ``window`` is rounded up to whole buckets (the result says which window was measured).
+        The window measured is the elapsed part of the current bucket plus ``ceil(window /
+        bucket_width)`` whole buckets before it (at most the monitor's window); the result
+        says how long it was, and the rate is per minute of it (see :class:`ErrorRate`).
 
         Raises:
             UnknownService: the monitor has no such service.
@@ -855,13 +990,13 @@ class MonitorState:
                 f"must be a number of seconds in (0, {limit:g}], got {shown(window)}",
                 argument="window",
             )
-        buckets = min(self._n, max(1, math.ceil(window / self._width - 1e-9)))
+        whole = min(self._n - 1, max(1, math.ceil(window / self._width - 1e-9)))
         if now >= self._tick_until:
             self._tick(now)
         s.counts.advance(self._k)
-        errors = s.counts.recent(_ERRORS, buckets)
-        calls = s.counts.recent(_CALLS, buckets)
-        measured = buckets * self._width
+        errors = s.counts.recent(_ERRORS, whole + 1)
+        calls = s.counts.recent(_CALLS, whole + 1)
+        measured = self._span(whole, now)
         return ErrorRate(
             service=s.name,
             window=measured,
@@ -894,4 +1029,6 @@ class MonitorState:
             alerts_resolved=book.resolved,
             alerts_dropped=book.dropped,
             supervision=dict(self._supervision),
+            gave_up=dict(self._gave_up),
+            alert_events=book.events,
         )

@@ -57,7 +57,7 @@ __all__ = [
 #: The breaker state names a :class:`BreakerReport` may carry.
 BREAKER_STATES: Final = frozenset({"closed", "open", "half_open", "isolated"})
 #: The kinds a :class:`SupervisionReport` may carry.
-SUPERVISION_KINDS: Final = frozenset({"started", "crashed", "restarted", "gave_up"})
+SUPERVISION_KINDS: Final = frozenset({"started", "crashed", "restarted", "stopped", "gave_up"})
 
 
 # ================================================================================ errors
@@ -135,8 +135,10 @@ class MonitorSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
             (seed: 10).
         critical_error_ratio: errors / calls over the window that raise
             ``critical_error_ratio`` (seed: 0.5), in (0, 1].
-        min_calls: calls needed in the window before the ratio counts (10), so one failure
-            out of one call is not critical.
+        min_calls: calls needed in the window before it is judged (10): below it the error
+            rate and ratio are not measured (the alert rules neither raise nor resolve on
+            them) and the service's health is ``unknown``, so one failure out of one call is
+            not critical and silence is not recovery.
         resolve_factor: a threshold alert resolves only below ``threshold x resolve_factor``
             (0.8), in (0, 1].
         resolve_checks: ... for this many periodic checks in a row (2).
@@ -146,7 +148,9 @@ class MonitorSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
         recent_errors: how many recent errors are kept (200).
         max_message_length: stored error messages are cut at this length (1000).
         resolved_alerts: how many resolved alerts are kept (100).
-        max_services: services tracked at once (1000); see :meth:`MonitorState.record`.
+        max_services: services tracked at once (1000); see :meth:`MonitorState.record`.  It
+            also bounds the counters kept for evicted services, and the active alerts of
+            each rule (every rule has its own limit, so no rule crowds out another).
 
     Raises:
         ConfigError: a value is out of range (the error's ``path`` names the field).
@@ -271,13 +275,21 @@ class CallReport(msgspec.Struct, frozen=True, tag=True):
 
 
 class BreakerReport(msgspec.Struct, frozen=True, tag=True):
-    """A circuit breaker moved from ``old`` to ``new`` (names in :data:`BREAKER_STATES`)."""
+    """A circuit breaker moved from ``old`` to ``new`` (names in :data:`BREAKER_STATES`).
+
+    A report with ``old == new`` is a *state report*, not a transition: a provider actor
+    sends one each time an incarnation starts, so the monitor's copy of the state is right
+    again after a restart of either side.  ``path`` is where the provider actor runs, so the
+    monitor can forget the breaker when that actor is stopped for good (a supervision
+    ``stopped`` event for the path or a path above it).
+    """
 
     service: str
     old: str
     new: str
     at: float
     reason: str = ""
+    path: str = ""
 
 
 class SupervisionReport(msgspec.Struct, frozen=True, tag=True):
@@ -299,11 +311,17 @@ Report = CallReport | BreakerReport | SupervisionReport
 
 
 class HealthStatus(enum.Enum):
-    """Health of a service or of the whole application, best to worst."""
+    """Health of a service or of the whole application.
+
+    ``healthy``, ``degraded`` and ``unhealthy`` are judged from data, best to worst;
+    ``unknown`` means there is too little data to judge (fewer than ``min_calls`` calls in the
+    window, or no service at all): it is never read as healthy, nor as a failure.
+    """
 
     HEALTHY = "healthy"
     DEGRADED = "degraded"
     UNHEALTHY = "unhealthy"
+    UNKNOWN = "unknown"
 
 
 class ServiceHealth(msgspec.Struct, frozen=True):
@@ -356,7 +374,11 @@ class BreakerList(msgspec.Struct, frozen=True):
 
 
 class ServiceTotals(msgspec.Struct, frozen=True):
-    """Exact counts since ``since`` (first report or last reset, monotonic seconds).
+    """Exact counts since ``since`` (the service's first report, monotonic seconds).
+
+    They only ever go up for the life of the monitor (a reset clears the windows only, and the
+    counts of an evicted service are picked up again when it comes back), so they can be
+    exported as Prometheus counters.
 
     ``calls`` counts reported attempts; ``retries`` the attempts flagged ``retried``, so
     ``calls - retries`` is the number of first attempts (logical calls) when every attempt is
@@ -373,9 +395,13 @@ class ServiceTotals(msgspec.Struct, frozen=True):
 class ServiceMetrics(msgspec.Struct, frozen=True):
     """The body of ``GET /api/resilience/metrics/{service}``.
 
-    Window figures cover the last ``window`` seconds; ``error_ratio`` is 0 without calls;
-    ``errors_by_category`` lists non-zero categories only; ``latency`` maps ``"p50"`` etc. to
-    seconds (``None`` without calls in the window).
+    Window figures cover the last ``window`` seconds.  ``error_rate_per_min`` is the monitor's
+    one definition of an error rate: errors in the window divided by the time the window
+    spans so far (the whole buckets before the current one plus the elapsed part of the
+    current one), per minute.  ``error_ratio`` is 0 without calls; ``enough_calls`` says
+    whether the window holds ``min_calls`` calls, below which neither the rate nor the ratio
+    is judged.  ``errors_by_category`` lists non-zero categories only; ``latency`` maps
+    ``"p50"`` etc. to seconds (``None`` without calls in the window).
     """
 
     service: str
@@ -389,6 +415,7 @@ class ServiceMetrics(msgspec.Struct, frozen=True):
     latency: dict[str, float | None]
     breaker: str
     totals: ServiceTotals
+    enough_calls: bool = True
 
 
 class MetricsReport(msgspec.Struct, frozen=True):
@@ -422,7 +449,10 @@ class RecentErrors(msgspec.Struct, frozen=True):
 class ErrorRate(msgspec.Struct, frozen=True):
     """The body of ``GET /api/resilience/metrics/{service}/error-rate``.
 
-    ``window`` is the window measured: the one asked for, rounded up to whole buckets.
+    ``window`` is the span measured, in seconds: the elapsed part of the current bucket plus
+    as many whole buckets before it as the window asked for needs (so at least that window,
+    up to the monitor's own); ``rate_per_min`` is ``errors`` per minute of that span (the
+    definition of :attr:`ServiceMetrics.error_rate_per_min`).
     """
 
     service: str
@@ -447,6 +477,11 @@ class MonitorStatistics:
         recent_errors: error records held.
         active_alerts / alerts_raised / alerts_resolved / alerts_dropped: see the alert book.
         supervision: supervision reports seen, by kind.
+        gave_up: ``gave_up`` reports by supervisor path (a supervisor that gave up and was
+            restarted at once shows here even though its alert was resolved at once).
+        alert_events: alert events produced (the ``seq`` of the latest one).
+        events_dropped: alert events the monitor actor could not tell a subscriber (its
+            mailbox was full); 0 for a bare :class:`MonitorState`.
     """
 
     services: int
@@ -460,3 +495,6 @@ class MonitorStatistics:
     alerts_resolved: int
     alerts_dropped: int
     supervision: dict[str, int]
+    gave_up: dict[str, int] = attrs.field(factory=dict)
+    alert_events: int = 0
+    events_dropped: int = 0

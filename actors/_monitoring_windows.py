@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 from array import array
 from collections.abc import Iterable, Sequence
-from typing import Final
+from typing import Final, NamedTuple
 
 from actors._errors import ErrorCategory
 from actors._monitoring_types import (
@@ -112,10 +112,15 @@ class _Ring:
 
 
 class _Series:
-    """Everything the monitor keeps about one service."""
+    """Everything the monitor keeps about one service.
+
+    The totals (``t_*``), ``transitions`` and ``trips`` are counters for the life of the
+    monitor: a reset clears the windows only, and an evicted service's counters are kept
+    aside (:class:`_Counts`) and picked up again if it comes back.
+    """
 
     __slots__ = ("breaker", "breaker_since", "counts", "last_seen", "last_transition", "latency",
-                 "name", "since", "t_calls", "t_categories", "t_errors", "t_retries",
+                 "name", "path", "since", "t_calls", "t_categories", "t_errors", "t_retries",
                  "transitions", "trips")  # fmt: skip
 
     def __init__(self, name: str, counts: _Ring, latency: _Ring, now: float) -> None:
@@ -133,11 +138,41 @@ class _Series:
         self.last_transition: BreakerTransitionInfo | None = None
         self.transitions = 0
         self.trips = 0
+        self.path = ""  # where its provider actor runs (from its breaker reports)
 
-    def reset_totals(self, now: float) -> None:
-        self.since = now
-        self.t_calls = self.t_errors = self.t_retries = 0
-        self.t_categories = [0] * len(_CATEGORIES)
+    def counters(self) -> _Counts:
+        """The counters to keep when the service is evicted."""
+        return _Counts(
+            self.since,
+            self.t_calls,
+            self.t_errors,
+            self.t_retries,
+            tuple(self.t_categories),
+            self.transitions,
+            self.trips,
+        )
+
+    def restore(self, kept: _Counts) -> None:
+        """Continue the counters of an evicted service that came back."""
+        self.since = kept.since
+        self.t_calls = kept.calls
+        self.t_errors = kept.errors
+        self.t_retries = kept.retries
+        self.t_categories = list(kept.categories)
+        self.transitions = kept.transitions
+        self.trips = kept.trips
+
+
+class _Counts(NamedTuple):
+    """The counters of an evicted service (a few small ints, kept for a bounded number)."""
+
+    since: float
+    calls: int
+    errors: int
+    retries: int
+    categories: tuple[int, ...]
+    transitions: int
+    trips: int
 
 
 class _LatencyLayout:

@@ -14,6 +14,7 @@ from actors._monitoring import (
     AlertRule,
     BreakerReport,
     CallReport,
+    HealthStatus,
     MonitorSettings,
     MonitorState,
     Severity,
@@ -107,15 +108,30 @@ def test_max_active_drops_and_counts() -> None:
     assert b.raise_alert(RATE, "c", "x", 1.0) is not None
 
 
-def test_acknowledge_resolves_by_id() -> None:
-    """An operator resolves an active alert by id; an unknown id is an UnknownAlert (KeyError)."""
+def test_acknowledge_silences_conditions_and_resolves_events_by_id() -> None:
+    """An operator acknowledges an active alert by id: a condition alert stays active,
+    silenced; an event alert (a failed saga) is resolved; an unknown id is an UnknownAlert
+    (KeyError)."""
     b = book()
     event = b.raise_alert(AlertRule.SUPERVISOR_GAVE_UP, "root/x", "gave up", 0.0)
     assert event is not None
     done = b.acknowledge(event.alert.id, 3.0)
-    assert (done.alert.resolution, done.alert.resolved_at) == ("acknowledged", 3.0)
+    assert (done.kind, done.alert.acknowledged_at, done.alert.resolved_at) == (
+        "acknowledged",
+        3.0,
+        None,
+    )
+    assert b.is_active(AlertRule.SUPERVISOR_GAVE_UP, "root/x")
+    saga = b.raise_alert(AlertRule.SAGA_COMPENSATION_FAILED, "saga:video", "failed", 0.0)
+    assert saga is not None
+    done = b.acknowledge(saga.alert.id, 3.0)
+    assert (done.kind, done.alert.resolution, done.alert.resolved_at) == (
+        "resolved",
+        "acknowledged",
+        3.0,
+    )
     with pytest.raises(UnknownAlert) as info:
-        b.acknowledge(event.alert.id, 4.0)
+        b.acknowledge(saga.alert.id, 4.0)
     assert isinstance(info.value, KeyError)
     assert info.value.category is ErrorCategory.VALIDATION
 
@@ -155,7 +171,8 @@ def test_check_raises_at_threshold_and_resolves_after_consecutive_low_checks() -
     assert check(b, 7.9, now=2.0) is None  # first low check
     assert check(b, 8.0, now=3.0) is None  # in the dead band: streak restarts
     assert check(b, 7.9, now=4.0) is None
-    event = check(b, None, now=5.0)  # "not measurable" counts as low
+    assert check(b, None, now=5.0) is None  # not measurable: the streak neither moves nor ends
+    event = check(b, 7.9, now=5.0)
     assert event is not None
     assert event.kind == "resolved"
     assert event.alert.resolution == "recovered"
@@ -175,12 +192,17 @@ def test_check_raises_at_threshold_and_resolves_after_consecutive_low_checks() -
 )
 def test_no_flapping(values: list[float | None], checks: int) -> None:
     """Between a resolution and the next raise the value went back to the threshold, and
-    every resolution follows `checks` consecutive checks below threshold x factor."""
+    every resolution follows `checks` measured checks in a row below threshold x factor
+    (unmeasurable checks in between neither count nor break the run)."""
     b = book()
     low_run = 0
     active = False
     for i, value in enumerate(values):
-        low = value is None or value < 8.0
+        if value is None:
+            assert check(b, value, now=float(i), checks=checks) is None
+            assert b.is_active(RATE, "svc") == active
+            continue
+        low = value < 8.0
         event = check(b, value, now=float(i), checks=checks)
         if event is not None and event.kind == "raised":
             assert not active
@@ -194,7 +216,7 @@ def test_no_flapping(values: list[float | None], checks: int) -> None:
             active = False
         else:
             # Nothing happened: not above while inactive, not resolvable while active.
-            assert active or value is None or value < 10.0
+            assert active or value < 10.0
             assert not active or not low or low_run + 1 < checks
         low_run = low_run + 1 if low and active else 0
         assert b.is_active(RATE, "svc") == active
@@ -243,15 +265,21 @@ def test_one_failure_out_of_one_call_is_not_critical() -> None:
 
 
 def test_high_error_rate_raised_on_intake_and_resolved_by_checks() -> None:
-    """50 errors in 5 minutes is 10/min: raised at once; resolved two quiet checks later."""
-    m = state(min_calls=1000)  # keep the ratio rule out of this test
+    """50 errors in the 299 s the window spans at t=49 is 10/min: raised at once; resolved
+    after two checks that measured a low rate."""
+    m = state(critical_error_ratio=1.0)  # keep the ratio rule out of this test
+    m.record(good("a", 0.0), now=0.0)
     events: list[AlertEvent] = []
     for i in range(50):
         events += m.record(fail("a", float(i)), now=float(i))
     assert [(e.kind, e.alert.rule) for e in events] == [("raised", RATE)]
     assert "10 errors per minute" in events[0].alert.message
     assert m.evaluate(60.0) == []
-    assert m.evaluate(400.0) == []  # window empty: first low check
+    assert m.evaluate(400.0) == []  # window empty: not measured, silence is not recovery
+    assert m.alerts().active != []
+    for i in range(10):
+        m.record(good("a", 400.0 + i), now=400.0 + i)
+    assert m.evaluate(410.0) == []  # first low check
     resolved = m.evaluate(460.0)
     assert [(e.kind, e.alert.resolution) for e in resolved] == [("resolved", "recovered")]
     assert m.alerts().active == []
@@ -260,28 +288,41 @@ def test_high_error_rate_raised_on_intake_and_resolved_by_checks() -> None:
 
 def test_rate_hovering_near_the_threshold_does_not_flap() -> None:
     """A rate moving between 80 % and 100 % of the threshold keeps one alert, raised once."""
-    m = state(window=60, buckets=6, high_error_rate=10, min_calls=10_000)
+    m = state(window=60, buckets=6, high_error_rate=10, min_calls=1, critical_error_ratio=1.0)
     events: list[AlertEvent] = []
     now = 0.0
     for i in range(100):
         now += 60.0  # the previous minute's errors have left the 60-second window
+        m.record(good("a", now), now=now)  # keeps the ratio below 1
+        # At a bucket boundary the window spans 50 s: 10 errors are 12/min, 8 are 9.6/min.
         for _ in range(10 if i % 3 == 0 else 8):
             events += m.record(fail("a", now), now=now)
         events += m.evaluate(now)
     assert [e.kind for e in events] == ["raised"]
 
 
-def test_acknowledged_threshold_alert_is_raised_again_while_high() -> None:
-    """Acknowledging a still-firing threshold alert only silences it until the next check."""
+def test_acknowledged_threshold_alert_stays_active_silenced_until_it_recovers() -> None:
+    """Acknowledging a firing threshold alert silences it: it stays active (same id, not
+    raised again by the next check) and is resolved as recovered when its value is."""
     m = state(min_calls=1)
     first = m.record(fail("a", 0.0), now=0.0)[0].alert
     ack = m.acknowledge(first.id, now=1.0)
-    assert ack.alert.resolution == "acknowledged"
-    again = m.evaluate(60.0)
-    assert [e.alert.rule for e in again] == [AlertRule.CRITICAL_ERROR_RATIO]
-    assert again[0].alert.id != first.id
+    assert (ack.kind, ack.alert.id, ack.alert.resolution) == ("acknowledged", first.id, None)
+    assert (ack.alert.acknowledged_at, ack.alert.acknowledged_wall) == (1.0, 1.7e9)
+    assert m.evaluate(60.0) == []
+    assert [(a.id, a.acknowledged) for a in m.alerts().active] == [(first.id, True)]
+    assert m.health(60.0).services["a"].status is HealthStatus.UNHEALTHY  # silenced, not healed
+    again = m.acknowledge(first.id, now=61.0)  # acknowledging twice keeps the first time
+    assert again.alert.acknowledged_at == 1.0
+    for t in (400.0, 401.0):
+        m.record(good("a", t), now=t)
+    resolved = m.evaluate(401.0) + m.evaluate(460.0)
+    assert [(e.kind, e.alert.id, e.alert.resolution) for e in resolved] == [
+        ("resolved", first.id, "recovered")
+    ]
+    assert resolved[0].alert.acknowledged_at == 1.0
     with pytest.raises(UnknownAlert):
-        m.acknowledge(first.id, now=61.0)
+        m.acknowledge(first.id, now=461.0)
 
 
 def test_breaker_alert_follows_the_breaker() -> None:
@@ -319,8 +360,9 @@ def test_supervisor_gave_up_until_the_subtree_starts_again() -> None:
     events = m.record(SupervisionReport("root/sagas", "restarted"), now=5.0)
     assert [e.alert.resolution for e in events] == ["restarted"]
     event = m.record(SupervisionReport("root/x", "gave_up"), now=6.0)[0]
-    assert m.acknowledge(event.alert.id, now=7.0).alert.resolution == "acknowledged"
-    assert m.alerts().active == []
+    assert m.acknowledge(event.alert.id, now=7.0).alert.acknowledged
+    assert [a.id for a in m.alerts().active] == [event.alert.id]
+    assert m.statistics().gave_up == {"root/providers": 1, "root/sagas": 1, "root/x": 1}
 
 
 def test_alert_listing_newest_first() -> None:
@@ -334,3 +376,88 @@ def test_alert_listing_newest_first() -> None:
     assert [a.service for a in listing.active] == ["c", "b"]
     assert listing.resolved == []
     assert [a.service for a in m.alerts(include_resolved=True).resolved] == ["a"]
+
+
+# ================================================================================ limits, sagas
+
+
+def test_failed_sagas_fold_into_one_alert_per_definition() -> None:
+    """Thousands of failed sagas take one alert per definition (its count goes up, each one an
+    `updated` event) and never crowd out other alerts: a breaker opening is still raised."""
+    m = state(max_services=10)
+    events: list[AlertEvent] = []
+    for i in range(4000):
+        event = m.saga_compensation_failed(f"s-{i}", "video", "render failed", float(i))
+        assert event is not None
+        events.append(event)
+    assert [e.kind for e in events[:2]] == ["raised", "updated"]
+    assert {e.alert.id for e in events} == {events[0].alert.id}
+    (alert,) = m.alerts().active
+    assert (alert.service, alert.count) == ("saga:video", 4000)
+    assert "s-3999" in alert.message
+    for i in range(20):  # more definitions than the rule's limit of 10
+        m.saga_compensation_failed(f"x-{i}", f"def{i}", "boom", 5000.0)
+    raised = m.record(BreakerReport("a", "closed", "open", 5001.0), now=5001.0)
+    assert [e.alert.rule for e in raised] == [AlertRule.BREAKER_OPEN]
+    stats = m.statistics()
+    assert stats.alerts_dropped == 11  # the definitions past the limit, once each
+    assert stats.active_alerts == 11
+
+
+def test_alerts_dropped_counts_alerts_not_attempts() -> None:
+    """A raise refused for lack of room is counted once per (rule, subject) however often it
+    is tried, and counted again only after room was made."""
+    b = book(max_active=1)
+    assert b.raise_alert(RATE, "a", "x", 0.0) is not None
+    for i in range(100):
+        assert b.raise_alert(RATE, "b", "x", float(i)) is None
+        assert b.raise_alert(RATE, "c", "x", float(i)) is None
+    assert b.statistics().dropped == 2
+    # Another rule has its own limit.
+    assert b.raise_alert(AlertRule.BREAKER_OPEN, "b", "x", 0.0) is not None
+    b.resolve(RATE, "a", 1.0, "recovered")
+    assert b.raise_alert(RATE, "b", "x", 2.0) is not None
+    assert b.raise_alert(RATE, "c", "x", 3.0) is None
+    assert b.statistics().dropped == 3
+
+
+def test_acknowledge_all_by_rule_and_subject() -> None:
+    """acknowledge_all acknowledges the matching alerts at once: a definition's failed sagas
+    (resolved), or every alert of a rule (silenced)."""
+    m = state()
+    m.saga_compensation_failed("s-1", "video", "x", 0.0)
+    m.saga_compensation_failed("s-2", "video", "x", 0.0)
+    m.saga_compensation_failed("s-3", "videos", "x", 0.0)
+    m.saga_compensation_failed("s-4", "audio", "x", 0.0)
+    m.record(BreakerReport("a", "closed", "open", 0.0), now=0.0)
+    m.record(BreakerReport("b", "closed", "open", 0.0), now=0.0)
+    done = m.acknowledge_all(1.0, rule="saga_compensation_failed", subject="saga:video")
+    assert [(e.kind, e.alert.service, e.alert.count) for e in done] == [
+        ("resolved", "saga:video", 2)
+    ]
+    done = m.acknowledge_all(2.0, rule=AlertRule.BREAKER_OPEN)
+    assert [(e.kind, e.alert.service) for e in done] == [
+        ("acknowledged", "a"),
+        ("acknowledged", "b"),
+    ]
+    assert m.acknowledge_all(3.0, rule=AlertRule.BREAKER_OPEN) == []  # already acknowledged
+    assert {a.service for a in m.alerts().active} == {"saga:videos", "saga:audio", "a", "b"}
+    done = m.acknowledge_all(4.0, subject="saga")
+    assert {e.alert.service for e in done} == {"saga:videos", "saga:audio"}
+    with pytest.raises(ValueError, match="rule"):
+        m.acknowledge_all(5.0, rule="nope")
+
+
+def test_every_event_has_the_next_sequence_number() -> None:
+    """Events are numbered 1, 2, 3, ... across kinds, so a subscriber can see a gap."""
+    m = state(min_calls=1)
+    events: list[AlertEvent] = []
+    events += m.record(BreakerReport("a", "closed", "open", 0.0), now=0.0)
+    events += m.record(fail("b", 0.0), now=0.0)
+    events.append(m.acknowledge(events[0].alert.id, now=1.0))
+    events += m.record(BreakerReport("a", "open", "closed", 2.0), now=2.0)
+    ev = m.saga_compensation_failed("s", "d", "x", 3.0)
+    assert ev is not None
+    events.append(ev)
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert m.statistics().alert_events == len(events)

@@ -224,7 +224,8 @@ def test_categories_retries_and_totals_are_exact() -> None:
     assert metrics.errors == len([i for i in range(100, 400) if i % 3 == 0])
     assert metrics.retries == len([i for i in range(100, 400) if i % 5 == 0])
     assert metrics.error_ratio == pytest.approx(metrics.errors / metrics.calls)
-    assert metrics.error_rate_per_min == pytest.approx(metrics.errors / 5)
+    # Per minute of the span: 59 whole buckets plus 4 s of the current one (t = 395..399).
+    assert metrics.error_rate_per_min == pytest.approx(metrics.errors * 60 / 299.0)
 
 
 def test_ok_report_ignores_category_and_message() -> None:
@@ -253,14 +254,16 @@ def test_ring_memory_does_not_grow_with_traffic() -> None:
 
 
 def test_error_rate_over_a_shorter_window() -> None:
-    """error_rate counts the newest buckets covering the window, rounded up."""
+    """error_rate counts the current bucket's elapsed part and the whole buckets before it
+    that cover the window (rounded up), and divides by that span."""
     m = make(window=60, buckets=6)
     for t in range(60):
         m.record(err("a", at=float(t)) if t % 2 else ok("a", at=float(t)), now=float(t))
-    rate = m.error_rate("a", window=15, now=59.0)  # rounded up to 20 s: t in [40, 59]
-    assert rate == ErrorRate("a", 20.0, 10, 20, 30.0, 0.5)
-    whole = m.error_rate("a", window=60, now=59.0)
-    assert (whole.errors, whole.calls) == (30, 60)
+    # 15 s: two whole buckets (t in [30, 50)) and 9 s of the current one (t in [50, 59]).
+    rate = m.error_rate("a", window=15, now=59.0)
+    assert rate == ErrorRate("a", 29.0, 15, 30, 15 * 60.0 / 29.0, 0.5)
+    whole = m.error_rate("a", window=60, now=59.0)  # at most the monitor's window
+    assert (whole.window, whole.errors, whole.calls) == (59.0, 30, 60)
 
 
 @pytest.mark.parametrize("window", [0, -5, 61, math.nan, math.inf, True, "60"])
@@ -396,8 +399,9 @@ def test_recent_errors_bad_page(offset: Any, limit: Any, argument: str) -> None:
 # ================================================================================ reset
 
 
-def test_reset_clears_windows_totals_and_metric_alerts() -> None:
-    """Reset empties the service's windows and totals and resolves its rate/ratio alerts."""
+def test_reset_clears_windows_and_metric_alerts_but_not_totals() -> None:
+    """Reset empties the service's windows and resolves its rate/ratio alerts; its totals are
+    counters and keep their values."""
     m = make(min_calls=1, high_error_rate=0.2)  # one error in 5 minutes is 0.2 per minute
     m.record(BreakerReport("a", "closed", "open", 1.0, "failures"), now=1.0)
     events = m.record(err("a", at=1.0), now=1.0)
@@ -414,8 +418,8 @@ def test_reset_clears_windows_totals_and_metric_alerts() -> None:
     assert (metrics.calls, metrics.errors, metrics.totals.calls, metrics.totals.since) == (
         0,
         0,
-        0,
-        2.0,
+        1,
+        1.0,
     )
     assert metrics.latency["p50"] is None
     assert m.breaker("a").state == "open"  # the breaker is not a metric
@@ -423,6 +427,7 @@ def test_reset_clears_windows_totals_and_metric_alerts() -> None:
     assert m.recent_errors().total == 1  # the error log is kept
     m.record(ok("a", at=3.0), now=3.0)
     assert m.service_metrics("a", now=3.0).calls == 1
+    assert m.service_metrics("a", now=3.0).totals.calls == 2
 
 
 # ================================================================================ breakers
@@ -548,6 +553,148 @@ def test_busy_services_are_not_evicted_and_the_report_is_dropped() -> None:
     assert m2.services() == ["a"]
 
 
+# ================================================================================ counters
+
+
+def test_counters_never_go_down_through_resets_and_evictions() -> None:
+    """Totals, transitions and trips are counters for the life of the monitor: a reset clears
+    the windows only, and an evicted service picks its counters up again when it returns."""
+    m = make(window=60, buckets=6, max_services=1, min_calls=1)
+    for t in (0.0, 1.0):
+        m.record(err("a", at=t), now=t)
+    m.record(BreakerReport("a", "closed", "open", 2.0), now=2.0)
+    m.record(BreakerReport("a", "open", "closed", 3.0), now=3.0)
+    m.reset("a", now=4.0)
+    before = m.service_metrics("a", now=4.0)
+    assert (before.calls, before.totals.calls, before.totals.errors) == (0, 2, 2)
+    m.evaluate(4.0)
+    m.evaluate(200.0)  # the window is empty: "a" is idle and may be evicted
+    m.record(ok("b", at=200.0), now=200.0)
+    assert m.services() == ["b"]
+    assert m.statistics().services_evicted == 1
+    m.record(ok("b", at=300.0), now=300.0)
+    m.evaluate(400.0)
+    m.record(ok("a", at=400.0), now=400.0)  # "a" comes back, evicting "b"
+    again = m.service_metrics("a", now=400.0)
+    assert (again.totals.calls, again.totals.errors, again.totals.since) == (3, 2, 0.0)
+    assert again.totals.errors_by_category == {"timeout": 2}
+    info = m.breaker("a")
+    assert (info.transitions, info.trips) == (2, 1)
+    m.record(ok("b", at=500.0), now=500.0)
+    assert m.service_metrics("b", now=500.0).totals.calls == 3
+
+
+def test_counters_of_evicted_services_are_bounded() -> None:
+    """At most max_services evicted services' counters are kept (oldest forgotten first)."""
+    m = make(window=60, buckets=6, max_services=2)
+    for i in range(10):
+        t = 100.0 * i
+        m.record(ok(f"s{i}", at=t), now=t)
+    assert len(m._retired) == 2
+    assert list(m._retired) == ["s6", "s7"]
+
+
+# ================================================================================ batches
+
+
+def test_malformed_breaker_report_in_a_batch_is_skipped() -> None:
+    """A BreakerReport whose service or path is not a str (even an unhashable one) is counted
+    as invalid in a batch, and the rest of the batch is recorded."""
+    m = make()
+    batch = [
+        ok("a", at=0.0),
+        BreakerReport(["a"], "closed", "open", 0.0),  # type: ignore[arg-type]
+        BreakerReport({"a": 1}, "closed", "open", 0.0),  # type: ignore[arg-type]
+        BreakerReport(7, "closed", "open", 0.0),  # type: ignore[arg-type]
+        BreakerReport("a", "closed", "open", 0.0, "", ["p"]),  # type: ignore[arg-type]
+        ok("a", at=1.0),
+    ]
+    assert m.record_batch(batch, now=1.0) == []
+    assert m.service_metrics("a", now=1.0).totals.calls == 2
+    assert m.statistics().reports_invalid == 4
+    assert m.breaker("a").state == "closed"
+    with pytest.raises(InvalidReport) as info:
+        m.record(BreakerReport(["a"], "closed", "open", 0.0), now=1.0)  # type: ignore[arg-type]
+    assert info.value.field == "service"
+
+
+# ================================================================================ rates
+
+
+def test_short_window_rate_is_not_under_reported() -> None:
+    """One error a second is 60 per minute over any window, also a 5-second one whose newest
+    bucket has only partly elapsed; the monitor's own rate uses the same definition."""
+    m = make(window=300, buckets=60)
+    t = 0.5
+    for now in (1000.0, 1001.7, 1003.9):
+        while t <= now:
+            m.record(err("a", at=t), now=t)
+            t += 1.0
+        short = m.error_rate("a", window=5, now=now)
+        # The elapsed part of the current bucket and one whole bucket before it.
+        assert short.window == pytest.approx(5.0 + now % 5.0)
+        assert short.rate_per_min == pytest.approx(60.0, rel=0.25)
+        whole = m.error_rate("a", window=300, now=now)
+        assert whole.rate_per_min == pytest.approx(60.0, rel=0.01)
+        assert m.service_metrics("a", now=now).error_rate_per_min == whole.rate_per_min
+    exact = make(window=300, buckets=60)
+    for i in range(1000):
+        exact.record(err("a", at=i + 0.5), now=i + 0.5)
+    rate = exact.error_rate("a", window=5, now=1000.0)  # t = 995.5 ... 999.5
+    assert (rate.errors, rate.window, rate.rate_per_min) == (5, 5.0, 60.0)
+
+
+def test_error_ratio_is_not_judged_below_min_calls() -> None:
+    """enough_calls says whether the window holds min_calls calls."""
+    m = make(min_calls=3)
+    m.record(err("a", at=0.0), now=0.0)
+    m.record(ok("a", at=0.0), now=0.0)
+    assert m.service_metrics("a", now=0.0).enough_calls is False
+    m.record(ok("a", at=0.0), now=0.0)
+    assert m.service_metrics("a", now=0.0).enough_calls is True
+
+
+# ================================================================================ breakers
+
+
+def test_state_report_corrects_the_breaker_without_counting_a_transition() -> None:
+    """A state report (old == new) sets the monitor's copy, raising or resolving the breaker
+    alert, without counting a transition; one that agrees changes nothing."""
+    m = make()
+    m.record(BreakerReport("a", "closed", "open", 1.0, "failures"), now=1.0)
+    assert m.record(BreakerReport("a", "open", "open", 2.0, "started", "p/a"), now=2.0) == ()
+    events = m.record(BreakerReport("a", "closed", "closed", 3.0, "started", "p/a"), now=3.0)
+    assert [(e.kind, e.alert.resolution) for e in events] == [("resolved", "breaker_closed")]
+    info = m.breaker("a")
+    assert (info.state, info.since, info.transitions, info.trips) == ("closed", 3.0, 1, 1)
+    assert info.last_transition is not None
+    assert info.last_transition.new == "open"
+    events = m.record(BreakerReport("a", "open", "open", 4.0, "started", "p/a"), now=4.0)
+    assert [(e.kind, e.alert.rule) for e in events] == [("raised", AlertRule.BREAKER_OPEN)]
+    assert m.breaker("a").transitions == 1
+
+
+def test_a_provider_stopped_for_good_leaves_no_open_breaker() -> None:
+    """A supervision "stopped" event for a provider's path, or a path above it, closes its
+    breaker in the monitor and resolves its alert (resolution "stopped"); other paths
+    are untouched."""
+    m = make()
+    m.record(BreakerReport("a", "closed", "open", 1.0, "x", "providers/a"), now=1.0)
+    m.record(BreakerReport("b", "closed", "isolated", 1.0, "x", "providers2/b"), now=1.0)
+    m.record(BreakerReport("c", "closed", "open", 1.0, "x"), now=1.0)  # path unknown
+    events = m.record(SupervisionReport("providers", "stopped", "terminated"), now=5.0)
+    assert [(e.alert.service, e.alert.resolution) for e in events] == [("a", "stopped")]
+    assert [(b.service, b.state) for b in m.breakers().breakers] == [
+        ("a", "closed"),
+        ("b", "isolated"),
+        ("c", "open"),
+    ]
+    assert m.breaker("a").since == 5.0
+    assert m.statistics().supervision["stopped"] == 1
+    events = m.record(SupervisionReport("providers2/b", "stopped"), now=6.0)
+    assert [(e.alert.service, e.alert.resolution) for e in events] == [("b", "stopped")]
+
+
 # ================================================================================ health
 
 
@@ -556,9 +703,12 @@ def _health_of(m: MonitorState) -> dict[str, HealthStatus]:
 
 
 def test_health_rules_per_service() -> None:
-    """Open/isolated breaker or critical ratio: unhealthy; half-open or high rate: degraded."""
+    """Open/isolated breaker or critical ratio: unhealthy; half-open or high rate: degraded;
+    too few calls to judge: unknown."""
     m = make(min_calls=2, high_error_rate=0.4, critical_error_ratio=0.9)
     m.record(ok("fine", at=0.0), now=0.0)
+    m.record(ok("fine", at=0.0), now=0.0)
+    m.record(ok("quiet", at=0.0), now=0.0)
     m.record(BreakerReport("open", "closed", "open", 0.0), now=0.0)
     m.record(BreakerReport("iso", "closed", "isolated", 0.0), now=0.0)
     m.record(BreakerReport("half", "open", "half_open", 0.0), now=0.0)
@@ -574,20 +724,53 @@ def test_health_rules_per_service() -> None:
         "half": HealthStatus.DEGRADED,
         "iso": HealthStatus.UNHEALTHY,
         "open": HealthStatus.UNHEALTHY,
+        "quiet": HealthStatus.UNKNOWN,
         "slowburn": HealthStatus.DEGRADED,
     }
     report = m.health(now=3.0)
     assert report.status is HealthStatus.DEGRADED
     assert report.checked_at == 3.0
     assert report.active_alerts == len(m.alerts().active)
-    assert report.services["half"].reasons == ["circuit breaker half_open"]
+    assert report.services["half"].reasons == [
+        "circuit breaker half_open",
+        "too few calls to judge (0 in the window, fewer than 2)",
+    ]
+    assert report.services["quiet"].reasons == [
+        "too few calls to judge (1 in the window, fewer than 2)"
+    ]
+
+
+def test_silence_is_not_recovery() -> None:
+    """After a burst of failures and then no calls at all, the alerts stay active and health
+    never reads healthy, a day later too; a service with too few calls is unknown."""
+    m = make(min_calls=10)
+    for i in range(100):
+        m.record(err("a", at=float(i) / 10), now=float(i) / 10)
+    rules = {a.rule for a in m.alerts().active}
+    assert rules == {AlertRule.HIGH_ERROR_RATE, AlertRule.CRITICAL_ERROR_RATIO}
+    for check in range(1, 24 * 60 + 1):  # a check a minute for a day, no calls
+        assert m.evaluate(60.0 * check) == []
+    report = m.health(now=86_400.0)
+    assert report.services["a"].status is HealthStatus.UNHEALTHY
+    assert report.status is HealthStatus.UNHEALTHY  # its only service
+    assert {a.rule for a in m.alerts().active} == rules
+    fresh = make(min_calls=10)
+    for i in range(9):
+        fresh.record(ok("b", at=float(i)), now=float(i))
+    assert fresh.health(now=9.0).services["b"].status is HealthStatus.UNKNOWN
+    assert fresh.health(now=9.0).status is HealthStatus.UNKNOWN
+    fresh.record(ok("b", at=9.0), now=9.0)
+    assert fresh.health(now=9.0).status is HealthStatus.HEALTHY
+    assert fresh.health(now=400.0).status is HealthStatus.UNKNOWN  # the window emptied
 
 
 def test_overall_health() -> None:
-    """Healthy with no services; unhealthy only when every service is, or a supervisor gave up."""
-    m = make()
-    assert m.health(now=0.0).status is HealthStatus.HEALTHY
+    """Unknown with no data; unhealthy only when every service is, or a supervisor gave up."""
+    m = make(min_calls=1)
+    assert m.health(now=0.0).status is HealthStatus.UNKNOWN
+    assert m.health(now=0.0).reasons == ["no service has reported yet"]
     m.record(ok("a", at=0.0), now=0.0)
+    m.record(ok("b", at=0.0), now=0.0)
     m.record(BreakerReport("b", "closed", "open", 0.0), now=0.0)
     assert m.health(now=0.0).status is HealthStatus.DEGRADED
     m.record(BreakerReport("a", "closed", "open", 0.0), now=0.0)
@@ -651,7 +834,13 @@ def test_statistics_count_reports() -> None:
     m.record(SupervisionReport("root/a", "restarted"), now=0.0)
     stats = m.statistics()
     assert (stats.services, stats.reports, stats.recent_errors) == (1, 4, 1)
-    assert stats.supervision == {"crashed": 1, "gave_up": 0, "restarted": 1, "started": 0}
+    assert stats.supervision == {
+        "crashed": 1,
+        "gave_up": 0,
+        "restarted": 1,
+        "started": 0,
+        "stopped": 0,
+    }
     assert stats.alerts_raised == stats.active_alerts == 1
 
 
@@ -660,8 +849,7 @@ def test_statistics_count_reports() -> None:
 
 SERVICES = ["alpha", "beta", "gamma"]
 CATEGORIES = [ErrorCategory.TIMEOUT, ErrorCategory.NETWORK, ErrorCategory.VALIDATION, None]
-# Small numbers so the rules fire often: a 60-second window of six 10-second buckets, so the
-# error rate per minute is exactly the window's error count.
+# Small numbers so the rules fire often: a 60-second window of six 10-second buckets.
 MACHINE_SETTINGS = MonitorSettings(
     window=60.0,
     buckets=6,
@@ -715,15 +903,21 @@ class MonitorMachine(RuleBasedStateMachine):
             sum(1 for r in live if r[3]),
         )
 
-    def values(self, service: str) -> tuple[float, float | None]:
+    def span(self, whole: int) -> float:
+        """The current bucket's elapsed part plus ``whole`` buckets before it."""
+        width = MACHINE_SETTINGS.bucket_width
+        return whole * width + min(width, max(0.0, self.now - self.k() * width))
+
+    def values(self, service: str) -> tuple[float | None, float | None]:
+        """Rate and ratio, or None for each when there are too few calls to judge."""
         calls, errors, _ = self.window_counts(service)
-        rate = errors * 60.0 / MACHINE_SETTINGS.window
-        ratio = errors / calls if calls >= MACHINE_SETTINGS.min_calls else None
-        return rate, ratio
+        if calls < MACHINE_SETTINGS.min_calls:
+            return None, None
+        return errors * 60.0 / self.span(5), errors / calls
 
     def intake_raise(self, service: str) -> None:
         rate, ratio = self.values(service)
-        if rate >= MACHINE_SETTINGS.high_error_rate:
+        if rate is not None and rate >= MACHINE_SETTINGS.high_error_rate:
             self.raise_(RATE, service)
         if ratio is not None and ratio >= MACHINE_SETTINGS.critical_error_ratio:
             self.raise_(RATIO, service)
@@ -812,13 +1006,15 @@ class MonitorMachine(RuleBasedStateMachine):
             for rule_, value, threshold in ((RATE, rate, s.high_error_rate),
                                             (RATIO, ratio, s.critical_error_ratio)):  # fmt: skip
                 key = (rule_, service)
-                if value is not None and value >= threshold:
+                if value is None:  # not measured: neither raises nor moves the streak
+                    continue
+                if value >= threshold:
                     if key in self.active:
                         self.streak[key] = 0
                     else:
                         self.raise_(rule_, service)
                 elif key in self.active:
-                    if value is not None and value >= threshold * s.resolve_factor:
+                    if value >= threshold * s.resolve_factor:
                         self.streak[key] = 0
                     else:
                         self.streak[key] = self.streak.get(key, 0) + 1
@@ -830,8 +1026,8 @@ class MonitorMachine(RuleBasedStateMachine):
     def reset(self, data: st.DataObject) -> None:
         service = data.draw(st.sampled_from(sorted(self.breaker)))
         self.m.reset(service, now=self.now)
+        # Only the windows: the totals are counters for the life of the monitor.
         self.reports[service] = []
-        self.totals[service] = [0, 0, 0]
         self.resolve(RATE, service)
         self.resolve(RATIO, service)
 
@@ -853,19 +1049,25 @@ class MonitorMachine(RuleBasedStateMachine):
     @precondition(lambda self: bool(self.active))
     @rule(data=st.data())
     def acknowledge(self, data: st.DataObject) -> None:
+        """Acknowledging silences: the alert stays active until its condition clears."""
         alert = data.draw(st.sampled_from(self.m.alerts().active))
         event = self.m.acknowledge(alert.id, now=self.now)
-        assert event.alert.resolution == "acknowledged"
-        self.resolve(alert.rule, alert.service)
+        assert (event.kind, event.alert.id, event.alert.resolution) == (
+            "acknowledged",
+            alert.id,
+            None,
+        )
+        assert event.alert.acknowledged_at is not None
 
     @precondition(lambda self: bool(self.breaker))
     @rule(data=st.data(), window=st.floats(min_value=0.5, max_value=60.0))
     def check_error_rate(self, data: st.DataObject, window: float) -> None:
         service = data.draw(st.sampled_from(sorted(self.breaker)))
-        buckets = min(6, max(1, math.ceil(window / 10 - 1e-9)))
-        calls, errors, _ = self.window_counts(service, buckets)
+        whole = min(5, max(1, math.ceil(window / 10 - 1e-9)))
+        calls, errors, _ = self.window_counts(service, whole + 1)
         got = self.m.error_rate(service, window, now=self.now)
-        assert (got.calls, got.errors, got.window) == (calls, errors, buckets * 10.0)
+        assert (got.calls, got.errors, got.window) == (calls, errors, self.span(whole))
+        assert got.rate_per_min == errors * 60.0 / self.span(whole)
 
     # ------------------------------------------------------------------ invariants
 
