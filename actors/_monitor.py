@@ -13,7 +13,17 @@ keeps the windows, totals, breaker states, recent errors and alerts).  The actor
 * runs the periodic check every ``check_interval`` seconds (60 by default), so alerts are
   raised and resolved even when no report arrives;
 * publishes every alert event to its subscribers (refs told with ``tell_nowait``: a slow
-  subscriber loses events, counted, and never blocks the monitor).
+  subscriber loses events, counted, and never blocks the monitor; every event carries a
+  ``seq`` number one more than the previous one, so a subscriber sees the gap).
+
+Restarts: the state (services, windows, counters, breaker states, alerts), the subscribers and
+the drop counter belong to the actor's slot, not to one incarnation, so a monitor that crashes
+or is restarted keeps everything it knew (a factory that builds it with different settings
+starts afresh).  Only the reports that were in the mailbox of a crashing message are lost.
+
+Scrapes: ``GetMetrics`` over many services is computed a slice of services at a time, with a
+checkpoint between slices, so a scrape never holds the event loop for long; the services of one
+answer are read within the same few milliseconds, not at one instant.
 
 Reports never get a reply (they are tells).  A report of the wrong shape is counted in
 ``statistics().reports_invalid`` and otherwise ignored; a query of the wrong shape is answered
@@ -25,8 +35,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
+import attrs
 import msgspec
 import trio
 
@@ -43,21 +54,24 @@ from actors._monitoring_types import (
     HealthReport,
     MetricsReport,
     MonitorSettings,
+    MonitorStatistics,
     RecentErrors,
     ServiceMetrics,
     SupervisionReport,
 )
 from actors._ref import ActorRef
-from actors._reply import Failure
+from actors._reply import Failure, Reply
 
 __all__ = [
     "AcknowledgeAlert",
+    "AcknowledgeAlerts",
     "GetAlerts",
     "GetBreaker",
     "GetBreakers",
     "GetErrorRate",
     "GetHealth",
     "GetMetrics",
+    "GetMonitorStatistics",
     "GetRecentErrors",
     "GetServiceMetrics",
     "MonitorActor",
@@ -100,10 +114,14 @@ class GetRecentErrors(msgspec.Struct, frozen=True, tag=True):
 
 
 class GetErrorRate(msgspec.Struct, frozen=True, tag=True):
-    """Query: one service's error rate over a window (``GET .../metrics/{service}/error-rate``)."""
+    """Query: one service's error rate over a window (``GET .../metrics/{service}/error-rate``).
+
+    ``window`` in seconds; ``None`` (the default) is the monitor's own window, so the answer
+    is the rate its alerts and metrics use.
+    """
 
     service: str
-    window: float
+    window: float | None = None
 
 
 class GetAlerts(msgspec.Struct, frozen=True, tag=True):
@@ -119,9 +137,25 @@ class ResetService(msgspec.Struct, frozen=True, tag=True):
 
 
 class AcknowledgeAlert(msgspec.Struct, frozen=True, tag=True):
-    """Command: resolve an active alert on an operator's word."""
+    """Command: acknowledge an active alert (see :meth:`MonitorState.acknowledge`): a condition
+    alert stays active, silenced, until it clears; a failed-saga alert is resolved.  The reply
+    is the :class:`AlertEvent`."""
 
     alert_id: int
+
+
+class AcknowledgeAlerts(msgspec.Struct, frozen=True, tag=True):
+    """Command: acknowledge every active alert of ``rule`` (any when ``None``) whose subject
+    is ``subject`` or below it (any when empty), for example every failed saga of one
+    definition (``rule="saga_compensation_failed", subject="saga:checkout"``).  The reply is
+    the list of :class:`AlertEvent` s."""
+
+    rule: str | None = None
+    subject: str = ""
+
+
+class GetMonitorStatistics(msgspec.Struct, frozen=True, tag=True):
+    """Query: the monitor's :class:`MonitorStatistics` (what it counted, dropped included)."""
 
 
 class SubscribeAlerts(msgspec.Struct, frozen=True, tag=True):
@@ -138,6 +172,20 @@ class UnsubscribeAlerts(msgspec.Struct, frozen=True, tag=True):
 
 _REPORTS = (CallReport, BreakerReport, SupervisionReport)
 _SERVICE_QUERIES = frozenset({GetBreaker, GetServiceMetrics, GetErrorRate, ResetService})
+#: Services whose metrics are computed between two checkpoints of a ``GetMetrics`` answer
+#: (about 1-2 ms of work).
+_METRICS_SLICE: Final = 25
+
+
+class _Kept:
+    """What the monitor keeps in its slot across restarts."""
+
+    __slots__ = ("events_dropped", "state", "subscribers")
+
+    def __init__(self, state: MonitorState) -> None:
+        self.state = state
+        self.subscribers: list[ActorRef[Any, Any]] = []
+        self.events_dropped = 0
 
 
 class MonitorActor(Actor[Any, Any]):
@@ -164,10 +212,24 @@ class MonitorActor(Actor[Any, Any]):
     ) -> None:
         self.settings = settings = MonitorSettings() if settings is None else settings
         self.state = MonitorState(settings, wall_clock=wall_clock)
-        self._subscribers: list[ActorRef[Any, Any]] = []
-        self.events_dropped = 0
+        self._kept = _Kept(self.state)
+        self._subscribers = self._kept.subscribers
+
+    @property
+    def events_dropped(self) -> int:
+        """Alert events a subscriber could not take (kept across restarts)."""
+        return self._kept.events_dropped
 
     async def on_start(self) -> None:
+        # The state belongs to the slot: a restarted monitor goes on from what it knew.
+        keep = self._inc.cell.keep
+        kept = keep.get("monitor")
+        if isinstance(kept, _Kept) and kept.state.settings == self.settings:
+            self._kept = kept
+            self.state = kept.state
+            self._subscribers = kept.subscribers
+        else:
+            keep["monitor"] = self._kept
         self.spawn(self._periodic_check, name=f"{self.path}:check")
 
     async def _periodic_check(self) -> None:
@@ -184,7 +246,7 @@ class MonitorActor(Actor[Any, Any]):
                 try:
                     ref.tell_nowait(event)
                 except ActorError as exc:
-                    self.events_dropped += 1
+                    self._kept.events_dropped += 1
                     if exc.category.value == "invalid_state":  # stopped for good
                         self._subscribers.remove(ref)
                         break
@@ -207,7 +269,13 @@ class MonitorActor(Actor[Any, Any]):
         if kind is GetBreakers:
             return state.breakers()
         if kind is GetMetrics:
-            return state.metrics(now)
+            services = state.services()
+            if len(services) <= _METRICS_SLICE:
+                return state.metrics(now)
+            self.spawn(self._metrics_in_slices, services, self.defer(), name=f"{self.path}:metrics")
+            return None
+        if kind is GetMonitorStatistics:
+            return attrs.evolve(state.statistics(), events_dropped=self._kept.events_dropped)
         if kind is GetAlerts:
             flag: object = message.include_resolved
             if flag is not True and flag is not False:
@@ -230,7 +298,10 @@ class MonitorActor(Actor[Any, Any]):
             if kind is GetRecentErrors:
                 return state.recent_errors(message.offset, message.limit, service=message.service)
             if kind is GetErrorRate:
-                return state.error_rate(message.service, message.window, now)
+                window = message.window
+                if window is None:
+                    window = state.settings.window
+                return state.error_rate(message.service, window, now)
             if kind is ResetService:
                 events = state.reset(message.service, now)
                 self._publish(events)
@@ -239,6 +310,10 @@ class MonitorActor(Actor[Any, Any]):
                 event = state.acknowledge(message.alert_id, now)
                 self._publish([event])
                 return event
+            if kind is AcknowledgeAlerts:
+                events = state.acknowledge_all(now, rule=message.rule, subject=message.subject)
+                self._publish(events)
+                return events
         except (KeyError, ValueError, TypeError) as exc:
             return Failure(exc)
         if kind is SubscribeAlerts:
@@ -252,6 +327,18 @@ class MonitorActor(Actor[Any, Any]):
                 self._subscribers.remove(message.ref)
             return None
         return self._other(message, now)
+
+    async def _metrics_in_slices(self, services: list[str], reply: Reply[MetricsReport]) -> None:
+        state = self.state
+        out: dict[str, ServiceMetrics] = {}
+        for start in range(0, len(services), _METRICS_SLICE):
+            if start:
+                await trio.lowlevel.checkpoint()
+                if reply.done:  # the caller gave up
+                    return
+            now = trio.current_time()
+            out.update(state.metrics(now, services[start : start + _METRICS_SLICE]).services)
+        reply.set(MetricsReport(state.settings.window, trio.current_time(), out))
 
     def _other(self, message: Any, now: float) -> Any:
         # Supervision events and saga reports are duck-typed: actors must not import
@@ -287,7 +374,8 @@ class MonitorActor(Actor[Any, Any]):
                 f"the monitor accepts reports (CallReport, BreakerReport, SupervisionReport, "
                 f"lists of them, supervision events, saga reports) and queries (GetHealth, "
                 f"GetBreakers, GetBreaker, GetMetrics, GetServiceMetrics, GetRecentErrors, "
-                f"GetErrorRate, GetAlerts, ResetService, AcknowledgeAlert, SubscribeAlerts), "
+                f"GetErrorRate, GetAlerts, GetMonitorStatistics, ResetService, AcknowledgeAlert, "
+                f"AcknowledgeAlerts, SubscribeAlerts, UnsubscribeAlerts), "
                 f"not {type(message).__name__}"
             )
         )
@@ -304,4 +392,6 @@ QueryResult = (
     | ErrorRate
     | AlertList
     | AlertEvent
+    | list[AlertEvent]
+    | MonitorStatistics
 )
