@@ -34,16 +34,29 @@ its next job.
 A graceful stop waits (within the shutdown grace) for the jobs in progress to settle.
 
 Reports: every attempt that reached the service is reported to the monitor exactly once
-(success, failure category, latency).  Reports are batched and sent with ``tell_nowait`` at
-most every ``report_interval`` seconds or every 256 reports, so reporting never blocks the
-provider; when the monitor's mailbox is full they wait for the next flush, and only beyond
-``max_pending_reports`` are they dropped (and counted).  Breaker transitions are sent at once.
+(success, failure category, latency), in the order things happened: an attempt's report comes
+before the breaker transition it caused.  Reports are batched and sent with ``tell_nowait``
+within ``report_interval`` seconds of the first one pending, or at once every 256 reports, so
+reporting never blocks the provider; when the monitor's mailbox is full they wait for the next
+flush, and only beyond ``max_pending_reports`` are the oldest call reports dropped (and
+counted).  Breaker transitions are sent at once and never dropped to make room (only if more
+than ``max_pending_reports`` transitions alone were pending would the oldest go).
 
-Restarts: the idempotency table, the unsent reports and the set of attempts running belong to
-the actor's slot (``cell.keep``), not to one incarnation.  A key completed before a restart is
-still answered from its outcome; reports not sent yet go out with the next incarnation's; and
-attempts cut short by a crash or a restart are reported by the next incarnation as cancelled
-(category ``cancellation``), so the monitor counts every attempt the service saw.
+Housekeeping (flushing, moving an open breaker to half-open on time, expiring idempotency
+records) runs on one timer armed only when there is something to do: reports pending, a break
+to end, completed records to expire (checked every minute while there are some).  An idle
+provider with nothing pending does not wake up.
+
+Restarts: the circuit breaker, the idempotency table, the counters, the unsent reports and the
+set of attempts running belong to the actor's slot (``cell.keep``), not to one incarnation.  An
+open breaker stays open through a restart (the service did not heal because the actor
+restarted) and every incarnation starts by reporting its breaker's state to the monitor (a
+:class:`~actors.BreakerReport` with ``old == new``), so the monitor's copy is never stale.  A key
+completed before a restart is still answered from its outcome; reports not sent yet go out with
+the next incarnation's; and attempts cut short by a crash or a restart are reported by the next
+incarnation as cancelled (category ``cancellation``, their breaker permits given back), so the
+monitor counts every attempt the service saw.  The counters behind ``ProviderStatus`` (and the
+``aura_provider_*_total`` metrics) count for the life of the slot.
 """
 
 from __future__ import annotations
@@ -105,6 +118,9 @@ ProviderFunction: TypeAlias = Callable[[Any], Awaitable[Any]]
 Fallback: TypeAlias = "ActorRef[Any, Any] | str | Callable[[Any, BaseException], Awaitable[Any]]"
 
 _FLUSH_EVERY: Final = 256
+# Seconds between expiry sweeps of the idempotency table while it holds records (a store also
+# expires what is due, so the sweep only frees the memory of a provider gone quiet).
+_EXPIRE_EVERY: Final = 60.0
 # Enum member look-ups are slow on Python 3.11: hot paths compare with these.
 _CLOSED: Final = BreakerState.CLOSED
 _ISOLATED: Final = BreakerState.ISOLATED
@@ -291,7 +307,8 @@ class ProviderActor(Actor[ProviderMessage, Any]):
             sibling provider when this is not given.
         rng: the random source of backoff jitter (seed it for replayable runs).
         report_interval: seconds between report flushes to the monitor.
-        max_pending_reports: reports kept while the monitor cannot take them.
+        max_pending_reports: reports kept while the monitor cannot take them (the oldest call
+            reports are dropped beyond it; breaker transitions are kept).
 
     Example::
 
@@ -336,7 +353,12 @@ class ProviderActor(Actor[ProviderMessage, Any]):
         self._fallback_spec: Fallback | None = (
             fallback if fallback is not None else settings.fallback
         )
-        self._breaker = CircuitBreaker(settings.breaker, name=name, listener=self._on_transition)
+        # The breaker belongs to the slot (see on_start): its listener is a relay that the
+        # incarnation running now points at itself.
+        self._relay = _BreakerRelay(self._on_transition)
+        self._breaker = self._relay.breaker = CircuitBreaker(
+            settings.breaker, name=name, listener=self._relay
+        )
         self._budget = RetryBudget(settings.budget)
         self._retry = RetryPolicy(settings.retry, budget=self._budget, random=rng)
         self._bulkhead = Bulkhead(settings.bulkhead, name=name)
@@ -349,6 +371,10 @@ class ProviderActor(Actor[ProviderMessage, Any]):
         self._max_pending = max_pending_reports
         self._reports: list[Any] = []
         self._keep: dict[str, Any] = {}  # the slot's cell.keep once started
+        self._housekeeper: trio.CancelScope | None = None  # its sleep, while it sleeps
+        self._path = ""  # the slot's path once started (in breaker reports)
+        self._flush_at = math.inf  # when the pending reports are due to go out
+        self._expire_at = math.inf  # when the idempotency table is next swept
         self._queued: dict[int, _Job] = {}
         self._attempting: set[_Job] = set()  # attempts running now (the slot keeps it)
         self._fresh: deque[_Fresh] = deque()
@@ -384,14 +410,29 @@ class ProviderActor(Actor[ProviderMessage, Any]):
         else:
             cell.keep["idempotency"] = self._table
         # Reports the previous incarnation had not sent yet go out with this one's.
-        self._keep = cell.keep
-        self._reports = cell.keep.setdefault("reports", self._reports)
+        self._keep = keep = cell.keep
+        self._path = cell.path
+        self._reports = keep.setdefault("reports", self._reports)
+        self.counters = keep.setdefault("counters", self.counters)
+        # The breaker outlives an incarnation too: a restart does not heal the service.
+        kept = keep.get("breaker")
+        reused = False
+        if isinstance(kept, _BreakerRelay) and kept.breaker.settings == self._breaker.settings:
+            reused = True
+            self._relay = kept
+            self._breaker = kept.breaker
+            kept.target = self._on_transition
+        else:
+            keep["breaker"] = self._relay
+        now = trio.current_time()
         # Attempts the previous incarnation was running when it crashed or stopped never got
-        # an outcome: report them now, so the monitor counts every attempt the service saw.
-        left = cell.keep.get("attempting")
+        # an outcome: report them now, so the monitor counts every attempt the service saw,
+        # and give their permits back (a probe's would hold a half-open breaker forever).
+        left = keep.get("attempting")
         if left:
-            now = trio.current_time()
             for job in left:
+                if reused:
+                    self._breaker.release(job.permit, now)
                 self._report(
                     False,
                     max(0.0, now - job.started),
@@ -401,7 +442,18 @@ class ProviderActor(Actor[ProviderMessage, Any]):
                     job.attempts > 1,
                 )
             left.clear()
-        cell.keep["attempting"] = self._attempting
+        keep["attempting"] = self._attempting
+        # Tell the monitor the breaker's state as this incarnation starts (old == new: a state
+        # report), so its copy is right whatever it missed or kept.
+        if self._monitor_spec is not None:
+            state = self._breaker.poll(now).value
+            self._reports.append(
+                BreakerReport(self.name, state, state, now, "provider started", self._path)
+            )
+            self._flush_at = now
+            self._flush()
+        if len(self._table):
+            self._expire_at = now + _EXPIRE_EVERY
         self.spawn(self._housekeeping, name=f"{self.path}:housekeeping")
         self.spawn(self._delay_loop, name=f"{self.path}:delays")
 
@@ -807,8 +859,9 @@ class ProviderActor(Actor[ProviderMessage, Any]):
             return self._release_slot()
         self._end_attempt(job)
         end = trio.current_time()
-        self._breaker.record_success(permit, end, end - now)
+        # The attempt's report goes before the transition its outcome may cause.
         self._report(True, end - now, end, None, None, job.attempts > 1)
+        self._breaker.record_success(permit, end, end - now)
         self._finish(job, value, end)
         return self._release_slot()
 
@@ -859,9 +912,10 @@ class ProviderActor(Actor[ProviderMessage, Any]):
         now = trio.current_time()
         verdict = self._classifier.classify(exc)
         category = verdict.category
-        self._breaker.record_failure(permit, now, category, now - started)
         text = _describe(exc)
+        # The attempt's report goes before the transition its outcome may cause.
         self._report(False, now - started, now, category, text, job.attempts > 1)
+        self._breaker.record_failure(permit, now, category, now - started)
         error = self._translate(exc, verdict, text)
         job.last_error = error
         decision = job.retry.on_failure(now, category, verdict.retry_after)
@@ -1083,6 +1137,13 @@ class ProviderActor(Actor[ProviderMessage, Any]):
     # ------------------------------------------------------------------ reporting
 
     def _on_transition(self, transition: BreakerTransition) -> None:
+        if transition.new is BreakerState.OPEN:
+            # Wake the housekeeper when the break ends, so the monitor sees half-open on time.
+            wait = self._breaker.retry_after(transition.at)
+            if wait is not None:
+                self._wake_at(transition.at + wait)
+        if self._monitor_spec is None:
+            return
         self._reports.append(
             BreakerReport(
                 service=self.name,
@@ -1090,6 +1151,7 @@ class ProviderActor(Actor[ProviderMessage, Any]):
                 new=transition.new.value,
                 at=transition.at,
                 reason=transition.reason,
+                path=self._path,
             )
         )
         self._flush()
@@ -1107,8 +1169,18 @@ class ProviderActor(Actor[ProviderMessage, Any]):
             return
         reports = self._reports
         reports.append(CallReport(self.name, ok, latency, at, category, error, retried))
-        if len(reports) >= _FLUSH_EVERY:
+        n = len(reports)
+        if n == 1:
+            self._flush_at = at + self._report_interval
+            self._wake_at(self._flush_at)
+        elif n >= _FLUSH_EVERY:
             self._flush()
+
+    def _wake_at(self, at: float) -> None:
+        """Have the housekeeper run at ``at`` at the latest."""
+        scope = self._housekeeper
+        if scope is not None and at < scope.deadline:
+            scope.deadline = at
 
     def _flush(self) -> None:
         reports = self._reports
@@ -1127,16 +1199,81 @@ class ProviderActor(Actor[ProviderMessage, Any]):
                 pass
             else:
                 self._reports = self._keep["reports"] = []
+                self._flush_at = math.inf
                 return
+        if len(reports) > self._max_pending:
+            self._trim(reports)
+        if self._flush_at == math.inf:  # e.g. a transition that could not go at once
+            self._flush_at = trio.current_time() + self._report_interval
+            self._wake_at(self._flush_at)
+
+    def _trim(self, reports: list[Any]) -> None:
+        """Drop the oldest call reports beyond ``max_pending``, keeping every transition (in
+        place and in order: the transitions among the dropped ones move up, which only removes
+        call reports from between them)."""
         overflow = len(reports) - self._max_pending
-        if overflow > 0:
-            del reports[:overflow]
-            self.counters.reports_dropped += overflow
+        # The transitions already moved to the front by earlier trims stay there.
+        start = 0
+        while start < len(reports) and type(reports[start]) is BreakerReport:
+            start += 1
+        end = start
+        dropped = 0
+        moved = []
+        while dropped < overflow and end < len(reports):
+            report = reports[end]
+            end += 1
+            if type(report) is BreakerReport:
+                moved.append(report)
+            else:
+                dropped += 1
+        reports[start:end] = moved
+        rest = overflow - dropped
+        if rest > 0:  # nothing but transitions left: the oldest go (the newest state stays)
+            del reports[:rest]
+            dropped += rest
+        self.counters.reports_dropped += dropped
+
+    def _housekeeping_due(self, now: float) -> float:
+        due = self._flush_at if self._reports else math.inf
+        breaker = self._breaker
+        if breaker.state is BreakerState.OPEN:
+            wait = breaker.retry_after(now)
+            if wait is not None:
+                due = min(due, now + wait)
+        if self._expire_at < due:
+            due = self._expire_at
+        return due
 
     async def _housekeeping(self) -> None:
         while True:
-            await trio.sleep(self._report_interval)
+            scope = trio.CancelScope(deadline=self._housekeeping_due(trio.current_time()))
+            self._housekeeper = scope
+            with scope:
+                await trio.sleep_forever()
+            self._housekeeper = None
             now = trio.current_time()
-            self._flush()
+            if self._reports and now >= self._flush_at:
+                self._flush()
+                if self._reports:  # the monitor could not take them: try again later
+                    self._flush_at = now + self._report_interval
             self._breaker.poll(now)
-            self._table.expire(now)
+            if now >= self._expire_at:
+                self._table.expire(now)
+                self._expire_at = now + _EXPIRE_EVERY if len(self._table) else math.inf
+            elif self._expire_at == math.inf and len(self._table):
+                self._expire_at = now + _EXPIRE_EVERY
+
+
+class _BreakerRelay:
+    """A provider's breaker and its listener, kept in the slot: it forwards each transition
+    to the incarnation running now."""
+
+    __slots__ = ("breaker", "target")
+
+    breaker: CircuitBreaker
+
+    def __init__(self, target: Callable[[BreakerTransition], None]) -> None:
+        self.target = target
+
+    def __call__(self, transition: BreakerTransition) -> None:
+        self.target(transition)
