@@ -82,7 +82,7 @@ from actors._ref import ActorRef
 from actors._reply import Failure
 from actors._saga_messages import GetSaga, ListSagas, SagaInfo
 from supervisors._events import TreeNode
-from supervisors._metrics import METRICS_CONTENT_TYPE, render_metrics, take_snapshot
+from supervisors._metrics import METRICS_CONTENT_TYPE, render_metrics_async, take_snapshot
 from supervisors._spec import ChildSpec
 from supervisors._tree import root_of
 
@@ -714,7 +714,9 @@ async def _metrics_one(request: Request, backend: AdminBackend) -> object:
 
 async def _error_rate(request: Request, backend: AdminBackend) -> object:
     service = _name(request, "service")
-    window = _duration_param(request, "window", 60.0)
+    window = None  # by default the monitor's own window: the rate its alerts use
+    if _query(request, "window") is not None:
+        window = _duration_param(request, "window", 0.0)
     return await backend.ask(backend.settings.monitor, GetErrorRate(service, window), "monitor")
 
 
@@ -846,7 +848,7 @@ async def _prometheus(request: Request, backend: AdminBackend) -> object:
         sagas_query=ListSagas(),
         ask_timeout=settings.ask_timeout,
     )
-    return _response(render_metrics(snapshot), METRICS_CONTENT_TYPE)
+    return _response(await render_metrics_async(snapshot), METRICS_CONTENT_TYPE)
 
 
 _API: Final = "/api/resilience"

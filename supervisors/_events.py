@@ -76,6 +76,8 @@ class TreeNode(msgspec.Struct, frozen=True):
         restart_type: ``permanent``, ``transient`` or ``temporary``.
         strategy: the supervisor's strategy (``""`` for actors).
         children: the child nodes, in start order.
+        events_dropped: supervision events a listener of the tree could not take (its
+            mailbox was full: a busy monitor); counted on the root's snapshot only.
     """
 
     name: str
@@ -87,6 +89,7 @@ class TreeNode(msgspec.Struct, frozen=True):
     restart_type: str = "permanent"
     strategy: str = ""
     children: tuple[TreeNode, ...] = ()
+    events_dropped: int = 0
 
     def walk(self) -> list[TreeNode]:
         """This node and every node below it, depth first, in start order."""

@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar, final, overload
 
+import msgspec
 import trio
 
 from actors import Actor, ActorRef
@@ -103,7 +104,10 @@ class Supervisor:
     def snapshot(self) -> TreeNode:
         """The subtree's current shape: names, kinds, states, restart counts, mailbox depths."""
         node = self._node()
-        return node.snapshot(name=self._path.rpartition("/")[2])
+        snapshot = node.snapshot(name=self._path.rpartition("/")[2])
+        if not self._path:  # the root: the tree's event losses
+            snapshot = msgspec.structs.replace(snapshot, events_dropped=self._tree.bus.dropped)
+        return snapshot
 
     # ------------------------------------------------------------------ dynamic children
 

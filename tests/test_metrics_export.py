@@ -231,6 +231,6 @@ async def test_take_snapshot_from_actors() -> None:
     gone = await take_snapshot(monitor)
     assert gone.health is None
     assert gone.metrics is None
-    assert len(gone.problems) == 4
+    assert len(gone.problems) == 5
     assert "monitor health" in gone.problems[0]
     assert samples(render_metrics(gone).decode()) == {("aura_monitor_up", ()): 0}
