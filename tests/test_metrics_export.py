@@ -6,6 +6,8 @@ import math
 import re
 from typing import Any
 
+import attrs
+import msgspec
 import pytest
 import trio
 from hypothesis import given
@@ -15,13 +17,19 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from actors import ErrorCategory, MonitorActor, ProviderStatus, open_actor
 from actors._monitoring import MonitorState
-from actors._monitoring_types import BreakerReport, CallReport, MonitorSettings
+from actors._monitoring_types import (
+    BreakerReport,
+    CallReport,
+    MonitorSettings,
+    SupervisionReport,
+)
 from supervisors import TreeNode
 from supervisors._metrics import (
     METRIC_NAMES,
     AuraCollector,
     OperatorSnapshot,
     render_metrics,
+    render_metrics_async,
     take_snapshot,
 )
 
@@ -91,9 +99,40 @@ TREE = TreeNode(
 )
 
 
+STATUS = ProviderStatus(
+    service="openai", breaker="open", retry_after=3.0, budget_balance=9, running=2,
+    queued=1, waiting=0, cached=5, calls=20, succeeded=17, failed=2, attempts=24, retries=4,
+    rejected=1, fallbacks=1, hedges=0, reports_dropped=3,
+)  # fmt: skip
+
+
+class Saga:
+    def __init__(self, phase: str) -> None:
+        self.phase = phase
+
+
+class SagaStatistics:
+    reports_dropped = 6
+
+
+def full_snapshot(state: MonitorState | None = None) -> OperatorSnapshot:
+    """A snapshot with every part: monitor, statistics, tree, providers, sagas."""
+    state = busy_state() if state is None else state
+    state.record(SupervisionReport("providers", "gave_up", "too many restarts"), 15.0)
+    return snapshot_of(
+        state,
+        15.0,
+        monitor_statistics=attrs.evolve(state.statistics(), events_dropped=2),
+        tree=msgspec.structs.replace(TREE, events_dropped=4),
+        providers={"openai": STATUS},
+        sagas=[Saga("running"), Saga("compensation_failed"), Saga("compensating")],
+        saga_statistics=SagaStatistics(),
+    )
+
+
 def test_names_follow_prometheus_conventions() -> None:
     """Every family is aura_-prefixed, documented, listed; counters expose _total samples."""
-    text = render_metrics(snapshot_of(busy_state(), 15.0, tree=TREE)).decode()
+    text = render_metrics(full_snapshot()).decode()
     families = list(text_string_to_metric_families(text))
     assert families
     names = [f.name for f in families]
@@ -109,7 +148,7 @@ def test_names_follow_prometheus_conventions() -> None:
             assert family.name.endswith("_seconds")
         for sample in family.samples:
             assert set(sample.labels) <= {"service", "category", "state", "status", "quantile",
-                                          "rule", "severity", "path"}  # fmt: skip
+                                          "rule", "severity", "path", "kind"}  # fmt: skip
 
 
 def test_values_match_the_monitor() -> None:
@@ -234,3 +273,119 @@ async def test_take_snapshot_from_actors() -> None:
     assert len(gone.problems) == 5
     assert "monitor health" in gone.problems[0]
     assert samples(render_metrics(gone).decode()) == {("aura_monitor_up", ()): 0}
+
+
+# ================================================================================ what is new
+
+
+def test_every_error_category_is_exported_from_zero() -> None:
+    """Each service has a series for each of the ten categories from the start, so rate()
+    sees the first error of a category."""
+    state = MonitorState()
+    state.record(CallReport("svc", True, 0.1, 0.0), 0.0)
+    got = samples(render_metrics(snapshot_of(state, 1.0)).decode())
+    errors = {
+        dict(labels)["category"]: value
+        for (name, labels), value in got.items()
+        if name == "aura_service_errors_total"
+    }
+    assert errors == {category.value: 0.0 for category in ErrorCategory}
+
+
+def test_error_ratio_is_nan_below_min_calls() -> None:
+    """The exported error ratio is NaN (not 0, not a judged ratio) with too few calls."""
+    state = MonitorState(MonitorSettings(min_calls=3))
+    state.record(CallReport("few", False, 0.1, 0.0, ErrorCategory.NETWORK), 0.0)
+    state.record(CallReport("idle", True, 0.1, 0.0), 0.0)
+    for _ in range(3):
+        state.record(CallReport("enough", False, 0.1, 0.0, ErrorCategory.NETWORK), 0.0)
+    got = samples(render_metrics(snapshot_of(state, 1.0)).decode())
+    assert math.isnan(got[("aura_service_error_ratio", (("service", "few"),))])
+    assert math.isnan(got[("aura_service_error_ratio", (("service", "idle"),))])
+    assert got[("aura_service_error_ratio", (("service", "enough"),))] == 1.0
+
+
+def test_failed_sagas_are_not_counted_as_unfinished() -> None:
+    """Sagas that could not be compensated have their own gauge."""
+    got = samples(render_metrics(full_snapshot()).decode())
+    assert got[("aura_sagas_unfinished", ())] == 2
+    assert got[("aura_sagas_compensation_failed", ())] == 1
+
+
+def test_drop_counters_are_exported() -> None:
+    """What the monitor, the tree's event bus and the saga coordinator dropped is exported."""
+    state = MonitorState(MonitorSettings(max_services=1))
+    state.record(CallReport("a", True, 0.1, 0.0), 0.0)
+    state.record(CallReport("b", True, 0.1, 0.0), 0.0)  # dropped: "a" is busy
+    state.record_batch(["junk"], 0.0)
+    got = samples(render_metrics(full_snapshot(state)).decode())
+    assert got[("aura_monitor_reports_dropped_total", ())] == 1
+    assert got[("aura_monitor_reports_invalid_total", ())] == 1
+    assert got[("aura_monitor_services_evicted_total", ())] == 0
+    assert got[("aura_monitor_alerts_dropped_total", ())] == 0
+    assert got[("aura_monitor_events_dropped_total", ())] == 2
+    assert got[("aura_monitor_alert_events_total", ())] == state.statistics().alert_events
+    assert got[("aura_supervision_events_dropped_total", ())] == 4
+    assert got[("aura_saga_reports_dropped_total", ())] == 6
+    assert got[("aura_provider_reports_dropped_total", (("service", "openai"),))] == 3
+    assert got[("aura_supervisor_gave_up_total", (("path", "providers"),))] == 1
+    assert got[("aura_monitor_supervision_events_total", (("kind", "gave_up"),))] == 1
+
+
+def test_provider_breaker_state_is_exported() -> None:
+    """The provider's own breaker state is a 0/1 series per state."""
+    got = samples(render_metrics(full_snapshot()).decode())
+    states = {
+        dict(labels)["state"]: value
+        for (name, labels), value in got.items()
+        if name == "aura_provider_breaker_state"
+    }
+    assert states == {"closed": 0.0, "half_open": 0.0, "isolated": 0.0, "open": 1.0}
+
+
+_NAMES = st.text(min_size=1, max_size=10)
+
+
+@given(
+    names=st.lists(_NAMES, min_size=1, max_size=6, unique=True),
+    latency=st.floats(min_value=0, max_value=2000, allow_nan=False),
+)
+def test_text_is_what_prometheus_client_writes(names: list[str], latency: float) -> None:
+    """The exposition is byte for byte generate_latest's for the same families, whatever the
+    service names (quotes, backslashes, newlines); the async rendering is the same text."""
+    state = MonitorState(MonitorSettings(min_calls=1))
+    for i, name in enumerate(names):
+        state.record(CallReport(name, i % 2 == 0, latency, float(i), ErrorCategory.TIMEOUT), 1.0)
+        state.record(BreakerReport(name, "closed", "open", 1.0, "x", f"p/{name}"), 1.0)
+    snap = full_snapshot(state)
+    expected = generate_latest(AuraCollector(snap))
+    assert render_metrics(snap) == expected
+    assert trio.run(render_metrics_async, snap) == expected
+    empty = OperatorSnapshot(at=0.0)
+    assert render_metrics(empty) == generate_latest(AuraCollector(empty))
+
+
+async def test_render_async_takes_checkpoints() -> None:
+    """Rendering a snapshot lets other tasks run between slices of work (here a slice is as
+    short as can be: the clock is read every 16 samples)."""
+    state = MonitorState()
+    for i in range(30):
+        state.record(CallReport(f"s{i:03d}", True, 0.1, 0.0), 0.0)
+    snap = snapshot_of(state, 1.0)
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await trio.lowlevel.checkpoint()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ticker)
+        await trio.lowlevel.checkpoint()
+        before = ticks
+        text = await render_metrics_async(snap, slice_seconds=0.0)
+        during = ticks - before
+        nursery.cancel_scope.cancel()
+    assert text == render_metrics(snap)
+    assert during >= 30
