@@ -3,7 +3,11 @@
 Theory of operation
 -------------------
 Everything that crosses the monitor's boundary is a msgspec Struct, so it can be journaled,
-sent between processes, or served as JSON without change:
+sent between processes, or served as JSON without change.  The structs made by the thousand
+(reports, and the per-service parts of query results) are not tracked by the garbage
+collector (``gc=False``): they hold only values, strings and containers of them, so they can
+be in no reference cycle, and a scrape or a batch of reports then triggers no collections of
+its own (a full one at a thousand actors holds the event loop for tens of milliseconds):
 
 * :class:`MonitorSettings` is configuration (frozen, unknown fields rejected, every value
   checked in ``__post_init__`` with a :class:`~actors._errors.ConfigError` naming the field);
@@ -251,7 +255,7 @@ def _percentile_name(p: float) -> str:
 # ================================================================================ reports
 
 
-class CallReport(msgspec.Struct, frozen=True, tag=True):
+class CallReport(msgspec.Struct, frozen=True, tag=True, gc=False):
     """The outcome of one attempt of a provider call.
 
     Attributes:
@@ -274,7 +278,7 @@ class CallReport(msgspec.Struct, frozen=True, tag=True):
     retried: bool = False
 
 
-class BreakerReport(msgspec.Struct, frozen=True, tag=True):
+class BreakerReport(msgspec.Struct, frozen=True, tag=True, gc=False):
     """A circuit breaker moved from ``old`` to ``new`` (names in :data:`BREAKER_STATES`).
 
     A report with ``old == new`` is a *state report*, not a transition: a provider actor
@@ -324,7 +328,7 @@ class HealthStatus(enum.Enum):
     UNKNOWN = "unknown"
 
 
-class ServiceHealth(msgspec.Struct, frozen=True):
+class ServiceHealth(msgspec.Struct, frozen=True, gc=False):
     """One service's health, its breaker state and why it is not healthy."""
 
     status: HealthStatus
@@ -342,7 +346,7 @@ class HealthReport(msgspec.Struct, frozen=True):
     reasons: list[str]
 
 
-class BreakerTransitionInfo(msgspec.Struct, frozen=True):
+class BreakerTransitionInfo(msgspec.Struct, frozen=True, gc=False):
     """One breaker transition as reported."""
 
     old: str
@@ -351,7 +355,7 @@ class BreakerTransitionInfo(msgspec.Struct, frozen=True):
     at: float
 
 
-class BreakerInfo(msgspec.Struct, frozen=True):
+class BreakerInfo(msgspec.Struct, frozen=True, gc=False):
     """The body of ``GET /api/resilience/circuit-breakers/{service}``.
 
     A service whose breaker never reported a transition is ``closed``.  ``trips`` counts
@@ -373,7 +377,7 @@ class BreakerList(msgspec.Struct, frozen=True):
     breakers: list[BreakerInfo]
 
 
-class ServiceTotals(msgspec.Struct, frozen=True):
+class ServiceTotals(msgspec.Struct, frozen=True, gc=False):
     """Exact counts since ``since`` (the service's first report, monotonic seconds).
 
     They only ever go up for the life of the monitor (a reset clears the windows only, and the
@@ -392,7 +396,7 @@ class ServiceTotals(msgspec.Struct, frozen=True):
     since: float
 
 
-class ServiceMetrics(msgspec.Struct, frozen=True):
+class ServiceMetrics(msgspec.Struct, frozen=True, gc=False):
     """The body of ``GET /api/resilience/metrics/{service}``.
 
     Window figures cover the last ``window`` seconds.  ``error_rate_per_min`` is the monitor's
@@ -426,7 +430,7 @@ class MetricsReport(msgspec.Struct, frozen=True):
     services: dict[str, ServiceMetrics]
 
 
-class ErrorRecord(msgspec.Struct, frozen=True):
+class ErrorRecord(msgspec.Struct, frozen=True, gc=False):
     """One recent error: ``at`` on the monotonic clock, ``wall`` in seconds since the epoch."""
 
     service: str

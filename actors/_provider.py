@@ -152,8 +152,11 @@ class GetStatus(msgspec.Struct, frozen=True, tag="status"):
     """Ask for a :class:`ProviderStatus`."""
 
 
-class ProviderStatus(msgspec.Struct, frozen=True):
+class ProviderStatus(msgspec.Struct, frozen=True, gc=False):
     """A provider's state for status views (the reply to :class:`GetStatus`).
+
+    Not tracked by the garbage collector (it holds only values): a scrape asks every provider
+    for one.
 
     Attributes:
         service: the provider's name.

@@ -296,12 +296,20 @@ _MONITOR_COUNTERS: Final = (
 # between two readings of the clock.
 _SLICE_SECONDS: Final = 0.001
 _CLOCK_EVERY: Final = 16
+# Lines joined into one chunk of text at a time.
+_CHUNK_LINES: Final = 512
 
 
 class _Family:
-    """One metric family being built: its samples as (label values, value)."""
+    """One metric family being built.
 
-    __slots__ = ("documentation", "kind", "labels", "name", "samples")
+    Its samples are kept flat (``label_values`` holds each sample's label values in turn,
+    ``values`` its value) rather than as a tuple per sample: strings and floats are not
+    tracked by the garbage collector, so building tens of thousands of samples does not
+    trigger the collections (full ones included) that retained tuples would.
+    """
+
+    __slots__ = ("documentation", "kind", "label_values", "labels", "name", "values")
 
     def __init__(
         self, name: str, kind: str, documentation: str, labels: Sequence[str] = ()
@@ -310,10 +318,18 @@ class _Family:
         self.kind = kind  # "gauge" or "counter"
         self.documentation = documentation
         self.labels = tuple(labels)
-        self.samples: list[tuple[tuple[str, ...], float]] = []
+        self.label_values: list[str] = []
+        self.values: list[float] = []
 
-    def add(self, values: tuple[str, ...], value: float) -> None:
-        self.samples.append((values, value))
+    def add(self, label_values: tuple[str, ...], value: float) -> None:
+        self.label_values.extend(label_values)
+        self.values.append(value)
+
+    def samples(self) -> Iterator[tuple[list[str], float]]:
+        """Each sample's label values and value."""
+        width = len(self.labels)
+        for i, value in enumerate(self.values):
+            yield self.label_values[i * width : (i + 1) * width], value
 
 
 def _gauge(name: str, documentation: str, labels: Sequence[str] = ()) -> _Family:
@@ -614,15 +630,25 @@ def _escape(value: str) -> str:
 
 
 class _Writer:
-    """Writes families as Prometheus text, as prometheus-client's ``generate_latest`` does."""
+    """Writes families as Prometheus text, as prometheus-client's ``generate_latest`` does.
 
-    __slots__ = ("float_text", "parts")
+    Lines are joined into chunks as they are written, so the final join is of a few hundred
+    strings, not of tens of thousands (which alone would hold the loop for milliseconds).
+    """
+
+    __slots__ = ("chunks", "float_text", "parts")
 
     def __init__(self) -> None:
         from prometheus_client.utils import floatToGoString
 
         self.float_text: Callable[[float], str] = floatToGoString
         self.parts: list[str] = []
+        self.chunks: list[bytes] = []
+
+    def flush(self) -> None:
+        # Chunks are encoded as they are made: the last step then only joins bytes.
+        self.chunks.append("".join(self.parts).encode("utf-8"))
+        self.parts.clear()
 
     def header(self, family: _Family) -> None:
         name = family.name + "_total" if family.kind == "counter" else family.name
@@ -632,24 +658,33 @@ class _Writer:
     def samples(self, family: _Family) -> Iterator[None]:
         name = family.name + "_total" if family.kind == "counter" else family.name
         # generate_latest writes labels sorted by name.
-        order = sorted(range(len(family.labels)), key=family.labels.__getitem__)
+        width = len(family.labels)
+        order = sorted(range(width), key=family.labels.__getitem__)
         keys = [family.labels[i] for i in order]
-        parts, text = self.parts, self.float_text
-        for values, value in family.samples:
+        parts, text, flat = self.parts, self.float_text, family.label_values
+        for n, value in enumerate(family.values):
             if keys:
+                base = n * width
                 labels = ",".join(
-                    f'{key}="{_escape(values[i])}"' for key, i in zip(keys, order, strict=True)
+                    f'{key}="{_escape(flat[base + i])}"' for key, i in zip(keys, order, strict=True)
                 )
                 parts.append(f"{name}{{{labels}}} {text(value)}\n")
             else:
                 parts.append(f"{name} {text(value)}\n")
+            if len(parts) >= _CHUNK_LINES:
+                self.flush()
             yield
 
     def text(self) -> bytes:
-        return "".join(self.parts).encode("utf-8")
+        self.flush()
+        return b"".join(self.chunks)
 
 
-def _render(snapshot: OperatorSnapshot | None) -> Generator[None, None, bytes]:
+#: What :func:`_render` yields when the final join comes: a checkpoint is due before it.
+_JOIN: Final = True
+
+
+def _render(snapshot: OperatorSnapshot | None) -> Generator[bool | None, None, bytes]:
     """Build and write the exposition, yielding after each unit of work; returns the text."""
     families: list[_Family] = []
     yield from _families(snapshot, families)
@@ -657,6 +692,7 @@ def _render(snapshot: OperatorSnapshot | None) -> Generator[None, None, bytes]:
     for family in families:
         writer.header(family)
         yield from writer.samples(family)
+    yield _JOIN  # the final join is a step of its own
     return writer.text()
 
 
@@ -692,12 +728,14 @@ async def render_metrics_async(
     count = 0
     while True:
         try:
-            next(steps)
+            step = next(steps)
         except StopIteration as done:
             text: bytes = done.value
             return text
         count += 1
-        if count == _CLOCK_EVERY:
+        if step is _JOIN:
+            await trio.lowlevel.checkpoint()
+        elif count >= _CLOCK_EVERY:
             count = 0
             if clock() - started >= slice_seconds:
                 await trio.lowlevel.checkpoint()
@@ -740,6 +778,6 @@ class AuraCollector:
                 )
             else:
                 metric = GaugeMetricFamily(family.name, family.documentation, labels=family.labels)
-            for values, value in family.samples:
-                metric.add_metric(list(values), value)
+            for values, value in family.samples():
+                metric.add_metric(values, value)
             yield metric
