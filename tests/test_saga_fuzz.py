@@ -427,6 +427,13 @@ def run_one(seed: int, path: Path | None = None) -> Run:
         except Exception:  # the process died meanwhile: nothing to restart
             pass
 
+    async def pace() -> None:
+        # The SQLite writer thread works in real time while every task waits for it, and the
+        # clock jumps to the next deadline meanwhile: a deadline every half second keeps those
+        # jumps short (idle actors no longer have timers that did it).
+        while True:  # noqa: ASYNC110 - the deadlines are the point, there is nothing to wait for
+            await trio.sleep(0.5)
+
     async def main() -> None:
         count = [0]
         memory = MemoryJournal()
@@ -443,6 +450,8 @@ def run_one(seed: int, path: Path | None = None) -> Run:
                             nursery.start_soon(operator, plan.operator_restart)
 
             outside.start_soon(callers_run)
+            if path is not None:
+                outside.start_soon(pace)
             for lifetime in plan.lives:
                 store: Any = memory
                 if path is not None:
