@@ -74,12 +74,14 @@ from actors._journal import (
 )
 from actors._monitor import (
     AcknowledgeAlert,
+    AcknowledgeAlerts,
     GetAlerts,
     GetBreaker,
     GetBreakers,
     GetErrorRate,
     GetHealth,
     GetMetrics,
+    GetMonitorStatistics,
     GetRecentErrors,
     GetServiceMetrics,
     MonitorActor,
@@ -105,6 +107,7 @@ from actors._monitoring import (
     MetricsReport,
     MonitorSettings,
     MonitorState,
+    MonitorStatistics,
     RecentErrors,
     ServiceHealth,
     ServiceMetrics,
@@ -153,6 +156,7 @@ from actors.chaos import ChaosSettings
 
 __all__ = [
     "AcknowledgeAlert",
+    "AcknowledgeAlerts",
     "Actor",
     "ActorCrashed",
     "ActorError",
@@ -204,6 +208,7 @@ __all__ = [
     "GetErrorRate",
     "GetHealth",
     "GetMetrics",
+    "GetMonitorStatistics",
     "GetRecentErrors",
     "GetSaga",
     "GetSagaStatistics",
@@ -232,6 +237,7 @@ __all__ = [
     "MonitorActor",
     "MonitorSettings",
     "MonitorState",
+    "MonitorStatistics",
     "NO_RETRY",
     "OwnershipLost",
     "PostgresJournal",

@@ -24,7 +24,13 @@ from supervisors._logging import (
     correlation,
     correlation_ids,
 )
-from supervisors._metrics import AuraCollector, OperatorSnapshot, render_metrics, take_snapshot
+from supervisors._metrics import (
+    AuraCollector,
+    OperatorSnapshot,
+    render_metrics,
+    render_metrics_async,
+    take_snapshot,
+)
 from supervisors._spec import ChildSpec, Restart, RestartBackoff, Strategy, SupervisorSpec
 from supervisors._supervisor import (
     ChildStartFailed,
@@ -67,6 +73,7 @@ __all__ = [
     "correlation_ids",
     "open_supervisor",
     "render_metrics",
+    "render_metrics_async",
     "root_of",
     "take_snapshot",
 ]

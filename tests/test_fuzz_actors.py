@@ -38,9 +38,11 @@ from actors import (
 from actors._config import ProviderSettings
 from actors._monitor import (
     AcknowledgeAlert,
+    AcknowledgeAlerts,
     GetAlerts,
     GetBreaker,
     GetErrorRate,
+    GetMonitorStatistics,
     GetRecentErrors,
     GetServiceMetrics,
     ResetService,
@@ -246,6 +248,8 @@ MONITOR_PROTOCOL: tuple[type[msgspec.Struct], ...] = (
     GetAlerts,
     ResetService,
     AcknowledgeAlert,
+    AcknowledgeAlerts,
+    GetMonitorStatistics,
     SubscribeAlerts,
     UnsubscribeAlerts,
     CallReport,
