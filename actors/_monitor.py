@@ -175,7 +175,7 @@ _SERVICE_QUERIES = frozenset({GetBreaker, GetServiceMetrics, GetErrorRate, Reset
 #: A ``GetMetrics`` answer over more services than this is computed in slices.
 _METRICS_SLICE: Final = 25
 #: Seconds of work between two checkpoints of a sliced ``GetMetrics`` answer.
-_SLICE_SECONDS: Final = 0.001
+_SLICE_SECONDS: Final = 0.0005
 
 
 class _Kept:
@@ -330,7 +330,7 @@ class MonitorActor(Actor[Any, Any]):
         return self._other(message, now)
 
     async def _metrics_in_slices(self, services: list[str], reply: Reply[MetricsReport]) -> None:
-        # A slice is about a millisecond of work (read on the wall clock: it is the event
+        # A slice is about half a millisecond of work (read on the wall clock: it is the event
         # loop's time that is shared), whatever a service costs on this machine.
         state = self.state
         out: dict[str, ServiceMetrics] = {}

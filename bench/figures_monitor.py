@@ -228,6 +228,7 @@ async def _scrapes(services: int, rounds: int) -> tuple[list[float], list[float]
         walls: list[float] = []
         took: list[float] = []
         for round_ in range(rounds + 1):
+            gc.collect()  # every round starts from the same collector state, as in measure()
             probe = _Probe()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(probe.run)
