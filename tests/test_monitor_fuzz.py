@@ -451,7 +451,10 @@ class Run:
         elif roll < 0.88:
             alerts = (await self.root.ref("monitor").ask(GetAlerts())).active
             if alerts:
-                await self.root.ref("monitor").ask(AcknowledgeAlert(rng.choice(alerts).id))
+                try:
+                    await self.root.ref("monitor").ask(AcknowledgeAlert(rng.choice(alerts).id))
+                except KeyError:
+                    pass  # resolved meanwhile (a report came in between the two asks)
         elif roll < 0.94 and present:
             # Removed for good: only when none of its calls is running (a provider stopped
             # for good has no next incarnation to report attempts cut short).
