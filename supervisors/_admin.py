@@ -62,6 +62,7 @@ from actors._actor import Actor
 from actors._errors import ActorError, AuraError
 from actors._monitor import (
     AcknowledgeAlert,
+    AcknowledgeAlerts,
     GetAlerts,
     GetBreaker,
     GetBreakers,
@@ -751,6 +752,19 @@ async def _acknowledge(request: Request, backend: AdminBackend) -> object:
     return await backend.ask(backend.settings.monitor, AcknowledgeAlert(int(raw)), "monitor")
 
 
+async def _acknowledge_all(request: Request, backend: AdminBackend) -> object:
+    rule = _query(request, "rule")  # the monitor refuses an unknown rule (400)
+    subject = _query(request, "subject") or ""
+    for key, value in (("rule", rule or ""), ("subject", subject)):
+        if len(value) > _MAX_NAME or not value.isprintable():
+            raise ApiError(
+                400, "invalid_query", f"`{key}` must be at most {_MAX_NAME} printable characters"
+            )
+    await _read_body(request, backend.settings.max_body)
+    message = AcknowledgeAlerts(rule=rule, subject=subject)
+    return await backend.ask(backend.settings.monitor, message, "monitor")
+
+
 async def _tree(request: Request, backend: AdminBackend) -> object:
     return backend.tree()
 
@@ -863,6 +877,7 @@ _ROUTES: Final[tuple[tuple[str, str, Endpoint, bool], ...]] = (
     ("POST", f"{_API}/metrics/{{service}}/reset", _reset, True),
     ("GET", f"{_API}/errors/recent", _recent_errors, False),
     ("GET", f"{_API}/alerts", _alerts, False),
+    ("POST", f"{_API}/alerts/acknowledge", _acknowledge_all, True),
     ("POST", f"{_API}/alerts/{{alert_id}}/acknowledge", _acknowledge, True),
     ("GET", f"{_API}/tree", _tree, False),
     ("GET", f"{_API}/providers", _providers, False),

@@ -423,6 +423,25 @@ async def test_acknowledge_an_alert() -> None:
         assert bad.status_code == 400
 
 
+async def test_acknowledge_alerts_in_bulk() -> None:
+    """POST .../alerts/acknowledge?rule=...&subject=... acknowledges every matching alert at
+    once (failed sagas of one definition are resolved); a bad rule or subject is 400."""
+    async with admin_app() as (root, client):
+        report(root, breaker("a", "closed", "open"), breaker("b", "closed", "open"))
+        path = "/api/resilience/alerts/acknowledge"
+        assert (await client.post(path, params={"rule": "breaker_open"})).status_code == 401
+        done = await client.post(
+            path, params={"rule": "breaker_open", "subject": "a"}, headers=AUTH
+        )
+        assert done.status_code == 200
+        assert [(e["kind"], e["alert"]["service"]) for e in done.json()] == [("acknowledged", "a")]
+        rest = await client.post(path, params={"rule": "breaker_open"}, headers=AUTH)
+        assert [e["alert"]["service"] for e in rest.json()] == ["b"]
+        for params in ({"rule": "nope"}, {"subject": "x\n"}, {"subject": "s" * 201}):
+            bad = await client.post(path, params=params, headers=AUTH)
+            assert bad.status_code == 400, params
+
+
 # ================================================================================ writes and auth
 
 
