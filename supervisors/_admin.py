@@ -26,6 +26,9 @@ Safety, by default:
   :func:`hmac.compare_digest`) or when no token is configured, which disables writes; a client
   address that sent too many wrong tokens gets 429 until its bucket refills
   (:class:`FailedAttempts`);
+* reads are public by default; with a ``read_token`` every ``GET`` but
+  ``/api/resilience/health`` needs ``Authorization: Bearer`` with the read token or the write
+  token (the same 401/403/429 rules), as an actuator exposes only health without credentials;
 * bad input is the client's error: an unknown route 404, a wrong method 405, an unknown
   service or alert 404, a malformed query value or body 400, a body over ``max_body`` bytes
   413; never a 5xx.  503 means the monitor (or the actor asked) is not available, and answers
@@ -52,7 +55,7 @@ import logging
 import math
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Final, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias
 
 import attrs
 import msgspec
@@ -190,6 +193,9 @@ class AdminSettings:
         port: the TCP port (default 9470; ``0`` picks a free one, see :class:`AdminAddress`).
         token: the bearer token every ``POST`` needs: at least 16 printable ASCII characters
             without spaces; ``None`` (default) disables writes.
+        read_token: a bearer token every ``GET`` but ``/api/resilience/health`` needs (the
+            write ``token`` is accepted too); ``None`` (default): reads are public.  Same
+            rules as ``token``.
         failed_auth: how many wrong tokens one client address may send: a token bucket
             (default 5, refilled at 5 a minute).  Past it the client gets 429 with
             ``Retry-After``, whatever it sends, until the bucket refills.
@@ -222,6 +228,7 @@ class AdminSettings:
     host: str = "127.0.0.1"
     port: int = attrs.field(default=DEFAULT_PORT, validator=_check_port)
     token: str | None = attrs.field(default=None, validator=_check_token, repr=False)
+    read_token: str | None = attrs.field(default=None, validator=_check_token, repr=False)
     monitor: str = "monitor"
     sagas: str | None = "sagas"
     providers: Mapping[str, str] | None = None
@@ -608,7 +615,14 @@ class FailedAttempts:
             del self._clients[next(iter(self._clients))]
 
 
-def _authorize(request: Request, token: str | None, attempts: FailedAttempts) -> None:
+def _authorize(request: Request, tokens: tuple[str, ...], attempts: FailedAttempts) -> None:
+    """Check the request's bearer token against ``tokens`` (any of them is accepted).
+
+    Raises:
+        ApiError: 401 without a well-formed ``Authorization: Bearer`` header, 429 while the
+            client is throttled for wrong tokens, 403 for a wrong token or when no token is
+            configured (writes are disabled then).
+    """
     header = request.headers.get("authorization")
     challenge = {"WWW-Authenticate": 'Bearer realm="aura-admin"'}
     if header is None:
@@ -628,7 +642,7 @@ def _authorize(request: Request, token: str | None, attempts: FailedAttempts) ->
             "the Authorization header must be `Bearer <token>`",
             headers={"WWW-Authenticate": 'Bearer realm="aura-admin", error="invalid_request"'},
         )
-    if token is None:
+    if not tokens:
         raise ApiError(
             403,
             "forbidden",
@@ -648,11 +662,14 @@ def _authorize(request: Request, token: str | None, attempts: FailedAttempts) ->
             headers={"Retry-After": str(max(1, math.ceil(wait)))},
         )
     # Header values arrive latin-1 decoded: encoding back gives the bytes that were sent.
-    if not hmac.compare_digest(credentials.encode("latin-1"), token.encode("utf-8")):
+    sent = credentials.encode("latin-1")
+    # Every token is compared (no early exit), each in constant time.
+    matches = [hmac.compare_digest(sent, token.encode("utf-8")) for token in tokens]
+    if not any(matches):
         attempts.failed(client, now)
         if attempts.wait(client, now) > 0:
             logger.warning(
-                "admin API: wrong tokens from %s; its writes are refused for %.0f s",
+                "admin API: wrong tokens from %s; its requests are refused for %.0f s",
                 escape_control(client),
                 attempts.wait(client, now),
             )
@@ -664,14 +681,29 @@ def _authorize(request: Request, token: str | None, attempts: FailedAttempts) ->
 Endpoint: TypeAlias = "Callable[[Request, AdminBackend], Awaitable[object]]"
 
 
-def _wrap(fn: Endpoint, backend: AdminBackend, *, write: bool = False) -> Callable[..., Any]:
+#: Who may call an endpoint: anyone, a reader (anyone unless a read token is set), a writer.
+Access: TypeAlias = Literal["public", "read", "write"]
+
+
+def _tokens(settings: AdminSettings, access: Access) -> tuple[str, ...] | None:
+    """The tokens that open an endpoint of ``access`` (``None``: no token needed)."""
+    write = (settings.token,) if settings.token is not None else ()
+    if access == "write":
+        return write
+    if access == "read" and settings.read_token is not None:
+        return (settings.read_token, *write)
+    return None
+
+
+def _wrap(fn: Endpoint, backend: AdminBackend, *, access: Access) -> Callable[..., Any]:
     from starlette.responses import Response
 
     @functools.wraps(fn)
     async def endpoint(request: Request) -> Response:
         try:
-            if write:
-                _authorize(request, backend.settings.token, backend.failed_auth)
+            tokens = _tokens(backend.settings, access)
+            if tokens is not None:
+                _authorize(request, tokens, backend.failed_auth)
             result = await fn(request, backend)
         except ApiError as error:
             return _error_response(error)
@@ -686,7 +718,7 @@ def _wrap(fn: Endpoint, backend: AdminBackend, *, write: bool = False) -> Callab
 
 
 async def _index(request: Request, backend: AdminBackend) -> object:
-    return {"endpoints": [f"{method} {path}" for method, path, _fn, _w in _ROUTES]}
+    return {"endpoints": [f"{method} {path}" for method, path, _fn, _access in _ROUTES]}
 
 
 async def _health(request: Request, backend: AdminBackend) -> object:
@@ -866,27 +898,27 @@ async def _prometheus(request: Request, backend: AdminBackend) -> object:
 
 
 _API: Final = "/api/resilience"
-_ROUTES: Final[tuple[tuple[str, str, Endpoint, bool], ...]] = (
-    ("GET", _API, _index, False),
-    ("GET", f"{_API}/health", _health, False),
-    ("GET", f"{_API}/circuit-breakers", _breakers, False),
-    ("GET", f"{_API}/circuit-breakers/{{service}}", _breaker, False),
-    ("GET", f"{_API}/metrics", _metrics_all, False),
-    ("GET", f"{_API}/metrics/{{service}}", _metrics_one, False),
-    ("GET", f"{_API}/metrics/{{service}}/error-rate", _error_rate, False),
-    ("POST", f"{_API}/metrics/{{service}}/reset", _reset, True),
-    ("GET", f"{_API}/errors/recent", _recent_errors, False),
-    ("GET", f"{_API}/alerts", _alerts, False),
-    ("POST", f"{_API}/alerts/acknowledge", _acknowledge_all, True),
-    ("POST", f"{_API}/alerts/{{alert_id}}/acknowledge", _acknowledge, True),
-    ("GET", f"{_API}/tree", _tree, False),
-    ("GET", f"{_API}/providers", _providers, False),
-    ("GET", f"{_API}/providers/{{service}}", _provider, False),
-    ("POST", f"{_API}/providers/{{service}}/isolate", _isolate, True),
-    ("POST", f"{_API}/providers/{{service}}/reset", _provider_reset, True),
-    ("GET", f"{_API}/sagas", _sagas, False),
-    ("GET", f"{_API}/sagas/{{saga_id}}", _saga, False),
-    ("GET", "/metrics", _prometheus, False),
+_ROUTES: Final[tuple[tuple[str, str, Endpoint, Access], ...]] = (
+    ("GET", _API, _index, "read"),
+    ("GET", f"{_API}/health", _health, "public"),
+    ("GET", f"{_API}/circuit-breakers", _breakers, "read"),
+    ("GET", f"{_API}/circuit-breakers/{{service}}", _breaker, "read"),
+    ("GET", f"{_API}/metrics", _metrics_all, "read"),
+    ("GET", f"{_API}/metrics/{{service}}", _metrics_one, "read"),
+    ("GET", f"{_API}/metrics/{{service}}/error-rate", _error_rate, "read"),
+    ("POST", f"{_API}/metrics/{{service}}/reset", _reset, "write"),
+    ("GET", f"{_API}/errors/recent", _recent_errors, "read"),
+    ("GET", f"{_API}/alerts", _alerts, "read"),
+    ("POST", f"{_API}/alerts/acknowledge", _acknowledge_all, "write"),
+    ("POST", f"{_API}/alerts/{{alert_id}}/acknowledge", _acknowledge, "write"),
+    ("GET", f"{_API}/tree", _tree, "read"),
+    ("GET", f"{_API}/providers", _providers, "read"),
+    ("GET", f"{_API}/providers/{{service}}", _provider, "read"),
+    ("POST", f"{_API}/providers/{{service}}/isolate", _isolate, "write"),
+    ("POST", f"{_API}/providers/{{service}}/reset", _provider_reset, "write"),
+    ("GET", f"{_API}/sagas", _sagas, "read"),
+    ("GET", f"{_API}/sagas/{{saga_id}}", _saga, "read"),
+    ("GET", "/metrics", _prometheus, "read"),
 )
 
 
@@ -926,8 +958,8 @@ def build_admin_app(backend: AdminBackend) -> ASGIApp:
     from starlette.routing import Route
 
     routes = [
-        Route(path, _wrap(fn, backend, write=write), methods=[method])
-        for method, path, fn, write in _ROUTES
+        Route(path, _wrap(fn, backend, access=access), methods=[method])
+        for method, path, fn, access in _ROUTES
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: _http_exception})
     # A redirect is no answer to a malformed path: "/health/" is a 404 like any unknown path.
@@ -1139,6 +1171,7 @@ def admin_spec(
     port: int = DEFAULT_PORT,
     host: str = "127.0.0.1",
     token: str | None = None,
+    read_token: str | None = None,
     monitor: str = "monitor",
     sagas: str | None = "sagas",
     providers: Mapping[str, str] | None = None,
@@ -1179,6 +1212,7 @@ def admin_spec(
         host=host,
         port=port,
         token=token,
+        read_token=read_token,
         monitor=monitor,
         sagas=sagas,
         providers=providers,

@@ -14,15 +14,18 @@ snapshots (``supervisors._live``) that include the saga coordinator's unfinished
 there is one (``--sagas PATH``, default ``sagas``), and ``--admin-port`` adds the admin API as a
 dynamic child of the root (named ``aura-admin``; its write token comes from
 ``$AURA_ADMIN_TOKEN`` or ``--admin-token-file``, never the command line, which every user of the
-machine can read). With ``--no-live``, or when stdout is not a terminal, the view is plain log
-lines instead: what changed between snapshots, and a summary line every ``--every`` seconds.
+machine can read; an optional read token, which every read but health then needs, from
+``$AURA_ADMIN_READ_TOKEN`` or ``--admin-read-token-file``). With ``--no-live``, or when stdout
+is not a terminal, the view is plain log lines instead: what changed between snapshots, and a
+summary line every ``--every`` seconds.
 
 ``aura config check FILE`` loads a configuration with :func:`actors.load_config` and prints
 every provider's effective settings; an invalid file prints the error with the dotted path of
 the offending field and exits 1.
 
 ``aura status URL`` reads health, breakers and alerts from a running application's admin API
-with httpx.
+with httpx, sending ``$AURA_ADMIN_READ_TOKEN`` (or ``$AURA_ADMIN_TOKEN``, or the contents of
+``--token-file``) as its bearer token when one is set.
 
 Exit codes: 0 success (``status``: healthy or degraded); 1 an error (bad file, failed run,
 unreachable server); 2 bad command-line usage (argparse's) or, for ``status``, an unhealthy
@@ -290,6 +293,7 @@ def _cmd_run(args: argparse.Namespace, console: Console | None, stderr: TextIO) 
 
 
 TOKEN_VARIABLE: Final = "AURA_ADMIN_TOKEN"
+READ_TOKEN_VARIABLE: Final = "AURA_ADMIN_READ_TOKEN"
 
 
 def _admin_settings(args: argparse.Namespace) -> AdminSettings | None:
@@ -309,11 +313,15 @@ def _admin_settings(args: argparse.Namespace) -> AdminSettings | None:
     token = os.environ.get(TOKEN_VARIABLE) or None
     if args.admin_token_file is not None:
         token = _read_token_file(args.admin_token_file)
+    read_token = os.environ.get(READ_TOKEN_VARIABLE) or None
+    if args.admin_read_token_file is not None:
+        read_token = _read_token_file(args.admin_read_token_file)
     try:
         return AdminSettings(
             host=args.admin_host,
             port=args.admin_port,
             token=token,
+            read_token=read_token,
             monitor=args.monitor,
             sagas=args.sagas,
             allowed_hosts=frozenset(args.admin_allowed_host) if args.admin_allowed_host else None,
@@ -323,7 +331,10 @@ def _admin_settings(args: argparse.Namespace) -> AdminSettings | None:
         if "allowed_hosts" in str(exc):
             hint = " (aura run: --admin-allowed-host NAME, once per name)"
         elif "token" in str(exc):
-            hint = f" (aura run: ${TOKEN_VARIABLE} or --admin-token-file FILE)"
+            hint = (
+                f" (aura run: ${TOKEN_VARIABLE} or --admin-token-file FILE; "
+                f"${READ_TOKEN_VARIABLE} or --admin-read-token-file FILE)"
+            )
         raise UsageError(f"{exc}{hint}") from None
 
 
@@ -451,8 +462,12 @@ def _cmd_status(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int
     if "://" not in base:
         base = f"http://{base}"
     results: dict[str, Any] = {}
+    token = os.environ.get(READ_TOKEN_VARIABLE) or os.environ.get(TOKEN_VARIABLE) or None
+    if args.token_file is not None:
+        token = _read_token_file(args.token_file)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        with httpx.Client(base_url=base, timeout=args.timeout) as client:
+        with httpx.Client(base_url=base, timeout=args.timeout, headers=headers) as client:
             for key, path in (
                 ("health", "/api/resilience/health"),
                 ("breakers", "/api/resilience/circuit-breakers"),
@@ -583,6 +598,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="read the bearer token for admin writes from FILE (default: $AURA_ADMIN_TOKEN; "
         "at least 16 characters; none disables writes)",
     )
+    run.add_argument(
+        "--admin-read-token-file",
+        metavar="FILE",
+        help="read a bearer token for admin reads from FILE (default: $AURA_ADMIN_READ_TOKEN; "
+        "none: every read is public; health is always public)",
+    )
     run.add_argument("--admin-token", action=_RefuseTokenArgument, help=argparse.SUPPRESS)
 
     config = commands.add_parser("config", help="configuration commands")
@@ -599,6 +620,12 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("url", metavar="URL", help="the admin API, e.g. http://127.0.0.1:9470")
     status.add_argument("--json", action="store_true", help="print the raw JSON")
     status.add_argument("--timeout", type=_positive, default=5.0, help="seconds per request")
+    status.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="send the bearer token in FILE (default: $AURA_ADMIN_READ_TOKEN, else "
+        "$AURA_ADMIN_TOKEN; needed when the admin API has a read token)",
+    )
     return parser
 
 

@@ -469,6 +469,59 @@ async def test_reset_needs_the_token() -> None:
         assert (await client.get("/api/resilience/metrics/a")).json()["totals"]["calls"] == 6
 
 
+READ_TOKEN = "read-token-0123456789abcdef"
+
+
+async def test_a_read_token_guards_every_read_but_health() -> None:
+    """With a read token, every GET but health needs it (or the write token); health is public."""
+    async with admin_app(read_token=READ_TOKEN) as (root, client):
+        report(root, *calls("a", 3, 0))
+        health = await client.get("/api/resilience/health")
+        assert health.status_code == 200
+        reads = [
+            "/api/resilience",
+            "/api/resilience/circuit-breakers",
+            "/api/resilience/metrics/a",
+            "/api/resilience/alerts",
+            "/api/resilience/errors/recent",
+            "/api/resilience/tree",
+            "/api/resilience/providers",
+            "/api/resilience/sagas",
+            "/metrics",
+        ]
+        for path in reads:
+            missing = await client.get(path)
+            assert missing.status_code == 401, path
+            assert missing.headers["www-authenticate"].startswith("Bearer")
+            reader = await client.get(path, headers={"Authorization": f"Bearer {READ_TOKEN}"})
+            assert reader.status_code == 200, path
+            writer = await client.get(path, headers=AUTH)
+            assert writer.status_code == 200, path
+        wrong = await client.get("/api/resilience/alerts", headers={"Authorization": "Bearer x"})
+        assert wrong.status_code == 403
+        # The read token opens no write.
+        write = await client.post(
+            "/api/resilience/metrics/a/reset",
+            headers={"Authorization": f"Bearer {READ_TOKEN}"},
+        )
+        assert write.status_code == 403
+
+
+async def test_reads_are_public_without_a_read_token() -> None:
+    """Without a read token (the default), reads need no credentials."""
+    async with admin_app() as (root, client):
+        report(root, *calls("a", 1, 0))
+        assert (await client.get("/api/resilience/metrics/a")).status_code == 200
+        assert (await client.get("/metrics")).status_code == 200
+
+
+def test_a_short_read_token_is_refused() -> None:
+    """The read token follows the write token's rules: at least 16 characters."""
+    with pytest.raises(ValueError, match="at least 16"):
+        AdminSettings(read_token="short")
+    assert "read" not in repr(AdminSettings(read_token=READ_TOKEN)).split("read_token")[-1][:30]
+
+
 async def test_writes_are_disabled_without_a_configured_token() -> None:
     """With no token configured, every POST is 403 whatever it sends."""
     async with admin_app(token=None) as (root, client):

@@ -477,8 +477,9 @@ def test_describe_config_names_providers_equal_to_the_defaults() -> None:
 class AppThread:
     """A tree with a monitor and the admin API, in a trio loop of its own thread."""
 
-    def __init__(self, *reports: tuple[str, str]) -> None:
+    def __init__(self, *reports: tuple[str, str], read_token: str | None = None) -> None:
         self.reports = reports
+        self.read_token = read_token
         self.url = ""
         self._ready = threading.Event()
         self._token: trio.lowlevel.TrioToken | None = None
@@ -486,7 +487,8 @@ class AppThread:
         self._thread = threading.Thread(target=trio.run, args=(self._main,), daemon=True)
 
     async def _main(self) -> None:
-        spec = SupervisorSpec("app", [ChildSpec("monitor", MonitorActor), admin_spec(port=0)])
+        admin = admin_spec(port=0, read_token=self.read_token)
+        spec = SupervisorSpec("app", [ChildSpec("monitor", MonitorActor), admin])
         async with open_supervisor(spec) as root:
             now = trio.current_time()
             for service, state in self.reports:
@@ -532,6 +534,26 @@ def test_status_of_an_unhealthy_app_exits_2() -> None:
     data = json.loads(out.getvalue())
     assert data["health"]["status"] == "unhealthy"
     assert data["breakers"]["breakers"][0]["state"] == "open"
+
+
+def test_status_sends_the_read_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a read token on the server, status needs it: from the environment or a file."""
+    token = "status-read-token-0123456789"
+    monkeypatch.delenv("AURA_ADMIN_READ_TOKEN", raising=False)
+    monkeypatch.delenv("AURA_ADMIN_TOKEN", raising=False)
+    with AppThread(("alpha", "closed"), read_token=token) as app:
+        err = io.StringIO()
+        assert main(["status", app.url], stdout=io.StringIO(), stderr=err) == 1
+        assert "answered 401" in err.getvalue()
+        monkeypatch.setenv("AURA_ADMIN_READ_TOKEN", token)
+        assert main(["status", app.url], stdout=io.StringIO()) == 0
+        monkeypatch.delenv("AURA_ADMIN_READ_TOKEN")
+        file = tmp_path / "token"
+        file.write_text(token + "\n")
+        file.chmod(0o600)
+        out = io.StringIO()
+        assert main(["status", app.url, "--token-file", str(file)], stdout=out) == 0
+    assert "alpha" in out.getvalue()
 
 
 def test_status_of_an_unreachable_app_exits_1() -> None:
