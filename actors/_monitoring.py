@@ -599,6 +599,13 @@ class MonitorState:
                 f"got {shown(name)}",
                 field="service",
             )
+        if not name.isprintable():
+            # Names reach terminals, log lines and label values: no control characters.
+            raise InvalidReport(
+                f"must be printable text (no control, separator or format characters), "
+                f"got {name[:200]!r}",
+                field="service",
+            )
         retired = self._retired
         if len(self._series) >= self._settings.max_services:
             victim = self._idle_victim(now)

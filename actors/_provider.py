@@ -100,6 +100,7 @@ from actors._errors import (
 from actors._idempotency import Completed, IdempotencyTable, InFlight, Joined, fingerprint
 from actors._monitoring_types import BreakerReport, CallReport
 from actors._ratelimit import RateLimiter
+from actors._redact import check_printable
 from actors._ref import ActorRef
 from actors._reply import ABANDONED, DONE, PENDING, CancelAt, Failure, Reply, _Timers
 from actors._retry import GiveUp, GiveUpReason, RetryPolicy, RetryState
@@ -333,6 +334,7 @@ class ProviderActor(Actor[ProviderMessage, Any]):
         report_interval: float = 0.5,
         max_pending_reports: int = 10_000,
     ) -> None:
+        check_printable(name, "provider name", max_length=200)
         if not callable(fn):
             method = getattr(fn, "call", None)
             if not callable(method):

@@ -1125,3 +1125,15 @@ def test_model_bucket_arithmetic_on_an_example() -> None:
     # At 1059.9 the head bucket is 105; live buckets 100..105 hold all four reports.
     assert m.service_metrics("alpha", now=1059.9).errors == 4
     assert m.service_metrics("alpha", now=1060.0).errors == 2
+
+
+@pytest.mark.parametrize("name", ["a\x1b[2Jb", "line\nbreak", "bidi\u202eevil", "nul\x00"])
+def test_non_printable_service_names_are_refused_at_intake(name: str) -> None:
+    """A service name with control, separator or format characters is refused, not tracked."""
+    monitor = make()
+    with pytest.raises(InvalidReport, match="printable") as info:
+        monitor.record(CallReport(name, True, 0.01, 0.0), 0.0)
+    assert info.value.field == "service"
+    with pytest.raises(InvalidReport, match="printable"):
+        monitor.record(BreakerReport(name, "closed", "open", 0.0), 0.0)
+    assert monitor.services() == []

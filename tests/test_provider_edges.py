@@ -588,3 +588,14 @@ async def test_counters_count_every_caller_of_a_key(mock_clock: trio.testing.Moc
             await p.call("slow", key="gone")  # the caller gives up
         s = await settle(p)
     assert (s.calls, s.succeeded, s.failed) == (6, 4, 2)
+
+
+@pytest.mark.parametrize("name", ["a\x1b[2Jb", "line\nbreak", "bidi\u202eevil", ""])
+def test_a_provider_name_must_be_printable(name: str) -> None:
+    """A provider's name reaches terminals, logs and metric labels: control characters refused."""
+
+    async def fn(payload: object) -> object:
+        return payload
+
+    with pytest.raises(ValueError, match="provider name"):
+        ProviderActor(name, fn)
