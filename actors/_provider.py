@@ -294,6 +294,10 @@ class _Counters:
     reports_dropped: int = 0
 
 
+#: The outcome of the winning send of a hedged attempt.
+_WON: Final = object()
+
+
 class ProviderActor(Actor[ProviderMessage, Any]):
     """A supervised actor around one external service (see the module docstring).
 
@@ -966,37 +970,46 @@ class ProviderActor(Actor[ProviderMessage, Any]):
         """Race the attempt with a second one sent if it is still running after
         ``hedging_delay``; the first success wins.  A first attempt that fails before the
         delay is this attempt's outcome: it is never re-sent here (the retry policy decides,
-        as without hedging)."""
+        as without hedging).
+
+        The service sees every send, and so does the monitor: the send whose outcome is the
+        attempt's is reported by the caller as usual; the other one is reported here (its
+        failure, or ``cancellation`` when it lost the race or was cut short with the attempt).
+        """
         assert self._hedging is not None
         results: list[Any] = []
         errors: list[BaseException] = []
-        sent = 1
+        # Per send: its start, its outcome (None while it runs or once it was cancelled; an
+        # exception; or _WON for the winning answer) and when that outcome came.
+        sends: list[list[Any]] = [[trio.current_time(), None, 0.0]]
         finished = trio.Event()
 
-        async def one(nursery: trio.Nursery) -> None:
+        async def one(nursery: trio.Nursery, index: int) -> None:
             try:
                 value = await self._fn(job.payload)
             except BaseException as exc:
                 if is_cancellation(exc) or is_fatal(exc):
                     raise
+                sends[index][1:] = exc, trio.current_time()
                 errors.append(exc)
-                if len(errors) == sent:
+                if len(errors) == len(sends):
                     finished.set()
                 return
             if not results:
                 results.append(value)
+                sends[index][1] = _WON
                 finished.set()
                 nursery.cancel_scope.cancel()
 
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(one, nursery)
+                nursery.start_soon(one, nursery, 0)
                 with trio.move_on_after(self._hedging):
                     await finished.wait()
                 if not finished.is_set():
                     self.counters.hedges += 1
-                    sent += 1
-                    nursery.start_soon(one, nursery)
+                    sends.append([trio.current_time(), None, 0.0])
+                    nursery.start_soon(one, nursery, 1)
                     await finished.wait()
                 nursery.cancel_scope.cancel()
         except BaseException as exc:
@@ -1005,11 +1018,43 @@ class ProviderActor(Actor[ProviderMessage, Any]):
                 # or every caller left): it counts, as it does without hedging (the service
                 # took effect; dropping the answer would run the call again).  The worker's
                 # scope stays cancelled, so the cancellation is not lost.
+                self._report_hedge(job, sends)
                 return results[0]
+            if is_cancellation(exc):
+                self._report_hedge(job, sends)
             raise
+        self._report_hedge(job, sends)
         if results:
             return results[0]
         raise errors[-1]
+
+    def _report_hedge(self, job: _Job, sends: list[list[Any]]) -> None:
+        """Report the send of a hedged attempt whose outcome is not the attempt's own.
+
+        The attempt's own outcome is the winning answer, else (cut short) a send still
+        running, else the last failure: the caller reports that one.
+        """
+        if len(sends) < 2:
+            return
+        outcomes = [outcome for _start, outcome, _end in sends]
+        if _WON in outcomes:
+            own = outcomes.index(_WON)
+        elif None in outcomes:
+            own = outcomes.index(None)
+        else:
+            own = len(sends) - 1  # every send failed: the last failure is the attempt's
+        now = trio.current_time()
+        retried = job.attempts > 1
+        for index, (started, outcome, ended) in enumerate(sends):
+            if index == own:
+                continue
+            if outcome is None:
+                text = "cancelled: the other hedged send settled the attempt"
+                self._report(False, now - started, now, ErrorCategory.CANCELLATION, text, retried)
+            else:  # a failure (two answers cannot both win: the first cancels the other)
+                category = self._classifier.classify(outcome).category
+                text = _describe(outcome)
+                self._report(False, ended - started, ended, category, text, retried)
 
     # ------------------------------------------------------------------ ending a call
 

@@ -18,6 +18,7 @@ import trio
 import trio.testing
 
 from actors import (
+    Actor,
     ActorStopped,
     AskTimeout,
     BulkheadFull,
@@ -30,6 +31,7 @@ from actors._backoff import BackoffSettings
 from actors._breaker import BreakerSettings
 from actors._bulkhead import BulkheadSettings
 from actors._config import ProviderSettings
+from actors._monitoring_types import CallReport
 from actors._provider import Call, ProviderActor, ProviderStatus
 from actors._provider_client import Provider
 from actors._retry import RetrySettings
@@ -431,6 +433,55 @@ async def test_hedging_retries_a_fast_transient_failure_by_the_policy(
         start = trio.current_time()
         assert await p.call("x") == ("reply", "x")
     assert [t - start for t, _ in service.calls] == [0.0, 1.0]
+
+
+class ReportSink(Actor[Any, None]):
+    """Stands in for the monitor: keeps every call report a provider sends."""
+
+    def __init__(self, reports: list[CallReport]) -> None:
+        self.reports = reports
+
+    async def handle(self, message: Any) -> None:
+        self.reports.extend(r for r in message if type(r) is CallReport)
+
+
+@pytest.mark.parametrize(
+    ("script", "outcome"),
+    [
+        # The first send is slow, the hedge answers first: the loser is reported cancelled.
+        ((("sleep", 10.0), ("sleep", 1.0)), "ok"),
+        # The first send answers first, after the hedge was sent: the hedge is cancelled.
+        ((("sleep", 3.0), ("sleep", 10.0)), "ok"),
+        # Both fail after the delay: both failures are reported.
+        ((("sleep", 3.0, HTTPStatus(400)), ("sleep", 2.0, HTTPStatus(400))), "failed"),
+        # Both are cut by the attempt timeout: two cancellations/timeouts, one per send.
+        ((("sleep", 100.0), ("sleep", 100.0)), "timeout"),
+    ],
+)
+async def test_the_monitor_sees_every_hedged_send(
+    mock_clock: trio.testing.MockClock, script: tuple[Any, ...], outcome: str
+) -> None:
+    """With hedging on, the monitor gets one report per send the service saw, so its totals
+    still equal the service's calls."""
+    reports: list[CallReport] = []
+    service = FakeService(*script)
+    async with open_actor(lambda: ReportSink(reports), name="sink") as sink:
+        config = settings(attempt_timeout=20.0, hedging_delay=2.0)
+        async with provider(service, config, monitor=sink, report_interval=0.1) as p:
+            if outcome == "ok":
+                assert await p.call("x") == ("reply", "x")
+            elif outcome == "failed":
+                with pytest.raises(ProviderError):
+                    await p.call("x")
+            else:
+                with pytest.raises(ProviderTimeout):
+                    await p.call("x")
+            s = await settle(p)
+        await trio.sleep(1.0)
+    assert s.hedges == 1
+    assert len(service.calls) == 2
+    assert len(reports) == len(service.calls), reports
+    assert sum(r.ok for r in reports) == (1 if outcome == "ok" else 0)
 
 
 # ------------------------------------------------------------------ graceful stop
