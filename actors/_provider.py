@@ -1036,7 +1036,7 @@ class ProviderActor(Actor[ProviderMessage, Any]):
         """
         if len(sends) < 2:
             return
-        outcomes = [outcome for _start, outcome, _end in sends]
+        outcomes = [result for _start, result, _end in sends]
         if _WON in outcomes:
             own = outcomes.index(_WON)
         elif None in outcomes:
@@ -1045,15 +1045,15 @@ class ProviderActor(Actor[ProviderMessage, Any]):
             own = len(sends) - 1  # every send failed: the last failure is the attempt's
         now = trio.current_time()
         retried = job.attempts > 1
-        for index, (started, outcome, ended) in enumerate(sends):
+        for index, (started, result, ended) in enumerate(sends):
             if index == own:
                 continue
-            if outcome is None:
+            if result is None:
                 text = "cancelled: the other hedged send settled the attempt"
                 self._report(False, now - started, now, ErrorCategory.CANCELLATION, text, retried)
             else:  # a failure (two answers cannot both win: the first cancels the other)
-                category = self._classifier.classify(outcome).category
-                text = _describe(outcome)
+                category = self._classifier.classify(result).category
+                text = _describe(result)
                 self._report(False, ended - started, ended, category, text, retried)
 
     # ------------------------------------------------------------------ ending a call

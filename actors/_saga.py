@@ -445,6 +445,10 @@ class SagaCoordinator(Actor[SagaMessage, Any]):
     async def on_start(self) -> None:
         """Resume every unfinished saga of the journal."""
         self._token = trio.lowlevel.current_trio_token()
+        # The counters belong to the slot: exported as counters, they never go down when the
+        # coordinator restarts.
+        self.counters = self._inc.cell.keep.setdefault("saga_counters", self.counters)
+        recovered = 0
         for header, events in await self._journal.load_unfinished():
             state = saga_state(header, events)
             problem = self._unresumable(header, state)
@@ -468,9 +472,10 @@ class SagaCoordinator(Actor[SagaMessage, Any]):
             run.state = state
             self._runs[header.saga_id] = run
             self.counters.recovered += 1
+            recovered += 1
             self._launch(run, None, fresh=False)
-        if self.counters.recovered:
-            _log.info("%s resumed %d unfinished saga(s)", self.path, self.counters.recovered)
+        if recovered:
+            _log.info("%s resumed %d unfinished saga(s)", self.path, recovered)
         if self._monitor_spec is not None:
             self.spawn(self._report_waiting, name=f"{self.path}:waiting sagas")
 

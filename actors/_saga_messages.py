@@ -228,7 +228,8 @@ SagaMessage: TypeAlias = StartSaga | GetSaga | ListSagas | DiscardSaga | GetSaga
 
 @attrs.frozen
 class SagaCoordinatorStatistics:
-    """A snapshot of a coordinator's counters (since this incarnation started).
+    """A snapshot of a coordinator's counters, kept in its slot: they never go down when the
+    coordinator restarts (``running`` is the sagas driven now).
 
     Attributes:
         running: sagas being driven now.

@@ -1284,3 +1284,20 @@ def test_the_compensation_plan_is_the_model_s(
         return j == failed and (policy == "always" or (policy == "uncertain" and uncertain))
 
     assert plan == [j for j in range(n - 1, -1, -1) if wanted(j)]
+
+
+async def test_the_coordinators_counters_never_go_down_across_restarts(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """The counters are exported as Prometheus counters: a restart of the coordinator keeps
+    them (they live in its slot), so rate() never sees a reset."""
+    world = World()
+    async with saga_tree(world, [chain(2)]) as root:
+        coordinator = root.ref("sagas")
+        await coordinator.ask(StartSaga("order", {"id": 1}, saga_id="c1"))
+        before = await coordinator.ask(GetSagaStatistics())
+        await root.restart_child("sagas")
+        await coordinator.ask(StartSaga("order", {"id": 2}, saga_id="c2"))
+        after = await coordinator.ask(GetSagaStatistics())
+    assert (before.started, before.completed, before.steps_sent) == (1, 1, 2)
+    assert (after.started, after.completed, after.steps_sent) == (2, 2, 4)
