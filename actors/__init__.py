@@ -14,20 +14,11 @@ public names, listed in ``__all__``:
   the state fold, memory, SQLite and PostgreSQL journals).
 """
 
-from actors._actor import Actor
-from actors._backoff import Backoff, BackoffKind, BackoffSettings, Jitter
-from actors._breaker import (
-    BreakerSettings,
-    BreakerState,
-    BreakerStatistics,
-    BreakerTransition,
-    CircuitBreaker,
-)
-from actors._budget import BudgetSettings, RetryBudget
-from actors._bulkhead import Bulkhead, BulkheadSettings
-from actors._cell import ActorStatistics, CellState
-from actors._classify import Classified, Classifier, parse_retry_after
-from actors._config import ProviderSettings, ResilienceConfig, load_config, loads_config
+from actors._core._actor import Actor
+from actors._core._cell import ActorStatistics, CellState
+from actors._core._ref import ActorRef
+from actors._core._reply import Failure, Reply
+from actors._core._runtime import open_actor
 from actors._errors import (
     CATEGORY_INFO,
     ActorCrashed,
@@ -52,27 +43,7 @@ from actors._errors import (
     RetriesExhausted,
     RetryBudgetExhausted,
 )
-from actors._idempotency import (
-    IdempotencySettings,
-    IdempotencyStore,
-    IdempotencyTable,
-    IdempotencyTableFull,
-    fingerprint,
-)
-from actors._journal import (
-    Journal,
-    JournalError,
-    MemoryJournal,
-    SagaEvent,
-    SagaEventKind,
-    SagaHeader,
-    SagaPhase,
-    SagaSequenceError,
-    SagaState,
-    SagaSummary,
-    saga_state,
-)
-from actors._monitor import (
+from actors._monitor._actor import (
     AcknowledgeAlert,
     AcknowledgeAlerts,
     GetAlerts,
@@ -89,7 +60,7 @@ from actors._monitor import (
     SubscribeAlerts,
     UnsubscribeAlerts,
 )
-from actors._monitoring import (
+from actors._monitor._state import (
     Alert,
     AlertEvent,
     AlertList,
@@ -116,17 +87,44 @@ from actors._monitoring import (
     UnknownAlert,
     UnknownService,
 )
-from actors._postgres_journal import PostgresJournal
-from actors._provider import Call, GetStatus, Isolate, ProviderActor, ProviderStatus, Reset
-from actors._provider_client import Provider
-from actors._ratelimit import RateLimiter, RateLimiterSettings
-from actors._redact import redact
-from actors._ref import ActorRef
-from actors._reply import Failure, Reply
-from actors._retry import RETRY_PRESETS, GiveUp, GiveUpReason, RetryAt, RetryPolicy, RetrySettings
-from actors._runtime import open_actor
-from actors._saga import SagaCoordinator, SagaCoordinatorStatistics
-from actors._saga_definition import (
+from actors._policies._backoff import Backoff, BackoffKind, BackoffSettings, Jitter
+from actors._policies._breaker import (
+    BreakerSettings,
+    BreakerState,
+    BreakerStatistics,
+    BreakerTransition,
+    CircuitBreaker,
+)
+from actors._policies._budget import BudgetSettings, RetryBudget
+from actors._policies._bulkhead import Bulkhead, BulkheadSettings
+from actors._policies._classify import Classified, Classifier, parse_retry_after
+from actors._policies._config._schema import (
+    ProviderSettings,
+    ResilienceConfig,
+    load_config,
+    loads_config,
+)
+from actors._policies._idempotency import (
+    IdempotencySettings,
+    IdempotencyStore,
+    IdempotencyTable,
+    IdempotencyTableFull,
+    fingerprint,
+)
+from actors._policies._ratelimit import RateLimiter, RateLimiterSettings
+from actors._policies._redact import redact
+from actors._policies._retry import (
+    RETRY_PRESETS,
+    GiveUp,
+    GiveUpReason,
+    RetryAt,
+    RetryPolicy,
+    RetrySettings,
+)
+from actors._provider._actor import Call, GetStatus, Isolate, ProviderActor, ProviderStatus, Reset
+from actors._provider._client import Provider
+from actors._saga._coordinator import SagaCoordinator, SagaCoordinatorStatistics
+from actors._saga._definition import (
     DEFAULT_COMPENSATION_RETRY,
     NO_RETRY,
     CompensationFailed,
@@ -139,7 +137,22 @@ from actors._saga_definition import (
     UnknownSagaDefinition,
     step_key,
 )
-from actors._saga_messages import (
+from actors._saga._journals._postgres._journal import PostgresJournal
+from actors._saga._journals._records import (
+    Journal,
+    JournalError,
+    MemoryJournal,
+    SagaEvent,
+    SagaEventKind,
+    SagaHeader,
+    SagaPhase,
+    SagaSequenceError,
+    SagaState,
+    SagaSummary,
+    saga_state,
+)
+from actors._saga._journals._sqlite._journal import SqliteJournal
+from actors._saga._messages import (
     DiscardSaga,
     GetSaga,
     GetSagaStatistics,
@@ -151,7 +164,6 @@ from actors._saga_messages import (
     SagaStarted,
     StartSaga,
 )
-from actors._sqlite_journal import SqliteJournal
 from actors.chaos import ChaosSettings
 
 __all__ = [

@@ -24,9 +24,9 @@ import attrs
 import trio
 
 from actors import Actor, AuraError, Failure, chaos
-from actors._journal import Journal, saga_state
-from actors._saga_definition import SagaStepMessage
-from actors._saga_messages import decode_error
+from actors._saga._definition import SagaStepMessage
+from actors._saga._journals._records import Journal, saga_state
+from actors._saga._messages import decode_error
 from supervisors import Supervisor
 
 #: Seconds an ask may end after its deadline (see ``bench/soak.py``).

@@ -38,9 +38,9 @@ from typing import Any
 
 import trio
 
-from actors._breaker import BreakerSettings, BreakerState, CircuitBreaker
-from actors._classify import Classifier
 from actors._errors import CircuitOpen, ErrorCategory
+from actors._policies._breaker import BreakerSettings, BreakerState, CircuitBreaker
+from actors._policies._classify import Classifier
 from bench._harness import Candidate, Figure, measure, now_ns, timed_trio
 
 __all__ = ["GOALS", "collect"]

@@ -43,9 +43,15 @@ from typing import Any
 import msgspec
 import trio
 
-import actors._sqlite_journal as sqlite_journal
-from actors._journal import Journal, MemoryJournal, SagaEvent, SagaEventKind, SagaHeader
-from actors._sqlite_journal import SqliteJournal
+import actors._saga._journals._sqlite._journal as sqlite_journal
+from actors._saga._journals._records import (
+    Journal,
+    MemoryJournal,
+    SagaEvent,
+    SagaEventKind,
+    SagaHeader,
+)
+from actors._saga._journals._sqlite._journal import SqliteJournal
 from bench._harness import Figure, measure, now_ns
 
 __all__ = [

@@ -47,12 +47,12 @@ import trio
 
 from actors import ProviderActor
 from actors._errors import ErrorCategory
-from actors._monitor import MonitorActor
-from actors._monitoring import CallReport, MonitorSettings, MonitorState
-from actors._redact import redact
+from actors._monitor._actor import MonitorActor
+from actors._monitor._state import CallReport, MonitorSettings, MonitorState
+from actors._policies._redact import redact
 from bench._harness import Candidate, Figure, interleave
 from supervisors import ChildSpec, SupervisorSpec, open_supervisor
-from supervisors._metrics import render_metrics_async, take_snapshot
+from supervisors._operator._metrics import render_metrics_async, take_snapshot
 
 __all__ = ["GOALS", "collect"]
 

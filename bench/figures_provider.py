@@ -45,12 +45,12 @@ import msgspec
 import trio
 
 from actors import Actor, CircuitOpen, open_actor
-from actors._breaker import BreakerSettings
-from actors._config import ProviderSettings
-from actors._monitor import MonitorActor
-from actors._provider import ProviderActor
-from actors._provider_client import Provider
-from actors._retry import RetrySettings
+from actors._monitor._actor import MonitorActor
+from actors._policies._breaker import BreakerSettings
+from actors._policies._config._schema import ProviderSettings
+from actors._policies._retry import RetrySettings
+from actors._provider._actor import ProviderActor
+from actors._provider._client import Provider
 from bench._harness import Candidate, Figure, measure, now_ns, timed_trio
 from supervisors import ChildSpec, open_supervisor
 

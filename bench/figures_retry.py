@@ -31,16 +31,16 @@ import sys
 
 import msgspec
 
-from actors._backoff import BackoffSettings
-from actors._budget import BudgetSettings, RetryBudget
 from actors._errors import ErrorCategory
-from actors._idempotency import (
+from actors._policies._backoff import BackoffSettings
+from actors._policies._budget import BudgetSettings, RetryBudget
+from actors._policies._idempotency import (
     IdempotencySettings,
     IdempotencyTable,
     Started,
     fingerprint,
 )
-from actors._retry import RetryPolicy, RetrySettings
+from actors._policies._retry import RetryPolicy, RetrySettings
 from bench._harness import Figure, measure, now_ns
 from bench.figures_monitor import _held_bytes
 

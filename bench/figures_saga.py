@@ -47,13 +47,13 @@ from typing import Any
 
 import trio
 
-from actors._actor import Actor
-from actors._journal import Journal, MemoryJournal
-from actors._runtime import open_actor
-from actors._saga import SagaCoordinator
-from actors._saga_definition import SagaDefinition, SagaStep
-from actors._saga_messages import StartSaga
-from actors._sqlite_journal import SqliteJournal
+from actors._core._actor import Actor
+from actors._core._runtime import open_actor
+from actors._saga._coordinator import SagaCoordinator
+from actors._saga._definition import SagaDefinition, SagaStep
+from actors._saga._journals._records import Journal, MemoryJournal
+from actors._saga._journals._sqlite._journal import SqliteJournal
+from actors._saga._messages import StartSaga
 from bench._harness import Figure, measure, now_ns, timed_trio
 from bench.figures_journal import (
     STEPS,

@@ -89,10 +89,10 @@ from actors import (
     SqliteJournal,
     chaos,
 )
-from actors._journal import Journal
-from actors._saga import SagaCoordinator
-from actors._saga_definition import SagaDefinition, SagaStep, SagaStepMessage, StepContext
-from actors._saga_messages import StartSaga
+from actors._saga._coordinator import SagaCoordinator
+from actors._saga._definition import SagaDefinition, SagaStep, SagaStepMessage, StepContext
+from actors._saga._journals._records import Journal
+from actors._saga._messages import StartSaga
 from bench._soak_truth import (
     INJECTED,
     TOLERANCE,

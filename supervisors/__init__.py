@@ -7,7 +7,8 @@ public entry points in ``_tree``, events and snapshots in ``_events``; the admin
 and ``_live``.  This package only re-exports the public names, listed in ``__all__``.
 """
 
-from supervisors._admin import (
+from supervisors._events import EventKind, Subscription, SupervisionEvent, TreeNode
+from supervisors._operator._admin import (
     AdminActor,
     AdminAddress,
     AdminBackend,
@@ -16,15 +17,14 @@ from supervisors._admin import (
     admin_spec,
     build_admin_app,
 )
-from supervisors._events import EventKind, Subscription, SupervisionEvent, TreeNode
-from supervisors._logging import (
+from supervisors._operator._logging import (
     CorrelationFilter,
     JsonFormatter,
     configure_logging,
     correlation,
     correlation_ids,
 )
-from supervisors._metrics import (
+from supervisors._operator._metrics import (
     AuraCollector,
     OperatorSnapshot,
     render_metrics,

@@ -37,8 +37,8 @@ import attrs
 import trio
 
 from actors import ActorNotFound, AuraError, ErrorCategory
-from actors._cell import CellState, _Cell, is_cancellation, is_fatal, run_actor, unwrap
-from actors._reply import _Timers
+from actors._core._cell import CellState, _Cell, is_cancellation, is_fatal, run_actor, unwrap
+from actors._core._reply import _Timers
 from supervisors._events import EventKind, SupervisionEvent, TreeNode, _EventBus
 from supervisors._spec import (
     AnySpec,

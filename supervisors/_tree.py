@@ -25,8 +25,8 @@ import msgspec
 import trio
 
 from actors import Actor, ActorRef
-from actors._cell import is_cancellation, is_fatal, unwrap
-from actors._runtime import is_cancelled_here, open_runtime, reraise_unwrapped
+from actors._core._cell import is_cancellation, is_fatal, unwrap
+from actors._core._runtime import is_cancelled_here, open_runtime, reraise_unwrapped
 from supervisors._events import Subscription, SupervisionEvent, TreeNode
 from supervisors._spec import AnySpec, ChildSpec, RestartBackoff, Strategy, SupervisorSpec
 from supervisors._supervisor import NoSuchChild, _Node, _Run, _Tree, join

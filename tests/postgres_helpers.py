@@ -7,7 +7,7 @@ from typing import Any
 import psycopg
 import trio
 
-from actors._postgres_journal import PostgresJournal
+from actors._saga._journals._postgres._journal import PostgresJournal
 
 
 def run_sql(url: str, statement: str, params: Any = ()) -> list[tuple[Any, ...]]:

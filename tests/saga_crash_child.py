@@ -30,16 +30,16 @@ from typing import Any
 
 import trio
 
-from actors._backoff import BackoffSettings
-from actors._breaker import BreakerSettings
-from actors._bulkhead import BulkheadSettings
-from actors._config import ProviderSettings
-from actors._provider import ProviderActor
-from actors._retry import RetrySettings
-from actors._saga import SagaCoordinator
-from actors._saga_definition import SagaDefinition, SagaStep, StepContext
-from actors._saga_messages import ListSagas, StartSaga
-from actors._sqlite_journal import SqliteJournal
+from actors._policies._backoff import BackoffSettings
+from actors._policies._breaker import BreakerSettings
+from actors._policies._bulkhead import BulkheadSettings
+from actors._policies._config._schema import ProviderSettings
+from actors._policies._retry import RetrySettings
+from actors._provider._actor import ProviderActor
+from actors._saga._coordinator import SagaCoordinator
+from actors._saga._definition import SagaDefinition, SagaStep, StepContext
+from actors._saga._journals._sqlite._journal import SqliteJournal
+from actors._saga._messages import ListSagas, StartSaga
 from supervisors import ChildSpec, open_supervisor
 
 STEPS = 3

@@ -12,10 +12,10 @@ import datetime
 
 from hypothesis import strategies as st
 
-from actors._breaker import BreakerSettings
-from actors._bulkhead import BulkheadSettings
 from actors._errors import ErrorCategory
-from actors._ratelimit import RateLimiterSettings
+from actors._policies._breaker import BreakerSettings
+from actors._policies._bulkhead import BulkheadSettings
+from actors._policies._ratelimit import RateLimiterSettings
 
 categories = st.sampled_from(list(ErrorCategory))
 

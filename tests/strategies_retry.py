@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from actors._backoff import BackoffKind, BackoffSettings, Jitter
-from actors._budget import BudgetSettings
 from actors._errors import ErrorCategory
-from actors._retry import RetrySettings
+from actors._policies._backoff import BackoffKind, BackoffSettings, Jitter
+from actors._policies._budget import BudgetSettings
+from actors._policies._retry import RetrySettings
 
 #: Finite, non-negative seconds small enough to keep products finite.
 seconds = st.floats(min_value=0.0, max_value=1e4, allow_nan=False, allow_infinity=False)

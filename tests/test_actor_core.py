@@ -22,7 +22,7 @@ from actors import (
     Reply,
     open_actor,
 )
-from actors._reply import _Timers
+from actors._core._reply import _Timers
 
 
 class Echo(Actor[Any, Any]):

@@ -28,14 +28,14 @@ from actors import (
     ProviderSettings,
     RetrySettings,
 )
-from actors._monitor import MonitorActor
-from actors._monitoring_types import BreakerReport, CallReport, MonitorSettings
-from actors._ratelimit import RateLimiterSettings
-from actors._saga import SagaCoordinator
-from actors._saga_definition import SagaDefinition, SagaStep, SagaStepMessage
-from actors._saga_messages import StartSaga
+from actors._monitor._actor import MonitorActor
+from actors._monitor._types import BreakerReport, CallReport, MonitorSettings
+from actors._policies._ratelimit import RateLimiterSettings
+from actors._saga._coordinator import SagaCoordinator
+from actors._saga._definition import SagaDefinition, SagaStep, SagaStepMessage
+from actors._saga._messages import StartSaga
 from supervisors import ChildSpec, Supervisor, SupervisorSpec, open_supervisor
-from supervisors._admin import (
+from supervisors._operator._admin import (
     AdminSettings,
     FailedAttempts,
     GetAdminAddress,

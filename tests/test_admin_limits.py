@@ -28,8 +28,8 @@ import pytest
 import trio
 
 from supervisors import Supervisor, open_supervisor
-from supervisors._admin import AdminActor, GetAdminAddress
-from supervisors._http import HttpLimits, HttpStatistics
+from supervisors._operator._admin import AdminActor, GetAdminAddress
+from supervisors._operator._http import HttpLimits, HttpStatistics
 from tests.test_admin_api import _tree, calls, report
 
 pytestmark = pytest.mark.skipif(

@@ -8,7 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from actors._errors import ErrorCategory
-from actors._monitoring import (
+from actors._monitor._alerts import RULE_SEVERITY, AlertBook
+from actors._monitor._state import (
     Alert,
     AlertEvent,
     AlertRule,
@@ -21,7 +22,6 @@ from actors._monitoring import (
     SupervisionReport,
     UnknownAlert,
 )
-from actors._monitoring_alerts import RULE_SEVERITY, AlertBook
 
 RATE = AlertRule.HIGH_ERROR_RATE
 

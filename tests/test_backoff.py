@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from actors._backoff import Backoff, BackoffKind, BackoffSettings, Jitter, compute_delay
 from actors._errors import ConfigError
+from actors._policies._backoff import Backoff, BackoffKind, BackoffSettings, Jitter, compute_delay
 from tests.strategies_retry import attempts, backoff_settings, seconds, unit_samples
 
 KINDS = list(BackoffKind)

@@ -21,7 +21,8 @@ from hypothesis.stateful import (
     rule,
 )
 
-from actors._breaker import (
+from actors._errors import CircuitOpen, ConfigError, ErrorCategory
+from actors._policies._breaker import (
     BreakerSettings,
     BreakerState,
     BreakerTransition,
@@ -30,7 +31,6 @@ from actors._breaker import (
     bucket_of,
     permit_is_probe,
 )
-from actors._errors import CircuitOpen, ConfigError, ErrorCategory
 from tests.strategies_policies import breaker_settings, categories, durations, time_steps
 
 CLOSED, OPEN, HALF_OPEN, ISOLATED = (

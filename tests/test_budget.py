@@ -11,8 +11,8 @@ import pytest
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from actors._budget import BUCKETS, SCALE, BudgetSettings, RetryBudget
 from actors._errors import ConfigError
+from actors._policies._budget import BUCKETS, SCALE, BudgetSettings, RetryBudget
 from tests.strategies_retry import budget_settings, time_steps
 
 

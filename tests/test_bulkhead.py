@@ -17,8 +17,8 @@ from hypothesis.stateful import (
     rule,
 )
 
-from actors._bulkhead import ENTERED, Bulkhead, BulkheadSettings
 from actors._errors import BulkheadFull, ConfigError, ErrorCategory
+from actors._policies._bulkhead import ENTERED, Bulkhead, BulkheadSettings
 from tests.strategies_policies import bulkhead_settings
 
 

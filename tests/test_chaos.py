@@ -26,12 +26,12 @@ from actors import (
     chaos,
     open_actor,
 )
-from actors._backoff import BackoffSettings
-from actors._classify import Classifier
-from actors._config import ProviderSettings
-from actors._provider import ProviderActor
-from actors._provider_client import Provider
-from actors._retry import RetrySettings
+from actors._policies._backoff import BackoffSettings
+from actors._policies._classify import Classifier
+from actors._policies._config._schema import ProviderSettings
+from actors._policies._retry import RetrySettings
+from actors._provider._actor import ProviderActor
+from actors._provider._client import Provider
 from supervisors import ChildSpec, RestartBackoff, open_supervisor
 
 CATEGORIES = list(ErrorCategory)

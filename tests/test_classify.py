@@ -23,13 +23,6 @@ import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from actors._classify import (
-    STATUS_CATEGORIES,
-    Classified,
-    Classifier,
-    parse_retry_after,
-    status_category,
-)
 from actors._errors import (
     CATEGORY_INFO,
     BulkheadFull,
@@ -37,6 +30,13 @@ from actors._errors import (
     ErrorCategory,
     ProviderError,
     RateLimited,
+)
+from actors._policies._classify import (
+    STATUS_CATEGORIES,
+    Classified,
+    Classifier,
+    parse_retry_after,
+    status_category,
 )
 from tests.strategies_policies import categories, http_dates, invalid_retry_after
 

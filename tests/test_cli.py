@@ -28,10 +28,10 @@ from actors import (
     ProviderSettings,
     RetrySettings,
 )
-from actors._monitoring_types import BreakerReport, CallReport
+from actors._monitor._types import BreakerReport, CallReport
 from supervisors import ChildSpec, Supervisor, SupervisorSpec, TreeNode, open_supervisor
-from supervisors._admin import GetAdminAddress, admin_spec
-from supervisors._cli import describe_config, main
+from supervisors._operator._admin import GetAdminAddress, admin_spec
+from supervisors._operator._cli import describe_config, main
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -591,8 +591,8 @@ def _summary(saga_id: str, phase: str) -> Any:
 
 def test_view_shows_saga_progress() -> None:
     """The view lists unfinished sagas with their phase and progress."""
-    from supervisors._live import render_view
-    from supervisors._metrics import OperatorSnapshot
+    from supervisors._operator._live import render_view
+    from supervisors._operator._metrics import OperatorSnapshot
 
     snap = OperatorSnapshot(
         at=5.0, sagas=[_summary("video-7", "step_in_flight"), _summary("v-8", "compensating")]
@@ -609,9 +609,9 @@ def test_view_shows_saga_progress() -> None:
 
 def test_change_log_reports_transitions() -> None:
     """The plain view logs health changes, breaker transitions, alerts and restarts once each."""
-    from actors._monitoring import MonitorSettings, MonitorState
-    from supervisors._live import ChangeLog
-    from supervisors._metrics import OperatorSnapshot
+    from actors._monitor._state import MonitorSettings, MonitorState
+    from supervisors._operator._live import ChangeLog
+    from supervisors._operator._metrics import OperatorSnapshot
 
     state = MonitorState(MonitorSettings(min_calls=1))
     changes = ChangeLog()

@@ -11,19 +11,19 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from actors._backoff import BackoffKind, Jitter
-from actors._budget import BudgetSettings
-from actors._config import (
+from actors._errors import ConfigError, ErrorCategory
+from actors._policies._backoff import BackoffKind, Jitter
+from actors._policies._budget import BudgetSettings
+from actors._policies._config._schema import (
     ProviderSettings,
     ResilienceConfig,
     _merge,
     load_config,
     loads_config,
 )
-from actors._errors import ConfigError, ErrorCategory
-from actors._idempotency import IdempotencySettings
-from actors._ratelimit import RateLimiterSettings
-from actors._retry import RETRY_PRESETS, RetrySettings
+from actors._policies._idempotency import IdempotencySettings
+from actors._policies._ratelimit import RateLimiterSettings
+from actors._policies._retry import RETRY_PRESETS, RetrySettings
 from tests.strategies_retry import budget_settings, retry_settings
 
 EXAMPLES = Path(__file__).parent.parent / "examples"

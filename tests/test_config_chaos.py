@@ -12,11 +12,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from actors import ErrorCategory, ProviderError, open_actor
-from actors._config import ProviderSettings, ResilienceConfig, loads_config
 from actors._errors import ConfigError
-from actors._provider import ProviderActor
-from actors._provider_client import Provider
-from actors._retry import RetrySettings
+from actors._policies._config._schema import ProviderSettings, ResilienceConfig, loads_config
+from actors._policies._retry import RetrySettings
+from actors._provider._actor import ProviderActor
+from actors._provider._client import Provider
 from actors.chaos import (
     ChaosSettings,
     FaultInjector,

@@ -14,12 +14,12 @@ import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
-from actors._breaker import BreakerSettings, BreakerState
 from actors._errors import ErrorCategory
 from actors._fleet._breaker_store import BreakerSnapshot
 from actors._fleet._breaker_view import FleetBreakerView, GateVerdict, trip_scope
 from actors._fleet._breakers import FleetBreakers
 from actors._fleet._memory import MemoryServer
+from actors._policies._breaker import BreakerSettings, BreakerState
 from tests.fixtures_redis import StoreEnv
 
 BREAKER = BreakerSettings(break_duration=0.5, break_duration_factor=2.0, max_break_duration=5.0)

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from actors._errors import ErrorCategory, IdempotencyConflict, ProviderError, RateLimited
 from actors._fleet._idempotency_codec import OutcomeCodec, stable_fingerprint
 from actors._fleet._idempotency_shared import SharedClaim, SharedIdempotency
-from actors._idempotency import Completed
+from actors._policies._idempotency import Completed
 from tests.fixtures_redis import StoreEnv
 
 # -------------------------------------------------------------------------- fingerprints

@@ -35,8 +35,7 @@ from actors import (
     RetrySettings,
     open_actor,
 )
-from actors._config import ProviderSettings
-from actors._monitor import (
+from actors._monitor._actor import (
     AcknowledgeAlert,
     AcknowledgeAlerts,
     GetAlerts,
@@ -49,18 +48,19 @@ from actors._monitor import (
     SubscribeAlerts,
     UnsubscribeAlerts,
 )
-from actors._monitoring import MonitorState
-from actors._monitoring_types import (
+from actors._monitor._state import MonitorState
+from actors._monitor._types import (
     BreakerReport,
     CallReport,
     InvalidReport,
     MonitorSettings,
     SupervisionReport,
 )
-from actors._provider import Call, Isolate, Reset
-from actors._saga import SagaCoordinator
-from actors._saga_definition import SagaDefinition, SagaStep
-from actors._saga_messages import (
+from actors._policies._config._schema import ProviderSettings
+from actors._provider._actor import Call, Isolate, Reset
+from actors._saga._coordinator import SagaCoordinator
+from actors._saga._definition import SagaDefinition, SagaStep
+from actors._saga._messages import (
     DiscardSaga,
     GetSaga,
     GetSagaStatistics,

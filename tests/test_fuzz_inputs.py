@@ -23,9 +23,15 @@ import trio
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from actors._config import ProviderSettings, ResilienceConfig, load_config, loads_config
 from actors._errors import ConfigError
-from actors._journal import (
+from actors._monitor._types import MonitorSettings
+from actors._policies._config._schema import (
+    ProviderSettings,
+    ResilienceConfig,
+    load_config,
+    loads_config,
+)
+from actors._saga._journals._records import (
     JournalError,
     SagaEvent,
     SagaEventKind,
@@ -33,8 +39,7 @@ from actors._journal import (
     SagaSequenceError,
     saga_state,
 )
-from actors._monitoring_types import MonitorSettings
-from actors._sqlite_journal import SqliteJournal
+from actors._saga._journals._sqlite._journal import SqliteJournal
 from actors.chaos import ChaosSettings
 
 VALID = """

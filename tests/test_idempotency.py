@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, initialize, rule
 
 from actors._errors import ConfigError, IdempotencyConflict
-from actors._idempotency import (
+from actors._policies._idempotency import (
     Completed,
     IdempotencySettings,
     IdempotencyTable,

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from actors._errors import AuraError, ErrorCategory
-from actors._journal import (
+from actors._saga._journals._records import (
     TRANSITIONS,
     Journal,
     JournalError,

@@ -20,7 +20,8 @@ import trio
 from hypothesis import given, settings
 
 from actors._errors import ConfigError
-from actors._journal import (
+from actors._saga._journals._postgres._journal import PostgresJournal
+from actors._saga._journals._records import (
     Journal,
     JournalError,
     JournalStatistics,
@@ -31,8 +32,7 @@ from actors._journal import (
     SagaSequenceError,
     saga_state,
 )
-from actors._postgres_journal import PostgresJournal
-from actors._sqlite_journal import SqliteJournal
+from actors._saga._journals._sqlite._journal import SqliteJournal
 from tests.fixtures_postgres import drop_schema, new_schema_name
 from tests.test_journal import Driver, ev, header
 

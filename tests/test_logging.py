@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from actors import Actor
 from supervisors import ChildSpec, open_supervisor
-from supervisors._logging import (
+from supervisors._operator._logging import (
     CORRELATION_FIELDS,
     CorrelationFilter,
     JsonFormatter,

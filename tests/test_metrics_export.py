@@ -16,15 +16,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from actors import ErrorCategory, MonitorActor, ProviderStatus, open_actor
-from actors._monitoring import MonitorState
-from actors._monitoring_types import (
-    BreakerReport,
-    CallReport,
-    MonitorSettings,
-    SupervisionReport,
-)
+from actors._monitor._state import MonitorState
+from actors._monitor._types import BreakerReport, CallReport, MonitorSettings, SupervisionReport
 from supervisors import TreeNode
-from supervisors._metrics import (
+from supervisors._operator._metrics import (
     METRIC_NAMES,
     AuraCollector,
     OperatorSnapshot,

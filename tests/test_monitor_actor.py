@@ -17,8 +17,7 @@ from actors import (
     ProviderSettings,
     RetrySettings,
 )
-from actors._breaker import BreakerSettings
-from actors._monitor import (
+from actors._monitor._actor import (
     AcknowledgeAlert,
     GetAlerts,
     GetBreaker,
@@ -32,9 +31,10 @@ from actors._monitor import (
     ResetService,
     SubscribeAlerts,
 )
-from actors._monitoring_alerts import AlertEvent
-from actors._monitoring_types import CallReport, MonitorSettings, UnknownService
-from actors._provider_client import Provider
+from actors._monitor._alerts import AlertEvent
+from actors._monitor._types import CallReport, MonitorSettings, UnknownService
+from actors._policies._breaker import BreakerSettings
+from actors._provider._client import Provider
 from supervisors import ChildSpec, SupervisorSpec, open_supervisor
 
 

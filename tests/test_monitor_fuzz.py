@@ -50,7 +50,7 @@ from actors import (
     RetrySettings,
     chaos,
 )
-from actors._monitor import (
+from actors._monitor._actor import (
     AcknowledgeAlert,
     GetAlerts,
     GetBreakers,
@@ -63,18 +63,18 @@ from actors._monitor import (
     SubscribeAlerts,
     _Kept,
 )
-from actors._monitoring import MonitorState
-from actors._monitoring_alerts import EVENT_RULES, AlertEvent, AlertRule
-from actors._monitoring_types import (
+from actors._monitor._alerts import EVENT_RULES, AlertEvent, AlertRule
+from actors._monitor._state import MonitorState
+from actors._monitor._types import (
     BreakerReport,
     CallReport,
     HealthStatus,
     MonitorSettings,
     SupervisionReport,
 )
-from actors._provider_client import Provider
+from actors._provider._client import Provider
 from supervisors import ChildSpec, Supervisor, SupervisorSpec, open_supervisor
-from supervisors._metrics import render_metrics, take_snapshot
+from supervisors._operator._metrics import render_metrics, take_snapshot
 from tests.trio_seeds import run_seeded
 
 CI_SEEDS = 30

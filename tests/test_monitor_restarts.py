@@ -19,7 +19,7 @@ from actors import (
     chaos,
     open_actor,
 )
-from actors._monitor import (
+from actors._monitor._actor import (
     AcknowledgeAlerts,
     GetAlerts,
     GetBreaker,
@@ -31,14 +31,9 @@ from actors._monitor import (
     MonitorActor,
     SubscribeAlerts,
 )
-from actors._monitoring_alerts import AlertEvent
-from actors._monitoring_types import (
-    BreakerReport,
-    CallReport,
-    HealthStatus,
-    MonitorSettings,
-)
-from actors._provider_client import Provider
+from actors._monitor._alerts import AlertEvent
+from actors._monitor._types import BreakerReport, CallReport, HealthStatus, MonitorSettings
+from actors._provider._client import Provider
 from supervisors import ChildSpec, open_supervisor
 
 

@@ -18,7 +18,7 @@ from hypothesis.stateful import (
 )
 
 from actors._errors import ConfigError, ErrorCategory
-from actors._monitoring import (
+from actors._monitor._state import (
     AlertRule,
     BreakerList,
     BreakerReport,

@@ -14,16 +14,16 @@ from typing import Any
 import pytest
 import trio
 
-import actors._postgres_schema as schema_module
+import actors._saga._journals._postgres._schema as schema_module
 from actors._errors import ConfigError, ErrorCategory, JournalUnavailable, OwnershipLost
-from actors._journal import (
+from actors._saga._journals._postgres._journal import PostgresJournal
+from actors._saga._journals._records import (
     JournalError,
     SagaEventKind,
     SagaPhase,
     SagaSequenceError,
     saga_state,
 )
-from actors._postgres_journal import PostgresJournal
 from tests.postgres_helpers import (
     age_connection,
     expire_lease,

@@ -22,15 +22,15 @@ from actors import (
     RetryBudgetExhausted,
     open_actor,
 )
-from actors._backoff import BackoffSettings
-from actors._breaker import BreakerSettings
-from actors._budget import BudgetSettings
-from actors._bulkhead import BulkheadSettings
-from actors._config import ProviderSettings
-from actors._provider import GetStatus, ProviderActor, ProviderStatus
-from actors._provider_client import Provider
-from actors._ratelimit import RateLimiterSettings
-from actors._retry import RetrySettings
+from actors._policies._backoff import BackoffSettings
+from actors._policies._breaker import BreakerSettings
+from actors._policies._budget import BudgetSettings
+from actors._policies._bulkhead import BulkheadSettings
+from actors._policies._config._schema import ProviderSettings
+from actors._policies._ratelimit import RateLimiterSettings
+from actors._policies._retry import RetrySettings
+from actors._provider._actor import GetStatus, ProviderActor, ProviderStatus
+from actors._provider._client import Provider
 
 
 class HTTPStatus(Exception):
@@ -496,7 +496,7 @@ async def test_reports_never_block_and_drops_are_counted(
 
 async def test_attempts_carry_correlation_ids(mock_clock: trio.testing.MockClock) -> None:
     """Log records written during an attempt carry the service and the idempotency key."""
-    from actors._correlation import CORRELATION
+    from actors._core._correlation import CORRELATION
 
     seen: list[dict[str, str]] = []
 

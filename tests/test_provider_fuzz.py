@@ -49,14 +49,14 @@ from actors import (
     RetriesExhausted,
     RetryBudgetExhausted,
 )
-from actors._backoff import BackoffSettings
-from actors._breaker import BreakerSettings
-from actors._bulkhead import BulkheadSettings
-from actors._config import ProviderSettings
-from actors._provider import Call, ProviderActor
-from actors._provider_client import Provider
-from actors._ratelimit import RateLimiterSettings
-from actors._retry import RetrySettings
+from actors._policies._backoff import BackoffSettings
+from actors._policies._breaker import BreakerSettings
+from actors._policies._bulkhead import BulkheadSettings
+from actors._policies._config._schema import ProviderSettings
+from actors._policies._ratelimit import RateLimiterSettings
+from actors._policies._retry import RetrySettings
+from actors._provider._actor import Call, ProviderActor
+from actors._provider._client import Provider
 from supervisors import ChildSpec, open_supervisor
 from tests.test_provider import HTTPStatus
 from tests.trio_seeds import run_seeded

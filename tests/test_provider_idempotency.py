@@ -10,12 +10,12 @@ import trio
 import trio.testing
 
 from actors import IdempotencyConflict, open_actor
-from actors._backoff import BackoffSettings
-from actors._bulkhead import BulkheadSettings
-from actors._config import ProviderSettings
-from actors._provider import ProviderActor
-from actors._provider_client import Provider
-from actors._retry import RetrySettings
+from actors._policies._backoff import BackoffSettings
+from actors._policies._bulkhead import BulkheadSettings
+from actors._policies._config._schema import ProviderSettings
+from actors._policies._retry import RetrySettings
+from actors._provider._actor import ProviderActor
+from actors._provider._client import Provider
 
 #: The phases of a keyed call that holds its key before it has an outcome.
 PHASES = ["running", "backing_off"]

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from actors._errors import ConfigError, RateLimited
-from actors._ratelimit import RateLimiter, RateLimiterSettings
+from actors._policies._ratelimit import RateLimiter, RateLimiterSettings
 from tests.strategies_policies import rate_limiter_settings
 
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from actors._redact import DEFAULT_MAX_LENGTH, REDACTED, redact
+from actors._policies._redact import DEFAULT_MAX_LENGTH, REDACTED, redact
 from tests.growth import assert_linear
 
 # ------------------------------------------------------------------------------- examples

@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from actors._backoff import Backoff, BackoffKind, BackoffSettings, Jitter
-from actors._budget import BudgetSettings, RetryBudget
 from actors._errors import ConfigError, ErrorCategory
-from actors._retry import (
+from actors._policies._backoff import Backoff, BackoffKind, BackoffSettings, Jitter
+from actors._policies._budget import BudgetSettings, RetryBudget
+from actors._policies._retry import (
     RETRY_PRESETS,
     TRANSIENT_CATEGORIES,
     GiveUp,

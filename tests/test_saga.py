@@ -25,12 +25,11 @@ from actors import (
     IdempotencyConflict,
     MemoryJournal,
 )
-from actors._backoff import BackoffSettings
-from actors._journal import Journal, SagaEvent, SagaEventKind, SagaHeader, SagaState
-from actors._provider import Call, ProviderActor
-from actors._retry import RetrySettings
-from actors._saga import SagaCoordinator
-from actors._saga_definition import (
+from actors._policies._backoff import BackoffSettings
+from actors._policies._retry import RetrySettings
+from actors._provider._actor import Call, ProviderActor
+from actors._saga._coordinator import SagaCoordinator
+from actors._saga._definition import (
     CompensationFailed,
     SagaDefinition,
     SagaFailed,
@@ -40,7 +39,8 @@ from actors._saga_definition import (
     UnknownSagaDefinition,
     step_key,
 )
-from actors._saga_messages import (
+from actors._saga._journals._records import Journal, SagaEvent, SagaEventKind, SagaHeader, SagaState
+from actors._saga._messages import (
     DiscardSaga,
     GetSaga,
     GetSagaStatistics,
@@ -1209,7 +1209,7 @@ def test_a_coordinator_refuses_bad_settings() -> None:
 
 def test_step_context_reads_only_completed_steps() -> None:
     """ctx.result of a step that has not completed raises KeyError naming it."""
-    from actors._saga_definition import SagaView
+    from actors._saga._definition import SagaView
 
     definition = chain(3)
     view = SagaView("s", definition, None)
@@ -1239,8 +1239,8 @@ def test_the_compensation_plan_is_the_model_s(
 ) -> None:
     """The steps compensated, in order, are the completed compensatable ones, last first,
     preceded by the failed step when its policy (and the failure's certainty) says so."""
-    from actors._saga import _Run
-    from actors._saga_definition import StepError
+    from actors._saga._coordinator import _Run
+    from actors._saga._definition import StepError
 
     n = len(options)
     completed = data.draw(st.integers(min_value=0, max_value=n - 1), label="completed")

@@ -15,13 +15,12 @@ import trio
 import trio.testing
 
 from actors import Actor, ConfigError, ErrorCategory, Failure, MemoryJournal
-from actors._backoff import BackoffSettings
-from actors._breaker import BreakerSettings
-from actors._config import ProviderSettings
-from actors._journal import JournalError, SagaEvent, SagaEventKind, SagaHeader, SagaState
-from actors._provider import ProviderActor
-from actors._retry import RetrySettings
-from actors._saga_definition import (
+from actors._policies._backoff import BackoffSettings
+from actors._policies._breaker import BreakerSettings
+from actors._policies._config._schema import ProviderSettings
+from actors._policies._retry import RetrySettings
+from actors._provider._actor import ProviderActor
+from actors._saga._definition import (
     CompensationFailed,
     SagaDefinition,
     SagaFailed,
@@ -30,7 +29,14 @@ from actors._saga_definition import (
     StepError,
     step_key,
 )
-from actors._saga_messages import (
+from actors._saga._journals._records import (
+    JournalError,
+    SagaEvent,
+    SagaEventKind,
+    SagaHeader,
+    SagaState,
+)
+from actors._saga._messages import (
     GetSaga,
     GetSagaStatistics,
     SagaInfo,
@@ -515,7 +521,7 @@ async def test_saga_ids_that_cannot_be_stored_are_refused_at_intake(
 ) -> None:
     """A saga id with a lone surrogate gets a clear error from every message that takes one;
     the coordinator keeps running."""
-    from actors._saga_messages import DiscardSaga
+    from actors._saga._messages import DiscardSaga
 
     async with saga_tree(World(), [chain(1)]) as root:
         coordinator = root.ref("sagas")

@@ -43,18 +43,14 @@ from actors import (
     Failure,
     MemoryJournal,
 )
-from actors._backoff import BackoffSettings
-from actors._breaker import BreakerSettings
-from actors._bulkhead import BulkheadSettings
-from actors._config import ProviderSettings
-from actors._journal import (
-    Journal,
-    JournalError,
-)
-from actors._provider import ProviderActor
-from actors._retry import RetrySettings
-from actors._saga import SagaCoordinator
-from actors._saga_definition import (
+from actors._policies._backoff import BackoffSettings
+from actors._policies._breaker import BreakerSettings
+from actors._policies._bulkhead import BulkheadSettings
+from actors._policies._config._schema import ProviderSettings
+from actors._policies._retry import RetrySettings
+from actors._provider._actor import ProviderActor
+from actors._saga._coordinator import SagaCoordinator
+from actors._saga._definition import (
     NO_RETRY,
     SagaDefinition,
     SagaFailed,
@@ -62,7 +58,9 @@ from actors._saga_definition import (
     SagaStepMessage,
     StepContext,
 )
-from actors._saga_messages import (
+from actors._saga._journals._records import Journal, JournalError
+from actors._saga._journals._sqlite._journal import SqliteJournal
+from actors._saga._messages import (
     GetSaga,
     GetSagaStatistics,
     ListSagas,
@@ -71,7 +69,6 @@ from actors._saga_messages import (
     SagaResult,
     StartSaga,
 )
-from actors._sqlite_journal import SqliteJournal
 from supervisors import ChildSpec, Supervisor, open_supervisor
 from tests.test_saga_recovery import FlakyJournal
 

@@ -16,7 +16,9 @@ import trio.testing
 from hypothesis import given, settings
 
 from actors import Actor, ActorCrashed, ActorStopped, MemoryJournal
-from actors._journal import (
+from actors._saga._coordinator import SagaCoordinator
+from actors._saga._definition import SagaDefinition, StepError
+from actors._saga._journals._records import (
     Journal,
     JournalStatistics,
     SagaEvent,
@@ -25,9 +27,8 @@ from actors._journal import (
     SagaState,
     SagaSummary,
 )
-from actors._saga import SagaCoordinator
-from actors._saga_definition import SagaDefinition, StepError
-from actors._saga_messages import (
+from actors._saga._journals._sqlite._journal import SqliteJournal
+from actors._saga._messages import (
     GetSaga,
     GetSagaStatistics,
     ListSagas,
@@ -35,7 +36,6 @@ from actors._saga_messages import (
     SagaReport,
     StartSaga,
 )
-from actors._sqlite_journal import SqliteJournal
 from supervisors import ChildSpec, open_supervisor
 from tests.test_saga import SERVICES, World, chain, saga_tree, service, wait_finished
 

@@ -20,7 +20,7 @@ import trio.testing
 from hypothesis import given, settings
 
 from actors._errors import ErrorCategory
-from actors._journal import (
+from actors._saga._journals._records import (
     JournalError,
     SagaEvent,
     SagaEventKind,
@@ -28,7 +28,7 @@ from actors._journal import (
     SagaState,
     saga_state,
 )
-from actors._sqlite_journal import APPLICATION_ID, SCHEMA_VERSION, SqliteJournal
+from actors._saga._journals._sqlite._journal import APPLICATION_ID, SCHEMA_VERSION, SqliteJournal
 from tests.test_journal import Driver, draw_recorded, header
 
 K = SagaEventKind
@@ -808,7 +808,7 @@ async def test_a_damaged_journal_of_the_previous_schema_is_refused_not_upgraded(
 
 async def journal_pragma(journal: SqliteJournal, name: str) -> object:
     """A PRAGMA of the journal's own connection, read on its writer thread."""
-    from actors._sqlite_journal import _READ, _Request
+    from actors._saga._journals._sqlite._journal import _READ, _Request
 
     request = _Request(_READ)
     request.fn = lambda conn: conn.execute(f"PRAGMA {name}").fetchone()[0]
@@ -905,7 +905,7 @@ async def test_a_request_the_writer_cannot_store_fails_alone_and_its_saga_stays_
     caught) fails only its caller: the others in its batch commit, the journal stays open,
     the saga's state is rolled back so its caller can write the same event again, and a
     write of that saga queued behind the bad one fails too rather than leave a gap."""
-    import actors._sqlite_journal as module
+    import actors._saga._journals._sqlite._journal as module
 
     path = tmp_path / "j.db"
     async with SqliteJournal(path) as journal:
@@ -982,7 +982,7 @@ def test_refused_writes_leave_every_saga_as_its_writer_believes(
     each): each refused caller gets a JournalError and finds its saga's state rolled back,
     writes the same transition again, and in the end the file holds exactly what every
     writer believes, and nothing else failed."""
-    import actors._sqlite_journal as module
+    import actors._saga._journals._sqlite._journal as module
 
     path = tmp_path_factory.mktemp("refused") / "j.db"
     real_rows = module.event_rows
@@ -1051,7 +1051,7 @@ async def test_a_failing_auto_prune_does_not_fail_the_batch_that_committed(
 ) -> None:
     """The batch committed, then the retention transaction after it failed: the batch's
     callers succeed, the failure is logged, the journal keeps working and prunes later."""
-    import actors._sqlite_journal as module
+    import actors._saga._journals._sqlite._journal as module
 
     real_prune = module._prune
     failures = {"left": 1}

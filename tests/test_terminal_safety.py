@@ -22,14 +22,19 @@ from hypothesis import given
 from hypothesis import strategies as st
 from rich.console import Console
 
-from actors._monitoring import MonitorState
-from actors._monitoring_types import BreakerReport, CallReport
-from actors._redact import check_printable, escape_control
-from supervisors._cli import format_status
+from actors._monitor._state import MonitorState
+from actors._monitor._types import BreakerReport, CallReport
+from actors._policies._redact import check_printable, escape_control
 from supervisors._events import TreeNode
-from supervisors._live import ChangeLog, ConsoleLogHandler, render_view, summary_line
-from supervisors._logging import JsonFormatter, PlainFormatter, configure_logging, correlation
-from supervisors._metrics import OperatorSnapshot
+from supervisors._operator._cli import format_status
+from supervisors._operator._live import ChangeLog, ConsoleLogHandler, render_view, summary_line
+from supervisors._operator._logging import (
+    JsonFormatter,
+    PlainFormatter,
+    configure_logging,
+    correlation,
+)
+from supervisors._operator._metrics import OperatorSnapshot
 
 CLEAR = "\x1b[2J\x1b[H"
 FORGED = "\nINFO supervisors.live: health=healthy"

@@ -35,9 +35,9 @@ import enum
 import math
 from typing import Final
 
-from actors._breaker import BreakerState
 from actors._errors import ErrorCategory
 from actors._fleet._breaker_store import BreakerSnapshot, TripScope
+from actors._policies._breaker import BreakerState
 
 __all__ = ["FleetBreakerView", "GateVerdict", "trip_scope"]
 

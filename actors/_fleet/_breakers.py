@@ -38,7 +38,6 @@ from typing import Final, Literal
 import attrs
 import trio
 
-from actors._breaker import BreakerSettings
 from actors._errors import ErrorCategory, FleetStoreUnavailable
 from actors._fleet._breaker_store import (
     BreakerReply,
@@ -50,6 +49,7 @@ from actors._fleet._breaker_store import (
 )
 from actors._fleet._breaker_view import FleetBreakerView, trip_scope
 from actors._fleet._settings import FleetSettings
+from actors._policies._breaker import BreakerSettings
 
 __all__ = ["FleetBreakers", "FleetBreakersStatistics", "FleetHealth"]
 

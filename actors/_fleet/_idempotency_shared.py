@@ -42,7 +42,7 @@ from actors._errors import FleetStoreUnavailable, IdempotencyConflict
 from actors._fleet._idempotency_codec import OutcomeCodec, stable_fingerprint
 from actors._fleet._idempotency_store import IdempotencyRecordStore
 from actors._fleet._settings import FleetSettings
-from actors._idempotency import Completed
+from actors._policies._idempotency import Completed
 
 __all__ = ["SharedClaim", "SharedIdempotency", "SharedIdempotencyStatistics"]
 

@@ -27,8 +27,8 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from actors._backoff import _duration, _integer
 from actors._errors import ConfigError
+from actors._policies._backoff import _duration, _integer
 
 __all__ = [
     "FleetProviderSettings",
@@ -279,7 +279,7 @@ class FleetSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     def from_dict(cls, data: dict[str, object]) -> FleetSettings:
         """Build settings from plain data (a ``[fleet]`` table), raising ConfigError naming the
         field on bad input."""
-        from actors._config import _convert, _normalise
+        from actors._policies._config._schema import _convert, _normalise
 
         document = _normalise(data)
         if not isinstance(document, dict):

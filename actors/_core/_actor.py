@@ -1,0 +1,157 @@
+"""The :class:`Actor` base class.
+
+Theory of operation
+-------------------
+An actor is a plain object whose ``handle`` coroutine is called with one message at a time by
+the runtime.  Its state is the instance; a restart builds a fresh instance from the factory, so
+a crash never leaves half-updated state behind.  The runtime attaches the running incarnation to
+the instance (``self._inc``) before ``on_start``; nothing needs to be passed to ``__init__``,
+so subclasses define their constructor freely.
+
+Slow work must not block the mailbox: ``handle`` calls :meth:`Actor.defer` to take the answer
+slot of the current ask, starts the work with :meth:`Actor.spawn`, and returns at once; the
+background task answers the :class:`~actors.Reply` when it is done.  Background tasks belong to
+the incarnation: they are cancelled when the actor stops, and an exception from one of them
+crashes the actor like an exception from ``handle``.  Because trio switches tasks only at
+``await``, state updates made between two awaits are atomic; keep them that way.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, TypeVarTuple, Unpack
+
+from actors._core._reply import Failure, Reply, _tell_reply
+from actors._errors import ActorNotFound
+
+if TYPE_CHECKING:
+    from actors._core._cell import _Incarnation
+    from actors._core._ref import ActorRef
+
+__all__ = ["Actor"]
+
+M = TypeVar("M", contravariant=True)
+R = TypeVar("R")
+PosArgs = TypeVarTuple("PosArgs")
+
+
+class Actor(Generic[M, R]):
+    """Base class for actors: subclass it and implement :meth:`handle`.
+
+    ``M`` is the type of message the actor accepts and ``R`` the type of its replies; refs to
+    the actor are ``ActorRef[M, R]``.
+
+    Example::
+
+        class Counter(Actor[int, int]):
+            def __init__(self) -> None:
+                self.total = 0
+
+            async def handle(self, message: int) -> int:
+                self.total += message
+                return self.total
+
+    Lifecycle: ``on_start`` runs before the first message (an exception there is a crash at
+    start); ``handle`` runs once per message; ``on_stop`` runs when the actor is stopped
+    gracefully (not after a crash, and not when it is cancelled because its shutdown grace ran
+    out).
+    """
+
+    _inc: _Incarnation
+
+    async def on_start(self) -> None:
+        """Called once before the first message.  Default: nothing."""
+
+    async def handle(self, message: M) -> R | Failure:
+        """Handle one message and return the reply.
+
+        Return a :class:`~actors.Failure` to answer with an expected error; raise to crash
+        (the caller of this message gets ``ActorCrashed``, the supervisor restarts the actor).
+        After :meth:`defer`, the return value is ignored.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement handle()")
+
+    async def on_stop(self) -> None:
+        """Called when the actor stops gracefully, within its shutdown grace.  Default: nothing."""
+
+    # ------------------------------------------------------------------ helpers for subclasses
+
+    @property
+    def ref(self) -> ActorRef[M, R]:
+        """A ref to this actor's slot (stable across restarts)."""
+        from actors._core._ref import ActorRef
+
+        return ActorRef._create(self._context().cell)
+
+    @property
+    def path(self) -> str:
+        """This actor's path in its tree, for example ``"providers/openai"``."""
+        return self._context().cell.path
+
+    @property
+    def deadline(self) -> float:
+        """The trio time at which the caller of the current message stops waiting.
+
+        ``math.inf`` for a tell or outside ``handle``.  Use it to cap the work done for the
+        message: work past it is wasted.
+        """
+        current = self._context().current
+        return math.inf if current is None else current.deadline
+
+    def lookup(self, path: str) -> ActorRef[Any, Any]:
+        """The ref of another actor of the same tree, by its path from the root.
+
+        Raises:
+            ActorNotFound: no actor is at ``path`` (or it is stopped for good).
+        """
+        from actors._core._ref import ActorRef
+
+        cell = self._context().cell.registry.get(path)
+        if cell is None or cell.closed:
+            raise ActorNotFound(actor=path, detail=f" (looked up by {self.path!r})")
+        return ActorRef._create(cell)
+
+    def defer(self) -> Reply[R]:
+        """Take the answer slot of the message being handled, to answer it later.
+
+        The returned :class:`~actors.Reply` is answered with ``set`` or ``fail``, typically from
+        a task started with :meth:`spawn`.  If the actor stops or crashes before answering, the
+        runtime answers (``ActorStopped`` / ``ActorCrashed``).  For a tell, the reply is inert.
+        """
+        inc = self._context()
+        reply = inc.current
+        if reply is None:
+            return _tell_reply()
+        if not reply.deferred:
+            reply.deferred = True
+            if not reply.done:
+                inc.deferred.add(reply)
+        return reply
+
+    def spawn(
+        self,
+        async_fn: Callable[[Unpack[PosArgs]], Awaitable[object]],
+        *args: *PosArgs,
+        name: str | None = None,
+    ) -> None:
+        """Run ``async_fn(*args)`` in the background, in this incarnation's scope.
+
+        The task is cancelled when the actor stops; if it raises, the actor crashes.
+        """
+        inc = self._context()
+        label = name or f"{inc.cell.path}:{getattr(async_fn, '__name__', 'task')}"
+        inc.spawn(async_fn, args, label)
+
+    def stop(self) -> None:
+        """Stop gracefully after the current message (``on_stop`` runs; the exit is normal)."""
+        self._context().stop_requested = True
+
+    def _context(self) -> _Incarnation:
+        try:
+            return self._inc
+        except AttributeError:
+            raise RuntimeError(
+                f"{type(self).__name__} is not running: actor helpers work only once the "
+                "runtime has started it (from on_start, handle and on_stop)"
+            ) from None

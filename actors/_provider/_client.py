@@ -1,0 +1,135 @@
+"""The :class:`Provider` client: how application code calls a provider actor.
+
+Theory of operation
+-------------------
+``Provider.call`` behaves as an ask of a :class:`~actors._provider.Call` message, with two
+shortcuts, both taken in the caller's task (trio runs one task at a time, so what it reads is
+consistent):
+
+* while the provider's circuit breaker is open, the client reads the breaker and raises
+  ``CircuitOpen`` at once, without a round trip.  Calls with an idempotency key, and providers
+  with a fallback, always go to the actor: a cached outcome or the fallback may answer them
+  even while the breaker is open;
+* otherwise the call is queued straight for the provider's worker pool
+  (:meth:`ProviderActor.submit`) instead of the mailbox: a worker of the actor admits and runs
+  it, so the call costs one task switch each way, like a bare ask.
+
+While the actor is restarting the call goes through the mailbox and waits for the next
+incarnation.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Generic, TypeVar, final
+
+import trio
+from trio.lowlevel import wait_task_rescheduled
+
+from actors._core._cell import effective_timeout, new_reply
+from actors._core._ref import ActorRef
+from actors._policies._breaker import BreakerState
+from actors._provider._actor import Call, GetStatus, Isolate, ProviderActor, ProviderStatus, Reset
+
+__all__ = ["Provider"]
+
+_CLOSED = BreakerState.CLOSED
+
+P = TypeVar("P")
+R = TypeVar("R")
+
+
+@final
+class Provider(Generic[P, R]):
+    """A client for a provider actor's slot (stable across restarts, like its ref).
+
+    Example::
+
+        openai: Provider[Prompt, Completion] = Provider(root.ref("providers/openai"))
+        completion = await openai.call(Prompt("hi"), key=f"req-{request_id}", timeout=20)
+    """
+
+    __slots__ = ("_ref",)
+
+    def __init__(self, ref: ActorRef[Any, Any]) -> None:
+        if not isinstance(ref, ActorRef):
+            raise TypeError(f"Provider() takes the ActorRef of a provider actor, got {ref!r}")
+        self._ref = ref
+
+    @property
+    def ref(self) -> ActorRef[Any, Any]:
+        """The provider actor's ref."""
+        return self._ref
+
+    # A timeout parameter, not a cancel scope: see ActorRef.ask.
+    async def call(
+        self,
+        payload: P,
+        *,
+        key: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> R:
+        """Call the service through the provider's policies and return its reply.
+
+        Args:
+            payload: what the provider's function receives.
+            key: an idempotency key (the call runs at most once per key and payload).
+            timeout: seconds to wait at most (default: the actor's ask timeout); the caller's
+                trio deadline also applies and caps the provider's attempts.
+
+        Raises:
+            CircuitOpen: the breaker is open (raised without a round trip when possible).
+            RetriesExhausted, RetryBudgetExhausted, BulkheadFull, RateLimited, ProviderError,
+            IdempotencyConflict: see the README's error table.
+            AskTimeout, ActorStopped, ActorCrashed: as for any ask.
+        """
+        cell = self._ref._cell
+        inc = cell.incarnation
+        if inc is None or cell.closed or inc.stop_requested:
+            # Restarting or stopped: the mailbox queues the call (or says it is stopped).
+            result: R = await self._ref.ask(Call(payload, key), timeout=timeout)
+            return result
+        actor = inc.actor
+        if not isinstance(actor, ProviderActor):
+            raise TypeError(f"{cell.path!r} is not a provider actor ({type(actor).__name__})")
+        now = trio.current_time()
+        if key is None and actor._breaker._state is not _CLOSED:
+            rejected = actor.rejection(now)
+            if rejected is not None:
+                await trio.lowlevel.checkpoint_if_cancelled()
+                actor._refused()  # counted as the actor counts the same refusal
+                raise rejected
+        reply = new_reply(cell, effective_timeout(timeout, cell), now)
+        try:
+            lane = actor.submit(payload, key, reply)
+        except BaseException:
+            # Refused before the caller parked: nothing may wake this task for that reply
+            # later (its timer, or the runtime failing the incarnation's deferred replies).
+            reply._retire()
+            await trio.lowlevel.checkpoint_if_cancelled()
+            raise
+        if not lane:
+            # Refused by a full bulkhead while a stored outcome or a fallback may still
+            # answer: the actor decides, as for a call sent to its mailbox.
+            reply._retire()
+            result = await self._ref.ask(Call(payload, key), timeout=timeout)
+            return result
+        value: R = await wait_task_rescheduled(reply._abort)
+        return value
+
+    async def status(self) -> ProviderStatus:
+        """The provider's :class:`ProviderStatus`."""
+        status: ProviderStatus = await self._ref.ask(GetStatus())
+        return status
+
+    async def isolate(self) -> ProviderStatus:
+        """Hold the breaker open (every call fails fast) until :meth:`reset`."""
+        status: ProviderStatus = await self._ref.ask(Isolate())
+        return status
+
+    async def reset(self) -> ProviderStatus:
+        """Close the breaker with a clean window."""
+        status: ProviderStatus = await self._ref.ask(Reset())
+        return status
+
+    def __repr__(self) -> str:
+        return f"<Provider {self._ref.path!r}>"

@@ -1,0 +1,992 @@
+"""The fleet saga journal: PostgreSQL through psycopg's sync API, with ownership and group commit.
+
+Theory of operation
+-------------------
+:class:`PostgresJournal` keeps every promise of the :class:`~actors._journal.Journal` protocol
+(the same records, the same validation, write-ahead: a write returns only once committed)
+and adds what a fleet of instances sharing one database needs.  Trio tasks never touch a
+connection: a write is validated in the calling task against the in-memory state of its saga,
+staged, and the task parks; the first write staged in a scheduler pass schedules one flush that
+hands the pass's writes to the writer thread, which commits them together and wakes every
+caller with one ``run_sync_soon`` (see :mod:`actors._postgres_writer`).  This is the SQLite
+journal's design, with the database on the other end of a socket.
+
+Ownership.  Each journal instance has a fresh id (``instance_id``, random: never a reused pod
+name) and a lease row that its writer renews every third of ``lease_duration``.  Each saga row
+names its owner and a fencing epoch; every append is a compare-and-set on (owner, epoch, next
+``seq``).  When it misses, the write raises :class:`~actors._errors.OwnershipLost`, nothing is
+stored, and this instance stops tracking the saga: another instance owns it now.
+:meth:`PostgresJournal.claim_orphans` takes over the unfinished sagas of instances whose lease
+expired (one compare-and-set per saga on its owner and epoch, so racing survivors claim each
+saga exactly once) and returns them to be resumed.  A graceful :meth:`~PostgresJournal.aclose`
+expires the lease at once, so survivors take over without waiting.  :meth:`load_unfinished`
+returns only the sagas this instance owns (a fresh instance owns none: what a previous process
+left is claimed, by it or by any survivor, once that process's lease has expired);
+:meth:`get`, :meth:`list_unfinished`, pruning and :meth:`discard` are fleet-wide.
+:meth:`wait_finished` waits, through LISTEN/NOTIFY, for a saga owned elsewhere to end.
+
+Outages.  While the server is unreachable the journal is *unavailable*: new calls raise
+:class:`~actors._errors.JournalUnavailable` at once (nothing written); writes already queued
+stay queued and land once the writer has reconnected (by itself, retrying with growing
+pauses), and their callers, if still waiting after ``write_timeout`` seconds of real time,
+get ``JournalUnavailable`` with ``in_doubt=True``: the write may still land, so nothing it
+announces may be acted on.  A saga whose write was in doubt is handed out again by
+:meth:`claim_orphans` once the write is settled, with its stored state.  After a replay the
+writer recognises its own writes that committed just before the connection dropped, so
+nothing is applied twice (see :mod:`actors._postgres_writer`).
+
+Cancellation: as the SQLite journal.  A caller cancelled before its write was queued wrote
+nothing; cancelled after, it just stops waiting and the write still lands.
+
+What a coordinator must do with ``OwnershipLost`` and ``JournalUnavailable``, and how to call
+:meth:`claim_orphans`, is the contract of :class:`~actors._fleet_journal.FleetJournal`.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import math
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import timedelta
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Final, Self
+
+import msgspec
+import outcome
+import trio
+from trio.lowlevel import Abort, RaiseCancelT, Task, current_task, reschedule, wait_task_rescheduled
+
+from actors._errors import ConfigError, ErrorCategory, JournalUnavailable, OwnershipLost
+from actors._saga._journals._fleet import FleetJournal, FleetStatistics, InstanceInfo, SagaOwnership
+from actors._saga._journals._postgres._schema import (
+    APPEND,
+    CLAIM,
+    CLOSE,
+    CREATE,
+    DISCARD,
+    PRUNE,
+    READ,
+    SCHEMA_VERSION,
+    Request,
+    check_schema_name,
+    saga_row,
+    state_columns,
+)
+from actors._saga._journals._records import (
+    DEFAULT_RETAIN_FOR,
+    DEFAULT_RETAIN_LAST,
+    JournalError,
+    JournalStatistics,
+    SagaEvent,
+    SagaEventKind,
+    SagaHeader,
+    SagaIndex,
+    SagaPhase,
+    SagaState,
+    SagaSummary,
+    Tracked,
+    check_count,
+    normalize_header,
+    seconds,
+)
+
+if TYPE_CHECKING:
+    from actors._saga._journals._postgres._schema import Statements
+    from actors._saga._journals._postgres._writer import Listener, Watchdog, Writer
+
+__all__ = ["DEFAULT_LEASE_DURATION", "DEFAULT_WRITE_TIMEOUT", "SCHEMA_VERSION", "PostgresJournal"]
+
+#: Seconds an instance's lease lasts without renewal (renewed every third of it).
+DEFAULT_LEASE_DURATION: Final = 10.0
+#: Seconds of real time a caller waits for its write before ``JournalUnavailable``.
+DEFAULT_WRITE_TIMEOUT: Final = 5.0
+#: Requests queued before callers wait for room.
+DEFAULT_MAX_PENDING: Final = 4096
+#: Saga ids remembered as lost to another owner (so their writes raise OwnershipLost).
+_LOST_MEMORY: Final = 10_000
+
+_ATTENTION: Final = SagaPhase.COMPENSATION_FAILED
+_KIND_VALUES: Final = {kind: kind.value for kind in SagaEventKind}
+_PHASES: Final = {phase.value: phase for phase in SagaPhase}
+
+
+class _FinishWaiter:
+    __slots__ = ("event",)
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+
+
+# ---------------------------------------------------------------------------- journal
+
+
+class PostgresJournal:
+    """A :class:`~actors._journal.Journal` in PostgreSQL, shared safely by a fleet.
+
+    Open it with ``async with`` (or :meth:`open` / :meth:`aclose`) inside trio; its threads
+    live exactly as long.  See the module docstring for ownership, outages and cancellation.
+    Needs the ``postgres`` extra (``pip install 'aura-actors[postgres]'``).
+
+    Args:
+        url: a libpq connection URL or ``key=value`` string; its password never appears in
+            messages or logs.
+        schema: the PostgreSQL schema holding the journal's tables (created if missing);
+            instances that share sagas share it.  Default ``"aura"``.
+        lease_duration: seconds an instance's lease lasts without renewal (default 10);
+            survivors take over its sagas once it has expired.
+        write_timeout: seconds (real time) a call waits for its write while the server does
+            not answer, before ``JournalUnavailable`` (default 5).
+        retain_for, retain_last, auto_prune: retention of finished sagas, fleet-wide, as for
+            :class:`~actors._journal.MemoryJournal` (defaults: 7 days, last 10,000, on).
+        max_pending: queued requests before callers wait for room (default 4096).
+
+    Raises:
+        ConfigError: a bad setting (at construction).
+        JournalError: at :meth:`open`, when the schema is foreign, newer or damaged
+            (CONFIGURATION), or psycopg is not installed.
+        JournalUnavailable: at :meth:`open`, when the server cannot be reached.
+
+    Example::
+
+        async with PostgresJournal("postgresql://app@db/app") as journal:
+            for header, events in await journal.claim_orphans():
+                resume(header, saga_state(header, events))
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        schema: str = "aura",
+        lease_duration: float | timedelta = DEFAULT_LEASE_DURATION,
+        write_timeout: float | timedelta = DEFAULT_WRITE_TIMEOUT,
+        retain_for: float | timedelta = DEFAULT_RETAIN_FOR,
+        retain_last: int = DEFAULT_RETAIN_LAST,
+        auto_prune: bool = True,
+        max_pending: int = DEFAULT_MAX_PENDING,
+    ) -> None:
+        if not isinstance(url, str) or not url:
+            raise ConfigError(f"must be a PostgreSQL connection URL, got {url!r}", path="url")
+        try:
+            self._schema = check_schema_name(schema)
+        except ValueError as exc:
+            raise ConfigError(str(exc), path="schema") from None
+        self._url = url
+        self._lease = seconds(lease_duration, "lease_duration")
+        self._write_timeout = seconds(write_timeout, "write_timeout")
+        self._retain_for = seconds(retain_for, "retain_for")
+        self._retain_last = check_count(retain_last, "retain_last")
+        self._auto_prune = bool(auto_prune)
+        if check_count(max_pending, "max_pending") < 1:
+            raise ConfigError("must be at least 1", path="max_pending")
+        self._max_pending = max_pending
+        self._instance_id = uuid.uuid4().hex
+        self._where = f"{_display(url)} (schema {self._schema})"
+        self._status = "new"  # new -> opening -> open -> closing -> closed
+        self._index = SagaIndex()
+        self._queue: Any = None  # queue.SimpleQueue[list[Request]], made at open
+        self._staged: list[Request] = []
+        self._waiting: collections.deque[Request] = collections.deque()
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._room = trio.lowlevel.ParkingLot()
+        self._pending = 0
+        self._failure: tuple[str, BaseException] | None = None
+        self._available = False
+        self._unavailable_reason = ""
+        self._available_lot = trio.lowlevel.ParkingLot()
+        self._open_task: Task | None = None
+        self._closed = trio.Event()
+        self._close_error: BaseException | None = None
+        self._writer: Writer | None = None
+        self._watchdog: Watchdog | None = None
+        self._listener: Listener | None = None
+        self._listening = False
+        self._listen_lot = trio.lowlevel.ParkingLot()
+        self._finish_waiters: dict[str, set[_FinishWaiter]] = {}
+        self._lost: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._reload: set[int] = set()  # saga_nos to hand out again (claim_orphans)
+        self._check_owned = False  # after an outage: look for owned, untracked sagas
+        self._appends = self._rows = self._commits = self._bytes = self._pruned = 0
+        self._ownership_lost = self._claimed = self._in_doubt = 0
+
+    # ------------------------------------------------------------------------ facts
+
+    @property
+    def instance_id(self) -> str:
+        """This instance's id: random, fresh for every journal object."""
+        return self._instance_id
+
+    @property
+    def schema(self) -> str:
+        """The PostgreSQL schema of the journal's tables."""
+        return self._schema
+
+    @property
+    def where(self) -> str:
+        """The journal for messages: its URL without password, and its schema."""
+        return self._where
+
+    @property
+    def lease_duration(self) -> float:
+        """Seconds a lease lasts without renewal."""
+        return self._lease
+
+    @property
+    def write_timeout(self) -> float:
+        """Seconds a call waits for its write while the server does not answer."""
+        return self._write_timeout
+
+    @property
+    def available(self) -> bool:
+        """Whether the server is reachable (new calls are accepted)."""
+        return self._available and self._failure is None and self._status == "open"
+
+    # -------------------------------------------------------------------- lifecycle
+
+    async def open(self) -> None:
+        """Connect, create or check (and upgrade) the schema, register this instance's lease,
+        and start the writer thread.
+
+        Raises:
+            JournalError: the schema is unusable (foreign, newer, damaged), psycopg is not
+                installed, or the journal was opened before.
+            JournalUnavailable: the server cannot be reached.
+        """
+        if self._status != "new":
+            raise JournalError(f"The journal {self._where} was already opened.")
+        try:
+            import queue
+
+            from actors._saga._journals._postgres._writer import Watchdog, Writer, conninfo
+        except ImportError as exc:
+            raise JournalError(
+                f"PostgresJournal needs psycopg ({exc}).",
+                category=ErrorCategory.CONFIGURATION,
+                suggested_action="Install the extra: pip install 'aura-actors[postgres]'.",
+            ) from exc
+        try:
+            info = conninfo(self._url, f"aura-actors journal {self._instance_id[:8]}")
+        except Exception as exc:
+            raise ConfigError(
+                f"not a valid PostgreSQL connection URL ({exc})", path="url"
+            ) from None
+        self._status = "opening"
+        self._queue = queue.SimpleQueue()
+        self._token = trio.lowlevel.current_trio_token()
+        self._writer = Writer(self, self._token, info)
+        self._watchdog = Watchdog(self, self._writer, self._token)
+        self._open_task = current_task()
+        name = f"aura-journal {self._where}"
+        threading.Thread(target=self._writer.run, name=name, daemon=True).start()
+        threading.Thread(target=self._watchdog.run, name=f"{name} watchdog", daemon=True).start()
+
+        def abort(raise_cancel: RaiseCancelT) -> Abort:
+            self._open_task = None  # _opened closes the journal when it arrives
+            self._status = "closing"
+            return Abort.SUCCEEDED
+
+        await wait_task_rescheduled(abort)
+
+    def _opened(self, error: BaseException | None) -> None:
+        # Runs in trio (run_sync_soon from the writer thread).
+        task, self._open_task = self._open_task, None
+        if error is not None:
+            self._status = "closed"
+            self._stop_threads()
+            self._closed.set()
+        elif task is None:  # the opener was cancelled: nobody owns the journal, close it
+            self._queue.put([Request(CLOSE)])
+        else:
+            self._status = "open"
+            self._available = True
+        if task is not None:
+            reschedule(task, outcome.Value(None) if error is None else outcome.Error(error))
+
+    async def aclose(self) -> None:
+        """Flush every queued write, expire this instance's lease (survivors may take over its
+        unfinished sagas at once), close the connections and stop the threads.
+
+        Idempotent.  If the server is unreachable, gives up after ``write_timeout`` seconds:
+        writes still queued then are not stored (their callers were told so).  If cancelled,
+        stops waiting; the thread still finishes.
+
+        Raises:
+            JournalError: closing failed (writes that returned are durable).
+        """
+        if self._status in ("new", "closed"):
+            self._status = "closed"
+            await trio.lowlevel.checkpoint()
+            return
+        if self._status == "opening":
+            raise JournalError(f"The journal {self._where} is still opening.")
+        if self._status == "open":
+            self._status = "closing"
+            assert self._writer is not None
+            self._writer.close_by = time.monotonic() + self._write_timeout
+            self._room.unpark_all()
+            self._available_lot.unpark_all()
+            self._wake_finish_waiters()
+            if self._listener is not None:
+                self._listener.stop.set()
+            self._stage(Request(CLOSE))
+        await self._closed.wait()
+        self._status = "closed"
+        error, self._close_error = self._close_error, None
+        if error is not None:
+            raise error
+
+    def _stop_threads(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.stop.set()
+        if self._listener is not None:
+            self._listener.stop.set()
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # ----------------------------------------------------------------------- writes
+
+    async def create(
+        self, header: SagaHeader, first_event: SagaEvent, *, then: Sequence[SagaEvent] = ()
+    ) -> SagaState:
+        """Durably store a new saga, owned by this instance, with its ``started`` event and
+        the events ``then`` (one transaction); return its state.
+
+        Raises:
+            SagaSequenceError: an event is invalid, or ``then`` ends the saga.
+            JournalError: the id is already in the journal (any instance's); or the journal
+                failed or is closed.
+            JournalUnavailable: the server is unreachable (see the module docstring).
+            TypeError, ValueError: a malformed header (named field), including text
+                PostgreSQL cannot store (NUL characters).
+        """
+        header, metadata = normalize_header(header)
+        _check_text(header.saga_id, "saga_id")
+        _check_text(header.definition, "definition")
+        await self._wait_for_room()
+        state = self._index.check_create(header, first_event, then)
+        request = Request(CREATE)
+        request.saga = (
+            header.saga_id,
+            header.definition,
+            header.created_at,
+            header.payload,
+            metadata.decode(),
+            *state_columns(state),
+        )
+        kinds = _KIND_VALUES
+        request.rows = [
+            (e.saga_id, e.seq, kinds[e.kind], e.step, float(e.at), e.data)
+            for e in (first_event, *then)
+        ]
+        request.ids = [header.saga_id]
+        request.events = 1 + len(then)
+        request.nbytes = len(header.payload) + len(metadata) + len(first_event.data)
+        request.nbytes += sum(len(e.data) for e in then)
+        self._index.open[header.saga_id] = Tracked(header, state, False, 0, 0)
+        await self._submit(request)
+        return state
+
+    async def append(self, event: SagaEvent) -> SagaState:
+        """Durably append one event to a saga this instance owns; return its state after it.
+
+        Raises like :meth:`append_many`.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if not self._ready():
+            await self._wait_for_room()
+        if self._lost and type(event) is SagaEvent and event.saga_id in self._lost:
+            raise OwnershipLost(saga_id=event.saga_id)
+        tracked = self._index.advance_one(event)
+        state = tracked.state
+        await wait_task_rescheduled(self._queue_write(tracked, state, (event,)).abort)
+        return state
+
+    async def append_many(self, events: Sequence[SagaEvent]) -> dict[str, SagaState]:
+        """Durably append events (of one or more sagas this instance owns) in one
+        transaction, in order, all or none; return each saga's state after them.
+
+        Raises:
+            SagaSequenceError: an event is not a valid transition, or its saga is not open
+                in this journal (unknown, finished, owned elsewhere, or its create has not
+                returned yet).  Nothing is written.
+            OwnershipLost: another instance owns one of the sagas now.  Nothing is written.
+            JournalUnavailable: the server is unreachable (see the module docstring).
+            JournalError: the journal failed or is closed.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if not self._ready():
+            await self._wait_for_room()
+        if self._lost:
+            for event in events:
+                if type(event) is SagaEvent and event.saga_id in self._lost:
+                    raise OwnershipLost(saga_id=event.saga_id)
+        index = self._index
+        tracked = index.advance_saga(events)
+        if tracked is not None:  # one saga's events: the common write
+            state = tracked.state
+            await wait_task_rescheduled(self._queue_write(tracked, state, events).abort)
+            return {state.saga_id: state}
+        states = index.check_append(events)
+        owned = {saga_id: index.open[saga_id] for saga_id in states}
+        index.commit(states)
+        request = Request(APPEND)
+        kinds = _KIND_VALUES
+        for saga_id, state in states.items():
+            mine = owned[saga_id]
+            first = next(e for e in events if e.saga_id == saga_id)
+            request.ids.append(saga_id)
+            request.sagas.append(saga_row(mine, first.seq, state))
+            request.rows += [
+                (mine.number, e.seq, kinds[e.kind], e.step, float(e.at), e.data)
+                for e in events
+                if e.saga_id == saga_id
+            ]
+        request.nbytes = sum(len(e.data) for e in events)
+        request.events = len(events)
+        await self._submit(request)
+        return states
+
+    def _ready(self) -> bool:
+        return (
+            self._status == "open"
+            and self._failure is None
+            and self._available
+            and self._pending < self._max_pending
+        )
+
+    def _queue_write(
+        self, tracked: Tracked, state: SagaState, events: Sequence[SagaEvent]
+    ) -> Request:
+        """Queue the (validated) ``events`` of one saga for the current task, which then waits
+        for it with ``wait_task_rescheduled(request.abort)``."""
+        request = Request(APPEND)
+        number = tracked.number
+        kinds = _KIND_VALUES
+        nbytes = 0
+        rows = []
+        for e in events:
+            rows.append((number, e.seq, kinds[e.kind], e.step, float(e.at), e.data))
+            nbytes += len(e.data)
+        request.rows = rows
+        request.ids = [state.saga_id]
+        request.sagas = [saga_row(tracked, events[0].seq, state)]
+        request.nbytes = nbytes
+        request.events = len(events)
+        self._enqueue(request)
+        return request
+
+    async def prune_finished(
+        self,
+        older_than: float | timedelta | None = None,
+        keep_last: int | None = None,
+        *,
+        now: float | None = None,
+    ) -> int:
+        """Remove finished sagas (of every instance) older than ``older_than`` seconds or
+        beyond the ``keep_last`` most recently finished (defaults: the journal's retention);
+        return how many.  Unfinished and ``compensation_failed`` sagas are never removed.
+        ``now`` defaults to ``time.time()``."""
+        if now is not None and (isinstance(now, bool) or not math.isfinite(now)):
+            raise ValueError(f"now must be a finite time, got {now!r}")
+        age = self._retain_for if older_than is None else seconds(older_than, "older_than")
+        keep = self._retain_last if keep_last is None else check_count(keep_last, "keep_last")
+        cutoff = (time.time() if now is None else now) - age
+        await self._wait_for_room()
+        request = Request(PRUNE)
+        request.value = (cutoff, keep)
+        result: int = await self._submit(request)
+        return result
+
+    async def discard(self, saga_id: str) -> bool:
+        """Remove one finished saga (of any instance); ``False`` if unknown.
+
+        Raises:
+            JournalError: the saga is not finished.
+        """
+        await self._wait_for_room()
+        if saga_id in self._index.open:
+            raise JournalError(
+                f"Saga {saga_id!r} is not finished; only finished sagas can be discarded."
+            )
+        request = Request(DISCARD)
+        request.saga = (saga_id,)
+        found: int = await self._submit(request)
+        return bool(found)
+
+    # ------------------------------------------------------------------------ reads
+
+    async def load_unfinished(self) -> list[tuple[SagaHeader, list[SagaEvent]]]:
+        """Every unfinished saga *this instance owns*, with its events, oldest first (read
+        after queued writes).  A fresh instance owns none: see :meth:`claim_orphans`."""
+        from actors._saga._journals._postgres._writer import read_owned
+
+        return await self._read(read_owned(self._stmts(), self._instance_id))  # type: ignore[no-any-return]
+
+    async def get(self, saga_id: str) -> tuple[SagaHeader, list[SagaEvent]] | None:
+        """One saga's header and events (whichever instance owns it), or ``None``."""
+        from actors._saga._journals._postgres._writer import read_get
+
+        return await self._read(read_get(self._stmts(), saga_id))  # type: ignore[no-any-return]
+
+    async def list_unfinished(self) -> list[SagaSummary]:
+        """Running and ``compensation_failed`` sagas of the whole fleet, oldest first."""
+        stmts = self._stmts()
+
+        def read(conn: Any) -> list[SagaSummary]:
+            return [
+                SagaSummary(
+                    saga_id=row[0],
+                    definition=row[1],
+                    created_at=row[2],
+                    phase=_PHASES[row[3]],
+                    next_step=row[4],
+                    step_in_flight=row[5],
+                    compensation_step=row[6],
+                    compensated=row[7],
+                    events=row[8],
+                    updated_at=row[9],
+                    metadata=msgspec.json.decode(row[10]),
+                )
+                for row in conn.execute(stmts.summaries)
+            ]
+
+        return await self._read(read)  # type: ignore[no-any-return]
+
+    async def ownership(self, saga_id: str) -> SagaOwnership | None:
+        """Who owns the saga, its epoch and phase, and whether the owner is alive; ``None``
+        if the saga is unknown."""
+        stmts = self._stmts()
+
+        def read(conn: Any) -> SagaOwnership | None:
+            row = conn.execute(stmts.ownership, (saga_id,)).fetchone()
+            if row is None:
+                return None
+            return SagaOwnership(row[0], row[1], row[2], _PHASES[row[3]], row[4], row[5])
+
+        return await self._read(read)  # type: ignore[no-any-return]
+
+    async def instances(self) -> list[InstanceInfo]:
+        """Every instance with a lease row (live ones, and dead ones not yet cleaned up:
+        rows expired for a day and owning nothing are removed), oldest first."""
+        stmts = self._stmts()
+
+        def read(conn: Any) -> list[InstanceInfo]:
+            return [InstanceInfo(*row) for row in conn.execute(stmts.instances)]
+
+        return await self._read(read)  # type: ignore[no-any-return]
+
+    def statistics(self) -> JournalStatistics:
+        """A snapshot of the counters; ``sagas_open`` counts the sagas this instance owns,
+        ``commits`` the group-commit transactions it made."""
+        sagas_open, attention = self._index.counts()
+        return JournalStatistics(
+            sagas_open=sagas_open,
+            sagas_needing_attention=attention,
+            appends=self._appends,
+            rows=self._rows,
+            commits=self._commits,
+            rows_per_commit=self._rows / self._commits if self._commits else 0.0,
+            queue_depth=self._pending,
+            bytes_written=self._bytes,
+            sagas_pruned=self._pruned,
+        )
+
+    def fleet_statistics(self) -> FleetStatistics:
+        """A snapshot of the connection and ownership counters (for health and metrics)."""
+        writer = self._writer
+        return FleetStatistics(
+            instance_id=self._instance_id,
+            available=self.available,
+            unavailable_reason="" if self._available else self._unavailable_reason,
+            reconnects=0 if writer is None else writer.reconnects,
+            ownership_lost=self._ownership_lost,
+            sagas_claimed=self._claimed,
+            writes_in_doubt=self._in_doubt,
+        )
+
+    # ----------------------------------------------------------------------- fleet
+
+    async def wait_available(self) -> None:
+        """Return once the server is reachable (at once if it is).
+
+        Raises:
+            JournalError: the journal failed or is closed (also while waiting).
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while True:
+            self._check_open()
+            if self._available:
+                return
+            await self._available_lot.park()
+
+    async def claim_orphans(self, limit: int = 100) -> list[tuple[SagaHeader, list[SagaEvent]]]:
+        """Take over sagas that nobody drives, and return them (oldest first, at most
+        ``limit`` claimed from other instances) with their events, to be resumed.
+
+        They are: the unfinished sagas of instances whose lease has expired, each claimed
+        with a compare-and-set on its owner and epoch (several survivors racing claim each
+        saga exactly once); and this instance's own sagas whose write was in doubt (see the
+        module docstring) or that a failed write left out of step, read back as stored.  An
+        instance judges an expired lease only when its own connection predates the expiry,
+        or after being connected for a whole lease (after an outage every lease looks
+        expired, and live instances need that long to renew).  Sagas that cannot be read
+        back are left unclaimed and logged.
+
+        Raises:
+            JournalUnavailable, JournalError: as for the other calls.
+        """
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ConfigError(f"must be an integer >= 1, got {limit!r}", path="limit")
+        await self._wait_for_room()
+        tracked = None
+        if self._check_owned:
+            tracked = sorted(t.number for t in self._index.open.values() if t.confirmed)
+        request = Request(CLAIM)
+        request.value = (limit, sorted(self._reload), tracked)
+        found: list[tuple[SagaHeader, list[SagaEvent], SagaState, int, int]]
+        found = await self._submit(request)
+        return [(header, events) for header, events, *_ in found]
+
+    async def wait_finished(self, saga_id: str) -> SagaPhase | None:
+        """Wait until the saga (whichever instance owns it) has ended, through LISTEN/NOTIFY;
+        return its final phase, or ``None`` if no such saga is in the journal (never
+        created, or pruned).  Returns at once for a finished saga.
+
+        A second connection listens for finished sagas from the first call on.  Waits
+        without a deadline (put one around it), through outages of the server: the saga is
+        checked again whenever the listener or the journal reconnects.  If the journal
+        closes or fails meanwhile, raises ``JournalError``.
+        """
+        key = hashlib.md5(saga_id.encode(), usedforsecurity=False).hexdigest()
+        waiter = _FinishWaiter()
+        self._finish_waiters.setdefault(key, set()).add(waiter)
+        try:
+            await self._ensure_listening()
+            while True:
+                waiter.event = trio.Event()
+                try:
+                    stored = await self._outcome(saga_id)
+                except JournalUnavailable:
+                    await self.wait_available()  # then check again: notes sent meanwhile are lost
+                    continue
+                if stored is None:
+                    return None
+                if stored:
+                    return _PHASES[stored]
+                await waiter.event.wait()
+        finally:
+            waiters = self._finish_waiters.get(key)
+            if waiters is not None:
+                waiters.discard(waiter)
+                if not waiters:
+                    del self._finish_waiters[key]
+
+    async def _outcome(self, saga_id: str) -> str | None:
+        """``None`` if the saga is unknown, ``""`` if unfinished, else its outcome."""
+        stmts = self._stmts()
+
+        def read(conn: Any) -> str | None:
+            row = conn.execute(stmts.outcome, (saga_id,)).fetchone()
+            return None if row is None else (row[0] or "")
+
+        return await self._read(read)  # type: ignore[no-any-return]
+
+    async def _ensure_listening(self) -> None:
+        self._check_usable()
+        if self._listener is None:
+            from actors._saga._journals._postgres._writer import Listener
+
+            assert self._token is not None
+            assert self._writer is not None
+            self._listener = Listener(self, self._token, self._writer.info)
+            threading.Thread(
+                target=self._listener.run, name=f"aura-journal {self._where} listener", daemon=True
+            ).start()
+        while not self._listening:
+            self._check_usable()
+            await self._listen_lot.park()
+
+    def _set_listening(self, listening: bool) -> None:
+        # Runs in trio: the listener (re)connected, or lost its connection.
+        self._listening = listening
+        if listening:
+            self._listen_lot.unpark_all()
+            self._wake_finish_waiters()  # notifications sent while away are lost: check again
+
+    def _notified(self, key: str) -> None:
+        # Runs in trio: a saga of this schema ended (key: md5 of its id).
+        for waiter in self._finish_waiters.get(key, ()):
+            waiter.event.set()
+
+    def _wake_finish_waiters(self) -> None:
+        for waiters in self._finish_waiters.values():
+            for waiter in waiters:
+                waiter.event.set()
+        self._listen_lot.unpark_all()
+
+    # ------------------------------------------------------------ trio-side plumbing
+
+    def _stmts(self) -> Statements:
+        if self._writer is None:
+            self._check_open()  # raises: not open yet
+        assert self._writer is not None
+        return self._writer.stmts
+
+    async def _read(self, fn: Any) -> Any:
+        await self._wait_for_room()
+        request = Request(READ)
+        request.fn = fn
+        return await self._submit(request)
+
+    def _check_open(self) -> None:
+        if self._failure is not None:
+            raise self._failure_error()
+        if self._status != "open":
+            state = "not open yet" if self._status in ("new", "opening") else "closed"
+            raise JournalError(f"The journal {self._where} is {state}.")
+
+    def _check_usable(self) -> None:
+        self._check_open()
+        if not self._available:
+            raise JournalUnavailable(
+                f"The journal database {self._where} is unreachable "
+                f"({self._unavailable_reason or 'reconnecting'}); nothing was written.",
+                journal=self._where,
+            )
+
+    def _failure_error(self) -> JournalError:
+        assert self._failure is not None
+        message, cause = self._failure
+        error = JournalError(
+            message,
+            suggested_action=(
+                "Check the database (its logs, the journal schema) and restart; every write "
+                "that returned is stored and will be recovered."
+            ),
+        )
+        error.__cause__ = cause
+        return error
+
+    async def _wait_for_room(self) -> None:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        self._check_usable()
+        while self._pending >= self._max_pending:
+            await self._room.park()
+            self._check_usable()
+
+    async def _submit(self, request: Request) -> Any:
+        # Called right after _wait_for_room with no checkpoint in between.
+        self._enqueue(request)
+        return await wait_task_rescheduled(request.abort)
+
+    def _enqueue(self, request: Request) -> None:
+        request.task = current_task()
+        request.deadline = time.monotonic() + self._write_timeout
+        self._pending += 1
+        self._waiting.append(request)
+        self._stage(request)
+
+    def _stage(self, request: Request) -> None:
+        if not self._staged:
+            assert self._token is not None
+            self._token.run_sync_soon(self._flush)
+        self._staged.append(request)
+
+    def _flush(self) -> None:
+        # Runs in trio after the scheduler pass that staged the requests.
+        staged, self._staged = self._staged, []
+        self._queue.put(staged)
+
+    def _set_available(self, available: bool, reason: str) -> None:
+        # Runs in trio: the writer lost or regained the server.
+        if available:
+            if not self._available:
+                self._check_owned = True  # a claim in doubt may have landed: reconcile
+            self._available = True
+            self._unavailable_reason = ""
+            self._available_lot.unpark_all()
+        else:
+            self._available = False
+            self._unavailable_reason = reason
+
+    def _expire(self, busy_for: float) -> None:
+        # Runs in trio (from the watchdog): the writer has been on one batch for busy_for s.
+        writer = self._writer
+        if (
+            busy_for >= self._write_timeout
+            and self._available
+            and writer is not None
+            and writer.busy_since is not None
+        ):
+            self._set_available(False, f"no answer for {busy_for:.1f} s")
+            # The writer announces the server again once its batch is through (and at its
+            # next lease renewal at the latest).
+            writer.available = False
+        now = time.monotonic()
+        waiting = self._waiting
+        while waiting and (waiting[0].done or waiting[0].deadline <= now):
+            request = waiting.popleft()
+            if request.done:
+                continue
+            request.abandoned = True
+            task, request.task = request.task, None
+            if task is None:
+                continue
+            write = request.op != READ
+            if write:
+                self._in_doubt += 1
+            error = JournalUnavailable(
+                f"The journal database {self._where} did not answer within "
+                f"{self._write_timeout:g} s"
+                + (
+                    "; the write stays queued and may still land: act on nothing it announces."
+                    if write
+                    else "."
+                ),
+                journal=self._where,
+                in_doubt=write,
+            )
+            reschedule(task, outcome.Error(error))
+
+    def _deliver(self, batch: list[Request], commits: int, pruned: int, back: bool) -> None:
+        # Runs in trio, once per batch (run_sync_soon from the writer thread); ``back``: the
+        # server is reachable again (said here, before anyone is woken, so that callers woken
+        # by this batch find the journal available and wait_available's see it settled).
+        if back:
+            self._set_available(True, "")
+        failed = self._failure is not None
+        index = self._index
+        done = appends = rows = nbytes = 0
+        for request in batch:
+            request.done = True
+            op = request.op
+            if failed and op != CLOSE:
+                request.error = self._failure_error()
+            error = request.error
+            if op == APPEND:  # the common case first
+                if error is None:
+                    appends += 1
+                    rows += request.events
+                    nbytes += request.nbytes
+                    if request.abandoned:
+                        self._reload.update(saga[0] for saga in request.sagas)
+                elif not failed:
+                    self._forget(request)
+            elif op == CLOSE:
+                self._close_error = error
+                self._stop_threads()
+                self._closed.set()
+                continue
+            elif op == CREATE:
+                saga_id = request.saga[0]
+                tracked = index.open.get(saga_id)
+                if error is None:
+                    appends += 1
+                    rows += request.events
+                    nbytes += request.nbytes
+                    if tracked is not None:
+                        tracked.number = request.value
+                        tracked.confirmed = True
+                    if request.abandoned:
+                        self._reload.add(request.value)
+                elif tracked is not None and not tracked.confirmed:
+                    del index.open[saga_id]
+            elif op == CLAIM and error is None:
+                self._adopt(request)
+            elif op == DISCARD and error is None and request.value:
+                index.attention.pop(request.saga[0], None)
+            done += 1
+            task = request.task
+            if task is not None:
+                request.task = None
+                if error is None:
+                    reschedule(task, outcome.Value(request.value))
+                else:
+                    reschedule(task, outcome.Error(error))
+        waiting = self._waiting
+        while waiting and waiting[0].done:
+            waiting.popleft()
+        self._appends += appends
+        self._rows += rows
+        self._bytes += nbytes
+        self._commits += commits
+        self._pruned += pruned
+        self._pending -= done
+        if failed:
+            self._room.unpark_all()
+            self._available_lot.unpark_all()
+        elif done:
+            self._room.unpark(count=done)
+
+    def _forget(self, request: Request) -> None:
+        """A write of sagas failed: stop tracking them (the lost ones are owned elsewhere; the
+        others are read back from the journal by the next claim_orphans)."""
+        index = self._index
+        lost = set(request.lost)
+        if lost:
+            self._ownership_lost += 1
+        for saga_id, saga in zip(request.ids, request.sagas, strict=True):
+            index.open.pop(saga_id, None)
+            index.attention.pop(saga_id, None)
+            if saga_id in lost:
+                self._lost[saga_id] = None
+                if len(self._lost) > _LOST_MEMORY:
+                    self._lost.popitem(last=False)
+            else:
+                self._reload.add(saga[0])
+
+    def _adopt(self, request: Request) -> None:
+        found = request.value
+        index = self._index
+        for header, _events, state, number, epoch in found:
+            saga_id = header.saga_id
+            self._lost.pop(saga_id, None)
+            self._reload.discard(number)
+            index.attention.pop(saga_id, None)
+            if state.phase is _ATTENTION:
+                index.attention[saga_id] = Tracked(header, state, True, number, epoch)
+            else:
+                index.open[saga_id] = Tracked(header, state, True, number, epoch)
+        self._claimed += len(found)
+        self._check_owned = False
+
+    def _fail(self, message: str, cause: BaseException, batch: list[Request]) -> None:
+        # Runs in trio: the writer hit an error it cannot recover from.
+        if self._failure is None:
+            self._failure = (message, cause)
+        self._deliver(batch, 0, 0, False)  # every caller gets a fresh error naming the failure
+
+
+def _check_text(value: str, name: str) -> None:
+    """PostgreSQL text holds no NUL character: say so up front, rather than failing the
+    writer's batch (``normalize_header`` has refused text that UTF-8 cannot hold)."""
+    if "\x00" in value:
+        raise ValueError(f"SagaHeader.{name} must not contain NUL characters (PostgreSQL text)")
+
+
+def _display(url: str) -> str:
+    try:
+        from actors._saga._journals._postgres._writer import display_url
+    except ImportError:  # psycopg missing: open() says so; never show the URL's password
+        return "<a PostgreSQL URL>"
+    return display_url(url)
+
+
+if TYPE_CHECKING:  # mypy checks that the journal meets the protocols
+
+    def _is_a_fleet_journal(journal: PostgresJournal) -> FleetJournal:
+        return journal
