@@ -60,15 +60,11 @@ from actors._monitor._actor import (
     SubscribeAlerts,
     UnsubscribeAlerts,
 )
-from actors._monitor._state import (
-    Alert,
-    AlertEvent,
-    AlertList,
-    AlertRule,
+from actors._monitor._alerts import Alert, AlertEvent, AlertList, AlertRule, Severity, UnknownAlert
+from actors._monitor._state import MonitorState
+from actors._monitor._types import (
     BreakerInfo,
     BreakerList,
-    BreakerReport,
-    CallReport,
     ErrorRate,
     ErrorRecord,
     HealthReport,
@@ -76,15 +72,10 @@ from actors._monitor._state import (
     InvalidQuery,
     InvalidReport,
     MetricsReport,
-    MonitorSettings,
-    MonitorState,
     MonitorStatistics,
     RecentErrors,
     ServiceHealth,
     ServiceMetrics,
-    Severity,
-    SupervisionReport,
-    UnknownAlert,
     UnknownService,
 )
 from actors._policies._backoff import Backoff, BackoffKind, BackoffSettings, Jitter
@@ -98,6 +89,8 @@ from actors._policies._breaker import (
 from actors._policies._budget import BudgetSettings, RetryBudget
 from actors._policies._bulkhead import Bulkhead, BulkheadSettings
 from actors._policies._classify import Classified, Classifier, parse_retry_after
+from actors._policies._config._chaos import ChaosSettings
+from actors._policies._config._monitoring import MonitorSettings
 from actors._policies._config._schema import (
     ProviderSettings,
     ResilienceConfig,
@@ -121,7 +114,8 @@ from actors._policies._retry import (
     RetryPolicy,
     RetrySettings,
 )
-from actors._provider._actor import Call, GetStatus, Isolate, ProviderActor, ProviderStatus, Reset
+from actors._protocol import BreakerReport, Call, CallReport, SagaReport, SupervisionReport
+from actors._provider._actor import GetStatus, Isolate, ProviderActor, ProviderStatus, Reset
 from actors._provider._client import Provider
 from actors._saga._coordinator import SagaCoordinator, SagaCoordinatorStatistics
 from actors._saga._definition import (
@@ -159,12 +153,10 @@ from actors._saga._messages import (
     ListSagas,
     SagaAuditEntry,
     SagaInfo,
-    SagaReport,
     SagaResult,
     SagaStarted,
     StartSaga,
 )
-from actors.chaos import ChaosSettings
 
 __all__ = [
     "AcknowledgeAlert",

@@ -48,8 +48,10 @@ import trio
 from actors import ProviderActor
 from actors._errors import ErrorCategory
 from actors._monitor._actor import MonitorActor
-from actors._monitor._state import CallReport, MonitorSettings, MonitorState
+from actors._monitor._state import MonitorState
+from actors._policies._config._monitoring import MonitorSettings
 from actors._policies._redact import redact
+from actors._protocol import CallReport
 from bench._harness import Candidate, Figure, interleave
 from supervisors import ChildSpec, SupervisorSpec, open_supervisor
 from supervisors._operator._metrics import render_metrics_async, take_snapshot

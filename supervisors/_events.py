@@ -24,7 +24,7 @@ from typing import Final
 import msgspec
 import trio
 
-from actors import MailboxFull
+from actors._errors import MailboxFull
 
 __all__ = ["EventKind", "Subscription", "SupervisionEvent", "TreeNode"]
 

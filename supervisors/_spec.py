@@ -24,7 +24,7 @@ from typing import Any, Generic, TypeAlias, TypeVar
 
 import attrs
 
-from actors import Actor
+from actors._core._actor import Actor
 from actors._core._cell import DEFAULT_ASK_TIMEOUT, DEFAULT_CAPACITY
 
 __all__ = ["ChildSpec", "Restart", "RestartBackoff", "Strategy", "SupervisorSpec"]

@@ -24,8 +24,9 @@ from typing import Any, TypeVar, final, overload
 import msgspec
 import trio
 
-from actors import Actor, ActorRef
+from actors._core._actor import Actor
 from actors._core._cell import is_cancellation, is_fatal, unwrap
+from actors._core._ref import ActorRef
 from actors._core._runtime import is_cancelled_here, open_runtime, reraise_unwrapped
 from supervisors._events import Subscription, SupervisionEvent, TreeNode
 from supervisors._spec import AnySpec, ChildSpec, RestartBackoff, Strategy, SupervisorSpec

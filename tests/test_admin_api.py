@@ -29,8 +29,9 @@ from actors import (
     RetrySettings,
 )
 from actors._monitor._actor import MonitorActor
-from actors._monitor._types import BreakerReport, CallReport, MonitorSettings
+from actors._policies._config._monitoring import MonitorSettings
 from actors._policies._ratelimit import RateLimiterSettings
+from actors._protocol import BreakerReport, CallReport
 from actors._saga._coordinator import SagaCoordinator
 from actors._saga._definition import SagaDefinition, SagaStep, SagaStepMessage
 from actors._saga._messages import StartSaga

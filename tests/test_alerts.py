@@ -8,20 +8,19 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from actors._errors import ErrorCategory
-from actors._monitor._alerts import RULE_SEVERITY, AlertBook
-from actors._monitor._state import (
+from actors._monitor._alerts import (
+    RULE_SEVERITY,
     Alert,
+    AlertBook,
     AlertEvent,
     AlertRule,
-    BreakerReport,
-    CallReport,
-    HealthStatus,
-    MonitorSettings,
-    MonitorState,
     Severity,
-    SupervisionReport,
     UnknownAlert,
 )
+from actors._monitor._state import MonitorState
+from actors._monitor._types import HealthStatus
+from actors._policies._config._monitoring import MonitorSettings
+from actors._protocol import BreakerReport, CallReport, SupervisionReport
 
 RATE = AlertRule.HIGH_ERROR_RATE
 

@@ -28,7 +28,7 @@ from actors import (
     ProviderSettings,
     RetrySettings,
 )
-from actors._monitor._types import BreakerReport, CallReport
+from actors._protocol import BreakerReport, CallReport
 from supervisors import ChildSpec, Supervisor, SupervisorSpec, TreeNode, open_supervisor
 from supervisors._operator._admin import GetAdminAddress, admin_spec
 from supervisors._operator._cli import describe_config, main
@@ -609,7 +609,8 @@ def test_view_shows_saga_progress() -> None:
 
 def test_change_log_reports_transitions() -> None:
     """The plain view logs health changes, breaker transitions, alerts and restarts once each."""
-    from actors._monitor._state import MonitorSettings, MonitorState
+    from actors._monitor._state import MonitorState
+    from actors._policies._config._monitoring import MonitorSettings
     from supervisors._operator._live import ChangeLog
     from supervisors._operator._metrics import OperatorSnapshot
 

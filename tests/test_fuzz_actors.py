@@ -49,25 +49,14 @@ from actors._monitor._actor import (
     UnsubscribeAlerts,
 )
 from actors._monitor._state import MonitorState
-from actors._monitor._types import (
-    BreakerReport,
-    CallReport,
-    InvalidReport,
-    MonitorSettings,
-    SupervisionReport,
-)
+from actors._monitor._types import InvalidReport
+from actors._policies._config._monitoring import MonitorSettings
 from actors._policies._config._schema import ProviderSettings
-from actors._provider._actor import Call, Isolate, Reset
+from actors._protocol import BreakerReport, Call, CallReport, SagaReport, SupervisionReport
+from actors._provider._actor import Isolate, Reset
 from actors._saga._coordinator import SagaCoordinator
 from actors._saga._definition import SagaDefinition, SagaStep
-from actors._saga._messages import (
-    DiscardSaga,
-    GetSaga,
-    GetSagaStatistics,
-    ListSagas,
-    SagaReport,
-    StartSaga,
-)
+from actors._saga._messages import DiscardSaga, GetSaga, GetSagaStatistics, ListSagas, StartSaga
 from supervisors import ChildSpec, SupervisorSpec, open_supervisor
 
 # -------------------------------------------------------------------------------- strategies

@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from actors._errors import ConfigError
-from actors._monitor._types import MonitorSettings
+from actors._policies._config._monitoring import MonitorSettings
 from actors._policies._config._schema import (
     ProviderSettings,
     ResilienceConfig,

@@ -17,7 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from actors import ErrorCategory, MonitorActor, ProviderStatus, open_actor
 from actors._monitor._state import MonitorState
-from actors._monitor._types import BreakerReport, CallReport, MonitorSettings, SupervisionReport
+from actors._policies._config._monitoring import MonitorSettings
+from actors._protocol import BreakerReport, CallReport, SupervisionReport
 from supervisors import TreeNode
 from supervisors._operator._metrics import (
     METRIC_NAMES,

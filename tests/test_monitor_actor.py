@@ -32,8 +32,10 @@ from actors._monitor._actor import (
     SubscribeAlerts,
 )
 from actors._monitor._alerts import AlertEvent
-from actors._monitor._types import CallReport, MonitorSettings, UnknownService
+from actors._monitor._types import UnknownService
 from actors._policies._breaker import BreakerSettings
+from actors._policies._config._monitoring import MonitorSettings
+from actors._protocol import CallReport
 from actors._provider._client import Provider
 from supervisors import ChildSpec, SupervisorSpec, open_supervisor
 

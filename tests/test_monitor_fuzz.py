@@ -65,13 +65,9 @@ from actors._monitor._actor import (
 )
 from actors._monitor._alerts import EVENT_RULES, AlertEvent, AlertRule
 from actors._monitor._state import MonitorState
-from actors._monitor._types import (
-    BreakerReport,
-    CallReport,
-    HealthStatus,
-    MonitorSettings,
-    SupervisionReport,
-)
+from actors._monitor._types import HealthStatus
+from actors._policies._config._monitoring import MonitorSettings
+from actors._protocol import BreakerReport, CallReport, SupervisionReport
 from actors._provider._client import Provider
 from supervisors import ChildSpec, Supervisor, SupervisorSpec, open_supervisor
 from supervisors._operator._metrics import render_metrics, take_snapshot

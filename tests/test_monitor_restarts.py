@@ -32,7 +32,9 @@ from actors._monitor._actor import (
     SubscribeAlerts,
 )
 from actors._monitor._alerts import AlertEvent
-from actors._monitor._types import BreakerReport, CallReport, HealthStatus, MonitorSettings
+from actors._monitor._types import HealthStatus
+from actors._policies._config._monitoring import MonitorSettings
+from actors._protocol import BreakerReport, CallReport
 from actors._provider._client import Provider
 from supervisors import ChildSpec, open_supervisor
 

@@ -18,24 +18,22 @@ from hypothesis.stateful import (
 )
 
 from actors._errors import ConfigError, ErrorCategory
-from actors._monitor._state import (
-    AlertRule,
+from actors._monitor._alerts import AlertRule
+from actors._monitor._state import MonitorState
+from actors._monitor._types import (
     BreakerList,
-    BreakerReport,
-    CallReport,
     ErrorRate,
     HealthReport,
     HealthStatus,
     InvalidQuery,
     InvalidReport,
     MetricsReport,
-    MonitorSettings,
-    MonitorState,
     RecentErrors,
     ServiceMetrics,
-    SupervisionReport,
     UnknownService,
 )
+from actors._policies._config._monitoring import MonitorSettings
+from actors._protocol import BreakerReport, CallReport, SupervisionReport
 
 
 class FakeWall:

@@ -27,13 +27,13 @@ from actors import (
     ProviderTimeout,
     open_actor,
 )
-from actors._monitor._types import CallReport
 from actors._policies._backoff import BackoffSettings
 from actors._policies._breaker import BreakerSettings
 from actors._policies._bulkhead import BulkheadSettings
 from actors._policies._config._schema import ProviderSettings
 from actors._policies._retry import RetrySettings
-from actors._provider._actor import Call, ProviderActor, ProviderStatus
+from actors._protocol import Call, CallReport
+from actors._provider._actor import ProviderActor, ProviderStatus
 from actors._provider._client import Provider
 from tests.test_provider import FakeService, HTTPStatus
 from tests.trio_seeds import run_seeded

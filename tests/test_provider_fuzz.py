@@ -55,7 +55,8 @@ from actors._policies._bulkhead import BulkheadSettings
 from actors._policies._config._schema import ProviderSettings
 from actors._policies._ratelimit import RateLimiterSettings
 from actors._policies._retry import RetrySettings
-from actors._provider._actor import Call, ProviderActor
+from actors._protocol import Call
+from actors._provider._actor import ProviderActor
 from actors._provider._client import Provider
 from supervisors import ChildSpec, open_supervisor
 from tests.test_provider import HTTPStatus

@@ -27,7 +27,8 @@ from actors import (
 )
 from actors._policies._backoff import BackoffSettings
 from actors._policies._retry import RetrySettings
-from actors._provider._actor import Call, ProviderActor
+from actors._protocol import Call, SagaReport
+from actors._provider._actor import ProviderActor
 from actors._saga._coordinator import SagaCoordinator
 from actors._saga._definition import (
     CompensationFailed,
@@ -46,7 +47,6 @@ from actors._saga._messages import (
     GetSagaStatistics,
     ListSagas,
     SagaInfo,
-    SagaReport,
     SagaResult,
     SagaStarted,
     StartSaga,

@@ -19,6 +19,7 @@ from actors._policies._backoff import BackoffSettings
 from actors._policies._breaker import BreakerSettings
 from actors._policies._config._schema import ProviderSettings
 from actors._policies._retry import RetrySettings
+from actors._protocol import SagaReport
 from actors._provider._actor import ProviderActor
 from actors._saga._definition import (
     CompensationFailed,
@@ -36,14 +37,7 @@ from actors._saga._journals._records import (
     SagaHeader,
     SagaState,
 )
-from actors._saga._messages import (
-    GetSaga,
-    GetSagaStatistics,
-    SagaInfo,
-    SagaReport,
-    SagaResult,
-    StartSaga,
-)
+from actors._saga._messages import GetSaga, GetSagaStatistics, SagaInfo, SagaResult, StartSaga
 from supervisors import ChildSpec, RestartBackoff
 from tests.test_saga import QUICK_RETRY, World, chain, saga_tree, wait_finished
 from tests.test_saga_recovery import done, journal_at

@@ -48,6 +48,7 @@ from actors._policies._breaker import BreakerSettings
 from actors._policies._bulkhead import BulkheadSettings
 from actors._policies._config._schema import ProviderSettings
 from actors._policies._retry import RetrySettings
+from actors._protocol import SagaReport
 from actors._provider._actor import ProviderActor
 from actors._saga._coordinator import SagaCoordinator
 from actors._saga._definition import (
@@ -65,7 +66,6 @@ from actors._saga._messages import (
     GetSagaStatistics,
     ListSagas,
     SagaInfo,
-    SagaReport,
     SagaResult,
     StartSaga,
 )

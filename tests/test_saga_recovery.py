@@ -16,6 +16,7 @@ import trio.testing
 from hypothesis import given, settings
 
 from actors import Actor, ActorCrashed, ActorStopped, MemoryJournal
+from actors._protocol import SagaReport
 from actors._saga._coordinator import SagaCoordinator
 from actors._saga._definition import SagaDefinition, StepError
 from actors._saga._journals._records import (
@@ -28,14 +29,7 @@ from actors._saga._journals._records import (
     SagaSummary,
 )
 from actors._saga._journals._sqlite._journal import SqliteJournal
-from actors._saga._messages import (
-    GetSaga,
-    GetSagaStatistics,
-    ListSagas,
-    SagaInfo,
-    SagaReport,
-    StartSaga,
-)
+from actors._saga._messages import GetSaga, GetSagaStatistics, ListSagas, SagaInfo, StartSaga
 from supervisors import ChildSpec, open_supervisor
 from tests.test_saga import SERVICES, World, chain, saga_tree, service, wait_finished
 

@@ -23,8 +23,8 @@ from hypothesis import strategies as st
 from rich.console import Console
 
 from actors._monitor._state import MonitorState
-from actors._monitor._types import BreakerReport, CallReport
 from actors._policies._redact import check_printable, escape_control
+from actors._protocol import BreakerReport, CallReport
 from supervisors._events import TreeNode
 from supervisors._operator._cli import format_status
 from supervisors._operator._live import ChangeLog, ConsoleLogHandler, render_view, summary_line

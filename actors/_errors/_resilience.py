@@ -7,7 +7,6 @@ from typing import Final
 from actors._errors._base import AuraError
 from actors._errors._categories import ErrorCategory
 
-
 _DEPENDENCY: Final = ErrorCategory.DEPENDENCY
 
 

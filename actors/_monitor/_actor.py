@@ -50,17 +50,15 @@ from actors._monitor._state import MonitorState
 from actors._monitor._types import (
     BreakerInfo,
     BreakerList,
-    BreakerReport,
-    CallReport,
     ErrorRate,
     HealthReport,
     MetricsReport,
-    MonitorSettings,
     MonitorStatistics,
     RecentErrors,
     ServiceMetrics,
-    SupervisionReport,
 )
+from actors._policies._config._monitoring import MonitorSettings
+from actors._protocol import BreakerReport, CallReport, SupervisionReport
 
 __all__ = [
     "AcknowledgeAlert",

@@ -76,13 +76,9 @@ from actors._monitor._alerts import (
     UnknownAlert,
 )
 from actors._monitor._types import (
-    BREAKER_STATES,
-    SUPERVISION_KINDS,
     BreakerInfo,
     BreakerList,
-    BreakerReport,
     BreakerTransitionInfo,
-    CallReport,
     ErrorRate,
     ErrorRecord,
     HealthReport,
@@ -90,14 +86,11 @@ from actors._monitor._types import (
     InvalidQuery,
     InvalidReport,
     MetricsReport,
-    MonitorSettings,
     MonitorStatistics,
     RecentErrors,
-    Report,
     ServiceHealth,
     ServiceMetrics,
     ServiceTotals,
-    SupervisionReport,
     UnknownService,
 )
 from actors._monitor._windows import (
@@ -114,7 +107,16 @@ from actors._monitor._windows import (
     _Ring,
     _Series,
 )
+from actors._policies._config._monitoring import MonitorSettings
 from actors._policies._redact import redact
+from actors._protocol import (
+    BREAKER_STATES,
+    SUPERVISION_KINDS,
+    BreakerReport,
+    CallReport,
+    Report,
+    SupervisionReport,
+)
 
 # The monitor's whole public vocabulary is importable from here.
 __all__ = [

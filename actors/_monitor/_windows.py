@@ -35,12 +35,8 @@ from collections.abc import Iterable, Sequence
 from typing import Final, NamedTuple
 
 from actors._errors import ErrorCategory
-from actors._monitor._types import (
-    BreakerTransitionInfo,
-    MonitorSettings,
-    _bin_count,
-    _percentile_name,
-)
+from actors._monitor._types import BreakerTransitionInfo
+from actors._policies._config._monitoring import MonitorSettings, _bin_count, _percentile_name
 
 __all__: list[str] = []
 

@@ -94,7 +94,6 @@ from actors._errors import (
     RetriesExhausted,
     RetryBudgetExhausted,
 )
-from actors._monitor._types import BreakerReport, CallReport
 from actors._policies._breaker import BreakerState, BreakerTransition, CircuitBreaker, Permit
 from actors._policies._budget import RetryBudget
 from actors._policies._bulkhead import ENTERED, Bulkhead
@@ -104,10 +103,10 @@ from actors._policies._idempotency import Completed, IdempotencyTable, InFlight,
 from actors._policies._ratelimit import RateLimiter
 from actors._policies._redact import check_printable
 from actors._policies._retry import GiveUp, GiveUpReason, RetryPolicy, RetryState
+from actors._protocol import BreakerReport, Call, CallReceiver, CallReport
 from actors.chaos import wrap_provider_function
 
 __all__ = [
-    "Call",
     "GetStatus",
     "Isolate",
     "ProviderActor",
@@ -126,19 +125,6 @@ _EXPIRE_EVERY: Final = 60.0
 _CLOSED: Final = BreakerState.CLOSED
 _ISOLATED: Final = BreakerState.ISOLATED
 _NOT_FALLBACK: Final = frozenset({ErrorCategory.VALIDATION})
-
-
-class Call(msgspec.Struct, frozen=True, tag="call"):
-    """Ask a provider actor to call its service with ``payload``.
-
-    Attributes:
-        payload: what the service function receives.
-        key: an idempotency key: calls with the same key (and the same payload) run the
-            service at most once within the key's TTL; others join or get the stored outcome.
-    """
-
-    payload: Any
-    key: str | None = None
 
 
 class Isolate(msgspec.Struct, frozen=True, tag="isolate"):
@@ -298,7 +284,7 @@ class _Counters:
 _WON: Final = object()
 
 
-class ProviderActor(Actor[ProviderMessage, Any]):
+class ProviderActor(Actor[ProviderMessage, Any], CallReceiver):
     """A supervised actor around one external service (see the module docstring).
 
     Args:

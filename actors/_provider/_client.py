@@ -28,7 +28,8 @@ from trio.lowlevel import wait_task_rescheduled
 from actors._core._cell import effective_timeout, new_reply
 from actors._core._ref import ActorRef
 from actors._policies._breaker import BreakerState
-from actors._provider._actor import Call, GetStatus, Isolate, ProviderActor, ProviderStatus, Reset
+from actors._protocol import Call
+from actors._provider._actor import GetStatus, Isolate, ProviderActor, ProviderStatus, Reset
 
 __all__ = ["Provider"]
 

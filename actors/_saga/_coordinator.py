@@ -99,7 +99,7 @@ from actors._errors import (
 from actors._policies._classify import Classifier
 from actors._policies._redact import check_printable, redact
 from actors._policies._retry import GiveUp, RetryPolicy, RetryState
-from actors._provider._actor import Call, ProviderActor
+from actors._protocol import Call, CallReceiver, SagaReport
 from actors._saga._definition import (
     CompensationFailed,
     SagaDefinition,
@@ -137,7 +137,6 @@ from actors._saga._messages import (
     SagaCoordinatorStatistics,
     SagaInfo,
     SagaMessage,
-    SagaReport,
     SagaResult,
     SagaStarted,
     StartSaga,
@@ -1036,7 +1035,7 @@ class SagaCoordinator(Actor[SagaMessage, Any]):
                 raise ActorStopped(
                     actor=ref.path, reason=_NOT_RUNNING, category=ErrorCategory.DEPENDENCY
                 )
-            delivery = "call" if isinstance(inc.actor, ProviderActor) else "envelope"
+            delivery = "call" if isinstance(inc.actor, CallReceiver) else "envelope"
         found = run.plan.targets[i] = (ref, _DELIVERIES[delivery])
         return found
 

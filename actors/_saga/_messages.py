@@ -30,7 +30,6 @@ __all__ = [
     "SagaCoordinatorStatistics",
     "SagaInfo",
     "SagaMessage",
-    "SagaReport",
     "SagaResult",
     "SagaStarted",
     "StartSaga",
@@ -193,34 +192,6 @@ class SagaInfo(msgspec.Struct, frozen=True):
 
 
 _COMPLETED_KIND: Final = SagaEventKind.STEP_COMPLETED.value
-
-
-class SagaReport(msgspec.Struct, frozen=True, tag=True):
-    """What the coordinator tells the monitor about a saga that did not complete.
-
-    Sent with ``tell_nowait`` (never blocking the saga) when a saga ends ``compensated``,
-    ``failed``, ``cancelled`` or ``compensation_failed`` (the last one needs an operator: the
-    monitor raises an alert), and with status ``"unresumable"`` for a journaled saga the
-    coordinator cannot resume (unknown or incompatible definition).  When the monitor's mailbox
-    is full an ordinary report is dropped and counted; a ``compensation_failed`` or
-    ``unresumable`` one is handed to a background task that waits for room.  A coordinator that
-    starts sends the report of every ``compensation_failed`` saga still in its journal again.
-    ``detail`` is redacted.
-
-    Attributes:
-        saga_id, definition: the saga.
-        status: the saga's outcome (a phase value) or ``"unresumable"``.
-        step: the step that failed, or whose compensation failed.
-        detail: a one-line explanation.
-        at: wall-clock time of the report.
-    """
-
-    saga_id: str
-    definition: str
-    status: str
-    step: int | None
-    detail: str
-    at: float
 
 
 SagaMessage: TypeAlias = StartSaga | GetSaga | ListSagas | DiscardSaga | GetSagaStatistics

@@ -51,14 +51,13 @@ from actors._monitor._actor import (
 )
 from actors._monitor._alerts import RULE_SEVERITY, AlertList
 from actors._monitor._types import (
-    BREAKER_STATES,
-    SUPERVISION_KINDS,
     BreakerList,
     HealthReport,
     HealthStatus,
     MetricsReport,
     MonitorStatistics,
 )
+from actors._protocol import BREAKER_STATES, SUPERVISION_KINDS
 from actors._provider._actor import GetStatus, ProviderStatus
 from actors._saga._messages import GetSagaStatistics
 from supervisors._events import TreeNode

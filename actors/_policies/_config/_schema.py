@@ -61,15 +61,15 @@ import msgspec
 import msgspec.inspect as mi
 
 from actors._errors import ConfigError
-from actors._monitor._types import MonitorSettings
 from actors._policies._backoff import _optional_duration
 from actors._policies._breaker import BreakerSettings
 from actors._policies._budget import BudgetSettings
 from actors._policies._bulkhead import BulkheadSettings
+from actors._policies._config._chaos import ChaosSettings
+from actors._policies._config._monitoring import MonitorSettings
 from actors._policies._idempotency import IdempotencySettings
 from actors._policies._ratelimit import RateLimiterSettings
 from actors._policies._retry import RETRY_PRESETS, RetrySettings
-from actors.chaos import ChaosSettings
 
 __all__ = [
     "ConfigFormat",
