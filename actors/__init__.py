@@ -115,8 +115,9 @@ from actors._policies._retry import (
     RetrySettings,
 )
 from actors._protocol import BreakerReport, Call, CallReport, SagaReport, SupervisionReport
-from actors._provider._actor import GetStatus, Isolate, ProviderActor, ProviderStatus, Reset
+from actors._provider._actor import ProviderActor
 from actors._provider._client import Provider
+from actors._provider._messages import GetStatus, Isolate, ProviderStatus, Reset
 from actors._saga._coordinator import SagaCoordinator, SagaCoordinatorStatistics
 from actors._saga._definition import (
     DEFAULT_COMPENSATION_RETRY,

@@ -53,7 +53,7 @@ from actors._monitor._types import InvalidReport
 from actors._policies._config._monitoring import MonitorSettings
 from actors._policies._config._schema import ProviderSettings
 from actors._protocol import BreakerReport, Call, CallReport, SagaReport, SupervisionReport
-from actors._provider._actor import Isolate, Reset
+from actors._provider._messages import Isolate, Reset
 from actors._saga._coordinator import SagaCoordinator
 from actors._saga._definition import SagaDefinition, SagaStep
 from actors._saga._messages import DiscardSaga, GetSaga, GetSagaStatistics, ListSagas, StartSaga

@@ -29,8 +29,9 @@ from actors._policies._bulkhead import BulkheadSettings
 from actors._policies._config._schema import ProviderSettings
 from actors._policies._ratelimit import RateLimiterSettings
 from actors._policies._retry import RetrySettings
-from actors._provider._actor import GetStatus, ProviderActor, ProviderStatus
+from actors._provider._actor import ProviderActor
 from actors._provider._client import Provider
+from actors._provider._messages import GetStatus, ProviderStatus
 
 
 class HTTPStatus(Exception):

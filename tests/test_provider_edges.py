@@ -33,8 +33,9 @@ from actors._policies._bulkhead import BulkheadSettings
 from actors._policies._config._schema import ProviderSettings
 from actors._policies._retry import RetrySettings
 from actors._protocol import Call, CallReport
-from actors._provider._actor import ProviderActor, ProviderStatus
+from actors._provider._actor import ProviderActor
 from actors._provider._client import Provider
+from actors._provider._messages import ProviderStatus
 from tests.test_provider import FakeService, HTTPStatus
 from tests.trio_seeds import run_seeded
 

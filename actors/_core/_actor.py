@@ -22,12 +22,12 @@ import math
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, TypeVarTuple, Unpack
 
+from actors._core._ref import ActorRef
 from actors._core._reply import Failure, Reply, _tell_reply
 from actors._errors import ActorNotFound
 
 if TYPE_CHECKING:
     from actors._core._cell import _Incarnation
-    from actors._core._ref import ActorRef
 
 __all__ = ["Actor"]
 
@@ -80,8 +80,6 @@ class Actor(Generic[M, R]):
     @property
     def ref(self) -> ActorRef[M, R]:
         """A ref to this actor's slot (stable across restarts)."""
-        from actors._core._ref import ActorRef
-
         return ActorRef._create(self._context().cell)
 
     @property
@@ -105,8 +103,6 @@ class Actor(Generic[M, R]):
         Raises:
             ActorNotFound: no actor is at ``path`` (or it is stopped for good).
         """
-        from actors._core._ref import ActorRef
-
         cell = self._context().cell.registry.get(path)
         if cell is None or cell.closed:
             raise ActorNotFound(actor=path, detail=f" (looked up by {self.path!r})")

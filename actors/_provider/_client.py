@@ -29,7 +29,8 @@ from actors._core._cell import effective_timeout, new_reply
 from actors._core._ref import ActorRef
 from actors._policies._breaker import BreakerState
 from actors._protocol import Call
-from actors._provider._actor import GetStatus, Isolate, ProviderActor, ProviderStatus, Reset
+from actors._provider._actor import ProviderActor
+from actors._provider._messages import GetStatus, Isolate, ProviderStatus, Reset
 
 __all__ = ["Provider"]
 

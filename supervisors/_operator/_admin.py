@@ -82,8 +82,9 @@ from actors._monitor._alerts import UnknownAlert
 from actors._monitor._types import HealthReport, HealthStatus, InvalidQuery, UnknownService
 from actors._policies._ratelimit import RateLimiter, RateLimiterSettings
 from actors._policies._redact import escape_control, redact
-from actors._provider._actor import GetStatus, Isolate, ProviderActor
-from actors._provider._actor import Reset as ResetProvider
+from actors._provider._actor import ProviderActor
+from actors._provider._messages import GetStatus, Isolate
+from actors._provider._messages import Reset as ResetProvider
 from actors._saga._messages import GetSaga, ListSagas, SagaInfo
 from supervisors._events import TreeNode
 from supervisors._operator._metrics import METRICS_CONTENT_TYPE, render_metrics_async, take_snapshot

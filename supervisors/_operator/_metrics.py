@@ -58,7 +58,7 @@ from actors._monitor._types import (
     MonitorStatistics,
 )
 from actors._protocol import BREAKER_STATES, SUPERVISION_KINDS
-from actors._provider._actor import GetStatus, ProviderStatus
+from actors._provider._messages import GetStatus, ProviderStatus
 from actors._saga._messages import GetSagaStatistics
 from supervisors._events import TreeNode
 

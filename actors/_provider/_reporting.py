@@ -1,0 +1,154 @@
+"""A provider's reports to the monitor, and its housekeeping timer.
+
+Every attempt that reached the service is reported exactly once, in the order things happened
+(an attempt's report before the breaker transition it caused); reports are batched and sent with
+``tell_nowait``, never blocking the provider, and only the oldest call reports are dropped when
+too many are pending.  One housekeeping task flushes them, moves an open breaker to half-open on
+time and expires idempotency records, and sleeps while there is nothing to do.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import trio
+
+from actors._errors import (
+    ActorError,
+    ErrorCategory,
+)
+from actors._policies._breaker import BreakerState, BreakerTransition
+from actors._protocol import BreakerReport, CallReport
+from actors._provider._base import _EXPIRE_EVERY, _FLUSH_EVERY, _ProviderBase
+
+
+class _Reporting(_ProviderBase):
+    """Reporting and housekeeping of :class:`~actors.ProviderActor` (see the module docstring)."""
+
+    def _on_transition(self, transition: BreakerTransition) -> None:
+        if transition.new is BreakerState.OPEN:
+            # Wake the housekeeper when the break ends, so the monitor sees half-open on time.
+            wait = self._breaker.retry_after(transition.at)
+            if wait is not None:
+                self._wake_at(transition.at + wait)
+        if self._monitor_spec is None:
+            return
+        self._reports.append(
+            BreakerReport(
+                service=self.name,
+                old=transition.old.value,
+                new=transition.new.value,
+                at=transition.at,
+                reason=transition.reason,
+                path=self._path,
+            )
+        )
+        self._flush()
+
+    def _report(
+        self,
+        ok: bool,
+        latency: float,
+        at: float,
+        category: ErrorCategory | None,
+        error: str | None,
+        retried: bool,
+    ) -> None:
+        if self._monitor_spec is None:
+            return
+        reports = self._reports
+        reports.append(CallReport(self.name, ok, latency, at, category, error, retried))
+        n = len(reports)
+        if n == 1:
+            self._flush_at = at + self._report_interval
+            self._wake_at(self._flush_at)
+        elif n >= _FLUSH_EVERY:
+            self._flush()
+
+    def _wake_at(self, at: float) -> None:
+        """Have the housekeeper run at ``at`` at the latest."""
+        scope = self._housekeeper
+        if scope is not None and at < scope.deadline:
+            scope.deadline = at
+
+    def _flush(self) -> None:
+        reports = self._reports
+        if not reports:
+            return
+        monitor = self._monitor
+        if monitor is None and isinstance(self._monitor_spec, str):
+            try:
+                monitor = self._monitor = self.lookup(self._monitor_spec)
+            except LookupError:
+                monitor = None
+        if monitor is not None:
+            try:
+                monitor.tell_nowait(reports)
+            except ActorError:
+                pass
+            else:
+                self._reports = self._keep["reports"] = []
+                self._flush_at = math.inf
+                return
+        if len(reports) > self._max_pending:
+            self._trim(reports)
+        if self._flush_at == math.inf:  # e.g. a transition that could not go at once
+            self._flush_at = trio.current_time() + self._report_interval
+            self._wake_at(self._flush_at)
+
+    def _trim(self, reports: list[Any]) -> None:
+        """Drop the oldest call reports beyond ``max_pending``, keeping every transition (in
+        place and in order: the transitions among the dropped ones move up, which only removes
+        call reports from between them)."""
+        overflow = len(reports) - self._max_pending
+        # The transitions already moved to the front by earlier trims stay there.
+        start = 0
+        while start < len(reports) and type(reports[start]) is BreakerReport:
+            start += 1
+        end = start
+        dropped = 0
+        moved = []
+        while dropped < overflow and end < len(reports):
+            report = reports[end]
+            end += 1
+            if type(report) is BreakerReport:
+                moved.append(report)
+            else:
+                dropped += 1
+        reports[start:end] = moved
+        rest = overflow - dropped
+        if rest > 0:  # nothing but transitions left: the oldest go (the newest state stays)
+            del reports[:rest]
+            dropped += rest
+        self.counters.reports_dropped += dropped
+
+    def _housekeeping_due(self, now: float) -> float:
+        due = self._flush_at if self._reports else math.inf
+        breaker = self._breaker
+        if breaker.state is BreakerState.OPEN:
+            wait = breaker.retry_after(now)
+            if wait is not None:
+                due = min(due, now + wait)
+        if self._expire_at < due:
+            due = self._expire_at
+        return due
+
+    async def _housekeeping(self) -> None:
+        while True:
+            scope = trio.CancelScope(deadline=self._housekeeping_due(trio.current_time()))
+            self._housekeeper = scope
+            with scope:
+                await trio.sleep_forever()
+            self._housekeeper = None
+            now = trio.current_time()
+            if self._reports and now >= self._flush_at:
+                self._flush()
+                if self._reports:  # the monitor could not take them: try again later
+                    self._flush_at = now + self._report_interval
+            self._breaker.poll(now)
+            if now >= self._expire_at:
+                self._table.expire(now)
+                self._expire_at = now + _EXPIRE_EVERY if len(self._table) else math.inf
+            elif self._expire_at == math.inf and len(self._table):
+                self._expire_at = now + _EXPIRE_EVERY
