@@ -361,7 +361,7 @@ def test_an_admin_host_off_loopback_needs_allowed_hosts(
 AUTO_STATUS = """
     import httpx
 
-    from supervisors._admin import GetAdminAddress
+    from supervisors import GetAdminAddress
 
     answers = {}
 

@@ -423,8 +423,7 @@ async def test_a_full_disk_surfaces_as_a_journal_error(tmp_path: Path) -> None:
 
 CHILD = """
 import sys, time, trio
-from actors._journal import SagaEventKind as K, SagaHeader, SagaState
-from actors._sqlite_journal import SqliteJournal
+from actors import SagaEventKind as K, SagaHeader, SagaState, SqliteJournal
 
 def ack(saga_id, seq):
     sys.stdout.write(f"ACK {saga_id} {seq}\\n")  # one write: a kill cannot split a line
