@@ -67,62 +67,57 @@ callers are gone still finish; ``GetSaga`` shows their outcome and a ``StartSaga
 same ``saga_id`` and input joins the running saga or returns the stored outcome.  A saga whose
 definition is not registered is left untouched in the journal (and reported), never guessed
 at.
+
+Layout: this module is the actor's shell (construction, recovery in ``on_start``, admission of
+``StartSaga``, the worker tasks, queries); driving a saga forward and compensating it is in
+``_driver``, ending it (the caller's answer, the monitor's report) in ``_ending``, one saga's
+records and the coordinator's fields in ``_run``.  Definitions are in ``_definition``, the
+messages in ``_messages``, the journals in ``_journals``.
 """
 
 from __future__ import annotations
 
-import logging
 import secrets
 import time
 from collections.abc import Iterable
-from typing import Any, Final, TypeAlias
+from typing import Any
 
 import attrs
 import msgspec
 import outcome
 import trio
-from trio.lowlevel import Abort, RaiseCancelT, Task, current_task, reschedule, wait_task_rescheduled
+from trio.lowlevel import Task, current_task, reschedule, wait_task_rescheduled
 
-from actors._core._actor import Actor
 from actors._core._ref import ActorRef
 from actors._core._reply import Failure, Reply
 from actors._errors import (
-    ActorError,
-    ActorNotFound,
-    ActorStopped,
     BulkheadFull,
     ConfigError,
-    ErrorCategory,
     IdempotencyConflict,
-    MailboxFull,
 )
 from actors._policies._classify import Classifier
-from actors._policies._redact import check_printable, redact
-from actors._policies._retry import GiveUp, RetryPolicy, RetryState
-from actors._protocol import Call, CallReceiver, SagaReport
+from actors._policies._redact import check_printable
+from actors._policies._retry import RetryPolicy
+from actors._protocol import SagaReport
 from actors._saga._definition import (
     CompensationFailed,
     SagaDefinition,
     SagaFailed,
     SagaStep,
     SagaStepMessage,
-    SagaView,
     StepContext,
     StepError,
     UnknownSagaDefinition,
     decoder,
-    is_uncertain,
-    step_error,
     step_key,
 )
+from actors._saga._driver import _Driver
 from actors._saga._journals._records import (
     Journal,
     JournalError,
     MemoryJournal,
     SagaEvent,
-    SagaEventKind,
     SagaHeader,
-    SagaPhase,
     SagaState,
     normalize_header,
     saga_state,
@@ -140,8 +135,27 @@ from actors._saga._messages import (
     SagaResult,
     SagaStarted,
     StartSaga,
-    decode_error,
     saga_info,
+)
+from actors._saga._run import (
+    _COMPENSATION_PHASES,
+    _DEFAULT_MAX_RUNNING,
+    _MAX_IDLE_WORKERS,
+    _P,
+    _RUNNING,
+    _STARTED,
+    _STEP_IN_FLIGHT,
+    _STEP_STARTED,
+    _abort_idle,
+    _bad_id,
+    _Counters,
+    _encode,
+    _Job,
+    _log,
+    _not_a_str,
+    _Plan,
+    _Run,
+    _shown,
 )
 
 # The protocol lives in actors._saga_messages and the definitions in actors._saga_definition;
@@ -170,197 +184,11 @@ __all__ = [
     "step_key",
 ]
 
-_log = logging.getLogger("actors.saga")
-
-# Enum member lookups cost a descriptor call each on Python 3.11: module constants instead.
-_K = SagaEventKind
-_P = SagaPhase
-_STARTED: Final = _K.STARTED
-_STEP_STARTED: Final = _K.STEP_STARTED
-_STEP_COMPLETED: Final = _K.STEP_COMPLETED
-_STEP_FAILED: Final = _K.STEP_FAILED
-_COMPLETED: Final = _K.COMPLETED
-_RUNNING: Final = _P.RUNNING
-_STEP_IN_FLIGHT: Final = _P.STEP_IN_FLIGHT
-_DONE: Final = _P.COMPLETED
-_COMPENSATION_PHASES: Final = frozenset(
-    {_P.COMPENSATING, _P.COMPENSATION_IN_FLIGHT, _P.COMPENSATION_RETRYING}
-)
-_DEFAULT_MAX_RUNNING: Final = 10_000
-_MAX_IDLE_WORKERS: Final = 256
-
-_encode = msgspec.msgpack.Encoder().encode
-_decode = msgspec.msgpack.Decoder.decode  # (decoder, data)
-
-
-@attrs.define
-class _Counters:
-    started: int = 0
-    recovered: int = 0
-    unresumable: int = 0
-    completed: int = 0
-    compensated: int = 0
-    failed: int = 0
-    cancelled: int = 0
-    compensation_failed: int = 0
-    steps_sent: int = 0
-    step_retries: int = 0
-    compensations_sent: int = 0
-    compensation_retries: int = 0
-    reports_sent: int = 0
-    reports_dropped: int = 0
-
-
-# ------------------------------------------------------------------------------- one saga
-
-
-class _Run:
-    """One saga driven by this coordinator."""
-
-    __slots__ = (
-        "abandoned",
-        "cancellable",
-        "cause",
-        "definition",
-        "error",
-        "finished",
-        "forwarding",
-        "header",
-        "pending",
-        "plan",
-        "scope",
-        "sent",
-        "sent_seq",
-        "state",
-        "view",
-        "waiters",
-    )
-
-    def __init__(
-        self,
-        header: SagaHeader,
-        definition: SagaDefinition,
-        input: Any,
-        plan: _Plan | None = None,
-    ) -> None:
-        self.header = header
-        self.definition = definition
-        self.plan = _Plan(definition) if plan is None else plan
-        self.view = SagaView(header.saga_id, definition, input)
-        self.state = SagaState(header.saga_id, header.definition)
-        self.waiters: list[Reply[Any]] = []
-        # While `forwarding`, the cancel scope its forward part runs in (its worker's): its
-        # caller giving up cancels it.
-        self.scope: trio.CancelScope | None = None
-        self.forwarding = False
-        self.cancellable = False  # whether a caller can cancel it (then `scope` is used)
-        self.abandoned = False  # its caller gave up
-        self.finished = False
-        self.sent: int | None = None  # the step whose message this run sent last
-        self.sent_seq = -1  # the seq of the step_started (or compensation_started) sent last
-        self.pending: tuple[int, bytes] | None = None  # a reply being journaled
-        self.cause: BaseException | None = None  # the live exception that failed the saga
-        self.error: StepError | None = None  # decoded step_error (cache)
-
-
-_Job: TypeAlias = "tuple[_Run, Reply[Any] | None, bool]"
-#: A step's target and how messages are delivered to it (one of the constants below).
-_Target: TypeAlias = "tuple[ActorRef[Any, Any], str]"
-_CALL: Final = "call"
-_ENVELOPE: Final = "envelope"
-_RAW: Final = "raw"
-_DELIVERIES: Final = {"call": _CALL, "envelope": _ENVELOPE, "raw": _RAW}
-
-
-class _Plan:
-    """What a coordinator keeps about one definition, shared by the sagas that run it."""
-
-    __slots__ = ("checked", "decoders", "input", "names", "retrying", "targets")
-
-    def __init__(self, definition: SagaDefinition) -> None:
-        steps = definition.steps
-        self.names = tuple(step.name for step in steps)
-        self.input = decoder(definition.input_type)
-        #: Per step: the decoder of its replies; whether replies must be validated by it;
-        #: whether it may be retried; its target, once resolved.
-        self.decoders = tuple(decoder(step.reply_type) for step in steps)
-        self.checked = tuple(step.reply_type is not Any for step in steps)
-        self.retrying = tuple(step.retry.max_attempts > 1 for step in steps)
-        self.targets: list[_Target | None] = [None] * len(steps)
-
-
-def _step_message(
-    delivery: str, payload: Any, key: str, saga_id: str, step: str, *, compensate: bool = False
-) -> Any:
-    """What a step's (or its compensation's) target receives: the payload in a
-    :class:`SagaStepMessage`, in a provider :class:`Call` with the idempotency key, or as it
-    is."""
-    if delivery is _ENVELOPE:
-        return SagaStepMessage(key, payload, saga_id, step, compensate)
-    if delivery is _CALL:
-        return Call(payload, key)
-    return payload
-
-
-def _shown(text: object) -> str:
-    """Text for a log line or a monitor report: redacted (provider errors quote credentials)."""
-    try:
-        value = str(text)
-    except Exception as exc:  # an exception's __str__ may raise
-        value = f"<str() raised {type(exc).__name__}>"
-    return redact(value, max_length=_MAX_SHOWN)
-
-
-#: Report statuses that need an operator: delivered to the monitor even when its mailbox is
-#: full (waiting for room), never dropped while the coordinator runs.
-_CRITICAL: Final = frozenset({_P.COMPENSATION_FAILED.value, "unresumable"})
-#: Critical reports waiting for room in the monitor's mailbox, at most.
-_MAX_PENDING_REPORTS: Final = 1000
-#: Longest text a log line or report carries (redaction bounds it).
-_MAX_SHOWN: Final = 4000
-
-
-def _category(error: StepError) -> ErrorCategory:
-    try:
-        return ErrorCategory(error.category)
-    except ValueError:
-        return ErrorCategory.UNKNOWN
-
-
-def _abort_idle(raise_cancel: RaiseCancelT) -> Abort:
-    return Abort.SUCCEEDED
-
-
-_CANCELLED_IN_FLIGHT: Final = "the saga's caller stopped waiting while the step was in flight"
-_NOT_RUNNING: Final = (
-    "it is not running (stopped, or waiting to restart), so how to deliver to it is unknown"
-)
-#: Why a saga without a failed step is compensated: it was cancelled between two steps.
-_CANCELLED_BETWEEN_STEPS: Final = StepError(
-    type="Cancelled",
-    message="the saga's caller stopped waiting",
-    category=ErrorCategory.CANCELLATION.value,
-    cancelled=True,
-)
-
-
-def _bad_id(message: str, saga_id: str) -> ValueError:
-    # Never the id itself: it cannot even be encoded.
-    return ValueError(
-        f"{message}.saga_id holds characters that cannot be stored (a lone surrogate, at "
-        f"position {next(i for i, c in enumerate(saga_id) if not storable(c))}): use valid text"
-    )
-
 
 # ------------------------------------------------------------------------------- the actor
 
 
-def _not_a_str(field: str, value: object) -> TypeError:
-    # Never repr() the value: a bad input may not even print.
-    return TypeError(f"{field} must be a str, not {type(value).__name__}")
-
-
-class SagaCoordinator(Actor[SagaMessage, Any]):
+class SagaCoordinator(_Driver):
     """Runs sagas over a journal; resumes unfinished ones when it starts (see the module
     docstring).
 
@@ -806,585 +634,6 @@ class SagaCoordinator(Actor[SagaMessage, Any]):
         old.state = state
         for reply in run.waiters:
             self._answer(old, reply)
-
-    # ------------------------------------------------------------------ driving a saga
-
-    async def _forward(self, run: _Run, fresh: bool) -> SagaState:
-        """The forward part: send each step (write-ahead) until the last completes or one
-        fails (``fresh``: the first step's start was journaled with the saga, unsent)."""
-        journal = self._journal
-        state = run.state
-        steps = run.definition.steps
-        last = len(steps) - 1
-        if fresh:
-            # A caller that gave up while the saga was created must not have the step sent.
-            await trio.lowlevel.checkpoint_if_cancelled()
-        elif state.phase is _RUNNING:
-            if state.next_step > last:  # resumed after the last step completed
-                state = run.state = await journal.append(state.next_event(_COMPLETED))
-                return state
-            state = run.state = await journal.append(
-                state.next_event(_STEP_STARTED, state.next_step)
-            )
-        else:  # resumed with a step in flight: journal the re-send, then send
-            state = run.state = await journal.append(
-                state.next_event(_STEP_STARTED, state.step_in_flight)
-            )
-        saga_id = run.header.saga_id
-        append_many = journal.append_many
-        write_now = self._write_now
-        plan = run.plan
-        targets = plan.targets
-        view = run.view
-        counters = self.counters
-        while True:
-            i: int = state.step_in_flight  # type: ignore[assignment]
-            step = steps[i]
-            target = targets[i]
-            data: bytes | StepError
-            if target is None:
-                data = await self._send_step(run, i, step)
-            else:
-                # The first attempt, inline (a coroutine less on the hot path); failures and
-                # retries go on in _send_step.
-                started = trio.current_time() if plan.retrying[i] else 0.0
-                key = f"{saga_id}:{step.name}"
-                try:
-                    payload = step.action(
-                        StepContext(view, i, key, state.step_attempts, state.results)
-                    )
-                except Exception as exc:
-                    data = self._builder_failed(run, exc, "action", state.step_attempts > 1)
-                else:
-                    ref, delivery = target
-                    message = _step_message(delivery, payload, key, saga_id, step.name)
-                    run.sent = i
-                    run.sent_seq = state.next_seq - 1
-                    counters.steps_sent += 1
-                    try:
-                        reply = await ref.ask(message, timeout=step.timeout)
-                    except Exception as exc:
-                        data = await self._send_step(run, i, step, started, exc)
-                    else:
-                        data = self._journalable(run, i, reply)
-            state = run.state  # retries journal re-sends
-            if type(data) is not bytes:
-                state = run.state = await journal.append(
-                    state.next_event(_STEP_FAILED, i, _encode(data))
-                )
-                return state
-            # The step's completion and the next step's start (or the end): one write.
-            seq = state.next_seq
-            at = time.time()
-            done = SagaEvent(saga_id, seq, _STEP_COMPLETED, i, at, data)
-            if i < last:
-                then = SagaEvent(saga_id, seq + 1, _STEP_STARTED, i + 1, at)
-            else:
-                then = SagaEvent(saga_id, seq + 1, _COMPLETED, None, at)
-            run.pending = (i, data)
-            if write_now is None:
-                state = run.state = (await append_many((done, then)))[saga_id]
-            else:
-                if run.abandoned:  # deliver the caller's cancellation before writing
-                    await trio.lowlevel.checkpoint_if_cancelled()
-                written = write_now((done, then))
-                if written is None:  # not an open saga of this journal: the precise error
-                    written = (await append_many((done, then)))[saga_id]
-                state = run.state = written
-            run.pending = None
-            if i == last:
-                return state
-
-    def _builder_failed(
-        self, run: _Run, exc: Exception, which: str, uncertain: bool = False
-    ) -> StepError:
-        """Nothing was sent (``uncertain``: an earlier send of the same key may have landed)."""
-        run.cause = exc
-        return step_error(
-            exc,
-            self._classifier.classify(exc).category,
-            prefix=f"the step's {which} raised: ",
-            uncertain=uncertain,
-            unsent=True,
-        )
-
-    def _journalable(self, run: _Run, i: int, reply: Any) -> bytes | StepError:
-        """A step's reply encoded for the journal (and checked against its ``reply_type``)."""
-        try:
-            data = _encode(reply)
-            plan = run.plan
-            if plan.checked[i]:
-                plan.decoders[i].decode(data)
-        except (msgspec.EncodeError, msgspec.ValidationError, TypeError, ValueError) as exc:
-            run.cause = exc
-            return step_error(
-                exc,
-                ErrorCategory.VALIDATION,
-                prefix="the step's reply cannot be journaled: ",
-                uncertain=True,  # the target did the work
-            )
-        return data
-
-    async def _send_step(
-        self,
-        run: _Run,
-        i: int,
-        step: SagaStep,
-        started: float | None = None,
-        error: Exception | None = None,
-    ) -> bytes | StepError:
-        """Send step ``i`` (retrying per its policy); its encoded reply, or why it failed.
-
-        With ``error``, the first attempt (begun at ``started``) was made and failed with it.
-        The failure is uncertain when any attempt's was, or when the key was sent more than
-        once (a retry, or a re-send after a restart): a later refusal ("already done") says
-        nothing about whether an earlier send landed.  Each retry's ``step_started`` carries
-        the error of the attempt before it (for the audit trail).
-        """
-        saga_id = run.header.saga_id
-        key = f"{saga_id}:{step.name}"
-        retry: RetryState | None = None
-        if started is None:
-            started = trio.current_time()
-        doubt = error is not None and is_uncertain(error)  # a send may have landed
-        unsent = False  # the last attempt was never sent
-        while True:
-            if error is None:
-                state = run.state
-                try:
-                    payload = step.action(
-                        StepContext(run.view, i, key, state.step_attempts, state.results)
-                    )
-                except Exception as exc:
-                    return self._builder_failed(
-                        run, exc, "action", doubt or state.step_attempts > 1
-                    )
-                target = run.plan.targets[i]
-                if target is None:
-                    try:
-                        target = await self._resolve(run, i)
-                    except ActorNotFound as exc:
-                        run.cause = exc
-                        return step_error(
-                            exc,
-                            exc.category,
-                            uncertain=doubt or run.state.step_attempts > 1,
-                            unsent=True,
-                        )
-                    except ActorStopped as exc:  # not running: retried like a failed send
-                        error, unsent = exc, True
-                if target is not None:
-                    ref, delivery = target
-                    message = _step_message(delivery, payload, key, saga_id, step.name)
-                    run.sent = i
-                    run.sent_seq = run.state.next_seq - 1
-                    self.counters.steps_sent += 1
-                    try:
-                        reply = await ref.ask(message, timeout=step.timeout)
-                    except Exception as exc:
-                        error, unsent = exc, False
-                        doubt = doubt or is_uncertain(exc)
-                    else:
-                        return self._journalable(run, i, reply)
-            assert error is not None
-            verdict = self._classifier.classify(error)
-            if retry is None:
-                retry = self._policy(run.definition, i, False).begin(started)
-            now = trio.current_time()
-            decision = retry.on_failure(now, verdict.category, verdict.retry_after)
-            if type(decision) is GiveUp:
-                run.cause = error
-                return step_error(
-                    error,
-                    verdict.category,
-                    uncertain=doubt or run.state.step_attempts > 1,
-                    unsent=unsent,
-                )
-            info = step_error(error, verdict.category, uncertain=doubt, unsent=unsent)
-            error = None
-            await trio.sleep_until(decision.at)  # type: ignore[union-attr]
-            run.state = await self._journal.append(
-                run.state.next_event(_STEP_STARTED, i, _encode(info))
-            )
-            self.counters.step_retries += 1
-
-    async def _resolve(self, run: _Run, i: int) -> _Target:
-        """The target ref of step ``i`` and how to deliver to it; cached once known.
-
-        Raises:
-            ActorNotFound: no actor at the step's path.
-            ActorStopped: ``delivery="auto"`` and the target is not running (stopped, or
-                waiting out a restart backoff) within the step's timeout: how to deliver to
-                it is not known, so nothing is sent and nothing is cached.
-        """
-        step = run.definition.steps[i]
-        target = step.target
-        ref = target if isinstance(target, ActorRef) else self.lookup(target)
-        delivery: str = step.delivery
-        if delivery == "auto":
-            cell = ref._cell
-            # Decide from the running actor; while it is (re)starting, wait for it a little.
-            waited = 0.0
-            pause = 0.01
-            while cell.incarnation is None and not cell.closed and waited < step.timeout:
-                await trio.sleep(pause)
-                waited += pause
-                pause = min(pause * 2, 0.5, max(step.timeout - waited, 0.01))
-            inc = cell.incarnation
-            if inc is None:  # undecided: never cache a guess (every later saga would keep it)
-                raise ActorStopped(
-                    actor=ref.path, reason=_NOT_RUNNING, category=ErrorCategory.DEPENDENCY
-                )
-            delivery = "call" if isinstance(inc.actor, CallReceiver) else "envelope"
-        found = run.plan.targets[i] = (ref, _DELIVERIES[delivery])
-        return found
-
-    def _policy(self, definition: SagaDefinition, i: int, compensate: bool) -> RetryPolicy:
-        key = (definition.name, i, compensate)
-        policy = self._policies.get(key)
-        if policy is None:
-            step = definition.steps[i]
-            settings = step.compensation_retry if compensate else step.retry
-            policy = self._policies[key] = RetryPolicy(settings, random=self._rng)
-        return policy
-
-    async def _after_cancel(self, run: _Run) -> SagaState:
-        """The caller gave up during the forward part: record the step in flight, decide."""
-        found = await self._journal.get(run.header.saga_id)
-        # A write cut short by the cancellation may have landed: the journal has the truth.
-        state = run.state = saga_state(*found) if found is not None else run.state
-        if state.phase is _STEP_IN_FLIGHT:
-            i = state.step_in_flight
-            pending = run.pending
-            if pending is not None and pending[0] == i:  # its reply had arrived
-                state = run.state = await self._journal.append(
-                    state.next_event(_STEP_COMPLETED, i, pending[1])
-                )
-            else:
-                error = StepError(
-                    type="Cancelled",
-                    message=_CANCELLED_IN_FLIGHT,
-                    category=ErrorCategory.CANCELLATION.value,
-                    uncertain=run.sent == i or state.step_attempts > 1,
-                    cancelled=True,
-                    unsent=run.sent_seq != state.next_seq - 1,  # gone before it left
-                )
-                run.error = error
-                return await self._journal.append(state.next_event(_STEP_FAILED, i, _encode(error)))
-        if state.phase is _RUNNING:
-            if state.next_step >= len(run.definition.steps):
-                state = run.state = await self._journal.append(state.next_event(_COMPLETED))
-                return state
-            return await self._decide(run, state, _CANCELLED_BETWEEN_STEPS)
-        return state
-
-    def _failed_error(self, run: _Run, state: SagaState) -> StepError | None:
-        if state.failed_step is None:
-            return None
-        if run.error is None:
-            run.error = decode_error(state.step_error)
-        return run.error
-
-    def _uncertain(self, run: _Run, state: SagaState) -> bool:
-        """Whether the failed step may have taken effect: its error says so, or its key was
-        sent more than once (journals written before errors recorded that say it this way)."""
-        error = self._failed_error(run, state)
-        return state.step_attempts > 1 or (error is not None and error.uncertain)
-
-    def _next_compensation(self, run: _Run, state: SagaState, below: int) -> int | None:
-        """The highest step below ``below`` that must be compensated, or ``None``."""
-        steps = run.definition.steps
-        failed = state.failed_step
-        for j in range(min(below, len(steps)) - 1, -1, -1):
-            step = steps[j]
-            if step.compensate is None:
-                continue
-            if j < state.next_step:
-                return j
-            if j == failed:
-                policy = step.compensate_failed
-                if policy == "always" or (policy == "uncertain" and self._uncertain(run, state)):
-                    return j
-        return None
-
-    async def _decide(self, run: _Run, state: SagaState, reason: StepError | None) -> SagaState:
-        """After a failure (or a cancellation between steps): compensate, or end."""
-        if reason is None:
-            reason = self._failed_error(run, state)
-            assert reason is not None
-        below = state.next_step + (0 if state.failed_step is None else 1)
-        if self._next_compensation(run, state, below) is not None:
-            kind = _K.COMPENSATING
-        else:
-            kind = _K.CANCELLED if reason.cancelled else _K.FAILED
-        state = run.state = await self._journal.append(
-            state.next_event(kind, None, _encode(reason))
-        )
-        return state
-
-    # ------------------------------------------------------------------ compensating
-
-    async def _compensate(self, run: _Run, state: SagaState) -> SagaState:
-        journal = self._journal
-        deadline = trio.current_time() + run.definition.compensation_deadline
-        if state.phase is _P.COMPENSATING:
-            j = self._next_compensation(run, state, state.compensate_below or 0)
-            if j is None:
-                # The final event keeps the reason of `compensating` (for the saga's error).
-                state = run.state = await journal.append(
-                    state.next_event(_K.COMPENSATED, None, state.reason)
-                )
-                return state
-            event = state.next_event(_K.COMPENSATION_STARTED, j)
-        else:  # resumed in flight or waiting for a retry: re-send (journaled first)
-            event = state.next_event(_K.COMPENSATION_STARTED, state.compensation_step)
-        state = run.state = await journal.append(event)
-        saga_id = run.header.saga_id
-        while True:
-            j = state.compensation_step
-            assert j is not None
-            error = await self._send_compensation(run, j, deadline)
-            state = run.state
-            if error is not None:
-                state = run.state = await journal.append(
-                    state.next_event(_K.COMPENSATION_FAILED, j, _encode(error))
-                )
-                return state
-            done = state.next_event(_K.COMPENSATED_STEP, j)
-            nxt = self._next_compensation(run, state, j)
-            if nxt is None:
-                then = SagaEvent(saga_id, done.seq + 1, _K.COMPENSATED, None, done.at, state.reason)
-            else:
-                then = SagaEvent(saga_id, done.seq + 1, _K.COMPENSATION_STARTED, nxt, done.at)
-            state = run.state = (await journal.append_many((done, then)))[saga_id]
-            if nxt is None:
-                return state
-
-    async def _send_compensation(self, run: _Run, j: int, deadline: float) -> StepError | None:
-        """Send the compensation of step ``j`` until it succeeds (``None``) or gives up."""
-        step = run.definition.steps[j]
-        saga_id = run.header.saga_id
-        key = f"{saga_id}:{step.name}:compensate"
-        assert step.compensate is not None
-        error_info = self._failed_error(run, run.state) if j == run.state.failed_step else None
-        retry: RetryState | None = None
-        started = trio.current_time()
-        while True:
-            state = run.state
-            try:
-                payload = step.compensate(
-                    StepContext(
-                        run.view,
-                        j,
-                        key,
-                        state.compensation_attempts,
-                        state.results,
-                        compensating=True,
-                        error=error_info,
-                    )
-                )
-            except Exception as exc:
-                return step_error(
-                    exc,
-                    self._classifier.classify(exc).category,
-                    prefix="the step's compensate builder raised: ",
-                    unsent=True,
-                )
-            now = trio.current_time()
-            timeout = min(step.compensation_timeout, deadline - now)
-            if timeout <= 0:
-                return StepError(
-                    type="DeadlineExceeded",
-                    message="the saga's compensation deadline passed",
-                    category=ErrorCategory.TIMEOUT.value,
-                    unsent=True,
-                )
-            error: Exception
-            unsent = False
-            target = run.plan.targets[j]
-            if target is None:
-                try:
-                    target = await self._resolve(run, j)
-                except ActorNotFound as exc:
-                    return step_error(exc, exc.category, unsent=True)
-                except ActorStopped as exc:  # not running: retried like a failed send
-                    error, unsent = exc, True
-            if target is not None:
-                ref, delivery = target
-                message = _step_message(delivery, payload, key, saga_id, step.name, compensate=True)
-                self.counters.compensations_sent += 1
-                try:
-                    await ref.ask(message, timeout=timeout)
-                except Exception as exc:
-                    error = exc
-                else:
-                    return None
-            verdict = self._classifier.classify(error)
-            if retry is None:
-                retry = self._policy(run.definition, j, True).begin(started, deadline)
-            now = trio.current_time()
-            info = step_error(error, verdict.category, unsent=unsent)
-            decision = retry.on_failure(now, verdict.category, verdict.retry_after)
-            if type(decision) is GiveUp:
-                return info
-            _log.warning(
-                "saga %s: compensation of step %r failed (%s); retrying in %.3g s",
-                saga_id,
-                step.name,
-                _shown(info.describe()),
-                decision.delay,  # type: ignore[union-attr]
-            )
-            run.state = await self._journal.append(
-                run.state.next_event(_K.COMPENSATION_FAILED_STEP, j, _encode(info))
-            )
-            await trio.sleep_until(decision.at)  # type: ignore[union-attr]
-            run.state = await self._journal.append(run.state.next_event(_K.COMPENSATION_STARTED, j))
-            self.counters.compensation_retries += 1
-
-    # ------------------------------------------------------------------ ending
-
-    def _finish(self, run: _Run, state: SagaState) -> None:
-        run.finished = True
-        phase = state.phase
-        counters = self.counters
-        if phase is _DONE:
-            counters.completed += 1
-        elif phase is _P.COMPENSATED:
-            counters.compensated += 1
-        elif phase is _P.FAILED:
-            counters.failed += 1
-        elif phase is _P.CANCELLED:
-            counters.cancelled += 1
-        elif phase is _P.COMPENSATION_FAILED:
-            counters.compensation_failed += 1
-        for reply in run.waiters:
-            self._answer(run, reply)
-        run.waiters = []
-        if phase is not _DONE:
-            error = self._error(run)
-            step = state.compensation_step if phase is _P.COMPENSATION_FAILED else state.failed_step
-            text = _shown(error)
-            if phase is _P.COMPENSATION_FAILED:
-                _log.error("%s", text)
-            else:
-                _log.info("%s", text)
-            self._report(run.header.saga_id, run.definition.name, phase.value, step, text)
-
-    def _answer(self, run: _Run, reply: Reply[Any]) -> None:
-        if run.state.phase is _DONE:
-            # Replies decoded from the journal (the values builders saw, where they looked).
-            seen = run.view.replies
-            plan = run.plan
-            values = list(map(_decode, plan.decoders, run.state.results))
-            for i, value in seen.items():
-                values[i] = value
-            results = dict(zip(plan.names, values, strict=True))
-            reply.set(SagaResult(run.header.saga_id, run.definition.name, results))
-        else:
-            reply.fail(self._error(run))
-
-    def _error(self, run: _Run) -> SagaFailed:
-        """A fresh exception describing how a finished, not completed, saga ended."""
-        state = run.state
-        steps = run.definition.steps
-        failed = state.failed_step
-        # Without a failed step the saga was cancelled between steps; the final event's data
-        # is the reason (`compensated`, `cancelled`), or the compensation's error.
-        info = self._failed_error(run, state) if failed is not None else None
-        if info is None:
-            if state.phase is _P.COMPENSATION_FAILED:
-                info = _CANCELLED_BETWEEN_STEPS
-            else:
-                info = decode_error(state.reason)
-        compensated = [steps[j].name for j in state.compensated]
-        step_name = steps[failed].name if failed is not None else None
-        if state.phase is _P.COMPENSATION_FAILED:
-            j = state.compensation_step
-            return CompensationFailed(
-                saga_id=run.header.saga_id,
-                definition=run.definition.name,
-                step=failed,
-                step_name=step_name,
-                reason=info.describe(),
-                compensation_step=j,
-                compensation_step_name=steps[j].name if j is not None else None,
-                compensation_error=decode_error(state.reason).describe(),
-                cancelled=info.cancelled,
-                compensated=compensated,
-                cause=run.cause,
-            )
-        return SagaFailed(
-            saga_id=run.header.saga_id,
-            definition=run.definition.name,
-            outcome=state.phase.value,
-            step=failed,
-            step_name=step_name,
-            reason=info.describe(),
-            category=_category(info),
-            cancelled=info.cancelled,
-            compensated=compensated,
-            cause=run.cause,
-        )
-
-    def _report(
-        self, saga_id: str, definition: str, status: str, step: int | None, detail: str
-    ) -> None:
-        """Tell the monitor (never blocking).  A full mailbox drops an ordinary report (counted);
-        a critical one (``compensation_failed``, ``unresumable``: an operator must act) is handed
-        to a background task that waits for room, so it is delivered without holding up the
-        coordinator's other sagas."""
-        spec = self._monitor_spec
-        if spec is None:
-            return
-        report = SagaReport(saga_id, definition, status, step, _shown(detail), time.time())
-        monitor = self._monitor
-        if monitor is None:
-            try:
-                monitor = self._monitor = self.lookup(spec)  # type: ignore[arg-type]
-            except LookupError:
-                if status in _CRITICAL and self._queue_report(report):
-                    return
-                self.counters.reports_dropped += 1
-                return
-        try:
-            monitor.tell_nowait(report)
-        except MailboxFull:
-            if status in _CRITICAL and self._queue_report(report):
-                return
-            self.counters.reports_dropped += 1
-        except ActorError:
-            self.counters.reports_dropped += 1
-        else:
-            self.counters.reports_sent += 1
-
-    def _queue_report(self, report: SagaReport) -> bool:
-        """Deliver ``report`` in the background (``False``: too many are waiting already)."""
-        if self._pending_reports >= _MAX_PENDING_REPORTS:
-            return False
-        self._pending_reports += 1
-        self.spawn(self._deliver_report, report, name=f"{self.path}:critical report")
-        return True
-
-    async def _deliver_report(self, report: SagaReport) -> None:
-        """Wait for room in the monitor's mailbox and send ``report``; while the monitor is
-        missing or stopped, look it up again and retry with backoff (up to 30 s apart)."""
-        pause = 0.5
-        try:
-            while True:
-                monitor = self._monitor
-                try:
-                    if monitor is None:
-                        monitor = self._monitor = self.lookup(self._monitor_spec)  # type: ignore[arg-type]
-                    await monitor.tell(report)
-                except (ActorError, LookupError):
-                    self._monitor = None if isinstance(self._monitor_spec, str) else monitor
-                    await trio.sleep(pause)
-                    pause = min(pause * 2, 30.0)
-                    continue
-                self.counters.reports_sent += 1
-                return
-        finally:
-            self._pending_reports -= 1
 
     # ------------------------------------------------------------------ queries
 
