@@ -132,21 +132,20 @@ from actors._saga._definition import (
     UnknownSagaDefinition,
     step_key,
 )
+from actors._saga._journals._memory import MemoryJournal
 from actors._saga._journals._postgres._journal import PostgresJournal
 from actors._saga._journals._records import (
     Journal,
     JournalError,
-    MemoryJournal,
     SagaEvent,
     SagaEventKind,
     SagaHeader,
     SagaPhase,
     SagaSequenceError,
-    SagaState,
     SagaSummary,
-    saga_state,
 )
 from actors._saga._journals._sqlite._journal import SqliteJournal
+from actors._saga._journals._state import SagaState, saga_state
 from actors._saga._messages import (
     DiscardSaga,
     GetSaga,

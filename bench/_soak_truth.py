@@ -25,7 +25,8 @@ import trio
 
 from actors import Actor, AuraError, Failure, chaos
 from actors._saga._definition import SagaStepMessage
-from actors._saga._journals._records import Journal, saga_state
+from actors._saga._journals._records import Journal
+from actors._saga._journals._state import saga_state
 from actors._saga._messages import decode_error
 from supervisors import Supervisor
 

@@ -43,14 +43,11 @@ from typing import Any
 import msgspec
 import trio
 
-import actors._saga._journals._sqlite._journal as sqlite_journal
-from actors._saga._journals._records import (
-    Journal,
-    MemoryJournal,
-    SagaEvent,
-    SagaEventKind,
-    SagaHeader,
-)
+import actors._saga._journals._sqlite._file as sqlite_file
+import actors._saga._journals._sqlite._schema as sqlite_schema
+import actors._saga._journals._sqlite._writer as sqlite_writer
+from actors._saga._journals._memory import MemoryJournal
+from actors._saga._journals._records import Journal, SagaEvent, SagaEventKind, SagaHeader
 from actors._saga._journals._sqlite._journal import SqliteJournal
 from bench._harness import Figure, measure, now_ns
 
@@ -72,9 +69,9 @@ _NONE = msgspec.msgpack.encode(None)  # a saga's input
 _ONE = msgspec.msgpack.encode(1)  # a step's reply
 
 #: The journal writer's insert helper, recorded by :class:`Recorder` and called by
-#: :func:`replay` (one private name: the bench's only hook into the writer besides the
-#: ``before_commit`` test hook).
-_insert_many = sqlite_journal._insert_many
+#: :func:`replay` (one private name, bound in the schema and writer modules that call it: the
+#: bench's only hook into the writer besides the ``before_commit`` test hook).
+_insert_many = sqlite_schema._insert_many
 
 Transaction = list[tuple[dict[int, str], list[Any]]]
 
@@ -127,10 +124,10 @@ class CommitFloor:
 
     def _run(self, path: str) -> None:
         try:
-            conn = sqlite_journal._open(path, "FULL")
+            conn = sqlite_file._open(path, "FULL")
             at = time.time()
             _insert_many(
-                conn, sqlite_journal._INSERT_SAGAS, [(1, "floor", "bench", at, _NONE, "{}")]
+                conn, sqlite_schema._INSERT_SAGAS, [(1, "floor", "bench", at, _NONE, "{}")]
             )
         except BaseException as exc:  # reported to the opener
             self._opened.put(exc)
@@ -146,7 +143,7 @@ class CommitFloor:
                         seq += 1
                         conn.execute("BEGIN IMMEDIATE")
                         row = (1, seq, "step_completed", 0, at, _ONE, None, None)
-                        _insert_many(conn, sqlite_journal._INSERT_EVENTS, [row])
+                        _insert_many(conn, sqlite_schema._INSERT_EVENTS, [row])
                         conn.execute("COMMIT")
                     done.put(now_ns() - start)
                 except BaseException as exc:  # reported to the caller
@@ -212,14 +209,14 @@ class Recorder:
         writer = journal._writer
         assert writer is not None, "open the journal first"
         writer.before_commit = self._before_commit
-        sqlite_journal._insert_many = self._insert
+        sqlite_schema._insert_many = sqlite_writer._insert_many = self._insert
         before = journal.statistics().commits
         self.active = True
         try:
             yield
         finally:
             self.active = False
-            sqlite_journal._insert_many = _insert_many
+            sqlite_schema._insert_many = sqlite_writer._insert_many = _insert_many
             writer.before_commit = None
         committed = journal.statistics().commits - before
         if len(self.transactions) != committed or self._current:
@@ -231,7 +228,7 @@ class Recorder:
     @property
     def rows(self) -> int:
         """Event rows recorded (a saga's step is one row)."""
-        events = sqlite_journal._INSERT_EVENTS
+        events = sqlite_schema._INSERT_EVENTS
         return sum(len(rows) for tx in self.transactions for s, rows in tx if s is events)
 
 
@@ -241,7 +238,7 @@ def replay(transactions: list[Transaction]) -> float:
         path = new_journal_file(directory)
 
         def work() -> float:
-            conn = sqlite_journal._open(path, "FULL")
+            conn = sqlite_file._open(path, "FULL")
             try:
                 start = now_ns()
                 for tx in transactions:

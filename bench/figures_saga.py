@@ -51,7 +51,8 @@ from actors._core._actor import Actor
 from actors._core._runtime import open_actor
 from actors._saga._coordinator import SagaCoordinator
 from actors._saga._definition import SagaDefinition, SagaStep
-from actors._saga._journals._records import Journal, MemoryJournal
+from actors._saga._journals._memory import MemoryJournal
+from actors._saga._journals._records import Journal
 from actors._saga._journals._sqlite._journal import SqliteJournal
 from actors._saga._messages import StartSaga
 from bench._harness import Figure, measure, now_ns, timed_trio

@@ -37,9 +37,9 @@ from actors._saga._journals._records import (
     SagaEventKind,
     SagaHeader,
     SagaSequenceError,
-    saga_state,
 )
 from actors._saga._journals._sqlite._journal import SqliteJournal
+from actors._saga._journals._state import saga_state
 from actors.chaos import ChaosSettings
 
 VALID = """

@@ -22,9 +22,8 @@ from actors._saga._journals._records import (
     SagaHeader,
     SagaPhase,
     SagaSequenceError,
-    SagaState,
-    saga_state,
 )
+from actors._saga._journals._state import SagaState, saga_state
 
 K = SagaEventKind
 P = SagaPhase

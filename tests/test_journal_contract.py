@@ -20,19 +20,19 @@ import trio
 from hypothesis import given, settings
 
 from actors._errors import ConfigError
+from actors._saga._journals._memory import MemoryJournal
 from actors._saga._journals._postgres._journal import PostgresJournal
 from actors._saga._journals._records import (
     Journal,
     JournalError,
     JournalStatistics,
-    MemoryJournal,
     SagaEventKind,
     SagaHeader,
     SagaPhase,
     SagaSequenceError,
-    saga_state,
 )
 from actors._saga._journals._sqlite._journal import SqliteJournal
+from actors._saga._journals._state import saga_state
 from tests.fixtures_postgres import drop_schema, new_schema_name
 from tests.test_journal import Driver, ev, header
 

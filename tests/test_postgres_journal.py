@@ -22,8 +22,8 @@ from actors._saga._journals._records import (
     SagaEventKind,
     SagaPhase,
     SagaSequenceError,
-    saga_state,
 )
+from actors._saga._journals._state import saga_state
 from tests.postgres_helpers import (
     age_connection,
     expire_lease,

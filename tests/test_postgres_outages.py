@@ -19,13 +19,8 @@ import trio
 
 from actors._errors import JournalUnavailable
 from actors._saga._journals._postgres._journal import PostgresJournal
-from actors._saga._journals._records import (
-    JournalError,
-    SagaEventKind,
-    SagaHeader,
-    SagaPhase,
-    saga_state,
-)
+from actors._saga._journals._records import JournalError, SagaEventKind, SagaHeader, SagaPhase
+from actors._saga._journals._state import saga_state
 from actors.testing import PostgresServer
 from tests.fixtures_postgres import new_schema_name
 from tests.postgres_helpers import open_journal, sql, waiting_for_end

@@ -40,7 +40,8 @@ from actors._saga._definition import (
     UnknownSagaDefinition,
     step_key,
 )
-from actors._saga._journals._records import Journal, SagaEvent, SagaEventKind, SagaHeader, SagaState
+from actors._saga._journals._records import Journal, SagaEvent, SagaEventKind, SagaHeader
+from actors._saga._journals._state import SagaState
 from actors._saga._messages import (
     DiscardSaga,
     GetSaga,

@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from actors._saga._journals._records import SagaPhase, saga_state
+from actors._saga._journals._records import SagaPhase
 from actors._saga._journals._sqlite._journal import SqliteJournal
+from actors._saga._journals._state import saga_state
 from tests.saga_crash_child import STEPS
 
 SEED = 20240611

@@ -30,13 +30,8 @@ from actors._saga._definition import (
     StepError,
     step_key,
 )
-from actors._saga._journals._records import (
-    JournalError,
-    SagaEvent,
-    SagaEventKind,
-    SagaHeader,
-    SagaState,
-)
+from actors._saga._journals._records import JournalError, SagaEvent, SagaEventKind, SagaHeader
+from actors._saga._journals._state import SagaState
 from actors._saga._messages import GetSaga, GetSagaStatistics, SagaInfo, SagaResult, StartSaga
 from supervisors import ChildSpec, RestartBackoff
 from tests.test_saga import QUICK_RETRY, World, chain, saga_tree, wait_finished

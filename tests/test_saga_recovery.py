@@ -25,10 +25,10 @@ from actors._saga._journals._records import (
     SagaEvent,
     SagaEventKind,
     SagaHeader,
-    SagaState,
     SagaSummary,
 )
 from actors._saga._journals._sqlite._journal import SqliteJournal
+from actors._saga._journals._state import SagaState
 from actors._saga._messages import GetSaga, GetSagaStatistics, ListSagas, SagaInfo, StartSaga
 from supervisors import ChildSpec, open_supervisor
 from tests.test_saga import SERVICES, World, chain, saga_tree, service, wait_finished

@@ -15,7 +15,8 @@ import trio
 import trio.testing
 
 from actors import AskTimeout, MemoryJournal
-from actors._saga._journals._records import SagaEventKind, SagaHeader, SagaState
+from actors._saga._journals._records import SagaEventKind, SagaHeader
+from actors._saga._journals._state import SagaState
 from bench import _soak_truth as truth
 
 ROOT = Path(__file__).parent.parent

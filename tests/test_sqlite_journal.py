@@ -20,15 +20,10 @@ import trio.testing
 from hypothesis import given, settings
 
 from actors._errors import ErrorCategory
-from actors._saga._journals._records import (
-    JournalError,
-    SagaEvent,
-    SagaEventKind,
-    SagaHeader,
-    SagaState,
-    saga_state,
-)
-from actors._saga._journals._sqlite._journal import APPLICATION_ID, SCHEMA_VERSION, SqliteJournal
+from actors._saga._journals._records import JournalError, SagaEvent, SagaEventKind, SagaHeader
+from actors._saga._journals._sqlite._journal import SqliteJournal
+from actors._saga._journals._sqlite._schema import APPLICATION_ID, SCHEMA_VERSION
+from actors._saga._journals._state import SagaState, saga_state
 from tests.test_journal import Driver, draw_recorded, header
 
 K = SagaEventKind
@@ -807,7 +802,7 @@ async def test_a_damaged_journal_of_the_previous_schema_is_refused_not_upgraded(
 
 async def journal_pragma(journal: SqliteJournal, name: str) -> object:
     """A PRAGMA of the journal's own connection, read on its writer thread."""
-    from actors._saga._journals._sqlite._journal import _READ, _Request
+    from actors._saga._journals._sqlite._writer import _READ, _Request
 
     request = _Request(_READ)
     request.fn = lambda conn: conn.execute(f"PRAGMA {name}").fetchone()[0]
@@ -1050,7 +1045,7 @@ async def test_a_failing_auto_prune_does_not_fail_the_batch_that_committed(
 ) -> None:
     """The batch committed, then the retention transaction after it failed: the batch's
     callers succeed, the failure is logged, the journal keeps working and prunes later."""
-    import actors._saga._journals._sqlite._journal as module
+    import actors._saga._journals._sqlite._writer as module
 
     real_prune = module._prune
     failures = {"left": 1}

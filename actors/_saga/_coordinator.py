@@ -112,17 +112,10 @@ from actors._saga._definition import (
     step_key,
 )
 from actors._saga._driver import _Driver
-from actors._saga._journals._records import (
-    Journal,
-    JournalError,
-    MemoryJournal,
-    SagaEvent,
-    SagaHeader,
-    SagaState,
-    normalize_header,
-    saga_state,
-    storable,
-)
+from actors._saga._journals._index import normalize_header, storable
+from actors._saga._journals._memory import MemoryJournal
+from actors._saga._journals._records import Journal, JournalError, SagaEvent, SagaHeader
+from actors._saga._journals._state import SagaState, saga_state
 from actors._saga._messages import (
     DiscardSaga,
     GetSaga,

@@ -34,11 +34,8 @@ from actors._saga._definition import (
     step_error,
 )
 from actors._saga._ending import _Ending
-from actors._saga._journals._records import (
-    SagaEvent,
-    SagaState,
-    saga_state,
-)
+from actors._saga._journals._records import SagaEvent
+from actors._saga._journals._state import SagaState, saga_state
 from actors._saga._run import (
     _CALL,
     _CANCELLED_BETWEEN_STEPS,

@@ -24,9 +24,7 @@ from actors._saga._definition import (
     SagaFailed,
     StepError,
 )
-from actors._saga._journals._records import (
-    SagaState,
-)
+from actors._saga._journals._state import SagaState
 from actors._saga._messages import (
     SagaResult,
     decode_error,

@@ -19,7 +19,8 @@ import msgspec
 
 from actors._errors import ErrorCategory, shown
 from actors._saga._definition import SagaDefinition, StepError, decoder
-from actors._saga._journals._records import SagaEvent, SagaEventKind, SagaHeader, saga_state
+from actors._saga._journals._records import SagaEvent, SagaEventKind, SagaHeader
+from actors._saga._journals._state import saga_state
 
 __all__ = [
     "DiscardSaga",

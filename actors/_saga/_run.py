@@ -32,15 +32,9 @@ from actors._saga._definition import (
     StepError,
     decoder,
 )
-from actors._saga._journals._records import (
-    Journal,
-    SagaEvent,
-    SagaEventKind,
-    SagaHeader,
-    SagaPhase,
-    SagaState,
-    storable,
-)
+from actors._saga._journals._index import storable
+from actors._saga._journals._records import Journal, SagaEvent, SagaEventKind, SagaHeader, SagaPhase
+from actors._saga._journals._state import SagaState
 from actors._saga._messages import (
     SagaMessage,
 )

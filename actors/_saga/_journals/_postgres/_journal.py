@@ -62,6 +62,7 @@ from trio.lowlevel import Abort, RaiseCancelT, Task, current_task, reschedule, w
 
 from actors._errors import ConfigError, ErrorCategory, JournalUnavailable, OwnershipLost
 from actors._saga._journals._fleet import FleetJournal, FleetStatistics, InstanceInfo, SagaOwnership
+from actors._saga._journals._index import SagaIndex, Tracked, check_count, normalize_header, seconds
 from actors._saga._journals._postgres._schema import (
     APPEND,
     CLAIM,
@@ -84,15 +85,10 @@ from actors._saga._journals._records import (
     SagaEvent,
     SagaEventKind,
     SagaHeader,
-    SagaIndex,
     SagaPhase,
-    SagaState,
     SagaSummary,
-    Tracked,
-    check_count,
-    normalize_header,
-    seconds,
 )
+from actors._saga._journals._state import SagaState
 
 if TYPE_CHECKING:
     from actors._saga._journals._postgres._schema import Statements

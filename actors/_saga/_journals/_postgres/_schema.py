@@ -40,7 +40,9 @@ from typing import TYPE_CHECKING, Any, Final
 from trio.lowlevel import Abort, RaiseCancelT, Task
 
 from actors._errors import ErrorCategory
-from actors._saga._journals._records import JournalError, SagaPhase, SagaState, Tracked
+from actors._saga._journals._index import Tracked
+from actors._saga._journals._records import JournalError, SagaPhase
+from actors._saga._journals._state import SagaState
 
 if TYPE_CHECKING:
     import psycopg

@@ -76,9 +76,8 @@ from actors._saga._journals._records import (
     SagaEventKind,
     SagaHeader,
     SagaSequenceError,
-    SagaState,
-    saga_state,
 )
+from actors._saga._journals._state import SagaState, saga_state
 
 if TYPE_CHECKING:
     from actors._saga._journals._postgres._journal import PostgresJournal
