@@ -8,15 +8,15 @@ and ``_live``.  This package only re-exports the public names, listed in ``__all
 """
 
 from supervisors._events import EventKind, Subscription, SupervisionEvent, TreeNode
-from supervisors._operator._admin import (
+from supervisors._operator._admin._actor import (
     AdminActor,
     AdminAddress,
-    AdminBackend,
-    AdminSettings,
     GetAdminAddress,
     admin_spec,
-    build_admin_app,
 )
+from supervisors._operator._admin._requests import AdminBackend
+from supervisors._operator._admin._routes import build_admin_app
+from supervisors._operator._admin._settings import AdminSettings
 from supervisors._operator._logging import (
     CorrelationFilter,
     JsonFormatter,

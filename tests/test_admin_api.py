@@ -36,13 +36,9 @@ from actors._saga._coordinator import SagaCoordinator
 from actors._saga._definition import SagaDefinition, SagaStep, SagaStepMessage
 from actors._saga._messages import StartSaga
 from supervisors import ChildSpec, Supervisor, SupervisorSpec, open_supervisor
-from supervisors._operator._admin import (
-    AdminSettings,
-    FailedAttempts,
-    GetAdminAddress,
-    admin_spec,
-    parse_duration,
-)
+from supervisors._operator._admin._actor import GetAdminAddress, admin_spec
+from supervisors._operator._admin._requests import FailedAttempts, parse_duration
+from supervisors._operator._admin._settings import AdminSettings
 
 TOKEN = "test-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -28,7 +28,7 @@ import pytest
 import trio
 
 from supervisors import Supervisor, open_supervisor
-from supervisors._operator._admin import AdminActor, GetAdminAddress
+from supervisors._operator._admin._actor import AdminActor, GetAdminAddress
 from supervisors._operator._http import HttpLimits, HttpStatistics
 from tests.test_admin_api import _tree, calls, report
 

@@ -30,7 +30,7 @@ from actors import (
 )
 from actors._protocol import BreakerReport, CallReport
 from supervisors import ChildSpec, Supervisor, SupervisorSpec, TreeNode, open_supervisor
-from supervisors._operator._admin import GetAdminAddress, admin_spec
+from supervisors._operator._admin._actor import GetAdminAddress, admin_spec
 from supervisors._operator._cli import describe_config, main
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -65,7 +65,7 @@ from supervisors._tree import Supervisor, open_supervisor
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from supervisors._operator._admin import AdminSettings
+    from supervisors._operator._admin._settings import AdminSettings
 
 __all__ = ["main"]
 
@@ -186,7 +186,7 @@ async def run_tree(
         forwarder = _Forwarder(monitor) if monitor is not None else None
         remove = root.add_listener(forwarder) if forwarder is not None else None
         if admin_settings is not None:
-            from supervisors._operator._admin import AdminActor, GetAdminAddress
+            from supervisors._operator._admin._actor import AdminActor, GetAdminAddress
             from supervisors._spec import ChildSpec
 
             settings = admin_settings
@@ -203,7 +203,7 @@ async def run_tree(
             sagas = None
 
         async def snapshot() -> OperatorSnapshot:
-            from supervisors._operator._admin import find_providers
+            from supervisors._operator._admin._actor import find_providers
 
             return await take_snapshot(
                 monitor,
@@ -308,7 +308,7 @@ def _admin_settings(args: argparse.Namespace) -> AdminSettings | None:
     """
     if args.admin_port is None:
         return None
-    from supervisors._operator._admin import AdminSettings
+    from supervisors._operator._admin._settings import AdminSettings
 
     token = os.environ.get(TOKEN_VARIABLE) or None
     if args.admin_token_file is not None:
