@@ -43,6 +43,7 @@ from actors._errors import (
     RetriesExhausted,
     RetryBudgetExhausted,
 )
+from actors._metadata import fixup_module_metadata as _fixup_module_metadata
 from actors._monitor._actor import (
     AcknowledgeAlert,
     AcknowledgeAlerts,
@@ -307,3 +308,7 @@ __all__ = [
     "saga_state",
     "step_key",
 ]
+
+# Public names show their public module in reprs, tracebacks and pickles (see actors._metadata).
+_fixup_module_metadata(__name__, globals(), __all__)
+del _fixup_module_metadata

@@ -7,6 +7,7 @@ public entry points in ``_tree``, events and snapshots in ``_events``; the admin
 and ``_live``.  This package only re-exports the public names, listed in ``__all__``.
 """
 
+from actors._metadata import fixup_module_metadata as _fixup_module_metadata
 from supervisors._events import EventKind, Subscription, SupervisionEvent, TreeNode
 from supervisors._operator._admin._actor import (
     AdminActor,
@@ -77,3 +78,7 @@ __all__ = [
     "root_of",
     "take_snapshot",
 ]
+
+# Public names show their public module in reprs, tracebacks and pickles (see actors._metadata).
+_fixup_module_metadata(__name__, globals(), __all__)
+del _fixup_module_metadata

@@ -53,6 +53,7 @@ Layout: injected exceptions and :func:`fault` in ``_faults``, the injectors in `
 re-exported here.
 """
 
+from actors._metadata import fixup_module_metadata as _fixup_module_metadata
 from actors._policies._config._chaos import ChaosSettings
 from actors.chaos._compose import (
     injectors_from_settings,
@@ -91,3 +92,7 @@ __all__ = [
     "wrap_actor",
     "wrap_provider_function",
 ]
+
+# Public names show their public module in reprs, tracebacks and pickles (see actors._metadata).
+_fixup_module_metadata(__name__, globals(), __all__)
+del _fixup_module_metadata

@@ -11,6 +11,7 @@ General layout: each server launcher lives in its own private module and is re-e
   or with SIGKILL) and start it again on the same port with the same data.
 """
 
+from actors._metadata import fixup_module_metadata as _fixup_module_metadata
 from actors.testing._postgres_server import (
     PostgresBinaries,
     PostgresServer,
@@ -27,3 +28,7 @@ __all__ = [
     "find_postgres_binaries",
     "find_redis_server",
 ]
+
+# Public names show their public module in reprs, tracebacks and pickles (see actors._metadata).
+_fixup_module_metadata(__name__, globals(), __all__)
+del _fixup_module_metadata
