@@ -6,7 +6,7 @@ Theory of operation
   forward, so bucket rotation is included), minus an empty loop over the same reports.
 * ``monitor_record_error_ns``: the same for a failed attempt with a typical error message
   (redaction, the recent-error record and the intake alert check included).
-* ``redact_ns``: :func:`actors._redact.redact` of a typical provider error message (a URL, a
+* ``redact_ns``: :func:`actors.redact` of a typical provider error message (a URL, a
   status, a request id; no secret), and ``redact_secret_ns`` of one carrying a bearer token.
 * ``monitor_bytes_per_service``: memory held by a monitor (every object reachable from it:
   windows, totals, the recent-error buffer, alerts) after a steady load on many services for

@@ -8,7 +8,7 @@ function that returns its payload; rounds interleave the candidates and each fig
 median of its per-round values, with the interquartile range.
 
 * ``provider_call_ns``: ``Provider.call(i, key=f"request-{i}")`` (a fresh idempotency key per
-  call) on a provider actor with the default :class:`~actors._config.ProviderSettings`: the
+  call) on a provider actor with the default :class:`~actors.ProviderSettings`: the
   breaker, the retry policy with its budget, the bulkhead, the idempotency table (with the
   payload's fingerprint), the per-attempt timeout and the outcome counters.  No monitor.
 * ``equal_stack_ns``: the same work written in-line under trio with the usual libraries, in

@@ -4,14 +4,14 @@ against the disk's own yardsticks measured in the same run.
 Theory of operation
 -------------------
 Sagas of 10 steps, each step an ask to an actor that replies at once, run through a
-:class:`~actors._saga.SagaCoordinator` in a supervision tree.  Rounds interleave the candidates
+:class:`~actors.SagaCoordinator` in a supervision tree.  Rounds interleave the candidates
 (:func:`bench._harness.measure`); each figure is the median of its per-round values, with the
 interquartile range.
 
 On the in-memory journal:
 
 * ``saga_step_us``: one caller running sagas back to back on a
-  :class:`~actors._journal.MemoryJournal`; the caller's time per step (the ``StartSaga`` round
+  :class:`~actors.MemoryJournal`; the caller's time per step (the ``StartSaga`` round
   trip and the saga's start and end amortised over its 10 steps).
 * ``ask_us``: one bare ``ActorRef.ask`` to the same kind of actor.
 * ``saga_step_vs_ask``: their per-round ratio, the coordinator's own cost on top of the step's
@@ -23,7 +23,7 @@ On the in-memory journal:
   alone) / ask``: the ratio a coordinator costing nothing itself would reach
   (``saga_journal_step_us`` is those writes).
 
-On the default :class:`~actors._sqlite_journal.SqliteJournal` (WAL, ``synchronous=FULL``, a
+On the default :class:`~actors.SqliteJournal` (WAL, ``synchronous=FULL``, a
 fresh file on ``/tmp``, a disk here), against the yardsticks of ``bench.figures_journal``:
 
 * ``saga_sqlite_step_us``: one saga at a time, one caller: the latency of a step, which is one

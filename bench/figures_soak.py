@@ -5,7 +5,7 @@ Theory of operation
 :func:`collect` runs the reliability suite (``python -m bench.soak``) in a fresh subprocess,
 so its resident memory is measured alone, for 12 s of load (``quick``) or 60 s, on the saga
 journal chosen with ``python -m bench --journal memory|sqlite`` (the in-memory journal by
-default; ``sqlite`` is a :class:`~actors._sqlite_journal.SqliteJournal` at its default
+default; ``sqlite`` is a :class:`~actors.SqliteJournal` at its default
 durability in a temporary directory), and reads the figures it writes with ``--json``:
 
 * ``soak_asks_per_s``: asks ended per second of load, every injector on (faults, latency,

@@ -36,25 +36,11 @@ from typing import Any
 import attrs
 import trio
 
-from actors._core._cell import (
-    CellState,
-    _Cell,
-    is_cancellation,
-    is_fatal,
-    run_actor,
-    unwrap,
-)
+from actors._core._cell import CellState, _Cell, is_cancellation, is_fatal, run_actor, unwrap
 from actors._core._reply import _Timers
 from actors._errors import ActorNotFound, AuraError, ErrorCategory
 from supervisors._events import EventKind, SupervisionEvent, TreeNode, _EventBus
-from supervisors._spec import (
-    AnySpec,
-    ChildSpec,
-    Restart,
-    RestartBackoff,
-    Strategy,
-    SupervisorSpec,
-)
+from supervisors._spec import AnySpec, ChildSpec, Restart, RestartBackoff, Strategy, SupervisorSpec
 
 __all__ = [
     "ChildStartFailed",

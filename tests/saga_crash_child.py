@@ -1,7 +1,7 @@
 """The process the saga crash test kills: sagas over fake providers that keep an effect ledger.
 
 Run by ``tests/test_saga_crash.py`` (``python -m tests.saga_crash_child ...``).  It opens the
-saga journal (a :class:`~actors._sqlite_journal.SqliteJournal` at its default durability) and
+saga journal (a :class:`~actors.SqliteJournal` at its default durability) and
 a supervision tree with three provider actors and a saga coordinator, which resumes every
 unfinished saga of the journal.  It prints ``READY``, starts sagas ``t{first}`` ..
 ``t{first + count - 1}`` (``StartSaga`` with their ids is idempotent: sagas already in the

@@ -20,7 +20,7 @@ seconds = st.floats(min_value=0.0, max_value=1e4, allow_nan=False, allow_infinit
 #: Strictly positive seconds.
 positive_seconds = st.floats(min_value=1e-3, max_value=1e4, allow_nan=False, allow_infinity=False)
 
-#: A uniform random sample as :func:`actors._backoff.compute_delay` takes it.
+#: A uniform random sample as :func:`actors._policies._backoff.compute_delay` takes it.
 unit_samples = st.floats(min_value=0.0, max_value=1.0, allow_nan=False)
 
 #: Retry numbers, including ones far past the point where exponential growth overflows.

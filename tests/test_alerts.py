@@ -1,4 +1,4 @@
-"""Alerts: the alert book's hysteresis (actors._monitoring_alerts) and the monitor's rules."""
+"""Alerts: the alert book's hysteresis (actors._monitor._alerts) and the monitor's rules."""
 
 from __future__ import annotations
 

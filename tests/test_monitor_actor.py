@@ -9,14 +9,7 @@ import pytest
 import trio
 import trio.testing
 
-from actors import (
-    Actor,
-    ActorRef,
-    ProviderActor,
-    ProviderError,
-    ProviderSettings,
-    RetrySettings,
-)
+from actors import Actor, ActorRef, ProviderActor, ProviderError, ProviderSettings, RetrySettings
 from actors._monitor._actor import (
     AcknowledgeAlert,
     GetAlerts,

@@ -1,4 +1,4 @@
-"""The monitor's sans-I/O state (actors._monitoring): windows, totals, queries, health, bounds."""
+"""The monitor's sans-I/O state (actors._monitor): windows, totals, queries, health, bounds."""
 
 from __future__ import annotations
 
@@ -9,13 +9,7 @@ import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from hypothesis.stateful import (
-    RuleBasedStateMachine,
-    initialize,
-    invariant,
-    precondition,
-    rule,
-)
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from actors._errors import ConfigError, ErrorCategory
 from actors._monitor._alerts import AlertRule

@@ -24,14 +24,7 @@ from actors._saga._journals._records import (
     SagaSequenceError,
 )
 from actors._saga._journals._state import saga_state
-from tests.postgres_helpers import (
-    age_connection,
-    expire_lease,
-    open_journal,
-    owners,
-    sql,
-    travel,
-)
+from tests.postgres_helpers import age_connection, expire_lease, open_journal, owners, sql, travel
 from tests.test_journal import Driver, ev, header
 
 K = SagaEventKind

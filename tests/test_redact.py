@@ -1,4 +1,4 @@
-"""Redaction of secrets from error messages (actors._redact)."""
+"""Redaction of secrets from error messages (actors._policies._redact)."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 A ref names a *cell* (a supervised slot), not an actor instance, so it stays valid across
 restarts.  ``ask`` parks the calling task on a :class:`~actors.Reply` without a cancel scope per
-call (see ``actors._reply``), which keeps a round trip close to the cost of two bare trio task
+call (see ``actors._core._reply``), which keeps a round trip close to the cost of two bare trio task
 switches.  Deadlines: an ask waits at most ``timeout`` seconds (the cell's default when not
 given) and never past the caller's own trio deadline; the earlier of the two is the
 :attr:`Reply.deadline` the actor sees.

@@ -139,7 +139,7 @@ class FleetBreakers:
     def register(self, name: str, breaker: BreakerSettings | None = None) -> FleetBreakerView:
         """Share provider ``name``'s breaker; return its view (the same object for the
         member's lifetime, updated in place).  ``breaker`` gives the break lengths (default
-        :class:`~actors._breaker.BreakerSettings`).  Registering again updates them."""
+        :class:`~actors.BreakerSettings`).  Registering again updates them."""
         settings = BreakerSettings() if breaker is None else breaker
         breaks = BreakPolicy.from_seconds(
             settings.break_duration, settings.break_duration_factor, settings.max_break_duration

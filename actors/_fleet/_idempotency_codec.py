@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-**Fingerprints.**  The in-process table's :func:`~actors._idempotency.fingerprint` includes the
+**Fingerprints.**  The in-process table's :func:`~actors.fingerprint` includes the
 request's class name, which is right inside one process and wrong across a fleet: a deploy that
 renames a class (or moves it to another module) would make every retried request conflict
 with its own earlier run.  :func:`stable_fingerprint` hashes the request's *content* only:

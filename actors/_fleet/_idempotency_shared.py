@@ -3,15 +3,16 @@
 Theory of operation
 -------------------
 :class:`SharedIdempotency` is the second tier behind a provider's in-process
-:class:`~actors._idempotency.IdempotencyTable`: the table keeps serving joins of calls running
+:class:`~actors.IdempotencyTable`: the table keeps serving joins of calls running
 in this process and outcomes it already holds; a call the table *starts* asks the shared store
 here, once, before it runs.  :meth:`~SharedIdempotency.begin` answers
 
 * a :class:`SharedClaim`: this instance owns the key and runs the call, then finishes the
   claim with :meth:`~SharedIdempotency.complete`, :meth:`~SharedIdempotency.fail` or
   :meth:`~SharedIdempotency.abandon`;
-* a :class:`~actors._idempotency.Completed`: the call already ran somewhere in the fleet and
-  this is its outcome (decoded by the :class:`~actors._fleet._idempotency_codec.OutcomeCodec`);
+* a :class:`~actors._policies._idempotency.Completed`: the call already ran somewhere in the
+  fleet and this is its outcome (decoded by the
+  :class:`~actors._fleet._idempotency_codec.OutcomeCodec`);
 * :class:`~actors._errors.IdempotencyConflict`: the key was used with another request.
 
 When another instance is running the key, ``begin`` waits as a *joiner*: it wakes when the key

@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 **In the store.**  A provider's quota (``rate`` calls per second, ``burst`` at most at once) is
 one number, the bucket's theoretical arrival time ``tat`` (server ms, the time the bucket is
-full again), exactly as the local :class:`~actors._ratelimit.RateLimiter` keeps it.  One Lua
+full again), exactly as the local :class:`~actors.RateLimiter` keeps it.  One Lua
 script takes up to ``want`` tokens: with ``unit = 1000 / rate`` ms per token and ``tau = burst
 * unit``, the bucket holds ``(tau - max(0, tat - now)) / unit`` tokens, it grants the whole
 ones up to ``want`` and moves ``tat`` on by ``granted * unit``; when none is there it answers

@@ -3,11 +3,11 @@
 Theory of operation
 -------------------
 :class:`FleetSettings` is a msgspec schema validated like every other settings struct (see
-``actors._config``): durations are float seconds or :class:`datetime.timedelta`, a bad value
-raises :class:`~actors._errors.ConfigError` whose ``path`` names the field, unknown keys are
-errors.  Relations between fields are checked too (an instance's liveness must outlast a few
-heartbeats; a view is stale only after a refresh had a chance to run), because a violation
-would silently break the fleet's guarantees rather than fail.
+``actors._policies._config._schema``): durations are float seconds or :class:`datetime.timedelta`, a
+bad value raises :class:`~actors._errors.ConfigError` whose ``path`` names the field, unknown keys
+are errors.  Relations between fields are checked too (an instance's liveness must outlast a few
+heartbeats; a view is stale only after a refresh had a chance to run), because a violation would
+silently break the fleet's guarantees rather than fail.
 
 ``instance_id`` defaults to a fresh id per process (host, PID and random bits): two processes
 never share one, and a restarted process is a new instance (its predecessor's leases and

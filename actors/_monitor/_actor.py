@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-A thin trio shell around :class:`~actors._monitoring.MonitorState` (the sans-I/O core that
+A thin trio shell around :class:`~actors.MonitorState` (the sans-I/O core that
 keeps the windows, totals, breaker states, recent errors and alerts).  The actor
 
 * records every report it is told: a provider's batches (lists of ``CallReport`` /

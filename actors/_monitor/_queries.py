@@ -12,12 +12,7 @@ from collections.abc import Callable, Iterable
 from typing import Final
 
 from actors._errors import shown
-from actors._monitor._alerts import (
-    Alert,
-    AlertBook,
-    AlertList,
-    AlertRule,
-)
+from actors._monitor._alerts import Alert, AlertBook, AlertList, AlertRule
 from actors._monitor._types import (
     BreakerInfo,
     BreakerList,

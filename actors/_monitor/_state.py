@@ -7,7 +7,7 @@ reports (:class:`CallReport` per attempt, :class:`BreakerReport` per breaker tra
 supervisors send :class:`SupervisionReport`; the actor passes each to :meth:`MonitorState.record`
 with its clock's ``now``, calls :meth:`MonitorState.evaluate` every ``check_interval`` seconds,
 publishes the :class:`AlertEvent` s both return, and answers queries with the result types of
-:mod:`actors._monitoring_types` (msgspec Structs shaped as the JSON bodies of the admin
+:mod:`actors._monitor._types` (msgspec Structs shaped as the JSON bodies of the admin
 endpoints).  Every public name of the monitor is importable from this module.
 
 Windows.  Each service has two rings of time buckets aligned on ``floor(t / width)``: a *count*
@@ -16,7 +16,7 @@ ring (``buckets`` buckets; calls, errors, retries and errors per category) and a
 bumps a few counters of the report's bucket, O(1); advancing a ring to a later bucket zeroes the
 buckets that fall out of the window, O(bucket size) per elapsed bucket, never per report.  The
 count ring keeps running sums of calls and errors, so the alert rules read them in O(1); queries
-sum the other fields over the buckets (see :mod:`actors._monitoring_windows`).  Memory is fixed
+sum the other fields over the buckets (see :mod:`actors._monitor._windows`).  Memory is fixed
 when the service is first seen: it never grows with traffic.  A report is placed by its own
 ``at`` (so a report delayed in a mailbox still lands in the right bucket); one older than the
 window counts in the totals only, and one from the future lands in the newest bucket.
@@ -46,7 +46,7 @@ supervision ``stopped`` event for the provider's path (or a path above it) means
 is gone for good: its breaker reads ``closed`` again and its ``breaker_open`` alert is resolved
 (resolution ``stopped``).
 
-Alerts and health: see :mod:`actors._monitoring_alerts` for the rules and their hysteresis and
+Alerts and health: see :mod:`actors._monitor._alerts` for the rules and their hysteresis and
 :meth:`MonitorState.health` for how health is derived from breakers, active alerts and the
 amount of data.
 
@@ -610,7 +610,7 @@ class MonitorState(_Queries):
 
         Raises alerts whose value reached the threshold and resolves those whose value was
         measured below ``threshold x resolve_factor`` at ``resolve_checks`` checks in a row (see
-        :mod:`actors._monitoring_alerts`); a service with fewer than ``min_calls`` calls in the
+        :mod:`actors._monitor._alerts`); a service with fewer than ``min_calls`` calls in the
         window is not measured.  Call it every ``settings.check_interval`` seconds.
         """
         settings = self._settings

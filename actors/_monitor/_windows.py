@@ -24,7 +24,7 @@ bin ``b``.  Percentiles come from the merged (summed) histogram by
 nearest rank and are reported as the bin's geometric midpoint.
 
 :class:`_Series` is everything kept about one service: its two rings, exact totals and its
-breaker.  These are private: :mod:`actors._monitoring` is the public face.
+breaker.  These are private: :mod:`actors._monitor._state` is the public face.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 Theory of operation
 -------------------
 A :class:`RetryPolicy` belongs to one provider and is shared by all its calls; it holds the
-:class:`RetrySettings`, a :class:`~actors._backoff.Backoff` and, optionally, the provider's
-:class:`~actors._budget.RetryBudget`.  Each call gets its own small :class:`RetryState` from
+:class:`RetrySettings`, a :class:`~actors.Backoff` and, optionally, the provider's
+:class:`~actors.RetryBudget`.  Each call gets its own small :class:`RetryState` from
 :meth:`RetryPolicy.begin`, and the trio shell drives it::
 
     state = policy.begin(now, deadline)           # counts one request in the budget
@@ -223,7 +223,7 @@ class RetryPolicy:
     Arguments:
         settings: the retry settings (default ``RetrySettings()``).
         budget: the provider's retry budget, shared by its calls; ``None`` for no budget.
-        random: the jitter's random source (see :class:`~actors._backoff.Backoff`).
+        random: the jitter's random source (see :class:`~actors.Backoff`).
     """
 
     __slots__ = ("_backoff", "_calls", "_gave_up", "_retries", "_retry_on", "budget", "settings")

@@ -78,10 +78,7 @@ from trio.lowlevel import Task
 from actors._core._correlation import ids
 from actors._core._ref import ActorRef
 from actors._core._reply import Failure, _Timers
-from actors._errors import (
-    CircuitOpen,
-    ErrorCategory,
-)
+from actors._errors import CircuitOpen, ErrorCategory
 from actors._policies._breaker import CircuitBreaker
 from actors._policies._budget import RetryBudget
 from actors._policies._bulkhead import Bulkhead

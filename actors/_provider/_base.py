@@ -21,11 +21,7 @@ from trio.lowlevel import Task
 from actors._core._actor import Actor
 from actors._core._ref import ActorRef
 from actors._core._reply import CancelAt, Reply, _Timers
-from actors._errors import (
-    AuraError,
-    ErrorCategory,
-    ProviderError,
-)
+from actors._errors import AuraError, ErrorCategory, ProviderError
 from actors._policies._breaker import BreakerState, BreakerTransition, CircuitBreaker, Permit
 from actors._policies._budget import RetryBudget
 from actors._policies._bulkhead import Bulkhead

@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-``Provider.call`` behaves as an ask of a :class:`~actors._provider.Call` message, with two
+``Provider.call`` behaves as an ask of a :class:`~actors.Call` message, with two
 shortcuts, both taken in the caller's task (trio runs one task at a time, so what it reads is
 consistent):
 

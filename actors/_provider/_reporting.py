@@ -14,10 +14,7 @@ from typing import Any
 
 import trio
 
-from actors._errors import (
-    ActorError,
-    ErrorCategory,
-)
+from actors._errors import ActorError, ErrorCategory
 from actors._policies._breaker import BreakerState, BreakerTransition
 from actors._protocol import BreakerReport, CallReport
 from actors._provider._base import _EXPIRE_EVERY, _FLUSH_EVERY, _ProviderBase

@@ -3,18 +3,18 @@ compensates on failure or cancellation, and resumes every unfinished saga after 
 
 Theory of operation
 -------------------
-A :class:`SagaCoordinator` owns a journal (``actors._journal``) and a set of
-:class:`~actors._saga_definition.SagaDefinition`.  Its mailbox only *admits*: ``StartSaga``
+A :class:`SagaCoordinator` owns a journal (``actors._saga._journals._records``) and a set of
+:class:`~actors.SagaDefinition`.  Its mailbox only *admits*: ``StartSaga``
 validates the request, defers the reply and spawns one background task for the saga (in the
 coordinator's scope, :meth:`Actor.spawn`); queries that need the journal are answered from a
 spawned task too.  So the mailbox never waits for a step, and many sagas run at once.  The
 coordinator's state (the table of running sagas, counters) is touched only by its own tasks.
 
-A saga's task drives the saga state machine of ``actors._journal`` (table ``TRANSITIONS``)
-and is write-ahead: every transition is durable in the journal *before* the message it
-announces is sent.  Forward, step ``i``'s completion and step ``i + 1``'s start are journaled in
-one ``append_many`` (one commit per step, not two; the SQLite journal stores them in one row),
-then step ``i + 1``'s message is sent; a new saga is created with its first step's start::
+A saga's task drives the saga state machine of ``actors._saga._journals._records`` (table
+``TRANSITIONS``) and is write-ahead: every transition is durable in the journal *before* the message
+it announces is sent.  Forward, step ``i``'s completion and step ``i + 1``'s start are journaled in
+one ``append_many`` (one commit per step, not two; the SQLite journal stores them in one row), then
+step ``i + 1``'s message is sent; a new saga is created with its first step's start::
 
     create(started, then=[step_started(0)]) -> send 0 -> [step_completed(0), step_started(1)]
     -> send 1 -> ... -> [step_completed(n-1), completed]
@@ -23,24 +23,24 @@ On the in-memory journal, whose writes never block, the per-step write is made w
 coroutine (``MemoryJournal.append_saga_nowait``); a subclass gets the awaited calls.
 
 Each step and compensation carries the idempotency key ``{saga_id}:{step}`` or
-``{saga_id}:{step}:compensate`` (see ``actors._saga_definition`` for how it reaches the
+``{saga_id}:{step}:compensate`` (see ``actors._saga._definition`` for how it reaches the
 target); retries and re-sends after a restart reuse it, so a target that honours keys applies
 each effect once.
 
 Failure.  A step that fails (after its retries) is journaled ``step_failed`` with a
-:class:`~actors._saga_definition.StepError`; if any completed compensatable step (or the failed
+:class:`~actors.StepError`; if any completed compensatable step (or the failed
 step itself, when its outcome is uncertain) needs undoing the saga journals ``compensating``
 and compensates them in reverse order, else it ends ``failed``.  A failed step's outcome is
 uncertain once any send of its key may have landed: an attempt failed with a timeout, a crash
 or a cancellation, or the key was sent more than once (a retry, a re-send after a restart, a
 provider's own retry), since a final refusal ("already charged") says nothing about the sends
-before it.  Journaled errors are redacted and bounded (``actors._redact``), and so is every
-log line and monitor report.  A compensation that fails is
+before it.  Journaled errors are redacted and bounded (``actors._policies._redact``), and so is
+every log line and monitor report.  A compensation that fails is
 journaled ``compensation_failed_step`` and retried with backoff under the step's
 ``compensation_retry`` and the definition's ``compensation_deadline``; when it gives up the saga
 ends ``compensation_failed``: it stays listed, a :class:`SagaReport` goes to the monitor (if
 its mailbox is full, a background task waits for room: that report is never dropped) and
-the caller gets :class:`~actors._saga_definition.CompensationFailed`.
+the caller gets :class:`~actors.CompensationFailed`.
 
 Cancellation.  When the caller that started a saga stops waiting (its ask timed out or was
 cancelled), the cancel scope its *forward* part runs in is cancelled (one scope per worker task,
@@ -62,7 +62,7 @@ alert lost with a killed process is raised again): ``running`` starts the next s
 first); ``step_failed`` decides again; ``compensating`` continues below the last compensated
 step; a compensation in flight or waiting for a retry is re-sent with its key.  This holds
 after a supervisor restarts the actor (same journal object) and after ``kill -9`` of the
-process (a new :class:`~actors._sqlite_journal.SqliteJournal` over the same file).  Sagas whose
+process (a new :class:`~actors.SqliteJournal` over the same file).  Sagas whose
 callers are gone still finish; ``GetSaga`` shows their outcome and a ``StartSaga`` with the
 same ``saga_id`` and input joins the running saga or returns the stored outcome.  A saga whose
 definition is not registered is left untouched in the journal (and reported), never guessed
@@ -90,11 +90,7 @@ from trio.lowlevel import Task, current_task, reschedule, wait_task_rescheduled
 
 from actors._core._ref import ActorRef
 from actors._core._reply import Failure, Reply
-from actors._errors import (
-    BulkheadFull,
-    ConfigError,
-    IdempotencyConflict,
-)
+from actors._errors import BulkheadFull, ConfigError, IdempotencyConflict
 from actors._policies._classify import Classifier
 from actors._policies._redact import check_printable
 from actors._policies._retry import RetryPolicy
@@ -151,7 +147,7 @@ from actors._saga._run import (
     _shown,
 )
 
-# The protocol lives in actors._saga_messages and the definitions in actors._saga_definition;
+# The protocol lives in actors._saga._messages and the definitions in actors._saga._definition;
 # their public names are re-exported here so the coordinator's users need one import.
 __all__ = [
     "CompensationFailed",

@@ -37,7 +37,7 @@ dicts, lists and scalars.
 
 Which failed step is compensated.  A step that failed may or may not have taken effect: after
 a timeout, a crash of the target or a cancellation nobody knows.  The journal allows its
-compensation to run too (see ``actors._journal``); ``compensate_failed`` decides:
+compensation to run too (see ``actors._saga._journals._records``); ``compensate_failed`` decides:
 ``"uncertain"`` (default) compensates the failed step only when its outcome is uncertain (a
 timeout, the target crashed or was stopped while handling it, the saga was cancelled while it
 was in flight, or its key was sent more than once: a retry, a re-send after a restart or a
@@ -155,8 +155,8 @@ class StepError(msgspec.Struct, frozen=True):
 
     Attributes:
         type: the exception's class name (``"Cancelled"`` for a cancellation).
-        message: the exception's message, redacted (``actors._redact``: no API keys, tokens
-            or URL passwords reach the journal) and bounded to about 1,000 characters.
+        message: the exception's message, redacted (``actors._policies._redact``: no API keys,
+            tokens or URL passwords reach the journal) and bounded to about 1,000 characters.
         category: the :class:`~actors._errors.ErrorCategory` value.
         uncertain: whether the effect may have happened anyway: a send failed with a timeout,
             a crash or a cancellation, or the key was sent more than once (a retry, a re-send

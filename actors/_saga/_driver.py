@@ -17,11 +17,7 @@ import msgspec
 import trio
 
 from actors._core._ref import ActorRef
-from actors._errors import (
-    ActorNotFound,
-    ActorStopped,
-    ErrorCategory,
-)
+from actors._errors import ActorNotFound, ActorStopped, ErrorCategory
 from actors._policies._retry import GiveUp, RetryPolicy, RetryState
 from actors._protocol import Call, CallReceiver
 from actors._saga._definition import (

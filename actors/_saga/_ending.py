@@ -14,21 +14,11 @@ from typing import Any
 import trio
 
 from actors._core._reply import Reply
-from actors._errors import (
-    ActorError,
-    MailboxFull,
-)
+from actors._errors import ActorError, MailboxFull
 from actors._protocol import SagaReport
-from actors._saga._definition import (
-    CompensationFailed,
-    SagaFailed,
-    StepError,
-)
+from actors._saga._definition import CompensationFailed, SagaFailed, StepError
 from actors._saga._journals._state import SagaState
-from actors._saga._messages import (
-    SagaResult,
-    decode_error,
-)
+from actors._saga._messages import SagaResult, decode_error
 from actors._saga._run import (
     _CANCELLED_BETWEEN_STEPS,
     _CRITICAL,

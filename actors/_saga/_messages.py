@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-Every message a :class:`~actors._saga.SagaCoordinator` accepts or sends is a frozen, tagged
+Every message a :class:`~actors.SagaCoordinator` accepts or sends is a frozen, tagged
 ``msgspec.Struct`` (principle 6: they can be journaled, sent over HTTP or between processes
 unchanged).  This module also turns a journaled saga (header and events) into the
 :class:`SagaInfo` a ``GetSaga`` query answers, with a human-readable audit trail; it imports
@@ -88,7 +88,7 @@ class GetSaga(msgspec.Struct, frozen=True, tag="saga.get"):
 
 class ListSagas(msgspec.Struct, frozen=True, tag="saga.list"):
     """Ask for the unfinished sagas and those that need an operator (``compensation_failed``):
-    a list of :class:`~actors._journal.SagaSummary`, oldest first."""
+    a list of :class:`~actors.SagaSummary`, oldest first."""
 
 
 class DiscardSaga(msgspec.Struct, frozen=True, tag="saga.discard"):

@@ -20,24 +20,15 @@ from trio.lowlevel import Abort, RaiseCancelT, Task
 from actors._core._actor import Actor
 from actors._core._ref import ActorRef
 from actors._core._reply import Reply
-from actors._errors import (
-    ErrorCategory,
-)
+from actors._errors import ErrorCategory
 from actors._policies._classify import Classifier
 from actors._policies._redact import redact
 from actors._policies._retry import RetryPolicy
-from actors._saga._definition import (
-    SagaDefinition,
-    SagaView,
-    StepError,
-    decoder,
-)
+from actors._saga._definition import SagaDefinition, SagaView, StepError, decoder
 from actors._saga._journals._index import storable
 from actors._saga._journals._records import Journal, SagaEvent, SagaEventKind, SagaHeader, SagaPhase
 from actors._saga._journals._state import SagaState
-from actors._saga._messages import (
-    SagaMessage,
-)
+from actors._saga._messages import SagaMessage
 
 _log = logging.getLogger("actors.saga")
 

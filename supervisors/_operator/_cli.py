@@ -10,14 +10,14 @@ nothing) and returning one. An optional ``async def workload(root) -> None`` dri
 run ends when it returns, after ``--seconds``, or on Ctrl-C (the first one stops the run
 gracefully: the tree shuts down in order). While the tree runs, its supervision events are
 forwarded to the monitor (``--monitor PATH``, default ``monitor``), the live view redraws from
-snapshots (``supervisors._live``) that include the saga coordinator's unfinished sagas when
-there is one (``--sagas PATH``, default ``sagas``), and ``--admin-port`` adds the admin API as a
-dynamic child of the root (named ``aura-admin``; its write token comes from
-``$AURA_ADMIN_TOKEN`` or ``--admin-token-file``, never the command line, which every user of the
-machine can read; an optional read token, which every read but health then needs, from
-``$AURA_ADMIN_READ_TOKEN`` or ``--admin-read-token-file``). With ``--no-live``, or when stdout
-is not a terminal, the view is plain log lines instead: what changed between snapshots, and a
-summary line every ``--every`` seconds.
+snapshots (``supervisors._operator._live``) that include the saga coordinator's unfinished sagas
+when there is one (``--sagas PATH``, default ``sagas``), and ``--admin-port`` adds the admin API as
+a dynamic child of the root (named ``aura-admin``; its write token comes from ``$AURA_ADMIN_TOKEN``
+or ``--admin-token-file``, never the command line, which every user of the machine can read; an
+optional read token, which every read but health then needs, from ``$AURA_ADMIN_READ_TOKEN`` or
+``--admin-read-token-file``). With ``--no-live``, or when stdout is not a terminal, the view is
+plain log lines instead: what changed between snapshots, and a summary line every ``--every``
+seconds.
 
 ``aura config check FILE`` loads a configuration with :func:`actors.load_config` and prints
 every provider's effective settings; an invalid file prints the error with the dotted path of
@@ -500,8 +500,8 @@ def _cmd_status(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int
 def format_status(base: str, results: dict[str, Any]) -> str:
     """The plain-text report of ``aura status``.
 
-    Everything the server sent is escaped (:func:`~actors._redact.escape_control`): a name or
-    message cannot move the cursor, clear the screen or start a line of its own.
+    Everything the server sent is escaped (:func:`~actors._policies._redact.escape_control`): a
+    name or message cannot move the cursor, clear the screen or start a line of its own.
     """
     health = results["health"]
     lines = [f"{base}: {_text(health['status'])}"]

@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-Both views are driven by :class:`~supervisors._metrics.OperatorSnapshot` values taken every
+Both views are driven by :class:`~supervisors.OperatorSnapshot` values taken every
 ``refresh`` seconds by the caller's ``snapshot`` function, and never touch the actors
 themselves.
 
@@ -307,8 +307,8 @@ class ChangeLog:
     def changes(self, snapshot: OperatorSnapshot) -> Iterator[tuple[int, str]]:
         """``(level, message)`` for each change since the previous snapshot.
 
-        Names and messages are escaped (:func:`~actors._redact.escape_control`): each message
-        is one line without control characters.
+        Names and messages are escaped (:func:`~actors._policies._redact.escape_control`): each
+        message is one line without control characters.
         """
         for level, message in self._changes(snapshot):
             yield level, escape_control(message)
@@ -388,7 +388,7 @@ async def run_plain(
 class ConsoleLogHandler(logging.Handler):
     """Writes formatted records with ``console.print``, so they appear above a live view.
 
-    Formats with a :class:`~supervisors._logging.PlainFormatter` (``LEVEL logger [ids]:
+    Formats with a :class:`~supervisors._operator._logging.PlainFormatter` (``LEVEL logger [ids]:
     message``) unless given another formatter.  Whatever the formatter, every control
     character but a line break is escaped before it reaches the terminal, and the lines after
     a record's first are indented, so no text can clear the screen or pass for a record.

@@ -23,11 +23,11 @@ Values JSON cannot carry are written as their ``str()``.
 
 Log lines cannot be forged or turned against a terminal.  Saga ids, service names and error
 text are often chosen by callers or remote services, so both formats escape what a terminal or
-a log reader would act on (see :func:`actors._redact.escape_control`): :class:`PlainFormatter`
-writes the record's line with every control character escaped (a newline in a message or an
-id is ``\\n``, an ``ESC`` is ``\\x1b``) and indents each line of a traceback, so every line
-that starts a record is a record; :class:`JsonFormatter` leaves no raw C1 control, separator or
-bidi character in the JSON (msgspec already escapes C0).
+a log reader would act on (see :func:`actors._policies._redact.escape_control`):
+:class:`PlainFormatter` writes the record's line with every control character escaped (a newline in
+a message or an id is ``\\n``, an ``ESC`` is ``\\x1b``) and indents each line of a traceback, so
+every line that starts a record is a record; :class:`JsonFormatter` leaves no raw C1 control,
+separator or bidi character in the JSON (msgspec already escapes C0).
 """
 
 from __future__ import annotations

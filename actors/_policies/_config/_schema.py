@@ -10,12 +10,12 @@ A configuration document has four sections, each optional::
     [idempotency]         # the idempotency settings (ttl, max_records)
 
 :class:`ProviderSettings` groups what a provider actor owns: ``breaker``
-(:class:`~actors._breaker.BreakerSettings`), ``retry`` (:class:`~actors._retry.RetrySettings`,
+(:class:`~actors.BreakerSettings`), ``retry`` (:class:`~actors.RetrySettings`,
 with its ``backoff`` and per-attempt timeout), ``budget``
-(:class:`~actors._budget.BudgetSettings`), ``bulkhead``
-(:class:`~actors._bulkhead.BulkheadSettings`), ``rate_limit`` (optional
-:class:`~actors._ratelimit.RateLimiterSettings`), ``idempotency``
-(:class:`~actors._idempotency.IdempotencySettings`), plus ``fallback`` (another provider's
+(:class:`~actors.BudgetSettings`), ``bulkhead``
+(:class:`~actors.BulkheadSettings`), ``rate_limit`` (optional
+:class:`~actors.RateLimiterSettings`), ``idempotency``
+(:class:`~actors.IdempotencySettings`), plus ``fallback`` (another provider's
 name), ``hedging_delay`` (seconds after which a hedged second request may be sent) and
 ``chaos`` (fault, latency and outcome injection, :class:`~actors.chaos.ChaosSettings`; off by
 default).

@@ -103,7 +103,7 @@ class FleetStatistics:
 
 
 class FleetJournal(Journal, Protocol):
-    """A :class:`~actors._journal.Journal` shared by several instances (see the module
+    """A :class:`~actors.Journal` shared by several instances (see the module
     docstring for what a coordinator must do with its errors)."""
 
     @property

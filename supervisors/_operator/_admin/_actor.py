@@ -3,7 +3,8 @@
 Theory of operation
 -------------------
 :func:`admin_spec` returns the :class:`~supervisors.ChildSpec` of an :class:`AdminActor`.  Added
-to a supervision tree, the actor starts an :class:`~supervisors._http.HttpServer` (HTTP/1.1 over
+to a supervision tree, the actor starts an :class:`~supervisors._operator._http.HttpServer`
+(HTTP/1.1 over
 h11, every resource bounded: connections, read and write deadlines, no HTTP/2) in its own scope,
 so the tree's shutdown, or a restart, stops the server: the actor's ``on_stop`` stops it, which
 takes at most ``graceful_timeout``, and a cancellation cuts it short.  Requests are served by
@@ -183,7 +184,8 @@ class AdminActor(Actor[GetAdminAddress, AdminAddress]):
         return self._address
 
     def statistics(self) -> HttpStatistics | None:
-        """The server's :class:`~supervisors._http.HttpStatistics` (``None`` before start)."""
+        """The server's :class:`~supervisors._operator._http.HttpStatistics` (``None`` before
+        start)."""
         return None if self._server is None else self._server.statistics()
 
     @property

@@ -164,7 +164,7 @@ class AdminSettings:
             )
 
     def limits(self) -> HttpLimits:
-        """The :class:`~supervisors._http.HttpLimits` the server enforces.
+        """The :class:`~supervisors._operator._http.HttpLimits` the server enforces.
 
         Needs the ``admin`` extra (h11), like the server; raises ``ImportError`` without it.
         """

@@ -2,14 +2,14 @@
 
 Theory of operation
 -------------------
-:class:`PostgresJournal` keeps every promise of the :class:`~actors._journal.Journal` protocol
+:class:`PostgresJournal` keeps every promise of the :class:`~actors.Journal` protocol
 (the same records, the same validation, write-ahead: a write returns only once committed)
 and adds what a fleet of instances sharing one database needs.  Trio tasks never touch a
 connection: a write is validated in the calling task against the in-memory state of its saga,
 staged, and the task parks; the first write staged in a scheduler pass schedules one flush that
 hands the pass's writes to the writer thread, which commits them together and wakes every
-caller with one ``run_sync_soon`` (see :mod:`actors._postgres_writer`).  This is the SQLite
-journal's design, with the database on the other end of a socket.
+caller with one ``run_sync_soon`` (see :mod:`actors._saga._journals._postgres._writer`).  This is
+the SQLite journal's design, with the database on the other end of a socket.
 
 Ownership.  Each journal instance has a fresh id (``instance_id``, random: never a reused pod
 name) and a lease row that its writer renews every third of ``lease_duration``.  Each saga row
@@ -33,13 +33,13 @@ get ``JournalUnavailable`` with ``in_doubt=True``: the write may still land, so 
 announces may be acted on.  A saga whose write was in doubt is handed out again by
 :meth:`claim_orphans` once the write is settled, with its stored state.  After a replay the
 writer recognises its own writes that committed just before the connection dropped, so
-nothing is applied twice (see :mod:`actors._postgres_writer`).
+nothing is applied twice (see :mod:`actors._saga._journals._postgres._writer`).
 
 Cancellation: as the SQLite journal.  A caller cancelled before its write was queued wrote
 nothing; cancelled after, it just stops waiting and the write still lands.
 
 What a coordinator must do with ``OwnershipLost`` and ``JournalUnavailable``, and how to call
-:meth:`claim_orphans`, is the contract of :class:`~actors._fleet_journal.FleetJournal`.
+:meth:`claim_orphans`, is the contract of :class:`~actors._saga._journals._fleet.FleetJournal`.
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ _PHASES: Final = {phase.value: phase for phase in SagaPhase}
 
 
 class PostgresJournal(_Pipeline):
-    """A :class:`~actors._journal.Journal` in PostgreSQL, shared safely by a fleet.
+    """A :class:`~actors.Journal` in PostgreSQL, shared safely by a fleet.
 
     Open it with ``async with`` (or :meth:`open` / :meth:`aclose`) inside trio; its threads
     live exactly as long.  See the module docstring for ownership, outages and cancellation.
@@ -126,7 +126,7 @@ class PostgresJournal(_Pipeline):
         write_timeout: seconds (real time) a call waits for its write while the server does
             not answer, before ``JournalUnavailable`` (default 5).
         retain_for, retain_last, auto_prune: retention of finished sagas, fleet-wide, as for
-            :class:`~actors._journal.MemoryJournal` (defaults: 7 days, last 10,000, on).
+            :class:`~actors.MemoryJournal` (defaults: 7 days, last 10,000, on).
         max_pending: queued requests before callers wait for room (default 4096).
 
     Raises:

@@ -15,7 +15,7 @@ Opening (:func:`prepare`) runs under a transaction-scoped advisory lock per sche
 instances starting together create or upgrade it once: a missing or empty schema gets the
 current tables; a schema of ours of an older version is upgraded in the same transaction by
 :data:`MIGRATIONS`; a newer version, or a schema holding tables that are not a journal of
-ours, is refused with a :class:`~actors._journal.JournalError` of category CONFIGURATION.
+ours, is refused with a :class:`~actors.JournalError` of category CONFIGURATION.
 
 Every statement that writes is conditional, which is what makes the journal safe to share:
 an append updates the saga row only where ``owner``, ``epoch`` and ``next_seq`` are what the
@@ -407,7 +407,7 @@ def _foreign(where: str, schema: str, why: str) -> JournalError:
 
 # ------------------------------------------------------------------------------ requests
 
-#: Request operations (the writer's work, see actors._postgres_writer).
+#: Request operations (the writer's work, see actors._saga._journals._postgres._writer).
 CREATE, APPEND, PRUNE, DISCARD, READ, CLAIM, CLOSE = range(7)
 
 

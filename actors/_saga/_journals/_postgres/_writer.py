@@ -9,8 +9,8 @@ trio, up to 1,024 requests), writes it in one transaction per segment (creates a
 together; a prune, a discard or a claim runs in its own), commits, then hands the whole batch
 back to trio with one ``TrioToken.run_sync_soon``.  Each transaction is a few statements
 whatever its size: every create of the batch in one statement, every append in one more (see
-:mod:`actors._postgres_schema`), so the rows per commit grow with the number of concurrent
-sagas while the round trips per commit stay fixed.
+:mod:`actors._saga._journals._postgres._schema`), so the rows per commit grow with the number of
+concurrent sagas while the round trips per commit stay fixed.
 
 Outages.  A transient error (the connection dropped, the server restarting or shutting down,
 a serialization failure, a full disk) closes the connection, tells trio the journal is
@@ -21,7 +21,7 @@ is checked against the row, and a row that already holds exactly this write (sam
 epoch and resulting ``next_seq``; for a create, same owner and creation) counts as written,
 so nothing is applied twice.  Segments that committed before the failure are not run again.
 Any other error (a bug, a damaged schema) fails the journal for good, like the SQLite writer:
-every waiting and later call gets a :class:`~actors._journal.JournalError`.
+every waiting and later call gets a :class:`~actors.JournalError`.
 
 Leases.  The writer registers the instance at every (re)connection (``connected_at``) and
 renews its lease every third of the lease duration: between batches when busy, on a timed
@@ -33,8 +33,8 @@ expire callers that have waited longer than ``write_timeout`` (they get
 network call, on a server that hangs, cannot do it itself.
 
 The listener thread (started on the first ``wait_finished``) holds a second connection that
-LISTENs on :data:`~actors._postgres_schema.CHANNEL` and hands each notification for the
-journal's schema to trio; after every (re)connection it tells trio to check every waited saga
+LISTENs on :data:`~actors._saga._journals._postgres._schema.CHANNEL` and hands each notification for
+the journal's schema to trio; after every (re)connection it tells trio to check every waited saga
 again, since notifications sent while it was away are lost.
 """
 

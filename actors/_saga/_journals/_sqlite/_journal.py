@@ -125,7 +125,7 @@ DEFAULT_MAX_PENDING: Final = 4096
 
 
 class SqliteJournal:
-    """A durable :class:`~actors._journal.Journal` in one SQLite file (WAL, group commit).
+    """A durable :class:`~actors.Journal` in one SQLite file (WAL, group commit).
 
     Open it with ``async with`` (or :meth:`open` / :meth:`aclose`) inside trio; the writer
     thread lives exactly as long.  See the module docstring for durability, cancellation and
@@ -137,7 +137,7 @@ class SqliteJournal:
         synchronous: ``"FULL"`` (default: durable across power loss) or ``"NORMAL"`` (durable
             across process crashes only, cheaper per commit).
         retain_for, retain_last, auto_prune: retention of finished sagas, as for
-            :class:`~actors._journal.MemoryJournal` (defaults: 7 days, last 10,000, on).
+            :class:`~actors.MemoryJournal` (defaults: 7 days, last 10,000, on).
         max_pending: queued requests before callers wait for room (default 4096).
 
     Raises:

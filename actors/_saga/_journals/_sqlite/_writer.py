@@ -19,11 +19,7 @@ from trio.lowlevel import Abort, RaiseCancelT, Task
 
 from actors._saga._journals._index import Tracked
 from actors._saga._journals._records import JournalError
-from actors._saga._journals._sqlite._file import (
-    _close_quietly,
-    _open,
-    _translate,
-)
+from actors._saga._journals._sqlite._file import _close_quietly, _open, _translate
 from actors._saga._journals._sqlite._schema import (
     _ATTENTION,
     _INSERT_SAGAS,
