@@ -51,8 +51,6 @@ from actors._provider._base import (
 )
 from actors._provider._reporting import _Reporting
 
-__all__ = []
-
 
 class _Jobs(_Reporting):
     """The job machinery of :class:`~actors.ProviderActor` (see the module docstring)."""
