@@ -66,6 +66,7 @@ from actors._monitor._state import MonitorState
 from actors._monitor._types import (
     BreakerInfo,
     BreakerList,
+    DependencyHealth,
     ErrorRate,
     ErrorRecord,
     HealthReport,
@@ -115,7 +116,14 @@ from actors._policies._retry import (
     RetryPolicy,
     RetrySettings,
 )
-from actors._protocol import BreakerReport, Call, CallReport, SagaReport, SupervisionReport
+from actors._protocol import (
+    BreakerReport,
+    Call,
+    CallReport,
+    DependencyReport,
+    SagaReport,
+    SupervisionReport,
+)
 from actors._provider._actor import ProviderActor
 from actors._provider._client import Provider
 from actors._provider._messages import GetStatus, Isolate, ProviderStatus, Reset
@@ -202,6 +210,8 @@ __all__ = [
     "CompensationFailed",
     "ConfigError",
     "DEFAULT_COMPENSATION_RETRY",
+    "DependencyHealth",
+    "DependencyReport",
     "DiscardSaga",
     "ErrorCategory",
     "ErrorRate",

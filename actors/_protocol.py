@@ -6,9 +6,11 @@ The built-in actors (provider, monitor, saga coordinator, fleet) are independent
 none imports another.  What crosses between them is defined here, as plain data:
 
 * the reports the monitor takes in: a provider's :class:`CallReport` per attempt and its
-  :class:`BreakerReport` per transition, a :class:`SupervisionReport`, and the coordinator's
-  :class:`SagaReport` about a saga that did not complete.  States and kinds are lower-case
-  strings (:data:`BREAKER_STATES`, :data:`SUPERVISION_KINDS`), not another package's enums;
+  :class:`BreakerReport` per transition, a :class:`SupervisionReport`, the coordinator's
+  :class:`SagaReport` about a saga that did not complete, and a :class:`DependencyReport` about
+  something shared the application needs besides its providers (a saga journal's database).
+  States and kinds are lower-case strings (:data:`BREAKER_STATES`, :data:`SUPERVISION_KINDS`,
+  :data:`DEPENDENCY_STATES`), not another package's enums;
 * the provider's :class:`Call`, which the coordinator sends a saga step in when its target
   takes calls, and :class:`CallReceiver`, the marker by which it knows such a target without
   importing the provider.
@@ -29,11 +31,13 @@ from actors._errors import ErrorCategory
 
 __all__ = [
     "BREAKER_STATES",
+    "DEPENDENCY_STATES",
     "SUPERVISION_KINDS",
     "BreakerReport",
     "Call",
     "CallReceiver",
     "CallReport",
+    "DependencyReport",
     "Report",
     "SagaReport",
     "SupervisionReport",
@@ -43,6 +47,8 @@ __all__ = [
 BREAKER_STATES: Final = frozenset({"closed", "open", "half_open", "isolated"})
 #: The kinds a :class:`SupervisionReport` may carry.
 SUPERVISION_KINDS: Final = frozenset({"started", "crashed", "restarted", "stopped", "gave_up"})
+#: The states a :class:`DependencyReport` may carry.
+DEPENDENCY_STATES: Final = frozenset({"ok", "unavailable", "failed"})
 
 
 # ---------------------------------------------------------------------------- provider calls
@@ -126,8 +132,33 @@ class SupervisionReport(msgspec.Struct, frozen=True, tag=True):
     detail: str = ""
 
 
+class DependencyReport(msgspec.Struct, frozen=True, tag=True):
+    """The state of a dependency the application shares with its other instances, besides its
+    providers: the database of a saga journal, a fleet store.  Sent when the state changes
+    (and again by a reporter that starts).
+
+    States (:data:`DEPENDENCY_STATES`): ``ok``; ``unavailable``: it cannot be reached now
+    and its user waits for it (the application is *degraded*: the outage is shared by every
+    instance, so no instance is better taken out of rotation); ``failed``: this instance
+    cannot use it until it is restarted (the application is *unhealthy*).
+
+    Attributes:
+        name: what it is, for people (``"saga journal"``); one state per name.
+        status: its state (see above).
+        reason: why it is not ``ok`` (redacted and cut on intake).
+        where: where it is (a URL without password), or ``""``.
+        at: wall-clock time of the report (``time.time()``).
+    """
+
+    name: str
+    status: str
+    reason: str = ""
+    where: str = ""
+    at: float = 0.0
+
+
 #: Anything :meth:`MonitorState.record` accepts.
-Report = CallReport | BreakerReport | SupervisionReport
+Report = CallReport | BreakerReport | SupervisionReport | DependencyReport
 
 
 class SagaReport(msgspec.Struct, frozen=True, tag=True):

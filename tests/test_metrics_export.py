@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from actors import ErrorCategory, MonitorActor, ProviderStatus, open_actor
 from actors._monitor._state import MonitorState
 from actors._policies._config._monitoring import MonitorSettings
-from actors._protocol import BreakerReport, CallReport, SupervisionReport
+from actors._protocol import BreakerReport, CallReport, DependencyReport, SupervisionReport
 from supervisors import TreeNode
 from supervisors._operator._metrics import (
     METRIC_NAMES,
@@ -173,6 +173,21 @@ def test_values_match_the_monitor() -> None:
     assert got[("aura_monitor_window_seconds", ())] == 300
     p99 = got[("aura_service_latency_seconds", (("quantile", "0.99"), ("service", "openai")))]
     assert p99 == pytest.approx(0.2, rel=0.06)
+
+
+def test_dependency_state_is_exported() -> None:
+    """Each reported dependency has one 1 among its states."""
+    state = busy_state()
+    state.record(DependencyReport("saga journal", "unavailable", "refused"), now=15.0)
+    got = samples(render_metrics(snapshot_of(state, 15.0)).decode())
+    series = {
+        labels: value for (name, labels), value in got.items() if name == "aura_dependency_state"
+    }
+    assert series == {
+        (("dependency", "saga journal"), ("state", "failed")): 0,
+        (("dependency", "saga journal"), ("state", "ok")): 0,
+        (("dependency", "saga journal"), ("state", "unavailable")): 1,
+    }
 
 
 def test_latency_without_calls_in_the_window_is_nan() -> None:

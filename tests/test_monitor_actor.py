@@ -28,7 +28,7 @@ from actors._monitor._alerts import AlertEvent
 from actors._monitor._types import UnknownService
 from actors._policies._breaker import BreakerSettings
 from actors._policies._config._monitoring import MonitorSettings
-from actors._protocol import CallReport
+from actors._protocol import CallReport, DependencyReport
 from actors._provider._client import Provider
 from supervisors import ChildSpec, SupervisorSpec, open_supervisor
 
@@ -135,6 +135,19 @@ async def test_queries_and_bad_input(mock_clock: trio.testing.MockClock) -> None
         assert monitor.statistics().incarnation == 1
         encoded = msgspec.json.encode(await monitor.ask(GetHealth()))
         assert b"status" in encoded
+
+
+async def test_a_dependency_report_reaches_health(mock_clock: trio.testing.MockClock) -> None:
+    """A DependencyReport told to the monitor shows in health; a bad one asked is refused."""
+    async with open_supervisor([ChildSpec("monitor", MonitorActor)]) as root:
+        monitor = root.ref("monitor")
+        monitor.tell_nowait(DependencyReport("saga journal", "unavailable", "refused", "pg"))
+        await trio.testing.wait_all_tasks_blocked()
+        health = await monitor.ask(GetHealth())
+        assert health.status.value == "degraded"
+        assert health.reasons[-1] == "saga journal unavailable: refused"
+        with pytest.raises(ValueError, match="status"):
+            await monitor.ask(DependencyReport("saga journal", "grumpy"))
 
 
 async def test_supervision_and_saga_reports_raise_alerts(

@@ -27,7 +27,7 @@ from actors._monitor._types import (
     UnknownService,
 )
 from actors._policies._config._monitoring import MonitorSettings
-from actors._protocol import BreakerReport, CallReport, SupervisionReport
+from actors._protocol import BreakerReport, CallReport, DependencyReport, SupervisionReport
 
 
 class FakeWall:
@@ -776,6 +776,76 @@ def test_overall_health() -> None:
     report = m.health(now=2.0)
     assert report.status is HealthStatus.UNHEALTHY
     assert report.reasons == ["supervisor 'root/providers' gave up"]
+
+
+def test_a_shared_dependency_degrades_health_while_unavailable_and_fails_it_when_failed() -> None:
+    """A dependency reported unavailable makes health degraded with its reason (redacted),
+    one that failed makes it unhealthy; reported ok again, health is what the services say;
+    each dependency shows in the report's ``dependencies`` with its last state."""
+    m = make(min_calls=1)
+    m.record(ok("a", at=0.0), now=0.0)
+    assert m.health(now=0.0).status is HealthStatus.HEALTHY
+    down = DependencyReport(
+        "saga journal", "unavailable", "connection refused (password=hunter2)", "pg:5432", 5.0
+    )
+    m.record(down, now=1.0)
+    report = m.health(now=1.0)
+    assert report.status is HealthStatus.DEGRADED
+    (reason,) = report.reasons
+    assert reason.startswith("saga journal unavailable: connection refused")
+    assert "hunter2" not in reason
+    shown = report.dependencies["saga journal"]
+    assert (shown.status, shown.state, shown.where, shown.since) == (
+        HealthStatus.UNHEALTHY,
+        "unavailable",
+        "pg:5432",
+        5.0,
+    )
+    m.record(DependencyReport("saga journal", "failed", "schema damaged", at=6.0), now=2.0)
+    report = m.health(now=2.0)
+    assert report.status is HealthStatus.UNHEALTHY
+    assert report.reasons == ["saga journal failed: schema damaged"]
+    m.record(DependencyReport("saga journal", "ok", "ignored when ok", at=7.0), now=3.0)
+    report = m.health(now=3.0)
+    assert report.status is HealthStatus.HEALTHY
+    assert report.reasons == []
+    assert report.dependencies["saga journal"].reason == ""
+    # With no service data at all, an unavailable dependency still shows: degraded.
+    fresh = make()
+    fresh.record(DependencyReport("fleet store", "unavailable", "timeout", at=1.0), now=1.0)
+    assert fresh.health(now=1.0).status is HealthStatus.DEGRADED
+
+
+@pytest.mark.parametrize(
+    ("report", "field"),
+    [
+        (DependencyReport("", "ok"), "name"),
+        (DependencyReport("journal\x1b[2J", "ok"), "name"),
+        (DependencyReport("journal", "sleepy"), "status"),
+        (DependencyReport("journal", "ok", reason=3), "reason"),  # type: ignore[arg-type]
+        (DependencyReport("journal", "ok", at=math.nan), "at"),
+    ],
+)
+def test_a_bad_dependency_report_is_refused_and_changes_nothing(
+    report: DependencyReport, field: str
+) -> None:
+    m = make()
+    with pytest.raises(InvalidReport) as info:
+        m.record(report, now=0.0)
+    assert info.value.field == field
+    assert m.health(now=0.0).dependencies == {}
+
+
+def test_dependencies_are_bounded() -> None:
+    """At most 64 dependencies are tracked; a report for one more is refused, updates of
+    known ones are not."""
+    m = make()
+    for i in range(64):
+        m.record(DependencyReport(f"d{i}", "ok"), now=0.0)
+    with pytest.raises(InvalidReport, match="at most 64"):
+        m.record(DependencyReport("one more", "ok"), now=0.0)
+    m.record(DependencyReport("d0", "unavailable", "down"), now=0.0)
+    assert len(m.health(now=0.0).dependencies) == 64
 
 
 # ================================================================================ JSON bodies

@@ -58,7 +58,7 @@ from actors._monitor._types import (
     ServiceMetrics,
 )
 from actors._policies._config._monitoring import MonitorSettings
-from actors._protocol import BreakerReport, CallReport, SupervisionReport
+from actors._protocol import BreakerReport, CallReport, DependencyReport, SupervisionReport
 
 __all__ = [
     "AcknowledgeAlert",
@@ -168,7 +168,7 @@ class UnsubscribeAlerts(msgspec.Struct, frozen=True, tag=True):
     ref: Any
 
 
-_REPORTS = (CallReport, BreakerReport, SupervisionReport)
+_REPORTS = (CallReport, BreakerReport, SupervisionReport, DependencyReport)
 _SERVICE_QUERIES = frozenset({GetBreaker, GetServiceMetrics, GetErrorRate, ResetService})
 #: A ``GetMetrics`` answer over more services than this is computed in slices.
 _METRICS_SLICE: Final = 25
@@ -379,7 +379,8 @@ class MonitorActor(Actor[Any, Any]):
         return Failure(
             TypeError(
                 f"the monitor accepts reports (CallReport, BreakerReport, SupervisionReport, "
-                f"lists of them, supervision events, saga reports) and queries (GetHealth, "
+                f"DependencyReport, lists of them, supervision events, saga reports) and "
+                f"queries (GetHealth, "
                 f"GetBreakers, GetBreaker, GetMetrics, GetServiceMetrics, GetRecentErrors, "
                 f"GetErrorRate, GetAlerts, GetMonitorStatistics, ResetService, AcknowledgeAlert, "
                 f"AcknowledgeAlerts, SubscribeAlerts, UnsubscribeAlerts), "

@@ -16,6 +16,7 @@ from actors._monitor._alerts import Alert, AlertBook, AlertList, AlertRule
 from actors._monitor._types import (
     BreakerInfo,
     BreakerList,
+    DependencyHealth,
     ErrorRate,
     ErrorRecord,
     HealthReport,
@@ -53,6 +54,7 @@ class _Queries:
     __slots__ = (
         "_book",
         "_checks",
+        "_dependencies",
         "_dropped",
         "_evicted",
         "_gave_up",
@@ -85,6 +87,7 @@ class _Queries:
     _book: AlertBook
     _retired: collections.OrderedDict[str, _Counts]
     _gave_up: dict[str, int]
+    _dependencies: dict[str, DependencyHealth]
     _n: int
     _width: float
     _lat_n: int
@@ -146,9 +149,12 @@ class _Queries:
         health).  Acknowledged alerts count: acknowledging silences, it does not heal.
 
         Overall health is *unhealthy* when a supervisor gave up (an alert is active: part of
-        the tree is not running) or when every service is unhealthy (nothing can be served);
-        *degraded* when any service is degraded or unhealthy; *unknown* when no service has
-        enough data (or there is no service); *healthy* otherwise.  One failing provider does
+        the tree is not running), when every service is unhealthy (nothing can be served) or
+        when a shared dependency *failed* on this instance (a
+        :class:`~actors.DependencyReport`: restart it); *degraded* when any service is
+        degraded or unhealthy, or a dependency is *unavailable* (shared by every instance);
+        *unknown* when no service has enough data (or there is no service); *healthy*
+        otherwise.  One failing provider does
         not make the application unhealthy on purpose: the outage is shared by every instance,
         and a load balancer that took all of them out of rotation would turn a partial outage
         (with fallbacks still working) into a full one.
@@ -213,9 +219,20 @@ class _Queries:
                 if not services
                 else "no service has enough calls to judge"
             )
+        for name, dependency in sorted(self._dependencies.items()):
+            if dependency.state == "ok":
+                continue
+            why = f": {dependency.reason}" if dependency.reason else ""
+            reasons.append(f"{name} {dependency.state}{why}")
+            if dependency.state == "failed":
+                overall = HealthStatus.UNHEALTHY
+            elif overall is not HealthStatus.UNHEALTHY:
+                overall = HealthStatus.DEGRADED
         if unknown and overall is not HealthStatus.UNKNOWN:
             reasons.append(f"{unknown} of {len(services)} services have too few calls to judge")
-        return HealthReport(overall, services, book.active_count, now, reasons)
+        return HealthReport(
+            overall, services, book.active_count, now, reasons, dict(self._dependencies)
+        )
 
     def breakers(self) -> BreakerList:
         """Every tracked service's breaker (``GET /api/resilience/circuit-breakers``)."""

@@ -83,6 +83,7 @@ from actors._monitor._types import (
     BreakerInfo,
     BreakerList,
     BreakerTransitionInfo,
+    DependencyHealth,
     ErrorRate,
     ErrorRecord,
     HealthReport,
@@ -111,12 +112,14 @@ from actors._monitor._windows import (
     _Series,
 )
 from actors._policies._config._monitoring import MonitorSettings
-from actors._policies._redact import redact
+from actors._policies._redact import check_printable, redact
 from actors._protocol import (
     BREAKER_STATES,
+    DEPENDENCY_STATES,
     SUPERVISION_KINDS,
     BreakerReport,
     CallReport,
+    DependencyReport,
     Report,
     SupervisionReport,
 )
@@ -157,7 +160,9 @@ __all__ = [
 
 _INF: Final = math.inf
 _MAX_SERVICE_NAME: Final = 200
-_REPORT_TYPES: Final = frozenset({CallReport, BreakerReport, SupervisionReport})
+_REPORT_TYPES: Final = frozenset({CallReport, BreakerReport, SupervisionReport, DependencyReport})
+#: Dependencies tracked at most (a report naming one more is refused).
+_MAX_DEPENDENCIES: Final = 64
 _NO_EVENTS: Final[tuple[AlertEvent, ...]] = ()
 
 
@@ -211,6 +216,7 @@ class MonitorState(_Queries):
         # Counters of evicted services, oldest eviction first (bounded by max_services).
         self._retired: collections.OrderedDict[str, _Counts] = collections.OrderedDict()
         self._gave_up: dict[str, int] = {}
+        self._dependencies: dict[str, DependencyHealth] = {}
         self._n = settings.buckets
         self._width = settings.bucket_width
         self._lat_n = settings.latency_buckets
@@ -257,6 +263,8 @@ class MonitorState(_Queries):
                 return self._record_breaker(report, now)
             if type(report) is SupervisionReport:
                 return self._record_supervision(report, now)
+            if type(report) is DependencyReport:
+                return self._record_dependency(report)
             raise TypeError(f"not a monitor report: {type(report).__name__}")
         # The hot path: one report per provider attempt.  Inlined and branch-light on purpose.
         r = report
@@ -532,6 +540,46 @@ class MonitorState(_Queries):
                     if event is not None:
                         events.append(event)
             return tuple(events)
+        return _NO_EVENTS
+
+    def _record_dependency(self, r: DependencyReport) -> Sequence[AlertEvent]:
+        """A shared dependency's state (see :class:`~actors.DependencyReport`); health reads
+        the last one per name."""
+        name = r.name
+        if not isinstance(name, str) or not name or len(name) > _MAX_SERVICE_NAME:
+            raise InvalidReport(
+                f"must be a non-empty str of at most {_MAX_SERVICE_NAME} characters, "
+                f"got {shown(name)}",
+                field="name",
+            )
+        try:
+            check_printable(name, "name")
+        except ValueError as exc:
+            raise InvalidReport(str(exc), field="name") from None
+        if not isinstance(r.status, str) or r.status not in DEPENDENCY_STATES:
+            raise InvalidReport(
+                f"must be one of {sorted(DEPENDENCY_STATES)}, got {shown(r.status)}",
+                field="status",
+            )
+        for field in ("reason", "where"):
+            if not isinstance(getattr(r, field), str):
+                raise InvalidReport(f"must be a str, got {shown(getattr(r, field))}", field=field)
+        at: object = r.at
+        if isinstance(at, bool) or not isinstance(at, (int, float)) or not math.isfinite(at):
+            raise InvalidReport(f"must be a finite time, got {shown(at)}", field="at")
+        if name not in self._dependencies and len(self._dependencies) >= _MAX_DEPENDENCIES:
+            raise InvalidReport(
+                f"at most {_MAX_DEPENDENCIES} dependencies are tracked", field="name"
+            )
+        limit = self._settings.max_message_length
+        self._dependencies[name] = DependencyHealth(
+            HealthStatus.HEALTHY if r.status == "ok" else HealthStatus.UNHEALTHY,
+            r.status,
+            "" if r.status == "ok" else redact(r.reason, max_length=limit),
+            redact(r.where, max_length=limit),
+            float(at),
+        )
+        self._reports += 1
         return _NO_EVENTS
 
     def _provider_stopped(self, path: str, now: float) -> Sequence[AlertEvent]:

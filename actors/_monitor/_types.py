@@ -33,6 +33,7 @@ __all__ = [
     "BreakerInfo",
     "BreakerList",
     "BreakerTransitionInfo",
+    "DependencyHealth",
     "ErrorRate",
     "ErrorRecord",
     "HealthReport",
@@ -113,6 +114,24 @@ class ServiceHealth(msgspec.Struct, frozen=True, gc=False):
     reasons: list[str]
 
 
+class DependencyHealth(msgspec.Struct, frozen=True, gc=False):
+    """A shared dependency's health as last reported (a :class:`~actors.DependencyReport`).
+
+    Attributes:
+        status: ``healthy`` when ``ok``, else ``unhealthy``.
+        state: the reported state (``ok``, ``unavailable``, ``failed``).
+        reason: why it is not ``ok`` (redacted).
+        where: where it is (no password), or ``""``.
+        since: wall-clock time of the report that set the state.
+    """
+
+    status: HealthStatus
+    state: str
+    reason: str
+    where: str
+    since: float
+
+
 class HealthReport(msgspec.Struct, frozen=True):
     """The body of ``GET /api/resilience/health`` (serve 503 when ``status`` is unhealthy)."""
 
@@ -121,6 +140,7 @@ class HealthReport(msgspec.Struct, frozen=True):
     active_alerts: int
     checked_at: float
     reasons: list[str]
+    dependencies: dict[str, DependencyHealth] = msgspec.field(default_factory=dict)
 
 
 class BreakerTransitionInfo(msgspec.Struct, frozen=True, gc=False):

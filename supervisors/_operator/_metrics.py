@@ -57,7 +57,7 @@ from actors._monitor._types import (
     MetricsReport,
     MonitorStatistics,
 )
-from actors._protocol import BREAKER_STATES, SUPERVISION_KINDS
+from actors._protocol import BREAKER_STATES, DEPENDENCY_STATES, SUPERVISION_KINDS
 from actors._provider._messages import GetStatus, ProviderStatus
 from actors._saga._messages import GetSagaStatistics
 from supervisors._events import TreeNode
@@ -209,6 +209,7 @@ METRIC_NAMES: Final = (
     "aura_monitor_up",
     "aura_health_status",
     "aura_service_health_status",
+    "aura_dependency_state",
     "aura_monitor_window_seconds",
     "aura_service_attempts",
     "aura_service_retries",
@@ -420,7 +421,16 @@ def _health(health: HealthReport, out: list[_Family]) -> Iterator[None]:
         "Health of each service: 1 for its current status, 0 for the others.",
         labels=["service", "status"],
     )
-    out += (overall, per)
+    dependencies = _gauge(
+        "aura_dependency_state",
+        "State of each shared dependency (a saga journal's database): 1 for its current "
+        "state, 0 for the others.",
+        labels=["dependency", "state"],
+    )
+    out += (overall, per, dependencies)
+    for name, dependency in health.dependencies.items():
+        for state in sorted(DEPENDENCY_STATES):
+            dependencies.add((name, state), float(dependency.state == state))
     for service, info in health.services.items():
         for status in HealthStatus:
             per.add((service, status.value), float(info.status is status))
