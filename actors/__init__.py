@@ -10,6 +10,8 @@ public names, listed in ``__all__``:
 * the built-in actors: provider actors (``ProviderActor`` and the ``Provider`` client), the
   monitor (``MonitorActor``);
 * chaos injection for tests (the public module ``actors.chaos``; ``ChaosSettings`` here);
+* the fleet: ``open_fleet`` (a ``Fleet`` member sharing breakers, keyed calls and quotas
+  with other instances through Redis; needs the ``fleet`` extra), its settings and status;
 * the saga coordinator (definitions, messages, results and errors) and its journal (records,
   the state fold, memory, SQLite and PostgreSQL journals).
 """
@@ -32,6 +34,7 @@ from actors._errors import (
     CircuitOpen,
     ConfigError,
     ErrorCategory,
+    FleetStoreUnavailable,
     IdempotencyConflict,
     JournalUnavailable,
     MailboxFull,
@@ -43,6 +46,8 @@ from actors._errors import (
     RetriesExhausted,
     RetryBudgetExhausted,
 )
+from actors._fleet._breakers import FleetHealth
+from actors._fleet._member import Fleet, open_fleet
 from actors._metadata import fixup_module_metadata as _fixup_module_metadata
 from actors._monitor._actor import (
     AcknowledgeAlert,
@@ -92,6 +97,7 @@ from actors._policies._budget import BudgetSettings, RetryBudget
 from actors._policies._bulkhead import Bulkhead, BulkheadSettings
 from actors._policies._classify import Classified, Classifier, parse_retry_after
 from actors._policies._config._chaos import ChaosSettings
+from actors._policies._config._fleet import FleetProviderSettings, FleetSettings
 from actors._policies._config._monitoring import MonitorSettings
 from actors._policies._config._schema import (
     ProviderSettings,
@@ -121,6 +127,8 @@ from actors._protocol import (
     Call,
     CallReport,
     DependencyReport,
+    FleetBreakerStatus,
+    FleetStatus,
     SagaReport,
     SupervisionReport,
 )
@@ -217,6 +225,13 @@ __all__ = [
     "ErrorRate",
     "ErrorRecord",
     "Failure",
+    "Fleet",
+    "FleetBreakerStatus",
+    "FleetHealth",
+    "FleetProviderSettings",
+    "FleetSettings",
+    "FleetStatus",
+    "FleetStoreUnavailable",
     "GetAlerts",
     "GetBreaker",
     "GetBreakers",
@@ -313,6 +328,7 @@ __all__ = [
     "load_config",
     "loads_config",
     "open_actor",
+    "open_fleet",
     "parse_retry_after",
     "redact",
     "saga_state",

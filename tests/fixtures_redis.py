@@ -34,7 +34,7 @@ from actors._fleet._idempotency_store import (
 )
 from actors._fleet._memory import MemoryServer
 from actors._fleet._quota import MemoryQuotaStore, QuotaStore, RedisQuotaStore
-from actors._fleet._settings import FleetSettings
+from actors._policies._config._fleet import FleetSettings
 from actors.testing import RedisServer
 
 __all__ = [

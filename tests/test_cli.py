@@ -409,7 +409,19 @@ def test_config_check_json() -> None:
     path = str(ROOT / "examples" / "resilience.json")
     assert main(["config", "check", path, "--json"], stdout=out) == 0
     data = json.loads(out.getvalue())
-    assert set(data) == {"defaults", "providers", "monitoring", "idempotency"}
+    assert set(data) == {"defaults", "providers", "monitoring", "idempotency", "fleet"}
+    assert data["fleet"] is None
+
+
+def test_config_check_shows_the_fleet_without_its_credentials(tmp_path: Path) -> None:
+    """A [fleet] section is printed (text and JSON) with the store URL's password hidden."""
+    path = tmp_path / "fleet.toml"
+    path.write_text('[fleet]\nredis_url = "redis://app:s3cret@cache.internal:6380/2"\n')
+    for extra in ([], ["--json"]):
+        out = io.StringIO()
+        assert main(["config", "check", str(path), *extra], stdout=out) == 0
+        assert "s3cret" not in out.getvalue()
+        assert "redis://***@cache.internal:6380/2" in out.getvalue()
 
 
 @pytest.mark.parametrize(

@@ -262,7 +262,8 @@ BAD_DOCUMENTS = [
     pytest.param(
         "[retries]\nmax_attempts = 3",
         "retries",
-        "unknown key `retries`; expected one of: defaults, idempotency, monitoring, providers",
+        "unknown key `retries`; expected one of: defaults, fleet, idempotency, monitoring, "
+        "providers",
         id="unknown-top-level-section",
     ),
     pytest.param(

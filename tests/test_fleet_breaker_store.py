@@ -20,7 +20,7 @@ from actors._fleet._breaker_store import (
 )
 from actors._fleet._client import open_store_client
 from actors._fleet._memory import MemoryServer
-from actors._fleet._settings import FleetSettings
+from actors._policies._config._fleet import FleetSettings
 from tests.fixtures_redis import StoreEnv
 
 BREAKS = BreakPolicy.from_seconds(0.3, 2.0, 10.0)

@@ -17,7 +17,7 @@ from actors._fleet._client import open_store_client
 from actors._fleet._idempotency_shared import SharedClaim, SharedIdempotency
 from actors._fleet._idempotency_store import RedisIdempotencyStore
 from actors._fleet._quota import FleetQuotas, RedisQuotaStore
-from actors._fleet._settings import FleetSettings
+from actors._policies._config._fleet import FleetSettings
 from actors.testing import RedisServer
 
 TIMEOUT = 0.3

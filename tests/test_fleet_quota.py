@@ -215,9 +215,13 @@ async def test_a_store_outage_answers_none_and_recovers(mock_clock: trio.testing
         nursery.cancel_scope.cancel()
 
 
-def test_register_needs_a_rate() -> None:
-    """A provider with no fleet quota configured cannot be registered without a rate."""
+def test_register_needs_a_positive_rate_and_updates_a_known_quota() -> None:
+    """A quota needs a rate > 0; registering a name again keeps its lease, with the new rate."""
     env = StoreEnv("memory", "q", "redis://127.0.0.1:1/0", server=MemoryServer(clock=lambda: 0))
     member = FleetQuotas(MemoryQuotaStore(MemoryServer(clock=lambda: 0.0)), env.settings())
-    with pytest.raises(ValueError, match="quota_rate"):
-        member.register("p")
+    with pytest.raises(ValueError, match="rate > 0"):
+        member.register("p", 0.0)
+    lease = member.register("p", 5.0)
+    assert member.register("p", 8.0, 16.0) is lease
+    assert member._quotas["p"].rate == 8.0
+    assert member._quotas["p"].burst == 16.0

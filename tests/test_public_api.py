@@ -146,6 +146,9 @@ EXCEPTIONS: dict[str, Callable[[], BaseException]] = {
     "AuraError": lambda: actors.AuraError("went wrong", category=actors.ErrorCategory.NETWORK),
     "BulkheadFull": lambda: actors.BulkheadFull(service="s", max_concurrent=2, max_queued=3),
     "CircuitOpen": lambda: actors.CircuitOpen(service="s", retry_after=2.0),
+    "FleetStoreUnavailable": lambda: actors.FleetStoreUnavailable(
+        operation="breaker.read", store="cache:6379", reason="connection refused"
+    ),
     "CompensationFailed": lambda: actors.CompensationFailed(
         saga_id="s1",
         definition="checkout",

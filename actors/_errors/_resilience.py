@@ -38,6 +38,9 @@ class CircuitOpen(ResilienceError):
         retry_after: seconds until the breaker lets a probe through (``None`` when isolated
             by an operator: it stays open until reset).
         isolated: whether an operator holds the breaker open.
+        fleet: whether it is the fleet's breaker, shared by every instance through the fleet
+            store (it opened on other instances, or an operator isolated it fleet-wide),
+            rather than this instance's own.
 
     Rejections are the hot path of an open breaker, so the message and the suggested action
     are formatted only when read.
@@ -46,20 +49,27 @@ class CircuitOpen(ResilienceError):
     default_category = ErrorCategory.DEPENDENCY
 
     def __init__(
-        self, *, service: str = "", retry_after: float | None, isolated: bool = False
+        self,
+        *,
+        service: str = "",
+        retry_after: float | None,
+        isolated: bool = False,
+        fleet: bool = False,
     ) -> None:
         Exception.__init__(self)
         self.service = service
         self.retry_after = retry_after
         self.isolated = isolated
+        self.fleet = fleet
         self.category = _DEPENDENCY
 
     @property
     def message(self) -> str:  # type: ignore[override]
         who = self.service or "the service"
+        whose = "The fleet's circuit breaker" if self.fleet else "The circuit breaker"
         if self.isolated:
-            return f"The circuit breaker for {who} is isolated by an operator."
-        return f"The circuit breaker for {who} is open; calls fail fast."
+            return f"{whose} for {who} is isolated by an operator."
+        return f"{whose} for {who} is open; calls fail fast."
 
     @property
     def suggested_action(self) -> str:  # type: ignore[override]

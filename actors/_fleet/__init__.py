@@ -1,8 +1,11 @@
 """The fleet layer: breaker state, idempotency and provider quotas shared through Redis.
 
-General layout (private modules, one concept each; nothing here is public API yet):
+General layout (private modules, one concept each; ``Fleet`` and ``open_fleet`` are public
+through ``actors``, the settings live with the configuration schema in
+``actors._policies._config._fleet``):
 
-* ``_settings``: :class:`FleetSettings`, validated like the rest of the configuration;
+* ``_member``: :class:`Fleet`, this instance's member (what provider actors are given, and its
+  background work), and :func:`open_fleet`;
 * ``_client``: the trio side of coredis: deadlines, one error, scripts by SHA, pub/sub;
 * ``_memory``: an in-memory store server for tests under ``MockClock``;
 * ``_breaker_lua``, ``_breaker_store``: the shared breaker's scripts and stores;

@@ -31,13 +31,13 @@ the fleet breaker); timeouts, network errors and unknown failures may be this in
 
 from __future__ import annotations
 
-import enum
 import math
 from typing import Final
 
 from actors._errors import ErrorCategory
 from actors._fleet._breaker_store import BreakerSnapshot, TripScope
 from actors._policies._breaker import BreakerState
+from actors._protocol import GateVerdict
 
 __all__ = ["FleetBreakerView", "GateVerdict", "trip_scope"]
 
@@ -47,17 +47,6 @@ _WIDE: Final = frozenset({ErrorCategory.RATE_LIMIT, ErrorCategory.DEPENDENCY})
 def trip_scope(category: ErrorCategory) -> TripScope:
     """``"wide"`` for rate limits and dependency (5xx) failures, ``"local"`` for the rest."""
     return "wide" if category in _WIDE else "local"
-
-
-class GateVerdict(enum.Enum):
-    """What the fleet gate says about one call (see the module docstring)."""
-
-    PASS = "pass"
-    REJECT = "reject"
-    PROBE = "probe"
-    IGNORE = "ignore"
-
-    __hash__ = object.__hash__
 
 
 _PASS: Final = GateVerdict.PASS

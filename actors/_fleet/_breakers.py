@@ -48,8 +48,8 @@ from actors._fleet._breaker_store import (
     TripScope,
 )
 from actors._fleet._breaker_view import FleetBreakerView, trip_scope
-from actors._fleet._settings import FleetSettings
 from actors._policies._breaker import BreakerSettings
+from actors._policies._config._fleet import FleetSettings
 
 __all__ = ["FleetBreakers", "FleetBreakersStatistics", "FleetHealth"]
 

@@ -30,20 +30,22 @@ every message, and when the subscription breaks it resubscribes with capped back
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-import anyio
 import attrs
-import coredis
-import coredis.exceptions
-import coredis.retry
 import trio
 
 from actors._errors import FleetStoreUnavailable
-from actors._fleet._settings import FleetSettings
+from actors._policies._config._fleet import FleetSettings
+
+if TYPE_CHECKING:
+    import coredis
+
+    Redis = coredis.Redis[bytes]
 
 __all__ = ["LUA_PRELUDE", "LuaScript", "StoreClient", "StoreClientStatistics", "open_store_client"]
 
@@ -51,17 +53,22 @@ _log = logging.getLogger("actors.fleet.store")
 
 _T = TypeVar("_T")
 
-#: Failures to reach or use the store; anything else (a TypeError in our own arguments) is a
-#: bug and propagates unchanged.
-_STORE_ERRORS: Final = (
-    coredis.exceptions.RedisError,
-    OSError,
-    anyio.BrokenResourceError,
-    anyio.ClosedResourceError,
-    anyio.EndOfStream,
-)
 
-Redis = coredis.Redis[bytes]
+@functools.cache
+def _store_errors() -> tuple[type[BaseException], ...]:
+    """Failures to reach or use the store; anything else (a TypeError in our own arguments)
+    is a bug and propagates unchanged.  coredis and anyio are imported when a client is first
+    used, so the fleet layer imports without the ``fleet`` extra."""
+    import anyio
+    import coredis.exceptions
+
+    return (
+        coredis.exceptions.RedisError,
+        OSError,
+        anyio.BrokenResourceError,
+        anyio.ClosedResourceError,
+        anyio.EndOfStream,
+    )
 
 
 #: The start of every script: the server's clock in whole ms (``now_ms()``).  Redis 6.x needs
@@ -117,7 +124,7 @@ class StoreClientStatistics:
 def _is_store_error(exc: BaseException) -> bool:
     if isinstance(exc, BaseExceptionGroup):
         return all(_is_store_error(inner) for inner in exc.exceptions)
-    return isinstance(exc, _STORE_ERRORS)
+    return isinstance(exc, _store_errors())
 
 
 def _reason(exc: BaseException) -> str:
@@ -182,10 +189,12 @@ class StoreClient:
         Raises FleetStoreUnavailable like :meth:`call` (the load shares the deadline).
         """
 
+        from coredis.exceptions import NoScriptError
+
         async def run(redis: Redis) -> Any:
             try:
                 return await redis.evalsha(script.sha, keys=keys, args=args)
-            except coredis.exceptions.NoScriptError:
+            except NoScriptError:
                 self._script_loads += 1
                 self.round_trips += 2
                 _log.debug("loading script %s (%s) into the store", script.name, script.sha)
@@ -275,8 +284,16 @@ async def open_store_client(settings: FleetSettings) -> AsyncIterator[StoreClien
 
     Opening does not contact the store (the first call does), so a fleet member starts while
     the store is down and reaches it once it is up.  Raises ConfigError-free: the URL was
-    checked by :class:`FleetSettings`.
+    checked by :class:`FleetSettings`; ImportError naming the extra when coredis is not
+    installed.
     """
+    try:
+        import coredis
+        import coredis.retry
+    except ImportError as exc:
+        raise ImportError(
+            "a fleet needs the coredis client: pip install 'aura-actors[fleet]'"
+        ) from exc
     redis: Redis = coredis.Redis.from_url(
         settings.redis_url,
         decode_responses=False,
@@ -307,6 +324,8 @@ def _closing(kind: type[Any]) -> type[Any]:
     it connected: one that fails to connect (the server is down) leaves them to the garbage
     collector, which warns (ResourceWarning) at an unpredictable later moment.
     """
+
+    import anyio
 
     async def run(self: Any, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
         try:

@@ -39,10 +39,10 @@ import secrets
 import attrs
 import trio
 
-from actors._errors import FleetStoreUnavailable, IdempotencyConflict
+from actors._errors import ErrorCategory, FleetStoreUnavailable, IdempotencyConflict, ProviderError
 from actors._fleet._idempotency_codec import OutcomeCodec, stable_fingerprint
 from actors._fleet._idempotency_store import IdempotencyRecordStore
-from actors._fleet._settings import FleetSettings
+from actors._policies._config._fleet import FleetSettings
 from actors._policies._idempotency import Completed
 
 __all__ = ["SharedClaim", "SharedIdempotency", "SharedIdempotencyStatistics"]
@@ -244,6 +244,43 @@ class SharedIdempotency:
         if transient:
             return await self.abandon(claim)
         return await self._finish(claim, self.codec.encode_error(error), failed=True)
+
+    async def finish(
+        self, claim: SharedClaim, outcome: object, *, failed: bool, transient: bool
+    ) -> bool:
+        """Store the claimed call's outcome: a value, or an error (``failed``); a transient
+        error releases the key instead, so a later call runs again.
+
+        A value the codec cannot encode is stored as a failure saying so (a joiner on another
+        instance then gets an error rather than running the call a second time), and logged.
+        False when the claim was lost.  Raises FleetStoreUnavailable.
+        """
+        if failed:
+            assert isinstance(outcome, BaseException)
+            return await self.fail(claim, outcome, transient=transient)
+        try:
+            data = self.codec.encode_value(outcome)
+        except TypeError as exc:
+            _log.warning(
+                "idempotency key %r of %s: %s; the fleet keeps an error in its place",
+                claim.key, self.service, exc,
+            )  # fmt: skip
+            refused = ProviderError(
+                f"the outcome of this key's call could not be shared with the fleet ({exc})",
+                service=self.service,
+                category=ErrorCategory.VALIDATION,
+            )
+            return await self._finish(claim, self.codec.encode_error(refused), failed=True)
+        return await self._finish(claim, data, failed=False)
+
+    def forget(self, claim: SharedClaim) -> None:
+        """Stop renewing ``claim`` without telling the store (its outcome could not be sent):
+        it lapses after its lease."""
+        self._owned.pop(claim.token, None)
+
+    def owned(self) -> list[SharedClaim]:
+        """The claims this instance holds now."""
+        return list(self._owned.values())
 
     async def abandon(self, claim: SharedClaim) -> bool:
         """Release the claim without an outcome (the caller gave up): a joiner may claim the

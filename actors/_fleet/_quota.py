@@ -40,7 +40,7 @@ import trio
 from actors._errors import FleetStoreUnavailable
 from actors._fleet._client import LuaScript, StoreClient
 from actors._fleet._memory import MemoryServer
-from actors._fleet._settings import FleetSettings
+from actors._policies._config._fleet import FleetSettings
 
 __all__ = [
     "FleetQuotas",
@@ -179,6 +179,12 @@ class QuotaLease:
         self._want_refill()
         return max(self.not_before - now, 0.001)
 
+    def give_back(self) -> None:
+        """Return one token taken with :meth:`try_take` and not used (the call was refused by
+        something else): it stays this instance's until the lease expires."""
+        self.available += 1
+        self.taken -= 1
+
     def _want_refill(self) -> None:
         if not self.refill_wanted:
             self.refill_wanted = True
@@ -229,23 +235,20 @@ class FleetQuotas:
         self.refills = 0
         self.failures = 0
 
-    def register(
-        self, name: str, rate: float | None = None, burst: float | None = None
-    ) -> QuotaLease:
-        """Share provider ``name``'s quota; return its lease (updated in place).
+    def register(self, name: str, rate: float, burst: float | None = None) -> QuotaLease:
+        """Share provider ``name``'s quota of ``rate`` calls per second (at most ``burst`` at
+        once; default ``max(1, rate)``); return its lease.
 
-        ``rate`` and ``burst`` default to the provider's ``quota_rate`` / ``quota_burst`` in
-        the fleet settings; ValueError when neither is set.
+        Registering a name again returns the same lease with the new rate and burst (a
+        restarted provider's settings).  ValueError when ``rate`` is not > 0.
         """
+        if not rate > 0:
+            raise ValueError(f"provider {name!r}: a fleet quota needs a rate > 0, not {rate!r}")
+        burst = max(1.0, rate) if burst is None else burst
         known = self._quotas.get(name)
         if known is not None:
+            self._quotas[name] = _Quota(rate, burst, known.lease)
             return known.lease
-        provider = self.settings.for_provider(name)
-        rate = provider.quota_rate if rate is None else rate
-        if rate is None or not rate > 0:
-            raise ValueError(f"provider {name!r} has no fleet quota rate (quota_rate)")
-        burst = provider.quota_burst if burst is None else burst
-        burst = max(1.0, rate) if burst is None else burst
         batch = max(1, min(self.settings.quota_batch, math.floor(burst)))
         lease = QuotaLease(name, batch, self.settings.quota_lease, self._want)
         self._quotas[name] = _Quota(rate, burst, lease)

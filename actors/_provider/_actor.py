@@ -58,6 +58,12 @@ incarnation as cancelled (category ``cancellation``, their breaker permits given
 monitor counts every attempt the service saw.  The counters behind ``ProviderStatus`` (and the
 ``aura_provider_*_total`` metrics) count for the life of the slot.
 
+Fleet: given a fleet member (``fleet=``, see ``actors.fleet``), a provider shares its breaker
+(a gate read from a cached view, trip votes, one half-open probe fleet-wide), its keyed calls
+(claimed in the fleet's store, so a key runs once in the fleet) and an optional quota with the
+other instances, without a round trip on the hot path; ``_fleet`` explains how.  ``Isolate``
+and ``Reset`` then act fleet-wide.
+
 Layout: this module is the actor's shell (construction, lifecycle, messages, status); the
 job machinery (admission, workers, retries, hedging, fallback) is in ``_jobs``, reporting and
 housekeeping in ``_reporting``, the fields and small records in ``_base``, the messages in
@@ -78,7 +84,7 @@ from trio.lowlevel import Task
 from actors._core._correlation import ids
 from actors._core._ref import ActorRef
 from actors._core._reply import Failure, _Timers
-from actors._errors import CircuitOpen, ErrorCategory
+from actors._errors import CircuitOpen, ErrorCategory, FleetStoreUnavailable
 from actors._policies._breaker import CircuitBreaker
 from actors._policies._budget import RetryBudget
 from actors._policies._bulkhead import Bulkhead
@@ -88,9 +94,10 @@ from actors._policies._idempotency import IdempotencyTable
 from actors._policies._ratelimit import RateLimiter
 from actors._policies._redact import check_printable
 from actors._policies._retry import RetryPolicy
-from actors._protocol import BreakerReport, Call, CallReceiver
+from actors._protocol import BreakerReport, Call, CallReceiver, FleetMember
 from actors._provider._base import (
     _EXPIRE_EVERY,
+    _PROBING,
     Fallback,
     ProviderFunction,
     _BreakerRelay,
@@ -124,6 +131,10 @@ class ProviderActor(_Jobs, CallReceiver):
         report_interval: seconds between report flushes to the monitor.
         max_pending_reports: reports kept while the monitor cannot take them (the oldest call
             reports are dropped beyond it; breaker transitions are kept).
+        fleet: this instance's member of a fleet (``actors.fleet.open_fleet``), or ``None``
+            (default): the provider shares what ``settings.fleet`` says with the other
+            instances through it (see the module docstring).  One provider actor per service
+            per member.
 
     Example::
 
@@ -144,6 +155,7 @@ class ProviderActor(_Jobs, CallReceiver):
         rng: random.Random | None = None,
         report_interval: float = 0.5,
         max_pending_reports: int = 10_000,
+        fleet: FleetMember | None = None,
     ) -> None:
         check_printable(name, "provider name", max_length=200)
         if not callable(fn):
@@ -209,6 +221,15 @@ class ProviderActor(_Jobs, CallReceiver):
         self._timers = _Timers()  # replaced by the runtime's timer service in on_start
         self._token: trio.lowlevel.TrioToken | None = None
         self.counters = _Counters()
+        self._fleet = fleet
+        self._link = self._gate = self._quota = None
+        self._claims = False
+        self._trip_hint = (None, None)
+        if fleet is not None:
+            link = self._link = fleet.attach(name, settings.breaker, settings.fleet)
+            self._gate = link.check
+            self._quota = link if link.has_quota else None
+            self._claims = link.shares_idempotency
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -225,6 +246,9 @@ class ProviderActor(_Jobs, CallReceiver):
             self._table = kept
         else:
             cell.keep["idempotency"] = self._table
+        if self._link is not None and kept is not None:
+            # Keys the previous incarnation had claimed in the fleet's store died with it.
+            self._link.abandon_all()
         # Reports the previous incarnation had not sent yet go out with this one's.
         self._keep = keep = cell.keep
         self._path = cell.path
@@ -249,6 +273,8 @@ class ProviderActor(_Jobs, CallReceiver):
             for job in left:
                 if reused:
                     self._breaker.release(job.permit, now)
+                if job.probe == _PROBING and self._link is not None:
+                    self._link.release_probe()
                 self._report(
                     False,
                     max(0.0, now - job.started),
@@ -293,11 +319,18 @@ class ProviderActor(_Jobs, CallReceiver):
         if isinstance(message, GetStatus):
             return self.status()
         now = trio.current_time()
-        if isinstance(message, Isolate):
-            self._breaker.isolate(now)
-            return self.status()
-        if isinstance(message, Reset):
-            self._breaker.reset(now)
+        if isinstance(message, Isolate | Reset):
+            if isinstance(message, Isolate):
+                self._breaker.isolate(now)
+            else:
+                self._breaker.reset(now)
+            link = self._link
+            if link is not None and link.check is not None:
+                # Fleet-wide too (one round trip); the local breaker already obeys.
+                try:
+                    await (link.isolate() if isinstance(message, Isolate) else link.reset())
+                except FleetStoreUnavailable as exc:
+                    return Failure(exc)
             return self.status()
         return Failure(
             TypeError(
@@ -328,7 +361,17 @@ class ProviderActor(_Jobs, CallReceiver):
             fallbacks=c.fallbacks,
             hedges=c.hedges,
             reports_dropped=c.reports_dropped,
+            fleet=self._fleet_state(now),
         )
+
+    def _fleet_state(self, now: float) -> str | None:
+        link = self._link
+        if link is None:
+            return None
+        status = link.status(now)
+        if status is None:
+            return None
+        return status.state if status.fresh else "stale"
 
     def rejection(self, now: float) -> CircuitOpen | None:
         """The error a call would be rejected with right now by the breaker, or ``None``.

@@ -30,6 +30,7 @@ from actors._policies._config._schema import ProviderSettings
 from actors._policies._idempotency import IdempotencyTable, InFlight
 from actors._policies._ratelimit import RateLimiter
 from actors._policies._retry import RetryPolicy, RetryState
+from actors._protocol import FleetLink, FleetMember, GateVerdict
 from actors._provider._messages import ProviderMessage
 
 ProviderFunction: TypeAlias = Callable[[Any], Awaitable[Any]]
@@ -43,6 +44,9 @@ _EXPIRE_EVERY: Final = 60.0
 _CLOSED: Final = BreakerState.CLOSED
 _ISOLATED: Final = BreakerState.ISOLATED
 _NOT_FALLBACK: Final = frozenset({ErrorCategory.VALIDATION})
+# A job's fleet probe (``_Job.probe``): the gate said PROBE at admission / the job holds it.
+_WANTS_PROBE: Final = 1
+_PROBING: Final = 2
 
 
 class _Job:
@@ -59,6 +63,7 @@ class _Job:
     __slots__ = (
         "attempts",
         "cancelled",
+        "claim",
         "deadline",
         "done",
         "entry",
@@ -68,6 +73,7 @@ class _Job:
         "log_ids",
         "payload",
         "permit",
+        "probe",
         "retry",
         "running",
         "scope",
@@ -100,6 +106,8 @@ class _Job:
         self.permit = Permit(0)
         self.started = 0.0
         self.timeout = 0.0
+        self.claim: object = None  # the fleet's claim on the key (a shared idempotency tier)
+        self.probe = 0  # the fleet's probe: 0 none, _WANTS_PROBE wanted, _PROBING held
 
 
 #: A call queued on the direct lane: (payload, idempotency key, reply).
@@ -202,3 +210,11 @@ class _ProviderBase(Actor[ProviderMessage, Any]):
     _log_ids: Mapping[str, str]
     _timers: _Timers
     _token: trio.lowlevel.TrioToken | None
+    # The fleet (see ``_fleet``): the member, this provider's link, and what the hot path
+    # reads of it (``None`` / False when not shared).
+    _fleet: FleetMember | None
+    _link: FleetLink | None
+    _gate: Callable[[float], GateVerdict] | None
+    _quota: FleetLink | None
+    _claims: bool
+    _trip_hint: tuple[ErrorCategory | None, float | None]

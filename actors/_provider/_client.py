@@ -6,8 +6,9 @@ Theory of operation
 shortcuts, both taken in the caller's task (trio runs one task at a time, so what it reads is
 consistent):
 
-* while the provider's circuit breaker is open, the client reads the breaker and raises
-  ``CircuitOpen`` at once, without a round trip.  Calls with an idempotency key, and providers
+* while the provider's circuit breaker is open (or the fleet's, for a provider sharing its
+  breaker), the client reads the breaker and raises ``CircuitOpen`` at once, without a round
+  trip.  Calls with an idempotency key, and providers
   with a fallback, always go to the actor: a cached outcome or the fallback may answer them
   even while the breaker is open;
 * otherwise the call is queued straight for the provider's worker pool
@@ -94,7 +95,7 @@ class Provider(Generic[P, R]):
         if not isinstance(actor, ProviderActor):
             raise TypeError(f"{cell.path!r} is not a provider actor ({type(actor).__name__})")
         now = trio.current_time()
-        if key is None and actor._breaker._state is not _CLOSED:
+        if key is None and (actor._breaker._state is not _CLOSED or actor._gate is not None):
             rejected = actor.rejection(now)
             if rejected is not None:
                 await trio.lowlevel.checkpoint_if_cancelled()

@@ -3,7 +3,8 @@
 These are the methods of :class:`~actors.ProviderActor` that carry a call from ``handle`` to
 its answer (see the theory of operation in ``actors._provider._actor``): the admission checks in
 the mailbox's task, the long-lived workers that run the service's function, the delay queue of
-retries, and the endings (answer every waiter, store the outcome, report).
+retries, and the endings (answer every waiter, store the outcome, report).  What a fleet adds
+(the gate's probe, trip votes, keys claimed fleet-wide) is in ``_fleet``; the hooks are here.
 """
 
 from __future__ import annotations
@@ -37,11 +38,12 @@ from actors._policies._bulkhead import ENTERED
 from actors._policies._classify import Classified
 from actors._policies._idempotency import Completed, InFlight, Joined, fingerprint
 from actors._policies._retry import GiveUp, GiveUpReason
-from actors._protocol import Call
+from actors._protocol import Call, GateVerdict
 from actors._provider._base import (
     _CLOSED,
     _ISOLATED,
     _NOT_FALLBACK,
+    _WANTS_PROBE,
     _WON,
     Fallback,
     _describe,
@@ -49,20 +51,31 @@ from actors._provider._base import (
     _fresh,
     _Job,
 )
-from actors._provider._reporting import _Reporting
+from actors._provider._fleet import _Shared
+
+_GATE_REJECT = GateVerdict.REJECT
+_GATE_PROBE = GateVerdict.PROBE
 
 
-class _Jobs(_Reporting):
+class _Jobs(_Shared):
     """The job machinery of :class:`~actors.ProviderActor` (see the module docstring)."""
 
     def _breaker_rejection(self, now: float) -> CircuitOpen | None:
+        """The error a call would be refused with now: the local breaker's, else the fleet
+        gate's (``None``: admitted, or the fleet's probe may be taken)."""
         breaker = self._breaker
         state = breaker._state
-        if state is _CLOSED or breaker.allows(now):
-            return None
-        return CircuitOpen(
-            service=self.name, retry_after=breaker.retry_after(now), isolated=state is _ISOLATED
-        )
+        if state is not _CLOSED and not breaker.allows(now):
+            return CircuitOpen(
+                service=self.name,
+                retry_after=breaker.retry_after(now),
+                isolated=state is _ISOLATED,
+            )
+        gate = self._gate
+        if gate is not None and gate(now) is _GATE_REJECT:
+            assert self._link is not None
+            return self._fleet_rejection(self._link, now)
+        return None
 
     # ------------------------------------------------------------------ admission
 
@@ -163,6 +176,9 @@ class _Jobs(_Reporting):
         if entry is not None:
             entry.waiters.append(job)
         self._add_waiter(job, reply)
+        if entry is not None and self._claims:
+            self._start_claim(job)  # the fleet's tier: claim the key, then admit
+            return None
         return self._admit(job, now, run_here)
 
     def _add_waiter(self, job: _Job, reply: Reply[Any]) -> None:
@@ -231,17 +247,53 @@ class _Jobs(_Reporting):
         if job.cancelled:
             self._abandon(job)
             return None
-        rejected = self._breaker_rejection(now)
+        breaker = self._breaker
+        state = breaker._state
+        rejected: CircuitOpen | None = None
+        if state is not _CLOSED and not breaker.allows(now):
+            rejected = CircuitOpen(
+                service=self.name,
+                retry_after=breaker.retry_after(now),
+                isolated=state is _ISOLATED,
+            )
+        elif self._gate is not None:
+            # The local breaker admits: the fleet's gate may still refuse (see _fleet).
+            verdict = self._gate(now)
+            if verdict is _GATE_REJECT:
+                assert self._link is not None
+                rejected = self._fleet_rejection(self._link, now)
+            elif verdict is _GATE_PROBE:
+                job.probe = _WANTS_PROBE
         if rejected is not None:
             self.counters.rejected += 1
             if job.last_error is not None:
                 rejected.__cause__ = job.last_error
             self._give_up(job, rejected)
             return None
+        quota = self._quota
+        fleet_token = False
+        if quota is not None:
+            wait: float | None = quota.take_quota(now)
+            if wait is None:  # the fleet's store does not answer
+                if quota.on_store_down == "reject":
+                    self.counters.rejected += 1
+                    self._give_up(job, quota.store_down("quota.take"))
+                    return None
+            elif wait:
+                if now + wait >= job.deadline:
+                    self.counters.rejected += 1
+                    self._give_up(job, RateLimited(service=self.name, retry_after=wait))
+                else:
+                    self._delay(job, now + wait)
+                return None
+            else:
+                fleet_token = True
         limiter = self._limiter
         if limiter is not None:
             wait = limiter.try_acquire(now)
             if wait:
+                if fleet_token:
+                    quota.give_back_quota()  # type: ignore[union-attr]
                 if now + wait >= job.deadline:
                     self.counters.rejected += 1
                     self._give_up(job, RateLimited(service=self.name, retry_after=wait))
@@ -353,9 +405,15 @@ class _Jobs(_Reporting):
         if job.cancelled:
             self._abandon(job)
             return self._release_slot()
+        if job.probe == _WANTS_PROBE:
+            if not await self._take_probe(job):
+                return self._release_slot()
+            now = trio.current_time()
         try:
             permit = self._breaker.acquire(now)
         except CircuitOpen as exc:
+            if job.probe:
+                self._end_probe(job, None)
             self.counters.rejected += 1
             if job.last_error is not None:
                 exc.__cause__ = job.last_error
@@ -389,6 +447,8 @@ class _Jobs(_Reporting):
             return self._release_slot()
         self._end_attempt(job)
         end = trio.current_time()
+        if job.probe:
+            self._end_probe(job, True)
         # The attempt's report goes before the transition its outcome may cause.
         self._report(True, end - now, end, None, None, job.attempts > 1)
         self._breaker.record_success(permit, end, end - now)
@@ -421,6 +481,8 @@ class _Jobs(_Reporting):
         stopped = job.stopping and not timed_out
         self._end_attempt(job)
         if stopped:  # cancelled because every caller had left (or cut short, above)
+            if job.probe:
+                self._end_probe(job, None)
             self._breaker.release(job.permit, now)
             self._report(
                 False,
@@ -443,6 +505,12 @@ class _Jobs(_Reporting):
         verdict = self._classifier.classify(exc)
         category = verdict.category
         text = _describe(exc)
+        if self._link is not None:
+            if job.probe:  # the fleet's probe failed: reopen it, unless this does not count
+                counts = category in self._breaker._counted
+                self._end_probe(job, False if counts else None, verdict.retry_after)
+            # The vote a trip caused by this failure sends (see _on_transition).
+            self._trip_hint = (category, verdict.retry_after)
         # The attempt's report goes before the transition its outcome may cause.
         self._report(False, now - started, now, category, text, job.attempts > 1)
         self._breaker.record_failure(permit, now, category, now - started)
@@ -646,11 +714,16 @@ class _Jobs(_Reporting):
         entry = job.entry
         if entry is not None:
             job.entry = None  # the entry lists the job: break the cycle so both die at once
+            transient = bool(getattr(result, "transient", False)) if failed else False
             if failed:
-                transient = getattr(result, "transient", False)
-                self._table.fail(entry, now, result, transient=bool(transient))
+                self._table.fail(entry, now, result, transient=transient)
             else:
                 self._table.complete(entry, now, result)
+            claim = job.claim
+            if claim is not None:  # the fleet's tier: store the outcome (queued, no wait)
+                job.claim = None
+                assert self._link is not None
+                self._link.finish(claim, result, failed=failed, transient=transient)
         waiters = job.waiters
         job.waiters = []
         counters = self.counters
@@ -675,6 +748,11 @@ class _Jobs(_Reporting):
         if entry is not None:
             job.entry = None
             self._table.abandon(entry)
+        claim = job.claim
+        if claim is not None:
+            job.claim = None
+            assert self._link is not None
+            self._link.abandon(claim)
 
     def _settle(self, job: _Job) -> None:
         job.done = True

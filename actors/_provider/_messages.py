@@ -12,11 +12,16 @@ __all__ = ["GetStatus", "Isolate", "ProviderMessage", "ProviderStatus", "Reset"]
 
 
 class Isolate(msgspec.Struct, frozen=True, tag="isolate"):
-    """Hold the provider's breaker open until :class:`Reset` (an operator's kill switch)."""
+    """Hold the provider's breaker open until :class:`Reset` (an operator's kill switch).
+
+    A provider sharing its breaker with a fleet isolates the fleet breaker too, on every
+    instance; when the fleet's store does not answer the reply is ``FleetStoreUnavailable``
+    (this instance's breaker is isolated all the same)."""
 
 
 class Reset(msgspec.Struct, frozen=True, tag="reset"):
-    """Close the provider's breaker with a clean window."""
+    """Close the provider's breaker with a clean window (fleet-wide too, like
+    :class:`Isolate`)."""
 
 
 class GetStatus(msgspec.Struct, frozen=True, tag="status"):
@@ -47,6 +52,9 @@ class ProviderStatus(msgspec.Struct, frozen=True, gc=False):
         rejected: calls refused before any attempt (breaker, bulkhead, rate limit, conflicts).
         fallbacks, hedges: fallbacks used and hedged attempts sent.
         reports_dropped: monitor reports dropped because the monitor could not keep up.
+        fleet: the fleet breaker's state as this instance sees it (``closed``, ``open``,
+            ``half_open``, ``isolated``), ``stale`` while the view is too old to be used (the
+            local breaker decides alone), or ``None`` when the breaker is not shared.
     """
 
     service: str
@@ -66,6 +74,7 @@ class ProviderStatus(msgspec.Struct, frozen=True, gc=False):
     fallbacks: int
     hedges: int
     reports_dropped: int
+    fleet: str | None = None
 
 
 ProviderMessage: TypeAlias = Call | Isolate | Reset | GetStatus

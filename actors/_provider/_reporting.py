@@ -29,6 +29,14 @@ class _Reporting(_ProviderBase):
             wait = self._breaker.retry_after(transition.at)
             if wait is not None:
                 self._wake_at(transition.at + wait)
+            link = self._link
+            if link is not None and link.check is not None:
+                # This instance's trip vote for the fleet breaker, with the failure behind it
+                # (a slow-call trip has none: it counts as this instance's path).
+                if transition.reason == "slow_call_ratio":
+                    link.report_trip(None, None)
+                else:
+                    link.report_trip(*self._trip_hint)
         if self._monitor_spec is None:
             return
         self._reports.append(

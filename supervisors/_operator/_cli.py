@@ -52,6 +52,7 @@ import msgspec
 import trio
 
 from actors._errors import ActorError, AuraError, ConfigError
+from actors._policies._config._fleet import safe_url
 from actors._policies._config._schema import ResilienceConfig, load_config
 from actors._policies._redact import escape_control
 from actors._saga._messages import ListSagas
@@ -408,9 +409,10 @@ def describe_config(config: ResilienceConfig) -> str:
 
     Every default is listed; then, per named provider, the settings in which its effective
     settings differ from the defaults (everything else it takes from the defaults); then the
-    monitoring and idempotency sections.
+    monitoring and idempotency sections, and the fleet's when there is one (its store's URL
+    without credentials).
     """
-    data = config.to_dict()
+    data = _printable(config)
     defaults: dict[str, str] = {}
     _flatten(data["defaults"], "", defaults)
     width = max(len(key) for key in defaults)
@@ -428,12 +430,22 @@ def describe_config(config: ResilienceConfig) -> str:
             f"    {key.ljust(width - 2)}  {value}  (default {defaults.get(key, '-')})"
             for key, value in changed.items()
         ]
-    for section in ("monitoring", "idempotency"):
+    for section in ("monitoring", "idempotency", "fleet"):
+        if data[section] is None:
+            continue
         rows = {}
         _flatten(data[section], "", rows)
         lines += ["", f"{section}:"]
         lines += [f"  {k.ljust(width)}  {v}" for k, v in rows.items()]
     return "\n".join(lines)
+
+
+def _printable(config: ResilienceConfig) -> dict[str, Any]:
+    """The configuration as plain data, the fleet store's credentials hidden."""
+    data = config.to_dict()
+    if data.get("fleet") is not None:
+        data["fleet"]["redis_url"] = safe_url(data["fleet"]["redis_url"])
+    return data
 
 
 def _cmd_config_check(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
@@ -445,7 +457,7 @@ def _cmd_config_check(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) 
             print(f"field: {exc.path}", file=stderr)
         return EXIT_ERROR
     if args.json:
-        print(msgspec.json.encode(config.to_dict()).decode(), file=stdout)
+        print(msgspec.json.encode(_printable(config)).decode(), file=stdout)
     else:
         print(f"{args.file}: valid", file=stdout)
         print(describe_config(config), file=stdout)

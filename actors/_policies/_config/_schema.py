@@ -2,12 +2,13 @@
 
 Theory of operation
 -------------------
-A configuration document has four sections, each optional::
+A configuration document has five sections, each optional::
 
     [defaults]            # ProviderSettings every provider starts from
     [providers.NAME]      # partial overrides for one provider, merged over [defaults]
     [monitoring]          # MonitorSettings of the monitor actor
     [idempotency]         # the idempotency settings (ttl, max_records)
+    [fleet]               # FleetSettings: the shared store of a fleet of instances
 
 :class:`ProviderSettings` groups what a provider actor owns: ``breaker``
 (:class:`~actors.BreakerSettings`), ``retry`` (:class:`~actors.RetrySettings`,
@@ -18,7 +19,8 @@ with its ``backoff`` and per-attempt timeout), ``budget``
 (:class:`~actors.IdempotencySettings`), plus ``fallback`` (another provider's
 name), ``hedging_delay`` (seconds after which a hedged second request may be sent) and
 ``chaos`` (fault, latency and outcome injection, :class:`~actors.chaos.ChaosSettings`; off by
-default).
+default) and ``fleet`` (what it shares with a fleet of instances,
+:class:`~actors.FleetProviderSettings`; inert unless the provider is given a fleet member).
 
 Merging.  A provider's effective settings are its override merged *key by key, recursively*
 over ``[defaults]`` (``providers.openai.retry.backoff.base_delay = 2`` changes that one number
@@ -66,6 +68,7 @@ from actors._policies._breaker import BreakerSettings
 from actors._policies._budget import BudgetSettings
 from actors._policies._bulkhead import BulkheadSettings
 from actors._policies._config._chaos import ChaosSettings
+from actors._policies._config._fleet import FleetProviderSettings, FleetSettings
 from actors._policies._config._monitoring import MonitorSettings
 from actors._policies._idempotency import IdempotencySettings
 from actors._policies._ratelimit import RateLimiterSettings
@@ -88,9 +91,10 @@ _SECTIONS: Final[Mapping[str, type[msgspec.Struct]]] = {
     "bulkhead": BulkheadSettings,
     "rate_limit": RateLimiterSettings,
     "idempotency": IdempotencySettings,
+    "fleet": FleetProviderSettings,
 }
 
-_TOP_LEVEL: Final = ("defaults", "idempotency", "monitoring", "providers")
+_TOP_LEVEL: Final = ("defaults", "fleet", "idempotency", "monitoring", "providers")
 
 _T = TypeVar("_T")
 
@@ -109,6 +113,9 @@ class ProviderSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
         fallback: the name of the provider to fall back to, or ``None`` (default).
         hedging_delay: seconds after which a hedged second request may be sent, or ``None``
             (default) for no hedging; float seconds or :class:`datetime.timedelta`.
+        fleet: what the provider shares with a fleet (:class:`~actors.FleetProviderSettings`:
+            breaker, idempotency, a quota, the store-down policy); used only when the provider
+            actor is given a fleet member.
         chaos: fault, latency and outcome injection around the service function
             (:class:`~actors.chaos.ChaosSettings`), or ``None`` (default): no chaos.  For tests
             and game days; a section is inert unless its ``enabled`` is true.
@@ -125,6 +132,7 @@ class ProviderSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
     fallback: str | None = None
     hedging_delay: float | None = None
     chaos: ChaosSettings | None = None
+    fleet: FleetProviderSettings = FleetProviderSettings()
 
     if TYPE_CHECKING:
 
@@ -140,6 +148,7 @@ class ProviderSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
             fallback: str | None = ...,
             hedging_delay: float | datetime.timedelta | None = ...,
             chaos: ChaosSettings | None = ...,
+            fleet: FleetProviderSettings = ...,
         ) -> None: ...
 
     def __post_init__(self) -> None:
@@ -168,6 +177,9 @@ class ResilienceConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
             critical error ratio 0.5).
         idempotency: the idempotency settings (seed: 24 h, 10,000 records); also the base of
             ``defaults.idempotency`` when loading a document.
+        fleet: where the fleet's shared store is and its timings (:class:`~actors.FleetSettings`),
+            or ``None`` (default): this instance runs alone.  ``actors.fleet.open_fleet(
+            config.fleet)`` opens the member the providers are given.
 
     Build one with :func:`load_config`, :func:`loads_config` or :meth:`from_dict` (which merge
     partial provider overrides), with :meth:`seed` (the seed's table), or directly from fully
@@ -179,6 +191,7 @@ class ResilienceConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
     providers: dict[str, ProviderSettings] = msgspec.field(default_factory=dict)
     monitoring: MonitorSettings = MonitorSettings()
     idempotency: IdempotencySettings = IdempotencySettings()
+    fleet: FleetSettings | None = None
 
     def __post_init__(self) -> None:
         checks: tuple[tuple[str, type], ...] = (
@@ -192,6 +205,10 @@ class ResilienceConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
                     f"must be {kind.__name__}, not {type(getattr(self, name)).__name__}",
                     path=name,
                 )
+        if self.fleet is not None and not isinstance(self.fleet, FleetSettings):
+            raise ConfigError(
+                f"must be FleetSettings or None, not {type(self.fleet).__name__}", path="fleet"
+            )
         if not isinstance(self.providers, dict):
             raise ConfigError(
                 f"must be a dict of provider settings, not {type(self.providers).__name__}",
@@ -366,6 +383,9 @@ def _build(document: dict[str, Any], source: str | None) -> ResilienceConfig:
         if key not in _TOP_LEVEL:
             raise ConfigError(_unknown_key(str(key), _TOP_LEVEL), path=str(key), source=source)
     monitoring = _convert(document.get("monitoring", {}), MonitorSettings, "monitoring", source)
+    fleet = None
+    if document.get("fleet") is not None:  # JSON's null (to_dict's) is no fleet
+        fleet = _convert(document["fleet"], FleetSettings, "fleet", source)
     top_idempotency = document.get("idempotency", {})
     idempotency = _convert(top_idempotency, IdempotencySettings, "idempotency", source)
 
@@ -385,7 +405,11 @@ def _build(document: dict[str, Any], source: str | None) -> ResilienceConfig:
         providers[name] = _convert(merged, ProviderSettings, path, source)
     try:
         return ResilienceConfig(
-            defaults=defaults, providers=providers, monitoring=monitoring, idempotency=idempotency
+            defaults=defaults,
+            providers=providers,
+            monitoring=monitoring,
+            idempotency=idempotency,
+            fleet=fleet,
         )
     except ConfigError as exc:
         raise ConfigError(exc.problem, path=exc.path, source=source) from None

@@ -2,12 +2,15 @@
 
 Theory of operation
 -------------------
-:class:`FleetSettings` is a msgspec schema validated like every other settings struct (see
-``actors._policies._config._schema``): durations are float seconds or :class:`datetime.timedelta`, a
-bad value raises :class:`~actors._errors.ConfigError` whose ``path`` names the field, unknown keys
-are errors.  Relations between fields are checked too (an instance's liveness must outlast a few
-heartbeats; a view is stale only after a refresh had a chance to run), because a violation would
-silently break the fleet's guarantees rather than fail.
+:class:`FleetSettings` (the ``[fleet]`` section of a configuration) and
+:class:`FleetProviderSettings` (a provider's ``fleet`` table, merged over ``[defaults]`` like
+its other settings) are msgspec schemas validated like every other settings struct (see
+``actors._policies._config._schema``): durations are float seconds or
+:class:`datetime.timedelta`, a bad value raises :class:`~actors._errors.ConfigError` whose
+``path`` names the field, unknown keys are errors.  Relations between fields are checked too
+(an instance's liveness must outlast a few heartbeats; a view is stale only after a refresh had
+a chance to run), because a violation would silently break the fleet's guarantees rather than
+fail.
 
 ``instance_id`` defaults to a fresh id per process (host, PID and random bits): two processes
 never share one, and a restarted process is a new instance (its predecessor's leases and
@@ -35,6 +38,7 @@ __all__ = [
     "FleetSettings",
     "StoreDownPolicy",
     "fresh_instance_id",
+    "safe_url",
     "store_address",
 ]
 
@@ -67,23 +71,45 @@ def store_address(url: str) -> str:
     return f"{host}:{port}"
 
 
+def safe_url(url: str) -> str:
+    """``url`` with its user name and password replaced by ``***``: safe to print."""
+    parts = urlsplit(url)
+    if not (parts.username or parts.password):
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"***@{host}").geturl()
+
+
 class FleetProviderSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """Per-provider fleet settings.
+    """What a provider shares with the fleet (its ``fleet`` table in a configuration).
+
+    A provider actor given a fleet member shares these through it; without a member they are
+    inert.
 
     Attributes:
+        breaker: share the circuit breaker (the fleet gate, trip votes, one probe fleet-wide;
+            default true).
+        idempotency: share keyed calls' outcomes through the store, so a key runs once in the
+            whole fleet (default true).
         on_store_down: ``"local"`` (default) or ``"reject"``: see :data:`StoreDownPolicy`.
+            The breaker gate never rejects because the store is down: it is ignored then.
         quota_rate: the provider's fleet-wide quota in calls per second, shared by every
             instance through the store, or ``None`` (default) for no shared quota.
         quota_burst: the most calls the quota admits at once (>= 1), or ``None`` (default) for
             ``max(1, quota_rate)``.
     """
 
+    breaker: bool = True
+    idempotency: bool = True
     # Typed ``str`` and checked below, so a bad value's error lists the valid ones.
     on_store_down: str = "local"
     quota_rate: float | None = None
     quota_burst: float | None = None
 
     def __post_init__(self) -> None:
+        for name in ("breaker", "idempotency"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"must be true or false, not {getattr(self, name)!r}", path=name)
         if self.on_store_down not in ("local", "reject"):
             raise ConfigError(
                 f"must be 'local' or 'reject', not {self.on_store_down!r}", path="on_store_down"
@@ -135,8 +161,9 @@ class FleetSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
             dropped first, calls in flight never (>= 1; 10000).
         quota_lease: seconds a batch of leased quota tokens stays usable (> 0; 1.0).
         quota_batch: tokens leased per round trip at most (>= 1; 10).
-        providers: per-provider settings (:class:`FleetProviderSettings`); a provider not
-            named gets the defaults.
+
+    What each provider shares, and what it does while the store is down, is in its own
+    settings (:class:`FleetProviderSettings`, ``ProviderSettings.fleet``).
     """
 
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -158,7 +185,6 @@ class FleetSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     idempotency_max_records: int = 10_000
     quota_lease: float = 1.0
     quota_batch: int = 10
-    providers: dict[str, FleetProviderSettings] = msgspec.field(default_factory=dict)
 
     if TYPE_CHECKING:
 
@@ -184,7 +210,6 @@ class FleetSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
             idempotency_max_records: int = ...,
             quota_lease: float | datetime.timedelta = ...,
             quota_batch: int = ...,
-            providers: dict[str, FleetProviderSettings] = ...,
         ) -> None: ...
 
     def __post_init__(self) -> None:
@@ -239,18 +264,6 @@ class FleetSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
                 f"{self.stale_after:g}: every view would go stale before its refresh",
                 path="stale_after",
             )
-        if not isinstance(self.providers, dict):
-            raise ConfigError("must be a table of provider settings", path="providers")
-        for name, value in self.providers.items():
-            if not isinstance(name, str) or not name.strip():
-                raise ConfigError(
-                    f"a provider name must be a non-empty string, not {name!r}", path="providers"
-                )
-            if not isinstance(value, FleetProviderSettings):
-                raise ConfigError(
-                    f"must be FleetProviderSettings, not {type(value).__name__}",
-                    path=f"providers.{name}",
-                )
 
     @property
     def instance(self) -> str:
@@ -263,10 +276,6 @@ class FleetSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
         """The store's ``host:port`` without credentials (for logs and errors)."""
         return store_address(self.redis_url)
 
-    def for_provider(self, name: str) -> FleetProviderSettings:
-        """The fleet settings of provider ``name`` (the defaults when it is not named)."""
-        return self.providers.get(name, _DEFAULT_PROVIDER)
-
     def quorum(self, live: int) -> int:
         """Trip votes needed for path-local failures with ``live`` live instances.
 
@@ -274,33 +283,6 @@ class FleetSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
         """
         needed = max(self.min_quorum, math.ceil(self.quorum_ratio * live - 1e-9))
         return max(1, min(needed, live))
-
-    @classmethod
-    def from_dict(cls, data: dict[str, object]) -> FleetSettings:
-        """Build settings from plain data (a ``[fleet]`` table), raising ConfigError naming the
-        field on bad input."""
-        from actors._policies._config._schema import _convert, _normalise
-
-        document = _normalise(data)
-        if not isinstance(document, dict):
-            raise ConfigError("must be a table", path="fleet")
-        raw = document.pop("providers", {})
-        if not isinstance(raw, dict):
-            raise ConfigError("must be a table of provider settings", path="fleet.providers")
-        providers = {
-            str(name): _convert(value, FleetProviderSettings, f"fleet.providers.{name}", None)
-            for name, value in raw.items()
-        }
-        settings = _convert(document, cls, "fleet", None)
-        if not providers:
-            return settings
-        try:
-            return msgspec.structs.replace(settings, providers=providers)
-        except ConfigError as exc:
-            raise ConfigError(exc.problem, path=f"fleet.{exc.path}") from None
-
-
-_DEFAULT_PROVIDER: Final = FleetProviderSettings()
 
 
 def _safe(value: object) -> str:
