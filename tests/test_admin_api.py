@@ -761,6 +761,25 @@ async def test_prometheus_exposition_parses() -> None:
         assert samples[("aura_provider_succeeded_total", (("service", "flaky"),))] == 1
         assert samples[("aura_sagas_unfinished", ())] == 0
         assert "aura_service_latency_seconds" in families
+        assert families["aura_service_latency_seconds"].type == "histogram"
+        assert samples[("aura_service_latency_seconds_count", (("service", "a"),))] == 5
+        assert all("instance" not in labels for _name, labels in samples)
+
+
+async def test_prometheus_instance_label() -> None:
+    """admin_spec(instance=...) puts the instance on every sample of /metrics."""
+    async with admin_app(instance="eu-west-1/a") as (root, client):
+        report(root, *calls("a", 2, 1))
+        text = (await client.get("/metrics")).text
+        found = [s for f in text_string_to_metric_families(text) for s in f.samples]
+        assert len(found) > 50
+        assert {s.labels.get("instance") for s in found} == {"eu-west-1/a"}
+
+
+def test_instance_must_be_printable() -> None:
+    """An instance name with a control character is refused when the spec is built."""
+    with pytest.raises(ValueError, match="printable"):
+        admin_spec(instance="a\nb")
 
 
 # ========================================================================= lifecycle, settings

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import math
+import platform
 import re
 from typing import Any
 
@@ -15,7 +17,7 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from actors import ErrorCategory, MonitorActor, ProviderStatus, open_actor
+from actors import ConfigError, ErrorCategory, MonitorActor, ProviderStatus, open_actor
 from actors._monitor._state import MonitorState
 from actors._policies._config._monitoring import MonitorSettings
 from actors._protocol import BreakerReport, CallReport, DependencyReport, SupervisionReport
@@ -50,6 +52,12 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         for family in text_string_to_metric_families(text)
         for s in family.samples
     }
+
+
+def without_build_info(
+    got: dict[tuple[str, tuple[tuple[str, str], ...]], float],
+) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {key: value for key, value in got.items() if key[0] != "aura_build_info"}
 
 
 def busy_state() -> MonitorState:
@@ -140,11 +148,18 @@ def test_names_follow_prometheus_conventions() -> None:
         assert family.documentation
         if family.type == "counter":
             assert {s.name for s in family.samples} == {f"{family.name}_total"}
+        if family.type == "histogram":
+            assert {s.name for s in family.samples} == {
+                f"{family.name}_{suffix}" for suffix in ("bucket", "count", "sum")
+            }
         if "seconds" in family.name:
             assert family.name.endswith("_seconds")
         for sample in family.samples:
-            assert set(sample.labels) <= {"service", "category", "state", "status", "quantile",
-                                          "rule", "severity", "path", "kind"}  # fmt: skip
+            assert set(sample.labels) <= {"service", "category", "state", "status", "le",
+                                          "rule", "severity", "path", "kind", "version",
+                                          "python_version", "trio_version",
+                                          "dependency"}  # fmt: skip
+            assert "quantile" not in sample.labels  # latency is a histogram: it sums
 
 
 def test_values_match_the_monitor() -> None:
@@ -171,8 +186,12 @@ def test_values_match_the_monitor() -> None:
     assert got[("aura_alerts_active", (("rule", "breaker_open"), ("severity", "critical")))] == 1
     assert got[("aura_alerts_active", (("rule", "high_error_rate"), ("severity", "warning")))] == 0
     assert got[("aura_monitor_window_seconds", ())] == 300
-    p99 = got[("aura_service_latency_seconds", (("quantile", "0.99"), ("service", "openai")))]
-    assert p99 == pytest.approx(0.2, rel=0.06)
+    openai = (("service", "openai"),)
+    assert got[("aura_service_latency_seconds_count", openai)] == 10
+    assert got[("aura_service_latency_seconds_sum", openai)] == pytest.approx(2.0)
+    assert got[("aura_service_latency_seconds_bucket", (("le", "0.1"), *openai))] == 0
+    assert got[("aura_service_latency_seconds_bucket", (("le", "0.25"), *openai))] == 10
+    assert got[("aura_service_latency_seconds_bucket", (("le", "+Inf"), *openai))] == 10
 
 
 def test_dependency_state_is_exported() -> None:
@@ -190,14 +209,50 @@ def test_dependency_state_is_exported() -> None:
     }
 
 
-def test_latency_without_calls_in_the_window_is_nan() -> None:
-    """A service with no call in the window exposes NaN percentiles, not zero."""
-    state = MonitorState(MonitorSettings(window=60, buckets=6, latency_buckets=6))
-    state.record(CallReport("quiet", True, 0.1, 0.0), 0.0)
-    got = samples(render_metrics(snapshot_of(state, 1000.0)).decode())
-    value = got[("aura_service_latency_seconds", (("quantile", "0.5"), ("service", "quiet")))]
-    assert math.isnan(value)
-    assert got[("aura_service_attempts_total", (("service", "quiet"),))] == 1
+def latency_buckets(text: str, service: str) -> dict[str, float]:
+    """``le`` -> cumulative count of one service's latency histogram."""
+    return {
+        dict(labels)["le"]: value
+        for (name, labels), value in samples(text).items()
+        if name == "aura_service_latency_seconds_bucket" and ("service", service) in labels
+    }
+
+
+def test_latency_histogram_buckets_are_cumulative_and_exact() -> None:
+    """A latency lands in the first bucket whose bound is >= it (a latency equal to a bound
+    counts in that bound's bucket); above the top bound it counts in +Inf only; the count and
+    sum are exact."""
+    settings = MonitorSettings(histogram_buckets=(0.1, 1.0, 10.0))
+    state = MonitorState(settings)
+    for latency in (0.0, 0.05, 0.1, 0.100001, 1.0, 9.0, 10.0, 10.5, 500.0):
+        state.record(CallReport("svc", True, latency, 0.0), 0.0)
+    text = render_metrics(snapshot_of(state, 1.0)).decode()
+    assert latency_buckets(text, "svc") == {"0.1": 3, "1.0": 5, "10.0": 7, "+Inf": 9}
+    got = samples(text)
+    assert got[("aura_service_latency_seconds_count", (("service", "svc"),))] == 9
+    total = 0.0 + 0.05 + 0.1 + 0.100001 + 1.0 + 9.0 + 10.0 + 10.5 + 500.0
+    assert got[("aura_service_latency_seconds_sum", (("service", "svc"),))] == pytest.approx(total)
+
+
+def test_latency_histogram_counts_for_the_life_of_the_service() -> None:
+    """Unlike the window's percentiles, the histogram keeps attempts older than the window,
+    survives a reset of the windows and the eviction of an idle service that comes back."""
+    state = MonitorState(MonitorSettings(window=60, buckets=6, latency_buckets=6, max_services=1))
+    state.record(CallReport("quiet", True, 0.2, 0.0), 0.0)
+    state.record(CallReport("quiet", True, 2.0, 1.0), 1.0)
+    state.reset("quiet", 2.0)
+    text = render_metrics(snapshot_of(state, 1000.0)).decode()
+    assert latency_buckets(text, "quiet")["+Inf"] == 2
+    state.record(CallReport("other", True, 0.1, 1000.0), 1000.0)  # evicts the idle "quiet"
+    state.record(CallReport("quiet", True, 0.3, 2000.0), 2000.0)  # evicts "other"; comes back
+    text = render_metrics(snapshot_of(state, 2000.0)).decode()
+    assert latency_buckets(text, "quiet") == {
+        "0.005": 0, "0.01": 0, "0.025": 0, "0.05": 0, "0.1": 0, "0.25": 1, "0.5": 2, "1.0": 2,
+        "2.5": 3, "5.0": 3, "10.0": 3, "30.0": 3, "60.0": 3, "120.0": 3, "+Inf": 3,
+    }  # fmt: skip
+    got = samples(text)
+    assert got[("aura_service_latency_seconds_sum", (("service", "quiet"),))] == pytest.approx(2.5)
+    assert got[("aura_service_attempts_total", (("service", "quiet"),))] == 3
 
 
 def test_tree_metrics() -> None:
@@ -235,7 +290,9 @@ def test_collector_in_a_registry() -> None:
     registry = CollectorRegistry(auto_describe=False)
     collector = AuraCollector()
     registry.register(collector)
-    assert samples(generate_latest(registry).decode()) == {("aura_monitor_up", ()): 0}
+    assert without_build_info(samples(generate_latest(registry).decode())) == {
+        ("aura_monitor_up", ()): 0
+    }
     collector.update(snapshot_of(busy_state(), 15.0))
     assert samples(generate_latest(registry).decode())[("aura_monitor_up", ())] == 1
 
@@ -285,7 +342,9 @@ async def test_take_snapshot_from_actors() -> None:
     assert gone.metrics is None
     assert len(gone.problems) == 5
     assert "monitor health" in gone.problems[0]
-    assert samples(render_metrics(gone).decode()) == {("aura_monitor_up", ()): 0}
+    assert without_build_info(samples(render_metrics(gone).decode())) == {
+        ("aura_monitor_up", ()): 0
+    }
 
 
 # ================================================================================ what is new
@@ -402,3 +461,113 @@ async def test_render_async_takes_checkpoints() -> None:
         nursery.cancel_scope.cancel()
     assert text == render_metrics(snap)
     assert during >= 30
+
+
+# ======================================================================= fleets and builds
+
+
+def test_build_info_names_the_versions() -> None:
+    """aura_build_info is 1 with the versions of aura-actors, Python and trio, with or
+    without a monitor."""
+    for snap in (full_snapshot(), OperatorSnapshot(at=0.0)):
+        infos = [
+            (dict(labels), value)
+            for (name, labels), value in samples(render_metrics(snap).decode()).items()
+            if name == "aura_build_info"
+        ]
+        assert len(infos) == 1
+        labels, value = infos[0]
+        assert value == 1
+        assert labels["python_version"] == platform.python_version()
+        assert labels["trio_version"] == trio.__version__
+        assert labels["version"] == importlib.metadata.version("aura-actors")
+
+
+def test_instance_label_on_every_sample() -> None:
+    """With an instance name every sample carries it as ``instance`` (buckets too); without
+    one no sample has an instance label."""
+    snap = attrs.evolve(full_snapshot(), instance="eu-1")
+    families = list(text_string_to_metric_families(render_metrics(snap).decode()))
+    assert {f.type for f in families} == {"gauge", "counter", "histogram"}
+    for family in families:
+        for sample in family.samples:
+            assert sample.labels["instance"] == "eu-1"
+    plain = list(text_string_to_metric_families(render_metrics(full_snapshot()).decode()))
+    assert all("instance" not in s.labels for f in plain for s in f.samples)
+    # Apart from the label, the same samples.
+    assert {
+        (name, tuple(pair for pair in labels if pair[0] != "instance")): value
+        for (name, labels), value in samples(render_metrics(snap).decode()).items()
+    }.keys() == samples(render_metrics(full_snapshot()).decode()).keys()
+
+
+@given(
+    names=st.lists(_NAMES, min_size=1, max_size=4, unique=True),
+    latencies=st.lists(st.floats(min_value=0, max_value=200, allow_nan=False), max_size=6),
+    instance=st.none() | _NAMES,
+)
+def test_histograms_and_instance_text_is_what_prometheus_client_writes(
+    names: list[str], latencies: list[float], instance: str | None
+) -> None:
+    """Histograms and the instance label are written byte for byte as generate_latest writes
+    them (label order with ``le`` and ``instance``, escaping of the instance name)."""
+    state = MonitorState(MonitorSettings(min_calls=1))
+    for name in names:
+        for latency in latencies:
+            state.record(CallReport(name, True, latency, 0.0), 0.0)
+    snap = attrs.evolve(full_snapshot(state), instance=instance)
+    expected = generate_latest(AuraCollector(snap))
+    assert render_metrics(snap) == expected
+    assert trio.run(render_metrics_async, snap) == expected
+
+
+@given(
+    shares=st.lists(
+        st.tuples(st.integers(0, 2), st.floats(min_value=0, max_value=300, allow_nan=False)),
+        max_size=40,
+    )
+)
+def test_histograms_of_a_fleet_sum_to_one_instance_seeing_everything(
+    shares: list[tuple[int, float]],
+) -> None:
+    """What quantile gauges could not do: the buckets, counts and sums of three instances'
+    histograms add up (as ``sum by (le)`` does) to those of one monitor that saw every
+    attempt."""
+    fleet = [MonitorState() for _ in range(3)]
+    whole = MonitorState()
+    for which, latency in shares:
+        fleet[which].record(CallReport("svc", True, latency, 0.0), 0.0)
+        whole.record(CallReport("svc", True, latency, 0.0), 0.0)
+    summed: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for i, state in enumerate(fleet):
+        snap = attrs.evolve(snapshot_of(state, 1.0), instance=f"i{i}")
+        for (name, labels), value in samples(render_metrics(snap).decode()).items():
+            if name.startswith("aura_service_latency_seconds"):
+                key = (name, tuple(pair for pair in labels if pair[0] != "instance"))
+                summed[key] = summed.get(key, 0.0) + value
+    alone = {
+        key: value
+        for key, value in samples(render_metrics(snapshot_of(whole, 1.0)).decode()).items()
+        if key[0].startswith("aura_service_latency_seconds")
+    }
+    assert summed.keys() == alone.keys()
+    for key, value in alone.items():
+        assert summed[key] == pytest.approx(value)
+
+
+@pytest.mark.parametrize(
+    ("bounds", "problem"),
+    [
+        ((), "non-empty"),
+        ((0.1, 0.1), "strictly increasing"),
+        ((1.0, 0.5), "strictly increasing"),
+        ((0.0, 1.0), "greater than 0"),
+        ((0.1, math.inf), "finite"),
+        (tuple(float(i) for i in range(1, 66)), "at most 64"),
+    ],
+)
+def test_histogram_buckets_are_checked(bounds: tuple[float, ...], problem: str) -> None:
+    """Bad histogram bounds are refused with an error naming the field."""
+    with pytest.raises(ConfigError, match=problem) as caught:
+        MonitorSettings(histogram_buckets=bounds)
+    assert caught.value.path == "histogram_buckets"

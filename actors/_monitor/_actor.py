@@ -345,7 +345,15 @@ class MonitorActor(Actor[Any, Any]):
                 await trio.lowlevel.checkpoint()
                 if reply.done:  # the caller gave up
                     return
-        reply.set(MetricsReport(state.settings.window, trio.current_time(), out))
+        settings = state.settings
+        reply.set(
+            MetricsReport(
+                settings.window,
+                trio.current_time(),
+                out,
+                latency_bounds=settings.histogram_buckets,
+            )
+        )
 
     def _other(self, message: Any, now: float) -> Any:
         # Supervision events and saga reports are duck-typed: actors must not import

@@ -53,6 +53,7 @@ class _Queries:
     # The fields of every MonitorState, set by MonitorState.__init__.
     __slots__ = (
         "_book",
+        "_bounds",
         "_checks",
         "_dependencies",
         "_dropped",
@@ -81,6 +82,7 @@ class _Queries:
     )  # fmt: skip
 
     _settings: MonitorSettings
+    _bounds: tuple[float, ...]
     _wall_clock: Callable[[], float]
     _series: dict[str, _Series]
     _recent: collections.deque[ErrorRecord]
@@ -261,6 +263,7 @@ class _Queries:
             self._settings.window,
             now,
             {name: self._metrics(series[name], now) for name in names if name in series},
+            latency_bounds=self._bounds,
         )
 
     def service_metrics(self, service: str, now: float) -> ServiceMetrics:
@@ -301,6 +304,8 @@ class _Queries:
                     if s.t_categories[i]
                 },
                 since=s.since,
+                latency_counts=list(s.t_histogram),
+                latency_sum=s.t_latency,
             ),
             enough_calls=calls >= self._settings.min_calls,
         )

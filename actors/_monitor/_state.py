@@ -33,10 +33,11 @@ of the current one (dividing by whole buckets would under-report a short window,
 bucket has only partly elapsed).  Below ``min_calls`` calls in the window neither the rate nor
 the ratio is judged: the alert rules skip them and health says ``unknown``.
 
-Totals (calls, errors by category, retries, breaker transitions and trips) are exact integers
-since the service was first seen, never sampled: they are what load tests compare with ground
-truth, and they only ever go up for the life of the monitor (Prometheus counters).  A reset
-clears the windows only; an evicted service's counters are kept aside (for up to
+Totals (calls, errors by category, retries, breaker transitions and trips, and a latency
+histogram with the fixed bucket bounds ``histogram_buckets`` and the latencies' sum) are exact
+counts since the service was first seen, never sampled: they are what load tests compare with
+ground truth, and they only ever go up for the life of the monitor (Prometheus counters).  A
+reset clears the windows only; an evicted service's counters are kept aside (for up to
 ``max_services`` evicted services) and continue if it comes back.
 
 Breakers.  The monitor's copy of each breaker's state changes on a :class:`BreakerReport`: a
@@ -65,6 +66,7 @@ import collections
 import functools
 import math
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
 from typing import Final
 
@@ -222,6 +224,7 @@ class MonitorState(_Queries):
         self._lat_n = settings.latency_buckets
         self._lat_width = settings.latency_bucket_width
         self._layout = _LatencyLayout(settings)
+        self._bounds = settings.histogram_buckets
         self._reports = 0
         self._dropped = 0
         self._invalid = 0
@@ -337,6 +340,8 @@ class MonitorState(_Queries):
                 ring.cells[base + (b if b < layout.over else layout.over)] += 1
 
         s.t_calls += 1
+        s.t_histogram[bisect_left(self._bounds, lat)] += 1
+        s.t_latency += lat
         s.last_seen = now
         self._reports += 1
         if retried:
@@ -631,6 +636,7 @@ class MonitorState(_Queries):
             _Ring(self._n, _STRIDE, self._k, summed=True),
             _Ring(self._lat_n, self._layout.stride, self._lk, summed=False),
             now,
+            len(self._bounds),
         )
         if kept is not None:
             s.restore(kept)

@@ -184,6 +184,11 @@ class ServiceTotals(msgspec.Struct, frozen=True, gc=False):
     ``calls`` counts reported attempts; ``retries`` the attempts flagged ``retried``, so
     ``calls - retries`` is the number of first attempts (logical calls) when every attempt is
     reported.
+
+    ``latency_counts`` is the histogram of those attempts' latencies: how many fell in each
+    bucket of :attr:`MetricsReport.latency_bounds` (the monitor's ``histogram_buckets``), not
+    cumulated, with one more count at the end for latencies above the top bound;
+    ``latency_sum`` is the sum of the latencies, in seconds.
     """
 
     calls: int
@@ -191,6 +196,8 @@ class ServiceTotals(msgspec.Struct, frozen=True, gc=False):
     retries: int
     errors_by_category: dict[str, int]
     since: float
+    latency_counts: list[int] = msgspec.field(default_factory=list)
+    latency_sum: float = 0.0
 
 
 class ServiceMetrics(msgspec.Struct, frozen=True, gc=False):
@@ -220,11 +227,16 @@ class ServiceMetrics(msgspec.Struct, frozen=True, gc=False):
 
 
 class MetricsReport(msgspec.Struct, frozen=True):
-    """The body of ``GET /api/resilience/metrics``: every service's metrics at ``at``."""
+    """The body of ``GET /api/resilience/metrics``: every service's metrics at ``at``.
+
+    ``latency_bounds`` are the upper bounds (seconds) of the buckets of each service's
+    lifetime latency histogram (:attr:`ServiceTotals.latency_counts`).
+    """
 
     window: float
     at: float
     services: dict[str, ServiceMetrics]
+    latency_bounds: tuple[float, ...] = ()
 
 
 class ErrorRecord(msgspec.Struct, frozen=True, gc=False):

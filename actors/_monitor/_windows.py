@@ -23,8 +23,10 @@ A :class:`_LatencyLayout` maps a latency to a histogram bin: bin 0 holds values 
 bin ``b``.  Percentiles come from the merged (summed) histogram by
 nearest rank and are reported as the bin's geometric midpoint.
 
-:class:`_Series` is everything kept about one service: its two rings, exact totals and its
-breaker.  These are private: :mod:`actors._monitor._state` is the public face.
+:class:`_Series` is everything kept about one service: its two rings, exact totals, its
+breaker, and a latency histogram with fixed bucket bounds (``histogram_buckets``) kept for its
+whole life, so it can be exported as a Prometheus histogram and summed across instances.  These
+are private: :mod:`actors._monitor._state` is the public face.
 """
 
 from __future__ import annotations
@@ -116,10 +118,12 @@ class _Series:
     """
 
     __slots__ = ("breaker", "breaker_since", "counts", "last_seen", "last_transition", "latency",
-                 "name", "path", "since", "t_calls", "t_categories", "t_errors", "t_retries",
-                 "transitions", "trips")  # fmt: skip
+                 "name", "path", "since", "t_calls", "t_categories", "t_errors", "t_histogram",
+                 "t_latency", "t_retries", "transitions", "trips")  # fmt: skip
 
-    def __init__(self, name: str, counts: _Ring, latency: _Ring, now: float) -> None:
+    def __init__(
+        self, name: str, counts: _Ring, latency: _Ring, now: float, histogram_buckets: int
+    ) -> None:
         self.name = name
         self.counts = counts
         self.latency = latency
@@ -129,6 +133,10 @@ class _Series:
         self.t_errors = 0
         self.t_retries = 0
         self.t_categories = [0] * len(_CATEGORIES)
+        # The lifetime latency histogram: one count per bucket (the last one for values above
+        # the top bound), and the sum of the latencies.
+        self.t_histogram = [0] * (histogram_buckets + 1)
+        self.t_latency = 0.0
         self.breaker = "closed"
         self.breaker_since: float | None = None
         self.last_transition: BreakerTransitionInfo | None = None
@@ -146,6 +154,8 @@ class _Series:
             tuple(self.t_categories),
             self.transitions,
             self.trips,
+            tuple(self.t_histogram),
+            self.t_latency,
         )
 
     def restore(self, kept: _Counts) -> None:
@@ -157,6 +167,9 @@ class _Series:
         self.t_categories = list(kept.categories)
         self.transitions = kept.transitions
         self.trips = kept.trips
+        if len(kept.histogram) == len(self.t_histogram):
+            self.t_histogram = list(kept.histogram)
+            self.t_latency = kept.latency
 
 
 class _Counts(NamedTuple):
@@ -169,6 +182,8 @@ class _Counts(NamedTuple):
     categories: tuple[int, ...]
     transitions: int
     trips: int
+    histogram: tuple[int, ...]
+    latency: float
 
 
 class _LatencyLayout:

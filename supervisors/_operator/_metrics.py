@@ -14,12 +14,20 @@ the families are filled a slice of services (or tree nodes) at a time, and their
 written a slice of samples at a time, with a checkpoint whenever about half a millisecond of
 work was done (:func:`render_metrics_async`, what the admin API serves; :func:`render_metrics`
 does the same work in one go).  The text is byte for byte what prometheus-client's
-``generate_latest`` writes for the same families, and :class:`AuraCollector` gives those
-families to a prometheus-client registry.  Names follow the Prometheus conventions: an
-``aura_`` prefix, counters ending in ``_total``, times in seconds, enumerations (breaker state,
-health, actor state) as one 0/1 gauge series per possible value, and the labels ``service``,
-``category``, ``state``, ``rule``, ``severity``, ``kind`` and ``path`` (the tree's root is
-``path="(root)"``).  See :data:`METRIC_NAMES` for the list.
+``generate_latest`` writes for the same families (:mod:`supervisors._operator._exposition`
+writes it), and :class:`AuraCollector` gives those families to a prometheus-client registry.
+Names follow the Prometheus conventions: an ``aura_`` prefix, counters ending in ``_total``,
+times in seconds, latency as a histogram (``_bucket`` / ``_count`` / ``_sum``, which sums
+across instances, unlike quantiles), enumerations (breaker state, health, actor state) as one
+0/1 gauge series per possible value, ``aura_build_info`` always 1, and the labels ``service``,
+``category``, ``state``, ``rule``, ``severity``, ``kind``, ``le`` and ``path`` (the tree's
+root is ``path="(root)"``).  With :attr:`OperatorSnapshot.instance` set, every sample also
+carries ``instance``.  See :data:`METRIC_NAMES` for the list.
+
+Adding families (the fleet's, say): give :class:`OperatorSnapshot` a part, fill it in
+:func:`take_snapshot`, append its families in :func:`_families` (a builder that yields after
+each service keeps the scrape sliced), and list their names in :data:`METRIC_NAMES`.  The
+``instance`` label, the text and the collector come with it.
 
 Counters never go down for the life of the process: the monitor's totals survive an operator's
 reset (which clears windows only), the eviction of an idle service and a restart of the
@@ -32,9 +40,13 @@ the saga coordinator could not send.
 
 from __future__ import annotations
 
+import functools
+import importlib.metadata
+import itertools
 import math
+import platform
 import time
-from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
@@ -61,6 +73,14 @@ from actors._protocol import BREAKER_STATES, DEPENDENCY_STATES, SUPERVISION_KIND
 from actors._provider._messages import GetStatus, ProviderStatus
 from actors._saga._messages import GetSagaStatistics
 from supervisors._events import TreeNode
+from supervisors._operator._exposition import (
+    _client_family,
+    _counter,
+    _Family,
+    _gauge,
+    _histogram,
+    _Writer,
+)
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -102,6 +122,9 @@ class OperatorSnapshot:
         sagas: the saga coordinator's list of unfinished sagas (``None`` without one).
         saga_statistics: the coordinator's statistics (``None`` without one).
         problems: why parts are missing, one line each.
+        instance: the name of this instance in a fleet: every exported sample gets it as its
+            ``instance`` label (``None``: no such label, the scraping Prometheus's target
+            label names the instance).
     """
 
     at: float
@@ -115,6 +138,7 @@ class OperatorSnapshot:
     problems: Sequence[str] = ()
     monitor_statistics: MonitorStatistics | None = None
     saga_statistics: Any | None = None
+    instance: str | None = None
 
 
 async def _ask(
@@ -137,6 +161,7 @@ async def take_snapshot(
     sagas: ActorRef[Any, Any] | None = None,
     sagas_query: object | None = None,
     ask_timeout: float = 2.0,
+    instance: str | None = None,
 ) -> OperatorSnapshot:
     """Ask the monitor, the providers and the saga coordinator for an :class:`OperatorSnapshot`.
 
@@ -148,6 +173,7 @@ async def take_snapshot(
             (its reply, a sequence, becomes :attr:`OperatorSnapshot.sagas`); the coordinator
             is also asked for its statistics.
         ask_timeout: seconds each ask may take.
+        instance: this instance's name in a fleet (:attr:`OperatorSnapshot.instance`).
 
     Never raises for an actor that is missing or fails: the part is ``None`` and the reason is
     in ``problems``.  Cancellation propagates.
@@ -188,6 +214,7 @@ async def take_snapshot(
         problems=tuple(problems),
         monitor_statistics=statistics if isinstance(statistics, MonitorStatistics) else None,
         saga_statistics=saga_statistics,
+        instance=instance,
     )
 
 
@@ -206,6 +233,7 @@ def _as_sequence(reply: Any) -> Sequence[Any]:
 
 #: Every metric family name the exposition may produce (counters without ``_total``).
 METRIC_NAMES: Final = (
+    "aura_build_info",
     "aura_monitor_up",
     "aura_health_status",
     "aura_service_health_status",
@@ -302,56 +330,6 @@ _MONITOR_COUNTERS: Final = (
 # between two readings of the clock.
 _SLICE_SECONDS: Final = 0.0005
 _CLOCK_EVERY: Final = 16
-# Lines joined into one chunk of text at a time.
-_CHUNK_LINES: Final = 512
-
-
-class _Family:
-    """One metric family being built.
-
-    Its samples are kept flat (``label_values`` holds each sample's label values in turn,
-    ``values`` its value) rather than as a tuple per sample: strings and floats are not
-    tracked by the garbage collector, so building tens of thousands of samples does not
-    trigger the collections (full ones included) that retained tuples would.
-    """
-
-    __slots__ = ("documentation", "kind", "label_values", "labels", "name", "values")
-
-    def __init__(
-        self, name: str, kind: str, documentation: str, labels: Sequence[str] = ()
-    ) -> None:
-        self.name = name
-        self.kind = kind  # "gauge" or "counter"
-        self.documentation = documentation
-        self.labels = tuple(labels)
-        self.label_values: list[str] = []
-        self.values: list[float] = []
-
-    def add(self, label_values: tuple[str, ...], value: float) -> None:
-        self.label_values.extend(label_values)
-        self.values.append(value)
-
-    def samples(self) -> Iterator[tuple[list[str], float]]:
-        """Each sample's label values and value."""
-        width = len(self.labels)
-        for i, value in enumerate(self.values):
-            yield self.label_values[i * width : (i + 1) * width], value
-
-
-def _gauge(name: str, documentation: str, labels: Sequence[str] = ()) -> _Family:
-    return _Family(name, "gauge", documentation, labels)
-
-
-def _counter(name: str, documentation: str, labels: Sequence[str] = ()) -> _Family:
-    return _Family(name, "counter", documentation, labels)
-
-
-def _quantile(name: str) -> str:
-    """``"p99.9"`` -> ``"0.999"`` (the Prometheus quantile label of a percentile name)."""
-    try:
-        return f"{float(name.lstrip('p')) / 100:g}"
-    except ValueError:
-        return name
 
 
 def _label(path: str) -> str:
@@ -369,7 +347,28 @@ def _phase(saga: Any) -> str:
 # the caller decides whether to take a checkpoint there.
 
 
+@functools.cache
+def _versions() -> tuple[str, str, str]:
+    """This build's versions: aura-actors, Python, trio (read once)."""
+    try:
+        version = importlib.metadata.version("aura-actors")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree
+        version = "unknown"
+    return version, platform.python_version(), trio.__version__
+
+
+def _build_info() -> _Family:
+    info = _gauge(
+        "aura_build_info",
+        "Always 1: the versions of aura-actors, Python and trio this process runs.",
+        labels=["version", "python_version", "trio_version"],
+    )
+    info.add(_versions(), 1.0)
+    return info
+
+
 def _families(snap: OperatorSnapshot | None, out: list[_Family]) -> Iterator[None]:
+    out.append(_build_info())
     up = _gauge("aura_monitor_up", "1 when the monitor answered the last snapshot's queries.")
     up.add((), 1.0 if snap is not None and snap.health is not None else 0.0)
     out.append(up)
@@ -471,12 +470,16 @@ def _services(report: MetricsReport, out: list[_Family]) -> Iterator[None]:
         "(NaN below the monitor's min_calls: too few calls to judge).",
         labels=["service"],
     )
-    latency = _gauge(
-        "aura_service_latency_seconds",
-        "Attempt latency percentiles within the rolling window.",
-        labels=["service", "quantile"],
-    )
-    out += (window, attempts, retries, errors, w_attempts, w_errors, ratio, latency)
+    out += (window, attempts, retries, errors, w_attempts, w_errors, ratio)
+    latency = None
+    if report.latency_bounds:
+        latency = _histogram(
+            "aura_service_latency_seconds",
+            "Latency of the attempts reported to the monitor, since the service was first seen.",
+            report.latency_bounds,
+            labels=["service"],
+        )
+        out.append(latency)
     for service, m in report.services.items():
         attempts.add((service,), float(m.totals.calls))
         retries.add((service,), float(m.totals.retries))
@@ -486,8 +489,10 @@ def _services(report: MetricsReport, out: list[_Family]) -> Iterator[None]:
         w_attempts.add((service,), float(m.calls))
         w_errors.add((service,), float(m.errors))
         ratio.add((service,), m.error_ratio if m.enough_calls else math.nan)
-        for name, seconds in m.latency.items():
-            latency.add((service, _quantile(name)), math.nan if seconds is None else seconds)
+        counts = m.totals.latency_counts
+        if latency is not None and len(counts) == len(report.latency_bounds) + 1:
+            cumulative = list(itertools.accumulate(counts))
+            latency.add_histogram((service,), cumulative, m.totals.latency_sum)
         yield
 
 
@@ -637,62 +642,11 @@ def _monitor_statistics(stats: MonitorStatistics, out: list[_Family]) -> None:
     out += (kinds, gave_up)
 
 
-# ------------------------------------------------------------------------------ text
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
-
-
-class _Writer:
-    """Writes families as Prometheus text, as prometheus-client's ``generate_latest`` does.
-
-    Lines are joined into chunks as they are written, so the final join is of a few hundred
-    strings, not of tens of thousands (which alone would hold the loop for milliseconds).
-    """
-
-    __slots__ = ("chunks", "float_text", "parts")
-
-    def __init__(self) -> None:
-        from prometheus_client.utils import floatToGoString
-
-        self.float_text: Callable[[float], str] = floatToGoString
-        self.parts: list[str] = []
-        self.chunks: list[bytes] = []
-
-    def flush(self) -> None:
-        # Chunks are encoded as they are made: the last step then only joins bytes.
-        self.chunks.append("".join(self.parts).encode("utf-8"))
-        self.parts.clear()
-
-    def header(self, family: _Family) -> None:
-        name = family.name + "_total" if family.kind == "counter" else family.name
-        doc = family.documentation.replace("\\", r"\\").replace("\n", r"\n")
-        self.parts.append(f"# HELP {name} {doc}\n# TYPE {name} {family.kind}\n")
-
-    def samples(self, family: _Family) -> Iterator[None]:
-        name = family.name + "_total" if family.kind == "counter" else family.name
-        # generate_latest writes labels sorted by name.
-        width = len(family.labels)
-        order = sorted(range(width), key=family.labels.__getitem__)
-        keys = [family.labels[i] for i in order]
-        parts, text, flat = self.parts, self.float_text, family.label_values
-        for n, value in enumerate(family.values):
-            if keys:
-                base = n * width
-                labels = ",".join(
-                    f'{key}="{_escape(flat[base + i])}"' for key, i in zip(keys, order, strict=True)
-                )
-                parts.append(f"{name}{{{labels}}} {text(value)}\n")
-            else:
-                parts.append(f"{name} {text(value)}\n")
-            if len(parts) >= _CHUNK_LINES:
-                self.flush()
-            yield
-
-    def text(self) -> bytes:
-        self.flush()
-        return b"".join(self.chunks)
+def _const_labels(snapshot: OperatorSnapshot | None) -> tuple[tuple[str, str], ...]:
+    """The labels every sample of ``snapshot``'s exposition gets."""
+    if snapshot is None or snapshot.instance is None:
+        return ()
+    return (("instance", snapshot.instance),)
 
 
 #: What :func:`_render` yields when the final join comes: a checkpoint is due before it.
@@ -703,7 +657,7 @@ def _render(snapshot: OperatorSnapshot | None) -> Generator[bool | None, None, b
     """Build and write the exposition, yielding after each unit of work; returns the text."""
     families: list[_Family] = []
     yield from _families(snapshot, families)
-    writer = _Writer()
+    writer = _Writer(_const_labels(snapshot))
     for family in families:
         writer.header(family)
         yield from writer.samples(family)
@@ -781,19 +735,9 @@ class AuraCollector:
 
     def collect(self) -> Iterator[Metric]:
         """The metric families of the latest snapshot (see :data:`METRIC_NAMES`)."""
-        from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily
-
         families: list[_Family] = []
         for _ in _families(self._snapshot, families):
             pass
+        const = _const_labels(self._snapshot)
         for family in families:
-            metric: CounterMetricFamily | GaugeMetricFamily
-            if family.kind == "counter":
-                metric = CounterMetricFamily(
-                    family.name, family.documentation, labels=family.labels
-                )
-            else:
-                metric = GaugeMetricFamily(family.name, family.documentation, labels=family.labels)
-            for values, value in family.samples():
-                metric.add_metric(values, value)
-            yield metric
+            yield _client_family(family, const)

@@ -10,6 +10,7 @@ use them too.
 from __future__ import annotations
 
 import math
+from typing import Final
 
 import msgspec
 
@@ -36,6 +37,14 @@ def _positive(name: str, value: object) -> None:
         raise ConfigError(f"must be greater than 0, got {value!r}", path=name)
 
 
+#: The default upper bounds (seconds) of the exported latency histogram's buckets.
+DEFAULT_HISTOGRAM_BUCKETS: Final = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+)  # fmt: skip
+#: The most buckets a latency histogram may have (each is a series per service).
+MAX_HISTOGRAM_BUCKETS: Final = 64
+
+
 class MonitorSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """How the monitor measures, alerts and bounds itself.  Every field has a default.
 
@@ -59,6 +68,11 @@ class MonitorSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
         percentiles: latency percentiles reported, each in (0, 100] (50, 90, 99).
         latency_min / latency_max: the histogram's range in seconds (0.0001 / 1000).
         latency_bins_per_decade: histogram resolution (20: at most ~5.9 % relative error).
+        histogram_buckets: upper bounds, in seconds, of the buckets of the latency histogram
+            kept for the life of each service and exported to Prometheus (the ``le`` labels;
+            ``+Inf`` is implied): strictly increasing, finite, > 0, at most 64.  The default
+            covers API calls from 5 ms to 2 minutes (Prometheus's default buckets plus 30,
+            60 and 120 s for slow model calls).
         recent_errors: how many recent errors are kept (200).
         max_message_length: stored error messages are cut at this length (1000).
         resolved_alerts: how many resolved alerts are kept (100).
@@ -86,6 +100,7 @@ class MonitorSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
     latency_min: float = 1e-4
     latency_max: float = 1e3
     latency_bins_per_decade: int = 20
+    histogram_buckets: tuple[float, ...] = DEFAULT_HISTOGRAM_BUCKETS
     recent_errors: int = 200
     max_message_length: int = 1000
     resolved_alerts: int = 100
@@ -132,6 +147,7 @@ class MonitorSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
                 "the latency range needs more than 4096 bins: narrow it or lower the resolution",
                 path="latency_bins_per_decade",
             )
+        _check_histogram_buckets(self.histogram_buckets)
         _at_least("recent_errors", self.recent_errors, 0, integer=True)
         _at_least("max_message_length", self.max_message_length, 16, integer=True)
         _at_least("resolved_alerts", self.resolved_alerts, 0, integer=True)
@@ -151,6 +167,24 @@ class MonitorSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
     def latency_relative_error(self) -> float:
         """The largest relative error of a reported percentile inside the latency range."""
         return float(10 ** (1 / (2 * self.latency_bins_per_decade)) - 1)
+
+
+def _check_histogram_buckets(bounds: object) -> None:
+    name = "histogram_buckets"
+    if not isinstance(bounds, tuple) or not bounds:
+        raise ConfigError("must be a non-empty list of numbers", path=name)
+    if len(bounds) > MAX_HISTOGRAM_BUCKETS:
+        raise ConfigError(
+            f"must have at most {MAX_HISTOGRAM_BUCKETS} bounds, got {len(bounds)}", path=name
+        )
+    previous = 0.0
+    for bound in bounds:
+        _positive(name, bound)
+        if bound <= previous:
+            raise ConfigError(
+                f"must be strictly increasing, got {bound!r} after {previous!r}", path=name
+            )
+        previous = bound
 
 
 def _bin_count(settings: MonitorSettings) -> int:

@@ -314,6 +314,7 @@ def admin_spec(
     keep_alive: float = 5.0,
     graceful_timeout: float = 1.0,
     shutdown: float = 5.0,
+    instance: str | None = None,
 ) -> ChildSpec[GetAdminAddress, AdminAddress]:
     """The child spec of the admin API server (an :class:`AdminActor`).
 
@@ -352,5 +353,6 @@ def admin_spec(
         write_timeout=write_timeout,
         keep_alive=keep_alive,
         graceful_timeout=graceful_timeout,
+        instance=instance,
     )
     return ChildSpec(name, lambda: AdminActor(settings, tree=tree), shutdown=shutdown)

@@ -273,6 +273,7 @@ async def _prometheus(request: Request, backend: AdminBackend) -> object:
         sagas=sagas,
         sagas_query=ListSagas(),
         ask_timeout=settings.ask_timeout,
+        instance=settings.instance,
     )
     return _response(await render_metrics_async(snapshot), METRICS_CONTENT_TYPE)
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Final
 import attrs
 
 from actors._policies._ratelimit import RateLimiterSettings
+from actors._policies._redact import check_printable
 
 if TYPE_CHECKING:
     from supervisors._operator._http import HttpLimits
@@ -113,6 +114,9 @@ class AdminSettings:
         saga_input: show each saga's input, metadata and step replies in ``GET .../sagas``
             and ``GET .../sagas/{id}`` (default ``False``: they may hold personal data; the
             audit trail's details are always redacted).
+        instance: this instance's name in a fleet, put as the ``instance`` label on every
+            sample of ``/metrics`` (``None``, default: no such label; the scraping Prometheus
+            adds its target's).  Printable, at most 200 characters.
 
     Raises:
         ValueError: a value is out of range.
@@ -136,6 +140,7 @@ class AdminSettings:
     request_timeout: float = 10.0
     write_timeout: float = 10.0
     keep_alive: float = 5.0
+    instance: str | None = None
 
     def __attrs_post_init__(self) -> None:
         if not isinstance(self.host, str) or not self.host:
@@ -158,6 +163,8 @@ class AdminSettings:
                 "Host names clients use to reach the API (the defence against DNS rebinding, "
                 "off otherwise), or allowed_hosts=['*'] to accept any Host"
             )
+        if self.instance is not None:
+            check_printable(self.instance, "admin instance", max_length=200)
         if not isinstance(self.failed_auth, RateLimiterSettings):
             raise ValueError(
                 f"admin failed_auth must be RateLimiterSettings, got {self.failed_auth!r}"
