@@ -835,6 +835,7 @@ async def test_the_admin_actor_refuses_other_messages() -> None:
         {"max_page": 1001},
         {"ask_timeout": 0},
         {"host": ""},
+        {"send_buffer": 0},
     ],
 )
 def test_settings_reject_bad_values(kwargs: dict[str, Any]) -> None:

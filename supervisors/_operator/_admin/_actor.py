@@ -313,6 +313,7 @@ def admin_spec(
     write_timeout: float = 10.0,
     keep_alive: float = 5.0,
     graceful_timeout: float = 1.0,
+    send_buffer: int = 256 * 1024,
     shutdown: float = 5.0,
     instance: str | None = None,
 ) -> ChildSpec[GetAdminAddress, AdminAddress]:
@@ -354,5 +355,6 @@ def admin_spec(
         keep_alive=keep_alive,
         graceful_timeout=graceful_timeout,
         instance=instance,
+        send_buffer=send_buffer,
     )
     return ChildSpec(name, lambda: AdminActor(settings, tree=tree), shutdown=shutdown)

@@ -111,6 +111,8 @@ class AdminSettings:
         write_timeout: seconds a response may take to be read by the client (default 10);
             then the connection is cut.
         keep_alive: seconds a connection may idle between requests (default 5).
+        send_buffer: the kernel send buffer of each connection, in bytes (default 256 KiB):
+            what a client that does not read can make the kernel hold for it.
         saga_input: show each saga's input, metadata and step replies in ``GET .../sagas``
             and ``GET .../sagas/{id}`` (default ``False``: they may hold personal data; the
             audit trail's details are always redacted).
@@ -141,6 +143,7 @@ class AdminSettings:
     write_timeout: float = 10.0
     keep_alive: float = 5.0
     instance: str | None = None
+    send_buffer: int = attrs.field(default=256 * 1024, validator=_positive_int("send_buffer"))
 
     def __attrs_post_init__(self) -> None:
         if not isinstance(self.host, str) or not self.host:
@@ -184,6 +187,7 @@ class AdminSettings:
             keep_alive=self.keep_alive,
             write_timeout=self.write_timeout,
             graceful_timeout=self.graceful_timeout,
+            send_buffer=self.send_buffer,
         )
 
     def hosts(self) -> frozenset[str] | None:
