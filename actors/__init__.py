@@ -13,7 +13,9 @@ public names, listed in ``__all__``:
 * the fleet: ``open_fleet`` (a ``Fleet`` member sharing breakers, keyed calls and quotas
   with other instances through Redis; needs the ``fleet`` extra), its settings and status;
 * the saga coordinator (definitions, messages, results and errors) and its journal (records,
-  the state fold, memory, SQLite and PostgreSQL journals).
+  the state fold, memory, SQLite and PostgreSQL journals);
+* OpenTelemetry support (the ``otel`` extra): ``TraceContext``, ``current_trace_context``,
+  ``configure_telemetry``.
 """
 
 from actors._core._actor import Actor
@@ -174,6 +176,7 @@ from actors._saga._messages import (
     SagaStarted,
     StartSaga,
 )
+from actors._telemetry import TraceContext, configure_telemetry, current_trace_context
 
 __all__ = [
     "AcknowledgeAlert",
@@ -320,10 +323,13 @@ __all__ = [
     "StepError",
     "SubscribeAlerts",
     "SupervisionReport",
+    "TraceContext",
     "UnknownAlert",
     "UnknownSagaDefinition",
     "UnknownService",
     "UnsubscribeAlerts",
+    "configure_telemetry",
+    "current_trace_context",
     "fingerprint",
     "load_config",
     "loads_config",

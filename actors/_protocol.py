@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 import msgspec
 
 from actors._errors import ErrorCategory, FleetStoreUnavailable
+from actors._telemetry import TraceContext, fill_trace
 
 if TYPE_CHECKING:
     from actors._policies._breaker import BreakerSettings
@@ -76,10 +77,18 @@ class Call(msgspec.Struct, frozen=True, tag="call"):
         payload: what the service function receives.
         key: an idempotency key: calls with the same key (and the same payload) run the
             service at most once within the key's TTL; others join or get the stored outcome.
+        trace: the caller's span, the parent of the provider's call span: by default the
+            span current where the call is made (:func:`~actors.current_trace_context`), when
+            aura-actors traces; ``None`` otherwise.
     """
 
     payload: Any
     key: str | None = None
+    trace: TraceContext | None = None
+
+    def __post_init__(self) -> None:
+        if self.trace is None:
+            fill_trace(self)
 
 
 class CallReceiver:

@@ -107,6 +107,8 @@ from actors._provider._base import (
 )
 from actors._provider._jobs import _Jobs
 from actors._provider._messages import GetStatus, Isolate, ProviderMessage, ProviderStatus, Reset
+from actors._provider._tracing import breaker_state, stopped_during
+from actors._telemetry import Telemetry, telemetry
 from actors.chaos import wrap_provider_function
 
 __all__ = ["ProviderActor"]
@@ -220,6 +222,8 @@ class ProviderActor(_Jobs, CallReceiver):
         self._log_ids = ids(service=name)
         self._timers = _Timers()  # replaced by the runtime's timer service in on_start
         self._token: trio.lowlevel.TrioToken | None = None
+        self._tel: Telemetry | None = None  # resolved when an incarnation starts
+        self._observed: set[_Job] = set()  # jobs with spans not ended yet (telemetry on)
         self.counters = _Counters()
         self._fleet = fleet
         self._link = self._gate = self._quota = None
@@ -235,6 +239,7 @@ class ProviderActor(_Jobs, CallReceiver):
 
     async def on_start(self) -> None:
         self._token = trio.lowlevel.current_trio_token()
+        self._tel = tel = telemetry()
         cell = self._inc.cell
         self._timers = cell.timers
         # The idempotency table belongs to the slot, not the incarnation: a key that completed
@@ -284,7 +289,16 @@ class ProviderActor(_Jobs, CallReceiver):
                     job.attempts > 1,
                 )
             left.clear()
+        # Calls whose spans the previous incarnation had not ended (their callers were told
+        # it stopped): end them, and their attempts', as cancelled.
+        for job in keep.pop("observed", ()):
+            if job.obs is not None:
+                stopped_during(self.name, job.obs, job.attempts, max(0.0, now - job.started))
+                job.obs = None
         keep["attempting"] = self._attempting
+        if tel is not None:
+            keep["observed"] = self._observed
+            breaker_state(tel, self.name, self._breaker.poll(now).value)
         # Tell the monitor the breaker's state as this incarnation starts (old == new: a state
         # report), so its copy is right whatever it missed or kept.
         if self._monitor_spec is not None:

@@ -32,6 +32,8 @@ from actors._policies._ratelimit import RateLimiter
 from actors._policies._retry import RetryPolicy, RetryState
 from actors._protocol import FleetLink, FleetMember, GateVerdict
 from actors._provider._messages import ProviderMessage
+from actors._provider._tracing import _Obs
+from actors._telemetry import Telemetry, TraceContext
 
 ProviderFunction: TypeAlias = Callable[[Any], Awaitable[Any]]
 Fallback: TypeAlias = "ActorRef[Any, Any] | str | Callable[[Any, BaseException], Awaitable[Any]]"
@@ -71,6 +73,7 @@ class _Job:
         "last_error",
         "live",
         "log_ids",
+        "obs",
         "payload",
         "permit",
         "probe",
@@ -108,10 +111,11 @@ class _Job:
         self.timeout = 0.0
         self.claim: object = None  # the fleet's claim on the key (a shared idempotency tier)
         self.probe = 0  # the fleet's probe: 0 none, _WANTS_PROBE wanted, _PROBING held
+        self.obs: _Obs | None = None  # its spans, when telemetry is on
 
 
-#: A call queued on the direct lane: (payload, idempotency key, reply).
-_Fresh: TypeAlias = tuple[Any, "str | None", Reply[Any]]
+#: A call queued on the direct lane: (payload, idempotency key, reply, the caller's trace).
+_Fresh: TypeAlias = tuple[Any, "str | None", Reply[Any], "TraceContext | None"]
 
 
 def _fresh(error: BaseException) -> BaseException:
@@ -218,3 +222,5 @@ class _ProviderBase(Actor[ProviderMessage, Any]):
     _quota: FleetLink | None
     _claims: bool
     _trip_hint: tuple[ErrorCategory | None, float | None]
+    _tel: Telemetry | None
+    _observed: set[_Job]

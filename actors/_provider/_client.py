@@ -32,6 +32,8 @@ from actors._policies._breaker import BreakerState
 from actors._protocol import Call
 from actors._provider._actor import ProviderActor
 from actors._provider._messages import GetStatus, Isolate, ProviderStatus, Reset
+from actors._provider._tracing import not_permitted
+from actors._telemetry import current_trace_context
 
 __all__ = ["Provider"]
 
@@ -87,9 +89,11 @@ class Provider(Generic[P, R]):
         """
         cell = self._ref._cell
         inc = cell.incarnation
+        # The caller's span travels with the call (None unless telemetry traces).
+        trace = current_trace_context()
         if inc is None or cell.closed or inc.stop_requested:
             # Restarting or stopped: the mailbox queues the call (or says it is stopped).
-            result: R = await self._ref.ask(Call(payload, key), timeout=timeout)
+            result: R = await self._ref.ask(Call(payload, key, trace), timeout=timeout)
             return result
         actor = inc.actor
         if not isinstance(actor, ProviderActor):
@@ -100,10 +104,12 @@ class Provider(Generic[P, R]):
             if rejected is not None:
                 await trio.lowlevel.checkpoint_if_cancelled()
                 actor._refused()  # counted as the actor counts the same refusal
+                if actor._tel is not None:
+                    not_permitted(actor._tel, actor.name)
                 raise rejected
         reply = new_reply(cell, effective_timeout(timeout, cell), now)
         try:
-            lane = actor.submit(payload, key, reply)
+            lane = actor.submit(payload, key, reply, trace)
         except BaseException:
             # Refused before the caller parked: nothing may wake this task for that reply
             # later (its timer, or the runtime failing the incarnation's deferred replies).
@@ -114,7 +120,7 @@ class Provider(Generic[P, R]):
             # Refused by a full bulkhead while a stored outcome or a fallback may still
             # answer: the actor decides, as for a call sent to its mailbox.
             reply._retire()
-            result = await self._ref.ask(Call(payload, key), timeout=timeout)
+            result = await self._ref.ask(Call(payload, key, trace), timeout=timeout)
             return result
         value: R = await wait_task_rescheduled(reply._abort)
         return value

@@ -52,6 +52,16 @@ from actors._provider._base import (
     _Job,
 )
 from actors._provider._fleet import _Shared
+from actors._provider._tracing import (
+    attempt_ended,
+    attempt_left,
+    attempt_started,
+    call_ended,
+    call_started,
+    not_permitted,
+)
+from actors._telemetry import TraceContext
+from actors._telemetry._names import ON_FALLBACK, ON_HEDGING, ON_RETRY, ON_TIMEOUT
 
 _GATE_REJECT = GateVerdict.REJECT
 _GATE_PROBE = GateVerdict.PROBE
@@ -80,14 +90,19 @@ class _Jobs(_Shared):
     # ------------------------------------------------------------------ admission
 
     def _call(self, message: Call) -> None:
-        self._begin(message.payload, message.key, self.defer(), trio.current_time(), False)
+        self._begin(
+            message.payload, message.key, self.defer(), trio.current_time(), False, message.trace
+        )
 
-    def submit(self, payload: Any, key: str | None, reply: Reply[Any]) -> bool:
+    def submit(
+        self, payload: Any, key: str | None, reply: Reply[Any], trace: TraceContext | None = None
+    ) -> bool:
         """Queue a call for the worker pool directly (the :class:`Provider` client's lane).
 
         Called from the caller's task instead of sending a :class:`Call` to the mailbox: the
         item is queued like a message and a worker of this actor admits and runs it, so a call
-        costs one task switch each way.  ``reply`` becomes one of this incarnation's deferred
+        costs one task switch each way.  ``trace`` is the caller's span (``Call.trace``).
+        ``reply`` becomes one of this incarnation's deferred
         replies (answered with ``ActorStopped`` / ``ActorCrashed`` if the actor goes away).
 
         Returns ``False`` (and keeps nothing) when the bulkhead is full but the call may still
@@ -102,12 +117,12 @@ class _Jobs(_Shared):
         if self._idle:
             reply.deferred = True
             self._inc.deferred.add(reply)
-            reschedule(self._idle.pop(), outcome.Value((payload, key, reply)))
+            reschedule(self._idle.pop(), outcome.Value((payload, key, reply, trace)))
         elif self._workers < self._max_workers:
             reply.deferred = True
             self._inc.deferred.add(reply)
             self._workers += 1
-            self.spawn(self._worker, (payload, key, reply), name=f"{self.path}:worker")
+            self.spawn(self._worker, (payload, key, reply, trace), name=f"{self.path}:worker")
         elif self._lane_full():
             if key is not None or self._fallback_spec is not None:
                 return False
@@ -118,7 +133,7 @@ class _Jobs(_Shared):
         else:
             reply.deferred = True
             self._inc.deferred.add(reply)
-            self._fresh.append((payload, key, reply))
+            self._fresh.append((payload, key, reply, trace))
         return True
 
     def _lane_full(self) -> bool:
@@ -142,10 +157,17 @@ class _Jobs(_Shared):
         counters.failed += 1
 
     def _begin(
-        self, payload: Any, key: str | None, reply: Reply[Any], now: float, run_here: bool
+        self,
+        payload: Any,
+        key: str | None,
+        reply: Reply[Any],
+        now: float,
+        run_here: bool,
+        trace: TraceContext | None = None,
     ) -> _Job | None:
         """Admit one call: idempotency, then :meth:`_admit`.  With ``run_here`` (a worker
-        calling), a job that got a bulkhead slot is returned for the caller to run."""
+        calling), a job that got a bulkhead slot is returned for the caller to run.
+        ``trace`` is the caller's span, the parent of the call's (with telemetry on)."""
         counters = self.counters
         counters.calls += 1
         entry: InFlight | None = None
@@ -172,6 +194,9 @@ class _Jobs(_Shared):
             entry = begun.entry  # type: ignore[union-attr]
         log_ids = self._log_ids if key is None else ServiceCall(self.name, key)
         job = _Job(payload, entry, self._retry.begin(now, reply.deadline), log_ids)
+        if self._tel is not None:
+            job.obs = call_started(self._tel, self.name, trace)
+            self._observed.add(job)
         self._jobs += 1
         if entry is not None:
             entry.waiters.append(job)
@@ -266,6 +291,8 @@ class _Jobs(_Shared):
                 job.probe = _WANTS_PROBE
         if rejected is not None:
             self.counters.rejected += 1
+            if self._tel is not None:
+                not_permitted(self._tel, self.name)
             if job.last_error is not None:
                 rejected.__cause__ = job.last_error
             self._give_up(job, rejected)
@@ -351,12 +378,12 @@ class _Jobs(_Shared):
         after admission (``None`` if admission answered it or queued it)."""
         if type(item) is _Job:
             return item
-        payload, key, reply = item  # type: ignore[misc]
+        payload, key, reply, trace = item  # type: ignore[misc]
         if self._drained is not None:
             self._drained.set()  # a graceful stop waits for this call: let it look again
         if reply.done:  # the caller gave up while the call was queued
             return None
-        return self._begin(payload, key, reply, trio.current_time(), True)
+        return self._begin(payload, key, reply, trio.current_time(), True, trace)
 
     async def _next_job(self) -> _Job:
         """The next job for this worker: queued direct-lane calls first, else wait for one."""
@@ -415,6 +442,8 @@ class _Jobs(_Shared):
             if job.probe:
                 self._end_probe(job, None)
             self.counters.rejected += 1
+            if self._tel is not None:
+                not_permitted(self._tel, self.name)
             if job.last_error is not None:
                 exc.__cause__ = job.last_error
             self._give_up(job, exc)
@@ -434,6 +463,8 @@ class _Jobs(_Shared):
         guard = job.guard = CancelAt(scope)
         self._timers.add(now + timeout, guard)
         CORRELATION.set(job.log_ids)  # log records of the attempt carry service and key
+        if job.obs is not None:
+            attempt_started(self.name, job.obs, job.attempts - 1)
         try:
             if self._hedging is None:
                 value = await self._fn(job.payload)
@@ -451,6 +482,8 @@ class _Jobs(_Shared):
             self._end_probe(job, True)
         # The attempt's report goes before the transition its outcome may cause.
         self._report(True, end - now, end, None, None, job.attempts > 1)
+        if job.obs is not None:
+            attempt_ended(self.name, job.obs, job.attempts - 1, end - now)
         self._breaker.record_success(permit, end, end - now)
         self._finish(job, value, end)
         return self._release_slot()
@@ -465,6 +498,8 @@ class _Jobs(_Shared):
         job.running = False
         job.scope = None
         job.stopping = False
+        if job.obs is not None:
+            attempt_left(job.obs)
 
     def _interrupted(self, job: _Job | None) -> _Job | None:
         """The worker's scope fired during ``job``'s attempt: a timeout or a cancellation."""
@@ -492,11 +527,21 @@ class _Jobs(_Shared):
                 "cancelled: every caller gave up",
                 job.attempts > 1,
             )
+            if job.obs is not None:
+                attempt_ended(
+                    self.name,
+                    job.obs,
+                    job.attempts - 1,
+                    now - job.started,
+                    ErrorCategory.CANCELLATION,
+                )
             if not job.cancelled:
                 return job  # a caller joined meanwhile: run it again for that caller
             self._abandon(job)
         else:
             timeout = ProviderTimeout(service=self.name, timeout=job.timeout)
+            if self._tel is not None:
+                self._tel.event(ON_TIMEOUT, self.name)
             self._failed(job, job.permit, job.started, timeout)
         return self._release_slot()
 
@@ -513,6 +558,8 @@ class _Jobs(_Shared):
             self._trip_hint = (category, verdict.retry_after)
         # The attempt's report goes before the transition its outcome may cause.
         self._report(False, now - started, now, category, text, job.attempts > 1)
+        if job.obs is not None:
+            attempt_ended(self.name, job.obs, job.attempts - 1, now - started, category)
         self._breaker.record_failure(permit, now, category, now - started)
         error = self._translate(exc, verdict, text)
         job.last_error = error
@@ -523,6 +570,8 @@ class _Jobs(_Shared):
         if job.cancelled:
             self._abandon(job)
             return
+        if self._tel is not None:
+            self._tel.event(ON_RETRY, self.name)
         self._delay(job, decision.at)  # type: ignore[union-attr]
 
     def _translate(
@@ -597,6 +646,8 @@ class _Jobs(_Shared):
                     await finished.wait()
                 if not finished.is_set():
                     self.counters.hedges += 1
+                    if self._tel is not None:
+                        self._tel.event(ON_HEDGING, self.name, "Information")
                     sends.append([trio.current_time(), None, 0.0])
                     nursery.start_soon(one, nursery, 1)
                     await finished.wait()
@@ -654,6 +705,8 @@ class _Jobs(_Shared):
             self._finish(job, error, trio.current_time(), failed=True)
             return
         self.counters.fallbacks += 1
+        if self._tel is not None:
+            self._tel.event(ON_FALLBACK, self.name)
         self._waiting += 1
         # The scope exists from now on, so a cancellation before the task first runs finds
         # it (see _cancel_job); its deadline is the job's.
@@ -704,13 +757,24 @@ class _Jobs(_Shared):
                 timeout = 30.0
             # The same key: the fallback provider runs this call at most once too.
             key = None if job.entry is None else job.entry.key
-            return await fallback.ask(Call(job.payload, key), timeout=timeout)
+            obs = job.obs  # the fallback's call is a child of this call
+            trace = None if obs is None else obs.tel.context_of(obs.span)
+            return await fallback.ask(Call(job.payload, key, trace), timeout=timeout)
         return await fallback(job.payload, error)
 
     def _finish(self, job: _Job, result: Any, now: float, *, failed: bool = False) -> None:
         if job.done:
             return
         self._settle(job)
+        if job.obs is not None:
+            self._observed.discard(job)
+            call_ended(
+                self.name,
+                job.obs,
+                now - job.retry.started,
+                job.attempts,
+                result if failed else None,
+            )
         entry = job.entry
         if entry is not None:
             job.entry = None  # the entry lists the job: break the cycle so both die at once
@@ -744,6 +808,16 @@ class _Jobs(_Shared):
             return
         self._settle(job)
         job.cancelled = True
+        if job.obs is not None:
+            self._observed.discard(job)
+            now = trio.current_time()
+            call_ended(
+                self.name,
+                job.obs,
+                now - job.retry.started,
+                job.attempts,
+                cancelled=True,
+            )
         entry = job.entry
         if entry is not None:
             job.entry = None

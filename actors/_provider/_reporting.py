@@ -18,12 +18,15 @@ from actors._errors import ActorError, ErrorCategory
 from actors._policies._breaker import BreakerState, BreakerTransition
 from actors._protocol import BreakerReport, CallReport
 from actors._provider._base import _EXPIRE_EVERY, _FLUSH_EVERY, _ProviderBase
+from actors._provider._tracing import breaker_moved
 
 
 class _Reporting(_ProviderBase):
     """Reporting and housekeeping of :class:`~actors.ProviderActor` (see the module docstring)."""
 
     def _on_transition(self, transition: BreakerTransition) -> None:
+        if self._tel is not None:
+            breaker_moved(self._tel, self.name, transition.new.value)
         if transition.new is BreakerState.OPEN:
             # Wake the housekeeper when the break ends, so the monitor sees half-open on time.
             wait = self._breaker.retry_after(transition.at)

@@ -146,6 +146,8 @@ from actors._saga._run import (
     _Run,
     _shown,
 )
+from actors._saga._tracing import journaled_metadata, saga_left, saga_started
+from actors._telemetry import Telemetry, telemetry
 
 # The protocol lives in actors._saga._messages and the definitions in actors._saga._definition;
 # their public names are re-exported here so the coordinator's users need one import.
@@ -254,6 +256,7 @@ class SagaCoordinator(_Driver):
         self._next_id = 0
         self._token: trio.lowlevel.TrioToken | None = None
         self._pending_reports = 0
+        self._tel: Telemetry | None = None  # resolved when an incarnation starts
         self.counters = _Counters()
 
     # ------------------------------------------------------------------ lifecycle
@@ -261,6 +264,7 @@ class SagaCoordinator(_Driver):
     async def on_start(self) -> None:
         """Resume every unfinished saga of the journal."""
         self._token = trio.lowlevel.current_trio_token()
+        self._tel = telemetry()
         # The counters belong to the slot: exported as counters, they never go down when the
         # coordinator restarts.
         self.counters = self._inc.cell.keep.setdefault("saga_counters", self.counters)
@@ -420,8 +424,10 @@ class SagaCoordinator(_Driver):
             return Failure(
                 BulkheadFull(service=self.path, max_concurrent=self._max_running, max_queued=0)
             )
-        header = SagaHeader(saga_id, definition.name, time.time(), payload, message.metadata)
-        if message.metadata:  # checked here: a bad header must not crash the saga's task
+        # The caller's trace context is journaled with the saga: a resumed saga continues it.
+        metadata = journaled_metadata(message.metadata, message.trace)
+        header = SagaHeader(saga_id, definition.name, time.time(), payload, metadata)
+        if metadata:  # checked here: a bad header must not crash the saga's task
             try:
                 header, _ = normalize_header(header)
             except (TypeError, ValueError) as exc:
@@ -443,6 +449,16 @@ class SagaCoordinator(_Driver):
 
     def _launch(self, run: _Run, started: Reply[Any] | None, *, fresh: bool) -> None:
         """Run the saga on an idle worker task, or on a new one."""
+        if self._tel is not None and run.obs is None:
+            header = run.header
+            run.obs = saga_started(
+                self._tel,
+                header.saga_id,
+                header.definition,
+                header.metadata,
+                trio.current_time(),
+                recovered=not fresh,
+            )
         job = (run, started, fresh)
         if self._idle:
             reschedule(self._idle.pop(), outcome.Value(job))
@@ -527,6 +543,9 @@ class SagaCoordinator(_Driver):
         self._finish(run, state)
 
     def _forget(self, run: _Run) -> None:
+        if run.obs is not None:  # not ended: the coordinator is stopping
+            saga_left(run.obs, trio.current_time())
+            run.obs = None
         if self._runs.get(run.header.saga_id) is run:
             del self._runs[run.header.saga_id]
 

@@ -70,6 +70,7 @@ from actors._errors import (
 from actors._policies._backoff import BackoffKind, BackoffSettings, Jitter
 from actors._policies._redact import redact
 from actors._policies._retry import RetrySettings
+from actors._telemetry._trace import TraceContext
 
 __all__ = [
     "DEFAULT_COMPENSATION_RETRY",
@@ -141,6 +142,8 @@ class SagaStepMessage(msgspec.Struct, frozen=True, tag="saga.step"):
         saga_id: the saga.
         step: the step's name.
         compensate: ``True`` for the compensation of the step.
+        trace: the step's (or compensation's) span, the parent of what the target does with
+            it (``None`` when the coordinator does not trace).
     """
 
     key: str
@@ -148,6 +151,7 @@ class SagaStepMessage(msgspec.Struct, frozen=True, tag="saga.step"):
     saga_id: str
     step: str
     compensate: bool = False
+    trace: TraceContext | None = None
 
 
 class StepError(msgspec.Struct, frozen=True):

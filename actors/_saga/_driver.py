@@ -53,19 +53,34 @@ from actors._saga._run import (
     _shown,
     _Target,
 )
+from actors._saga._tracing import step_ended, step_started
+from actors._telemetry import TraceContext
 
 
 def _step_message(
-    delivery: str, payload: Any, key: str, saga_id: str, step: str, *, compensate: bool = False
+    delivery: str,
+    payload: Any,
+    key: str,
+    saga_id: str,
+    step: str,
+    *,
+    compensate: bool = False,
+    trace: TraceContext | None = None,
 ) -> Any:
     """What a step's (or its compensation's) target receives: the payload in a
     :class:`SagaStepMessage`, in a provider :class:`Call` with the idempotency key, or as it
-    is."""
+    is.  ``trace`` is the step's span (a bare payload cannot carry it)."""
     if delivery is _ENVELOPE:
-        return SagaStepMessage(key, payload, saga_id, step, compensate)
+        return SagaStepMessage(key, payload, saga_id, step, compensate, trace)
     if delivery is _CALL:
-        return Call(payload, key)
+        return Call(payload, key, trace)
     return payload
+
+
+def _trace(run: _Run) -> TraceContext | None:
+    """The context a step's message carries: its span's (``None`` without a tracer)."""
+    obs = run.obs
+    return None if obs is None else obs.step_trace
 
 
 class _Driver(_Ending):
@@ -101,10 +116,13 @@ class _Driver(_Ending):
         targets = plan.targets
         view = run.view
         counters = self.counters
+        obs = run.obs
         while True:
             i: int = state.step_in_flight  # type: ignore[assignment]
             step = steps[i]
             target = targets[i]
+            if obs is not None:
+                step_started(obs, i, step.name, trio.current_time(), compensate=False)
             data: bytes | StepError
             if target is None:
                 data = await self._send_step(run, i, step)
@@ -121,7 +139,9 @@ class _Driver(_Ending):
                     data = self._builder_failed(run, exc, "action", state.step_attempts > 1)
                 else:
                     ref, delivery = target
-                    message = _step_message(delivery, payload, key, saga_id, step.name)
+                    message = _step_message(
+                        delivery, payload, key, saga_id, step.name, trace=_trace(run)
+                    )
                     run.sent = i
                     run.sent_seq = state.next_seq - 1
                     counters.steps_sent += 1
@@ -132,6 +152,9 @@ class _Driver(_Ending):
                     else:
                         data = self._journalable(run, i, reply)
             state = run.state  # retries journal re-sends
+            if obs is not None:
+                failed = None if type(data) is bytes else data.category  # type: ignore[union-attr]
+                step_ended(obs, trio.current_time(), failed)
             if type(data) is not bytes:
                 state = run.state = await journal.append(
                     state.next_event(_STEP_FAILED, i, _encode(data))
@@ -239,7 +262,9 @@ class _Driver(_Ending):
                         error, unsent = exc, True
                 if target is not None:
                     ref, delivery = target
-                    message = _step_message(delivery, payload, key, saga_id, step.name)
+                    message = _step_message(
+                        delivery, payload, key, saga_id, step.name, trace=_trace(run)
+                    )
                     run.sent = i
                     run.sent_seq = run.state.next_seq - 1
                     self.counters.steps_sent += 1
@@ -397,10 +422,16 @@ class _Driver(_Ending):
             event = state.next_event(_K.COMPENSATION_STARTED, state.compensation_step)
         state = run.state = await journal.append(event)
         saga_id = run.header.saga_id
+        obs = run.obs
         while True:
             j = state.compensation_step
             assert j is not None
+            if obs is not None:
+                name = run.definition.steps[j].name
+                step_started(obs, j, name, trio.current_time(), compensate=True)
             error = await self._send_compensation(run, j, deadline)
+            if obs is not None:
+                step_ended(obs, trio.current_time(), None if error is None else error.category)
             state = run.state
             if error is not None:
                 state = run.state = await journal.append(
@@ -468,7 +499,9 @@ class _Driver(_Ending):
                     error, unsent = exc, True
             if target is not None:
                 ref, delivery = target
-                message = _step_message(delivery, payload, key, saga_id, step.name, compensate=True)
+                message = _step_message(
+                    delivery, payload, key, saga_id, step.name, compensate=True, trace=_trace(run)
+                )
                 self.counters.compensations_sent += 1
                 try:
                     await ref.ask(message, timeout=timeout)

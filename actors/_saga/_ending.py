@@ -32,6 +32,7 @@ from actors._saga._run import (
     _Run,
     _shown,
 )
+from actors._saga._tracing import saga_ended
 
 
 class _Ending(_CoordinatorBase):
@@ -70,6 +71,16 @@ class _Ending(_CoordinatorBase):
             else:
                 _log.info("%s", text)
             self._report(run.header.saga_id, run.definition.name, phase.value, step, text)
+        obs = run.obs
+        if obs is not None:
+            run.obs = None
+            error_type = None
+            if phase is not _DONE:
+                info = self._failed_error(run, state) or _CANCELLED_BETWEEN_STEPS
+                if phase is _P.COMPENSATION_FAILED:
+                    info = decode_error(state.reason)
+                error_type = _category(info).value
+            saga_ended(obs, trio.current_time(), phase.value, error_type)
 
     def _answer(self, run: _Run, reply: Reply[Any]) -> None:
         if run.state.phase is _DONE:

@@ -21,6 +21,7 @@ from actors._errors import ErrorCategory, shown
 from actors._saga._definition import SagaDefinition, StepError, decoder
 from actors._saga._journals._records import SagaEvent, SagaEventKind, SagaHeader
 from actors._saga._journals._state import saga_state
+from actors._telemetry import TraceContext, fill_trace
 
 __all__ = [
     "DiscardSaga",
@@ -71,6 +72,10 @@ class StartSaga(msgspec.Struct, frozen=True, tag="saga.start"):
             is :class:`SagaStarted` as soon as the saga is in the journal, and the saga runs to
             its end regardless of the caller.
         metadata: a small JSON-compatible dict stored with the saga (audit, listings).
+        trace: the caller's span, the parent of the saga's span: by default the span current
+            where the message is made (:func:`~actors.current_trace_context`), when
+            aura-actors traces.  It is journaled (in the metadata, as ``traceparent`` and
+            ``tracestate``), so a saga resumed after a restart continues the caller's trace.
     """
 
     definition: str
@@ -78,6 +83,11 @@ class StartSaga(msgspec.Struct, frozen=True, tag="saga.start"):
     saga_id: str | None = None
     wait: bool = True
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+    trace: TraceContext | None = None
+
+    def __post_init__(self) -> None:
+        if self.trace is None:
+            fill_trace(self)
 
 
 class GetSaga(msgspec.Struct, frozen=True, tag="saga.get"):

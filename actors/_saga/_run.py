@@ -29,6 +29,8 @@ from actors._saga._journals._index import storable
 from actors._saga._journals._records import Journal, SagaEvent, SagaEventKind, SagaHeader, SagaPhase
 from actors._saga._journals._state import SagaState
 from actors._saga._messages import SagaMessage
+from actors._saga._tracing import _SagaObs
+from actors._telemetry import Telemetry
 
 _log = logging.getLogger("actors.saga")
 
@@ -86,6 +88,7 @@ class _Run:
         "finished",
         "forwarding",
         "header",
+        "obs",
         "pending",
         "plan",
         "scope",
@@ -118,6 +121,7 @@ class _Run:
         self.finished = False
         self.sent: int | None = None  # the step whose message this run sent last
         self.sent_seq = -1  # the seq of the step_started (or compensation_started) sent last
+        self.obs: _SagaObs | None = None  # its spans, when telemetry is on
         self.pending: tuple[int, bytes] | None = None  # a reply being journaled
         self.cause: BaseException | None = None  # the live exception that failed the saga
         self.error: StepError | None = None  # decoded step_error (cache)
@@ -226,3 +230,4 @@ class _CoordinatorBase(Actor[SagaMessage, Any]):
     _next_id: int
     _token: trio.lowlevel.TrioToken | None
     _pending_reports: int
+    _tel: Telemetry | None
