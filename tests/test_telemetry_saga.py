@@ -5,6 +5,7 @@ restarted coordinator (or another process) resumes the saga from its journal."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from actors import (
     MemoryJournal,
     ProviderActor,
     SagaStepMessage,
+    TraceContext,
     current_trace_context,
 )
 from actors._saga._coordinator import SagaCoordinator
@@ -189,3 +191,22 @@ async def test_without_a_trace_nothing_is_journaled(mock_clock: trio.testing.Moc
         await root.ref("sagas").ask(StartSaga("order", saga_id="n1", metadata={"a": 1}))
         info = await root.ref("sagas").ask(GetSaga("n1"))
     assert info.metadata == {"a": 1}
+
+
+async def test_the_trace_context_survives_an_sqlite_journal(tmp_path: Path) -> None:
+    """What a resumed saga reads back from an SQLite file (a new process) is the caller's
+    context, exactly."""
+    from actors import SagaHeader, SagaState, SqliteJournal
+    from actors._saga._journals._records import SagaEventKind
+    from actors._saga._tracing import journaled_metadata, journaled_trace
+
+    context = TraceContext("00-" + "1f" * 16 + "-" + "2e" * 8 + "-01", "congo=t61rcWkgMzE")
+    metadata = journaled_metadata({"order": 42}, context)
+    header = SagaHeader("t1", "order", 1000.0, b"", metadata)
+    async with SqliteJournal(tmp_path / "sagas.db") as journal:
+        await journal.create(header, SagaState.new(header).next_event(SagaEventKind.STARTED))
+    async with SqliteJournal(tmp_path / "sagas.db") as journal:
+        [(found, _events)] = await journal.load_unfinished()
+    assert journaled_trace(found.metadata) == context
+    assert found.metadata["order"] == 42
+    assert journaled_metadata({"traceparent": "mine"}, context) == {"traceparent": "mine"}
