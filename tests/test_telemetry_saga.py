@@ -96,6 +96,10 @@ async def test_saga_and_step_spans_follow_the_caller(
     [message] = seen
     assert message.trace is not None
     assert message.trace.traceparent.split("-")[2] == f"{reserve.context.span_id:016x}"
+    with otel.tracer.start_as_current_span("work", context=message.trace.otel_context()) as work:
+        pass
+    assert parent_of(one(otel.finished("work"))) == reserve.context.span_id
+    assert work.get_span_context().trace_id == reserve.context.trace_id
     call = one(otel.finished("call payments"))
     assert parent_of(call) == charge.context.span_id
     assert parent_of(one(otel.finished("attempt payments"))) == call.context.span_id

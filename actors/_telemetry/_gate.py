@@ -171,7 +171,6 @@ class Telemetry:
         "_current_span",
         "_empty",
         "_error",
-        "_extract",
         "_providers",
         "_set_in_context",
         "attach",
@@ -190,14 +189,12 @@ class Telemetry:
     def __init__(self, tracer_provider: Any, meter_provider: Any) -> None:
         from opentelemetry import context, trace
         from opentelemetry.trace import Status, StatusCode
-        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
         self._providers = (tracer_provider, meter_provider)  # kept: their ids are the key
         version = _version()
         self.tracer: Any = (
             None if tracer_provider is None else tracer_provider.get_tracer(N.SCOPE, version)
         )
-        self._extract = TraceContextTextMapPropagator().extract
         self._set_in_context = trace.set_span_in_context
         self._current_span = trace.get_current_span
         self._empty = context.Context()
@@ -258,13 +255,7 @@ class Telemetry:
         context that does not parse: the span started under it begins a new trace)."""
         if trace is None:
             return self._empty
-        try:
-            carrier = {"traceparent": trace.traceparent}
-            if trace.tracestate:
-                carrier["tracestate"] = trace.tracestate
-            return self._extract(carrier)
-        except Exception:  # anything a foreign message may hold: a new trace instead
-            return self._empty
+        return trace.otel_context()
 
     def start(self, name: str, parent: Any, attributes: Mapping[str, Any] | None = None) -> Any:
         """Start a span named ``name`` under ``parent`` (an OpenTelemetry context from

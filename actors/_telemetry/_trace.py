@@ -10,6 +10,8 @@ OpenTelemetry SDK.  This module imports neither trio nor OpenTelemetry.
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
 __all__ = ["TraceContext"]
@@ -30,3 +32,24 @@ class TraceContext(msgspec.Struct, frozen=True, gc=False):
 
     traceparent: str
     tracestate: str = ""
+
+    def otel_context(self) -> Any:
+        """The OpenTelemetry ``Context`` whose current span is this one: pass it as the
+        ``context`` of a span your actor starts for the work a message asks (an empty context,
+        so a new trace, when it does not parse).  Needs ``opentelemetry-api``.
+
+        Example::
+
+            with tracer.start_as_current_span("reserve", context=message.trace.otel_context()):
+                ...
+        """
+        from opentelemetry.context import Context
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+        carrier = {"traceparent": self.traceparent}
+        if self.tracestate:
+            carrier["tracestate"] = self.tracestate
+        try:
+            return TraceContextTextMapPropagator().extract(carrier)
+        except Exception:  # anything a foreign message may hold
+            return Context()
