@@ -395,6 +395,15 @@ class FleetLink(Protocol):
         """The error a call refused by the ``"reject"`` policy gets."""
         ...
 
+    # ---------------------------------------------------------------- health
+
+    def watch_health(self, callback: Callable[[DependencyReport], None]) -> DependencyReport:
+        """Call ``callback`` with a :class:`DependencyReport` (name ``"fleet store"``) whenever
+        the fleet's health changes (``ok``, or ``unavailable`` while the store cannot be
+        reached or the views are stale); replaces this service's earlier callback.  Returns
+        the report of the state now."""
+        ...
+
 
 class FleetMember(Protocol):
     """This instance's member of a fleet, as the provider actors and the operator surface

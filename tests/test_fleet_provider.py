@@ -310,6 +310,52 @@ async def test_a_store_down_is_ignored_by_the_gate_and_recovers_by_itself(
         assert (await b.provider.status()).fleet in ("open", "half_open", "closed")
 
 
+async def test_the_monitor_shows_the_fleet_store_down_and_back(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """A provider with a fleet tells its monitor the fleet store's state: health is degraded
+    with the reason while the store is down, and healthy again after (by itself)."""
+    from actors import GetHealth, MonitorActor
+    from supervisors import ChildSpec, open_supervisor
+
+    server = MemoryServer()
+    settings = FleetSettings(**{**FAST, "instance_id": "a"})
+    async with (
+        open_fleet(settings, server=server) as fleet,
+        open_supervisor(
+            [
+                ChildSpec("monitor", MonitorActor),
+                ChildSpec(
+                    "svc",
+                    lambda: ProviderActor(
+                        "svc", Service("a"), provider_settings(), monitor="monitor", fleet=fleet
+                    ),
+                ),
+            ]
+        ) as root,
+    ):
+        monitor = root.ref("monitor")
+
+        async def health() -> Any:
+            return await monitor.ask(GetHealth())
+
+        await trio.sleep(1.0)
+        report = await health()
+        assert report.dependencies["fleet store"].state == "ok"
+        server.stop()
+        with trio.fail_after(10):
+            while (await health()).dependencies["fleet store"].state == "ok":  # noqa: ASYNC110
+                await trio.sleep(0.1)
+        report = await health()
+        assert report.status.value == "degraded"
+        assert any("fleet store unavailable" in r and "unreachable" in r for r in report.reasons)
+        server.start()
+        with trio.fail_after(10):
+            while (await health()).dependencies["fleet store"].state != "ok":  # noqa: ASYNC110
+                await trio.sleep(0.1)
+        assert not any("fleet store" in r for r in (await health()).reasons)
+
+
 async def test_unkeyed_calls_make_no_round_trip(mock_clock: trio.testing.MockClock) -> None:
     """With the fleet breaker closed, 200 calls cost the store nothing: the gate reads the
     cached view (background heartbeats aside: no virtual time passes during the calls)."""

@@ -105,6 +105,7 @@ class FleetBreakersStatistics:
 class _Provider:
     view: FleetBreakerView
     breaks: BreakPolicy
+    registered: float = -math.inf  # when it was registered (a new view is not stale yet)
     probing: bool = False  # a local caller holds or is taking the probe
     probe_epoch: int = -1  # the epoch at which this instance was granted the probe
 
@@ -149,7 +150,11 @@ class FleetBreakers:
             known.breaks = breaks
             return known.view
         view = FleetBreakerView(name, self.instance, self.settings.stale_after)
-        self._providers[name] = _Provider(view, breaks)
+        try:
+            registered = trio.current_time()
+        except RuntimeError:  # registered outside trio (a provider built before the run)
+            registered = -math.inf
+        self._providers[name] = _Provider(view, breaks, registered)
         self._refresh_wanted.set()
         return view
 
@@ -435,7 +440,13 @@ class FleetBreakers:
                 f"fleet store {self.settings.store} unreachable for "
                 f"{now - self.down_since:.1f} s: {self.store_error}"
             )
-        stale = [p.view for p in self._providers.values() if p.view.is_stale(now)]
+        # A view registered a moment ago has not been read yet: not stale before it could be.
+        stale = [
+            p.view
+            for p in self._providers.values()
+            if p.view.is_stale(now)
+            and not (p.view.refreshed_at == -math.inf and now - p.registered < p.view.stale_after)
+        ]
         if stale and self.down_since is None:
             reasons.append(_stale_reason(stale, now))
         return FleetHealth("degraded" if reasons else "healthy", tuple(reasons), self.live)

@@ -15,7 +15,11 @@ nothing outlives the block:
 * a few *finishers*, which carry finished keys to the store: a provider queues a claimed call's
   outcome (:meth:`ProviderLink.finish`) and answers its callers at once; the outcome reaches
   the store one round trip later, and until then the claim is renewed like any other, so a
-  joiner on another instance waits for it rather than running the key again.
+  joiner on another instance waits for it rather than running the key again;
+* a health watch: every heartbeat it looks at the member's health and, when it changed,
+  tells the providers' monitors (a :class:`~actors.DependencyReport` named ``"fleet store"``:
+  ``unavailable`` while the store cannot be reached or the views are stale, which makes the
+  application's health ``degraded`` with the reason, and ``ok`` again once it recovered).
 
 Provider actors are given the fleet (``ProviderActor(..., fleet=fleet)``) and take their
 :class:`ProviderLink` with :meth:`Fleet.attach` when they are built (every incarnation gets
@@ -32,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Final, Literal
 
@@ -63,7 +68,7 @@ from actors._fleet._quota import (
 )
 from actors._policies._breaker import BreakerSettings, BreakerState
 from actors._policies._config._fleet import FleetProviderSettings, FleetSettings
-from actors._protocol import FleetBreakerStatus, FleetStatus, GateVerdict
+from actors._protocol import DependencyReport, FleetBreakerStatus, FleetStatus, GateVerdict
 
 __all__ = ["Fleet", "ProviderLink", "open_fleet"]
 
@@ -228,6 +233,15 @@ class ProviderLink:
         reason = fleet.breakers.store_error or "the store does not answer"
         return FleetStoreUnavailable(operation=operation, store=fleet.settings.store, reason=reason)
 
+    # ------------------------------------------------------------------ health
+
+    def watch_health(self, callback: Callable[[DependencyReport], None]) -> DependencyReport:
+        """Have ``callback`` told of the member's health changes (see ``FleetLink``)."""
+        fleet = self._fleet
+        report = fleet.dependency_report()
+        fleet._watchers[self.service] = (callback, report.status)
+        return report
+
     def __repr__(self) -> str:
         return f"<ProviderLink {self.service!r} of {self._fleet.instance!r}>"
 
@@ -270,6 +284,8 @@ class Fleet:
         self._finishers_done = trio.Event()
         self._finishers = 0
         self.finish_dropped = 0
+        # Per service: who to tell of health changes, and the state it was last told.
+        self._watchers: dict[str, tuple[Callable[[DependencyReport], None], str]] = {}
 
     # ------------------------------------------------------------------ providers
 
@@ -328,7 +344,28 @@ class Fleet:
             self._nursery = nursery
             for shared in self._shared.values():
                 nursery.start_soon(shared.run)
+            nursery.start_soon(self._watch_health)
             task_status.started()
+
+    async def _watch_health(self) -> None:
+        while True:
+            await trio.sleep(self.settings.heartbeat_interval)
+            report = self.dependency_report()
+            for service, (callback, told) in list(self._watchers.items()):
+                if told != report.status:
+                    self._watchers[service] = (callback, report.status)
+                    callback(report)
+
+    def dependency_report(self) -> DependencyReport:
+        """The member's health as the monitor takes it (name ``"fleet store"``)."""
+        health = self.breakers.health()
+        return DependencyReport(
+            name="fleet store",
+            status="ok" if health.status == "healthy" else "unavailable",
+            reason="; ".join(health.reasons),
+            where=self.settings.store if self._server is None else "memory",
+            at=time.time(),
+        )
 
     async def _finisher(self, receive: trio.MemoryReceiveChannel[_Finish]) -> None:
         try:

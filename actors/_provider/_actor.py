@@ -300,12 +300,15 @@ class ProviderActor(_Jobs, CallReceiver):
             keep["observed"] = self._observed
             breaker_state(tel, self.name, self._breaker.poll(now).value)
         # Tell the monitor the breaker's state as this incarnation starts (old == new: a state
-        # report), so its copy is right whatever it missed or kept.
+        # report), so its copy is right whatever it missed or kept; and the fleet store's, which
+        # it is then told of whenever it changes.
         if self._monitor_spec is not None:
             state = self._breaker.poll(now).value
             self._reports.append(
                 BreakerReport(self.name, state, state, now, "provider started", self._path)
             )
+            if self._link is not None:
+                self._reports.append(self._link.watch_health(self._on_dependency))
             self._flush_at = now
             self._flush()
         if len(self._table):

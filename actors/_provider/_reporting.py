@@ -16,7 +16,7 @@ import trio
 
 from actors._errors import ActorError, ErrorCategory
 from actors._policies._breaker import BreakerState, BreakerTransition
-from actors._protocol import BreakerReport, CallReport
+from actors._protocol import BreakerReport, CallReport, DependencyReport
 from actors._provider._base import _EXPIRE_EVERY, _FLUSH_EVERY, _ProviderBase
 from actors._provider._tracing import breaker_moved
 
@@ -105,14 +105,24 @@ class _Reporting(_ProviderBase):
             self._flush_at = trio.current_time() + self._report_interval
             self._wake_at(self._flush_at)
 
+    def _on_dependency(self, report: DependencyReport) -> None:
+        """The fleet's store changed state: tell the monitor (its health shows it)."""
+        if self._monitor_spec is None:
+            return
+        self._reports.append(report)
+        try:
+            self._flush()
+        except RuntimeError:  # this incarnation is gone; the next one reports the state
+            pass
+
     def _trim(self, reports: list[Any]) -> None:
-        """Drop the oldest call reports beyond ``max_pending``, keeping every transition (in
-        place and in order: the transitions among the dropped ones move up, which only removes
-        call reports from between them)."""
+        """Drop the oldest call reports beyond ``max_pending``, keeping every transition and
+        dependency report (in place and in order: the ones among the dropped ones move up,
+        which only removes call reports from between them)."""
         overflow = len(reports) - self._max_pending
         # The transitions already moved to the front by earlier trims stay there.
         start = 0
-        while start < len(reports) and type(reports[start]) is BreakerReport:
+        while start < len(reports) and type(reports[start]) is not CallReport:
             start += 1
         end = start
         dropped = 0
@@ -120,7 +130,7 @@ class _Reporting(_ProviderBase):
         while dropped < overflow and end < len(reports):
             report = reports[end]
             end += 1
-            if type(report) is BreakerReport:
+            if type(report) is not CallReport:
                 moved.append(report)
             else:
                 dropped += 1

@@ -23,9 +23,12 @@ seconds.
 every provider's effective settings; an invalid file prints the error with the dotted path of
 the offending field and exits 1.
 
-``aura status URL`` reads health, breakers and alerts from a running application's admin API
-with httpx, sending ``$AURA_ADMIN_READ_TOKEN`` (or ``$AURA_ADMIN_TOKEN``, or the contents of
-``--token-file``) as its bearer token when one is set.
+``aura status URL`` reads health, breakers, alerts and the fleet (when the application is one
+of a fleet) from a running application's admin API with httpx, sending
+``$AURA_ADMIN_READ_TOKEN`` (or ``$AURA_ADMIN_TOKEN``, or the contents of ``--token-file``) as
+its bearer token when one is set.  ``aura isolate URL SERVICE`` and ``aura reset URL SERVICE``
+hold a provider's breaker open or close it through the admin API (fleet-wide when the provider
+shares its breaker), with the write token (``$AURA_ADMIN_TOKEN`` or ``--token-file``).
 
 Exit codes: 0 success (``status``: healthy or degraded); 1 an error (bad file, failed run,
 unreachable server); 2 bad command-line usage (argparse's) or, for ``status``, an unhealthy
@@ -484,8 +487,11 @@ def _cmd_status(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int
                 ("health", "/api/resilience/health"),
                 ("breakers", "/api/resilience/circuit-breakers"),
                 ("alerts", "/api/resilience/alerts"),
+                ("fleet", "/api/resilience/fleet"),
             ):
                 response = client.get(path)
+                if key == "fleet" and response.status_code == 404:
+                    continue  # an application from before fleets
                 if response.status_code not in (200, 503) or not response.headers.get(
                     "content-type", ""
                 ).startswith("application/json"):
@@ -536,7 +542,65 @@ def format_status(base: str, results: dict[str, Any]) -> str:
             f"  #{_text(a['id'])} {_text(a['severity']):<8} {_text(a['rule']):<24} "
             f"{_text(a['service'])}: {_text(a['message'])}"
         )
+    for member in results.get("fleet", {}).get("members", []):
+        lines += [
+            "",
+            f"fleet: instance {_text(member['instance'])} at {_text(member['store'])}: "
+            f"{_text(member['status'])}, {_text(member['live'])} live instance(s)",
+        ]
+        lines += [f"  {_text(reason)}" for reason in member.get("reasons", [])]
+        for b in member.get("breakers", []):
+            view = "" if b.get("fresh", True) else " (stale: ignored)"
+            lines.append(
+                f"  {_text(b['service']):<20} {_text(b['state']):<10} epoch={_text(b['epoch'])} "
+                f"votes={_text(b['votes'])}{view}"
+            )
     return "\n".join(lines)
+
+
+def _cmd_breaker(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    """``aura isolate|reset URL SERVICE``: POST to the provider's breaker endpoint."""
+    import httpx
+
+    base = args.url.rstrip("/")
+    if "://" not in base:
+        base = f"http://{base}"
+    token = os.environ.get(TOKEN_VARIABLE) or None
+    if args.token_file is not None:
+        token = _read_token_file(args.token_file)
+    if not token:
+        print(
+            f"error: {args.command} needs the admin API's write token: set ${TOKEN_VARIABLE} "
+            "or give --token-file FILE",
+            file=stderr,
+        )
+        return EXIT_ERROR
+    from urllib.parse import quote
+
+    path = f"/api/resilience/providers/{quote(args.service, safe='')}/{args.command}"
+    try:
+        with httpx.Client(base_url=base, timeout=args.timeout) as client:
+            response = client.post(path, headers={"Authorization": f"Bearer {token}"})
+    except httpx.HTTPError as exc:
+        print(f"error: cannot reach {base}: {_text(exc)}", file=stderr)
+        return EXIT_ERROR
+    try:
+        body = response.json()
+    except ValueError:
+        print(f"error: POST {base}{path} answered {response.status_code}", file=stderr)
+        return EXIT_ERROR
+    if response.status_code != 200:
+        error = body.get("error", {}) if isinstance(body, dict) else {}
+        print(
+            f"error: {_text(error.get('message', response.status_code))}"
+            + (f"\n{_text(error['action'])}" if error.get("action") else ""),
+            file=stderr,
+        )
+        return EXIT_ERROR
+    fleet = body.get("fleet")
+    where = "" if fleet is None else f", fleet breaker {_text(fleet)}"
+    print(f"{_text(args.service)}: breaker {_text(body.get('breaker'))}{where}", file=stdout)
+    return EXIT_OK
 
 
 def _text(value: object) -> str:
@@ -638,6 +702,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="send the bearer token in FILE (default: $AURA_ADMIN_READ_TOKEN, else "
         "$AURA_ADMIN_TOKEN; needed when the admin API has a read token)",
     )
+    for name, what in (
+        ("isolate", "hold a provider's breaker open (fleet-wide when it is shared)"),
+        ("reset", "close a provider's breaker (fleet-wide when it is shared)"),
+    ):
+        command = commands.add_parser(name, help=what, description=f"{what[0].upper()}{what[1:]}.")
+        command.add_argument("url", metavar="URL", help="the admin API")
+        command.add_argument("service", metavar="SERVICE", help="the provider's service name")
+        command.add_argument("--timeout", type=_positive, default=5.0, help="seconds")
+        command.add_argument(
+            "--token-file",
+            metavar="FILE",
+            help="send the write token in FILE (default: $AURA_ADMIN_TOKEN)",
+        )
     return parser
 
 
@@ -674,6 +751,8 @@ def _dispatch(args: argparse.Namespace, console: Console | None, out: TextIO, er
             return _cmd_run(args, console, err)
         if args.command == "config":
             return _cmd_config_check(args, out, err)
+        if args.command in ("isolate", "reset"):
+            return _cmd_breaker(args, out, err)
         return _cmd_status(args, out, err)
     except (UsageError, ConfigError) as exc:
         print(f"error: {exc}", file=err)

@@ -22,7 +22,8 @@ across instances, unlike quantiles), enumerations (breaker state, health, actor 
 0/1 gauge series per possible value, ``aura_build_info`` always 1, and the labels ``service``,
 ``category``, ``state``, ``rule``, ``severity``, ``kind``, ``le`` and ``path`` (the tree's
 root is ``path="(root)"``).  With :attr:`OperatorSnapshot.instance` set, every sample also
-carries ``instance``.  See :data:`METRIC_NAMES` for the list.
+carries ``instance`` (the admin API of a fleet member sets it to the member's id unless it was
+given another).  See :data:`METRIC_NAMES` for the list.
 
 Adding families (the fleet's, say): give :class:`OperatorSnapshot` a part, fill it in
 :func:`take_snapshot`, append its families in :func:`_families` (a builder that yields after
@@ -69,7 +70,13 @@ from actors._monitor._types import (
     MetricsReport,
     MonitorStatistics,
 )
-from actors._protocol import BREAKER_STATES, DEPENDENCY_STATES, SUPERVISION_KINDS
+from actors._protocol import (
+    BREAKER_STATES,
+    DEPENDENCY_STATES,
+    SUPERVISION_KINDS,
+    FleetMember,
+    FleetStatus,
+)
 from actors._provider._messages import GetStatus, ProviderStatus
 from actors._saga._messages import GetSagaStatistics
 from supervisors._events import TreeNode
@@ -125,6 +132,7 @@ class OperatorSnapshot:
         instance: the name of this instance in a fleet: every exported sample gets it as its
             ``instance`` label (``None``: no such label, the scraping Prometheus's target
             label names the instance).
+        fleets: this instance's fleet members' states (none when it runs alone).
     """
 
     at: float
@@ -139,6 +147,7 @@ class OperatorSnapshot:
     monitor_statistics: MonitorStatistics | None = None
     saga_statistics: Any | None = None
     instance: str | None = None
+    fleets: Sequence[FleetStatus] = ()
 
 
 async def _ask(
@@ -162,6 +171,7 @@ async def take_snapshot(
     sagas_query: object | None = None,
     ask_timeout: float = 2.0,
     instance: str | None = None,
+    fleets: Sequence[FleetMember] = (),
 ) -> OperatorSnapshot:
     """Ask the monitor, the providers and the saga coordinator for an :class:`OperatorSnapshot`.
 
@@ -174,6 +184,7 @@ async def take_snapshot(
             is also asked for its statistics.
         ask_timeout: seconds each ask may take.
         instance: this instance's name in a fleet (:attr:`OperatorSnapshot.instance`).
+        fleets: fleet members whose status to include (read without asking anyone).
 
     Never raises for an actor that is missing or fails: the part is ``None`` and the reason is
     in ``problems``.  Cancellation propagates.
@@ -215,6 +226,7 @@ async def take_snapshot(
         monitor_statistics=statistics if isinstance(statistics, MonitorStatistics) else None,
         saga_statistics=saga_statistics,
         instance=instance,
+        fleets=tuple(member.status() for member in fleets),
     )
 
 
@@ -284,6 +296,15 @@ METRIC_NAMES: Final = (
     "aura_supervisor_gave_up",
     "aura_supervision_events_dropped",
     "aura_saga_reports_dropped",
+    "aura_fleet_instances_live",
+    "aura_fleet_store_up",
+    "aura_fleet_health_status",
+    "aura_fleet_store_round_trips",
+    "aura_fleet_store_errors",
+    "aura_fleet_changes_dropped",
+    "aura_fleet_breaker_state",
+    "aura_fleet_breaker_fresh",
+    "aura_fleet_idempotency_events",
 )
 
 _PROVIDER_COUNTERS: Final = (
@@ -397,6 +418,8 @@ def _families(snap: OperatorSnapshot | None, out: list[_Family]) -> Iterator[Non
         )
         dropped.add((), float(snap.tree.events_dropped))
         out.append(dropped)
+    if snap.fleets:
+        _fleets(snap.fleets, out)
     reports_dropped = getattr(snap.saga_statistics, "reports_dropped", None)
     if isinstance(reports_dropped, int):
         family = _counter(
@@ -618,6 +641,63 @@ def _sagas(sagas: Sequence[Any], out: list[_Family]) -> None:
     )
     needs_operator.add((), float(failed))
     out += (unfinished, needs_operator)
+
+
+_FLEET_HEALTH: Final = ("healthy", "degraded")
+
+
+def _fleets(fleets: Sequence[FleetStatus], out: list[_Family]) -> None:
+    """The fleet families.  The snapshot's ``instance`` label tells the fleet's instances
+    apart; a process with several members (tests, examples) adds ``member``."""
+    extra = ["member"] if len(fleets) > 1 else []
+    live = _gauge("aura_fleet_instances_live", "Live instances of the fleet.", extra)
+    up = _gauge("aura_fleet_store_up", "1 when the last fleet store call reached the store.", extra)
+    health = _gauge(
+        "aura_fleet_health_status",
+        "Fleet health: 1 for the current status (degraded: the store is unreachable or the "
+        "views are stale; the local policies decide alone), 0 for the other.",
+        [*extra, "status"],
+    )
+    trips = _counter("aura_fleet_store_round_trips", "Commands sent to the fleet store.", extra)
+    errors = _counter("aura_fleet_store_errors", "Fleet store calls that failed.", extra)
+    dropped = _counter(
+        "aura_fleet_changes_dropped",
+        "Trip votes, probe outcomes and finished keys that could not be sent to the store.",
+        extra,
+    )
+    state = _gauge(
+        "aura_fleet_breaker_state",
+        "Fleet circuit breaker state as this instance sees it: 1 for the current state.",
+        [*extra, "service", "state"],
+    )
+    fresh = _gauge(
+        "aura_fleet_breaker_fresh",
+        "1 while this instance's view of the fleet breaker is fresh (0: ignored, stale).",
+        [*extra, "service"],
+    )
+    events = _counter(
+        "aura_fleet_idempotency_events",
+        "Shared idempotency store events: claims, replays, joins, takeovers, conflicts, "
+        "finished, fenced (a finish refused: the claim was lost), failures.",
+        [*extra, "service", "event"],
+    )
+    for fleet in fleets:
+        member = (fleet.instance,) if extra else ()
+        live.add(member, float(fleet.live))
+        up.add(member, 1.0 if fleet.available else 0.0)
+        for name in _FLEET_HEALTH:
+            health.add((*member, name), 1.0 if fleet.status == name else 0.0)
+        trips.add(member, float(fleet.round_trips))
+        errors.add(member, float(fleet.errors))
+        dropped.add(member, float(fleet.dropped))
+        for breaker in fleet.breakers:
+            for name in _BREAKER_NAMES:
+                state.add((*member, breaker.service, name), float(breaker.state == name))
+            fresh.add((*member, breaker.service), 1.0 if breaker.fresh else 0.0)
+        for service, counts in fleet.idempotency.items():
+            for event, count in sorted(counts.items()):
+                events.add((*member, service, event), float(count))
+    out.extend((live, up, health, trips, errors, dropped, state, fresh, events))
 
 
 def _monitor_statistics(stats: MonitorStatistics, out: list[_Family]) -> None:

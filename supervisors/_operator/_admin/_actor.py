@@ -39,11 +39,13 @@ Safety, by default:
   the size of the tree.
 
 Finding the other actors.  The monitor and the saga coordinator are found by their paths in
-the tree (``monitor``, ``sagas``).  Provider actors are found by walking the tree's actor slots
-for running :class:`~actors.ProviderActor` instances, or given as a ``{service: path}``
-mapping.  The supervision snapshot comes from the :class:`~supervisors.Supervisor` handle when
-one is given (``tree=root``, or a function returning it); otherwise it is rebuilt from the
-actor slots (actors exactly; their supervisors with state ``running`` and no restart count).
+the tree (``monitor``, ``sagas``).  Provider actors are found by walking the tree's actor
+slots for running :class:`~actors.ProviderActor` instances, or given as a ``{service: path}``
+mapping; the fleet member (``GET /api/resilience/fleet``, the ``aura_fleet_*`` metrics) is
+the one they were given, or ``fleet=``.  The supervision snapshot comes from the
+:class:`~supervisors.Supervisor` handle when one is given (``tree=root``, or a function
+returning it); otherwise it is rebuilt from the actor slots (actors exactly; their
+supervisors with state ``running`` and no restart count).
 
 Layout: the actor, its spec and the tree snapshot here; :class:`AdminSettings` in
 ``_settings``; the app's routes and endpoints in ``_routes``; what every endpoint shares (the
@@ -64,6 +66,7 @@ from actors._core._ref import ActorRef
 from actors._core._reply import Failure
 from actors._errors import ActorError
 from actors._policies._ratelimit import RateLimiterSettings
+from actors._protocol import FleetMember
 from actors._provider._actor import ProviderActor
 from supervisors._events import TreeNode
 from supervisors._operator._admin._requests import (
@@ -117,6 +120,8 @@ class AdminActor(Actor[GetAdminAddress, AdminAddress]):
         settings: the :class:`AdminSettings`.
         tree: the tree's :class:`~supervisors.Supervisor` (or a function returning it) for
             ``/api/resilience/tree``; without it the snapshot is rebuilt from the actor slots.
+        fleet: the fleet member to show; by default the one the tree's provider actors were
+            given (none: the instance runs alone).
 
     Answers :class:`GetAdminAddress` with the bound :class:`AdminAddress`;
     :meth:`statistics` counts the server's connections, refusals and timeouts.  A failure to
@@ -130,9 +135,11 @@ class AdminActor(Actor[GetAdminAddress, AdminAddress]):
         settings: AdminSettings,
         *,
         tree: Supervisor | Callable[[], Supervisor | None] | None = None,
+        fleet: FleetMember | None = None,
     ) -> None:
         self.settings = settings
         self._tree_source = tree
+        self._fleet = fleet
         self._address: AdminAddress | None = None
         self._server: HttpServer | None = None
         self._done = trio.Event()
@@ -141,7 +148,11 @@ class AdminActor(Actor[GetAdminAddress, AdminAddress]):
     async def on_start(self) -> None:
         """Start the HTTP server; return once it listens (a bind failure crashes the actor)."""
         backend = AdminBackend(
-            self.settings, lookup=self.lookup, tree=self._snapshot, providers=self._providers
+            self.settings,
+            lookup=self.lookup,
+            tree=self._snapshot,
+            providers=self._providers,
+            fleets=self._fleets,
         )
         from supervisors._operator._http import HttpServer
 
@@ -208,6 +219,11 @@ class AdminActor(Actor[GetAdminAddress, AdminAddress]):
                 return tree_from_slots(self._cells())
         return supervisor.snapshot()
 
+    def _fleets(self) -> list[FleetMember]:
+        if self._fleet is not None:
+            return [self._fleet]
+        return fleet_members(self._cells())
+
     def _providers(self) -> dict[str, ActorRef[Any, Any]]:
         if self.settings.providers is None:
             for service, path in provider_paths(self._cells()).items():
@@ -233,6 +249,17 @@ def provider_paths(cells: Mapping[str, _Cell]) -> dict[str, str]:
         if isinstance(actor, ProviderActor):
             found.setdefault(actor.name, path)
     return found
+
+
+def fleet_members(cells: Mapping[str, _Cell]) -> list[FleetMember]:
+    """The fleet members the provider actors running in these slots were given (each once)."""
+    found: dict[int, FleetMember] = {}
+    for cell in list(cells.values()):
+        incarnation = cell.incarnation
+        actor = None if incarnation is None else incarnation.actor
+        if isinstance(actor, ProviderActor) and actor._fleet is not None:
+            found.setdefault(id(actor._fleet), actor._fleet)
+    return list(found.values())
 
 
 def find_providers(root: Supervisor) -> dict[str, ActorRef[Any, Any]]:
@@ -302,6 +329,7 @@ def admin_spec(
     sagas: str | None = "sagas",
     providers: Mapping[str, str] | None = None,
     tree: Supervisor | Callable[[], Supervisor | None] | None = None,
+    fleet: FleetMember | None = None,
     name: str = "admin",
     max_page: int = 100,
     ask_timeout: float = 5.0,
@@ -320,7 +348,7 @@ def admin_spec(
     """The child spec of the admin API server (an :class:`AdminActor`).
 
     Add it to your tree beside the monitor; the server starts with the tree and stops with it.
-    The arguments are those of :class:`AdminSettings`, plus ``tree`` (see
+    The arguments are those of :class:`AdminSettings`, plus ``tree`` and ``fleet`` (see
     :class:`AdminActor`), the child's ``name`` (default ``admin``) and its ``shutdown`` grace.
 
     Raises:
@@ -357,4 +385,4 @@ def admin_spec(
         instance=instance,
         send_buffer=send_buffer,
     )
-    return ChildSpec(name, lambda: AdminActor(settings, tree=tree), shutdown=shutdown)
+    return ChildSpec(name, lambda: AdminActor(settings, tree=tree, fleet=fleet), shutdown=shutdown)

@@ -10,18 +10,19 @@ import hmac
 import logging
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 import trio
 
 from actors._core._ref import ActorRef
-from actors._errors import ActorError, AuraError
+from actors._errors import ActorError, AuraError, FleetStoreUnavailable
 from actors._monitor._alerts import UnknownAlert
 from actors._monitor._types import InvalidQuery, UnknownService
 from actors._policies._ratelimit import RateLimiter, RateLimiterSettings
 from actors._policies._redact import escape_control, redact
+from actors._protocol import FleetMember
 from actors._saga._messages import SagaInfo
 from supervisors._events import TreeNode
 from supervisors._operator._admin._settings import MAX_THROTTLED_CLIENTS, AdminSettings
@@ -162,6 +163,7 @@ class AdminBackend:
         lookup: the ref of an actor by its path from the root (raises ``ActorNotFound``).
         tree: returns the supervision snapshot.
         providers: returns the provider actors' refs by service name.
+        fleets: returns this instance's fleet members (usually one, or none).
     """
 
     def __init__(
@@ -171,11 +173,13 @@ class AdminBackend:
         lookup: Callable[[str], ActorRef[Any, Any]],
         tree: Callable[[], TreeNode],
         providers: Callable[[], Mapping[str, ActorRef[Any, Any]]],
+        fleets: Callable[[], Sequence[FleetMember]] = tuple,
     ) -> None:
         self.settings = settings
         self.lookup = lookup
         self.tree = tree
         self.providers = providers
+        self.fleets = fleets
         self.failed_auth = FailedAttempts(settings.failed_auth)
 
     async def ask(self, path: str, message: object, what: str) -> Any:
@@ -201,6 +205,14 @@ class AdminBackend:
                 503,
                 "unavailable",
                 f"The {what} did not answer: {exc}",
+                action=exc.suggested_action,
+            ) from exc
+        except FleetStoreUnavailable as exc:
+            # An isolate or reset reached this instance but not the fleet.
+            raise ApiError(
+                503,
+                "fleet_store_unavailable",
+                f"The {what} acted on this instance only: {exc}",
                 action=exc.suggested_action,
             ) from exc
         except AuraError as exc:

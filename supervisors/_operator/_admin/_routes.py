@@ -27,6 +27,7 @@ from actors._monitor._actor import (
     ResetService,
 )
 from actors._monitor._types import HealthReport, HealthStatus
+from actors._protocol import FleetStatus
 from actors._provider._messages import GetStatus, Isolate
 from actors._provider._messages import Reset as ResetProvider
 from actors._saga._messages import GetSaga, ListSagas
@@ -230,6 +231,18 @@ def _sagas_path(backend: AdminBackend) -> str:
     return path
 
 
+class FleetMembers(msgspec.Struct, frozen=True):
+    """The body of ``GET /api/resilience/fleet``: this instance's fleet members (one, or none
+    when it runs alone)."""
+
+    members: list[FleetStatus]
+
+
+async def _fleet(request: Request, backend: AdminBackend) -> object:
+    members = sorted(backend.fleets(), key=lambda member: member.instance)
+    return FleetMembers([member.status() for member in members])
+
+
 async def _sagas(request: Request, backend: AdminBackend) -> object:
     most = backend.settings.max_page
     offset = _int_param(request, "offset", 0, 0, 1_000_000)
@@ -266,6 +279,7 @@ async def _prometheus(request: Request, backend: AdminBackend) -> object:
             sagas = backend.lookup(settings.sagas)
         except ActorError:
             sagas = None
+    fleets = backend.fleets()  # a fleet member's id is its instance label by default
     snapshot = await take_snapshot(
         monitor,
         tree=backend.tree(),
@@ -273,7 +287,8 @@ async def _prometheus(request: Request, backend: AdminBackend) -> object:
         sagas=sagas,
         sagas_query=ListSagas(),
         ask_timeout=settings.ask_timeout,
-        instance=settings.instance,
+        instance=settings.instance or (fleets[0].instance if len(fleets) == 1 else None),
+        fleets=fleets,
     )
     return _response(await render_metrics_async(snapshot), METRICS_CONTENT_TYPE)
 
@@ -297,6 +312,7 @@ _ROUTES: Final[tuple[tuple[str, str, Endpoint, Access], ...]] = (
     ("GET", f"{_API}/providers/{{service}}", _provider, "read"),
     ("POST", f"{_API}/providers/{{service}}/isolate", _isolate, "write"),
     ("POST", f"{_API}/providers/{{service}}/reset", _provider_reset, "write"),
+    ("GET", f"{_API}/fleet", _fleet, "read"),
     ("GET", f"{_API}/sagas", _sagas, "read"),
     ("GET", f"{_API}/sagas/{{saga_id}}", _saga, "read"),
     ("GET", "/metrics", _prometheus, "read"),
