@@ -6,6 +6,11 @@ Every decision a supervisor takes is an event: a child *started*, *crashed*, was
 (with the delay it waited), *stopped* (a normal exit or a termination), or a supervisor *gave
 up*.  Events are msgspec Structs so they can be logged as JSON, served over HTTP or journaled.
 
+A crash is logged (``WARNING`` on the ``supervisors`` logger) with its traceback, the only
+place the traceback of a crash caused by a ``tell`` is ever shown; the logger redacts the line
+and the traceback (:func:`actors._policies._logs.library_logger`), and the event's ``reason``
+is redacted where it is made, so subscribers and the monitor never see a secret either.
+
 Delivery never blocks a supervisor.  Listeners are plain callables run synchronously (the
 monitor actor's listener does a ``tell_nowait``); a listener that raises is removed and
 logged, never allowed to break supervision.  :class:`Subscription` wraps a bounded memory
@@ -25,10 +30,11 @@ import msgspec
 import trio
 
 from actors._errors import MailboxFull
+from actors._policies._logs import library_logger
 
 __all__ = ["EventKind", "Subscription", "SupervisionEvent", "TreeNode"]
 
-logger: Final = logging.getLogger("supervisors")
+logger: Final = library_logger("supervisors")
 
 
 class EventKind(enum.Enum):
@@ -138,7 +144,9 @@ class _EventBus:
 
         return remove
 
-    def emit(self, event: SupervisionEvent) -> None:
+    def emit(self, event: SupervisionEvent, error: BaseException | None = None) -> None:
+        """Log ``event`` (with the traceback of ``error``, a crash's exception, when given) and
+        deliver it to the listeners whose prefix it falls under."""
         level = _LEVELS[event.kind]
         if logger.isEnabledFor(level):
             where = event.path or "(root)"
@@ -152,6 +160,7 @@ class _EventBus:
                 event.kind.value,
                 event.restarts,
                 extra,
+                exc_info=error,
                 extra={"aura_event": event.kind.value, "aura_path": event.path},
             )
         for prefix, listener in list(self._listeners):

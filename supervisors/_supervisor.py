@@ -39,6 +39,7 @@ import trio
 from actors._core._cell import CellState, _Cell, is_cancellation, is_fatal, run_actor, unwrap
 from actors._core._reply import _Timers
 from actors._errors import ActorNotFound, AuraError, ErrorCategory
+from actors._policies._logs import describe_exception
 from supervisors._events import EventKind, SupervisionEvent, TreeNode, _EventBus
 from supervisors._spec import AnySpec, ChildSpec, Restart, RestartBackoff, Strategy, SupervisorSpec
 
@@ -78,7 +79,7 @@ class SupervisorGaveUp(SupervisorError):
         period: float,
         cause: BaseException | None,
     ) -> None:
-        what = "exited" if cause is None else f"crashed ({type(cause).__name__}: {cause})"
+        what = "exited" if cause is None else f"crashed ({describe_exception(cause)})"
         super().__init__(
             f"Supervisor {path or '(root)'!r} gave up: {child!r} {what} and more than "
             f"{max_restarts} restart(s) happened within {period:g} s.",
@@ -135,11 +136,19 @@ class _Tree:
         self.bus = _EventBus()
         self.rng = random.Random(seed)
 
-    def emit(self, kind: EventKind, path: str, supervisor: str, **kw: Any) -> None:
+    def emit(
+        self,
+        kind: EventKind,
+        path: str,
+        supervisor: str,
+        error: BaseException | None = None,
+        **kw: Any,
+    ) -> None:
         self.bus.emit(
             SupervisionEvent(
                 kind=kind, path=path, supervisor=supervisor, at=trio.current_time(), **kw
-            )
+            ),
+            error,
         )
 
     def close_under(self, path: str, reason: str) -> None:
@@ -622,12 +631,14 @@ class _Run:
             member.restart_delay = delay
 
     def _crashed(self, child: _Child, error: BaseException, note: str = "") -> str:
-        """Emit the ``crashed`` event of ``child`` (logged by the bus); return its reason."""
-        reason = f"{type(error).__name__}: {error}"
+        """Emit the ``crashed`` event of ``child`` (logged by the bus with the traceback);
+        return its reason (redacted: it goes to subscribers, the monitor and the API)."""
+        reason = describe_exception(error)
         self.tree.emit(
             EventKind.CRASHED,
             child.path,
             self.node.path,
+            error,
             reason=reason + note,
             restarts=child.restarts,
         )

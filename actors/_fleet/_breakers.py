@@ -30,7 +30,6 @@ Operators' :meth:`~FleetBreakers.isolate` and :meth:`~FleetBreakers.reset` act f
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Sequence
 from typing import Final, Literal
@@ -50,10 +49,11 @@ from actors._fleet._breaker_store import (
 from actors._fleet._breaker_view import FleetBreakerView, trip_scope
 from actors._policies._breaker import BreakerSettings
 from actors._policies._config._fleet import FleetSettings
+from actors._policies._logs import library_logger
 
 __all__ = ["FleetBreakers", "FleetBreakersStatistics", "FleetHealth"]
 
-_log = logging.getLogger("actors.fleet.breaker")
+_log = library_logger("actors.fleet.breaker")
 
 _QUEUE: Final = 1024
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
@@ -41,6 +40,7 @@ import trio
 
 from actors._errors import FleetStoreUnavailable
 from actors._policies._config._fleet import FleetSettings
+from actors._policies._logs import library_logger
 
 if TYPE_CHECKING:
     import coredis
@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 
 __all__ = ["LUA_PRELUDE", "LuaScript", "StoreClient", "StoreClientStatistics", "open_store_client"]
 
-_log = logging.getLogger("actors.fleet.store")
+_log = library_logger("actors.fleet.store")
 
 _T = TypeVar("_T")
 

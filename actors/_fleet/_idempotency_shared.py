@@ -33,7 +33,6 @@ lapse.
 
 from __future__ import annotations
 
-import logging
 import secrets
 
 import attrs
@@ -44,10 +43,11 @@ from actors._fleet._idempotency_codec import OutcomeCodec, stable_fingerprint
 from actors._fleet._idempotency_store import IdempotencyRecordStore
 from actors._policies._config._fleet import FleetSettings
 from actors._policies._idempotency import Completed
+from actors._policies._logs import library_logger
 
 __all__ = ["SharedClaim", "SharedIdempotency", "SharedIdempotencyStatistics"]
 
-_log = logging.getLogger("actors.fleet.idempotency")
+_log = library_logger("actors.fleet.idempotency")
 
 
 class SharedClaim:

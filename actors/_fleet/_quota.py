@@ -29,7 +29,6 @@ store-down policy decides (``"local"``: its local limiter alone; ``"reject"``: r
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Callable
 from typing import Final, Protocol
@@ -41,6 +40,7 @@ from actors._errors import FleetStoreUnavailable
 from actors._fleet._client import LuaScript, StoreClient
 from actors._fleet._memory import MemoryServer
 from actors._policies._config._fleet import FleetSettings
+from actors._policies._logs import library_logger
 
 __all__ = [
     "FleetQuotas",
@@ -50,7 +50,7 @@ __all__ = [
     "RedisQuotaStore",
 ]
 
-_log = logging.getLogger("actors.fleet.quota")
+_log = library_logger("actors.fleet.quota")
 
 
 class QuotaStore(Protocol):

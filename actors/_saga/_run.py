@@ -8,7 +8,6 @@ coordinator's counters; :class:`_CoordinatorBase` declares the fields
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Sequence
 from typing import Any, Final, TypeAlias
 
@@ -22,6 +21,7 @@ from actors._core._ref import ActorRef
 from actors._core._reply import Reply
 from actors._errors import ErrorCategory
 from actors._policies._classify import Classifier
+from actors._policies._logs import library_logger
 from actors._policies._redact import redact
 from actors._policies._retry import RetryPolicy
 from actors._saga._definition import SagaDefinition, SagaView, StepError, decoder
@@ -32,7 +32,7 @@ from actors._saga._messages import SagaMessage
 from actors._saga._tracing import _SagaObs
 from actors._telemetry import Telemetry
 
-_log = logging.getLogger("actors.saga")
+_log = library_logger("actors.saga")
 
 # Enum member lookups cost a descriptor call each on Python 3.11: module constants instead.
 _K = SagaEventKind

@@ -46,7 +46,6 @@ import os
 import signal
 import stat
 import sys
-import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TextIO
@@ -57,7 +56,8 @@ import trio
 from actors._errors import ActorError, AuraError, ConfigError
 from actors._policies._config._fleet import safe_url
 from actors._policies._config._schema import ResilienceConfig, load_config
-from actors._policies._redact import escape_control
+from actors._policies._logs import format_exception, library_logger
+from actors._policies._redact import escape_control, redact
 from actors._saga._messages import ListSagas
 from supervisors._events import SupervisionEvent
 from supervisors._operator._logging import CorrelationFilter, JsonFormatter, configure_logging
@@ -73,7 +73,7 @@ if TYPE_CHECKING:
 
 __all__ = ["main"]
 
-logger: Final = logging.getLogger("supervisors.cli")
+logger: Final = library_logger("supervisors.cli")
 
 EXIT_OK: Final = 0
 EXIT_ERROR: Final = 1
@@ -289,7 +289,7 @@ def _cmd_run(args: argparse.Namespace, console: Console | None, stderr: TextIO) 
         if isinstance(error, AuraError):
             raise error from None  # main() prints its message
         print("error: the run failed:", file=stderr)
-        traceback.print_exception(error, file=stderr)
+        print(format_exception(error), file=stderr)
         return EXIT_ERROR
     finally:
         root_logger.removeHandler(handler)
@@ -495,23 +495,24 @@ def _cmd_status(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int
                 if response.status_code not in (200, 503) or not response.headers.get(
                     "content-type", ""
                 ).startswith("application/json"):
-                    print(f"error: GET {base}{path} answered {response.status_code}", file=stderr)
+                    answered = f"answered {response.status_code}"
+                    print(f"error: GET {_text(base)}{path} {answered}", file=stderr)
                     return EXIT_ERROR
                 results[key] = response.json()
     except httpx.HTTPError as exc:
-        print(f"error: cannot reach {base}: {_text(exc)}", file=stderr)
+        print(f"error: cannot reach {_text(base)}: {_text(exc)}", file=stderr)
         return EXIT_ERROR
     except ValueError as exc:
-        print(f"error: {base} did not answer JSON: {_text(exc)}", file=stderr)
+        print(f"error: {_text(base)} did not answer JSON: {_text(exc)}", file=stderr)
         return EXIT_ERROR
     health = results["health"]
     if "status" not in health:
-        print(f"error: {base}: {_text(health.get('error', health))}", file=stderr)
+        print(f"error: {_text(base)}: {_text(health.get('error', health))}", file=stderr)
         return EXIT_ERROR
     if args.json:
         print(msgspec.json.encode(results).decode(), file=stdout)
     else:
-        print(format_status(base, results), file=stdout)
+        print(format_status(_text(base), results), file=stdout)
     return EXIT_UNHEALTHY if health["status"] == "unhealthy" else EXIT_OK
 
 
@@ -604,8 +605,8 @@ def _cmd_breaker(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> in
 
 
 def _text(value: object) -> str:
-    """A value the server sent, as inert text."""
-    return escape_control(str(value))
+    """A value the server sent (or an error quoting a URL), as inert text without secrets."""
+    return escape_control(redact(str(value)))
 
 
 # ================================================================================ main
@@ -755,10 +756,10 @@ def _dispatch(args: argparse.Namespace, console: Console | None, out: TextIO, er
             return _cmd_breaker(args, out, err)
         return _cmd_status(args, out, err)
     except (UsageError, ConfigError) as exc:
-        print(f"error: {exc}", file=err)
+        print(f"error: {redact(str(exc))}", file=err)
         return EXIT_ERROR
     except AuraError as exc:
-        print(f"error: {exc}", file=err)
+        print(f"error: {redact(str(exc))}", file=err)
         return EXIT_ERROR
 
 

@@ -37,7 +37,6 @@ being written, so tests and operators can check the bounds hold.
 from __future__ import annotations
 
 import errno
-import logging
 import math
 from collections.abc import Awaitable, Callable, MutableMapping
 from http import HTTPStatus
@@ -48,9 +47,11 @@ import attrs
 import h11
 import trio
 
+from actors._policies._logs import library_logger
+
 __all__ = ["HttpLimits", "HttpServer", "HttpStatistics"]
 
-logger: Final = logging.getLogger("supervisors.admin")
+logger: Final = library_logger("supervisors.admin")
 
 Scope: TypeAlias = MutableMapping[str, Any]
 Message: TypeAlias = MutableMapping[str, Any]

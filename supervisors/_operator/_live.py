@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
+from actors._policies._logs import library_logger
 from actors._policies._redact import escape_control
 from supervisors._events import TreeNode
 from supervisors._operator._metrics import OperatorSnapshot
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ChangeLog", "ConsoleLogHandler", "render_view", "run_live", "summary_line"]
 
-logger: Final = logging.getLogger("supervisors.live")
+logger: Final = library_logger("supervisors.live")
 
 #: The format of records printed above the live view (the view shows the time).
 CONSOLE_FORMAT: Final = "%(levelname)s %(name)s%(correlation)s: %(message)s"

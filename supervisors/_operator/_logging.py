@@ -28,6 +28,10 @@ a log reader would act on (see :func:`actors._policies._redact.escape_control`):
 a message or an id is ``\\n``, an ``ESC`` is ``\\x1b``) and indents each line of a traceback, so
 every line that starts a record is a record; :class:`JsonFormatter` leaves no raw C1 control,
 separator or bidi character in the JSON (msgspec already escapes C0).
+
+Nor can they carry a secret.  The library's own loggers redact their records before any handler
+sees them (:mod:`actors._policies._logs`); both formatters redact every record's message and
+traceback too, so lines of other loggers (an SDK quoting the request it sent) are clean as well.
 """
 
 from __future__ import annotations
@@ -43,7 +47,8 @@ from typing import Any, Final, TextIO
 import msgspec
 
 from actors._core._correlation import CORRELATION, EMPTY_IDS
-from actors._policies._redact import escape_control
+from actors._policies._logs import LOG_MAX_LENGTH, format_exception, redact_lines
+from actors._policies._redact import escape_control, redact
 
 __all__ = [
     "CORRELATION_FIELDS",
@@ -148,6 +153,18 @@ _JSON_ESCAPES: Final = {
 _IDS_FILTER: Final = CorrelationFilter()
 
 
+def _exception_text(record: logging.LogRecord) -> str:
+    """The record's traceback, redacted (a library record's is redacted already; records of
+    other loggers, an SDK's say, are redacted here)."""
+    if record.exc_info and record.exc_info[1] is not None:
+        return format_exception(record.exc_info[1])
+    if record.exc_text:
+        if record.__dict__.get("_aura_redacted"):
+            return record.exc_text
+        return redact_lines(record.exc_text)
+    return ""
+
+
 class PlainFormatter(logging.Formatter):
     """A :class:`logging.Formatter` whose lines cannot be forged (see the module docstring).
 
@@ -164,15 +181,14 @@ class PlainFormatter(logging.Formatter):
         """The record as one escaped line, then its indented traceback, if any."""
         if "correlation" not in record.__dict__:
             _IDS_FILTER.filter(record)  # used without the filter: the ids bound now
-        record.message = record.getMessage()
+        record.message = redact(record.getMessage(), max_length=LOG_MAX_LENGTH)
         if self.usesTime():
             record.asctime = self.formatTime(record, self.datefmt)
         text = escape_control(self.formatMessage(record))
         blocks = []
-        if record.exc_info and record.exc_info[0] is not None:
-            blocks.append(self.formatException(record.exc_info))
-        elif record.exc_text:
-            blocks.append(record.exc_text)
+        exception = _exception_text(record)
+        if exception:
+            blocks.append(exception)
         if record.stack_info:
             blocks.append(self.formatStack(record.stack_info))
         for block in blocks:
@@ -203,7 +219,7 @@ class JsonFormatter(logging.Formatter):
             "time": stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             "level": record.levelname,
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": redact(record.getMessage(), max_length=LOG_MAX_LENGTH),
         }
         ids = _IDS.get()
         for name in CORRELATION_FIELDS:
@@ -212,10 +228,9 @@ class JsonFormatter(logging.Formatter):
         for key, value in record.__dict__.items():
             if key not in _STANDARD and not key.startswith("_"):
                 data[key] = value
-        if record.exc_info and record.exc_info[0] is not None:
-            data["exception"] = self.formatException(record.exc_info)
-        elif record.exc_text:
-            data["exception"] = record.exc_text
+        exception = _exception_text(record)
+        if exception:
+            data["exception"] = exception
         if record.stack_info:
             data["stack"] = self.formatStack(record.stack_info)
         try:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import hmac
-import logging
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -20,6 +19,7 @@ from actors._core._ref import ActorRef
 from actors._errors import ActorError, AuraError, FleetStoreUnavailable
 from actors._monitor._alerts import UnknownAlert
 from actors._monitor._types import InvalidQuery, UnknownService
+from actors._policies._logs import library_logger
 from actors._policies._ratelimit import RateLimiter, RateLimiterSettings
 from actors._policies._redact import escape_control, redact
 from actors._protocol import FleetMember
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from starlette.responses import Response
 
 
-logger: Final = logging.getLogger("supervisors.admin")
+logger: Final = library_logger("supervisors.admin")
 
 _MAX_NAME: Final = 200
 
@@ -77,6 +77,9 @@ class ApiError(Exception):
         action: str = "",
         headers: Mapping[str, str] | None = None,
     ) -> None:
+        # Messages may quote an actor's error (a crash, a provider's failure): redacted here,
+        # the one place every error answer passes.
+        message = redact(message)
         super().__init__(message)
         self.status = status
         self.code = code

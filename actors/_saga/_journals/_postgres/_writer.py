@@ -40,7 +40,6 @@ again, since notifications sent while it was away are lost.
 
 from __future__ import annotations
 
-import logging
 import os
 import queue
 import socket
@@ -56,6 +55,7 @@ import trio
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from actors._errors import ErrorCategory, JournalUnavailable, OwnershipLost
+from actors._policies._logs import library_logger
 from actors._policies._redact import redact
 from actors._saga._journals._postgres._schema import (
     APPEND,
@@ -84,7 +84,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Listener", "Watchdog", "Writer", "conninfo", "display_url"]
 
-logger = logging.getLogger("actors.journal.postgres")
+logger = library_logger("actors.journal.postgres")
 
 _SEGMENT: Final = frozenset({CREATE, APPEND})
 

@@ -6,7 +6,6 @@ error fails the journal."""
 from __future__ import annotations
 
 import contextlib
-import logging
 import queue
 import sqlite3
 import time
@@ -17,6 +16,7 @@ import msgspec
 import trio
 from trio.lowlevel import Abort, RaiseCancelT, Task
 
+from actors._policies._logs import library_logger
 from actors._saga._journals._index import Tracked
 from actors._saga._journals._records import JournalError
 from actors._saga._journals._sqlite._file import _close_quietly, _open, _translate
@@ -37,7 +37,7 @@ from actors._saga._journals._state import SagaState
 if TYPE_CHECKING:  # the journal owns its writer
     from actors._saga._journals._sqlite._journal import SqliteJournal
 
-_log = logging.getLogger("actors.journal")
+_log = library_logger("actors.journal")
 
 _MAX_BATCH: Final = 1024
 
