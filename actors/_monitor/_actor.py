@@ -33,6 +33,7 @@ window out of range) are answered with ``UnknownService`` / ``InvalidQuery``.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Any, Final
@@ -58,6 +59,7 @@ from actors._monitor._types import (
     ServiceMetrics,
 )
 from actors._policies._config._monitoring import MonitorSettings
+from actors._policies._logs import library_logger
 from actors._protocol import BreakerReport, CallReport, DependencyReport, SupervisionReport
 
 __all__ = [
@@ -176,6 +178,35 @@ _METRICS_SLICE: Final = 25
 _SLICE_SECONDS: Final = 0.0005
 
 
+#: Alerts raised, updated, acknowledged and resolved (redacted, see ``_logs``).
+log: Final = library_logger("actors.monitor")
+
+
+def _log_alert(event: AlertEvent) -> None:
+    """One line per alert event: raised (and updated) at WARNING, or ERROR when critical;
+    acknowledged and resolved at INFO."""
+    alert = event.alert
+    if event.kind in ("raised", "updated"):
+        level = logging.ERROR if alert.severity.value == "critical" else logging.WARNING
+    else:
+        level = logging.INFO
+    if not log.isEnabledFor(level):
+        return
+    how = f" ({alert.resolution})" if event.kind == "resolved" and alert.resolution else ""
+    log.log(
+        level,
+        "alert #%d %s%s: %s %s %s: %s",
+        alert.id,
+        event.kind,
+        how,
+        alert.severity.value,
+        alert.rule.value,
+        alert.service,
+        alert.message,
+        extra={"aura_alert": alert.id, "aura_rule": alert.rule.value, "aura_event": event.kind},
+    )
+
+
 class _Kept:
     """What the monitor keeps in its slot across restarts."""
 
@@ -238,7 +269,12 @@ class MonitorActor(Actor[Any, Any]):
             self._publish(self.state.evaluate(trio.current_time()))
 
     def _publish(self, events: list[AlertEvent] | Any) -> None:
-        if not events or not self._subscribers:
+        if not events:
+            return
+        if log.isEnabledFor(logging.INFO):
+            for event in events:
+                _log_alert(event)
+        if not self._subscribers:
             return
         for ref in list(self._subscribers):
             for event in events:

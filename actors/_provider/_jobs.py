@@ -10,6 +10,7 @@ retries, and the endings (answer every waiter, store the outcome, report).  What
 from __future__ import annotations
 
 import heapq
+import logging
 import math
 from typing import Any
 
@@ -37,7 +38,7 @@ from actors._policies._breaker import Permit
 from actors._policies._bulkhead import ENTERED
 from actors._policies._classify import Classified
 from actors._policies._idempotency import Completed, InFlight, Joined, fingerprint
-from actors._policies._retry import GiveUp, GiveUpReason
+from actors._policies._retry import GiveUp, GiveUpReason, RetryAt
 from actors._protocol import Call, GateVerdict
 from actors._provider._base import (
     _CLOSED,
@@ -52,6 +53,7 @@ from actors._provider._base import (
     _Job,
 )
 from actors._provider._fleet import _Shared
+from actors._provider._reporting import log
 from actors._provider._tracing import (
     attempt_ended,
     attempt_left,
@@ -572,7 +574,25 @@ class _Jobs(_Shared):
             return
         if self._tel is not None:
             self._tel.event(ON_RETRY, self.name)
+        if log.isEnabledFor(logging.DEBUG):
+            self._log_retry(decision, text)  # type: ignore[arg-type]
         self._delay(job, decision.at)  # type: ignore[union-attr]
+
+    def _log_retry(self, decision: RetryAt, error: str) -> None:
+        """The DEBUG line of a scheduled retry: which attempt, after how long, and why."""
+        log.debug(
+            "%r: retry scheduled: attempt %d of %d in %.3g s after %s",
+            self.name,
+            decision.attempt,
+            self.settings.retry.max_attempts,
+            decision.delay,
+            error,
+            extra={
+                "aura_service": self.name,
+                "aura_attempt": decision.attempt,
+                "aura_wait": decision.delay,
+            },
+        )
 
     def _translate(
         self, exc: BaseException, verdict: Classified | None = None, text: str | None = None

@@ -9,16 +9,29 @@ time and expires idempotency records, and sleeps while there is nothing to do.
 
 from __future__ import annotations
 
+import logging
 import math
-from typing import Any
+from typing import Any, Final
 
 import trio
 
 from actors._errors import ActorError, ErrorCategory
 from actors._policies._breaker import BreakerState, BreakerTransition
+from actors._policies._logs import library_logger
 from actors._protocol import BreakerReport, CallReport, DependencyReport
 from actors._provider._base import _EXPIRE_EVERY, _FLUSH_EVERY, _ProviderBase
 from actors._provider._tracing import breaker_moved
+
+#: Breaker transitions and scheduled retries of every provider (redacted, see ``_logs``).
+log: Final = library_logger("actors.provider")
+
+# An opening (or an operator's isolation) is what an operator must see; the way back is news.
+_TRANSITION_LEVELS: Final = {
+    BreakerState.OPEN: logging.WARNING,
+    BreakerState.ISOLATED: logging.WARNING,
+    BreakerState.HALF_OPEN: logging.INFO,
+    BreakerState.CLOSED: logging.INFO,
+}
 
 
 class _Reporting(_ProviderBase):
@@ -27,6 +40,19 @@ class _Reporting(_ProviderBase):
     def _on_transition(self, transition: BreakerTransition) -> None:
         if self._tel is not None:
             breaker_moved(self._tel, self.name, transition.new.value)
+        level = _TRANSITION_LEVELS[transition.new]
+        if log.isEnabledFor(level):
+            detail = f": {transition.detail}" if transition.detail else ""
+            log.log(
+                level,
+                "circuit breaker of %r %s -> %s (%s)%s",
+                self.name,
+                transition.old.value,
+                transition.new.value,
+                transition.reason,
+                detail,
+                extra={"aura_service": self.name, "aura_breaker": transition.new.value},
+            )
         if transition.new is BreakerState.OPEN:
             # Wake the housekeeper when the break ends, so the monitor sees half-open on time.
             wait = self._breaker.retry_after(transition.at)
