@@ -35,6 +35,7 @@ from actors._errors import (
     CategoryInfo,
     CircuitOpen,
     ConfigError,
+    ConfigWarning,
     ErrorCategory,
     FleetStoreUnavailable,
     IdempotencyConflict,
@@ -104,6 +105,7 @@ from actors._policies._config._monitoring import MonitorSettings
 from actors._policies._config._schema import (
     ProviderSettings,
     ResilienceConfig,
+    example_config,
     load_config,
     loads_config,
 )
@@ -220,6 +222,7 @@ __all__ = [
     "Classifier",
     "CompensationFailed",
     "ConfigError",
+    "ConfigWarning",
     "DEFAULT_COMPENSATION_RETRY",
     "DependencyHealth",
     "DependencyReport",
@@ -330,6 +333,7 @@ __all__ = [
     "UnsubscribeAlerts",
     "configure_telemetry",
     "current_trace_context",
+    "example_config",
     "fingerprint",
     "load_config",
     "loads_config",

@@ -1,7 +1,7 @@
 """A provider actor calling a real HTTP service over loopback with httpx.
 
 Run it with ``python -m examples.http_provider [--seconds S]`` (needs ``httpx``: install the
-``test`` or ``http`` extra).
+``cli`` extra, ``pip install 'aura-actors[cli]'``).
 
 The example starts the service itself: a small HTTP/1.1 server on 127.0.0.1 that misbehaves on
 a schedule, as real APIs do: it answers 429 with ``Retry-After``, returns 503s for a while (an

@@ -113,8 +113,8 @@ SERVICES: dict[str, SimulatedLLM] = {}
 
 
 def build_tree(config: ResilienceConfig | None = None, *, seed: int = 7) -> SupervisorSpec:
-    """The example tree; ``config`` defaults to the seed's configuration."""
-    config = config or ResilienceConfig.seed()
+    """The example tree; ``config`` defaults to ``ResilienceConfig.default()``."""
+    config = config or ResilienceConfig.default()
     SERVICES.clear()
     providers = []
     for name in PROFILES:

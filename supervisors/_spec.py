@@ -3,9 +3,13 @@
 Theory of operation
 -------------------
 Specs are immutable descriptions, validated when they are built so that a typo fails at start-up
-with a message naming the child, never later inside a running tree.  A :class:`SupervisorSpec`
-is itself a child spec, which is how trees nest.  Durations are float seconds or
-``datetime.timedelta``; restart types and strategies accept their enum or its lower-case name.
+with a message naming the child, never later inside a running tree: a restart type or strategy
+that does not exist lists the choices and the closest one, a ``backoff`` that is not a
+:class:`RestartBackoff` is refused, and a factory that is an actor class is checked (an Actor
+subclass with ``async def handle``); a factory function's result is checked when it is called.
+A :class:`SupervisorSpec` is itself a child spec, which is how trees nest.  Durations are float
+seconds or ``datetime.timedelta``; restart types and strategies accept their enum or its
+lower-case name.
 
 Defaults (the same as Elixir's supervisors): at most ``max_restarts=3`` restarts within
 ``period=5`` seconds before a supervisor gives up; workers get ``shutdown=5`` seconds to stop
@@ -24,8 +28,9 @@ from typing import Any, Generic, TypeAlias, TypeVar
 
 import attrs
 
-from actors._core._actor import Actor
+from actors._core._actor import Actor, check_actor_class
 from actors._core._cell import DEFAULT_ASK_TIMEOUT, DEFAULT_CAPACITY
+from actors._errors import choice
 
 __all__ = ["ChildSpec", "Restart", "RestartBackoff", "Strategy", "SupervisorSpec"]
 
@@ -65,6 +70,23 @@ def _seconds(value: float | datetime.timedelta) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"expected seconds (a number or timedelta), got {value!r}")
     return float(value)
+
+
+def _restart(value: Restart | str) -> Restart:
+    return choice(Restart, value, "restart")
+
+
+def _strategy(value: Strategy | str) -> Strategy:
+    return choice(Strategy, value, "strategy")
+
+
+def _check_backoff(_instance: Any, _attribute: Any, value: object) -> None:
+    if value is not None and not isinstance(value, RestartBackoff):
+        raise TypeError(
+            "backoff must be a RestartBackoff or None, got "
+            f"{type(value).__name__} {value!r}: write backoff=RestartBackoff(min_delay=0.5, "
+            "max_delay=30, factor=2, jitter=0.2, reset_after=60)"
+        )
 
 
 def _check_name(name: str, what: str) -> None:
@@ -148,18 +170,21 @@ class ChildSpec(Generic[M, R]):
 
     name: str
     factory: Callable[[], Actor[M, R]]
-    restart: Restart = attrs.field(default=Restart.PERMANENT, converter=Restart)
+    restart: Restart = attrs.field(default=Restart.PERMANENT, converter=_restart)
     shutdown: float = attrs.field(
         default=5.0, converter=_seconds, validator=_non_negative("shutdown")
     )
     mailbox_capacity: int = DEFAULT_CAPACITY
     ask_timeout: float = attrs.field(default=DEFAULT_ASK_TIMEOUT, converter=_seconds)
-    backoff: RestartBackoff | None = None
+    backoff: RestartBackoff | None = attrs.field(default=None, validator=_check_backoff)
 
     def __attrs_post_init__(self) -> None:
         _check_name(self.name, "child")
         if not callable(self.factory):
             raise TypeError(f"child {self.name!r}: factory must be callable, got {self.factory!r}")
+        if isinstance(self.factory, type):
+            # A class is checked now; a function's result is checked when the child starts.
+            check_actor_class(self.factory, f"child {self.name!r}")
         if (
             not isinstance(self.mailbox_capacity, int)
             or isinstance(self.mailbox_capacity, bool)
@@ -201,11 +226,11 @@ class SupervisorSpec:
 
     name: str
     children: tuple[AnySpec, ...] = attrs.field(default=(), converter=_children)
-    strategy: Strategy = attrs.field(default=Strategy.ONE_FOR_ONE, converter=Strategy)
+    strategy: Strategy = attrs.field(default=Strategy.ONE_FOR_ONE, converter=_strategy)
     max_restarts: int = 3
     period: float = attrs.field(default=5.0, converter=_seconds)
-    backoff: RestartBackoff | None = None
-    restart: Restart = attrs.field(default=Restart.PERMANENT, converter=Restart)
+    backoff: RestartBackoff | None = attrs.field(default=None, validator=_check_backoff)
+    restart: Restart = attrs.field(default=Restart.PERMANENT, converter=_restart)
     shutdown: float = attrs.field(
         default=math.inf, converter=_seconds, validator=_non_negative("shutdown")
     )

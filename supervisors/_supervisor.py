@@ -36,6 +36,7 @@ from typing import Any
 import attrs
 import trio
 
+from actors._core._actor import check_actor
 from actors._core._cell import CellState, _Cell, is_cancellation, is_fatal, run_actor, unwrap
 from actors._core._reply import _Timers
 from actors._errors import ActorNotFound, AuraError, ErrorCategory
@@ -527,6 +528,7 @@ class _Run:
                                 assert isinstance(child.spec, ChildSpec)
                                 assert child.cell is not None
                                 actor = child.spec.factory()
+                                check_actor(actor, f"child {child.path!r}")
                                 await run_actor(child.cell, actor, started, host, child.scope)
                         except BaseException as exc:
                             if is_cancellation(exc) or is_fatal(exc):

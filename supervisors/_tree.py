@@ -28,6 +28,7 @@ from actors._core._actor import Actor
 from actors._core._cell import is_cancellation, is_fatal, unwrap
 from actors._core._ref import ActorRef
 from actors._core._runtime import is_cancelled_here, open_runtime, reraise_unwrapped
+from actors._errors import path_hint
 from supervisors._events import Subscription, SupervisionEvent, TreeNode
 from supervisors._spec import AnySpec, ChildSpec, RestartBackoff, Strategy, SupervisorSpec
 from supervisors._supervisor import NoSuchChild, _Node, _Run, _Tree, join
@@ -81,14 +82,18 @@ class Supervisor:
     def ref(self, path: str) -> ActorRef[Any, Any]:
         """The :class:`ActorRef` of the actor at ``path`` (a name or ``"sub/child"``) below here.
 
+        Paths start below this supervisor: the root's own name is not part of them.
+
         Raises:
-            NoSuchChild: there is no actor at that path (or it was stopped for good).
+            NoSuchChild: there is no actor at that path (or it was stopped for good); the
+                message suggests the closest path.
         """
         full = self._abs(path)
         cell = self._tree.cells.get(full)
         if cell is None:
-            kind = " (that is a supervisor)" if full in self._tree.nodes else ""
-            raise NoSuchChild(full, kind)
+            if full in self._tree.nodes:
+                raise NoSuchChild(full, " (that is a supervisor: use .supervisor(path))")
+            raise NoSuchChild(full, path_hint(full, self._tree.cells.keys()))
         return ActorRef._create(cell)
 
     def supervisor(self, path: str) -> Supervisor:
@@ -99,7 +104,10 @@ class Supervisor:
         """
         full = self._abs(path)
         if full not in self._tree.nodes:
-            raise NoSuchChild(full, " (no supervisor there)")
+            hint = path_hint(full, [p for p in self._tree.nodes if p])
+            if not hint and full in self._tree.cells:
+                hint = " (that is an actor: use .ref(path))"
+            raise NoSuchChild(full, f" (no supervisor there){hint}")
         return Supervisor._create(self._tree, full)
 
     def snapshot(self) -> TreeNode:
@@ -235,7 +243,7 @@ async def open_supervisor(
         spec = SupervisorSpec(
             "root",
             children=tuple(spec),
-            strategy=Strategy(strategy),
+            strategy=strategy,
             max_restarts=max_restarts,
             period=period,
             backoff=backoff,

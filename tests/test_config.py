@@ -38,13 +38,13 @@ def load_toml(text: str) -> ResilienceConfig:
 
 @pytest.mark.parametrize("name", ["resilience.toml", "resilience.json"])
 def test_the_example_files_reproduce_the_seed(name: str) -> None:
-    """examples/resilience.{toml,json} load to ResilienceConfig.seed()."""
-    assert load_config(EXAMPLES / name) == ResilienceConfig.seed()
+    """examples/resilience.{toml,json} load to ResilienceConfig.default()."""
+    assert load_config(EXAMPLES / name) == ResilienceConfig.default()
 
 
 def test_the_seed_has_the_seed_values() -> None:
     """Breaker 5 / 0.5 / 30 s / 5 min, 10 s attempts, monitor 60 s / 10 / 0.5, 24 h / 10,000."""
-    config = ResilienceConfig.seed()
+    config = ResilienceConfig.default()
     breaker = config.defaults.breaker
     assert (breaker.failure_threshold, breaker.failure_ratio) == (5, 0.5)
     assert (breaker.break_duration, breaker.window) == (30.0, 300.0)

@@ -160,6 +160,7 @@ EXCEPTIONS: dict[str, Callable[[], BaseException]] = {
         compensation_error="gone",
     ),
     "ConfigError": lambda: actors.ConfigError("must be > 0", path="providers.x.retry"),
+    "ConfigWarning": lambda: actors.ConfigWarning("no [providers.x] section"),
     "IdempotencyConflict": lambda: actors.IdempotencyConflict(key="k"),
     "IdempotencyTableFull": lambda: actors.IdempotencyTableFull(service="s", max_records=10),
     "InvalidQuery": lambda: actors.InvalidQuery("must be positive", argument="window"),

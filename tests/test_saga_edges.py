@@ -34,7 +34,7 @@ from actors._saga._journals._records import JournalError, SagaEvent, SagaEventKi
 from actors._saga._journals._state import SagaState
 from actors._saga._messages import GetSaga, GetSagaStatistics, SagaInfo, SagaResult, StartSaga
 from supervisors import ChildSpec, RestartBackoff
-from tests.test_saga import QUICK_RETRY, World, chain, saga_tree, wait_finished
+from tests.test_saga import QUICK_RETRY, World, chain, saga_tree, service, wait_finished
 from tests.test_saga_recovery import done, journal_at
 
 K = SagaEventKind
@@ -371,8 +371,9 @@ def send_details(info: SagaInfo) -> list[str]:
 async def test_the_audit_trail_says_not_sent_for_messages_that_never_left(
     mock_clock: trio.testing.MockClock,
 ) -> None:
-    """A builder that raised, a target that does not exist, a caller gone before the send: the
-    audit trail says "not sent", never "sent"."""
+    """A builder that raised, a target gone (stopped for good after the coordinator started:
+    one missing at its start stops the start), a caller gone before the send: the audit trail
+    says "not sent", never "sent"."""
 
     def broken(ctx: StepContext) -> Any:
         raise RuntimeError("cannot build")
@@ -380,7 +381,7 @@ async def test_the_audit_trail_says_not_sent_for_messages_that_never_left(
     world = World()
     definitions = [
         SagaDefinition("builder", [SagaStep("s0", "a", action=broken)]),
-        SagaDefinition("missing", [SagaStep("s0", "no/such/actor", action=lambda ctx: 1)]),
+        SagaDefinition("missing", [SagaStep("s0", "gone", action=lambda ctx: 1)]),
         SagaDefinition(
             "undo",
             [
@@ -395,7 +396,10 @@ async def test_the_audit_trail_says_not_sent_for_messages_that_never_left(
             ],
         ),
     ]
-    async with saga_tree(world, definitions) as root:
+    async with saga_tree(
+        world, definitions, extra=[ChildSpec("gone", service("gone", world))]
+    ) as root:
+        await root.terminate_child("gone")
         coordinator = root.ref("sagas")
         infos = {}
         for name in ("builder", "missing", "undo"):

@@ -18,18 +18,19 @@ crashes the actor like an exception from ``handle``.  Because trio switches task
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, TypeVarTuple, Unpack
 
 from actors._core._ref import ActorRef
 from actors._core._reply import Failure, Reply, _tell_reply
-from actors._errors import ActorNotFound
+from actors._errors import ActorNotFound, path_hint
 
 if TYPE_CHECKING:
     from actors._core._cell import _Incarnation
 
-__all__ = ["Actor"]
+__all__ = ["Actor", "check_actor", "check_actor_class"]
 
 M = TypeVar("M", contravariant=True)
 R = TypeVar("R")
@@ -103,9 +104,11 @@ class Actor(Generic[M, R]):
         Raises:
             ActorNotFound: no actor is at ``path`` (or it is stopped for good).
         """
-        cell = self._context().cell.registry.get(path)
+        registry = self._context().cell.registry
+        cell = registry.get(path)
         if cell is None or cell.closed:
-            raise ActorNotFound(actor=path, detail=f" (looked up by {self.path!r})")
+            hint = path_hint(path, [p for p, c in registry.items() if not c.closed])
+            raise ActorNotFound(actor=path, detail=f" (looked up by {self.path!r}){hint}")
         return ActorRef._create(cell)
 
     def defer(self) -> Reply[R]:
@@ -151,3 +154,44 @@ class Actor(Generic[M, R]):
                 f"{type(self).__name__} is not running: actor helpers work only once the "
                 "runtime has started it (from on_start, handle and on_stop)"
             ) from None
+
+
+_CHECKED: set[type] = set()  # actor classes already found well-formed (checked once each)
+
+
+def check_actor_class(cls: type, what: str) -> None:
+    """Raise a TypeError naming ``what`` unless ``cls`` is an :class:`Actor` subclass whose
+    ``handle``, ``on_start`` and ``on_stop`` are coroutine functions (``async def``).
+
+    A ``def handle`` would otherwise be found only when its first message fails.
+    """
+    if cls in _CHECKED:
+        return
+    if not issubclass(cls, Actor):
+        raise TypeError(
+            f"{what}: {cls.__qualname__} is not an Actor subclass (subclass actors.Actor and "
+            "implement `async def handle(self, message)`)"
+        )
+    for name in ("handle", "on_start", "on_stop"):
+        method = getattr(cls, name, None)
+        # Only a plain function can be judged: a decorated or callable attribute may well
+        # return an awaitable.
+        if inspect.isfunction(method) and not inspect.iscoroutinefunction(method):
+            raise TypeError(
+                f"{what}: {cls.__qualname__}.{name} must be a coroutine function: define it "
+                f"with `async def {name}(self{', message' if name == 'handle' else ''})`"
+            )
+    _CHECKED.add(cls)
+
+
+def check_actor(actor: object, what: str) -> None:
+    """Raise a TypeError naming ``what`` unless ``actor`` is a well-formed :class:`Actor`
+    instance (see :func:`check_actor_class`): what a factory returned, before it runs."""
+    if type(actor) in _CHECKED:
+        return
+    if not isinstance(actor, Actor):
+        raise TypeError(
+            f"{what}: its factory returned {actor!r}, not an Actor (a factory is a function or "
+            "class called with no argument that returns a new actor instance)"
+        )
+    check_actor_class(type(actor), what)

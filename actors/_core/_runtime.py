@@ -16,9 +16,10 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
+import sniffio
 import trio
 
-from actors._core._actor import Actor
+from actors._core._actor import Actor, check_actor
 from actors._core._cell import (
     DEFAULT_ASK_TIMEOUT,
     DEFAULT_CAPACITY,
@@ -39,7 +40,11 @@ R = TypeVar("R")
 
 @asynccontextmanager
 async def open_runtime() -> AsyncIterator[tuple[_Timers, trio.Nursery]]:
-    """Start the runtime services; yield ``(timers, nursery)``.  Private."""
+    """Start the runtime services; yield ``(timers, nursery)``.  Private.
+
+    Raises RuntimeError, naming trio, when called under another event loop (asyncio).
+    """
+    require_trio()
     async with trio.open_nursery() as nursery:
         timers = _Timers()
         nursery.start_soon(timers.run, name="aura-actors ask timer")
@@ -47,6 +52,23 @@ async def open_runtime() -> AsyncIterator[tuple[_Timers, trio.Nursery]]:
             yield timers, nursery
         finally:
             nursery.cancel_scope.cancel()
+
+
+def require_trio() -> None:
+    """Raise a RuntimeError that says so unless the caller runs under trio.
+
+    Under ``asyncio.run`` trio's own functions fail with an ``AttributeError`` from deep inside
+    trio; the first entry point (a tree, an actor, the providers) says what to do instead.
+    """
+    try:
+        library = sniffio.current_async_library()
+    except sniffio.AsyncLibraryNotFoundError:
+        library = "no async library"
+    if library != "trio":
+        raise RuntimeError(
+            f"aura-actors runs under trio: use trio.run(main) (it was called under {library}; "
+            "an asyncio application can run trio in a thread of its own)"
+        )
 
 
 def reraise_unwrapped(group: BaseExceptionGroup[Any]) -> None:
@@ -97,8 +119,7 @@ async def open_actor(
     if not shutdown >= 0:
         raise ValueError(f"shutdown must be >= 0 seconds, got {shutdown!r}")
     instance = actor if isinstance(actor, Actor) else actor()
-    if not isinstance(instance, Actor):
-        raise TypeError(f"open_actor() needs an Actor or a factory of one, got {instance!r}")
+    check_actor(instance, f"open_actor({name!r})")
     crash: list[BaseException] = []
     try:
         async with open_runtime() as (timers, nursery):

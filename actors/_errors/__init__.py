@@ -3,8 +3,8 @@
 Theory of operation
 -------------------
 Every error a caller can see derives from :class:`AuraError` and carries an
-:class:`ErrorCategory` (one of the ten categories of the seed's error middleware), a message a
-person can act on, and a suggested action.  The category decides what the resilience machinery
+:class:`ErrorCategory` (one of ten categories), a message a person can act on, and a
+suggested action.  The category decides what the resilience machinery
 does with a failure: whether it is *transient* (worth retrying) and whether it *counts against
 the circuit breaker*.  That table is data (:data:`CATEGORY_INFO`) so it can be read, tested and
 documented without running anything.
@@ -26,7 +26,8 @@ working.  This package imports no trio: the sans-I/O policies raise these errors
 
 Layout: the categories and their table in ``_categories``; :class:`AuraError` and the caller's
 errors in ``_base``; then one module per family: ``_runtime``, ``_resilience``, ``_fleet``
-(the shared store) and ``_journal`` (the fleet journal).  The rest of the code imports the
+(the shared store) and ``_journal`` (the fleet journal); ``_hints`` builds the choices and
+did-you-mean suggestions every refusal of a typed name carries.  The rest of the code imports the
 vocabulary from this package.
 """
 
@@ -35,6 +36,7 @@ from actors._errors._base import _rebuild as _rebuild  # pickles made before the
 from actors._errors._base import shown as shown
 from actors._errors._categories import CATEGORY_INFO, CategoryInfo, ErrorCategory
 from actors._errors._fleet import FleetStoreUnavailable
+from actors._errors._hints import ConfigWarning, choice, did_you_mean, path_hint
 from actors._errors._journal import JournalUnavailable, OwnershipLost
 from actors._errors._resilience import (
     BulkheadFull,
@@ -67,6 +69,7 @@ __all__ = [
     "CategoryInfo",
     "CircuitOpen",
     "ConfigError",
+    "ConfigWarning",
     "ErrorCategory",
     "FleetStoreUnavailable",
     "IdempotencyConflict",
@@ -79,4 +82,7 @@ __all__ = [
     "ResilienceError",
     "RetriesExhausted",
     "RetryBudgetExhausted",
+    "choice",
+    "did_you_mean",
+    "path_hint",
 ]

@@ -127,13 +127,13 @@ def _integer(name: str, value: object, *, minimum: int, maximum: int = 2**31) ->
 
 
 class BreakerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """How a :class:`CircuitBreaker` decides (defaults from the seed's configuration).
+    """How a :class:`CircuitBreaker` decides (defaults as in ``ResilienceConfig.default()``).
 
     Attributes:
         failure_threshold: trip after this many consecutive counting failures (>= 1; 5).
         failure_ratio: trip when failures / calls in the window reach this (0 < r <= 1; 0.5).
         break_duration: seconds the breaker stays open after the first trip (> 0; 30).
-        window: length of the rolling window in seconds (> 0; 300, the seed's 5 minutes).
+        window: length of the rolling window in seconds (> 0; default 300: 5 minutes).
         minimum_throughput: calls the window must hold before the ratio rules apply (>= 1;
             10).  A ratio over a handful of calls is noise: with 2 calls one failure is 50%.
             Polly and resilience4j default to 100, which a provider called a few times a

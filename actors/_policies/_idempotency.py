@@ -89,7 +89,7 @@ _FP_MASK: Final = (1 << _FP_BITS) - 1
 
 
 class IdempotencySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """Settings of an idempotency table (the seed's defaults).
+    """Settings of an idempotency table (default: 24 h, 10,000 records).
 
     Attributes:
         ttl: seconds a completed outcome is kept (default 86400.0, 24 h; > 0).

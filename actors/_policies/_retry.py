@@ -154,7 +154,7 @@ def _exponential(attempts: int, base: float) -> RetrySettings:
     )
 
 
-#: The seed's per-provider retry table, by provider name: openai and anthropic 4 attempts,
+#: The built-in per-provider retry table, by provider name: openai and anthropic 4 attempts,
 #: 2 s base, exponential with full jitter; ollama 3 attempts, 100 ms constant without jitter;
 #: default 3 attempts, 1 s base, exponential with full jitter.  Every preset keeps the
 #: default attempt timeout (10 s) and total timeout (60 s).

@@ -84,7 +84,7 @@ from trio.lowlevel import Task
 from actors._core._correlation import ids
 from actors._core._ref import ActorRef
 from actors._core._reply import Failure, _Timers
-from actors._errors import CircuitOpen, ErrorCategory, FleetStoreUnavailable
+from actors._errors import CircuitOpen, ErrorCategory, FleetStoreUnavailable, path_hint
 from actors._policies._breaker import CircuitBreaker
 from actors._policies._budget import RetryBudget
 from actors._policies._bulkhead import Bulkhead
@@ -107,6 +107,7 @@ from actors._provider._base import (
 )
 from actors._provider._jobs import _Jobs
 from actors._provider._messages import GetStatus, Isolate, ProviderMessage, ProviderStatus, Reset
+from actors._provider._reporting import log
 from actors._provider._tracing import breaker_state, stopped_during
 from actors._telemetry import Telemetry, telemetry
 from actors.chaos import wrap_provider_function
@@ -299,6 +300,9 @@ class ProviderActor(_Jobs, CallReceiver):
         if tel is not None:
             keep["observed"] = self._observed
             breaker_state(tel, self.name, self._breaker.poll(now).value)
+        if not keep.get("paths_checked"):
+            keep["paths_checked"] = True
+            self._check_paths()
         # Tell the monitor the breaker's state as this incarnation starts (old == new: a state
         # report), so its copy is right whatever it missed or kept; and the fleet store's, which
         # it is then told of whenever it changes.
@@ -315,6 +319,37 @@ class ProviderActor(_Jobs, CallReceiver):
             self._expire_at = now + _EXPIRE_EVERY
         self.spawn(self._housekeeping, name=f"{self.path}:housekeeping")
         self.spawn(self._delay_loop, name=f"{self.path}:delays")
+
+    def _check_paths(self) -> None:
+        """Warn (once per slot) about a monitor or fallback path that names no actor of the tree.
+
+        A monitor's reports would be held, then dropped, and a fallback would fail, in silence.
+        A warning, not an error: the actor may be added to the tree later.  Every slot of the
+        tree exists from its start, so a monitor declared after this provider is found.
+        """
+        cell = self._inc.cell
+        known = [p for p, c in cell.registry.items() if not c.closed]
+        if isinstance(self._monitor_spec, str) and self._monitor_spec not in known:
+            log.warning(
+                "provider %r: no actor at its monitor path %r%s: its reports are held (at most "
+                "%d, then dropped) until a monitor runs there",
+                self.name,
+                self._monitor_spec,
+                path_hint(self._monitor_spec, known),
+                self._max_pending,
+            )
+        fallback = self._fallback_spec
+        if isinstance(fallback, str):
+            parent = self.path.rpartition("/")[0]
+            path = fallback if "/" in fallback or not parent else f"{parent}/{fallback}"
+            if path not in known:
+                log.warning(
+                    "provider %r: no actor at its fallback path %r%s: calls that fail for good "
+                    "will fail with that lookup's error until one runs there",
+                    self.name,
+                    path,
+                    path_hint(path, known),
+                )
 
     async def on_stop(self) -> None:
         # A graceful stop lets the calls in progress finish (running, queued, waiting for a

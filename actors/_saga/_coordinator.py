@@ -90,7 +90,7 @@ from trio.lowlevel import Task, current_task, reschedule, wait_task_rescheduled
 
 from actors._core._ref import ActorRef
 from actors._core._reply import Failure, Reply
-from actors._errors import BulkheadFull, ConfigError, IdempotencyConflict
+from actors._errors import BulkheadFull, ConfigError, IdempotencyConflict, path_hint
 from actors._policies._classify import Classifier
 from actors._policies._redact import check_printable
 from actors._policies._retry import RetryPolicy
@@ -262,7 +262,8 @@ class SagaCoordinator(_Driver):
     # ------------------------------------------------------------------ lifecycle
 
     async def on_start(self) -> None:
-        """Resume every unfinished saga of the journal."""
+        """Check every step's target, then resume every unfinished saga of the journal."""
+        self._check_targets()
         self._token = trio.lowlevel.current_trio_token()
         self._tel = telemetry()
         # The counters belong to the slot: exported as counters, they never go down when the
@@ -298,6 +299,26 @@ class SagaCoordinator(_Driver):
             _log.info("%s resumed %d unfinished saga(s)", self.path, recovered)
         if self._monitor_spec is not None:
             self.spawn(self._report_waiting, name=f"{self.path}:waiting sagas")
+
+    def _check_targets(self) -> None:
+        """Refuse to start while a step's target names no actor of the tree.
+
+        Found here, before any saga runs, rather than when a saga reaches the step after its
+        earlier steps took effect (and must be compensated).  Raises ConfigError naming the
+        definition, the step and the closest path.
+        """
+        registry = self._inc.cell.registry
+        known = [path for path, cell in registry.items() if not cell.closed]
+        for name, definition in self._definitions.items():
+            for index, step in enumerate(definition.steps):
+                target = step.target
+                if isinstance(target, str) and target not in known:
+                    raise ConfigError(
+                        f"step {step.name!r} of saga {name!r} targets {target!r}, but no actor "
+                        f"of the tree is there{path_hint(target, known)}; targets are paths "
+                        "from the root",
+                        path=f"definitions.{name}.steps[{index}].target",
+                    )
 
     async def _report_waiting(self) -> None:
         """Report again every saga that waits for an operator (``compensation_failed`` and not

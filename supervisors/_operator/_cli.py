@@ -19,9 +19,10 @@ optional read token, which every read but health then needs, from ``$AURA_ADMIN_
 plain log lines instead: what changed between snapshots, and a summary line every ``--every``
 seconds.
 
-``aura config check FILE`` loads a configuration with :func:`actors.load_config` and prints
-every provider's effective settings; an invalid file prints the error with the dotted path of
-the offending field and exits 1.
+``aura config example`` prints the example configuration that ships with the package (every
+setting, commented), to copy and edit.  ``aura config check FILE`` loads a configuration with
+:func:`actors.load_config` and prints every provider's effective settings; an invalid file
+prints the error with the dotted path of the offending field and exits 1.
 
 ``aura status URL`` reads health, breakers, alerts and the fleet (when the application is one
 of a fleet) from a running application's admin API with httpx, sending
@@ -29,6 +30,10 @@ of a fleet) from a running application's admin API with httpx, sending
 its bearer token when one is set.  ``aura isolate URL SERVICE`` and ``aura reset URL SERVICE``
 hold a provider's breaker open or close it through the admin API (fleet-wide when the provider
 shares its breaker), with the write token (``$AURA_ADMIN_TOKEN`` or ``--token-file``).
+
+``aura --version`` prints the installed version.  A command that needs an optional dependency
+(``rich`` for the live view, ``httpx`` for ``status``, the admin API's for ``--admin-port``)
+checks it first and says which extra installs it (``pip install 'aura-actors[cli]'``).
 
 Exit codes: 0 success (``status``: healthy or degraded); 1 an error (bad file, failed run,
 unreachable server); 2 bad command-line usage (argparse's) or, for ``status``, an unhealthy
@@ -39,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import inspect
 import io
 import logging
@@ -55,11 +61,12 @@ import trio
 
 from actors._errors import ActorError, AuraError, ConfigError
 from actors._policies._config._fleet import safe_url
-from actors._policies._config._schema import ResilienceConfig, load_config
+from actors._policies._config._schema import ResilienceConfig, example_config, load_config
 from actors._policies._logs import format_exception, library_logger
 from actors._policies._redact import escape_control, redact
 from actors._saga._messages import ListSagas
 from supervisors._events import SupervisionEvent
+from supervisors._operator._extras import install_hint, require
 from supervisors._operator._logging import CorrelationFilter, JsonFormatter, configure_logging
 from supervisors._operator._metrics import OperatorSnapshot, take_snapshot
 from supervisors._spec import SupervisorSpec
@@ -260,6 +267,8 @@ def _cmd_run(args: argparse.Namespace, console: Console | None, stderr: TextIO) 
     config = None
     if args.config is not None:
         config = load_config(args.config)
+    if args.admin_port is not None:
+        require("the admin API (--admin-port)", "h11", "starlette", "prometheus_client")
     spec, workload = load_tree(args.target, config)
     # Without a terminal (CI, a pipe) a live view would only show its last frame: log lines.
     live = not args.no_live and (console is not None or _is_terminal(sys.stdout))
@@ -267,6 +276,7 @@ def _cmd_run(args: argparse.Namespace, console: Console | None, stderr: TextIO) 
     root_logger = logging.getLogger()
     previous_level = root_logger.level
     if live:
+        require("aura run's live view (--no-live needs nothing more)", "rich")
         from rich.console import Console
 
         view_console = console or Console()
@@ -471,6 +481,7 @@ def _cmd_config_check(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) 
 
 
 def _cmd_status(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    require("aura status", "httpx")
     import httpx
 
     base = args.url.rstrip("/")
@@ -629,11 +640,19 @@ def _positive(text: str) -> float:
     return value
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("aura-actors")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout without installing
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``aura`` argument parser."""
     parser = argparse.ArgumentParser(
         prog="aura", description="Operate aura-actors supervision trees."
     )
+    parser.add_argument("--version", action="version", version=f"aura-actors {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser(
@@ -690,6 +709,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("file", metavar="FILE")
     check.add_argument("--json", action="store_true", help="print the settings as JSON")
+    config_commands.add_parser(
+        "example",
+        help="print the example configuration (every default, commented) to copy and edit",
+    )
 
     status = commands.add_parser(
         "status", help="health, breakers and alerts of a running app (its admin API)"
@@ -751,12 +774,22 @@ def _dispatch(args: argparse.Namespace, console: Console | None, out: TextIO, er
         if args.command == "run":
             return _cmd_run(args, console, err)
         if args.command == "config":
+            if args.config_command == "example":
+                out.write(example_config().read_text(encoding="utf-8"))
+                return 0
             return _cmd_config_check(args, out, err)
         if args.command in ("isolate", "reset"):
             return _cmd_breaker(args, out, err)
         return _cmd_status(args, out, err)
     except (UsageError, ConfigError) as exc:
         print(f"error: {redact(str(exc))}", file=err)
+        return EXIT_ERROR
+    except ModuleNotFoundError as exc:
+        # An optional dependency the command needs (its check names it), or one deeper down.
+        text = str(exc)
+        if "pip install" not in text and exc.name:
+            text = f"{text}: {install_hint(exc.name)}"
+        print(f"error: {text}", file=err)
         return EXIT_ERROR
     except AuraError as exc:
         print(f"error: {redact(str(exc))}", file=err)

@@ -49,15 +49,15 @@ class MonitorSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
     """How the monitor measures, alerts and bounds itself.  Every field has a default.
 
     Attributes:
-        check_interval: seconds between periodic alert checks (seed: 60).
+        check_interval: seconds between periodic alert checks (default 60).
         window: seconds covered by the rolling window (300).
         buckets: count buckets in the window (60: 5-second buckets).
         latency_buckets: latency histogram buckets in the window (10: 30-second buckets;
             coarser, because a histogram is much larger than a count).
         high_error_rate: errors per minute over the window that raise ``high_error_rate``
-            (seed: 10).
+            (default 10).
         critical_error_ratio: errors / calls over the window that raise
-            ``critical_error_ratio`` (seed: 0.5), in (0, 1].
+            ``critical_error_ratio`` (default 0.5), in (0, 1].
         min_calls: calls needed in the window before it is judged (10): below it the error
             rate and ratio are not measured (the alert rules neither raise nor resolve on
             them) and the service's health is ``unknown``, so one failure out of one call is

@@ -26,7 +26,7 @@ Merging.  A provider's effective settings are its override merged *key by key, r
 over ``[defaults]`` (``providers.openai.retry.backoff.base_delay = 2`` changes that one number
 and keeps the rest of ``defaults.retry``), then completed with the schema's defaults.  Arrays
 (``retry_on``) and scalars replace.  The top-level ``[idempotency]`` section is the base of
-``defaults.idempotency``, so a file with only the seed's ``Idempotency`` block configures every
+``defaults.idempotency``, so a file with only an ``[idempotency]`` section configures every
 provider's table too.  A provider never falls back to itself: ``defaults.fallback = "ollama"``
 gives every provider but ollama that fallback.  Providers not named in the file get
 ``[defaults]`` (:meth:`ResilienceConfig.for_provider`).  TOML has no null, so an optional field
@@ -37,7 +37,7 @@ Durations in files are numbers of seconds; in code they accept float seconds or
 :class:`datetime.timedelta` (in :meth:`ResilienceConfig.from_dict` too).  Backoff strategies
 are two fields, each with a closed set of names: ``kind`` (``constant``, ``linear``,
 ``exponential``) and ``jitter`` (``none``, ``full``, ``equal``, ``decorrelated``), so the
-seed's "exponential + jitter" is ``kind = "exponential"``, ``jitter = "full"``.
+"exponential backoff with jitter" is ``kind = "exponential"``, ``jitter = "full"``.
 
 Errors.  Every problem raises one :class:`~actors._errors.ConfigError` whose ``path`` names the
 field in the document (``providers.openai.retry.max_attempts``), whose message states the rule
@@ -55,6 +55,7 @@ import difflib
 import os
 import re
 import tomllib
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
@@ -62,7 +63,8 @@ from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 import msgspec
 import msgspec.inspect as mi
 
-from actors._errors import ConfigError
+from actors._errors import ConfigError, ConfigWarning, did_you_mean
+from actors._errors._hints import closest
 from actors._policies._backoff import _optional_duration
 from actors._policies._breaker import BreakerSettings
 from actors._policies._budget import BudgetSettings
@@ -78,6 +80,7 @@ __all__ = [
     "ConfigFormat",
     "ProviderSettings",
     "ResilienceConfig",
+    "example_config",
     "load_config",
     "loads_config",
 ]
@@ -103,13 +106,13 @@ class ProviderSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
     """Everything one provider actor is configured with (see the module docstring).
 
     Attributes:
-        breaker: circuit breaker settings (seed: 5 failures, ratio 0.5, 30 s open, 5 min).
-        retry: retry settings, with the backoff and the per-attempt timeout (seed: 3 attempts,
+        breaker: circuit breaker settings (default: 5 failures, ratio 0.5, 30 s open, 5 min).
+        retry: retry settings, with the backoff and the per-attempt timeout (default: 3 attempts,
             1 s exponential backoff with full jitter, 10 s per attempt).
         budget: retry budget settings (Finagle's: 10 s, 10 retries/s, ratio 0.2).
         bulkhead: concurrency limits (10 running, 20 queued).
         rate_limit: a token bucket for providers with quotas, or ``None`` (default) for none.
-        idempotency: the provider's idempotency table (seed: 24 h, 10,000 records).
+        idempotency: the provider's idempotency table (default: 24 h, 10,000 records).
         fallback: the name of the provider to fall back to, or ``None`` (default).
         hedging_delay: seconds after which a hedged second request may be sent, or ``None``
             (default) for no hedging; float seconds or :class:`datetime.timedelta`.
@@ -173,16 +176,17 @@ class ResilienceConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
         defaults: the settings of a provider not named in ``providers``.
         providers: each named provider's *effective* settings (overrides already merged over
             ``defaults``); treat it as read-only.
-        monitoring: the monitor's settings (seed: check every 60 s, 10 errors per minute,
+        monitoring: the monitor's settings (default: check every 60 s, 10 errors per minute,
             critical error ratio 0.5).
-        idempotency: the idempotency settings (seed: 24 h, 10,000 records); also the base of
+        idempotency: the idempotency settings (default: 24 h, 10,000 records); also the base of
             ``defaults.idempotency`` when loading a document.
         fleet: where the fleet's shared store is and its timings (:class:`~actors.FleetSettings`),
             or ``None`` (default): this instance runs alone.  ``actors.fleet.open_fleet(
             config.fleet)`` opens the member the providers are given.
 
     Build one with :func:`load_config`, :func:`loads_config` or :meth:`from_dict` (which merge
-    partial provider overrides), with :meth:`seed` (the seed's table), or directly from fully
+    partial provider overrides), with :meth:`default` (the built-in defaults and retry table),
+    or directly from fully
     built settings.  A fallback cycle (``a -> b -> a``) raises
     :class:`~actors._errors.ConfigError` at ``providers.a.fallback``.
     """
@@ -221,9 +225,20 @@ class ResilienceConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
                     f"must be ProviderSettings, not {type(settings).__name__}",
                     path=_provider_path(name),
                 )
+        for name, settings in self.providers.items():
+            fallback = settings.fallback
+            if fallback is not None and fallback not in self.providers:
+                close = closest(fallback, [p for p in self.providers if p != name])
+                if close:
+                    warnings.warn(
+                        f"{_provider_path(name)}.fallback names {fallback!r}, which has no "
+                        f"section (did you mean {close[0]!r}?)",
+                        ConfigWarning,
+                        stacklevel=2,
+                    )
         for name in self.providers:
             chain = [name]
-            current = self.for_provider(name).fallback
+            current = self._effective(name).fallback
             while current is not None:
                 if current in chain:
                     cycle = " -> ".join([*chain[chain.index(current) :], current])
@@ -232,13 +247,27 @@ class ResilienceConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
                         path=f"{_provider_path(name)}.fallback",
                     )
                 chain.append(current)
-                current = self.for_provider(current).fallback
+                current = self._effective(current).fallback
 
     def for_provider(self, name: str) -> ProviderSettings:
         """The effective settings of provider ``name`` (``defaults`` if it is not named).
 
-        A fallback naming the provider itself (inherited from ``defaults``) is dropped.
+        A fallback naming the provider itself (inherited from ``defaults``) is dropped.  A name
+        with no section, close to a section's name (``openai`` and ``[providers.opneai]``),
+        gets the defaults with a :class:`~actors.ConfigWarning`: the section is probably a typo.
         """
+        if name not in self.providers and self.providers:
+            close = closest(name, self.providers)
+            if close:
+                warnings.warn(
+                    f"no [providers.{name}] section: provider {name!r} gets the defaults "
+                    f"(did you mean [providers.{close[0]}]?)",
+                    ConfigWarning,
+                    stacklevel=2,
+                )
+        return self._effective(name)
+
+    def _effective(self, name: str) -> ProviderSettings:
         settings = self.providers.get(name, self.defaults)
         if settings.fallback == name:
             return msgspec.structs.replace(settings, fallback=None)
@@ -260,10 +289,12 @@ class ResilienceConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
         return _build(_normalise(data), source)
 
     @classmethod
-    def seed(cls) -> ResilienceConfig:
-        """The seed's configuration: its defaults plus its openai/anthropic/ollama retry table.
+    def default(cls) -> ResilienceConfig:
+        """The built-in configuration: every default, plus the retry table of openai and
+        anthropic (4 attempts, 2 s exponential backoff with full jitter) and ollama (3 attempts,
+        100 ms apart).
 
-        Equal to loading ``examples/resilience.toml``.
+        Equal to loading :func:`example_config`, the file that writes it all out.
         """
         defaults = ProviderSettings(retry=RETRY_PRESETS["default"])
         return cls(
@@ -278,6 +309,16 @@ class ResilienceConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
         """The configuration as plain data (JSON-ready; providers fully expanded)."""
         result: dict[str, Any] = _plain(self)
         return result
+
+
+def example_config() -> Path:
+    """The path of the example configuration file that ships with the package.
+
+    It writes out every setting of :meth:`ResilienceConfig.default` with a comment each: copy
+    it to start a configuration of your own (``aura config example > resilience.toml``), or
+    load it (``load_config(example_config())``).
+    """
+    return Path(__file__).with_name("resilience.toml")
 
 
 def load_config(
@@ -535,8 +576,10 @@ def _translate(
     if found := _ENUM.match(message):
         enum_type = _type_at(root, segments)
         if isinstance(enum_type, mi.EnumType):
-            names = ", ".join(repr(member.value) for member in enum_type.cls)
-            problem = f"unknown name {found['value']}; expected one of {names}"
+            values = [str(member.value) for member in enum_type.cls]
+            names = ", ".join(repr(value) for value in values)
+            hint = did_you_mean(found["value"].strip("'\""), values)
+            problem = f"unknown name {found['value']}; expected one of {names}{hint}"
         else:
             problem = f"unknown name {found['value']}"
         return ConfigError(problem, path=_join(prefix, segments), source=source)

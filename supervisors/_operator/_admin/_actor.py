@@ -78,6 +78,7 @@ from supervisors._operator._admin._requests import (
 )
 from supervisors._operator._admin._routes import build_admin_app
 from supervisors._operator._admin._settings import DEFAULT_FAILED_AUTH, DEFAULT_PORT, AdminSettings
+from supervisors._operator._extras import require
 from supervisors._spec import ChildSpec
 from supervisors._tree import root_of
 
@@ -364,6 +365,7 @@ def admin_spec(
         async with open_supervisor(tree) as root:
             address = await root.ref("admin").ask(GetAdminAddress())
     """
+    require("the admin API", "h11", "starlette", "prometheus_client")
     settings = AdminSettings(
         host=host,
         port=port,
