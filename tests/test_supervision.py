@@ -485,7 +485,7 @@ def test_spec_validation_messages() -> None:
         spec("a/b")
     with pytest.raises(ValueError, match="non-empty"):
         spec("")
-    with pytest.raises(ValueError, match="restart must be one of .*got 'permanently'"):
+    with pytest.raises(ValueError, match=r"restart must be one of .*got 'permanently'"):
         spec("a", "permanently")
     with pytest.raises(ValueError, match="shutdown must be >= 0"):
         spec("a", shutdown=-1)
@@ -497,7 +497,7 @@ def test_spec_validation_messages() -> None:
         SupervisorSpec("s", [], max_restarts=-1)
     with pytest.raises(ValueError, match="period"):
         SupervisorSpec("s", [], period=0)
-    with pytest.raises(ValueError, match="strategy must be one of .*'one-for-one'"):
+    with pytest.raises(ValueError, match=r"strategy must be one of .*'one-for-one'"):
         SupervisorSpec("s", [], strategy="one-for-one")
     with pytest.raises(ValueError, match="max_delay"):
         RestartBackoff(min_delay=5, max_delay=1)
