@@ -1,7 +1,8 @@
 """Supervision trees for aura-actors (Erlang/OTP semantics in trio form), and the operator
 surface: the admin HTTP API, Prometheus metrics and structured logging.
 
-General layout: child specs and strategies in ``_spec``, the engine in ``_supervisor``, the
+General layout: the one-line entry point (``@resilient``, ``open_providers``) in
+``_providers``; child specs and strategies in ``_spec``, the engine in ``_supervisor``, the
 public entry points in ``_tree``, events and snapshots in ``_events``; the admin API in
 ``_admin``, metrics in ``_metrics``, logging in ``_logging``, the ``aura`` command in ``_cli``
 and ``_live``.  This package only re-exports the public names, listed in ``__all__``.
@@ -32,6 +33,7 @@ from supervisors._operator._metrics import (
     render_metrics_async,
     take_snapshot,
 )
+from supervisors._providers import Providers, Resilient, open_providers, resilient
 from supervisors._spec import ChildSpec, Restart, RestartBackoff, Strategy, SupervisorSpec
 from supervisors._supervisor import (
     ChildStartFailed,
@@ -56,6 +58,8 @@ __all__ = [
     "JsonFormatter",
     "NoSuchChild",
     "OperatorSnapshot",
+    "Providers",
+    "Resilient",
     "Restart",
     "RestartBackoff",
     "Strategy",
@@ -72,9 +76,11 @@ __all__ = [
     "configure_logging",
     "correlation",
     "correlation_ids",
+    "open_providers",
     "open_supervisor",
     "render_metrics",
     "render_metrics_async",
+    "resilient",
     "root_of",
     "take_snapshot",
 ]

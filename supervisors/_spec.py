@@ -34,8 +34,12 @@ from actors._errors import choice
 
 __all__ = ["ChildSpec", "Restart", "RestartBackoff", "Strategy", "SupervisorSpec"]
 
-M = TypeVar("M")
-R = TypeVar("R")
+# Covariant, so that a list of the specs of different actors (``[ChildSpec("a", A),
+# ChildSpec("b", B)]``) type-checks as a list of specs: mypy joins ``ChildSpec[MA, RA]`` and
+# ``ChildSpec[MB, RB]`` to ``object`` unless both are covariant.  A spec is only read (its
+# factory called by a supervisor), and the refs it gives keep the actor's own types.
+M = TypeVar("M", covariant=True)
+R = TypeVar("R", covariant=True)
 
 
 class Restart(enum.Enum):

@@ -24,7 +24,7 @@ from typing import Any, TypeVar, final, overload
 import msgspec
 import trio
 
-from actors._core._actor import Actor
+from actors._core._actor import Actor, check_kind
 from actors._core._cell import is_cancellation, is_fatal, unwrap
 from actors._core._ref import ActorRef
 from actors._core._runtime import is_cancelled_here, open_runtime, reraise_unwrapped
@@ -79,8 +79,18 @@ class Supervisor:
 
     # ------------------------------------------------------------------ lookups
 
-    def ref(self, path: str) -> ActorRef[Any, Any]:
+    @overload
+    def ref(self, path: str) -> ActorRef[Any, Any]: ...
+
+    @overload
+    def ref(self, path: str, kind: type[Actor[M, R]]) -> ActorRef[M, R]: ...
+
+    def ref(self, path: str, kind: type[Actor[Any, Any]] | None = None) -> ActorRef[Any, Any]:
         """The :class:`ActorRef` of the actor at ``path`` (a name or ``"sub/child"``) below here.
+
+        With ``kind``, the actor's class, the ref is typed by it (``root.ref("openai",
+        ProviderActor)`` is an ``ActorRef[ProviderMessage, Any]``), and the actor running there
+        is checked to be one (a ``TypeError`` otherwise; not checked while it restarts).
 
         Paths start below this supervisor: the root's own name is not part of them.
 
@@ -94,6 +104,8 @@ class Supervisor:
             if full in self._tree.nodes:
                 raise NoSuchChild(full, " (that is a supervisor: use .supervisor(path))")
             raise NoSuchChild(full, path_hint(full, self._tree.cells.keys()))
+        if kind is not None:
+            check_kind(cell, kind)
         return ActorRef._create(cell)
 
     def supervisor(self, path: str) -> Supervisor:

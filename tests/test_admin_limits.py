@@ -404,9 +404,9 @@ def test_limits_reject_bad_values() -> None:
             HttpLimits(**{name: 0})
 
 
-def test_the_server_needs_the_admin_extra_only_when_it_runs() -> None:
-    """`import supervisors` works without the admin extra (h11, starlette, prometheus-client):
-    the server imports them when it starts."""
+def test_the_server_needs_the_admin_extra_only_when_it_is_asked_for() -> None:
+    """`import supervisors` works without the admin extra (h11, starlette, prometheus-client);
+    asking for the admin API without it fails at once, naming the extra to install."""
     blocked = ["h11", "starlette", "prometheus_client", "httpx", "rich"]
     code = (
         "import sys\n"
@@ -414,8 +414,12 @@ def test_the_server_needs_the_admin_extra_only_when_it_runs() -> None:
         "    sys.modules[name] = None  # an import of it raises ImportError\n"
         "import supervisors\n"
         "from supervisors import admin_spec\n"
-        "admin_spec(port=0)\n"
+        "try:\n"
+        "    admin_spec(port=0)\n"
+        "except ImportError as exc:\n"
+        "    print(exc)\n"
     )
     command = [sys.executable, "-c", code]
     result = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+    assert "pip install 'aura-actors[admin]'" in result.stdout

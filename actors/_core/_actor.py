@@ -21,19 +21,21 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, TypeVarTuple, Unpack
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, TypeVarTuple, Unpack, overload
 
 from actors._core._ref import ActorRef
 from actors._core._reply import Failure, Reply, _tell_reply
 from actors._errors import ActorNotFound, path_hint
 
 if TYPE_CHECKING:
-    from actors._core._cell import _Incarnation
+    from actors._core._cell import _Cell, _Incarnation
 
-__all__ = ["Actor", "check_actor", "check_actor_class"]
+__all__ = ["Actor", "check_actor", "check_actor_class", "check_kind"]
 
 M = TypeVar("M", contravariant=True)
 R = TypeVar("R")
+M2 = TypeVar("M2")
+R2 = TypeVar("R2")
 PosArgs = TypeVarTuple("PosArgs")
 
 
@@ -98,17 +100,29 @@ class Actor(Generic[M, R]):
         current = self._context().current
         return math.inf if current is None else current.deadline
 
-    def lookup(self, path: str) -> ActorRef[Any, Any]:
+    @overload
+    def lookup(self, path: str) -> ActorRef[Any, Any]: ...
+
+    @overload
+    def lookup(self, path: str, kind: type[Actor[M2, R2]]) -> ActorRef[M2, R2]: ...
+
+    def lookup(self, path: str, kind: type[Actor[Any, Any]] | None = None) -> ActorRef[Any, Any]:
         """The ref of another actor of the same tree, by its path from the root.
+
+        With ``kind``, the actor's class, the ref is typed by it and the actor running there is
+        checked to be one (see ``Supervisor.ref``).
 
         Raises:
             ActorNotFound: no actor is at ``path`` (or it is stopped for good).
+            TypeError: ``kind`` is given and the actor running there is not one.
         """
         registry = self._context().cell.registry
         cell = registry.get(path)
         if cell is None or cell.closed:
             hint = path_hint(path, [p for p, c in registry.items() if not c.closed])
             raise ActorNotFound(actor=path, detail=f" (looked up by {self.path!r}){hint}")
+        if kind is not None:
+            check_kind(cell, kind)
         return ActorRef._create(cell)
 
     def defer(self) -> Reply[R]:
@@ -195,3 +209,19 @@ def check_actor(actor: object, what: str) -> None:
             "class called with no argument that returns a new actor instance)"
         )
     check_actor_class(type(actor), what)
+
+
+def check_kind(cell: _Cell, kind: type[Actor[Any, Any]]) -> None:
+    """Raise a TypeError unless the actor running in ``cell`` is a ``kind`` (a typed lookup).
+
+    Nothing is checked while no incarnation runs (the slot is restarting): the ref is a slot's,
+    and the slot's factory decides what runs there next.
+    """
+    if not isinstance(kind, type) or not issubclass(kind, Actor):
+        raise TypeError(f"kind must be an Actor subclass, got {kind!r}")
+    inc = cell.incarnation
+    if inc is not None and not isinstance(inc.actor, kind):
+        raise TypeError(
+            f"the actor at {cell.path!r} is a {type(inc.actor).__qualname__}, not a "
+            f"{kind.__qualname__}"
+        )

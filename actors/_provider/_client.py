@@ -55,7 +55,9 @@ class Provider(Generic[P, R]):
 
     __slots__ = ("_ref",)
 
-    def __init__(self, ref: ActorRef[Any, Any]) -> None:
+    # ``self`` typed: ``Provider(ref)`` is a ``Provider[Any, Any]`` without an annotation, and
+    # ``Provider[Prompt, Completion](ref)`` or an annotated variable narrows it.
+    def __init__(self: Provider[Any, Any], ref: ActorRef[Any, Any]) -> None:
         if not isinstance(ref, ActorRef):
             raise TypeError(f"Provider() takes the ActorRef of a provider actor, got {ref!r}")
         self._ref = ref
