@@ -174,11 +174,12 @@ def default_logging() -> Iterator[None]:
     """Logging as an application has it: a handler at ``WARNING`` on the root logger (writing
     to ``os.devnull``, formatted as a real one is), and the library's loggers at their default
     level, not silenced.  Restores the previous configuration on exit."""
+    from actors._policies._logs import library_logger
     from supervisors import configure_logging
 
     root = logging.getLogger()
     saved_root = root.level
-    ours = [logging.getLogger(name) for name in ("actors", "supervisors")]
+    ours = [library_logger(name) for name in ("actors", "supervisors")]
     saved = [(logger, logger.level, logger.disabled) for logger in ours]
     for logger in ours:
         logger.setLevel(logging.NOTSET)

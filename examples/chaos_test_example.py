@@ -4,9 +4,11 @@ It tests a small application (a ``weather`` provider in front of a flaky HTTP AP
 ``Reporter`` actor that asks it) the way aura-actors tests itself: inject faults, latency and
 crashes on purpose, in virtual time, with seeds, and assert what must hold anyway.
 
-Run it with ``pytest examples/chaos_test_example.py -p trio`` (pytest-trio, with
-``trio_mode = true`` in your pytest configuration, or mark the tests ``@pytest.mark.trio``).
-aura-actors runs these same tests in its suite (``tests/test_chaos_example.py``).
+Run it with ``pytest chaos_test_example.py`` once pytest and pytest-trio are installed: the
+tests are marked ``trio`` (``pytestmark`` below), so no pytest configuration is needed (with
+``trio_mode = true`` in yours, the mark is harmless).  aura-actors runs these same tests in its
+suite (``tests/test_chaos_example.py``), and runs a copy of this file alone, outside the
+project and without its configuration, to keep it copy-ready.
 
 What to take from it:
 
@@ -39,6 +41,9 @@ from actors import (
     loads_config,
 )
 from supervisors import ChildSpec, open_supervisor
+
+#: Every test here is a trio test (pytest-trio), whatever your pytest configuration says.
+pytestmark = pytest.mark.trio
 
 SEED = 20240601
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import logging
 import math
 import re
@@ -520,12 +521,14 @@ def test_a_short_read_token_is_refused() -> None:
 
 
 async def test_writes_are_disabled_without_a_configured_token() -> None:
-    """With no token configured, every POST is 403 whatever it sends."""
+    """With no token configured, every POST is 403 whatever it sends: with a token, or with
+    no Authorization header at all (no credentials could open it: not a 401)."""
     async with admin_app(token=None) as (root, client):
         report(root, *calls("a", 1, 0))
-        response = await client.post("/api/resilience/metrics/a/reset", headers=AUTH)
-        assert response.status_code == 403
-        assert "no admin token" in error_of(response)["message"]
+        for headers in (AUTH, {}):
+            response = await client.post("/api/resilience/metrics/a/reset", headers=headers)
+            assert response.status_code == 403
+            assert "no admin token" in error_of(response)["message"]
 
 
 @pytest.mark.parametrize(
@@ -1117,3 +1120,39 @@ def test_generated_bodies_never_answer_5xx(
 def test_fuzz_server_health_is_served(http: httpx.Client) -> None:
     """The shared server answers health (a sanity check of the fuzzing fixture)."""
     assert http.get("/api/resilience/health").status_code == 200
+
+
+# ================================================================================ times
+
+
+def _iso_age(text: str) -> float:
+    """Seconds between the wall clock now and an ISO 8601 time the API wrote."""
+    assert text.endswith("Z"), text
+    stamp = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return time.time() - stamp.timestamp()
+
+
+async def test_every_timestamp_has_a_wall_clock_iso_time_beside_it() -> None:
+    """Monotonic timestamps (trio's clock) get a ``*_iso`` wall-clock time: the recorded wall
+    time where the monitor kept one, else placed by age; saga times (wall clock) are written
+    out.  Each is now, give or take the test's own duration."""
+    async with admin_app() as (root, client):
+        report(root, *calls("a", 3, 2), breaker("a", "closed", "open"))
+        await _two_sagas(root)
+        health = (await client.get("/api/resilience/health")).json()
+        assert abs(_iso_age(health["checked_at_iso"])) < 60
+        (alert,) = (await client.get("/api/resilience/alerts")).json()["active"]
+        assert abs(_iso_age(alert["raised_at_iso"])) < 60
+        assert alert["acknowledged_at_iso"] is None  # not acknowledged: null, like its time
+        (error, *_) = (await client.get("/api/resilience/errors/recent")).json()["items"]
+        assert abs(error["wall"] - (time.time() - _iso_age(error["at_iso"]))) < 0.01
+        breaker_doc = (await client.get("/api/resilience/circuit-breakers/a")).json()
+        assert abs(_iso_age(breaker_doc["since_iso"])) < 60
+        assert abs(_iso_age(breaker_doc["last_transition"]["at_iso"])) < 60
+        metrics = (await client.get("/api/resilience/metrics/a")).json()
+        assert abs(_iso_age(metrics["totals"]["since_iso"])) < 60
+        saga = (await client.get("/api/resilience/sagas/done-1")).json()
+        assert abs(_iso_age(saga["created_at_iso"])) < 60
+        assert all(abs(_iso_age(e["at_iso"])) < 60 for e in saga["events"])
+        listing = (await client.get("/api/resilience/sagas")).json()
+        assert abs(_iso_age(listing["items"][0]["updated_at_iso"])) < 60

@@ -35,7 +35,6 @@ lapse after their lease.
 from __future__ import annotations
 
 import contextlib
-import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Final, Literal
@@ -68,11 +67,12 @@ from actors._fleet._quota import (
 )
 from actors._policies._breaker import BreakerSettings, BreakerState
 from actors._policies._config._fleet import FleetProviderSettings, FleetSettings
+from actors._policies._logs import library_logger
 from actors._protocol import DependencyReport, FleetBreakerStatus, FleetStatus, GateVerdict
 
 __all__ = ["Fleet", "ProviderLink", "open_fleet"]
 
-_log = logging.getLogger("actors.fleet")
+_log = library_logger("actors.fleet")
 
 #: Finished keys queued for the store at most; beyond it a finish is dropped (counted) and its
 #: claim left to lapse.

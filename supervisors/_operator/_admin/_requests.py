@@ -375,10 +375,18 @@ def _authorize(request: Request, tokens: tuple[str, ...], attempts: FailedAttemp
     """Check the request's bearer token against ``tokens`` (any of them is accepted).
 
     Raises:
-        ApiError: 401 without a well-formed ``Authorization: Bearer`` header, 429 while the
-            client is throttled for wrong tokens, 403 for a wrong token or when no token is
-            configured (writes are disabled then).
+        ApiError: 403 when no token is configured (writes are disabled then, whatever the
+            request sends); 401 without a well-formed ``Authorization: Bearer`` header, 429
+            while the client is throttled for wrong tokens, 403 for a wrong token.
     """
+    if not tokens:
+        # Checked first: no credentials can ever open it, so "authenticate" (401) would mislead.
+        raise ApiError(
+            403,
+            "forbidden",
+            "writes are disabled: no admin token is configured",
+            action="Start the admin API with a token to allow POST requests.",
+        )
     header = request.headers.get("authorization")
     challenge = {"WWW-Authenticate": 'Bearer realm="aura-admin"'}
     if header is None:
@@ -397,13 +405,6 @@ def _authorize(request: Request, tokens: tuple[str, ...], attempts: FailedAttemp
             "unauthorized",
             "the Authorization header must be `Bearer <token>`",
             headers={"WWW-Authenticate": 'Bearer realm="aura-admin", error="invalid_request"'},
-        )
-    if not tokens:
-        raise ApiError(
-            403,
-            "forbidden",
-            "writes are disabled: no admin token is configured",
-            action="Start the admin API with a token to allow POST requests.",
         )
     client = request.client.host if request.client is not None else ""
     now = trio.current_time()

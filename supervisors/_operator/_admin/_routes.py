@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import functools
 import re
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias
 
 import msgspec
+import trio
 
 from actors._core._ref import ActorRef
 from actors._errors import ActorError
@@ -51,6 +53,7 @@ from supervisors._operator._admin._requests import (
     logger,
 )
 from supervisors._operator._admin._settings import AdminSettings
+from supervisors._operator._admin._times import with_iso_times
 from supervisors._operator._metrics import METRICS_CONTENT_TYPE, render_metrics_async, take_snapshot
 
 if TYPE_CHECKING:
@@ -93,9 +96,20 @@ def _wrap(fn: Endpoint, backend: AdminBackend, *, access: Access) -> Callable[..
             return _error_response(ApiError(500, "internal_error", "the request failed"))
         if isinstance(result, Response):
             return result
-        return _json(result)
+        return _json(_timed(result, wall_clock=fn in _WALL_CLOCK))
 
     return endpoint
+
+
+def _timed(result: object, *, wall_clock: bool = False) -> object:
+    """``result`` as JSON-ready data with ISO 8601 wall-clock times beside its timestamps
+    (``supervisors._operator._admin._times``)."""
+    return with_iso_times(
+        msgspec.to_builtins(result),
+        wall_clock=wall_clock,
+        now=trio.current_time(),
+        now_wall=time.time(),
+    )
 
 
 async def _index(request: Request, backend: AdminBackend) -> object:
@@ -105,7 +119,7 @@ async def _index(request: Request, backend: AdminBackend) -> object:
 async def _health(request: Request, backend: AdminBackend) -> object:
     report: HealthReport = await backend.ask(backend.settings.monitor, GetHealth(), "monitor")
     status = 503 if report.status is HealthStatus.UNHEALTHY else 200
-    return _json(report, status)
+    return _json(_timed(report), status)
 
 
 async def _breakers(request: Request, backend: AdminBackend) -> object:
@@ -292,6 +306,9 @@ async def _prometheus(request: Request, backend: AdminBackend) -> object:
     )
     return _response(await render_metrics_async(snapshot), METRICS_CONTENT_TYPE)
 
+
+#: Endpoints whose documents are stamped with the wall clock (the saga journal's times).
+_WALL_CLOCK: Final = frozenset({_sagas, _saga})
 
 _API: Final = "/api/resilience"
 _ROUTES: Final[tuple[tuple[str, str, Endpoint, Access], ...]] = (
