@@ -264,3 +264,16 @@ def test_an_exception_pickle_names_its_public_module() -> None:
     error = NOT_ROUND_TRIPPED["InjectedHTTPError"]()
     assert type(pickle.loads(pickle.dumps(error))) is type(error)
     assert traceback.format_exception_only(error)[-1].startswith("actors.chaos.InjectedHTTPError")
+
+
+def test_the_readme_errors_section_names_every_public_exception() -> None:
+    """Every public exception (and warning) is named in the README's errors section."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Errors a caller can see", 1)[1].split("\n## ", 1)[0]
+    public = {
+        name
+        for _package, name, obj in _public_objects()
+        if inspect.isclass(obj) and issubclass(obj, BaseException)
+    }
+    missing = sorted(name for name in public if f"`{name}`" not in section)
+    assert not missing
