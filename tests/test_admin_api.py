@@ -1156,3 +1156,29 @@ async def test_every_timestamp_has_a_wall_clock_iso_time_beside_it() -> None:
         assert all(abs(_iso_age(e["at_iso"])) < 60 for e in saga["events"])
         listing = (await client.get("/api/resilience/sagas")).json()
         assert abs(_iso_age(listing["items"][0]["updated_at_iso"])) < 60
+
+
+def test_iso_times_use_the_recorded_wall_time_else_the_age() -> None:
+    """A timestamp with a recorded wall time is written from it; one without is placed by its
+    age; saga documents are wall-clock already; a caller's data is left alone; nothing is
+    changed in place."""
+    from supervisors._operator._admin._times import iso, with_iso_times
+
+    monitor = {
+        "at": 100.0,
+        "wall": 1_000_000.0,
+        "checked_at": 150.0,
+        "resolved_at": None,
+        "nested": [{"since": 190.0}],
+    }
+    out = with_iso_times(monitor, wall_clock=False, now=200.0, now_wall=2_000_000.0)
+    assert out["at_iso"] == iso(1_000_000.0)  # recorded, not 2_000_000 - 100
+    assert out["checked_at_iso"] == iso(2_000_000.0 - 50.0)
+    assert out["resolved_at_iso"] is None
+    assert out["nested"][0]["since_iso"] == iso(2_000_000.0 - 10.0)
+    assert "at_iso" not in monitor  # a copy
+    saga = {"created_at": 1_500_000.0, "input": {"at": 3.0}, "events": [{"at": 1_500_001.0}]}
+    out = with_iso_times(saga, wall_clock=True, now=200.0, now_wall=2_000_000.0)
+    assert out["created_at_iso"] == iso(1_500_000.0)
+    assert out["events"][0]["at_iso"] == iso(1_500_001.0)
+    assert out["input"] == {"at": 3.0}
