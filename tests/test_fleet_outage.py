@@ -69,7 +69,12 @@ async def test_a_killed_server_fails_calls_fast_and_a_restart_recovers(
         live, [snap] = await store.read(["p"])  # a fresh server: no data, scripts reloaded
         assert (live, snap.state, snap.epoch) == (0, "closed", 0)
         assert client.available
-        assert client.statistics().script_loads >= 2
+        statistics = client.statistics()
+        assert statistics.script_loads >= 2
+        # Round trips are counted per operation too: each failed read and each load counts.
+        assert statistics.by_operation["breaker.read"] == 3 + 1 + 2
+        assert statistics.by_operation["fleet.heartbeat"] == 1 + 2  # its script was loaded
+        assert sum(statistics.by_operation.values()) == statistics.round_trips
 
 
 async def test_a_hung_server_costs_each_call_its_deadline_only(

@@ -103,7 +103,9 @@ class StoreClientStatistics:
     Attributes:
         store: the store's ``host:port``.
         available: whether the last call reached the store.
-        round_trips: commands sent to the store.
+        round_trips: commands sent to the store; ``by_operation`` the same per operation
+            (``"breaker.read"``, ``"idempotency.claim"``, ...), so a benchmark can tell the
+            round trips a call makes from the member's periodic ones.
         calls: store calls made; ``failures`` of them failed, ``timeouts`` by their deadline.
         down_since: trio time of the first failure of the current outage, or ``None``.
         last_error: the last failure's reason, or ``None``.
@@ -113,6 +115,7 @@ class StoreClientStatistics:
     store: str
     available: bool
     round_trips: int
+    by_operation: dict[str, int]
     calls: int
     failures: int
     timeouts: int
@@ -147,6 +150,7 @@ class StoreClient:
         self.timeout = settings.command_timeout
         self.available = True
         self.round_trips = 0
+        self._by_operation: dict[str, int] = {}
         self._calls = 0
         self._failures = 0
         self._timeouts = 0
@@ -168,6 +172,8 @@ class StoreClient:
         """
         self._calls += 1
         self.round_trips += round_trips
+        by_operation = self._by_operation
+        by_operation[operation] = by_operation.get(operation, 0) + round_trips
         with trio.move_on_after(self.timeout) as scope:
             try:
                 result = await function(self.redis)
@@ -197,6 +203,7 @@ class StoreClient:
             except NoScriptError:
                 self._script_loads += 1
                 self.round_trips += 2
+                self._by_operation[operation] += 2
                 _log.debug("loading script %s (%s) into the store", script.name, script.sha)
                 await redis.script_load(script.source)
                 return await redis.evalsha(script.sha, keys=keys, args=args)
@@ -269,6 +276,7 @@ class StoreClient:
             store=self.store,
             available=self.available,
             round_trips=self.round_trips,
+            by_operation=dict(self._by_operation),
             calls=self._calls,
             failures=self._failures,
             timeouts=self._timeouts,
