@@ -29,7 +29,7 @@ from trio.lowlevel import wait_task_rescheduled
 from actors._core._cell import effective_timeout, new_reply
 from actors._core._ref import ActorRef
 from actors._policies._breaker import BreakerState
-from actors._protocol import Call
+from actors._protocol import Call, GateVerdict
 from actors._provider._actor import ProviderActor
 from actors._provider._messages import GetStatus, Isolate, ProviderStatus, Reset
 from actors._provider._tracing import not_permitted
@@ -38,6 +38,7 @@ from actors._telemetry import current_trace_context
 __all__ = ["Provider"]
 
 _CLOSED = BreakerState.CLOSED
+_GATE_REJECT = GateVerdict.REJECT
 
 P = TypeVar("P")
 R = TypeVar("R")
@@ -86,7 +87,9 @@ class Provider(Generic[P, R]):
         Raises:
             CircuitOpen: the breaker is open (raised without a round trip when possible).
             RetriesExhausted, RetryBudgetExhausted, BulkheadFull, RateLimited, ProviderError,
-            IdempotencyConflict: see the README's error table.
+            IdempotencyConflict, FleetStoreUnavailable (a provider sharing its keyed calls
+            with a fleet whose store is down, when its ``on_store_down`` is ``"reject"``): see
+            the README's error table.
             AskTimeout, ActorStopped, ActorCrashed: as for any ask.
         """
         cell = self._ref._cell
@@ -101,7 +104,10 @@ class Provider(Generic[P, R]):
         if not isinstance(actor, ProviderActor):
             raise TypeError(f"{cell.path!r} is not a provider actor ({type(actor).__name__})")
         now = trio.current_time()
-        if key is None and (actor._breaker._state is not _CLOSED or actor._gate is not None):
+        gate = actor._gate  # the fleet's, when the provider shares its breaker
+        if key is None and (
+            actor._breaker._state is not _CLOSED or (gate is not None and gate(now) is _GATE_REJECT)
+        ):
             rejected = actor.rejection(now)
             if rejected is not None:
                 await trio.lowlevel.checkpoint_if_cancelled()
