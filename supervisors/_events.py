@@ -7,9 +7,11 @@ Every decision a supervisor takes is an event: a child *started*, *crashed*, was
 up*.  Events are msgspec Structs so they can be logged as JSON, served over HTTP or journaled.
 
 A crash is logged (``WARNING`` on the ``supervisors`` logger) with its traceback, the only
-place the traceback of a crash caused by a ``tell`` is ever shown; the logger redacts the line
-and the traceback (:func:`actors._policies._logs.library_logger`), and the event's ``reason``
-is redacted where it is made, so subscribers and the monitor never see a secret either.
+place the traceback of a crash caused by a ``tell`` is ever shown (the same crash again, from
+the same actor, exception type and line, within :data:`TRACEBACK_REPEAT_AFTER` seconds, is
+logged without it: a crash loop costs one traceback, not one per restart); the logger redacts
+the traceback (:func:`actors._policies._logs.library_logger`), and the event's ``reason`` is
+redacted where it is made, so the line, subscribers and the monitor never see a secret either.
 
 Delivery never blocks a supervisor.  Listeners are plain callables run synchronously (the
 monitor actor's listener does a ``tell_nowait``); a listener that raises is removed and
@@ -123,14 +125,44 @@ _LEVELS: Final = {
 Listener = Callable[[SupervisionEvent], object]
 
 
+#: A crash's traceback is logged again for the same crash (same actor, exception type and
+#: raising line) only after this many seconds: a crash loop logs one traceback, not thousands.
+TRACEBACK_REPEAT_AFTER: Final = 60.0
+_MAX_CRASH_SITES: Final = 1024
+
+
+def _crash_site(path: str, error: BaseException) -> tuple[str, type, str, int]:
+    """What makes two crashes the same: the actor, the exception type and the raising line."""
+    tb = error.__traceback__
+    last = None
+    while tb is not None:
+        last = tb
+        tb = tb.tb_next
+    if last is None:
+        return path, type(error), "", 0
+    return path, type(error), last.tb_frame.f_code.co_filename, last.tb_lineno
+
+
 class _EventBus:
     """Fan-out of a tree's events to logging and to listeners filtered by path prefix."""
 
-    __slots__ = ("_listeners", "dropped")
+    __slots__ = ("_listeners", "_tracebacks", "dropped")
 
     def __init__(self) -> None:
         self._listeners: list[tuple[str, Listener]] = []
+        self._tracebacks: dict[tuple[str, type, str, int], float] = {}
         self.dropped = 0
+
+    def _traceback_due(self, event: SupervisionEvent, error: BaseException) -> bool:
+        """Whether this crash's traceback is to be logged (not the same crash logged lately)."""
+        site = _crash_site(event.path, error)
+        last = self._tracebacks.get(site)
+        if last is not None and event.at - last < TRACEBACK_REPEAT_AFTER:
+            return False
+        if len(self._tracebacks) >= _MAX_CRASH_SITES:
+            self._tracebacks.clear()
+        self._tracebacks[site] = event.at
+        return True
 
     def add(self, prefix: str, listener: Listener) -> Callable[[], None]:
         entry = (prefix, listener)
@@ -153,6 +185,9 @@ class _EventBus:
             extra = f": {event.reason}" if event.reason else ""
             if event.kind is EventKind.RESTARTED and event.delay:
                 extra += f" after {event.delay:.3g} s"
+            if error is not None and not self._traceback_due(event, error):
+                error = None
+                extra += " (the same crash as a traceback logged in the last minute)"
             logger.log(
                 level,
                 "%s %s (restarts=%d)%s",
@@ -161,7 +196,13 @@ class _EventBus:
                 event.restarts,
                 extra,
                 exc_info=error,
-                extra={"aura_event": event.kind.value, "aura_path": event.path},
+                # Made of redacted parts (the reason is redacted where it is made), so the
+                # logger's filter need not redact the line again: a crash line stays cheap.
+                extra={
+                    "aura_event": event.kind.value,
+                    "aura_path": event.path,
+                    "_aura_redacted": True,
+                },
             )
         for prefix, listener in list(self._listeners):
             if prefix and not (event.path == prefix or event.path.startswith(prefix + "/")):

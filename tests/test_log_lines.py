@@ -11,6 +11,7 @@ import trio
 import trio.testing
 
 from actors import (
+    Actor,
     BackoffSettings,
     BreakerSettings,
     MonitorActor,
@@ -130,3 +131,34 @@ async def test_alerts_raised_and_resolved_are_logged(
     for record in records:
         assert not leaked(logging.Formatter().format(record))
     assert SubscribeAlerts  # the logs do not depend on a subscriber (none was added)
+
+
+class Crashy(Actor[str, str]):
+    """Crashes on "a" and "b", from two different lines."""
+
+    async def handle(self, message: str) -> str:
+        if message == "a":
+            raise RuntimeError("crash a")
+        if message == "b":
+            raise KeyError("crash b")
+        return message
+
+
+async def test_a_crash_loop_logs_one_traceback_per_crash_and_minute(
+    mock_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The same crash (actor, exception type, line) repeated within a minute is logged without
+    its traceback again, saying so; another crash, or the same one a minute later, with it."""
+    caplog.set_level(logging.WARNING, logger="supervisors")
+    async with open_supervisor([ChildSpec("crashy", Crashy)], max_restarts=100) as root:
+        ref = root.ref("crashy")
+        for message in ("a", "a", "a", "b", "a"):
+            await ref.tell(message)
+            assert await ref.ask("sync") == "sync"
+        await trio.sleep(61)
+        await ref.tell("a")
+        assert await ref.ask("sync") == "sync"
+    crashes = [r for r in caplog.records if r.name == "supervisors" and "crashed" in r.getMessage()]
+    with_traceback = ["Traceback" in logging.Formatter().format(r) for r in crashes]
+    assert with_traceback == [True, False, False, True, False, True]
+    assert "the same crash as a traceback logged" in crashes[1].getMessage()

@@ -68,12 +68,37 @@ def redact_lines(text: str) -> str:
 
 
 def format_exception(exc: BaseException) -> str:
-    """The traceback of ``exc`` (with its chained causes), redacted line by line."""
+    """The traceback of ``exc`` (with its chained causes and grouped exceptions), redacted.
+
+    What can carry a secret is an exception's message (and a note), not a frame: the lines
+    naming a file, a line and a function, and the source line shown under them, are code.  So
+    only the other lines are redacted, and the frames are written without the column carets
+    (``^^^^``), which cost a parse of the source line per frame: a crash line stays cheap.
+    """
     try:
-        text = "".join(traceback.format_exception(exc)).rstrip("\n")
+        summary = traceback.TracebackException.from_exception(exc)
+        _without_carets(summary, set())
+        chunks = list(summary.format())
     except Exception:  # a broken __str__ deep in the chain: keep what can be said
-        text = describe_exception(exc)
-    return redact_lines(text)
+        return describe_exception(exc)
+    for index, chunk in enumerate(chunks):
+        if not chunk.lstrip(" |").startswith('File "'):
+            chunks[index] = redact_lines(chunk)
+    return "".join(chunks).rstrip("\n")
+
+
+def _without_carets(summary: traceback.TracebackException, seen: set[int]) -> None:
+    """Drop the column positions of every frame of ``summary`` and of the exceptions linked to
+    it (causes, contexts, groups), so that formatting draws no carets."""
+    if id(summary) in seen:
+        return
+    seen.add(id(summary))
+    for frame in summary.stack:
+        frame.colno = frame.end_colno = None
+    linked = [summary.__cause__, summary.__context__, *(getattr(summary, "exceptions", None) or ())]
+    for other in linked:
+        if other is not None:
+            _without_carets(other, seen)
 
 
 class RedactingFilter(logging.Filter):
@@ -84,24 +109,28 @@ class RedactingFilter(logging.Filter):
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        """Redact ``record``'s message and traceback; keep the record."""
-        if record.__dict__.get("_aura_redacted"):
-            return True  # already done by a logger it passed on its way up
-        try:
-            message = record.getMessage()
-        except Exception:
-            # A message that does not format: leave it to the handler's own error reporting,
-            # but never with raw arguments.
-            message = redact(str(record.msg), max_length=LOG_MAX_LENGTH)
-        record.msg = redact(message, max_length=LOG_MAX_LENGTH)
-        record.args = None
+        """Redact ``record``'s message and traceback; keep the record.
+
+        A record logged with ``extra={"_aura_redacted": True}`` declares its message built from
+        redacted parts (a crash line quoting a reason redacted where it was made): its message
+        is kept as it is, its traceback is still redacted.
+        """
+        if not record.__dict__.get("_aura_redacted"):
+            try:
+                message = record.getMessage()
+            except Exception:
+                # A message that does not format: never with raw arguments.
+                message = str(record.msg)
+            record.msg = redact(message, max_length=LOG_MAX_LENGTH)
+            record.args = None
+            record._aura_redacted = True
         exc_info = record.exc_info
         if exc_info and exc_info[1] is not None:
             record.exc_text = format_exception(exc_info[1])
             record.exc_info = None
-        elif record.exc_text:
+        elif record.exc_text and not record.__dict__.get("_aura_exc_redacted"):
             record.exc_text = redact_lines(record.exc_text)
-        record._aura_redacted = True
+        record._aura_exc_redacted = True
         return True
 
 

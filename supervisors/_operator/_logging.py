@@ -153,13 +153,21 @@ _JSON_ESCAPES: Final = {
 _IDS_FILTER: Final = CorrelationFilter()
 
 
+def _message(record: logging.LogRecord) -> str:
+    """The record's message, redacted (once: a library record's is redacted already)."""
+    message = record.getMessage()
+    if record.__dict__.get("_aura_redacted"):
+        return message
+    return redact(message, max_length=LOG_MAX_LENGTH)
+
+
 def _exception_text(record: logging.LogRecord) -> str:
     """The record's traceback, redacted (a library record's is redacted already; records of
     other loggers, an SDK's say, are redacted here)."""
     if record.exc_info and record.exc_info[1] is not None:
         return format_exception(record.exc_info[1])
     if record.exc_text:
-        if record.__dict__.get("_aura_redacted"):
+        if record.__dict__.get("_aura_exc_redacted"):
             return record.exc_text
         return redact_lines(record.exc_text)
     return ""
@@ -181,7 +189,7 @@ class PlainFormatter(logging.Formatter):
         """The record as one escaped line, then its indented traceback, if any."""
         if "correlation" not in record.__dict__:
             _IDS_FILTER.filter(record)  # used without the filter: the ids bound now
-        record.message = redact(record.getMessage(), max_length=LOG_MAX_LENGTH)
+        record.message = _message(record)
         if self.usesTime():
             record.asctime = self.formatTime(record, self.datefmt)
         text = escape_control(self.formatMessage(record))
@@ -219,7 +227,7 @@ class JsonFormatter(logging.Formatter):
             "time": stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             "level": record.levelname,
             "logger": record.name,
-            "message": redact(record.getMessage(), max_length=LOG_MAX_LENGTH),
+            "message": _message(record),
         }
         ids = _IDS.get()
         for name in CORRELATION_FIELDS:
