@@ -32,6 +32,11 @@ called in the caller's task when the call failed for good (not for a validation 
 when the call's time is up).  A ``fallback`` between providers in the configuration has no
 meaning here (the other provider would run the same function) and is not used.
 
+A configuration with a ``[fleet]`` section runs the providers as one instance of a fleet:
+:func:`open_providers` opens the fleet member (:func:`~actors.open_fleet`) around the tree and
+gives it to every provider actor, so they share what their ``fleet`` tables say with the other
+instances (see the README's "Running a fleet").
+
 Cancellation and errors behave as for :meth:`Provider.call`: the caller's trio deadline and
 the call's ``timeout`` bound it, a caller that gives up cancels the attempt unless another
 caller with the same key waits for it, and nothing is retried after the caller's deadline.
@@ -43,7 +48,7 @@ import functools
 import itertools
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from contextvars import ContextVar
 from typing import Any, Generic, ParamSpec, TypeVar, final, overload
 
@@ -51,9 +56,11 @@ import msgspec
 import trio
 
 from actors._errors import AskTimeout, AuraError, ErrorCategory, did_you_mean
+from actors._fleet._member import open_fleet
 from actors._monitor._actor import MonitorActor
 from actors._policies._config._schema import ResilienceConfig, load_config
 from actors._policies._logs import library_logger
+from actors._protocol import FleetMember
 from actors._provider._actor import ProviderActor
 from actors._provider._client import Provider
 from supervisors._spec import ChildSpec, SupervisorSpec
@@ -86,10 +93,11 @@ class Providers:
     monitor's queries at ``root.ref("monitor")``, the admin API as a child).
     """
 
-    __slots__ = ("_clients", "_config", "_functions", "_locks", "_root")
+    __slots__ = ("_clients", "_config", "_fleet", "_functions", "_locks", "_root")
 
-    def __init__(self, config: ResilienceConfig) -> None:
+    def __init__(self, config: ResilienceConfig, fleet: FleetMember | None = None) -> None:
         self._config = config
+        self._fleet = fleet
         self._root: Supervisor | None = None
         self._clients: dict[str, Provider[Any, Any]] = {}
         self._locks: dict[str, trio.Lock] = {}
@@ -153,7 +161,7 @@ class Providers:
         dispatch = functools.partial(_dispatch, self)
 
         def make() -> ProviderActor:
-            return ProviderActor(name, dispatch, settings, monitor=MONITOR)
+            return ProviderActor(name, dispatch, settings, monitor=MONITOR, fleet=self._fleet)
 
         return ChildSpec(name, make, shutdown=settings.retry.attempt_timeout)
 
@@ -319,6 +327,7 @@ async def open_providers(
     *,
     start: Iterable[str] = (),
     seed: int | None = None,
+    fleet: FleetMember | None = None,
 ) -> AsyncIterator[Providers]:
     """Run a monitor and the provider actors for the duration of an ``async with`` block.
 
@@ -328,6 +337,8 @@ async def open_providers(
         start: names of providers to start now besides those the configuration names (others
             start at their first call).
         seed: seeds the random sources (restart jitter), for replayable runs.
+        fleet: a fleet member to give the providers; by default the configuration's
+            ``[fleet]`` section, if any, is opened for the block (needs the ``fleet`` extra).
 
     Yields:
         The :class:`Providers` handle, also current for :func:`resilient` functions called in
@@ -348,7 +359,18 @@ async def open_providers(
         config = ResilienceConfig.default()
     elif not isinstance(config, ResilienceConfig):
         config = load_config(config)
-    providers = Providers(config)
+    async with AsyncExitStack() as stack:
+        if fleet is None and config.fleet is not None:
+            fleet = await stack.enter_async_context(open_fleet(config.fleet))
+        async with _open_providers(config, start, seed, fleet) as providers:
+            yield providers
+
+
+@asynccontextmanager
+async def _open_providers(
+    config: ResilienceConfig, start: Iterable[str], seed: int | None, fleet: FleetMember | None
+) -> AsyncIterator[Providers]:
+    providers = Providers(config, fleet)
     names = list(dict.fromkeys([*config.providers, *start]))
     for name, settings in config.providers.items():
         if settings.fallback is not None:

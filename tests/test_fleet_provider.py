@@ -685,3 +685,38 @@ def test_each_key_runs_once_whatever_the_schedule() -> None:
             by_key.setdefault(key, set()).add(value)
         assert all(len(values) == 1 for values in by_key.values()), (seed, by_key)
         assert all(next(iter(v)).startswith(k + "@") for k, v in by_key.items()), seed
+
+
+# ------------------------------------------------------------------------- open_providers
+
+
+async def test_open_providers_with_a_fleet_section_joins_the_fleet(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """``open_providers`` of a configuration with a [fleet] section opens the member for the
+    block: a keyed call made by one instance and retried by another (on a real Redis) runs
+    once."""
+    from actors import ResilienceConfig
+    from supervisors import open_providers, resilient
+
+    runs: list[str] = []
+
+    @resilient("pay", key=lambda order: f"order-{order}")
+    async def charge(order: int) -> str:
+        runs.append(f"order-{order}")
+        return f"charged {order}"
+
+    def config(instance: str) -> ResilienceConfig:
+        fleet = {**FAST, "redis_url": redis_url, "key_prefix": redis_prefix}
+        fleet["instance_id"] = instance
+        return ResilienceConfig.from_dict({"fleet": fleet, "providers": {"pay": {}}})
+
+    async with open_providers(config("a")):
+        assert await charge(7) == "charged 7"
+    async with open_providers(config("b")) as second:
+        assert await charge(7) == "charged 7"  # the fleet's stored reply
+        pay = await second.get("pay")
+        with trio.fail_after(10):  # its view of the fleet breaker is read soon after it starts
+            while (await pay.status()).fleet != "closed":  # noqa: ASYNC110
+                await trio.sleep(0.01)
+    assert runs == ["order-7"]
