@@ -23,13 +23,25 @@ client's goodwill:
   then written under ``write_timeout``: a client that does not read it in time is cut off.
   The kernel's send buffer per connection is capped (``send_buffer``), so a client that does
   not read holds at most that much kernel memory.  Nothing is shielded from cancellation.
-* **Stopping.**  :meth:`HttpServer.stop` closes the listeners and idle connections at once;
-  requests in progress get ``graceful_timeout`` seconds to be answered (with
-  ``Connection: close``); then every remaining connection is cancelled and closed.  So the
-  server stops within ``graceful_timeout`` whatever its clients do.
+* **Streaming.**  A response whose application sends ``more_body=True`` (Server-Sent Events)
+  is written as it comes, chunk by chunk, each chunk under ``write_timeout``; a chunk the
+  client does not take in time, or a client that went away, makes the application's
+  ``send()`` raise :class:`ClientDisconnected` (an ``OSError``, as ASGI 2.4 says).  While it
+  streams, ``receive()`` reads (and drops, at most ``max_header_bytes``) what the client sends
+  and answers ``http.disconnect`` as soon as the client closes its side or the server stops,
+  so the application ends its stream at once.  A streamed response always closes its
+  connection.  What the application keeps for a slow client is its own to bound (the admin
+  API's event stream keeps a bounded buffer per client and resynchronises it when it
+  overflows); the server holds one chunk per stream.
+* **Stopping.**  :meth:`HttpServer.stop` closes the listeners and idle connections at once,
+  and tells streaming responses to end (``http.disconnect``); requests in progress get
+  ``graceful_timeout`` seconds to be answered (with ``Connection: close``); then every
+  remaining connection is cancelled and closed.  So the server stops within
+  ``graceful_timeout`` whatever its clients (and its streams) do.
 
 The application sees a standard ASGI ``http`` scope: ``receive()`` returns the whole body at
-once (it is already read and bounded), then ``http.disconnect`` once the response is written.
+once (it is already read and bounded), then ``http.disconnect`` once the response is written
+(or, while a response streams, once the client leaves or the server stops).
 :meth:`HttpServer.statistics` counts connections, refusals, timeouts and the bytes of responses
 being written, so tests and operators can check the bounds hold.
 """
@@ -49,7 +61,7 @@ import trio
 
 from actors._policies._logs import library_logger
 
-__all__ = ["HttpLimits", "HttpServer", "HttpStatistics"]
+__all__ = ["ClientDisconnected", "HttpLimits", "HttpServer", "HttpStatistics"]
 
 logger: Final = library_logger("supervisors.admin")
 
@@ -115,6 +127,7 @@ class HttpStatistics:
         most_connections: the most that were open at once.
         writing_bytes: bytes of responses being written now (each is freed once written or
             cut off).
+        streams: responses streaming now (Server-Sent Events).
         accepted: connections accepted and served.
         refused: connections answered 503 because ``max_connections`` were open.
         requests: requests answered.
@@ -128,6 +141,7 @@ class HttpStatistics:
     open_connections: int
     most_connections: int
     writing_bytes: int
+    streams: int
     accepted: int
     refused: int
     requests: int
@@ -149,6 +163,12 @@ class _Refused(Exception):
 
 class _Closed(Exception):
     """The client closed the connection, or it timed out between requests."""
+
+
+class ClientDisconnected(OSError):
+    """Raised by ``send()`` while a response streams: the client went away, or did not take
+    a chunk within ``write_timeout`` (the connection is cut).  The application should stop
+    streaming; the server closes the connection."""
 
 
 class HttpServer:
@@ -177,6 +197,7 @@ class HttpServer:
         self._refusing = 0
         self._most = 0
         self._writing = 0
+        self._streams = 0
         self._counts = dict.fromkeys(
             (
                 "accepted",
@@ -196,11 +217,13 @@ class HttpServer:
             open_connections=self._open,
             most_connections=self._most,
             writing_bytes=self._writing,
+            streams=self._streams,
             **self._counts,
         )
 
     def stop(self) -> None:
-        """Stop accepting; close idle connections now and the others after the grace."""
+        """Stop accepting; close idle connections now, tell streams to end, and close the
+        others after the grace."""
         self._stopping.set()
         for scope in list(self._idle):
             scope.cancel()
@@ -414,7 +437,7 @@ class HttpServer:
         raw_path, _, query = request.target.partition(b"?")
         scope: Scope = {
             "type": "http",
-            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "asgi": {"version": "3.0", "spec_version": "2.4"},
             "http_version": request.http_version.decode("ascii"),
             "method": request.method.decode("ascii"),
             "scheme": "http",
@@ -431,30 +454,89 @@ class HttpServer:
         chunks: list[bytes] = []
         written = trio.Event()
         delivered = False
+        # A streamed response: its head is written with its first chunk; it ends with the
+        # connection.  `ended`: its last chunk is written; `broken`: the client is gone.
+        streaming = ended = broken = False
 
         async def receive() -> Message:
             nonlocal delivered
             if not delivered:
                 delivered = True
                 return {"type": "http.request", "body": body, "more_body": False}
-            await written.wait()
+            if streaming:
+                await self._wait_for_disconnect(stream)
+            else:
+                await written.wait()
             return {"type": "http.disconnect"}
 
         async def send(message: Message) -> None:
-            nonlocal status, headers
+            nonlocal status, headers, streaming, ended, broken
             if message["type"] == "http.response.start":
                 status = int(message["status"])
                 headers = [(bytes(k).lower(), bytes(v)) for k, v in message.get("headers", ())]
-            elif message["type"] == "http.response.body":
-                chunks.append(bytes(message.get("body", b"")))
+                return
+            if message["type"] != "http.response.body":
+                return
+            chunk = bytes(message.get("body", b""))
+            more = bool(message.get("more_body", False))
+            if not streaming and not more:
+                chunks.append(chunk)  # a whole response: written once the application returns
+                return
+            if broken or ended:
+                raise ClientDisconnected("the response was already ended")
+            if not streaming:
+                streaming = True
+                self._streams += 1
+                chunk = b"".join(chunks) + chunk
+                chunks.clear()
+                kept = [(k, v) for k, v in headers if k not in (b"content-length", b"connection")]
+                head = h11.Response(
+                    status_code=status,
+                    headers=[*kept, (b"connection", b"close")],
+                    reason=_reason(status),
+                )
+                data = conn.send(head)
+            else:
+                data = b""
+            if chunk:
+                data += conn.send(h11.Data(data=chunk))
+            if not more:
+                data += conn.send(h11.EndOfMessage())
+                ended = True
+            try:
+                ok = await self._write(stream, data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                broken = True
+                raise ClientDisconnected("the client went away") from exc
+            except BaseException:
+                broken = True  # cancelled mid-chunk: the body cannot be ended cleanly any more
+                raise
+            if not ok:
+                broken = True
+                raise ClientDisconnected("the client did not read the stream in time")
 
         try:
             await self.app(scope, receive, send)
+        except ClientDisconnected:
+            if not streaming:
+                raise
         except Exception:
-            logger.exception("admin API: the application failed on %s", scope["path"][:200])
-            content_type, error = self._error_body(500, "internal_error", "the request failed")
-            status, chunks = 500, [error]
-            headers = [(b"content-type", content_type)]
+            if not streaming:
+                logger.exception("admin API: the application failed on %s", scope["path"][:200])
+                content_type, error = self._error_body(500, "internal_error", "the request failed")
+                status, chunks = 500, [error]
+                headers = [(b"content-type", content_type)]
+            else:
+                logger.exception("admin API: a stream failed on %s", scope["path"][:200])
+        finally:
+            if streaming:
+                self._streams -= 1
+        if streaming:
+            self._counts["requests"] += 1
+            written.set()
+            if not (ended or broken) and conn.our_state is h11.SEND_BODY:
+                await self._write(stream, conn.send(h11.EndOfMessage()))
+            return False  # a streamed response ends its connection
         content = b"".join(chunks)
         self._counts["requests"] += 1
         headers = [(k, v) for k, v in headers if k not in (b"content-length", b"connection")]
@@ -476,6 +558,27 @@ class HttpServer:
         ok = await self._write(stream, data)
         written.set()
         return ok
+
+    async def _wait_for_disconnect(self, stream: trio.SocketStream) -> None:
+        """While a response streams: return once the client closes its side (or sends more
+        than ``max_header_bytes``, dropped unread: nothing more is served on a streaming
+        connection) or the server stops."""
+        left = self.limits.max_header_bytes
+        with trio.CancelScope() as scope:
+            # stop() cancels it with the idle connections: a stream ends at once, gracefully.
+            self._idle.add(scope)
+            if self._stopping.is_set():
+                scope.cancel()
+            try:
+                while left > 0:
+                    data = await stream.receive_some(_RECEIVE_SIZE)
+                    if not data:
+                        break
+                    left -= len(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
+            finally:
+                self._idle.discard(scope)
 
     async def _write(self, stream: trio.SocketStream, data: bytes) -> bool:
         """Write ``data`` within ``write_timeout``; False when the client did not read it."""

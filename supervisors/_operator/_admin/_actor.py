@@ -47,10 +47,16 @@ the one they were given, or ``fleet=``.  The supervision snapshot comes from the
 returning it); otherwise it is rebuilt from the actor slots (actors exactly; their
 supervisors with state ``running`` and no restart count).
 
+The live dashboard.  The actor also runs a :class:`~supervisors._operator._admin._stream.StreamHub`
+that reads the actors while anyone watches and pushes what changed over Server-Sent Events
+(``GET /api/resilience/stream``, a read endpoint: the read token applies), to the page served
+at ``GET /dashboard`` from the package (``_dashboard``; public: it holds no data).
+
 Layout: the actor, its spec and the tree snapshot here; :class:`AdminSettings` in
 ``_settings``; the app's routes and endpoints in ``_routes``; what every endpoint shares (the
 error shape, the backend that asks the actors, request parsing, the token check) in
-``_requests``.
+``_requests``; the event stream in ``_stream``; the dashboard's page in ``_dashboard`` and its
+files in ``dashboard/``.
 """
 
 from __future__ import annotations
@@ -78,6 +84,7 @@ from supervisors._operator._admin._requests import (
 )
 from supervisors._operator._admin._routes import build_admin_app
 from supervisors._operator._admin._settings import DEFAULT_FAILED_AUTH, DEFAULT_PORT, AdminSettings
+from supervisors._operator._admin._stream import StreamHub, StreamStatistics, collect_sections
 from supervisors._operator._extras import require
 from supervisors._spec import ChildSpec
 from supervisors._tree import root_of
@@ -143,6 +150,7 @@ class AdminActor(Actor[GetAdminAddress, AdminAddress]):
         self._fleet = fleet
         self._address: AdminAddress | None = None
         self._server: HttpServer | None = None
+        self._hub: StreamHub | None = None
         self._done = trio.Event()
         self._provider_paths: dict[str, str] = dict(settings.providers or {})
 
@@ -157,10 +165,19 @@ class AdminActor(Actor[GetAdminAddress, AdminAddress]):
         )
         from supervisors._operator._http import HttpServer
 
-        app = build_admin_app(backend)
-        server = HttpServer(app, self.settings.limits(), error_body=_error_body)
+        settings = self.settings
+        hub = StreamHub(
+            lambda: collect_sections(backend),
+            interval=settings.stream_interval,
+            max_streams=settings.max_streams,
+            buffer_bytes=settings.stream_buffer,
+        )
+        self._hub = hub
+        app = build_admin_app(backend, hub=hub)
+        server = HttpServer(app, settings.limits(), error_body=_error_body)
         self._server = server
         ready = trio.Event()
+        self.spawn(hub.run, name=f"{self.path}:stream")
         self.spawn(self._serve, server, ready, name=f"{self.path}:http")
         await ready.wait()
 
@@ -199,6 +216,11 @@ class AdminActor(Actor[GetAdminAddress, AdminAddress]):
         """The server's :class:`~supervisors._operator._http.HttpStatistics` (``None`` before
         start)."""
         return None if self._server is None else self._server.statistics()
+
+    def stream_statistics(self) -> StreamStatistics | None:
+        """The event stream's :class:`~supervisors._operator._admin._stream.StreamStatistics`
+        (``None`` before start)."""
+        return None if self._hub is None else self._hub.statistics()
 
     @property
     def address(self) -> AdminAddress | None:
@@ -343,6 +365,10 @@ def admin_spec(
     keep_alive: float = 5.0,
     graceful_timeout: float = 1.0,
     send_buffer: int = 256 * 1024,
+    max_streams: int | None = None,
+    stream_interval: float = 1.0,
+    stream_heartbeat: float = 15.0,
+    stream_buffer: int = 1024 * 1024,
     shutdown: float = 5.0,
     instance: str | None = None,
 ) -> ChildSpec[GetAdminAddress, AdminAddress]:
@@ -386,5 +412,9 @@ def admin_spec(
         graceful_timeout=graceful_timeout,
         instance=instance,
         send_buffer=send_buffer,
+        **({} if max_streams is None else {"max_streams": max_streams}),
+        stream_interval=stream_interval,
+        stream_heartbeat=stream_heartbeat,
+        stream_buffer=stream_buffer,
     )
     return ChildSpec(name, lambda: AdminActor(settings, tree=tree, fleet=fleet), shutdown=shutdown)

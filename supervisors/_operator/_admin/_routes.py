@@ -33,6 +33,7 @@ from actors._protocol import FleetStatus
 from actors._provider._messages import GetStatus, Isolate
 from actors._provider._messages import Reset as ResetProvider
 from actors._saga._messages import GetSaga, ListSagas
+from supervisors._operator._admin._dashboard import DASHBOARD_ROUTES
 from supervisors._operator._admin._requests import (
     _MAX_NAME,
     AdminBackend,
@@ -53,6 +54,7 @@ from supervisors._operator._admin._requests import (
     logger,
 )
 from supervisors._operator._admin._settings import AdminSettings
+from supervisors._operator._admin._stream import EventStream, StreamHub
 from supervisors._operator._admin._times import with_iso_times
 from supervisors._operator._metrics import METRICS_CONTENT_TYPE, render_metrics_async, take_snapshot
 
@@ -83,7 +85,7 @@ def _wrap(fn: Endpoint, backend: AdminBackend, *, access: Access) -> Callable[..
     from starlette.responses import Response
 
     @functools.wraps(fn)
-    async def endpoint(request: Request) -> Response:
+    async def endpoint(request: Request) -> Response | EventStream:
         try:
             tokens = _tokens(backend.settings, access)
             if tokens is not None:
@@ -94,7 +96,7 @@ def _wrap(fn: Endpoint, backend: AdminBackend, *, access: Access) -> Callable[..
         except Exception:
             logger.exception("admin endpoint %s %s failed", request.method, request.url.path)
             return _error_response(ApiError(500, "internal_error", "the request failed"))
-        if isinstance(result, Response):
+        if isinstance(result, Response | EventStream):
             return result
         return _json(_timed(result, wall_clock=fn in _WALL_CLOCK))
 
@@ -113,7 +115,9 @@ def _timed(result: object, *, wall_clock: bool = False) -> object:
 
 
 async def _index(request: Request, backend: AdminBackend) -> object:
-    return {"endpoints": [f"{method} {path}" for method, path, _fn, _access in _ROUTES]}
+    endpoints = [f"{method} {path}" for method, path, _fn, _access in _ROUTES]
+    endpoints += [f"GET {_API}/stream", "GET /dashboard"]
+    return {"endpoints": endpoints}
 
 
 async def _health(request: Request, backend: AdminBackend) -> object:
@@ -362,18 +366,47 @@ class _TrustedHosts:
         await self.app(scope, receive, send)
 
 
-def build_admin_app(backend: AdminBackend) -> ASGIApp:
+def _stream_endpoint(hub: StreamHub | None) -> Endpoint:
+    async def _stream(request: Request, backend: AdminBackend) -> object:
+        if hub is None or hub.max_streams == 0:
+            raise ApiError(
+                503,
+                "unavailable",
+                "the event stream is off here: it runs in the admin actor (admin_spec), "
+                "with max_streams > 0",
+            )
+
+        def refuse() -> Response:
+            problem = f"{hub.max_streams} clients are streaming already; try again later"
+            return _error_response(
+                ApiError(503, "too_many_streams", problem, headers={"Retry-After": "5"})
+            )
+
+        return EventStream(hub, heartbeat=backend.settings.stream_heartbeat, refuse=refuse)
+
+    return _stream
+
+
+def build_admin_app(backend: AdminBackend, *, hub: StreamHub | None = None) -> ASGIApp:
     """The ASGI application of the admin API over ``backend`` (see the module docstring).
 
-    Needs the ``admin`` extra (starlette); raises ``ImportError`` without it.
+    ``hub`` feeds the event stream (``GET /api/resilience/stream``) and the live dashboard
+    (``GET /dashboard``); the :class:`~supervisors.AdminActor` runs one.  Without it the
+    stream answers 503.  Needs the ``admin`` extra (starlette); raises ``ImportError``
+    without it.
     """
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
     from starlette.routing import Route
 
+    table = [
+        *_ROUTES,
+        ("GET", f"{_API}/stream", _stream_endpoint(hub), "read"),
+        *DASHBOARD_ROUTES,
+    ]
     routes = [
         Route(path, _wrap(fn, backend, access=access), methods=[method])
-        for method, path, fn, access in _ROUTES
+        for method, path, fn, access in table
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: _http_exception})
     # A redirect is no answer to a malformed path: "/health/" is a 404 like any unknown path.

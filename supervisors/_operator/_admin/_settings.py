@@ -113,6 +113,15 @@ class AdminSettings:
         keep_alive: seconds a connection may idle between requests (default 5).
         send_buffer: the kernel send buffer of each connection, in bytes (default 256 KiB):
             what a client that does not read can make the kernel hold for it.
+        max_streams: clients of the event stream (``/api/resilience/stream``, the live
+            dashboard) at once, fewer than ``max_connections`` (default 8, or half of
+            ``max_connections`` when that is less; 0 turns the stream off); one more gets 503.
+        stream_interval: seconds between two reads of the actors while anyone streams
+            (default 1).
+        stream_heartbeat: seconds of silence after which a stream writes a keep-alive comment
+            (default 15), so a client that went away is noticed.
+        stream_buffer: bytes of events kept for one streaming client that reads slowly
+            (default 1 MiB); past it they are dropped and the client gets a fresh snapshot.
         saga_input: show each saga's input, metadata and step replies in ``GET .../sagas``
             and ``GET .../sagas/{id}`` (default ``False``: they may hold personal data; the
             audit trail's details are always redacted).
@@ -144,6 +153,14 @@ class AdminSettings:
     keep_alive: float = 5.0
     instance: str | None = None
     send_buffer: int = attrs.field(default=256 * 1024, validator=_positive_int("send_buffer"))
+    max_streams: int = attrs.field()
+    stream_interval: float = 1.0
+    stream_heartbeat: float = 15.0
+    stream_buffer: int = attrs.field(default=1024 * 1024, validator=_positive_int("stream_buffer"))
+
+    @max_streams.default
+    def _max_streams(self) -> int:
+        return min(8, self.max_connections // 2)
 
     def __attrs_post_init__(self) -> None:
         if not isinstance(self.host, str) or not self.host:
@@ -156,6 +173,8 @@ class AdminSettings:
             "request_timeout",
             "write_timeout",
             "keep_alive",
+            "stream_interval",
+            "stream_heartbeat",
         ):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and 0 < value < math.inf):
@@ -168,6 +187,14 @@ class AdminSettings:
             )
         if self.instance is not None:
             check_printable(self.instance, "admin instance", max_length=200)
+        streams = self.max_streams
+        if isinstance(streams, bool) or not isinstance(streams, int) or streams < 0:
+            raise ValueError(f"admin max_streams must be an int >= 0, got {streams!r}")
+        if streams >= self.max_connections:
+            raise ValueError(
+                f"admin max_streams ({streams}) must be less than max_connections "
+                f"({self.max_connections}): streams must leave connections for the API"
+            )
         if not isinstance(self.failed_auth, RateLimiterSettings):
             raise ValueError(
                 f"admin failed_auth must be RateLimiterSettings, got {self.failed_auth!r}"
