@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import socket
 import textwrap
 import threading
@@ -290,6 +291,7 @@ def test_run_with_admin_port_serves_the_api(
     assert module.answers["reset"] == 401
     assert module.answers["reset_with_token"] == 404  # authorized; the service is unknown
     assert "admin API on http://127.0.0.1:" in err.getvalue()
+    assert re.search(r"live dashboard: http://127\.0\.0\.1:[0-9]+/dashboard\b", err.getvalue())
     assert ADMIN_TOKEN not in err.getvalue()
 
 

@@ -206,7 +206,12 @@ async def run_tree(
             )
             address = await admin.ask(GetAdminAddress())
             writes = "need the token" if settings.token else "disabled: no token"
-            logger.warning("admin API on %s (writes %s)", address.url, writes)
+            logger.warning(
+                "admin API on %s (writes %s); live dashboard: %s/dashboard",
+                address.url,
+                writes,
+                address.url,
+            )
 
         try:
             sagas = root.ref(args.sagas)
