@@ -411,7 +411,7 @@
     const pairs = Object.entries(sagas.outcomes || {});
     outcomes.replaceChildren(...pairs.map(([name, value]) => el(
       "div",
-      { class: "outcome " + name },
+      { class: "outcome " + name + (value ? "" : " zero") },
       el("dd", { "data-outcome": name, text: String(value) }),
       el("dt", { text: name.replace("_", " ") }),
     )));
