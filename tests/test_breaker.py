@@ -565,6 +565,7 @@ class Model:
     break_: float = 0.0
     streak: int = 0
     trips: int = 0
+    tripped_at: float = -math.inf
     transitions: list[tuple[BreakerState, BreakerState, str, float]] = field(default_factory=list)
     successes: int = 0
     failures: int = 0
@@ -609,6 +610,7 @@ class Model:
     def trip(self, reason: str, now: float) -> None:
         if self.streak == 0:
             self.break_ = self.s.break_duration
+            self.tripped_at = now
         else:
             grown = min(self.break_ * self.s.break_duration_factor, self.s.max_break_duration)
             self.break_ = max(grown, self.s.break_duration)
@@ -844,6 +846,10 @@ class BreakerAgainstModel(RuleBasedStateMachine):
             or (m.state is HALF_OPEN and len(m.probes) < m.s.half_open_max_probes)
         )
         assert b.allows(self.now) == expected_allows
+        if m.state is OPEN or m.state is HALF_OPEN:
+            assert b.open_for(self.now) == self.now - m.tripped_at
+        else:
+            assert b.open_for(self.now) == 0.0
 
 
 TestBreakerAgainstModel = BreakerAgainstModel.TestCase

@@ -17,7 +17,22 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from actors import ConfigError, ErrorCategory, MonitorActor, ProviderStatus, open_actor
+from actors import (
+    BackoffSettings,
+    BreakerSettings,
+    BudgetSettings,
+    Call,
+    ConfigError,
+    ErrorCategory,
+    GetStatus,
+    MonitorActor,
+    ProviderActor,
+    ProviderSettings,
+    ProviderStatus,
+    Reset,
+    RetrySettings,
+    open_actor,
+)
 from actors._monitor._state import MonitorState
 from actors._policies._config._monitoring import MonitorSettings
 from actors._protocol import BreakerReport, CallReport, DependencyReport, SupervisionReport
@@ -571,3 +586,82 @@ def test_histogram_buckets_are_checked(bounds: tuple[float, ...], problem: str) 
     with pytest.raises(ConfigError, match=problem) as caught:
         MonitorSettings(histogram_buckets=bounds)
     assert caught.value.path == "histogram_buckets"
+
+
+# ================================================================================ alerts' inputs
+
+
+def test_saga_outcomes_are_counted_by_outcome() -> None:
+    """The coordinator's outcome counters become aura_sagas_ended_total{outcome} (every
+    outcome from 0) and aura_sagas_started_total."""
+
+    class Statistics:
+        started, completed, compensated, failed, cancelled, compensation_failed = 9, 5, 2, 1, 0, 1
+        reports_dropped = 0
+
+    got = samples(render_metrics(OperatorSnapshot(at=0.0, saga_statistics=Statistics())).decode())
+    assert got[("aura_sagas_started_total", ())] == 9
+    ended = {
+        dict(labels)["outcome"]: value
+        for (name, labels), value in got.items()
+        if name == "aura_sagas_ended_total"
+    }
+    assert ended == {
+        "completed": 5,
+        "compensated": 2,
+        "failed": 1,
+        "cancelled": 0,
+        "compensation_failed": 1,
+    }
+
+
+def test_breaker_open_time_its_break_and_budget_refusals_are_exported() -> None:
+    """What the alerting rules compare: how long the breaker has been open against its break,
+    and the calls the retry budget refused."""
+    status = msgspec.structs.replace(
+        STATUS, retry_budget_rejections=4, break_duration=30.0, open_for=45.5
+    )
+    got = samples(render_metrics(OperatorSnapshot(at=0.0, providers={"openai": status})).decode())
+    service = (("service", "openai"),)
+    assert got[("aura_provider_retry_budget_rejections_total", service)] == 4
+    assert got[("aura_provider_breaker_break_seconds", service)] == 30.0
+    assert got[("aura_provider_breaker_open_seconds", service)] == 45.5
+
+
+async def test_a_provider_reports_its_open_time_break_and_budget_refusals(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """A provider's status counts the calls its retry budget refused, gives its break, and
+    how long its breaker has been open since it last closed: growing across a failed probe,
+    0 once it closes."""
+    failing = True
+
+    async def service(payload: Any) -> Any:
+        if failing:
+            raise ConnectionError("connection reset by peer")
+        return "ok"
+
+    settings = ProviderSettings(
+        retry=RetrySettings(max_attempts=3, backoff=BackoffSettings(base_delay=0.01)),
+        budget=BudgetSettings(retry_ratio=0.0, min_retries_per_s=0.0),
+        breaker=BreakerSettings(failure_threshold=2, break_duration=30.0),
+    )
+    async with open_actor(lambda: ProviderActor("svc", service, settings)) as ref:
+        for _ in range(2):
+            with pytest.raises(Exception, match="retry budget"):
+                await ref.ask(Call("x"))
+        status = await ref.ask(GetStatus())
+        assert status.retry_budget_rejections == 2
+        assert status.break_duration == 30.0
+        assert status.breaker == "open"
+        assert status.open_for == 0.0  # tripped just now
+        await trio.sleep(31)  # the break elapses: the next call is a probe, and fails
+        with pytest.raises(Exception, match="svc"):
+            await ref.ask(Call("x"))
+        await trio.sleep(5)
+        status = await ref.ask(GetStatus())
+        assert status.breaker == "open"
+        assert 36.0 <= status.open_for < 37.0  # since the first trip, past its break
+        failing = False
+        await ref.ask(Reset())
+        assert (await ref.ask(GetStatus())).open_for == 0.0

@@ -356,6 +356,7 @@ class CircuitBreaker:
         "_stale",
         "_state",
         "_streak",
+        "_tripped_at",
         "_trips",
         "_width",
         "name",
@@ -403,6 +404,7 @@ class CircuitBreaker:
         self._break = float(settings.break_duration)
         self._streak = 0
         self._trips = 0
+        self._tripped_at = -math.inf
         self._ok = 0
         self._ok_mark = 0
         self._ok_at_fail = 0
@@ -456,6 +458,17 @@ class CircuitBreaker:
                 return 0.0
             return self._break
         return None
+
+    def open_for(self, now: float) -> float:
+        """Seconds since the breaker tripped from closed, while it has not closed since (it is
+        open, or half-open waiting for its probes); ``0.0`` when closed or isolated.
+
+        Longer than the break duration means the break elapsed without the breaker closing:
+        the probes failed (it is open again) or none came (it is half-open).
+        """
+        if self._state is _OPEN or self._state is _HALF_OPEN:
+            return max(0.0, now - self._tripped_at)
+        return 0.0
 
     def transitions(self) -> list[BreakerTransition]:
         """The most recent transitions, oldest first (at most ``history``)."""
@@ -677,6 +690,7 @@ class CircuitBreaker:
             self._break = max(self._break, float(s.break_duration))
         else:
             self._break = float(s.break_duration)
+            self._tripped_at = now  # the first trip since the breaker was closed
         self._streak += 1
         self._trips += 1
         self._open_until = now + self._break

@@ -414,6 +414,9 @@ class ProviderActor(_Jobs, CallReceiver):
             hedges=c.hedges,
             reports_dropped=c.reports_dropped,
             fleet=self._fleet_state(now),
+            retry_budget_rejections=c.retry_budget_rejections,
+            break_duration=self.settings.breaker.break_duration,
+            open_for=self._breaker.open_for(now),
         )
 
     def _fleet_state(self, now: float) -> str | None:

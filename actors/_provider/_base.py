@@ -148,6 +148,7 @@ class _Counters:
     fallbacks: int = 0
     hedges: int = 0
     reports_dropped: int = 0
+    retry_budget_rejections: int = 0
 
 
 class _BreakerRelay:

@@ -617,6 +617,7 @@ class _Jobs(_Shared):
     def _final_error(self, job: _Job, decision: GiveUp, error: BaseException) -> BaseException:
         reason = decision.reason
         if reason is GiveUpReason.BUDGET:
+            self.counters.retry_budget_rejections += 1
             return RetryBudgetExhausted(service=self.name, last_error=error)
         if job.attempts == 1:
             return error  # nothing was retried: the classified error says it all

@@ -55,6 +55,12 @@ class ProviderStatus(msgspec.Struct, frozen=True, gc=False):
         fleet: the fleet breaker's state as this instance sees it (``closed``, ``open``,
             ``half_open``, ``isolated``), ``stale`` while the view is too old to be used (the
             local breaker decides alone), or ``None`` when the breaker is not shared.
+        retry_budget_rejections: calls that failed because the retry budget refused their
+            retry (``RetryBudgetExhausted``).
+        break_duration: the breaker's break duration after a first trip, in seconds.
+        open_for: seconds since the breaker tripped from closed, while it has not closed since
+            (open, or half-open); ``0.0`` when closed or isolated.  Longer than
+            ``break_duration`` while ``breaker`` is ``open``: its probes failed.
     """
 
     service: str
@@ -75,6 +81,9 @@ class ProviderStatus(msgspec.Struct, frozen=True, gc=False):
     hedges: int
     reports_dropped: int
     fleet: str | None = None
+    retry_budget_rejections: int = 0
+    break_duration: float = 0.0
+    open_for: float = 0.0
 
 
 ProviderMessage: TypeAlias = Call | Isolate | Reset | GetStatus

@@ -283,6 +283,9 @@ METRIC_NAMES: Final = (
     "aura_provider_retry_budget",
     "aura_provider_idempotency_records",
     "aura_provider_breaker_state",
+    "aura_provider_retry_budget_rejections",
+    "aura_provider_breaker_open_seconds",
+    "aura_provider_breaker_break_seconds",
     "aura_sagas_unfinished",
     "aura_sagas_compensation_failed",
     "aura_monitor_reports",
@@ -296,6 +299,8 @@ METRIC_NAMES: Final = (
     "aura_supervisor_gave_up",
     "aura_supervision_events_dropped",
     "aura_saga_reports_dropped",
+    "aura_sagas_started",
+    "aura_sagas_ended",
     "aura_fleet_instances_live",
     "aura_fleet_store_up",
     "aura_fleet_health_status",
@@ -317,6 +322,10 @@ _PROVIDER_COUNTERS: Final = (
     ("fallbacks", "Calls answered by the fallback."),
     ("hedges", "Hedged second attempts sent."),
     ("reports_dropped", "Monitor reports dropped because the monitor could not keep up."),
+    (
+        "retry_budget_rejections",
+        "Calls that failed because the retry budget refused their retry.",
+    ),
 )
 _PROVIDER_GAUGES: Final = (
     ("running", "running", "Attempts in progress."),
@@ -324,7 +333,16 @@ _PROVIDER_GAUGES: Final = (
     ("waiting", "waiting", "Calls waiting for a retry delay or a rate-limit token."),
     ("retry_budget", "budget_balance", "Retries the retry budget allows right now."),
     ("idempotency_records", "cached", "Idempotency records held."),
+    (
+        "breaker_open_seconds",
+        "open_for",
+        "Seconds since the breaker tripped from closed, while it has not closed since "
+        "(0 when closed or isolated).",
+    ),
+    ("breaker_break_seconds", "break_duration", "The breaker's break duration after a trip."),
 )
+#: The outcomes of a saga, as the coordinator's statistics count them.
+_SAGA_OUTCOMES: Final = ("completed", "compensated", "failed", "cancelled", "compensation_failed")
 _MONITOR_COUNTERS: Final = (
     ("reports", "reports", "Reports the monitor recorded."),
     (
@@ -428,6 +446,24 @@ def _families(snap: OperatorSnapshot | None, out: list[_Family]) -> Iterator[Non
         )
         family.add((), float(reports_dropped))
         out.append(family)
+    if isinstance(getattr(snap.saga_statistics, "started", None), int):
+        _saga_outcomes(snap.saga_statistics, out)
+
+
+def _saga_outcomes(stats: Any, out: list[_Family]) -> None:
+    started = _counter(
+        "aura_sagas_started", "Sagas started by the coordinator (recovered ones not counted)."
+    )
+    started.add((), float(stats.started))
+    ended = _counter(
+        "aura_sagas_ended",
+        "Sagas that ended, by outcome: completed, compensated (every completed step undone), "
+        "failed (nothing to undo), cancelled, compensation_failed (waits for an operator).",
+        labels=["outcome"],
+    )
+    for outcome in _SAGA_OUTCOMES:
+        ended.add((outcome,), float(getattr(stats, outcome, 0)))
+    out += (started, ended)
 
 
 def _health(health: HealthReport, out: list[_Family]) -> Iterator[None]:
