@@ -9,6 +9,7 @@ import math
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+import msgspec
 import pytest
 import trio
 import trio.testing
@@ -69,6 +70,7 @@ class Service:
         self.calls: list[Any] = []
         self.release = trio.Event()
         self.retry_after: float | None = None
+        self.reply: Any = lambda payload: f"{payload}@{name}"
 
     async def __call__(self, payload: Any) -> Any:
         self.calls.append(payload)
@@ -76,7 +78,7 @@ class Service:
             await self.release.wait()
         elif self.mode != "ok":
             raise fault(self.mode, retry_after=self.retry_after)
-        return f"{payload}@{self.name}"
+        return self.reply(payload)
 
 
 class Instance:
@@ -96,6 +98,7 @@ async def fleet_of(
     server: MemoryServer,
     names: Sequence[str],
     settings: ProviderSettings | None = None,
+    reply_types: dict[str, Any] | None = None,
     **overrides: Any,
 ) -> AsyncIterator[list[Instance]]:
     """One fleet member and one provider actor ("svc") per name, all on ``server``."""
@@ -104,7 +107,9 @@ async def fleet_of(
         instances = []
         for name in names:
             fleet_settings = FleetSettings(**{**FAST, "instance_id": name, **overrides})
-            fleet = await stack.enter_async_context(open_fleet(fleet_settings, server=server))
+            fleet = await stack.enter_async_context(
+                open_fleet(fleet_settings, server=server, reply_types=reply_types)
+            )
             service = Service(name)
             ref = await stack.enter_async_context(
                 open_actor(
@@ -400,6 +405,28 @@ async def test_a_key_runs_once_in_the_fleet(mock_clock: trio.testing.MockClock) 
 
 async def _keyed(results: list[Any], provider: Provider[Any, Any], payload: Any, key: str) -> None:
     results.append(await outcome(provider, payload, key))
+
+
+class Receipt(msgspec.Struct, frozen=True):
+    order: int
+    by: str
+
+
+async def test_a_reply_type_decodes_the_fleets_stored_reply(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """With ``reply_types``, another instance gets the stored reply as that type (a Struct),
+    not as plain builtins."""
+    server = MemoryServer()
+
+    async with fleet_of(server, ["a", "b"], reply_types={"svc": Receipt}) as (a, b):
+        for instance in (a, b):
+            instance.service.reply = lambda payload, name=instance.name: Receipt(payload, name)
+        first = await a.provider.call(7, key="order-7")
+        again = await b.provider.call(7, key="order-7")
+        assert first == again == Receipt(7, "a")
+        assert type(again) is Receipt
+        assert b.service.calls == []
 
 
 async def test_another_payload_under_a_fleet_key_is_a_conflict(
