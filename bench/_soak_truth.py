@@ -143,6 +143,8 @@ class Inventory(Actor[Any, Any]):
 class LedgerTruth:
     sent: int = 0
     handled: int = 0
+    refused: int = 0  # tells refused while an operator had the ledger terminated
+    discarded: int = 0  # tells queued when an operator terminated it (its slot's count)
 
 
 class Ledger(Actor[Any, Any]):

@@ -2,14 +2,25 @@
 surface: the admin HTTP API, Prometheus metrics and structured logging.
 
 General layout: the one-line entry point (``@resilient``, ``open_providers``) in
-``_providers``; child specs and strategies in ``_spec``, the engine in ``_supervisor``, the
-public entry points in ``_tree``, events and snapshots in ``_events``; the admin API in
-``_admin``, metrics in ``_metrics``, logging in ``_logging``, the ``aura`` command in ``_cli``
-and ``_live``.  This package only re-exports the public names, listed in ``__all__``.
+``_providers``; child specs and strategies in ``_spec``, the errors in ``_errors``, what a
+tree keeps across restarts (nodes, child records) in ``_node``, the engine in ``_supervisor``,
+the public entry points and handles in ``_tree``, events, counts and snapshots in ``_events``;
+the operator surface in ``_operator``: the admin API in ``_admin``, metrics in ``_metrics``,
+logging in ``_logging``, the ``aura`` command in ``_cli`` and ``_live``.  This package only
+re-exports the public names, listed in ``__all__``.
 """
 
 from actors._metadata import fixup_module_metadata as _fixup_module_metadata
-from supervisors._events import EventKind, Subscription, SupervisionEvent, TreeNode
+from supervisors._errors import (
+    ChildRunning,
+    ChildStartFailed,
+    MaxChildrenReached,
+    NoSuchChild,
+    SupervisorError,
+    SupervisorGaveUp,
+    SupervisorNotRunning,
+)
+from supervisors._events import ChildCounts, EventKind, Subscription, SupervisionEvent, TreeNode
 from supervisors._operator._admin._actor import (
     AdminActor,
     AdminAddress,
@@ -34,15 +45,15 @@ from supervisors._operator._metrics import (
     take_snapshot,
 )
 from supervisors._providers import Providers, Resilient, open_providers, resilient
-from supervisors._spec import ChildSpec, Restart, RestartBackoff, Strategy, SupervisorSpec
-from supervisors._supervisor import (
-    ChildStartFailed,
-    NoSuchChild,
-    SupervisorError,
-    SupervisorGaveUp,
-    SupervisorNotRunning,
+from supervisors._spec import (
+    ChildSpec,
+    DynamicSupervisorSpec,
+    Restart,
+    RestartBackoff,
+    Strategy,
+    SupervisorSpec,
 )
-from supervisors._tree import Supervisor, open_supervisor, root_of
+from supervisors._tree import DynamicSupervisor, Supervisor, open_supervisor, root_of
 
 __all__ = [
     "AdminActor",
@@ -50,12 +61,17 @@ __all__ = [
     "AdminBackend",
     "AdminSettings",
     "AuraCollector",
+    "ChildCounts",
+    "ChildRunning",
     "ChildSpec",
     "ChildStartFailed",
     "CorrelationFilter",
+    "DynamicSupervisor",
+    "DynamicSupervisorSpec",
     "EventKind",
     "GetAdminAddress",
     "JsonFormatter",
+    "MaxChildrenReached",
     "NoSuchChild",
     "OperatorSnapshot",
     "Providers",

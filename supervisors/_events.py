@@ -28,13 +28,14 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Final
 
+import attrs
 import msgspec
 import trio
 
-from actors._errors import MailboxFull
+from actors._errors import ActorStopped, MailboxFull
 from actors._policies._logs import library_logger
 
-__all__ = ["EventKind", "Subscription", "SupervisionEvent", "TreeNode"]
+__all__ = ["ChildCounts", "EventKind", "Subscription", "SupervisionEvent", "TreeNode"]
 
 logger: Final = library_logger("supervisors")
 
@@ -82,10 +83,12 @@ class TreeNode(msgspec.Struct, frozen=True):
         restarts: how many times it was restarted.
         mailbox_depth: queued messages (actors; 0 for supervisors).
         restart_type: ``permanent``, ``transient`` or ``temporary``.
-        strategy: the supervisor's strategy (``""`` for actors).
+        strategy: the supervisor's strategy: ``one_for_one``, ``one_for_all``,
+            ``rest_for_one``, or ``dynamic`` for a dynamic supervisor (``""`` for actors).
         children: the child nodes, in start order.
         events_dropped: supervision events a listener of the tree could not take (its
-            mailbox was full: a busy monitor); counted on the root's snapshot only.
+            mailbox was full, a busy monitor, or stopped, a terminated one); counted on the
+            root's snapshot only.
     """
 
     name: str
@@ -112,6 +115,25 @@ class TreeNode(msgspec.Struct, frozen=True):
             if node.path == path:
                 return node
         return None
+
+
+@attrs.frozen
+class ChildCounts:
+    """A supervisor's children, counted (``count_children()``; Erlang/OTP's
+    ``count_children``), without listing them.
+
+    Attributes:
+        specs: the children it has a record of, running or not (a terminated child whose spec
+            is kept counts; a temporary child that stopped does not).
+        active: the children running now (not stopped, not waiting to be restarted).
+        supervisors: the children that are supervisors, running or not.
+        workers: the children that are actors, running or not.
+    """
+
+    specs: int
+    active: int
+    supervisors: int
+    workers: int
 
 
 _LEVELS: Final = {
@@ -209,9 +231,10 @@ class _EventBus:
                 continue
             try:
                 listener(event)
-            except MailboxFull:
+            except (MailboxFull, ActorStopped):
                 # A busy monitor (``add_listener(monitor.tell_nowait)``) loses this event but
-                # keeps listening: a full mailbox is a passing condition.
+                # keeps listening: a full mailbox is a passing condition, and so is a stopped
+                # one (a terminated monitor that restart_child starts again).
                 self.dropped += 1
             except Exception:
                 logger.exception("supervision event listener %r failed; removing it", listener)

@@ -63,8 +63,8 @@ from actors._policies._logs import library_logger
 from actors._protocol import FleetMember
 from actors._provider._actor import ProviderActor
 from actors._provider._client import Provider
+from supervisors._errors import NoSuchChild
 from supervisors._spec import ChildSpec, SupervisorSpec
-from supervisors._supervisor import NoSuchChild
 from supervisors._tree import Supervisor, open_supervisor
 
 __all__ = ["Providers", "Resilient", "open_providers", "resilient"]

@@ -14,7 +14,12 @@ lower-case name.
 Defaults (the same as Elixir's supervisors): at most ``max_restarts=3`` restarts within
 ``period=5`` seconds before a supervisor gives up; workers get ``shutdown=5`` seconds to stop
 gracefully, supervisors an unlimited grace (they stop their own children, each within its own
-grace).  No restart backoff unless one is given.
+grace).  No restart backoff unless one is given.  The period must be finite, as in Erlang/OTP:
+an infinite one would silently turn ``max_restarts`` into a budget for the tree's whole life.
+
+A :class:`DynamicSupervisorSpec` describes a supervisor with no children at start whose
+children are added at run time, from a template or ad hoc, each under a generated name
+(Elixir's ``DynamicSupervisor``, Erlang/OTP's ``simple_one_for_one``).
 """
 
 from __future__ import annotations
@@ -32,7 +37,14 @@ from actors._core._actor import Actor, check_actor_class
 from actors._core._cell import DEFAULT_ASK_TIMEOUT, DEFAULT_CAPACITY
 from actors._errors import choice
 
-__all__ = ["ChildSpec", "Restart", "RestartBackoff", "Strategy", "SupervisorSpec"]
+__all__ = [
+    "ChildSpec",
+    "DynamicSupervisorSpec",
+    "Restart",
+    "RestartBackoff",
+    "Strategy",
+    "SupervisorSpec",
+]
 
 # Covariant, so that a list of the specs of different actors (``[ChildSpec("a", A),
 # ChildSpec("b", B)]``) type-checks as a list of specs: mypy joins ``ChildSpec[MA, RA]`` and
@@ -160,7 +172,9 @@ class ChildSpec(Generic[M, R]):
     Args:
         name: unique among its siblings; no ``/``.  The actor's path is its supervisor's path
             plus this name (``"providers/openai"``).
-        factory: builds a fresh actor instance; called for every (re)start.
+        factory: builds a fresh actor instance; called for every (re)start.  A dynamic
+            supervisor's template factory is called with the arguments given to its
+            ``start_child`` (the same ones again at every restart).
         restart: a :class:`Restart` type (or its name); default ``permanent``.
         shutdown: seconds the actor gets to stop gracefully before it is cancelled (default 5).
         mailbox_capacity: the mailbox bound (default 1000).
@@ -173,7 +187,7 @@ class ChildSpec(Generic[M, R]):
     """
 
     name: str
-    factory: Callable[[], Actor[M, R]]
+    factory: Callable[..., Actor[M, R]]
     restart: Restart = attrs.field(default=Restart.PERMANENT, converter=_restart)
     shutdown: float = attrs.field(
         default=5.0, converter=_seconds, validator=_non_negative("shutdown")
@@ -208,6 +222,16 @@ def _children(value: Iterable[AnySpec]) -> tuple[AnySpec, ...]:
     return tuple(value)
 
 
+def _check_intensity(what: str, max_restarts: object, period: float) -> None:
+    if not isinstance(max_restarts, int) or isinstance(max_restarts, bool) or max_restarts < 0:
+        raise ValueError(f"{what}: max_restarts must be an int >= 0, got {max_restarts!r}")
+    if not 0 < period < math.inf:
+        raise ValueError(
+            f"{what}: period must be a finite number of seconds > 0, got {period!r} (an "
+            "infinite period would make max_restarts a budget for the whole life of the tree)"
+        )
+
+
 @attrs.frozen
 class SupervisorSpec:
     """A supervisor and its children; usable as a child spec of another supervisor.
@@ -217,8 +241,8 @@ class SupervisorSpec:
         children: child specs, started in order and stopped in reverse order.
         strategy: a :class:`Strategy` (or its name); default ``one_for_one``.
         max_restarts, period: restart intensity: more than ``max_restarts`` restarts within
-            ``period`` seconds and the supervisor stops its children and fails to its parent
-            (defaults 3 and 5 s).
+            ``period`` seconds (finite) and the supervisor stops its children and fails to its
+            parent (defaults 3 and 5 s).  A restart whose start fails counts, and is retried.
         backoff: default :class:`RestartBackoff` of the children (``None``: restart at once).
         restart: the restart type of this supervisor under its parent (default permanent).
         shutdown: the grace its parent gives it to stop (default unlimited).
@@ -241,27 +265,85 @@ class SupervisorSpec:
 
     def __attrs_post_init__(self) -> None:
         _check_name(self.name, "supervisor")
-        if (
-            not isinstance(self.max_restarts, int)
-            or isinstance(self.max_restarts, bool)
-            or self.max_restarts < 0
-        ):
-            raise ValueError(
-                f"supervisor {self.name!r}: max_restarts must be an int >= 0, "
-                f"got {self.max_restarts!r}"
-            )
-        if not self.period > 0:
-            raise ValueError(f"supervisor {self.name!r}: period must be > 0, got {self.period!r}")
+        _check_intensity(f"supervisor {self.name!r}", self.max_restarts, self.period)
         seen: set[str] = set()
         for child in self.children:
-            if not isinstance(child, ChildSpec | SupervisorSpec):
+            if not isinstance(child, ChildSpec | SupervisorSpec | DynamicSupervisorSpec):
                 raise TypeError(
-                    f"supervisor {self.name!r}: children must be ChildSpec or SupervisorSpec, "
-                    f"got {child!r}"
+                    f"supervisor {self.name!r}: children must be ChildSpec, SupervisorSpec or "
+                    f"DynamicSupervisorSpec, got {child!r}"
                 )
             if child.name in seen:
                 raise ValueError(f"supervisor {self.name!r}: two children are named {child.name!r}")
             seen.add(child.name)
 
 
-AnySpec: TypeAlias = "ChildSpec[Any, Any] | SupervisorSpec"
+@attrs.frozen
+class DynamicSupervisorSpec:
+    """A supervisor whose children are all added at run time, each under a generated name
+    (Elixir's ``DynamicSupervisor``, Erlang/OTP's ``simple_one_for_one``); usable as a child
+    spec of another supervisor, or as the root.
+
+    Meant for actors that come and go with the work: one per session, per request, per
+    upload.  Its handle (:class:`~supervisors.DynamicSupervisor`) starts a child from the
+    ``template`` (``start_child(*args)`` calls ``template.factory(*args)``) or from an ad hoc
+    spec (``start_child_spec``); the child's name is the spec's name and a number
+    (``"session-17"``), so specs need not be unique.  Starting and terminating a child cost the
+    same whatever the number of children; children are independent (``one_for_one``) and are
+    stopped all at once, each within its shutdown grace, when the supervisor stops.  A child
+    that stops for good (temporary; transient after a normal exit; terminated) is removed.
+
+    Args:
+        name: unique among its siblings.
+        template: the spec ``start_child(*args)`` starts (its factory takes those arguments);
+            ``None``: children are started from ad hoc specs only.
+        max_children: at most this many children at once (``None``: no limit); past it
+            ``start_child`` raises :class:`~supervisors.MaxChildrenReached`.
+        max_restarts, period: restart intensity, as for :class:`SupervisorSpec`.
+        backoff: default :class:`RestartBackoff` of the children (``None``: restart at once).
+        restart: the restart type of this supervisor under its parent (default permanent).
+        shutdown: the grace its parent gives it to stop (default unlimited).
+
+    Example::
+
+        DynamicSupervisorSpec("sessions", template=ChildSpec("session", Session,
+                                                             restart="temporary"),
+                              max_children=10_000)
+    """
+
+    name: str
+    template: ChildSpec[Any, Any] | None = None
+    max_children: int | None = None
+    max_restarts: int = 3
+    period: float = attrs.field(default=5.0, converter=_seconds)
+    backoff: RestartBackoff | None = attrs.field(default=None, validator=_check_backoff)
+    restart: Restart = attrs.field(default=Restart.PERMANENT, converter=_restart)
+    shutdown: float = attrs.field(
+        default=math.inf, converter=_seconds, validator=_non_negative("shutdown")
+    )
+
+    @property
+    def children(self) -> tuple[AnySpec, ...]:
+        """No children at start (they are added at run time)."""
+        return ()
+
+    @property
+    def strategy(self) -> Strategy:
+        """Always ``one_for_one``: the children are independent."""
+        return Strategy.ONE_FOR_ONE
+
+    def __attrs_post_init__(self) -> None:
+        _check_name(self.name, "dynamic supervisor")
+        what = f"dynamic supervisor {self.name!r}"
+        _check_intensity(what, self.max_restarts, self.period)
+        if self.template is not None and not isinstance(self.template, ChildSpec):
+            raise TypeError(f"{what}: template must be a ChildSpec, got {self.template!r}")
+        limit = self.max_children
+        if limit is not None and (
+            not isinstance(limit, int) or isinstance(limit, bool) or limit < 0
+        ):
+            raise ValueError(f"{what}: max_children must be None or an int >= 0, got {limit!r}")
+
+
+AnySupervisorSpec: TypeAlias = "SupervisorSpec | DynamicSupervisorSpec"
+AnySpec: TypeAlias = "ChildSpec[Any, Any] | SupervisorSpec | DynamicSupervisorSpec"

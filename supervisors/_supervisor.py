@@ -1,200 +1,86 @@
-"""The supervisor engine: starting, watching, restarting and stopping children.
+"""The supervisor engine: starting, watching, restarting and stopping children (Erlang/OTP).
 
 Theory of operation
 -------------------
 A supervisor is one trio task (its *run*) that owns a nursery with one task per running child.
 Child tasks never raise into the nursery: each one reports its exit (normal, or the crash) to
 the supervisor's inbox and the supervisor decides, one event at a time, so decisions are
-sequential and easy to reason about:
+sequential and easy to reason about.  Every rule below is Erlang/OTP's ``supervisor``, by name:
 
-1. A child exits.  If it must not be restarted (temporary; transient with a normal exit) it
-   is retired: its slot closes and queued asks get ``ActorStopped``.
-2. Otherwise the restart is counted against the intensity (``max_restarts`` within
-   ``period``).  Past it, the supervisor stops every child in reverse start order and raises
-   :class:`SupervisorGaveUp` to its parent; at the root that leaves ``open_supervisor``.
-3. Else the strategy picks the restart group (the child; every child; the child and those
-   started after it), stops the rest of the group in reverse order, and schedules the group to
-   start again, in start order, after the backoff delay.
+* **start** (``init``): children start in order, each once its ``on_start`` has returned.  If
+  one fails to start (``failed_to_start_child``), the children already started are stopped in
+  reverse order and the supervisor fails with :class:`ChildStartFailed`, to ``open_supervisor``
+  or to its parent, which sees a child (this supervisor) that failed to start.
+* **exit**: a child that must not be restarted (temporary; transient after a normal exit, or
+  a transient supervisor that gave up, whose exit is OTP's ``shutdown``) is stopped for good:
+  its slot closes, queued asks get ``ActorStopped``; a temporary child is forgotten, another
+  keeps its record (``restart_child`` can start it again).
+* **restart**: otherwise the restart is counted against the intensity (``max_restarts``
+  within ``period``); past it, the supervisor stops every child in reverse start order and
+  raises :class:`SupervisorGaveUp` to its parent (``shutdown``).  Else the strategy picks the
+  group (the child; every child; the child and those after it), stops the rest of it in
+  reverse order (temporary ones are forgotten), and restarts the group in start order, after
+  the backoff delay if there is one.
+* **a failed restart** stops the group restart at that child: the children after it stay
+  down.  It counts toward the intensity like a crash, and the child's group is restarted again
+  from it (``try_again_restart``), so a child that never starts makes its supervisor give up.
+* **administration**: ``terminate_child`` stops a child and keeps its record (a temporary
+  child's is dropped), ``restart_child`` starts a terminated child again, ``delete_child``
+  drops a terminated child's record; a running child is ``running`` to the last two, and one
+  waiting to be restarted ``restarting``.  A start that fails there is the caller's error
+  (:class:`ChildStartFailed`): the child stays down and nothing is counted.
 
-Persistent vs per-run state: a supervisor's *node* (its children's records, their slots and
-restart counts, dynamic children) lives as long as the tree; a *run* (nursery, inbox,
-intensity window) lives as long as one incarnation of the supervisor.  When a supervisor fails
-and its parent restarts it, the new run reuses the node, so actor slots, the messages queued in
-them and every ``ActorRef`` survive the restart of a whole subtree.  Stopping a child is
-*terminal* (its slots close) only when nothing will restart it: a termination, a retirement, or
-the tree shutting down.  Stops on the way to a restart or an escalation keep the slots open.
+A dynamic supervisor (``DynamicSupervisorSpec``, OTP's ``simple_one_for_one``) runs the same
+engine with children added at run time under generated names; a child that stops for good is
+forgotten, and all of them are stopped at once, each within its grace, when it stops.
+
+A crash that the supervisor would answer with an immediate restart of that child alone is
+handled in the child's own task (:meth:`_Run._restart_inline`): the common restart costs no task
+spawn and no hop through the inbox.
+
+Persistent vs per-run state: a supervisor's *node* (``_node``) lives as long as the tree; a run
+(nursery, inbox, intensity window) as long as one incarnation of the supervisor.  When a
+supervisor fails and its parent restarts it, the new run reuses the node, so actor slots, the
+messages queued in them and every ``ActorRef`` survive the restart of a whole subtree.
+Stopping a child is *terminal* (its slots close) only when nothing will restart it.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import math
-import random
 from collections import deque
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Final
 
 import attrs
 import trio
 
-from actors._core._actor import check_actor
-from actors._core._cell import CellState, _Cell, is_cancellation, is_fatal, run_actor, unwrap
-from actors._core._reply import _Timers
-from actors._errors import ActorNotFound, AuraError, ErrorCategory
+from actors._core._cell import CellState, is_cancellation, is_fatal, run_actor, unwrap
 from actors._policies._logs import describe_exception
-from supervisors._events import EventKind, SupervisionEvent, TreeNode, _EventBus
-from supervisors._spec import AnySpec, ChildSpec, Restart, RestartBackoff, Strategy, SupervisorSpec
+from supervisors._errors import (
+    ChildRunning,
+    ChildStartFailed,
+    MaxChildrenReached,
+    NoSuchChild,
+    SupervisorGaveUp,
+    SupervisorNotRunning,
+)
+from supervisors._events import EventKind
+from supervisors._node import _Child, _Control, _Node, _Stop
+from supervisors._spec import (
+    AnySpec,
+    ChildSpec,
+    DynamicSupervisorSpec,
+    Restart,
+    RestartBackoff,
+    Strategy,
+)
 
-__all__ = [
-    "ChildStartFailed",
-    "NoSuchChild",
-    "SupervisorError",
-    "SupervisorGaveUp",
-    "SupervisorNotRunning",
-]
+__all__: list[str] = []
 
-
-class SupervisorError(AuraError):
-    """Base class of supervision errors."""
-
-    default_category = ErrorCategory.INVALID_STATE
-
-
-class SupervisorGaveUp(SupervisorError):
-    """A supervisor exceeded its restart intensity, stopped its children and gave up.
-
-    Attributes:
-        path: the supervisor's path (``""`` for the root).
-        child: the path of the child whose exit exceeded the intensity.
-        max_restarts, period: the intensity that was exceeded.
-        cause: the child's last crash (also ``__cause__``), or ``None`` for a normal exit.
-    """
-
-    default_category = ErrorCategory.DEPENDENCY
-
-    def __init__(
-        self,
-        *,
-        path: str,
-        child: str,
-        max_restarts: int,
-        period: float,
-        cause: BaseException | None,
-    ) -> None:
-        what = "exited" if cause is None else f"crashed ({describe_exception(cause)})"
-        super().__init__(
-            f"Supervisor {path or '(root)'!r} gave up: {child!r} {what} and more than "
-            f"{max_restarts} restart(s) happened within {period:g} s.",
-            suggested_action=(
-                "Look at the cause of the repeated crashes; raise max_restarts/period or add a "
-                "restart backoff only if the failures are expected to pass."
-            ),
-        )
-        self.path = path
-        self.child = child
-        self.max_restarts = max_restarts
-        self.period = period
-        self.cause = cause
-        if cause is not None:
-            self.__cause__ = cause
-
-
-class NoSuchChild(SupervisorError, ActorNotFound):
-    """No child (or actor, or supervisor) exists at the given name or path."""
-
-    default_category = ErrorCategory.VALIDATION
-
-    def __init__(self, path: str, detail: str = "") -> None:
-        AuraError.__init__(
-            self,
-            f"No such child: {path!r}{detail}.",
-            suggested_action="Check the name against Supervisor.snapshot().",
-        )
-        self.path = path
-        self.actor = path
-
-
-class SupervisorNotRunning(SupervisorError):
-    """The supervisor is stopped or restarting, so it cannot take the request now."""
-
-    def __init__(self, path: str) -> None:
-        super().__init__(
-            f"Supervisor {path or '(root)'!r} is not running.",
-            suggested_action="Retry once the supervisor is running again.",
-        )
-
-
-def join(parent: str, name: str) -> str:
-    return f"{parent}/{name}" if parent else name
-
-
-class _Tree:
-    """What every supervisor of one tree shares: timers, slot registry, events, randomness."""
-
-    def __init__(self, timers: _Timers, *, seed: int | None = None) -> None:
-        self.timers = timers
-        self.cells: dict[str, _Cell] = {}
-        self.nodes: dict[str, _Node] = {}
-        self.bus = _EventBus()
-        self.rng = random.Random(seed)
-
-    def emit(
-        self,
-        kind: EventKind,
-        path: str,
-        supervisor: str,
-        error: BaseException | None = None,
-        **kw: Any,
-    ) -> None:
-        self.bus.emit(
-            SupervisionEvent(
-                kind=kind, path=path, supervisor=supervisor, at=trio.current_time(), **kw
-            ),
-            error,
-        )
-
-    def close_under(self, path: str, reason: str) -> None:
-        """Close every actor slot at or below ``path`` (``""``: the whole tree).
-
-        Used when a subtree will not run again; its supervisors' nodes are forgotten too, so a
-        child added later under the same name starts afresh.
-        """
-
-        def inside(p: str) -> bool:
-            return not path or p == path or p.startswith(path + "/")
-
-        for cell_path in [p for p in self.cells if inside(p)]:
-            self.cells.pop(cell_path).close(reason)
-        for node_path in [p for p in self.nodes if p and inside(p)]:
-            self.nodes.pop(node_path).retired = True
-
-
-@attrs.define(eq=False)
-class _Child:
-    """A supervisor's record of one child, kept across restarts of child and supervisor."""
-
-    spec: AnySpec
-    path: str
-    cell: _Cell | None = None
-    node: _Node | None = None
-    restarts: int = 0
-    consecutive: int = 0
-    state: CellState = CellState.RESTARTING
-    # per incarnation of the child:
-    gen: int = 0
-    running: bool = False
-    expected_exit: bool = False
-    scope: trio.CancelScope | None = None
-    exited: trio.Event | None = None
-    started_at: float = 0.0
-    restart_due: float | None = None
-    restart_delay: float = 0.0
-    start_error: BaseException | None = None
-    exit_error: BaseException | None = None  # how the last incarnation ended (a crash)
-    started_ok: bool = False
-
-    @property
-    def is_supervisor(self) -> bool:
-        return self.node is not None
+_FAILED_TO_START: Final = " (failed to start)"
 
 
 @attrs.frozen
@@ -204,149 +90,19 @@ class _Exit:
     error: BaseException | None
 
 
-@attrs.frozen
-class _Stop:
-    terminal: bool
+class _Countdown:
+    """Set once ``n`` children have told it they ended (a concurrent stop's waiter)."""
 
+    __slots__ = ("event", "n")
 
-@attrs.define
-class _Control:
-    op: Callable[[_Run], Awaitable[Any]]
-    done: trio.Event = attrs.field(factory=trio.Event)
-    result: Any = None
-    error: BaseException | None = None
+    def __init__(self) -> None:
+        self.n = 0
+        self.event = trio.Event()
 
-
-class _Node:
-    """A supervisor's persistent state (one per supervisor path in a tree)."""
-
-    def __init__(self, tree: _Tree, spec: SupervisorSpec, path: str) -> None:
-        self.tree = tree
-        self.spec = spec
-        self.path = path
-        self.children: list[_Child] = []
-        self.inbox: trio.MemorySendChannel[Any] | None = None
-        self.current: _Run | None = None  # the incarnation running now
-        self.retired = False
-        self.state = CellState.RESTARTING
-        tree.nodes[path] = self
-        for child_spec in spec.children:
-            self.children.append(self._make_child(child_spec))
-
-    # ------------------------------------------------------------------ children records
-
-    def _make_child(self, spec: AnySpec) -> _Child:
-        path = join(self.path, spec.name)
-        child = _Child(spec=spec, path=path)
-        if isinstance(spec, SupervisorSpec):
-            node = self.tree.nodes.get(path)
-            child.node = (
-                node if node is not None and not node.retired else _Node(self.tree, spec, path)
-            )
-        else:
-            cell = self.tree.cells.get(path)
-            if cell is None:
-                cell = _Cell(
-                    path,
-                    registry=self.tree.cells,
-                    timers=self.tree.timers,
-                    capacity=spec.mailbox_capacity,
-                    ask_timeout=spec.ask_timeout,
-                )
-                self.tree.cells[path] = cell
-            elif cell.closed:
-                cell.reopen()
-            cell.owner = self.tree
-            child.cell = cell
-        return child
-
-    def revive(self, child: _Child) -> None:
-        """Make a child that was stopped for good startable again (same slot, same refs)."""
-        if child.cell is not None and child.cell.closed:
-            child.cell.reopen()
-            self.tree.cells[child.path] = child.cell
-        if child.node is not None and child.node.retired:
-            child.node = _Node(self.tree, child.node.spec, child.path)
-
-    def find(self, name: str) -> _Child:
-        for child in self.children:
-            if child.spec.name == name:
-                return child
-        raise NoSuchChild(join(self.path, name), f" under supervisor {self.path or '(root)'!r}")
-
-    def snapshot(
-        self, name: str = "", restarts: int = 0, restart_type: str = "permanent"
-    ) -> TreeNode:
-        nodes = []
-        for child in self.children:
-            if child.node is not None:
-                nodes.append(
-                    child.node.snapshot(child.spec.name, child.restarts, child.spec.restart.value)
-                )
-            else:
-                assert child.cell is not None
-                nodes.append(
-                    TreeNode(
-                        name=child.spec.name,
-                        path=child.path,
-                        kind="actor",
-                        state=child.cell.state.value,
-                        restarts=child.restarts,
-                        mailbox_depth=len(child.cell.queue),
-                        restart_type=child.spec.restart.value,
-                    )
-                )
-        return TreeNode(
-            name=name,
-            path=self.path,
-            kind="supervisor",
-            state=self.state.value,
-            restarts=restarts,
-            restart_type=restart_type,
-            strategy=self.spec.strategy.value,
-            children=tuple(nodes),
-        )
-
-    # ------------------------------------------------------------------ control (from handles)
-
-    async def control(self, op: Callable[[_Run], Awaitable[Any]]) -> Any:
-        """Run ``await op(run)`` inside the supervisor's task and return its result."""
-        inbox = self.inbox
-        if inbox is None or self.retired:
-            raise SupervisorNotRunning(self.path)
-        request = _Control(op)
-        try:
-            inbox.send_nowait(request)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            raise SupervisorNotRunning(self.path) from None
-        await request.done.wait()
-        if request.error is not None:
-            raise request.error
-        return request.result
-
-    def request_stop(self, terminal: bool) -> bool:
-        inbox = self.inbox
-        if inbox is None:
-            return False
-        try:
-            inbox.send_nowait(_Stop(terminal))
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            return False
-        run = self.current
-        if run is not None:
-            # A child blocked in on_start must not hold the stop up: the start is abandoned
-            # (the child gets its shutdown grace) and the loop then reads the stop request.
-            run.stopping = True
-            if run.start_scope is not None:
-                run.start_scope.cancel()
-        return True
-
-    # ------------------------------------------------------------------ one run
-
-    async def run(self, started: Callable[[], None]) -> None:
-        """Run one incarnation of this supervisor until it is stopped or gives up."""
-        run = _Run(self)
-        await run.main(started)
+    def set(self) -> None:
+        self.n -= 1
+        if self.n <= 0:
+            self.event.set()
 
 
 class _Run:
@@ -357,6 +113,8 @@ class _Run:
         self.tree = node.tree
         self.spec = node.spec
         self.restart_times: deque[float] = deque()
+        self.due: list[tuple[float, int, _Child]] = []  # restarts waiting, by time
+        self._seq = itertools.count()
         self.nursery: trio.Nursery | None = None
         self.idle = False
         self.stopping = False  # a stop request is queued: no more starts or control requests
@@ -364,26 +122,31 @@ class _Run:
         self.send, self.receive = trio.open_memory_channel[Any](math.inf)
 
     async def main(self, started: Callable[[], None]) -> None:
+        """Start the children, call ``started``, then supervise until stopped or giving up."""
         node = self.node
         node.inbox = self.send
         node.current = self
         node.state = CellState.STARTING
+        node.refresh()
         terminal = False
         try:
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
                 try:
-                    for child in list(node.children):
-                        node.revive(child)
-                        await self._start(child, restarted=False)
+                    for child in list(node.children.values()):
+                        if not await self._start(child, restarted=False):
+                            if self.stopping:
+                                break  # abandoned: the stop request waits in the inbox
+                            # failed_to_start_child: stop what started, then fail.
+                            raise ChildStartFailed(child.path, child.start_error)
                     node.state = CellState.RUNNING
                     started()
                     terminal = await self._loop()
                 except BaseException as exc:
                     if is_cancellation(exc) or is_fatal(exc):
                         raise
-                    # Giving up (or an internal error): stop the children, keep their slots
-                    # for whoever restarts this supervisor, and fail to the parent.
+                    # Giving up, a failed start (or an internal error): stop the children,
+                    # keep their slots for whoever restarts this supervisor, and fail.
                     node.state = CellState.STOPPING
                     await self._stop_all(terminal=False)
                     raise
@@ -396,6 +159,8 @@ class _Run:
                 node.current = None
             self.send.close()
             node.state = CellState.STOPPED if terminal else CellState.RESTARTING
+            for child in node.children.values():
+                child.running = False  # after a cancellation their tasks are gone too
             self._fail_pending_controls()
 
     def _fail_pending_controls(self) -> None:
@@ -408,20 +173,23 @@ class _Run:
                 message.error = SupervisorNotRunning(self.node.path)
                 message.done.set()
 
+    def _next_due(self) -> float:
+        due = self.due
+        while due and due[0][2].restart_due != due[0][0]:
+            heapq.heappop(due)  # the child was started or stopped meanwhile
+        return due[0][0] if due else math.inf
+
     async def _loop(self) -> bool:
         """Process events until a stop request (returns whether it is terminal)."""
         while True:
-            due = min(
-                (c.restart_due for c in self.node.children if c.restart_due is not None),
-                default=math.inf,
-            )
-            if due <= trio.current_time():
+            due = self._next_due()
+            if due <= trio.current_time() and not self.stopping:
                 await self._start_due()
                 continue
             message = None
             self.idle = True
             try:
-                if due == math.inf:
+                if due == math.inf or self.stopping:
                     message = await self.receive.receive()
                 else:
                     with trio.move_on_at(due):
@@ -431,8 +199,9 @@ class _Run:
             if message is None:
                 continue
             if isinstance(message, _Exit):
-                if message.gen == message.child.gen and message.child.running:
-                    await self._on_exit(message.child, message.error)
+                child = message.child
+                if message.gen == child.gen and child.running and not child.expected_exit:
+                    await self._on_exit(child, message.error)
             elif isinstance(message, _Control):
                 if self.stopping:  # a stop request is queued behind it: refuse
                     message.error = SupervisorNotRunning(self.node.path)
@@ -455,22 +224,26 @@ class _Run:
     # ------------------------------------------------------------------ starting
 
     async def _start(self, child: _Child, *, restarted: bool) -> bool:
-        """Start ``child`` and wait until it has started or failed to.  Returns success."""
+        """Start ``child`` and wait until it has started or failed to.  Returns success.
+
+        On failure the child is not running and ``child.start_error`` says why (``None`` when
+        the start was abandoned because this supervisor is stopping).
+        """
         assert self.nursery is not None
+        self.node.revive(child)
         child.gen += 1
         child.running = True
+        child.done = False
         child.expected_exit = False
         child.restart_due = None
         child.start_error = None
         child.exit_error = None
         child.started_ok = False
+        child.restarted_start = restarted
         child.scope = trio.CancelScope()
-        child.exited = trio.Event()
         child.state = CellState.STARTING
-        ready = trio.Event()
-        self.nursery.start_soon(
-            self._child_main, child, ready, restarted, name=f"child {child.path}"
-        )
+        ready = child.ready = trio.Event()
+        self.nursery.start_soon(self._child_main, child, name=child.path)
         # Waiting for on_start must not freeze the supervisor: a stop request (the tree's
         # shutdown, a parent's restart) abandons the start and stops the child within its
         # grace.  Control requests and exits wait in the inbox meanwhile.
@@ -480,16 +253,26 @@ class _Run:
                 scope.cancel()
             await ready.wait()
         self.start_scope = None
+        child.ready = None
         if not ready.is_set():
             await self._stop(child, terminal=False)
+            child.start_error = None
             return False
-        return child.started_ok
+        if not child.started_ok:
+            child.running = False
+            child.state = CellState.RESTARTING
+            return False
+        return True
 
-    def _mark_started(self, child: _Child, restarted: bool) -> None:
+    def mark_started(self, child: _Child) -> None:
+        """Called by the child once it has started (see ``_Child.mark_started``)."""
         child.started_ok = True
         child.state = CellState.RUNNING
         child.started_at = trio.current_time()
-        if restarted:
+        if child.restarted_start:
+            child.restarts += 1
+            if child.cell is not None:
+                child.cell.restarts = child.restarts
             self.tree.emit(
                 EventKind.RESTARTED,
                 child.path,
@@ -499,64 +282,71 @@ class _Run:
             )
         else:
             self.tree.emit(EventKind.STARTED, child.path, self.node.path, restarts=child.restarts)
+        if child.ready is not None:
+            child.ready.set()
 
-    async def _child_main(self, child: _Child, ready: trio.Event, restarted: bool) -> None:
+    async def _child_main(self, child: _Child) -> None:
         """The task of one child: runs its incarnations until one must go to the supervisor.
 
-        A crash that the supervisor would answer with an immediate restart of this child alone
-        (see :meth:`_restart_inline`) is handled right here, in the same task: the common
-        restart costs no task spawn and no hop through the supervisor's inbox.
+        Its background tasks run in this supervisor's nursery (each in its own cancel scope,
+        cancelled and waited for when the incarnation ends), so a child costs one task.
         """
         error: BaseException | None = None
-        assert child.scope is not None
-        assert child.exited is not None
-
-        def started() -> None:
-            self._mark_started(child, restarted)
-            ready.set()
-
+        scope = child.scope
+        assert scope is not None
         try:
-            with child.scope:
-                # The host of the child's background tasks, for all its inline incarnations.
-                async with trio.open_nursery() as host:
-                    while True:
-                        error = None
-                        try:
-                            if child.node is not None:
-                                await child.node.run(started)
-                            else:
-                                assert isinstance(child.spec, ChildSpec)
-                                assert child.cell is not None
-                                actor = child.spec.factory()
-                                check_actor(actor, f"child {child.path!r}")
-                                await run_actor(child.cell, actor, started, host, child.scope)
-                        except BaseException as exc:
-                            if is_cancellation(exc) or is_fatal(exc):
-                                raise
-                            error = unwrap(exc)
-                        if not self._restart_inline(child, error):
-                            break
-                        restarted = True
+            with scope:
+                while True:
+                    error = None
+                    try:
+                        await self._incarnation(child, scope)
+                    except BaseException as exc:
+                        if is_cancellation(exc) or is_fatal(exc):
+                            raise
+                        error = unwrap(exc)
+                    if not self._restart_inline(child, error):
+                        break
         finally:
             if not child.started_ok:
                 child.start_error = error
             child.exit_error = error
-            child.exited.set()
-            ready.set()
+            child.done = True
+            waiter = child.waiter
+            if waiter is not None:
+                child.waiter = None
+                waiter.set()
+            if child.ready is not None:
+                child.ready.set()
             try:
                 self.send.send_nowait(_Exit(child, child.gen, error))
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
+
+    async def _incarnation(self, child: _Child, scope: trio.CancelScope) -> None:
+        """Run one incarnation of ``child``: a run of a supervisor, or an actor instance."""
+        if child.node is not None:
+            await _Run(child.node).main(child.mark_started)
+            return
+        spec = child.spec
+        assert isinstance(spec, ChildSpec)
+        assert child.cell is not None
+        assert self.nursery is not None
+        actor = spec.factory(*child.args)
+        if spec.restart is Restart.TEMPORARY:
+            child.args = ()  # never needed again (OTP keeps no arguments for them either)
+        await run_actor(child.cell, actor, child.mark_started, self.nursery, scope)
 
     def _restart_inline(self, child: _Child, error: BaseException | None) -> bool:
         """Restart ``child`` in its own task if that is exactly what the loop would decide.
 
         Only when the supervisor is idle (so decisions stay sequential), the strategy restarts
         this child alone, without delay, and the restart stays within the intensity; anything
-        else goes to the supervisor's loop.
+        else goes to the supervisor's loop.  A start that fails here is a crash like any other
+        (counted, and retried or escalated the same way).
         """
         if (
             not self.idle
+            or self.stopping
             or child.node is not None
             or child.scope is None
             or child.scope.cancel_called
@@ -578,46 +368,85 @@ class _Run:
         if len(times) + 1 > self.spec.max_restarts:
             return False
         if error is not None:
-            self._crashed(child, error)
+            self._crashed(child, error, "" if child.started_ok else _FAILED_TO_START)
         times.append(now)
         child.gen += 1
-        child.restarts += 1
-        if child.cell is not None:
-            child.cell.restarts = child.restarts
         child.restart_delay = 0.0
         child.started_ok = False
+        child.restarted_start = True
         child.state = CellState.STARTING
         return True
 
     async def _start_due(self) -> None:
         now = trio.current_time()
-        for child in list(self.node.children):
-            if child.restart_due is not None and child.restart_due <= now:
-                child.restarts += 1
-                if child.cell is not None:
-                    child.cell.restarts = child.restarts
-                await self._start(child, restarted=True)
+        due = self.due
+        while due and due[0][0] <= now and not self.stopping:
+            at, _, child = heapq.heappop(due)
+            if child.restart_due != at:
+                continue  # started or stopped meanwhile
+            child.restart_due = None
+            await self._restart_group(child)
+
+    async def _restart_group(self, trigger: _Child) -> None:
+        """Restart ``trigger``'s group in start order, stopping at the first child that fails
+        to start (the rest stays down until it starts: the failure is handled as a crash)."""
+        group = self._group(trigger)
+        for other in reversed(group):
+            if other is not trigger and other.running:
+                await self._stop(other, terminal=False)
+        members = []
+        for member in group:
+            if member is not trigger and member.spec.restart is Restart.TEMPORARY:
+                self._retire(member, "a sibling's restart stopped it and it is temporary")
+            else:
+                members.append(member)
+        for member in members:
+            if await self._start(member, restarted=True):
+                continue
+            if self.stopping:
+                return  # abandoned: the supervisor is stopping
+            error = member.start_error
+            if error is not None:
+                self._crashed(member, error, _FAILED_TO_START)
+            await self._schedule_restart(member, error, trio.current_time())
+            return
 
     # ------------------------------------------------------------------ exits and restarts
 
     async def _on_exit(self, child: _Child, error: BaseException | None) -> None:
         child.running = False
-        now = trio.current_time()
-        if child.expected_exit:
-            return
         child.state = CellState.RESTARTING
-        reason = "" if error is None else self._crashed(child, error)
+        # A supervisor that gave up exits with OTP's reason ``shutdown``: a normal exit for a
+        # transient child (not restarted), a crash for a permanent one.
+        shutdown = child.node is not None and isinstance(error, SupervisorGaveUp)
         restart = child.spec.restart
-        if restart is Restart.TEMPORARY or (restart is Restart.TRANSIENT and error is None):
+        if restart is Restart.TEMPORARY or (
+            restart is Restart.TRANSIENT and (error is None or shutdown)
+        ):
+            reason = "normal exit"
+            if shutdown:
+                assert error is not None
+                reason = f"gave up ({describe_exception(error)})"
+            elif error is not None:
+                reason = self._crashed(child, error)
             self.tree.emit(
                 EventKind.STOPPED,
                 child.path,
                 self.node.path,
-                reason=reason or "normal exit",
+                reason=reason,
                 restarts=child.restarts,
             )
             self._retire(child, "it exited and is not restarted")
             return
+        if error is not None:
+            self._crashed(child, error, "" if child.started_ok else _FAILED_TO_START)
+        await self._schedule_restart(child, error, trio.current_time())
+
+    async def _schedule_restart(
+        self, child: _Child, error: BaseException | None, now: float
+    ) -> None:
+        """Count a restart of ``child`` (giving up past the intensity), stop the rest of its
+        group, and have the group restarted after the backoff delay."""
         self._count_restart(child, error, now)
         delay = self._backoff(child, now)
         group = self._group(child)
@@ -625,12 +454,13 @@ class _Run:
             if other is not child and other.running:
                 await self._stop(other, terminal=False)
         for member in group:
-            if member.spec.restart is Restart.TEMPORARY and member is not child:
+            if member is not child and member.spec.restart is Restart.TEMPORARY:
                 self._retire(member, "a sibling's restart stopped it and it is temporary")
-                continue
-            member.state = CellState.RESTARTING
-            member.restart_due = now + delay
-            member.restart_delay = delay
+            else:
+                member.state = CellState.RESTARTING
+        child.restart_delay = delay
+        child.restart_due = now + delay
+        heapq.heappush(self.due, (child.restart_due, next(self._seq), child))
 
     def _crashed(self, child: _Child, error: BaseException, note: str = "") -> str:
         """Emit the ``crashed`` event of ``child`` (logged by the bus with the traceback);
@@ -683,118 +513,195 @@ class _Run:
         return delay
 
     def _group(self, child: _Child) -> list[_Child]:
-        children = self.node.children
+        """The children a restart of ``child`` restarts, in start order: every child of the
+        group, stopped ones included (as OTP restarts every child spec it keeps)."""
         strategy = self.spec.strategy
         if strategy is Strategy.ONE_FOR_ONE:
             return [child]
+        children = list(self.node.children.values())
         if strategy is Strategy.ONE_FOR_ALL:
-            members = children
-        else:  # rest_for_one: the child and every child started after it
-            members = children[children.index(child) :]
-        # Children stopped for good (transient after a normal exit) stay stopped.
-        return [c for c in members if c is child or c.running or c.restart_due is not None]
+            return children
+        return children[children.index(child) :]  # rest_for_one: it and those after it
 
     def _retire(self, child: _Child, reason: str) -> None:
+        """``child`` stopped for good: close its slots; forget it if it is temporary (or under
+        a dynamic supervisor)."""
         child.running = False
         child.restart_due = None
         child.state = CellState.STOPPED
-        self.tree.close_under(child.path, reason)
-        if child.node is not None:
-            child.node.state = CellState.STOPPED
-        if child.spec.restart is Restart.TEMPORARY and child in self.node.children:
-            self.node.children.remove(child)
+        self.node.close(child, reason)
+        if child.spec.restart is Restart.TEMPORARY or self.node.dynamic:
+            self.node.remove(child)
 
     # ------------------------------------------------------------------ stopping
 
     async def _stop(self, child: _Child, *, terminal: bool) -> None:
         """Stop ``child`` gracefully within its shutdown grace, then cancel it."""
         child.restart_due = None
-        if child.running and child.exited is not None:
+        if child.running:
             child.expected_exit = True
             child.state = CellState.STOPPING
-            if child.node is not None:
-                child.node.request_stop(terminal)
-            elif child.cell is not None:
-                child.cell.request_stop()
-            with trio.move_on_after(child.spec.shutdown):
-                await child.exited.wait()
-            if not child.exited.is_set():
-                assert child.scope is not None
-                child.scope.cancel()
-                await child.exited.wait()
-            child.running = False
-            error = child.exit_error
-            if error is not None:
-                # It failed on its way out (on_stop raised): the exit is expected, so the loop
-                # ignores it, but the failure is still a crash to report.
-                child.exit_error = None
-                self._crashed(child, error, " (while stopping)")
+            self._request_stop(child, terminal)
+            if not child.done:
+                waiter = child.waiter = trio.Event()
+                with trio.move_on_after(child.spec.shutdown):
+                    await waiter.wait()
+                if not child.done:
+                    assert child.scope is not None
+                    child.scope.cancel()
+                    await waiter.wait()
+            self._stopped(child)
+        self._after_stop(child, terminal)
+
+    @staticmethod
+    def _request_stop(child: _Child, terminal: bool) -> None:
+        if child.node is not None:
+            child.node.request_stop(terminal)
+        elif child.cell is not None:
+            child.cell.request_stop()
+
+    def _stopped(self, child: _Child) -> None:
+        child.running = False
+        error = child.exit_error
+        if error is not None:
+            # It failed on its way out (on_stop raised): the exit is expected, so the loop
+            # ignores it, but the failure is still a crash to report.
+            child.exit_error = None
+            self._crashed(child, error, " (while stopping)")
+
+    def _after_stop(self, child: _Child, terminal: bool) -> None:
         if terminal:
             child.state = CellState.STOPPED
-            self.tree.close_under(child.path, "it was stopped by its supervisor")
+            self.node.close(child, "it was stopped by its supervisor")
         else:
             child.state = CellState.RESTARTING
 
     async def _stop_all(self, *, terminal: bool) -> None:
-        for child in reversed(self.node.children):
-            await self._stop(child, terminal=terminal)
+        """Stop every child: in reverse start order, or all at once (a dynamic supervisor).
+        When this supervisor will run again, its temporary children are forgotten (OTP never
+        restarts them)."""
+        children = list(self.node.children.values())
+        if self.node.dynamic:
+            await self._stop_at_once(children, terminal)
+        else:
+            for child in reversed(children):
+                await self._stop(child, terminal=terminal)
+        if not terminal:
+            for child in children:
+                if child.spec.restart is Restart.TEMPORARY:
+                    self._retire(child, "its supervisor stopped and it is temporary")
 
-    # ------------------------------------------------------------------ dynamic children
+    async def _stop_at_once(self, children: list[_Child], terminal: bool) -> None:
+        """Ask every child to stop at once, wait for each within its own grace, then cancel
+        the ones still running (OTP's ``simple_one_for_one`` shutdown)."""
+        waiting: dict[float, tuple[_Countdown, list[_Child]]] = {}
+        for child in children:
+            child.restart_due = None
+            if not child.running:
+                continue
+            child.expected_exit = True
+            child.state = CellState.STOPPING
+            self._request_stop(child, terminal)
+            if not child.done:
+                countdown, group = waiting.setdefault(child.spec.shutdown, (_Countdown(), []))
+                countdown.n += 1
+                group.append(child)
+                child.waiter = countdown
+        began = trio.current_time()
+        for shutdown in sorted(waiting):
+            countdown, group = waiting[shutdown]
+            with trio.move_on_at(began + shutdown):
+                await countdown.event.wait()
+            for child in group:
+                if not child.done:
+                    assert child.scope is not None
+                    child.scope.cancel()
+        for countdown, _ in waiting.values():
+            await countdown.event.wait()
+        for child in children:
+            if child.running:
+                self._stopped(child)
+            self._after_stop(child, terminal)
+
+    # ------------------------------------------------------------------ administration
+
+    def _find(self, name: str) -> _Child:
+        return self.node.find(name)
+
+    async def _start_new(self, child: _Child, restarted: bool) -> _Child:
+        """Start a child just added; a failure is the caller's error and the child is not
+        kept."""
+        self.node.add(child)
+        if await self._start(child, restarted=restarted):
+            return child
+        self.node.remove(child)
+        self.node.close(child, "it failed to start")
+        if self.stopping and child.start_error is None:
+            raise SupervisorNotRunning(self.node.path)  # abandoned: the supervisor stops
+        raise ChildStartFailed(child.path, child.start_error)
 
     async def start_child(self, spec: AnySpec) -> _Child:
-        for existing in self.node.children:
-            if existing.spec.name == spec.name:
-                raise ValueError(
-                    f"supervisor {self.node.path or '(root)'!r} already has a child named "
-                    f"{spec.name!r}"
-                )
-        child = self.node._make_child(spec)
-        self.node.children.append(child)
-        if not await self._start(child, restarted=False):
-            # The caller learns about a failed start; the child is not kept.
-            self.node.children.remove(child)
-            child.running = False
-            self.tree.close_under(child.path, "it failed to start")
-            if self.stopping and child.start_error is None:
-                raise SupervisorNotRunning(self.node.path)  # abandoned: the supervisor stops
-            raise ChildStartFailed(child.path, child.start_error)
-        return child
+        existing = self.node.children.get(spec.name)
+        if existing is not None:
+            state = "running" if existing.running else "present but not running"
+            raise ValueError(
+                f"supervisor {self.node.path or '(root)'!r} already has a child named "
+                f"{spec.name!r} ({state})"
+            )
+        return await self._start_new(self.node.make_child(spec), restarted=False)
+
+    async def start_dynamic(self, spec: AnySpec, args: tuple[Any, ...]) -> _Child:
+        """A dynamic supervisor's ``start_child``: a new child under a generated name."""
+        node = self.node
+        assert isinstance(node.spec, DynamicSupervisorSpec)
+        limit = node.spec.max_children
+        if limit is not None and len(node.children) >= limit:
+            raise MaxChildrenReached(node.path, limit)
+        node.seq += 1
+        child = node.make_child(spec, f"{spec.name}-{node.seq}", args)
+        return await self._start_new(child, restarted=False)
 
     async def terminate_child(self, name: str) -> None:
-        child = self.node.find(name)
+        child = self._find(name)
+        was_stopped = child.state is CellState.STOPPED and not child.running
         await self._stop(child, terminal=True)
-        self.node.children.remove(child)
-        self.tree.emit(
-            EventKind.STOPPED,
-            child.path,
-            self.node.path,
-            reason="terminated",
-            restarts=child.restarts,
-        )
+        if child.spec.restart is Restart.TEMPORARY or self.node.dynamic:
+            self.node.remove(child)
+        if not was_stopped:
+            self.tree.emit(
+                EventKind.STOPPED,
+                child.path,
+                self.node.path,
+                reason="terminated",
+                restarts=child.restarts,
+            )
+
+    def _check_terminated(self, child: _Child) -> None:
+        if child.running:
+            raise ChildRunning(child.path, "running")
+        if child.state is not CellState.STOPPED:
+            raise ChildRunning(child.path, "restarting")
 
     async def restart_child(self, name: str) -> None:
-        child = self.node.find(name)
-        await self._stop(child, terminal=False)
-        self.node.revive(child)
-        child.restarts += 1
-        if child.cell is not None:
-            child.cell.restarts = child.restarts
+        child = self._find(name)
+        self._check_terminated(child)
         child.restart_delay = 0.0
-        await self._start(child, restarted=True)
+        if await self._start(child, restarted=True):
+            return
+        child.state = CellState.STOPPED
+        self.node.close(child, "it failed to start")
+        if self.stopping and child.start_error is None:
+            raise SupervisorNotRunning(self.node.path)
+        raise ChildStartFailed(child.path, child.start_error)
 
+    async def delete_child(self, name: str) -> None:
+        child = self._find(name)
+        self._check_terminated(child)
+        self.node.remove(child)
 
-class ChildStartFailed(SupervisorError):
-    """A child added with ``start_child`` failed to start (its factory or ``on_start`` raised)."""
-
-    default_category = ErrorCategory.DEPENDENCY
-
-    def __init__(self, path: str, cause: BaseException | None) -> None:
-        what = "" if cause is None else f": {type(cause).__name__}: {cause}"
-        super().__init__(
-            f"Child {path!r} failed to start{what}.",
-            suggested_action="Fix the cause (see __cause__) and start the child again.",
-        )
-        self.path = path
-        self.cause = cause
-        if cause is not None:
-            self.__cause__ = cause
+    def find_child_of(self, path: str) -> _Child | None:
+        """The child at ``path`` if it is one of this supervisor's, else ``None``."""
+        parent, _, name = path.rpartition("/")
+        if parent != self.node.path:
+            raise NoSuchChild(path, f" (not a child of supervisor {self.node.path or '(root)'!r})")
+        return self.node.children.get(name)

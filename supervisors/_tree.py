@@ -1,22 +1,25 @@
-"""Public entry points: :func:`open_supervisor` and the :class:`Supervisor` handle.
+"""Public entry points: :func:`open_supervisor`, and the :class:`Supervisor` and
+:class:`DynamicSupervisor` handles.
 
 Theory of operation
 -------------------
 ``open_supervisor`` is to a supervision tree what ``trio.open_nursery`` is to tasks: the tree
 starts when the ``async with`` is entered (every child started, in order), lives while its
 body runs, and is shut down when the body ends: gracefully, in reverse start order, each child
-within its shutdown grace.  If the root supervisor gives up, the body is cancelled and
-:class:`SupervisorGaveUp` leaves the ``async with``; if the body raises, the tree is cancelled
-at once (like a nursery) and the body's exception propagates.
+within its shutdown grace.  If a child fails to start, the children already started are stopped
+and :class:`ChildStartFailed` leaves ``open_supervisor`` before the body runs; if the root
+supervisor gives up, the body is cancelled and :class:`SupervisorGaveUp` leaves the
+``async with``; if the body raises, the tree is cancelled at once (like a nursery) and the body's
+exception propagates.
 
-A :class:`Supervisor` handle names a supervisor's *path*, like an ``ActorRef`` names a slot: it
-stays valid while that supervisor is restarted by its parent.  Lookups are by name or by path
-relative to the handle (``root.ref("providers/openai")``).
+A handle names a supervisor's *path*, like an ``ActorRef`` names a slot: it stays valid while
+that supervisor is restarted by its parent.  Lookups are by name or by path relative to the
+handle (``root.ref("providers/openai")``).  Administration requests (``start_child`` and the
+rest) run inside the supervisor's task, one at a time, between the events it handles.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar, final, overload
@@ -29,33 +32,40 @@ from actors._core._cell import is_cancellation, is_fatal, unwrap
 from actors._core._ref import ActorRef
 from actors._core._runtime import is_cancelled_here, open_runtime, reraise_unwrapped
 from actors._errors import path_hint
-from supervisors._events import Subscription, SupervisionEvent, TreeNode
-from supervisors._spec import AnySpec, ChildSpec, RestartBackoff, Strategy, SupervisorSpec
-from supervisors._supervisor import NoSuchChild, _Node, _Run, _Tree, join
+from supervisors._errors import NoSuchChild
+from supervisors._events import ChildCounts, Subscription, SupervisionEvent, TreeNode
+from supervisors._node import _Child, _Node, _Tree, join
+from supervisors._spec import (
+    AnySpec,
+    ChildSpec,
+    DynamicSupervisorSpec,
+    RestartBackoff,
+    Strategy,
+    SupervisorSpec,
+)
+from supervisors._supervisor import _Run
 
-__all__ = ["Supervisor", "open_supervisor", "root_of"]
+__all__ = ["DynamicSupervisor", "Supervisor", "open_supervisor", "root_of"]
 
 M = TypeVar("M")
 R = TypeVar("R")
 
 
-@final
-class Supervisor:
-    """A handle to a running supervisor (the root from ``open_supervisor``, or a subtree).
-
-    Handles are stable across restarts of the supervisor by its parent.  They cannot be
-    constructed directly.
-    """
+class _Handle:
+    """What both supervisor handles offer: lookups, snapshot, counts, events."""
 
     __slots__ = ("_path", "_tree")
     _path: str
     _tree: _Tree
 
     def __init__(self, *args: object, **kwargs: object) -> None:
-        raise TypeError("Supervisor handles come from open_supervisor() or Supervisor.supervisor()")
+        raise TypeError(
+            "supervisor handles come from open_supervisor(), Supervisor.supervisor() or "
+            "Supervisor.dynamic_supervisor()"
+        )
 
     @classmethod
-    def _create(cls, tree: _Tree, path: str) -> Supervisor:
+    def _create(cls, tree: _Tree, path: str) -> Any:
         self = object.__new__(cls)
         self._tree = tree
         self._path = path
@@ -77,7 +87,12 @@ class Supervisor:
             raise ValueError(f"expected a child name or a relative path like 'a/b', got {path!r}")
         return join(self._path, path)
 
-    # ------------------------------------------------------------------ lookups
+    def _handle_of(self, child: _Child) -> Any:
+        if child.cell is not None:
+            return ActorRef._create(child.cell)
+        assert child.node is not None
+        kind = DynamicSupervisor if child.node.dynamic else Supervisor
+        return kind._create(self._tree, child.path)
 
     @overload
     def ref(self, path: str) -> ActorRef[Any, Any]: ...
@@ -112,80 +127,47 @@ class Supervisor:
         """The handle of the supervisor at ``path`` below here.
 
         Raises:
-            NoSuchChild: there is no supervisor at that path.
+            NoSuchChild: there is no supervisor at that path (or it is a dynamic one: see
+                :meth:`dynamic_supervisor`).
         """
         full = self._abs(path)
-        if full not in self._tree.nodes:
+        node = self._tree.nodes.get(full)
+        if node is not None and node.dynamic:
+            raise NoSuchChild(full, " (a dynamic supervisor: use .dynamic_supervisor(path))")
+        if node is None:
             hint = path_hint(full, [p for p in self._tree.nodes if p])
             if not hint and full in self._tree.cells:
                 hint = " (that is an actor: use .ref(path))"
             raise NoSuchChild(full, f" (no supervisor there){hint}")
-        return Supervisor._create(self._tree, full)
+        return Supervisor._create(self._tree, full)  # type: ignore[no-any-return]
+
+    def dynamic_supervisor(self, path: str) -> DynamicSupervisor:
+        """The handle of the dynamic supervisor at ``path`` below here.
+
+        Raises:
+            NoSuchChild: there is no dynamic supervisor at that path.
+        """
+        full = self._abs(path)
+        node = self._tree.nodes.get(full)
+        if node is None or not node.dynamic:
+            raise NoSuchChild(full, " (no dynamic supervisor there)")
+        return DynamicSupervisor._create(self._tree, full)  # type: ignore[no-any-return]
 
     def snapshot(self) -> TreeNode:
-        """The subtree's current shape: names, kinds, states, restart counts, mailbox depths."""
+        """The subtree's current shape: names, kinds, states, restart counts, mailbox depths.
+
+        It lists every child (use :meth:`count_children` to count them).
+        """
         node = self._node()
         snapshot = node.snapshot(name=self._path.rpartition("/")[2])
         if not self._path:  # the root: the tree's event losses
             snapshot = msgspec.structs.replace(snapshot, events_dropped=self._tree.bus.dropped)
         return snapshot
 
-    # ------------------------------------------------------------------ dynamic children
-
-    @overload
-    async def start_child(self, spec: ChildSpec[M, R]) -> ActorRef[M, R]: ...
-
-    @overload
-    async def start_child(self, spec: SupervisorSpec) -> Supervisor: ...
-
-    async def start_child(self, spec: AnySpec) -> ActorRef[Any, Any] | Supervisor:
-        """Add and start a child; returns its ref (an actor) or handle (a supervisor).
-
-        The child is stopped last (it is appended to the start order) and is kept across
-        restarts of this supervisor.
-
-        Raises:
-            ValueError: a child with that name exists.
-            ChildStartFailed: its factory or ``on_start`` raised (the child is not added).
-            SupervisorNotRunning: this supervisor is stopped or restarting.
-        """
-        if not isinstance(spec, ChildSpec | SupervisorSpec):
-            raise TypeError(f"start_child() takes a ChildSpec or SupervisorSpec, got {spec!r}")
-
-        async def op(run: _Run) -> Any:
-            return await run.start_child(spec)
-
-        child = await self._node().control(op)
-        if child.cell is not None:
-            return ActorRef._create(child.cell)
-        return Supervisor._create(self._tree, child.path)
-
-    async def terminate_child(self, name: str) -> None:
-        """Stop a child for good (within its shutdown grace) and remove it.
-
-        Its queued asks get ``ActorStopped``; refs to it stay stopped.
-
-        Raises:
-            NoSuchChild: no child has that name.
-        """
-
-        async def op(run: _Run) -> None:
-            await run.terminate_child(name)
-
-        await self._node().control(op)
-
-    async def restart_child(self, name: str) -> None:
-        """Stop a child (within its grace) and start it again; its queued messages are kept.
-
-        A manual restart does not count against the restart intensity.
-        """
-
-        async def op(run: _Run) -> None:
-            await run.restart_child(name)
-
-        await self._node().control(op)
-
-    # ------------------------------------------------------------------ events
+    def count_children(self) -> ChildCounts:
+        """This supervisor's children, counted (Erlang/OTP's ``count_children``), in constant
+        time whatever their number."""
+        return self._node().counts()
 
     def subscribe(self, *, buffer: int = 256) -> Subscription:
         """Stream the supervision events of this subtree (see :class:`Subscription`)."""
@@ -200,7 +182,218 @@ class Supervisor:
         return self._tree.bus.add(self._path, listener)
 
     def __repr__(self) -> str:
-        return f"<Supervisor {self._path or '(root)'!r}>"
+        return f"<{type(self).__name__} {self._path or '(root)'!r}>"
+
+
+@final
+class Supervisor(_Handle):
+    """A handle to a running supervisor (the root from ``open_supervisor``, or a subtree).
+
+    Handles are stable across restarts of the supervisor by its parent.  They cannot be
+    constructed directly.  The administration methods follow Erlang/OTP's ``supervisor``
+    module: ``start_child``, ``terminate_child``, ``restart_child``, ``delete_child``,
+    ``count_children``.
+    """
+
+    __slots__ = ()
+
+    @overload
+    async def start_child(self, spec: ChildSpec[M, R]) -> ActorRef[M, R]: ...
+
+    @overload
+    async def start_child(self, spec: SupervisorSpec) -> Supervisor: ...
+
+    @overload
+    async def start_child(self, spec: DynamicSupervisorSpec) -> DynamicSupervisor: ...
+
+    async def start_child(
+        self, spec: AnySpec
+    ) -> ActorRef[Any, Any] | Supervisor | DynamicSupervisor:
+        """Add and start a child; returns its ref (an actor) or handle (a supervisor) once it
+        has started (its ``on_start`` has returned).
+
+        The child is stopped last (it is appended to the start order) and is kept across
+        restarts of this supervisor.
+
+        Raises:
+            ValueError: a child with that name exists (running, or terminated and kept).
+            ChildStartFailed: its factory or ``on_start`` raised; the child is not added and
+                this supervisor is unaffected.
+            SupervisorNotRunning: this supervisor is stopped or restarting.
+        """
+        if not isinstance(spec, ChildSpec | SupervisorSpec | DynamicSupervisorSpec):
+            raise TypeError(
+                "start_child() takes a ChildSpec, SupervisorSpec or DynamicSupervisorSpec, "
+                f"got {spec!r}"
+            )
+
+        async def op(run: _Run) -> _Child:
+            return await run.start_child(spec)
+
+        return self._handle_of(await self._node().control(op))  # type: ignore[no-any-return]
+
+    async def terminate_child(self, name: str) -> None:
+        """Stop a child (within its shutdown grace) and keep its spec: it is down until
+        :meth:`restart_child` starts it again, :meth:`delete_child` removes it, or a restart of
+        its group by this supervisor (``one_for_all``, ``rest_for_one``) starts it.  A
+        temporary child is removed.  Terminating a terminated child does nothing.
+
+        Its queued asks get ``ActorStopped``; refs to it are stopped until it runs again.
+
+        Raises:
+            NoSuchChild: no child has that name.
+        """
+
+        async def op(run: _Run) -> None:
+            await run.terminate_child(name)
+
+        await self._node().control(op)
+
+    async def restart_child(self, name: str) -> None:
+        """Start a terminated child again (same slot: its refs work again).
+
+        A manual restart does not count against the restart intensity.
+
+        Raises:
+            NoSuchChild: no child has that name.
+            ChildRunning: the child is running (``state="running"``: terminate it first) or
+                about to be restarted by this supervisor (``state="restarting"``).
+            ChildStartFailed: its factory or ``on_start`` raised; the child stays terminated
+                and this supervisor is unaffected.
+        """
+
+        async def op(run: _Run) -> None:
+            await run.restart_child(name)
+
+        await self._node().control(op)
+
+    async def delete_child(self, name: str) -> None:
+        """Remove a terminated child's spec; its name can then be used again.
+
+        Raises:
+            NoSuchChild: no child has that name.
+            ChildRunning: the child is running or about to be restarted.
+        """
+
+        async def op(run: _Run) -> None:
+            await run.delete_child(name)
+
+        await self._node().control(op)
+
+
+@final
+class DynamicSupervisor(_Handle):
+    """A handle to a running dynamic supervisor (see :class:`DynamicSupervisorSpec`).
+
+    Its children are started at run time under generated names (``"session-17"``), from its
+    template or from an ad hoc spec; starting and terminating one cost the same whatever the
+    number of children.  Refs to them are ordinary refs (``root.ref("sessions/session-17")``
+    finds one too).  Handles cannot be constructed directly; get one from
+    ``Supervisor.dynamic_supervisor()`` or ``Supervisor.start_child()``.
+
+    Example::
+
+        sessions = root.dynamic_supervisor("sessions")
+        ref = await sessions.start_child(user_id)        # template.factory(user_id)
+        ...
+        await sessions.terminate_child(ref)
+    """
+
+    __slots__ = ()
+
+    async def start_child(self, *args: Any) -> ActorRef[Any, Any]:
+        """Start a child from the template: its factory is called with ``args`` (again at
+        every restart, unless the template is temporary).  Returns its ref once it has
+        started.
+
+        Raises:
+            TypeError: this supervisor has no template.
+            MaxChildrenReached: it already runs ``max_children`` children.
+            ChildStartFailed: the factory or ``on_start`` raised; nothing is kept.
+            SupervisorNotRunning: this supervisor is stopped or restarting.
+        """
+        spec = self._node().spec
+        assert isinstance(spec, DynamicSupervisorSpec)
+        template = spec.template
+        if template is None:
+            raise TypeError(
+                f"dynamic supervisor {self._path!r} has no template: use start_child_spec()"
+            )
+
+        async def op(run: _Run) -> _Child:
+            return await run.start_dynamic(template, args)
+
+        return self._handle_of(await self._node().control(op))  # type: ignore[no-any-return]
+
+    @overload
+    async def start_child_spec(self, spec: ChildSpec[M, R]) -> ActorRef[M, R]: ...
+
+    @overload
+    async def start_child_spec(self, spec: SupervisorSpec) -> Supervisor: ...
+
+    @overload
+    async def start_child_spec(self, spec: DynamicSupervisorSpec) -> DynamicSupervisor: ...
+
+    async def start_child_spec(
+        self, spec: AnySpec
+    ) -> ActorRef[Any, Any] | Supervisor | DynamicSupervisor:
+        """Start a child from an ad hoc spec (an actor, or a whole subtree), named after the
+        spec and a number.  Returns its ref or handle once it has started.
+
+        Raises:
+            MaxChildrenReached: this supervisor already runs ``max_children`` children.
+            ChildStartFailed: it failed to start; nothing is kept.
+            SupervisorNotRunning: this supervisor is stopped or restarting.
+        """
+        if not isinstance(spec, ChildSpec | SupervisorSpec | DynamicSupervisorSpec):
+            raise TypeError(
+                "start_child_spec() takes a ChildSpec, SupervisorSpec or DynamicSupervisorSpec, "
+                f"got {spec!r}"
+            )
+
+        async def op(run: _Run) -> _Child:
+            return await run.start_dynamic(spec, ())
+
+        return self._handle_of(await self._node().control(op))  # type: ignore[no-any-return]
+
+    async def terminate_child(
+        self, child: ActorRef[Any, Any] | Supervisor | DynamicSupervisor | str
+    ) -> None:
+        """Stop a child (within its shutdown grace) and remove it.
+
+        ``child`` is its ref, its handle or its name.  A child that has already stopped (a
+        ref to a former child) is fine: nothing happens.
+
+        Raises:
+            NoSuchChild: no child has that name, or the ref is not to a child of this
+                supervisor.
+        """
+        if isinstance(child, ActorRef | _Handle):
+            path = child.path
+        elif isinstance(child, str):
+            path = self._abs(child)
+            if "/" in child:
+                raise ValueError(f"expected a child's name, got the path {child!r}")
+        else:
+            raise TypeError(f"terminate_child() takes a ref, a handle or a name, got {child!r}")
+        by_name = isinstance(child, str)
+
+        async def op(run: _Run) -> None:
+            found = run.find_child_of(path)
+            if found is None:
+                if by_name:
+                    raise NoSuchChild(path, f" under dynamic supervisor {self._path!r}")
+                return  # a former child: it has stopped already
+            await run.terminate_child(path.rpartition("/")[2])
+
+        await self._node().control(op)
+
+    @property
+    def max_children(self) -> int | None:
+        """The most children this supervisor runs at once (``None``: no limit)."""
+        spec = self._node().spec
+        assert isinstance(spec, DynamicSupervisorSpec)
+        return spec.max_children
 
 
 def root_of(actor: Actor[Any, Any] | ActorRef[Any, Any]) -> Supervisor:
@@ -215,7 +408,7 @@ def root_of(actor: Actor[Any, Any] | ActorRef[Any, Any]) -> Supervisor:
     tree = cell.owner
     if not isinstance(tree, _Tree):
         raise LookupError(f"{cell.path!r} is not part of a supervision tree")
-    return Supervisor._create(tree, "")
+    return Supervisor._create(tree, "")  # type: ignore[no-any-return]
 
 
 @asynccontextmanager
@@ -237,9 +430,13 @@ async def open_supervisor(
         seed: seeds the random source of restart-backoff jitter, for replayable runs.
 
     Yields:
-        The root :class:`Supervisor`.
+        The root :class:`Supervisor`, once every child has started.
 
     Raises:
+        ChildStartFailed: a child failed to start (Erlang/OTP's ``failed_to_start_child``):
+            the children started before it were stopped, in reverse order, and the body did
+            not run.  For a child inside a nested supervisor, the error names that supervisor
+            and its ``cause`` the inner failure (``origin`` is the child that failed).
         SupervisorGaveUp: the root exceeded its restart intensity (the body was cancelled).
 
     Example::
@@ -270,14 +467,14 @@ async def open_supervisor(
 
             async def root_main() -> None:
                 try:
-                    await root.run(ready.set)
+                    await _Run(root).main(ready.set)
                 except BaseException as exc:
                     if is_cancellation(exc) or is_fatal(exc):
                         raise
                     failure.append(unwrap(exc))
                     nursery.cancel_scope.cancel()
                 finally:
-                    tree.close_under("", "the supervision tree is shut down")
+                    tree.close_all("the supervision tree is shut down")
                     ready.set()
                     exited.set()
 
@@ -296,6 +493,3 @@ async def open_supervisor(
         reraise_unwrapped(group)
     if failure:
         raise failure[0]
-
-
-_INF = math.inf

@@ -802,6 +802,7 @@ async def test_tree_shutdown_stops_the_server() -> None:
 async def test_restarting_the_admin_actor_serves_again() -> None:
     """A restart of the admin child stops its server and starts a new one."""
     async with admin_app() as (root, _client):
+        await root.terminate_child("admin")
         await root.restart_child("admin")
         address = await root.ref("admin").ask(GetAdminAddress())
         async with httpx.AsyncClient(base_url=address.url) as fresh:

@@ -419,17 +419,24 @@ async def test_crash_while_handling(mock_clock: trio.testing.MockClock) -> None:
 async def test_crash_at_start_is_retried_by_the_supervisor(
     mock_clock: trio.testing.MockClock,
 ) -> None:
-    """A crash injected in on_start makes the supervisor restart the actor; the injector is
-    shared by every incarnation, so its sequence carries on and the actor finally starts."""
+    """A crash injected in on_start while the supervisor restarts the actor is a failed
+    restart: retried (each one counting toward the intensity); the injector is shared by every
+    incarnation, so its sequence carries on and the actor finally starts."""
     Counter.starts = 0
-    start = chaos.CrashInjector(rate=0.5, seed=4)
-    spec = ChildSpec("counter", chaos.wrap_actor(Counter, start=[start]))
+    start = chaos.CrashInjector(rate=0.5, seed=4, enabled=False)
+    boom = chaos.CrashInjector(rate=1.0, seed=0, when=lambda message: message == "boom")
+    spec = ChildSpec("counter", chaos.wrap_actor(Counter, boom, start=[start]))
     async with open_supervisor([spec], max_restarts=100, period=1.0) as root:
-        assert await root.ref("counter").ask("x") == 1
+        ref = root.ref("counter")
+        start.enabled = True  # from the restart on (a failed first start fails the tree)
+        with pytest.raises(ActorCrashed):
+            await ref.ask("boom")
+        assert await ref.ask("x") == 1
         crashes = start.statistics().injected
-        assert root.ref("counter").statistics().restarts == crashes
+        assert crashes >= 1
         assert start.statistics().decisions == crashes + 1
-        assert Counter.starts == 1  # on_start ran once: crashes happen before it
+        assert ref.statistics().restarts == 1  # one restart, after the failed attempts
+        assert Counter.starts == 2  # on_start ran at start and once more: crashes come before
 
 
 async def test_outcome_in_an_actor_answers_instead_of_it(

@@ -422,7 +422,9 @@ class Run:
         elif roll < 0.55:
             await trio.sleep(rng.choice([0.2, 3.0, 9.5, 20.0, 65.0]))
         elif roll < 0.62 and present:
-            await self.root.supervisor("providers").restart_child(rng.choice(present))
+            handle, name = self.root.supervisor("providers"), rng.choice(present)
+            await handle.terminate_child(name)
+            await handle.restart_child(name)
         elif roll < 0.67 and present:
             try:
                 await self.root.ref(f"providers/{rng.choice(present)}").ask("crash")
@@ -434,6 +436,11 @@ class Run:
             except ActorError:
                 pass
         elif roll < 0.74:
+            # terminate_child discards what the monitor's mailbox holds (as a terminated
+            # process's messages are gone in OTP): let it take every report first.  Restarts
+            # amid traffic are the crashes above.
+            await self.settle()
+            await self.root.terminate_child("monitor")
             await self.root.restart_child("monitor")
         elif roll < 0.78 and present:
             message = rng.choice([Isolate(), Reset()])
@@ -457,6 +464,7 @@ class Run:
             await self.settle()
             name = rng.choice(present)
             await self.root.supervisor("providers").terminate_child(name)
+            await self.root.supervisor("providers").delete_child(name)
             self.present.discard(name)
         elif set(SERVICES) - self.present:
             name = rng.choice(sorted(set(SERVICES) - self.present))

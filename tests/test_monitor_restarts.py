@@ -126,6 +126,7 @@ async def test_monitor_restart_keeps_its_state_alerts_and_subscribers(
             with pytest.raises(ActorError):
                 await monitor.ask("crash")
         else:
+            await root.terminate_child("monitor")
             await root.restart_child("monitor")
         await trio.testing.wait_all_tasks_blocked()
         assert monitor.statistics().incarnation == 2
@@ -168,6 +169,7 @@ async def test_provider_restart_keeps_its_breaker_and_the_monitor_agrees(
             with pytest.raises(ActorError):
                 await root.ref("svc").ask("crash")
         else:
+            await root.terminate_child("svc")
             await root.restart_child("svc")
         await trio.testing.wait_all_tasks_blocked()
         assert root.ref("svc").statistics().incarnation == 2
@@ -207,6 +209,7 @@ async def test_a_fresh_breaker_corrects_the_monitor_at_start(
         await fail_until_open(p)
         await trio.testing.wait_all_tasks_blocked()
         assert (await monitor.ask(GetBreaker("svc"))).state == "open"
+        await root.terminate_child("svc")
         await root.restart_child("svc")
         await trio.testing.wait_all_tasks_blocked()
         assert (await p.status()).breaker == "closed"
@@ -252,6 +255,7 @@ async def test_provider_counters_count_through_restarts(mock_clock: trio.testing
         p: Provider[Any, Any] = Provider(root.ref("svc"))
         for i in range(5):
             await p.call(i)
+        await root.terminate_child("svc")
         await root.restart_child("svc")
         with pytest.raises(ActorError):
             await root.ref("svc").ask("crash")
@@ -373,6 +377,7 @@ async def test_monitor_statistics_count_what_was_lost(mock_clock: trio.testing.M
         stats = await monitor.ask(GetMonitorStatistics())
         assert (stats.reports_invalid, stats.reports_dropped) == (1, 1)
         assert stats.events_dropped >= 1
+        await root.terminate_child("monitor")
         await root.restart_child("monitor")
         assert await monitor.ask(GetMonitorStatistics()) == stats
 

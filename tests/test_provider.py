@@ -521,6 +521,7 @@ async def test_idempotency_outlives_a_restart(mock_clock: trio.testing.MockClock
     async with open_supervisor([ChildSpec("svc", lambda: ProviderActor("svc", service))]) as root:
         p: Provider[Any, Any] = Provider(root.ref("svc"))
         first = await p.call("x", key="once")
+        await root.terminate_child("svc")
         await root.restart_child("svc")
         assert root.ref("svc").statistics().incarnation == 2
         assert await p.call("x", key="once") == first
@@ -540,6 +541,7 @@ async def test_unsent_reports_survive_a_restart(mock_clock: trio.testing.MockClo
         for i in range(3):
             await p.call(i)
         await trio.sleep(1.0)  # a flush finds no monitor: the reports wait
+        await root.terminate_child("svc")
         await root.restart_child("svc")
         monitor = await root.start_child(ChildSpec("monitor", MonitorActor))
         await p.call(3)
@@ -605,6 +607,7 @@ async def test_attempts_cut_short_by_a_crash_are_reported(
                     await p.status()  # handled through the mailbox: the actor crashes
                 crash.enabled = False
             else:
+                await root.terminate_child("svc")
                 await root.restart_child("svc")
         assert len(outcomes) == 3  # every caller got an outcome from the runtime
         await p.call(3)  # queued for the next incarnation if it is not running yet

@@ -191,7 +191,9 @@ EXCEPTIONS: dict[str, Callable[[], BaseException]] = {
     "UnknownAlert": lambda: actors.UnknownAlert(7),
     "UnknownSagaDefinition": lambda: actors.UnknownSagaDefinition("refund", ["checkout"]),
     "UnknownService": lambda: actors.UnknownService("s"),
+    "ChildRunning": lambda: supervisors.ChildRunning("root/x", "restarting"),
     "ChildStartFailed": lambda: supervisors.ChildStartFailed("root/x", _cause()),
+    "MaxChildrenReached": lambda: supervisors.MaxChildrenReached("sessions", 100),
     "NoSuchChild": lambda: supervisors.NoSuchChild("root/x"),
     "SupervisorError": lambda: supervisors.SupervisorError("went wrong"),
     "SupervisorGaveUp": lambda: supervisors.SupervisorGaveUp(

@@ -1297,6 +1297,7 @@ async def test_the_coordinators_counters_never_go_down_across_restarts(
         coordinator = root.ref("sagas")
         await coordinator.ask(StartSaga("order", {"id": 1}, saga_id="c1"))
         before = await coordinator.ask(GetSagaStatistics())
+        await root.terminate_child("sagas")
         await root.restart_child("sagas")
         await coordinator.ask(StartSaga("order", {"id": 2}, saga_id="c2"))
         after = await coordinator.ask(GetSagaStatistics())

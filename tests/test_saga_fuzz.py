@@ -420,7 +420,9 @@ def run_one(seed: int, path: Path | None = None) -> Run:
         await trio.sleep(at)
         await current["up"].wait()
         try:
-            await current["root"].restart_child("sagas")
+            handle = current["root"]
+            await handle.terminate_child("sagas")
+            await handle.restart_child("sagas")
         except Exception:  # the process died meanwhile: nothing to restart
             pass
 

@@ -381,6 +381,7 @@ async def test_a_saga_continues_after_its_coordinator_is_restarted_by_an_operato
 
             nursery.start_soon(first)
             await trio.sleep(1.0)
+            await root.terminate_child("sagas")
             await root.restart_child("sagas")
         result = await coordinator.ask(StartSaga("order", saga_id="op"))
     assert list(result.results) == ["s0", "s1", "s2"]

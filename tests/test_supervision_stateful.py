@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar
 
 import trio
@@ -22,7 +23,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from actors import Actor, ActorCrashed, ActorRef, ActorStopped, AskTimeout, Reply
-from supervisors import ChildSpec, SupervisorSpec, open_supervisor
+from supervisors import ChildRunning, ChildSpec, NoSuchChild, SupervisorSpec, open_supervisor
 from supervisors._tree import Supervisor
 
 T = TypeVar("T")
@@ -53,8 +54,10 @@ class Node(Actor[Any, Any]):
 class ModelChild:
     name: str
     restart: str
-    status: str = "running"  # running | stopped | removed
+    status: str = "running"  # running | stopped (terminated, spec kept) | removed
     restarts: int = 0
+    dynamic: bool = False  # added with start_child (else one of the spec's children)
+    fresh: bool = False  # made again from the spec: its old refs stay stopped
 
 
 @dataclass
@@ -77,13 +80,23 @@ class Model:
             return
         self.times = [t for t in self.times if t > self.now - PERIOD] + [self.now]
         if len(self.times) > MAX_RESTARTS:
-            # The subtree gives up; the root (one_for_one) restarts it with every child.
+            # The subtree gives up (its temporary children are dropped); the root
+            # (one_for_one) restarts it: every child of its spec starts again (a temporary
+            # or removed one is made afresh), and so does every child added at run time that
+            # it kept, whatever its state (a start, not a restart: counts stay).
             self.sub_restarts += 1
             self.times = []
-            for c in self.live():
-                c.status = "running"
+            for c in self.children:
+                if not c.dynamic and (c.status == "removed" or c.restart == "temporary"):
+                    c.status, c.restarts, c.fresh = "running", 0, True
+                elif c.restart == "temporary" and c.dynamic:
+                    c.status = "removed"
+                elif c.status != "removed":
+                    c.status = "running"
             return
-        live = [c for c in self.live() if c.status == "running" or c is child]
+        # OTP restarts every child of the group it keeps a spec for, stopped ones included;
+        # a temporary bystander is dropped.
+        live = self.live()
         if self.strategy == "one_for_one":
             group = [child]
         elif self.strategy == "one_for_all":
@@ -235,6 +248,7 @@ class TreeMachine(RuleBasedStateMachine):
         if child.status == "running":
             assert result == ("crashed" if how == "crash" else "reply")
             self.model.exit(child, abnormal=how == "crash")
+            self.refresh_refs()
         else:
             assert result == "stopped"
 
@@ -276,18 +290,55 @@ class TreeMachine(RuleBasedStateMachine):
         sub = self.root.supervisor("sub")
         ref = self.call(lambda: sub.start_child(ChildSpec(name, Node, restart=restart)))
         self.refs[name] = ref
-        self.model.children.append(ModelChild(name, restart))
+        self.model.children.append(ModelChild(name, restart, dynamic=True))
 
     @rule(index=st.integers(0, 5))
     def terminate_child(self, index: int) -> None:
-        """A child is terminated for good and removed."""
+        """A child is terminated: its spec is kept (stopped), a temporary one's is dropped."""
         assert self.root is not None
         child = self.child(index)
-        if child.status == "removed":
-            return
         sub = self.root.supervisor("sub")
-        self.call(lambda: sub.terminate_child(child.name))
-        child.status = "removed"
+        outcome = self.call(lambda: _outcome(sub.terminate_child(child.name)))
+        if child.status == "removed":
+            assert outcome == "not found"
+            return
+        assert outcome == "ok"
+        child.status = "removed" if child.restart == "temporary" else "stopped"
+
+    @rule(index=st.integers(0, 5))
+    def restart_child(self, index: int) -> None:
+        """restart_child starts a terminated child; a running one answers ``running``."""
+        assert self.root is not None
+        child = self.child(index)
+        sub = self.root.supervisor("sub")
+        outcome = self.call(lambda: _outcome(sub.restart_child(child.name)))
+        expected = {"removed": "not found", "running": "running", "stopped": "ok"}
+        assert outcome == expected[child.status]
+        if child.status == "stopped":
+            child.status = "running"
+            child.restarts += 1
+
+    @rule(index=st.integers(0, 5))
+    def delete_child(self, index: int) -> None:
+        """delete_child drops a terminated child's spec; a running one answers ``running``."""
+        assert self.root is not None
+        child = self.child(index)
+        sub = self.root.supervisor("sub")
+        outcome = self.call(lambda: _outcome(sub.delete_child(child.name)))
+        expected = {"removed": "not found", "running": "running", "stopped": "ok"}
+        assert outcome == expected[child.status]
+        if child.status == "stopped":
+            child.status = "removed"
+
+    def refresh_refs(self) -> None:
+        """Children made afresh from the spec have new slots: take their new refs."""
+        assert self.model is not None
+        assert self.root is not None
+        root = self.root
+        for c in self.model.children:
+            if c.fresh:
+                self.refs[c.name] = self.call(partial(_ref, root, f"sub/{c.name}"))
+                c.fresh = False
 
     # ---------------------------------------------------------------- invariants
 
@@ -310,6 +361,21 @@ class TreeMachine(RuleBasedStateMachine):
 
 async def _snapshot(root: Supervisor) -> Any:
     return root.snapshot()
+
+
+async def _ref(root: Supervisor, path: str) -> ActorRef[Any, Any]:
+    return root.ref(path)
+
+
+async def _outcome(request: Awaitable[None]) -> str:
+    """What an administration request answered: ok, running/restarting, or not found."""
+    try:
+        await request
+    except ChildRunning as exc:
+        return exc.state
+    except NoSuchChild:
+        return "not found"
+    return "ok"
 
 
 TreeMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=25, deadline=None)

@@ -82,6 +82,8 @@ class ActorStatistics:
         handled: messages handled (answered or told) without a crash.
         crashed: messages whose handling crashed the actor.
         dropped: messages skipped because their caller had already given up.
+        discarded: messages still queued when the slot closed (stopped for good, terminated):
+            their asks were answered ``ActorStopped``, their tells were lost.
         restarts: how many times the slot's actor was restarted.
         incarnation: how many actor instances have run in the slot.
     """
@@ -96,6 +98,7 @@ class ActorStatistics:
     dropped: int
     restarts: int
     incarnation: int
+    discarded: int = 0
 
 
 class _Cell:
@@ -107,6 +110,7 @@ class _Cell:
         "capacity",
         "closed",
         "crashed",
+        "discarded",
         "dropped",
         "generation",
         "handled",
@@ -162,6 +166,7 @@ class _Cell:
         self.handled = 0
         self.crashed = 0
         self.dropped = 0
+        self.discarded = 0
         self.restarts = 0
 
     # ---------------------------------------------------------------- sending (hot path)
@@ -210,6 +215,7 @@ class _Cell:
         self.stop_reason = reason
         self.state = CellState.STOPPED
         queue = self.queue
+        self.discarded += len(queue)
         while queue:
             _, reply = queue.popleft()
             if reply is not None:
@@ -244,6 +250,7 @@ class _Cell:
             dropped=self.dropped,
             restarts=self.restarts,
             incarnation=self.generation,
+            discarded=self.discarded,
         )
 
     def __repr__(self) -> str:

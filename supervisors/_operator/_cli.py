@@ -65,12 +65,12 @@ from actors._policies._config._schema import ResilienceConfig, example_config, l
 from actors._policies._logs import format_exception, library_logger
 from actors._policies._redact import escape_control, redact
 from actors._saga._messages import ListSagas
+from supervisors._errors import NoSuchChild
 from supervisors._events import SupervisionEvent
 from supervisors._operator._extras import install_hint, require
 from supervisors._operator._logging import CorrelationFilter, JsonFormatter, configure_logging
 from supervisors._operator._metrics import OperatorSnapshot, take_snapshot
 from supervisors._spec import SupervisorSpec
-from supervisors._supervisor import NoSuchChild
 from supervisors._tree import Supervisor, open_supervisor
 
 if TYPE_CHECKING:
