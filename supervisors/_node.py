@@ -92,6 +92,7 @@ class _Child:
         "exit_error",
         "expected_exit",
         "gen",
+        "kwargs",
         "node",
         "owner",
         "path",
@@ -109,11 +110,20 @@ class _Child:
         "waiter",
     )
 
-    def __init__(self, owner: _Node, spec: AnySpec, path: str, args: tuple[Any, ...]) -> None:
+    def __init__(
+        self,
+        owner: _Node,
+        spec: AnySpec,
+        path: str,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> None:
         self.owner = owner
         self.spec = spec
         self.path = path
-        self.args = args  # the template factory's arguments (a dynamic supervisor's children)
+        # The template factory's arguments (a dynamic supervisor's children).
+        self.args = args
+        self.kwargs = kwargs
         self.cell: _Cell | None = None
         self.node: _Node | None = None  # the child's own node, when it is a supervisor
         self.restarts = 0
@@ -196,11 +206,17 @@ class _Node:
 
     # ------------------------------------------------------------------ children records
 
-    def make_child(self, spec: AnySpec, name: str = "", args: tuple[Any, ...] = ()) -> _Child:
+    def make_child(
+        self,
+        spec: AnySpec,
+        name: str = "",
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> _Child:
         """A record for ``spec`` under ``name`` (default: the spec's), with its slot: the
         slot already registered at that path if there is one (its refs stay valid)."""
         path = join(self.path, name or spec.name)
-        child = _Child(self, spec, path, args)
+        child = _Child(self, spec, path, args, kwargs or None)
         if isinstance(spec, ChildSpec):
             cell = self.tree.cells.get(path)
             if cell is None:

@@ -331,9 +331,11 @@ class _Run:
         assert isinstance(spec, ChildSpec)
         assert child.cell is not None
         assert self.nursery is not None
-        actor = spec.factory(*child.args)
+        kwargs = child.kwargs
+        actor = spec.factory(*child.args, **kwargs) if kwargs else spec.factory(*child.args)
         if spec.restart is Restart.TEMPORARY:
-            child.args = ()  # never needed again (OTP keeps no arguments for them either)
+            # Never needed again (OTP keeps no arguments for them either).
+            child.args, child.kwargs = (), None
         await run_actor(child.cell, actor, child.mark_started, self.nursery, scope)
 
     def _restart_inline(self, child: _Child, error: BaseException | None) -> bool:
@@ -650,7 +652,9 @@ class _Run:
             )
         return await self._start_new(self.node.make_child(spec), restarted=False)
 
-    async def start_dynamic(self, spec: AnySpec, args: tuple[Any, ...]) -> _Child:
+    async def start_dynamic(
+        self, spec: AnySpec, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> _Child:
         """A dynamic supervisor's ``start_child``: a new child under a generated name."""
         node = self.node
         assert isinstance(node.spec, DynamicSupervisorSpec)
@@ -658,7 +662,7 @@ class _Run:
         if limit is not None and len(node.children) >= limit:
             raise MaxChildrenReached(node.path, limit)
         node.seq += 1
-        child = node.make_child(spec, f"{spec.name}-{node.seq}", args)
+        child = node.make_child(spec, f"{spec.name}-{node.seq}", args, kwargs)
         return await self._start_new(child, restarted=False)
 
     async def terminate_child(self, name: str) -> None:

@@ -294,17 +294,17 @@ class DynamicSupervisor(_Handle):
     Example::
 
         sessions = root.dynamic_supervisor("sessions")
-        ref = await sessions.start_child(user_id)        # template.factory(user_id)
+        ref = await sessions.start_child(user_id)        # calls template.factory(user_id)
         ...
         await sessions.terminate_child(ref)
     """
 
     __slots__ = ()
 
-    async def start_child(self, *args: Any) -> ActorRef[Any, Any]:
-        """Start a child from the template: its factory is called with ``args`` (again at
-        every restart, unless the template is temporary).  Returns its ref once it has
-        started.
+    async def start_child(self, *args: Any, **kwargs: Any) -> ActorRef[Any, Any]:
+        """Start a child from the template: its factory is called with ``args`` and
+        ``kwargs`` (again at every restart, unless the template is temporary).  Returns its ref
+        once it has started.
 
         Raises:
             TypeError: this supervisor has no template.
@@ -321,7 +321,7 @@ class DynamicSupervisor(_Handle):
             )
 
         async def op(run: _Run) -> _Child:
-            return await run.start_dynamic(template, args)
+            return await run.start_dynamic(template, args, kwargs)
 
         return self._handle_of(await self._node().control(op))  # type: ignore[no-any-return]
 
@@ -352,7 +352,7 @@ class DynamicSupervisor(_Handle):
             )
 
         async def op(run: _Run) -> _Child:
-            return await run.start_dynamic(spec, ())
+            return await run.start_dynamic(spec, (), {})
 
         return self._handle_of(await self._node().control(op))  # type: ignore[no-any-return]
 

@@ -492,3 +492,35 @@ async def test_a_stray_cancelled_from_handle_is_a_crash(
                 await ref.ask("x")
             await trio.sleep(1.0)
     assert isinstance(info.value.__cause__, trio.Cancelled)
+
+
+class StopsWhenIdle(Actor[Any, Any]):
+    """Stops itself from a background task after a while, with no message in sight."""
+
+    stopped_at: float | None = None
+
+    async def on_start(self) -> None:
+        self.spawn(self._later)
+
+    async def _later(self) -> None:
+        await trio.sleep(3.0)
+        self.stop()
+
+    async def on_stop(self) -> None:
+        StopsWhenIdle.stopped_at = trio.current_time()
+
+    async def handle(self, message: Any) -> Any:
+        return message
+
+
+async def test_stop_from_a_background_task_stops_an_idle_actor_at_once(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """Actor.stop() called while no message is handled stops the actor then, not at the next
+    message."""
+    StopsWhenIdle.stopped_at = None
+    async with open_actor(StopsWhenIdle) as ref:
+        await trio.sleep(10.0)
+        assert StopsWhenIdle.stopped_at == pytest.approx(3.0)
+        with pytest.raises(ActorStopped):
+            await ref.ask(1)

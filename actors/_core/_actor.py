@@ -157,8 +157,16 @@ class Actor(Generic[M, R]):
         inc.spawn(async_fn, args, label)
 
     def stop(self) -> None:
-        """Stop gracefully after the current message (``on_stop`` runs; the exit is normal)."""
-        self._context().stop_requested = True
+        """Stop gracefully after the current message (``on_stop`` runs; the exit is normal).
+
+        Called from a background task while no message is being handled, it stops the actor
+        at once (an idle actor does not wait for a message to notice).
+        """
+        inc = self._context()
+        if inc.cell.incarnation is inc:
+            inc.cell.request_stop()
+        else:
+            inc.stop_requested = True
 
     def _context(self) -> _Incarnation:
         try:
