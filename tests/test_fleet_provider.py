@@ -573,6 +573,7 @@ async def test_a_restarted_provider_releases_the_keys_its_crashed_incarnation_he
             nursery.start_soon(lambda: _keyed(results, b.provider, "p", "k"))
             await trio.sleep(0.3)
             started = trio.current_time()
+            await root.terminate_child("svc")
             await root.restart_child("svc")
             await wait_for(lambda: "p@b" in results)
             assert trio.current_time() - started < 1.0  # not the 30 s lease

@@ -349,6 +349,7 @@ class BehaviourInjector(Injector):
     Example::
 
         async def restart_cache(payload):
+            await root.terminate_child("cache")
             await root.restart_child("cache")
 
         chaos.wrap(call_search, chaos.BehaviourInjector(restart_cache, rate=0.01))
