@@ -151,6 +151,7 @@ async def test_a_restarted_coordinator_continues_the_trace(
 
             nursery.start_soon(first)
             await trio.sleep(1.0)
+            await root.terminate_child("sagas")
             await root.restart_child("sagas")
         info = await wait_finished(root, "op")
         assert info.phase == "completed"
