@@ -245,10 +245,11 @@ async def test_a_call_queued_across_a_restart_keeps_its_trace(
     """A call waiting in the mailbox while the provider restarts is handled by the next
     incarnation under the caller's span (the context is in the message, not in a task); the
     attempt the restart cut short ends as cancelled."""
-    from supervisors import ChildSpec, open_supervisor
+    from supervisors import ChildSpec, RestartBackoff, open_supervisor
 
     service = FakeService(("sleep", 100.0))
-    spec = ChildSpec("svc", lambda: _Crashable("svc", service), restart="permanent")
+    backoff = RestartBackoff(min_delay=1.0, max_delay=1.0, jitter=0.0)
+    spec = ChildSpec("svc", lambda: _Crashable("svc", service), backoff=backoff)
     async with open_supervisor([spec]) as root:
         provider: Provider[Any, Any] = Provider(root.ref("svc"))
         got: list[Any] = []
@@ -263,7 +264,9 @@ async def test_a_call_queued_across_a_restart_keeps_its_trace(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(cut_short)
             await trio.sleep(1.0)  # the attempt runs
-            root.ref("svc").tell_nowait("crash")  # restarted by its supervisor
+            root.ref("svc").tell_nowait("crash")  # restarted by its supervisor, after 1 s
+            await trio.testing.wait_all_tasks_blocked()
+            assert root.ref("svc").statistics().state.value == "restarting"
             with otel.tracer.start_as_current_span("second") as second:
                 assert await provider.call(2, timeout=1000) == ("reply", 2)
         assert got == ["ActorCrashed"]
