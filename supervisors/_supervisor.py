@@ -57,6 +57,7 @@ from typing import Any, Final
 import attrs
 import trio
 
+from actors._core._actor import check_actor
 from actors._core._cell import CellState, is_cancellation, is_fatal, run_actor, unwrap
 from actors._policies._logs import describe_exception
 from supervisors._errors import (
@@ -333,6 +334,7 @@ class _Run:
         assert self.nursery is not None
         kwargs = child.kwargs
         actor = spec.factory(*child.args, **kwargs) if kwargs else spec.factory(*child.args)
+        check_actor(actor, f"child {child.path!r}")
         if spec.restart is Restart.TEMPORARY:
             # Never needed again (OTP keeps no arguments for them either).
             child.args, child.kwargs = (), None
