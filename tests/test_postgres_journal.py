@@ -468,3 +468,156 @@ async def test_concurrent_sagas_share_commits(journals: Any) -> None:
         found = await journal.get(driver.header.saga_id)
         assert found is not None
         assert saga_state(*found) == driver.state
+
+
+# ------------------------------------------------------------------- refused writes
+
+
+async def test_a_write_the_database_refuses_fails_alone_and_its_saga_goes_on(
+    postgres_url: str, postgres_schema: str, journals: Any
+) -> None:
+    """A value the database refuses (here: a CHECK the schema gained) fails only the write
+    carrying it: writes of other sagas committed in the same batch land, the refused saga's
+    state goes back to what it was (the next write from there is accepted), and the journal
+    stays usable."""
+    journal = await journals()
+    await sql(
+        postgres_url,
+        f'ALTER TABLE "{postgres_schema}".events ADD CONSTRAINT no_poison '
+        "CHECK (data <> '\\x706f69736f6e'::bytea)",  # b"poison"
+    )
+    bad = await Driver(journal, "bad").start()
+    good = await Driver(journal, "good").start()
+    await bad.go(K.STEP_STARTED, 0)
+    await good.go(K.STEP_STARTED, 0)
+    before = bad.state
+    refused: list[BaseException] = []
+
+    async def poison() -> None:
+        with pytest.raises(JournalError, match="refused this write") as info:
+            await bad.go(K.STEP_COMPLETED, 0, b"poison")
+        refused.append(info.value)
+
+    async with trio.open_nursery() as nursery:  # one batch: both writes staged in one pass
+        nursery.start_soon(poison)
+        nursery.start_soon(good.go, K.STEP_COMPLETED, 0, b"fine")
+    assert len(refused) == 1
+    assert journal.available
+    found = await journal.get("good")
+    assert found is not None
+    assert saga_state(*found) == good.state
+    found = await journal.get("bad")
+    assert found is not None
+    assert saga_state(*found) == before  # nothing of the refused write was stored
+    bad.state = before  # the coordinator's view goes back with the journal's
+    await bad.go(K.STEP_COMPLETED, 0, b"cured")
+    await bad.finish()
+    found = await journal.get("bad")
+    assert found is not None
+    assert saga_state(*found).phase is P.COMPLETED
+
+
+async def test_a_write_queued_behind_a_refused_one_of_its_saga_fails_too(
+    postgres_url: str, postgres_schema: str, journals: Any
+) -> None:
+    """Two writes of one saga in one batch, the first refused by the database: the second,
+    validated after the first, fails as well (it would leave a gap), and the saga's state is
+    the one before both."""
+    journal = await journals()
+    await sql(
+        postgres_url,
+        f'ALTER TABLE "{postgres_schema}".events ADD CONSTRAINT no_poison '
+        "CHECK (data <> '\\x706f69736f6e'::bytea)",
+    )
+    saga = await Driver(journal, "s").start()
+    await saga.go(K.STEP_STARTED, 0)
+    before = saga.state
+    first = saga.event(K.STEP_COMPLETED, 0, b"poison")
+    second = saga.event(K.STEP_STARTED, 1)
+    errors: list[BaseException] = []
+
+    async def write(event: Any) -> None:
+        try:
+            await journal.append(event)
+        except JournalError as exc:
+            errors.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(write, first)
+        await trio.lowlevel.checkpoint()  # queued in order, validated in order
+        nursery.start_soon(write, second)
+    assert len(errors) == 2
+    found = await journal.get("s")
+    assert found is not None
+    assert saga_state(*found) == before
+    saga.state = before
+    await saga.go(K.STEP_COMPLETED, 0, b"fine")  # the journal goes on from `before`
+    assert journal.statistics().sagas_open == 1
+
+
+# --------------------------------------------------------------------- reloading
+
+
+async def test_load_unfinished_takes_back_what_a_failed_write_left_out_of_step(
+    postgres_url: str, postgres_schema: str, journals: Any
+) -> None:
+    """A saga forgotten after a write that missed the store (its row moved on behind the
+    journal's back) is tracked again, as stored, by load_unfinished, which a restarted
+    coordinator calls; claim_orphans no longer hands it out, and writes from the stored state
+    are accepted."""
+    journal = await journals()
+    saga = await Driver(journal, "s").start()
+    await saga.go(K.STEP_STARTED, 0)
+    await sql(  # an event the journal did not write: its next write is out of step
+        postgres_url,
+        f'UPDATE "{postgres_schema}".sagas SET next_seq = next_seq + 1 WHERE saga_id = %s',
+        ("s",),
+    )
+    with pytest.raises(JournalError, match="holds 3 events"):
+        await saga.go(K.STEP_COMPLETED, 0, b"r")
+    await sql(
+        postgres_url,
+        f'UPDATE "{postgres_schema}".sagas SET next_seq = next_seq - 1 WHERE saga_id = %s',
+        ("s",),
+    )
+    assert journal.statistics().sagas_open == 0  # forgotten, to be read back
+    ((h, events),) = await journal.load_unfinished()
+    state = saga_state(h, events)
+    assert state.next_seq == 2
+    assert journal.statistics().sagas_open == 1
+    assert await journal.claim_orphans() == []  # loaded: not handed out again
+    await journal.append(state.next_event(K.STEP_COMPLETED, 0, b"r"))
+
+
+async def test_list_unfinished_names_each_saga_s_owner(journals: Any) -> None:
+    """Fleet-wide listings say which instance drives each saga."""
+    a, b = await journals(), await journals()
+    await Driver(a, "a1", created_at=1.0).start()
+    await Driver(b, "b1", created_at=2.0).start()
+    listed = await a.list_unfinished()
+    assert [(s.saga_id, s.owner) for s in listed] == [
+        ("a1", a.instance_id),
+        ("b1", b.instance_id),
+    ]
+
+
+async def test_a_saga_a_write_left_out_of_step_is_handed_back_not_called_lost(
+    postgres_url: str, postgres_schema: str, journals: Any
+) -> None:
+    """A write that finds the saga's row moved on (same owner and epoch: not a takeover)
+    fails with a JournalError, not OwnershipLost; the saga is handed back by claim_orphans as
+    stored and goes on from there."""
+    journal = await journals()
+    saga = await Driver(journal, "s").start()
+    await saga.go(K.STEP_STARTED, 0)
+    bump = f'UPDATE "{postgres_schema}".sagas SET next_seq = next_seq + %s WHERE saga_id = %s'
+    await sql(postgres_url, bump, (1, "s"))
+    with pytest.raises(JournalError, match="holds 3 events") as info:
+        await saga.go(K.STEP_COMPLETED, 0, b"r")
+    assert not isinstance(info.value, OwnershipLost)
+    await sql(postgres_url, bump, (-1, "s"))
+    ((h, events),) = await journal.claim_orphans()
+    state = saga_state(h, events)
+    assert state.next_seq == 2
+    await journal.append(state.next_event(K.STEP_COMPLETED, 0, b"r"))
+    assert journal.fleet_statistics().ownership_lost == 0

@@ -302,16 +302,49 @@ async def test_a_server_that_stops_answering_fails_callers_within_the_timeout(
         await journal.aclose()
 
 
+async def test_a_create_with_a_shorter_bound_hears_of_a_hung_server_within_it(
+    postgres_server: PostgresServer,
+) -> None:
+    """``create(answer_within=...)`` raises JournalUnavailable (in doubt) within its bound
+    while the server hangs, though write_timeout is far longer; the create stays queued,
+    lands once the server answers, and claim_orphans hands the saga out."""
+    journal = await _journal(postgres_server, write_timeout=120.0)
+    try:
+        ((pid,),) = await sql(
+            postgres_server.url,
+            "SELECT pid FROM pg_stat_activity WHERE application_name = %s",
+            (f"aura-actors journal {journal.instance_id[:8]}",),
+        )
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            with trio.fail_after(60), pytest.raises(JournalUnavailable) as info:
+                await journal.create(header("a"), ev("a", 0, K.STARTED), answer_within=0.2)
+            assert info.value.in_doubt
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        with trio.fail_after(60):
+            handed: list[Any] = []
+            while not handed:  # the create settles on the writer's thread
+                handed = await journal.claim_orphans()
+                await trio.sleep(0.02)
+        ((h, events),) = handed
+        assert h.saga_id == "a"
+        assert [e.seq for e in events] == [0]
+    finally:
+        await journal.aclose()
+
+
 async def test_an_error_that_is_not_transient_fails_the_journal_for_good(
     postgres_server: PostgresServer,
 ) -> None:
-    """A transaction failing for a reason a retry cannot fix (a data error) fails every
-    waiting and later call with JournalError; nothing of that batch is stored."""
+    """A transaction failing for a reason a retry cannot fix, and that no single request's
+    values explain (a table gone), fails every waiting and later call with JournalError;
+    nothing of that batch is stored."""
     journal = await _journal(postgres_server)
     assert journal._writer is not None
 
     def broken(conn: psycopg.Connection[Any]) -> None:
-        raise psycopg.errors.DataError("a value the schema cannot hold")
+        raise psycopg.errors.UndefinedTable('relation "events" does not exist')
 
     try:
         saga = await Driver(journal, "a").start()

@@ -5,6 +5,8 @@
 * ``_state``: the fold of a saga's events (:class:`~actors.SagaState`, :func:`~actors.saga_state`);
 * ``_index``: the bookkeeping every journal shares (validation before a write is queued);
 * ``_memory``: :class:`~actors.MemoryJournal`;
+* ``_threaded``: the trio side every journal with a writer thread shares (staging, flushing,
+  backpressure, lifecycle, failure);
 * ``_fleet``: the protocol of a journal shared by several instances (ownership, leases);
 * ``_sqlite``: :class:`~actors.SqliteJournal` (trio side, writer thread, file format, file);
 * ``_postgres``: :class:`~actors.PostgresJournal` (API, request pipeline, writer, schema).

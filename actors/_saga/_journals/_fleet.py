@@ -21,11 +21,13 @@ What a coordinator must do with the fleet errors:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 import attrs
 
 from actors._saga._journals._records import Journal, SagaEvent, SagaHeader, SagaPhase
+from actors._saga._journals._state import SagaState
 
 __all__ = ["FleetJournal", "FleetStatistics", "InstanceInfo", "SagaOwnership"]
 
@@ -109,6 +111,28 @@ class FleetJournal(Journal, Protocol):
     @property
     def instance_id(self) -> str:
         """This instance's id (fresh per journal object)."""
+        ...
+
+    @property
+    def where(self) -> str:
+        """The journal for messages (its server without password)."""
+        ...
+
+    async def create(
+        self,
+        header: SagaHeader,
+        first_event: SagaEvent,
+        *,
+        then: Sequence[SagaEvent] = (),
+        answer_within: float | None = None,
+    ) -> SagaState:
+        """As :meth:`Journal.create`; ``answer_within`` (seconds) bounds the wait for a server that
+        does not answer (then ``JournalUnavailable`` with ``in_doubt=True``; the write stays
+        queued: cancelling instead would leave the caller without word of it)."""
+        ...
+
+    def fleet_statistics(self) -> FleetStatistics:
+        """The connection and ownership counters (for health and metrics)."""
         ...
 
     @property

@@ -330,6 +330,8 @@ class SagaSummary(msgspec.Struct, frozen=True):
         compensated: how many steps were compensated.
         events: how many events it has.
         updated_at: ``at`` of its last event.
+        owner: the instance that drives it, in a journal shared by a fleet
+            (:class:`~actors.PostgresJournal`); ``None`` in a journal of one instance.
     """
 
     saga_id: str
@@ -343,6 +345,7 @@ class SagaSummary(msgspec.Struct, frozen=True):
     events: int
     updated_at: float
     metadata: dict[str, Any]
+    owner: str | None = None
 
 
 @attrs.frozen

@@ -35,6 +35,10 @@ announces may be acted on.  A saga whose write was in doubt is handed out again 
 writer recognises its own writes that committed just before the connection dropped, so
 nothing is applied twice (see :mod:`actors._saga._journals._postgres._writer`).
 
+A write whose values the database refuses fails alone, as in the SQLite journal: its sagas'
+states go back to what they were and the journal goes on.  :meth:`load_unfinished` (what a
+restarted coordinator calls) tracks every saga this instance owns again, as stored.
+
 Cancellation: as the SQLite journal.  A caller cancelled before its write was queued wrote
 nothing; cancelled after, it just stops waiting and the write still lands.
 
@@ -46,23 +50,20 @@ from __future__ import annotations
 
 import collections
 import hashlib
-import math
 import threading
 import time
 import uuid
 from collections.abc import Sequence
 from datetime import timedelta
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Self
+from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
-import outcome
 import trio
-from trio.lowlevel import Abort, RaiseCancelT, Task, current_task, reschedule, wait_task_rescheduled
+from trio.lowlevel import wait_task_rescheduled
 
 from actors._errors import ConfigError, ErrorCategory, JournalUnavailable, OwnershipLost
 from actors._saga._journals._fleet import FleetJournal, FleetStatistics, InstanceInfo, SagaOwnership
-from actors._saga._journals._index import SagaIndex, Tracked, check_count, normalize_header, seconds
+from actors._saga._journals._index import Tracked, normalize_header, seconds
 from actors._saga._journals._postgres._pipeline import _FinishWaiter, _Pipeline
 from actors._saga._journals._postgres._schema import (
     APPEND,
@@ -70,6 +71,7 @@ from actors._saga._journals._postgres._schema import (
     CLOSE,
     CREATE,
     DISCARD,
+    LOAD,
     PRUNE,
     SCHEMA_VERSION,
     Request,
@@ -81,7 +83,6 @@ from actors._saga._journals._records import (
     DEFAULT_RETAIN_FOR,
     DEFAULT_RETAIN_LAST,
     JournalError,
-    JournalStatistics,
     SagaEvent,
     SagaEventKind,
     SagaHeader,
@@ -163,29 +164,18 @@ class PostgresJournal(_Pipeline):
         self._url = url
         self._lease = seconds(lease_duration, "lease_duration")
         self._write_timeout = seconds(write_timeout, "write_timeout")
-        self._retain_for = seconds(retain_for, "retain_for")
-        self._retain_last = check_count(retain_last, "retain_last")
-        self._auto_prune = bool(auto_prune)
-        if check_count(max_pending, "max_pending") < 1:
-            raise ConfigError("must be at least 1", path="max_pending")
-        self._max_pending = max_pending
+        self._init_threaded(
+            retain_for=retain_for,
+            retain_last=retain_last,
+            auto_prune=auto_prune,
+            max_pending=max_pending,
+        )
         self._instance_id = uuid.uuid4().hex
         self._where = f"{_display(url)} (schema {self._schema})"
-        self._status = "new"  # new -> opening -> open -> closing -> closed
-        self._index = SagaIndex()
-        self._queue: Any = None  # queue.SimpleQueue[list[Request]], made at open
-        self._staged: list[Request] = []
         self._waiting: collections.deque[Request] = collections.deque()
-        self._token: trio.lowlevel.TrioToken | None = None
-        self._room = trio.lowlevel.ParkingLot()
-        self._pending = 0
-        self._failure: tuple[str, BaseException] | None = None
         self._available = False
         self._unavailable_reason = ""
         self._available_lot = trio.lowlevel.ParkingLot()
-        self._open_task: Task | None = None
-        self._closed = trio.Event()
-        self._close_error: BaseException | None = None
         self._writer: Writer | None = None
         self._watchdog: Watchdog | None = None
         self._listener: Listener | None = None
@@ -195,7 +185,6 @@ class PostgresJournal(_Pipeline):
         self._lost: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._reload: set[int] = set()  # saga_nos to hand out again (claim_orphans)
         self._check_owned = False  # after an outage: look for owned, untracked sagas
-        self._appends = self._rows = self._commits = self._bytes = self._pruned = 0
         self._ownership_lost = self._claimed = self._in_doubt = 0
 
     # ------------------------------------------------------------------------ facts
@@ -241,8 +230,7 @@ class PostgresJournal(_Pipeline):
                 installed, or the journal was opened before.
             JournalUnavailable: the server cannot be reached.
         """
-        if self._status != "new":
-            raise JournalError(f"The journal {self._where} was already opened.")
+        self._check_not_opened()
         try:
             import queue
 
@@ -259,37 +247,27 @@ class PostgresJournal(_Pipeline):
             raise ConfigError(
                 f"not a valid PostgreSQL connection URL ({exc})", path="url"
             ) from None
-        self._status = "opening"
         self._queue = queue.SimpleQueue()
-        self._token = trio.lowlevel.current_trio_token()
-        self._writer = Writer(self, self._token, info)
-        self._watchdog = Watchdog(self, self._writer, self._token)
-        self._open_task = current_task()
+        token = trio.lowlevel.current_trio_token()
+        self._writer = Writer(self, token, info)
+        self._watchdog = Watchdog(self, self._writer, token)
         name = f"aura-journal {self._where}"
-        threading.Thread(target=self._writer.run, name=name, daemon=True).start()
-        threading.Thread(target=self._watchdog.run, name=f"{name} watchdog", daemon=True).start()
-
-        def abort(raise_cancel: RaiseCancelT) -> Abort:
-            self._open_task = None  # _opened closes the journal when it arrives
-            self._status = "closing"
-            return Abort.SUCCEEDED
-
-        await wait_task_rescheduled(abort)
+        await self._start_threads(
+            [(self._writer.run, name), (self._watchdog.run, f"{name} watchdog")]
+        )
 
     def _opened(self, error: BaseException | None) -> None:
         # Runs in trio (run_sync_soon from the writer thread).
-        task, self._open_task = self._open_task, None
         if error is not None:
             self._status = "closed"
             self._stop_threads()
             self._closed.set()
-        elif task is None:  # the opener was cancelled: nobody owns the journal, close it
+        elif self._open_task is None:  # the opener was cancelled: nobody owns it, close it
             self._queue.put([Request(CLOSE)])
         else:
             self._status = "open"
             self._available = True
-        if task is not None:
-            reschedule(task, outcome.Value(None) if error is None else outcome.Error(error))
+        self._answer_opener(error)
 
     async def aclose(self) -> None:
         """Flush every queued write, expire this instance's lease (survivors may take over its
@@ -302,47 +280,33 @@ class PostgresJournal(_Pipeline):
         Raises:
             JournalError: closing failed (writes that returned are durable).
         """
-        if self._status in ("new", "closed"):
-            self._status = "closed"
-            await trio.lowlevel.checkpoint()
-            return
-        if self._status == "opening":
-            raise JournalError(f"The journal {self._where} is still opening.")
         if self._status == "open":
-            self._status = "closing"
             assert self._writer is not None
             self._writer.close_by = time.monotonic() + self._write_timeout
-            self._room.unpark_all()
             self._available_lot.unpark_all()
             self._wake_finish_waiters()
             if self._listener is not None:
                 self._listener.stop.set()
-            self._stage(Request(CLOSE))
-        await self._closed.wait()
-        self._status = "closed"
-        error, self._close_error = self._close_error, None
-        if error is not None:
-            raise error
-
-    async def __aenter__(self) -> Self:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
+        await self._close(Request(CLOSE))
 
     # ----------------------------------------------------------------------- writes
 
     async def create(
-        self, header: SagaHeader, first_event: SagaEvent, *, then: Sequence[SagaEvent] = ()
+        self,
+        header: SagaHeader,
+        first_event: SagaEvent,
+        *,
+        then: Sequence[SagaEvent] = (),
+        answer_within: float | None = None,
     ) -> SagaState:
         """Durably store a new saga, owned by this instance, with its ``started`` event and
         the events ``then`` (one transaction); return its state.
+
+        ``answer_within`` (seconds of real time; ``write_timeout`` when longer or ``None``)
+        bounds the wait for a server that does not answer: past it the call raises
+        ``JournalUnavailable`` with ``in_doubt=True`` and the write stays queued (the saga may
+        still be created: :meth:`claim_orphans` then hands it out), so a caller with a
+        deadline hears of an outage before its deadline.
 
         Raises:
             SagaSequenceError: an event is invalid, or ``then`` ends the saga.
@@ -376,7 +340,10 @@ class PostgresJournal(_Pipeline):
         request.nbytes = len(header.payload) + len(metadata) + len(first_event.data)
         request.nbytes += sum(len(e.data) for e in then)
         self._index.open[header.saga_id] = Tracked(header, state, False, 0, 0)
-        await self._submit(request)
+        self._enqueue(request)
+        if answer_within is not None and answer_within < self._write_timeout:
+            request.deadline = time.monotonic() + max(answer_within, 0.0)
+        await wait_task_rescheduled(request.abort)
         return state
 
     async def append(self, event: SagaEvent) -> SagaState:
@@ -389,9 +356,14 @@ class PostgresJournal(_Pipeline):
             await self._wait_for_room()
         if self._lost and type(event) is SagaEvent and event.saga_id in self._lost:
             raise OwnershipLost(saga_id=event.saga_id)
-        tracked = self._index.advance_one(event)
+        index = self._index
+        found = index.open.get(event.saga_id) if type(event) is SagaEvent else None
+        undo = () if found is None else ((found, found.state, found.epoch),)
+        tracked = index.advance_one(event)
         state = tracked.state
-        await wait_task_rescheduled(self._queue_write(tracked, state, (event,)).abort)
+        request = self._queue_write(tracked, state, (event,))
+        request.undo = undo
+        await wait_task_rescheduled(request.abort)
         return state
 
     async def append_many(self, events: Sequence[SagaEvent]) -> dict[str, SagaState]:
@@ -414,15 +386,21 @@ class PostgresJournal(_Pipeline):
                 if type(event) is SagaEvent and event.saga_id in self._lost:
                     raise OwnershipLost(saga_id=event.saga_id)
         index = self._index
+        first = events[0] if events else None
+        found = index.open.get(first.saga_id) if type(first) is SagaEvent else None
+        undo = () if found is None else ((found, found.state, found.epoch),)
         tracked = index.advance_saga(events)
         if tracked is not None:  # one saga's events: the common write
             state = tracked.state
-            await wait_task_rescheduled(self._queue_write(tracked, state, events).abort)
+            request = self._queue_write(tracked, state, events)
+            request.undo = undo
+            await wait_task_rescheduled(request.abort)
             return {state.saga_id: state}
         states = index.check_append(events)
         owned = {saga_id: index.open[saga_id] for saga_id in states}
-        index.commit(states)
         request = Request(APPEND)
+        request.undo = tuple((t, t.state, t.epoch) for t in owned.values())
+        index.commit(states)
         kinds = _KIND_VALUES
         for saga_id, state in states.items():
             mine = owned[saga_id]
@@ -479,11 +457,7 @@ class PostgresJournal(_Pipeline):
         beyond the ``keep_last`` most recently finished (defaults: the journal's retention);
         return how many.  Unfinished and ``compensation_failed`` sagas are never removed.
         ``now`` defaults to ``time.time()``."""
-        if now is not None and (isinstance(now, bool) or not math.isfinite(now)):
-            raise ValueError(f"now must be a finite time, got {now!r}")
-        age = self._retain_for if older_than is None else seconds(older_than, "older_than")
-        keep = self._retain_last if keep_last is None else check_count(keep_last, "keep_last")
-        cutoff = (time.time() if now is None else now) - age
+        cutoff, keep = self._retention(older_than, keep_last, now)
         await self._wait_for_room()
         request = Request(PRUNE)
         request.value = (cutoff, keep)
@@ -510,10 +484,13 @@ class PostgresJournal(_Pipeline):
 
     async def load_unfinished(self) -> list[tuple[SagaHeader, list[SagaEvent]]]:
         """Every unfinished saga *this instance owns*, with its events, oldest first (read
-        after queued writes).  A fresh instance owns none: see :meth:`claim_orphans`."""
-        from actors._saga._journals._postgres._writer import read_owned
-
-        return await self._read(read_owned(self._stmts(), self._instance_id))  # type: ignore[no-any-return]
+        after queued writes), to be driven by the caller from now on: they are tracked as
+        stored and no longer handed out by :meth:`claim_orphans`.  A fresh instance owns
+        none: see :meth:`claim_orphans`."""
+        await self._wait_for_room()
+        request = Request(LOAD)
+        found: list[tuple[SagaHeader, list[SagaEvent]]] = await self._submit(request)
+        return found
 
     async def get(self, saga_id: str) -> tuple[SagaHeader, list[SagaEvent]] | None:
         """One saga's header and events (whichever instance owns it), or ``None``."""
@@ -539,6 +516,7 @@ class PostgresJournal(_Pipeline):
                     events=row[8],
                     updated_at=row[9],
                     metadata=msgspec.json.decode(row[10]),
+                    owner=row[11],
                 )
                 for row in conn.execute(stmts.summaries)
             ]
@@ -567,22 +545,6 @@ class PostgresJournal(_Pipeline):
             return [InstanceInfo(*row) for row in conn.execute(stmts.instances)]
 
         return await self._read(read)  # type: ignore[no-any-return]
-
-    def statistics(self) -> JournalStatistics:
-        """A snapshot of the counters; ``sagas_open`` counts the sagas this instance owns,
-        ``commits`` the group-commit transactions it made."""
-        sagas_open, attention = self._index.counts()
-        return JournalStatistics(
-            sagas_open=sagas_open,
-            sagas_needing_attention=attention,
-            appends=self._appends,
-            rows=self._rows,
-            commits=self._commits,
-            rows_per_commit=self._rows / self._commits if self._commits else 0.0,
-            queue_depth=self._pending,
-            bytes_written=self._bytes,
-            sagas_pruned=self._pruned,
-        )
 
     def fleet_statistics(self) -> FleetStatistics:
         """A snapshot of the connection and ownership counters (for health and metrics)."""

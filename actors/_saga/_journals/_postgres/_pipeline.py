@@ -1,11 +1,14 @@
-"""The trio side of the PostgreSQL journal's requests: queueing them for the writer thread
-(with backpressure), delivering the writer's outcomes to the waiting tasks, and the journal's
-availability as the writer and the watchdog see it.
+"""The trio side of the PostgreSQL journal's requests: their deadlines, delivering the
+writer's outcomes to the waiting tasks, and the journal's availability as the writer and the
+watchdog see it (staging, flushing and backpressure are the shared
+:mod:`actors._saga._journals._threaded`'s).
 
-A request is staged and handed to the writer thread in batches; the writer answers through the
-trio token with ``_deliver``, which wakes each caller with its value or a fresh error, adopts or
-forgets the sagas the batch touched (a write that lost ownership forgets its saga), and moves
-the journal between available and unavailable.
+The writer answers each batch through the trio token with ``_deliver``, which wakes each
+caller with its value or a fresh error, adopts, rolls back or forgets the sagas the batch
+touched (a write the database refused rolls its sagas back; one that lost ownership forgets
+them; a claim or a load adopts what it read), and moves the journal between available and
+unavailable.  The watchdog's ``_expire`` tells callers whose deadline passed (``write_timeout``,
+or a create's own shorter bound) that their write is in doubt.
 """
 
 from __future__ import annotations
@@ -16,20 +19,23 @@ from typing import TYPE_CHECKING, Any, Final
 
 import outcome
 import trio
-from trio.lowlevel import Task, current_task, reschedule, wait_task_rescheduled
+from trio.lowlevel import current_task, reschedule
 
 from actors._errors import JournalUnavailable
-from actors._saga._journals._index import SagaIndex, Tracked
+from actors._saga._journals._index import Tracked
 from actors._saga._journals._postgres._schema import (
     APPEND,
     CLAIM,
     CLOSE,
     CREATE,
     DISCARD,
+    LOAD,
     READ,
     Request,
 )
-from actors._saga._journals._records import JournalError, SagaPhase
+from actors._saga._journals._records import SagaEvent, SagaHeader, SagaPhase
+from actors._saga._journals._state import SagaState
+from actors._saga._journals._threaded import ThreadedJournal
 
 if TYPE_CHECKING:
     from actors._saga._journals._postgres._schema import Statements
@@ -48,35 +54,23 @@ class _FinishWaiter:
         self.event = trio.Event()
 
 
-class _Pipeline:
+class _Pipeline(ThreadedJournal):
     """The trio side of :class:`~actors.PostgresJournal`'s requests (see the module docstring);
     the fields are set by ``PostgresJournal.__init__``."""
 
+    _failure_action = (
+        "Check the database (its logs, the journal schema) and restart; every write that "
+        "returned is stored and will be recovered."
+    )
     _schema: str
     _url: str
     _lease: float
     _write_timeout: float
-    _retain_for: float
-    _retain_last: int
-    _auto_prune: bool
-    _max_pending: int
     _instance_id: str
-    _where: str
-    _status: str
-    _index: SagaIndex
-    _queue: Any
-    _staged: list[Request]
     _waiting: collections.deque[Request]
-    _token: trio.lowlevel.TrioToken | None
-    _room: trio.lowlevel.ParkingLot
-    _pending: int
-    _failure: tuple[str, BaseException] | None
     _available: bool
     _unavailable_reason: str
     _available_lot: trio.lowlevel.ParkingLot
-    _open_task: Task | None
-    _closed: trio.Event
-    _close_error: BaseException | None
     _writer: Writer | None
     _watchdog: Watchdog | None
     _listener: Listener | None
@@ -86,11 +80,6 @@ class _Pipeline:
     _lost: collections.OrderedDict[str, None]
     _reload: set[int]
     _check_owned: bool
-    _appends: int
-    _rows: int
-    _commits: int
-    _bytes: int
-    _pruned: int
     _ownership_lost: int
     _claimed: int
     _in_doubt: int
@@ -113,13 +102,6 @@ class _Pipeline:
         request.fn = fn
         return await self._submit(request)
 
-    def _check_open(self) -> None:
-        if self._failure is not None:
-            raise self._failure_error()
-        if self._status != "open":
-            state = "not open yet" if self._status in ("new", "opening") else "closed"
-            raise JournalError(f"The journal {self._where} is {state}.")
-
     def _check_usable(self) -> None:
         self._check_open()
         if not self._available:
@@ -129,48 +111,12 @@ class _Pipeline:
                 journal=self._where,
             )
 
-    def _failure_error(self) -> JournalError:
-        assert self._failure is not None
-        message, cause = self._failure
-        error = JournalError(
-            message,
-            suggested_action=(
-                "Check the database (its logs, the journal schema) and restart; every write "
-                "that returned is stored and will be recovered."
-            ),
-        )
-        error.__cause__ = cause
-        return error
-
-    async def _wait_for_room(self) -> None:
-        await trio.lowlevel.checkpoint_if_cancelled()
-        self._check_usable()
-        while self._pending >= self._max_pending:
-            await self._room.park()
-            self._check_usable()
-
-    async def _submit(self, request: Request) -> Any:
-        # Called right after _wait_for_room with no checkpoint in between.
-        self._enqueue(request)
-        return await wait_task_rescheduled(request.abort)
-
-    def _enqueue(self, request: Request) -> None:
+    def _enqueue(self, request: Request) -> None:  # type: ignore[override]
         request.task = current_task()
         request.deadline = time.monotonic() + self._write_timeout
         self._pending += 1
         self._waiting.append(request)
         self._stage(request)
-
-    def _stage(self, request: Request) -> None:
-        if not self._staged:
-            assert self._token is not None
-            self._token.run_sync_soon(self._flush)
-        self._staged.append(request)
-
-    def _flush(self) -> None:
-        # Runs in trio after the scheduler pass that staged the requests.
-        staged, self._staged = self._staged, []
-        self._queue.put(staged)
 
     def _set_available(self, available: bool, reason: str) -> None:
         # Runs in trio: the writer lost or regained the server.
@@ -197,22 +143,26 @@ class _Pipeline:
             # The writer announces the server again once its batch is through (and at its
             # next lease renewal at the latest).
             writer.available = False
+        # Deadlines are not in queue order (a call may bring a shorter one): look at all.
         now = time.monotonic()
-        waiting = self._waiting
-        while waiting and (waiting[0].done or waiting[0].deadline <= now):
-            request = waiting.popleft()
+        kept: collections.deque[Request] = collections.deque()
+        for request in self._waiting:
             if request.done:
                 continue
-            request.abandoned = True
+            if request.deadline > now:
+                kept.append(request)
+                continue
             task, request.task = request.task, None
             if task is None:
+                # Its caller stopped waiting (cancelled) and was told nothing: whoever
+                # cancelled it reads the saga back (the write still lands).
                 continue
             write = request.op != READ
             if write:
+                request.abandoned = True  # claim_orphans hands its sagas back once settled
                 self._in_doubt += 1
             error = JournalUnavailable(
-                f"The journal database {self._where} did not answer within "
-                f"{self._write_timeout:g} s"
+                f"The journal database {self._where} did not answer in time"
                 + (
                     "; the write stays queued and may still land: act on nothing it announces."
                     if write
@@ -222,6 +172,7 @@ class _Pipeline:
                 in_doubt=write,
             )
             reschedule(task, outcome.Error(error))
+        self._waiting = kept
 
     def _deliver(self, batch: list[Request], commits: int, pruned: int, back: bool) -> None:
         # Runs in trio, once per batch (run_sync_soon from the writer thread); ``back``: the
@@ -246,7 +197,7 @@ class _Pipeline:
                     if request.abandoned:
                         self._reload.update(saga[0] for saga in request.sagas)
                 elif not failed:
-                    self._forget(request)
+                    self._refused(request)
             elif op == CLOSE:
                 self._close_error = error
                 self._stop_threads()
@@ -268,30 +219,40 @@ class _Pipeline:
                     del index.open[saga_id]
             elif op == CLAIM and error is None:
                 self._adopt(request)
+            elif op == LOAD and error is None:
+                request.value = self._adopt_owned(request.value)
             elif op == DISCARD and error is None and request.value:
                 index.attention.pop(request.saga[0], None)
             done += 1
-            task = request.task
-            if task is not None:
-                request.task = None
-                if error is None:
-                    reschedule(task, outcome.Value(request.value))
-                else:
-                    reschedule(task, outcome.Error(error))
+            self._wake(request, request.value, error)
         waiting = self._waiting
         while waiting and waiting[0].done:
             waiting.popleft()
-        self._appends += appends
-        self._rows += rows
-        self._bytes += nbytes
-        self._commits += commits
-        self._pruned += pruned
-        self._pending -= done
+        self._account(done, appends, rows, nbytes, commits, pruned)
         if failed:
-            self._room.unpark_all()
             self._available_lot.unpark_all()
-        elif done:
-            self._room.unpark(count=done)
+
+    def _deliver_failed(self, batch: list[Request]) -> None:
+        self._deliver(batch, 0, 0, False)  # every caller gets a fresh error naming the failure
+
+    def _refused(self, request: Request) -> None:
+        """A write was not stored.  If the database refused its values (``request.refused``),
+        its sagas' states go back to what they were, and the journal goes on with them; a
+        write validated before that rollback (queued behind the refused one, so out of step
+        with the store) just fails.  Any other miss (the saga owned elsewhere, out of step
+        with the store) stops tracking its sagas (:meth:`_forget`)."""
+        index = self._index
+        if request.refused:
+            for tracked, prior, epoch in request.undo:
+                index.roll_back(tracked, prior, epoch)
+            return
+        if (
+            not request.lost
+            and request.undo
+            and all(tracked.epoch != epoch for tracked, _, epoch in request.undo)
+        ):
+            return  # behind a refused write of its saga, which was rolled back already
+        self._forget(request)
 
     def _forget(self, request: Request) -> None:
         """A write of sagas failed: stop tracking them (the lost ones are owned elsewhere; the
@@ -325,8 +286,25 @@ class _Pipeline:
         self._claimed += len(found)
         self._check_owned = False
 
-    def _fail(self, message: str, cause: BaseException, batch: list[Request]) -> None:
-        # Runs in trio: the writer hit an error it cannot recover from.
-        if self._failure is None:
-            self._failure = (message, cause)
-        self._deliver(batch, 0, 0, False)  # every caller gets a fresh error naming the failure
+    def _adopt_owned(
+        self, found: list[tuple[SagaHeader, list[SagaEvent], SagaState, int, int]]
+    ) -> list[tuple[SagaHeader, list[SagaEvent]]]:
+        """Track every saga ``load_unfinished`` read as this instance's (those not tracked:
+        what a write left out of step, or what was in doubt) and stop handing them out through
+        claim_orphans: the caller drives them now.  A tracked saga keeps its state, which a
+        write queued after the read may have advanced already."""
+        index = self._index
+        for header, _events, state, number, epoch in found:
+            saga_id = header.saga_id
+            self._lost.pop(saga_id, None)
+            self._reload.discard(number)
+            mine = index.open.get(saga_id)
+            if mine is not None and mine.confirmed:
+                continue
+            index.attention.pop(saga_id, None)
+            if state.phase is _ATTENTION:
+                index.attention[saga_id] = Tracked(header, state, True, number, epoch)
+            else:
+                index.open[saga_id] = Tracked(header, state, True, number, epoch)
+        self._check_owned = False
+        return [(header, events) for header, events, *_ in found]

@@ -277,7 +277,7 @@ class Statements:
             FROM {s}.sagas WHERE saga_id = %s"""
         self.summaries = f"""
             SELECT saga_id, definition, created_at, phase, next_step, step_in_flight,
-                compensation_step, compensated, next_seq, updated_at, metadata
+                compensation_step, compensated, next_seq, updated_at, metadata, owner
             FROM {s}.sagas WHERE outcome IS NULL OR outcome = '{_ATTENTION}'
             ORDER BY created_at, saga_id"""
         self.ownership = f"""
@@ -408,7 +408,7 @@ def _foreign(where: str, schema: str, why: str) -> JournalError:
 # ------------------------------------------------------------------------------ requests
 
 #: Request operations (the writer's work, see actors._saga._journals._postgres._writer).
-CREATE, APPEND, PRUNE, DISCARD, READ, CLAIM, CLOSE = range(7)
+CREATE, APPEND, PRUNE, DISCARD, READ, CLAIM, LOAD, CLOSE = range(8)
 
 
 class Request:
@@ -431,10 +431,12 @@ class Request:
         "lost",
         "nbytes",
         "op",
+        "refused",
         "rows",
         "saga",
         "sagas",
         "task",
+        "undo",
         "value",
     )
 
@@ -455,6 +457,10 @@ class Request:
         self.done = False
         self.abandoned = False  # its caller was told JournalUnavailable
         self.committed = False
+        #: APPEND: (saga, its state before this write, its rollback epoch) per saga written:
+        #: how to roll the in-memory state back if the database refuses this write alone.
+        self.undo: tuple[tuple[Tracked, SagaState, int], ...] = ()
+        self.refused = False  # the database refused this request's values
 
     def abort(self, raise_cancel: RaiseCancelT) -> Abort:
         self.task = None  # the write (if queued) still lands; the caller just stops waiting

@@ -20,8 +20,12 @@ before the connection dropped, the retried batch is a *replay*: a compare-and-se
 is checked against the row, and a row that already holds exactly this write (same owner,
 epoch and resulting ``next_seq``; for a create, same owner and creation) counts as written,
 so nothing is applied twice.  Segments that committed before the failure are not run again.
-Any other error (a bug, a damaged schema) fails the journal for good, like the SQLite writer:
-every waiting and later call gets a :class:`~actors.JournalError`.
+A value the database refuses (a data or integrity error, which no check on the trio side
+could foresee) fails only the request carrying it, as in the SQLite journal: the segment is
+written again with one savepoint per request, and that request (with any write of the same
+saga queued behind it, now out of step) gets a :class:`~actors.JournalError` while the rest
+commits.  Any other error (a bug, a damaged schema) fails the journal for good: every waiting
+and later call gets a :class:`~actors.JournalError`.
 
 Leases.  The writer registers the instance at every (re)connection (``connected_at``) and
 renews its lease every third of the lease duration: between batches when busy, on a timed
@@ -64,6 +68,7 @@ from actors._saga._journals._postgres._schema import (
     CLOSE,
     CREATE,
     DISCARD,
+    LOAD,
     PRUNE,
     READ,
     Request,
@@ -89,6 +94,13 @@ logger = library_logger("actors.journal.postgres")
 _SEGMENT: Final = frozenset({CREATE, APPEND})
 
 _MAX_BATCH: Final = 1024
+#: Errors one request's values can cause (a value the database refuses): that request fails
+#: alone (see Writer.write).  Anything else fails the journal, or is retried if transient.
+_REQUEST_ERRORS: Final = (
+    psycopg.errors.DataError,
+    psycopg.errors.IntegrityError,
+    psycopg.errors.ProgramLimitExceeded,
+)
 _BACKOFF_FIRST: Final = 0.05
 _BACKOFF_MAX: Final = 1.0
 _KINDS: Final = {kind.value: kind for kind in SagaEventKind}
@@ -396,7 +408,7 @@ class Writer:
             op = r.op
             if op in _SEGMENT:
                 segment.append(r)
-            elif op in (PRUNE, DISCARD, CLAIM):
+            elif op in (PRUNE, DISCARD, CLAIM, LOAD):
                 if segment:
                     commits += self.write(conn, segment, replay)
                     segment = []
@@ -415,8 +427,10 @@ class Writer:
                         )
                     else:
                         pruned += r.value
-                else:
+                elif op == CLAIM:
                     r.value = self.claim(conn, *r.value)
+                else:
+                    r.value = self.load_owned(conn)
                 r.committed = True
         if segment:
             commits += self.write(conn, segment, replay)
@@ -443,22 +457,35 @@ class Writer:
 
     def write(self, conn: Conn, segment: list[Request], replay: bool) -> int:
         """Creates and appends of ``segment`` in one transaction; requests that cannot be
-        written get their error and the rest is committed."""
+        written get their error and the rest is committed.  If the database refuses a value
+        (a data or integrity error: nothing the trio side could check), the segment is
+        written again with each request in a savepoint of its own, so only the offending
+        request fails (``refused``), and the writes behind it of the same saga fail too (out
+        of step with the store); the journal goes on."""
+        isolate = False
         while True:
             live = [r for r in segment if r.error is None]
             if not live:
                 break
             try:
                 with conn.transaction():
-                    creates = [r for r in live if r.op == CREATE]
-                    appends = [r for r in live if r.op == APPEND]
-                    if creates:
-                        self.creates(conn, creates, replay)
-                    if appends:
-                        self.appends(conn, appends, replay)
+                    if isolate:
+                        self.write_isolated(conn, live, replay)
+                    else:
+                        creates = [r for r in live if r.op == CREATE]
+                        appends = [r for r in live if r.op == APPEND]
+                        if creates:
+                            self.creates(conn, creates, replay)
+                        if appends:
+                            self.appends(conn, appends, replay)
                     if self.before_commit is not None:
                         self.before_commit(conn)
             except _Redo:
+                continue
+            except _REQUEST_ERRORS:
+                if isolate:
+                    raise  # not one request's values: fail the journal
+                isolate = True
                 continue
             if self.after_commit is not None:
                 self.after_commit(conn)
@@ -470,6 +497,33 @@ class Writer:
                     if row[10] is not None and row[10] != "compensation_failed":
                         self.finished_since_prune += 1
         return 1
+
+    def write_isolated(self, conn: Conn, live: list[Request], replay: bool) -> None:
+        """Each request of ``live`` in a savepoint of its own, in order: one the database
+        refuses is rolled back alone and fails (``refused``)."""
+        for r in live:
+            try:
+                with conn.transaction():  # a savepoint inside the segment's transaction
+                    if r.op == CREATE:
+                        self.creates(conn, [r], replay)
+                    else:
+                        self.appends(conn, [r], replay)
+                    if r.error is not None:
+                        raise _Redo  # a write of several sagas lost one: none of it
+            except _Redo:
+                continue
+            except _REQUEST_ERRORS as exc:
+                r.refused = True
+                r.error = JournalError(
+                    f"The journal {self.where} refused this write: the database could not "
+                    f"store it ({redact(f'{type(exc).__name__}: {exc}')}); nothing of it was "
+                    "written, and the journal goes on.",
+                    suggested_action=(
+                        "This is a bug in what was written (report it); the saga's journaled "
+                        "state is what it was before this write."
+                    ),
+                )
+                r.error.__cause__ = exc
 
     def creates(self, conn: Conn, creates: list[Request], replay: bool) -> None:
         sagas = list(zip(*(r.saga for r in creates), strict=True))
@@ -526,6 +580,7 @@ class Writer:
         missed = [number for number in merged if number not in matched]
         found = {row[0]: row for row in conn.execute(self.stmts.rows_of, (missed,))}
         failures: dict[int, Callable[[], BaseException]] = {}
+        lost: set[int] = set()
         for number in missed:
             cas = merged[number]  # (saga_no, epoch, expect, new_seq, ...)
             row = found.get(number)
@@ -536,6 +591,7 @@ class Writer:
                 failures[number] = _out_of_step(saga_id, row[4], cas[2], self.where)
             else:
                 failures[number] = _lost(saga_id, row)
+                lost.add(number)
         if not failures:
             return
         redo = False
@@ -543,7 +599,7 @@ class Writer:
             hit = [saga[0] for saga in r.sagas if saga[0] in failures]
             if hit:
                 r.error = failures[hit[0]]()
-                r.lost = [names[number] for number in hit]
+                r.lost = [names[number] for number in hit if number in lost]
                 redo = redo or len(hit) < len(r.sagas)
         if redo:  # a write of several sagas lost one of them: write none of it
             raise _Redo
@@ -599,6 +655,21 @@ class Writer:
                     return self.load(conn, owned)
             except _Redo:
                 continue  # an unreadable saga was set aside: claim again without it
+
+    def load_owned(
+        self, conn: Conn
+    ) -> list[tuple[SagaHeader, list[SagaEvent], SagaState, int, int]]:
+        """Every unfinished saga this instance owns (but those set aside as unreadable), with
+        its events, folded."""
+        while True:
+            try:
+                with conn.transaction():
+                    owned = dict(conn.execute(self.stmts.owned_untracked, (self.me, [])))
+                    for number in self.unreadable:
+                        owned.pop(number, None)
+                    return self.load(conn, owned)
+            except _Redo:
+                continue  # an unreadable saga was set aside: read again without it
 
     def load(
         self, conn: Conn, owned: dict[int, int]
@@ -663,21 +734,6 @@ def read_get(stmts: Statements, saga_id: str) -> Callable[[Conn], Any]:
             return None
         events = conn.execute(stmts.events_of, ([row[0]],)).fetchall()
         return _header(row), [_event(saga_id, e) for e in events]
-
-    return read
-
-
-def read_owned(stmts: Statements, me: str) -> Callable[[Conn], Any]:
-    def read(conn: Conn) -> list[tuple[SagaHeader, list[SagaEvent]]]:
-        numbers = [row[0] for row in conn.execute(stmts.owned, (me,))]
-        if not numbers:
-            return []
-        events: dict[int, list[SagaEvent]] = {}
-        headers = conn.execute(stmts.headers, (numbers,)).fetchall()
-        ids = {row[0]: row[1] for row in headers}
-        for row in conn.execute(stmts.events_of, (numbers,)):
-            events.setdefault(row[0], []).append(_event(ids[row[0]], row))
-        return [(_header(row), events.get(row[0], [])) for row in headers]
 
     return read
 

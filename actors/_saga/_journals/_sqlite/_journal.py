@@ -60,36 +60,27 @@ Backpressure: at most ``max_pending`` requests are queued; further callers wait 
 
 from __future__ import annotations
 
-import math
 import os
 import queue
 import sqlite3
-import threading
-import time
 from collections.abc import Sequence
 from datetime import timedelta
-from types import TracebackType
-from typing import Any, Final, Literal, Self
+from typing import Final, Literal
 
-import outcome
 import trio
-from trio.lowlevel import Abort, RaiseCancelT, Task, current_task, reschedule, wait_task_rescheduled
+from trio.lowlevel import current_task, wait_task_rescheduled
 
 from actors._errors import ConfigError
 from actors._saga._journals._index import (
-    SagaIndex,
     Tracked,
-    check_count,
     event_bytes,
     normalize_header,
-    seconds,
     storable,
 )
 from actors._saga._journals._records import (
     DEFAULT_RETAIN_FOR,
     DEFAULT_RETAIN_LAST,
     JournalError,
-    JournalStatistics,
     SagaEvent,
     SagaHeader,
     SagaPhase,
@@ -115,6 +106,7 @@ from actors._saga._journals._sqlite._writer import (
     _Writer,
 )
 from actors._saga._journals._state import SagaState
+from actors._saga._journals._threaded import ThreadedJournal
 
 __all__ = [
     "SqliteJournal",
@@ -124,7 +116,7 @@ __all__ = [
 DEFAULT_MAX_PENDING: Final = 4096
 
 
-class SqliteJournal:
+class SqliteJournal(ThreadedJournal):
     """A durable :class:`~actors.Journal` in one SQLite file (WAL, group commit).
 
     Open it with ``async with`` (or :meth:`open` / :meth:`aclose`) inside trio; the writer
@@ -151,6 +143,11 @@ class SqliteJournal:
                 resume(header, saga_state(header, events))
     """
 
+    _failure_action = (
+        "Check the disk (free space, permissions, I/O errors) and restart; every write that "
+        "returned is in the file and will be recovered."
+    )
+
     def __init__(
         self,
         path: str | os.PathLike[str],
@@ -165,38 +162,22 @@ class SqliteJournal:
             raise ConfigError(
                 f"must be 'FULL' or 'NORMAL', got {synchronous!r}", path="synchronous"
             )
-        self._path = os.fspath(path)
+        self._path = self._where = os.fspath(path)
         self._synchronous = synchronous
-        self._retain_for = seconds(retain_for, "retain_for")
-        self._retain_last = check_count(retain_last, "retain_last")
-        self._auto_prune = bool(auto_prune)
-        if check_count(max_pending, "max_pending") < 1:
-            raise ConfigError("must be at least 1", path="max_pending")
-        self._max_pending = max_pending
-        self._status = "new"  # new -> opening -> open -> closing -> closed
-        self._index = SagaIndex()
+        self._init_threaded(
+            retain_for=retain_for,
+            retain_last=retain_last,
+            auto_prune=auto_prune,
+            max_pending=max_pending,
+        )
         self._queue: queue.SimpleQueue[list[_Request]] = queue.SimpleQueue()
-        self._staged: list[_Request] = []
-        self._token: trio.lowlevel.TrioToken | None = None
         self._next_number = 1  # saga_no of the next create (set at open)
-        self._room = trio.lowlevel.ParkingLot()
-        self._pending = 0
-        self._failure: tuple[str, BaseException] | None = None
-        self._open_task: Task | None = None
-        self._closed = trio.Event()
-        self._close_error: BaseException | None = None
         self._writer: _Writer | None = None
-        self._thread: threading.Thread | None = None
-        self._appends = 0
-        self._rows = 0
-        self._commits = 0
-        self._bytes = 0
-        self._pruned = 0
 
     @property
     def path(self) -> str:
         """The journal file."""
-        return self._path
+        return self._where
 
     # -------------------------------------------------------------------- lifecycle
 
@@ -208,27 +189,12 @@ class SqliteJournal:
                 locked by another journal, cannot be created); or the journal was opened
                 before.
         """
-        if self._status != "new":
-            raise JournalError(f"The journal {self._path} was already opened.", path=self._path)
-        self._status = "opening"
-        self._token = trio.lowlevel.current_trio_token()
-        self._writer = _Writer(self, self._token)
-        self._thread = threading.Thread(
-            target=self._writer.run, name=f"aura-journal {self._path}", daemon=True
-        )
-        self._open_task = current_task()
-        self._thread.start()
-
-        def abort(raise_cancel: RaiseCancelT) -> Abort:
-            self._open_task = None  # _opened closes the journal when it arrives
-            self._status = "closing"
-            return Abort.SUCCEEDED
-
-        await wait_task_rescheduled(abort)
+        self._check_not_opened()
+        self._writer = _Writer(self, trio.lowlevel.current_trio_token())
+        await self._start_threads([(self._writer.run, f"aura-journal {self._path}")])
 
     def _opened(self, loaded: _Loaded | None, error: BaseException | None) -> None:
         # Runs in trio (run_sync_soon from the writer thread).
-        task, self._open_task = self._open_task, None
         if error is not None:
             self._status = "closed"
             self._closed.set()
@@ -241,12 +207,11 @@ class SqliteJournal:
                     self._index.attention[header.saga_id] = tracked
                 else:
                     self._index.open[header.saga_id] = tracked
-            if task is None:  # the opener was cancelled: nobody owns the journal, close it
+            if self._open_task is None:  # the opener was cancelled: nobody owns it, close it
                 self._queue.put([_Request(_CLOSE)])
             else:
                 self._status = "open"
-        if task is not None:
-            reschedule(task, outcome.Value(None) if error is None else outcome.Error(error))
+        self._answer_opener(error)
 
     async def aclose(self) -> None:
         """Flush every queued write, close the file and stop the writer thread.
@@ -256,33 +221,7 @@ class SqliteJournal:
         Raises:
             JournalError: closing the file failed (the writes that returned are durable).
         """
-        if self._status in ("new", "closed"):
-            self._status = "closed"
-            await trio.lowlevel.checkpoint()
-            return
-        if self._status == "opening":
-            raise JournalError(f"The journal {self._path} is still opening.", path=self._path)
-        if self._status == "open":
-            self._status = "closing"
-            self._room.unpark_all()
-            self._stage(_Request(_CLOSE))
-        await self._closed.wait()
-        self._status = "closed"
-        error, self._close_error = self._close_error, None
-        if error is not None:
-            raise error
-
-    async def __aenter__(self) -> Self:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
+        await self._close(_Request(_CLOSE))
 
     # ------------------------------------------------------------------------ writes
 
@@ -466,11 +405,7 @@ class SqliteJournal:
         Unfinished and ``compensation_failed`` sagas are never removed.  ``now`` defaults to
         ``time.time()``.
         """
-        age = self._retain_for if older_than is None else seconds(older_than, "older_than")
-        keep = self._retain_last if keep_last is None else check_count(keep_last, "keep_last")
-        if now is not None and (isinstance(now, bool) or not math.isfinite(now)):
-            raise ValueError(f"now must be a finite time, got {now!r}")
-        cutoff = (time.time() if now is None else now) - age
+        cutoff, keep = self._retention(older_than, keep_last, now)
         await self._wait_for_room()
         request = _Request(_PRUNE)
         request.saga = (cutoff, keep)
@@ -537,68 +472,7 @@ class SqliteJournal:
         self._check_usable()
         return self._index.summaries()
 
-    def statistics(self) -> JournalStatistics:
-        """A snapshot of the counters; ``commits`` counts group-commit transactions."""
-        sagas_open, attention = self._index.counts()
-        return JournalStatistics(
-            sagas_open=sagas_open,
-            sagas_needing_attention=attention,
-            appends=self._appends,
-            rows=self._rows,
-            commits=self._commits,
-            rows_per_commit=self._rows / self._commits if self._commits else 0.0,
-            queue_depth=self._pending,
-            bytes_written=self._bytes,
-            sagas_pruned=self._pruned,
-        )
-
-    # --------------------------------------------------------------- trio-side plumbing
-
-    def _check_usable(self) -> None:
-        if self._failure is not None:
-            raise self._failure_error()
-        if self._status != "open":
-            state = "not open yet" if self._status in ("new", "opening") else "closed"
-            raise JournalError(f"The journal {self._path} is {state}.", path=self._path)
-
-    def _failure_error(self) -> JournalError:
-        assert self._failure is not None
-        message, cause = self._failure
-        error = JournalError(
-            message,
-            path=self._path,
-            suggested_action=(
-                "Check the disk (free space, permissions, I/O errors) and restart; every "
-                "write that returned is in the file and will be recovered."
-            ),
-        )
-        error.__cause__ = cause
-        return error
-
-    async def _wait_for_room(self) -> None:
-        await trio.lowlevel.checkpoint_if_cancelled()
-        self._check_usable()
-        while self._pending >= self._max_pending:
-            await self._room.park()
-            self._check_usable()
-
-    async def _submit(self, request: _Request) -> Any:
-        # Called right after _wait_for_room with no checkpoint in between.
-        request.task = current_task()
-        self._pending += 1
-        self._stage(request)
-        return await wait_task_rescheduled(request.abort)
-
-    def _stage(self, request: _Request) -> None:
-        if not self._staged:
-            assert self._token is not None
-            self._token.run_sync_soon(self._flush)
-        self._staged.append(request)
-
-    def _flush(self) -> None:
-        # Runs in trio after the scheduler pass that staged the requests.
-        staged, self._staged = self._staged, []
-        self._queue.put(staged)
+    # ------------------------------------------------------------------- deliveries
 
     def _deliver(self, batch: list[_Request], commits: int, pruned: int) -> None:
         # Runs in trio, once per batch (run_sync_soon from the writer thread).
@@ -637,26 +511,8 @@ class SqliteJournal:
                 for tracked, prior, epoch in request.undo:
                     index.roll_back(tracked, prior, epoch)
             done += 1
-            task = request.task
-            if task is not None:
-                request.task = None
-                if error is None:
-                    reschedule(task, outcome.Value(request.value))
-                else:
-                    reschedule(task, outcome.Error(error))
-        self._appends += appends
-        self._rows += rows
-        self._bytes += nbytes
-        self._commits += commits
-        self._pruned += pruned
-        self._pending -= done
-        if failed:
-            self._room.unpark_all()
-        elif done:
-            self._room.unpark(count=done)
+            self._wake(request, request.value, error)
+        self._account(done, appends, rows, nbytes, commits, pruned)
 
-    def _fail(self, message: str, cause: BaseException, batch: list[_Request]) -> None:
-        # Runs in trio: the writer hit an error it cannot recover from.
-        if self._failure is None:
-            self._failure = (message, cause)
+    def _deliver_failed(self, batch: list[_Request]) -> None:
         self._deliver(batch, 0, 0)  # every caller gets a fresh error naming the failure

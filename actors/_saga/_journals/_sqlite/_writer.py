@@ -99,7 +99,7 @@ class _Writer:
     def __init__(self, journal: SqliteJournal, token: trio.lowlevel.TrioToken) -> None:
         self.journal = journal
         self.token = token
-        self.path = journal._path
+        self.path = journal.path
         self.queue = journal._queue
         self.prune_every = max(1, journal._retain_last // 10)
         self.finished_since_prune = 0
