@@ -153,6 +153,7 @@ from actors._saga._definition import (
     UnknownSagaDefinition,
     step_key,
 )
+from actors._saga._journals._fleet import FleetStatistics, InstanceInfo, SagaOwnership
 from actors._saga._journals._memory import MemoryJournal
 from actors._saga._journals._postgres._journal import PostgresJournal
 from actors._saga._journals._records import (
@@ -169,8 +170,10 @@ from actors._saga._journals._sqlite._journal import SqliteJournal
 from actors._saga._journals._state import SagaState, saga_state
 from actors._saga._messages import (
     DiscardSaga,
+    GetJournalStatus,
     GetSaga,
     GetSagaStatistics,
+    JournalStatus,
     ListSagas,
     SagaAuditEntry,
     SagaInfo,
@@ -236,6 +239,7 @@ __all__ = [
     "FleetHealth",
     "FleetProviderSettings",
     "FleetSettings",
+    "FleetStatistics",
     "FleetStatus",
     "FleetStoreUnavailable",
     "GetAlerts",
@@ -243,6 +247,7 @@ __all__ = [
     "GetBreakers",
     "GetErrorRate",
     "GetHealth",
+    "GetJournalStatus",
     "GetMetrics",
     "GetMonitorStatistics",
     "GetRecentErrors",
@@ -259,12 +264,14 @@ __all__ = [
     "IdempotencyStore",
     "IdempotencyTable",
     "IdempotencyTableFull",
+    "InstanceInfo",
     "InvalidQuery",
     "InvalidReport",
     "Isolate",
     "Jitter",
     "Journal",
     "JournalError",
+    "JournalStatus",
     "JournalUnavailable",
     "ListSagas",
     "MailboxFull",
@@ -308,6 +315,7 @@ __all__ = [
     "SagaFailed",
     "SagaHeader",
     "SagaInfo",
+    "SagaOwnership",
     "SagaPhase",
     "SagaReport",
     "SagaResult",

@@ -4,6 +4,8 @@
   queries) and the theory of operation;
 * ``_driver``: driving a saga forward and compensating it;
 * ``_ending``: a saga's end: the caller's answer, the error, the monitor's report;
+* ``_fleet``: with a journal a fleet shares: pausing through outages, stopping on a lost
+  saga, taking over orphans, starting an id run elsewhere, the journal's health;
 * ``_run``: one saga's records and the coordinator's fields;
 * ``_definition``: :class:`~actors.SagaDefinition`, steps, step contexts and errors;
 * ``_messages``: the coordinator's messages, results, audit trail and statistics;

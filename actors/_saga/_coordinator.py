@@ -62,7 +62,9 @@ alert lost with a killed process is raised again): ``running`` starts the next s
 first); ``step_failed`` decides again; ``compensating`` continues below the last compensated
 step; a compensation in flight or waiting for a retry is re-sent with its key.  This holds
 after a supervisor restarts the actor (same journal object) and after ``kill -9`` of the
-process (a new :class:`~actors.SqliteJournal` over the same file).  Sagas whose
+process (a new :class:`~actors.SqliteJournal` over the same file).  With a journal a fleet
+shares (:class:`~actors.PostgresJournal`) ``on_start`` loads the sagas this instance owns, and
+the sagas of dead instances are taken over while it runs (``actors._saga._fleet``).  Sagas whose
 callers are gone still finish; ``GetSaga`` shows their outcome and a ``StartSaga`` with the
 same ``saga_id`` and input joins the running saga or returns the stored outcome.  A saga whose
 definition is not registered is left untouched in the journal (and reported), never guessed
@@ -80,7 +82,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TypeGuard
 
 import attrs
 import msgspec
@@ -90,7 +92,13 @@ from trio.lowlevel import Task, current_task, reschedule, wait_task_rescheduled
 
 from actors._core._ref import ActorRef
 from actors._core._reply import Failure, Reply
-from actors._errors import BulkheadFull, ConfigError, IdempotencyConflict, path_hint
+from actors._errors import (
+    BulkheadFull,
+    ConfigError,
+    IdempotencyConflict,
+    JournalUnavailable,
+    path_hint,
+)
 from actors._policies._classify import Classifier
 from actors._policies._redact import check_printable
 from actors._policies._retry import RetryPolicy
@@ -108,14 +116,18 @@ from actors._saga._definition import (
     step_key,
 )
 from actors._saga._driver import _Driver
+from actors._saga._fleet import STOPS, _fresh
+from actors._saga._journals._fleet import FleetJournal
 from actors._saga._journals._index import normalize_header, storable
 from actors._saga._journals._memory import MemoryJournal
 from actors._saga._journals._records import Journal, JournalError, SagaEvent, SagaHeader
 from actors._saga._journals._state import SagaState, saga_state
 from actors._saga._messages import (
     DiscardSaga,
+    GetJournalStatus,
     GetSaga,
     GetSagaStatistics,
+    JournalStatus,
     ListSagas,
     SagaAuditEntry,
     SagaCoordinatorStatistics,
@@ -154,8 +166,10 @@ from actors._telemetry import Telemetry, telemetry
 __all__ = [
     "CompensationFailed",
     "DiscardSaga",
+    "GetJournalStatus",
     "GetSaga",
     "GetSagaStatistics",
+    "JournalStatus",
     "ListSagas",
     "SagaAuditEntry",
     "SagaCoordinator",
@@ -184,8 +198,10 @@ class SagaCoordinator(_Driver):
     docstring).
 
     Args:
-        journal: an *open* journal (``MemoryJournal``, or ``SqliteJournal`` for durability);
-            it outlives restarts of the coordinator, which never closes it.
+        journal: an *open* journal (``MemoryJournal``, ``SqliteJournal`` for durability on
+            one host, ``PostgresJournal`` for a fleet of instances: see ``actors._saga._fleet``
+            for what the coordinator then does); it outlives restarts of the coordinator,
+            which never closes it.
         definitions: the saga definitions it can run (unique names).
         monitor: where :class:`SagaReport` messages go: an ``ActorRef`` or the monitor's path
             in the tree (looked up when first needed); ``None`` for no reports.
@@ -196,7 +212,7 @@ class SagaCoordinator(_Driver):
         rng: the random source of the retry backoff jitter (seed it for replayable runs).
 
     Messages: :class:`StartSaga`, :class:`GetSaga`, :class:`ListSagas`,
-    :class:`DiscardSaga`, :class:`GetSagaStatistics`.
+    :class:`DiscardSaga`, :class:`GetSagaStatistics`, :class:`GetJournalStatus`.
 
     Raises:
         ConfigError: duplicate definition names, or a bad ``max_running``.
@@ -226,6 +242,15 @@ class SagaCoordinator(_Driver):
         # write without a coroutine (a subclass, which may override the awaited calls, gets
         # those).  Cancellation is checked before it as the awaited call would.
         self._write_now = journal.append_saga_nowait if type(journal) is MemoryJournal else None
+        # A journal shared by a fleet: its writes wait out outages (see actors._saga._fleet).
+        self._fleet: FleetJournal | None = journal if _is_fleet(journal) else None
+        if self._fleet is None:
+            self._append = journal.append
+            self._append_many = journal.append_many
+        else:
+            self._append = self._fleet_append
+            self._append_many = self._fleet_append_many
+        self._journal_reported: tuple[str, str] | None = None
         self._definitions: dict[str, SagaDefinition] = {}
         for definition in definitions:
             if not isinstance(definition, SagaDefinition):
@@ -269,36 +294,52 @@ class SagaCoordinator(_Driver):
         # The counters belong to the slot: exported as counters, they never go down when the
         # coordinator restarts.
         self.counters = self._inc.cell.keep.setdefault("saga_counters", self.counters)
-        recovered = 0
-        for header, events in await self._journal.load_unfinished():
-            state = saga_state(header, events)
-            problem = self._unresumable(header, state)
-            if problem is None:
-                definition = self._definitions[header.definition]
-                try:
-                    value = decoder(definition.input_type).decode(header.payload)
-                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                    problem = f"its input does not decode as the definition's input_type: {exc}"
-            if problem is not None:
-                self.counters.unresumable += 1
-                _log.error(
-                    "saga %s (%s) cannot be resumed: %s",
-                    header.saga_id,
-                    header.definition,
-                    _shown(problem),
-                )
-                self._report(header.saga_id, header.definition, "unresumable", None, problem)
-                continue
-            run = _Run(header, definition, value, self._plans[definition.name])
-            run.state = state
-            self._runs[header.saga_id] = run
-            self.counters.recovered += 1
-            recovered += 1
-            self._launch(run, None, fresh=False)
+        loaded: list[tuple[SagaHeader, list[SagaEvent]]] | None
+        try:
+            loaded = await self._journal.load_unfinished()
+        except JournalUnavailable:
+            if self._fleet is None:
+                raise
+            loaded = None  # the fleet keeper loads them once the server is back
+        recovered = sum(self._resume(h, events, taken=False) for h, events in loaded or ())
         if recovered:
             _log.info("%s resumed %d unfinished saga(s)", self.path, recovered)
         if self._monitor_spec is not None:
             self.spawn(self._report_waiting, name=f"{self.path}:waiting sagas")
+        if self._fleet is not None:
+            self.spawn(self._fleet_keeper, loaded is None, name=f"{self.path}:fleet keeper")
+            self.spawn(self._watch_journal, name=f"{self.path}:journal watch")
+
+    def _resume(self, header: SagaHeader, events: list[SagaEvent], *, taken: bool) -> bool:
+        """Drive a journaled saga from its state (``taken``: handed over by a fleet journal
+        after the start); ``False`` (reported) if it cannot be resumed."""
+        state = saga_state(header, events)
+        problem = self._unresumable(header, state)
+        if problem is None:
+            definition = self._definitions[header.definition]
+            try:
+                value = decoder(definition.input_type).decode(header.payload)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                problem = f"its input does not decode as the definition's input_type: {exc}"
+        if problem is not None:
+            self.counters.unresumable += 1
+            _log.error(
+                "saga %s (%s) cannot be resumed: %s",
+                header.saga_id,
+                header.definition,
+                _shown(problem),
+            )
+            self._report(header.saga_id, header.definition, "unresumable", None, problem)
+            return False
+        run = _Run(header, definition, value, self._plans[definition.name])
+        run.state = state
+        self._runs[header.saga_id] = run
+        if taken:
+            self.counters.taken_over += 1
+        else:
+            self.counters.recovered += 1
+        self._launch(run, None, fresh=False)
+        return True
 
     def _check_targets(self) -> None:
         """Refuse to start while a step's target names no actor of the tree.
@@ -324,11 +365,20 @@ class SagaCoordinator(_Driver):
         """Report again every saga that waits for an operator (``compensation_failed`` and not
         discarded): a report lost with a killed process (or a monitor restart) is raised again.
         The monitor keeps one alert per saga."""
-        for summary in await self._journal.list_unfinished():
+        while True:
+            try:
+                summaries = await self._journal.list_unfinished()
+            except JournalUnavailable:
+                if self._fleet is None:
+                    raise
+                await self._fleet.wait_available()
+                continue
+            break
+        for summary in summaries:
             if summary.phase is not _P.COMPENSATION_FAILED:
                 continue
             definition = self._definitions.get(summary.definition)
-            found = await self._journal.get(summary.saga_id) if definition is not None else None
+            found = await self._read_back(summary.saga_id) if definition is not None else None
             if definition is None or found is None:
                 detail = "it needs an operator (its definition is not registered here)"
                 step = summary.compensation_step
@@ -381,7 +431,10 @@ class SagaCoordinator(_Driver):
             self.spawn(self._get, self.defer(), message.saga_id)
             return None
         if type(message) is ListSagas:
-            return await self._journal.list_unfinished()
+            if self._fleet is None:
+                return await self._journal.list_unfinished()
+            self.spawn(self._list, self.defer())  # a round trip: not in the mailbox's path
+            return None
         if type(message) is DiscardSaga:
             if type(message.saga_id) is not str:
                 return Failure(_not_a_str("DiscardSaga.saga_id", message.saga_id))
@@ -391,10 +444,13 @@ class SagaCoordinator(_Driver):
             return None
         if type(message) is GetSagaStatistics:
             return self.statistics()
+        if type(message) is GetJournalStatus:
+            self.spawn(self._journal_status, self.defer())
+            return None
         return Failure(
             TypeError(
-                "the saga coordinator accepts StartSaga, GetSaga, ListSagas, DiscardSaga and "
-                f"GetSagaStatistics messages, not {type(message).__name__}"
+                "the saga coordinator accepts StartSaga, GetSaga, ListSagas, DiscardSaga, "
+                f"GetSagaStatistics and GetJournalStatus messages, not {type(message).__name__}"
             )
         )
 
@@ -444,6 +500,17 @@ class SagaCoordinator(_Driver):
         if len(self._runs) >= self._max_running:
             return Failure(
                 BulkheadFull(service=self.path, max_concurrent=self._max_running, max_queued=0)
+            )
+        fleet = self._fleet
+        if fleet is not None and not fleet.available:
+            self._note_journal()
+            reason = fleet.fleet_statistics().unavailable_reason or "reconnecting"
+            return Failure(
+                JournalUnavailable(
+                    f"Saga {saga_id!r} was not started: the saga journal {fleet.where} is "
+                    f"unreachable ({reason}); nothing was written.",
+                    journal=fleet.where,
+                )
             )
         # The caller's trace context is journaled with the saga: a resumed saga continues it.
         metadata = journaled_metadata(message.metadata, message.trace)
@@ -502,9 +569,12 @@ class SagaCoordinator(_Driver):
                     next_job = await self._jobs(job, scope, cut)
                 if cut:  # the saga whose caller gave up: finish it outside the spent scope
                     run, state = cut[0]
-                    if state is None:  # its forward part was cut short
-                        state = await self._after_cancel(run)
-                    await self._conclude(run, state)
+                    try:
+                        if state is None:  # its forward part was cut short
+                            state = await self._after_cancel(run)
+                        await self._conclude(run, state)
+                    except STOPS as exc:  # a fleet journal: another instance drives it now
+                        self._halt(run, exc)
                     cut.clear()
                     self._forget(run)
                     next_job = await self._next_job()
@@ -528,25 +598,33 @@ class SagaCoordinator(_Driver):
             if not fresh or await self._begin(run, started):
                 forgotten = True
                 try:
-                    state = run.state
-                    if state.phase is _RUNNING or state.phase is _STEP_IN_FLIGHT:
-                        if run.cancellable:
-                            run.scope = scope
-                            run.forwarding = True
-                            cut.append((run, None))
-                            forgotten = False
-                            if run.abandoned:  # gave up while the saga was being created
-                                scope.cancel()
-                            state = await self._forward(run, fresh)
-                            run.forwarding = False
-                            if run.abandoned:  # too late to cut anything short, but the
-                                cut[0] = (run, state)  # scope is cancelled: leave it
-                                return None
-                            cut.clear()
-                            forgotten = True
-                        else:  # nobody can cancel it
-                            state = await self._forward(run, fresh)
-                    await self._conclude(run, state)
+                    try:
+                        state = run.state
+                        if state.phase is _RUNNING or state.phase is _STEP_IN_FLIGHT:
+                            if run.cancellable:
+                                run.scope = scope
+                                run.forwarding = True
+                                cut.append((run, None))
+                                forgotten = False
+                                if run.abandoned:  # gave up while the saga was being created
+                                    scope.cancel()
+                                state = await self._forward(run, fresh)
+                                run.forwarding = False
+                                if run.abandoned:  # too late to cut anything short, but the
+                                    cut[0] = (run, state)  # scope is cancelled: leave it
+                                    return None
+                                cut.clear()
+                                forgotten = True
+                            else:  # nobody can cancel it
+                                state = await self._forward(run, fresh)
+                        await self._conclude(run, state)
+                    except STOPS as exc:  # a fleet journal: stop driving it, send nothing
+                        run.forwarding = False
+                        cut.clear()
+                        forgotten = True
+                        self._halt(run, exc)
+                        if run.cancellable:  # its caller may have spent the scope: leave it
+                            return None
                 finally:
                     if forgotten:
                         self._forget(run)
@@ -598,17 +676,29 @@ class SagaCoordinator(_Driver):
         header = run.header
         saga_id = header.saga_id
         at = time.time()
+        first = SagaEvent(saga_id, 0, _STARTED, None, at)
+        then = (SagaEvent(saga_id, 1, _STEP_STARTED, 0, at),)
         try:
-            run.state = await self._journal.create(
-                header,
-                SagaEvent(saga_id, 0, _STARTED, None, at),
-                then=(SagaEvent(saga_id, 1, _STEP_STARTED, 0, at),),
-            )
+            if self._fleet is None:
+                run.state = await self._journal.create(header, first, then=then)
+            else:  # tell the callers of a hung server before their deadline
+                run.state = await self._fleet.create(
+                    header, first, then=then, answer_within=_answer_within(run, started)
+                )
+        except JournalUnavailable as exc:
+            if self._runs.get(saga_id) is run:
+                del self._runs[saga_id]
+            # Nothing was written, or (in doubt) the saga may still be created: it then runs,
+            # handed back by the journal, and a StartSaga with its id gets its outcome.
+            for reply in (*run.waiters, *([started] if started is not None else [])):
+                reply.fail(_fresh(exc))
+            run.waiters = []
+            return False
         except JournalError as exc:
             if self._runs.get(saga_id) is run:
                 del self._runs[saga_id]
             # A failed journal raises here too, and the coordinator crashes (as it must).
-            found = await self._journal.get(saga_id)
+            found = await self._read_back(saga_id)
             if found is None:
                 # The create was refused, yet the id is not in the journal: a finished saga of
                 # that id was pruned in between (or only this request was bad).  Answer, and
@@ -648,6 +738,21 @@ class SagaCoordinator(_Driver):
                 reply.fail(IdempotencyConflict(key=header.saga_id))
             return
         state = saga_state(header, events)
+        if not state.finished and self._fleet is not None:
+            # Driven by another instance (or handed back to this one later): its callers
+            # get its outcome when it ends.
+            if started is not None:
+                started.set(SagaStarted(header.saga_id))
+            waiters = [reply for reply in run.waiters if not reply.done]
+            if waiters:
+                self.spawn(
+                    self._await_end,
+                    header.saga_id,
+                    run.definition,
+                    waiters,
+                    name=f"{self.path}:awaiting {header.saga_id}",
+                )
+            return
         if not state.finished:
             for reply in waiters:
                 reply.fail(
@@ -667,17 +772,34 @@ class SagaCoordinator(_Driver):
     # ------------------------------------------------------------------ queries
 
     async def _get(self, reply: Reply[Any], saga_id: str) -> None:
+        fleet = self._fleet
         try:
             found = await self._journal.get(saga_id)
-        except JournalError as exc:  # the query's answer; a failed journal shows at the writes
-            reply.fail(exc)
+            owned = await fleet.ownership(saga_id) if fleet is not None and found else None
+        except (JournalError, JournalUnavailable) as exc:
+            reply.fail(exc)  # the query's answer; a failed journal shows at the writes
             return
         if found is None:
             reply.set(None)
             return
         header, events = found
         definition = self._definitions.get(header.definition)
-        reply.set(saga_info(header, events, definition, running_here=header.saga_id in self._runs))
+        reply.set(
+            saga_info(
+                header,
+                events,
+                definition,
+                running_here=header.saga_id in self._runs,
+                owner=None if owned is None else owned.owner,
+                owner_alive=None if owned is None else owned.owner_alive,
+            )
+        )
+
+    async def _list(self, reply: Reply[Any]) -> None:
+        try:
+            reply.set(await self._journal.list_unfinished())
+        except (JournalError, JournalUnavailable) as exc:
+            reply.fail(exc)
 
     async def _discard(self, reply: Reply[Any], saga_id: str) -> None:
         if saga_id in self._runs:
@@ -685,7 +807,63 @@ class SagaCoordinator(_Driver):
             return
         try:
             found = await self._journal.discard(saga_id)
-        except JournalError as exc:
+        except (JournalError, JournalUnavailable) as exc:
             reply.fail(exc)
             return
         reply.set(found)
+
+    async def _journal_status(self, reply: Reply[Any]) -> None:
+        journal = self._journal
+        fleet = self._fleet
+        statistics = journal.statistics()
+        if fleet is None:
+            failed = getattr(journal, "_failure", None)
+            reply.set(
+                JournalStatus(
+                    kind=type(journal).__name__,
+                    where=str(getattr(journal, "path", None) or ""),
+                    available=failed is None,
+                    reason="" if failed is None else _shown(failed[0]),
+                    instance_id="",
+                    instances=[],
+                    statistics=statistics,
+                    fleet=None,
+                )
+            )
+            return
+        stats = fleet.fleet_statistics()
+        try:
+            instances = await fleet.instances()
+        except (JournalError, JournalUnavailable):
+            instances = []  # the state says why
+        reply.set(
+            JournalStatus(
+                kind=type(journal).__name__,
+                where=fleet.where,
+                available=stats.available,
+                reason=stats.unavailable_reason,
+                instance_id=fleet.instance_id,
+                instances=instances,
+                statistics=statistics,
+                fleet=stats,
+            )
+        )
+
+
+def _is_fleet(journal: Journal) -> TypeGuard[FleetJournal]:
+    """Whether ``journal`` is shared by a fleet (it has the FleetJournal protocol's calls)."""
+    return all(
+        callable(getattr(journal, name, None))
+        for name in ("claim_orphans", "wait_available", "wait_finished", "fleet_statistics")
+    )
+
+
+def _answer_within(run: _Run, started: Reply[Any] | None) -> float | None:
+    """Seconds the create of ``run`` may wait for its journal: a little less than its callers'
+    earliest deadline leaves (so they hear of an outage before it); ``None``: no deadline."""
+    replies = [*run.waiters, *([started] if started is not None else [])]
+    deadlines = [reply.deadline for reply in replies if not reply.done]
+    if not deadlines or min(deadlines) == float("inf"):
+        return None
+    left = min(deadlines) - trio.current_time()
+    return max(0.0, left - min(0.25, left / 4))

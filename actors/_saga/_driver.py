@@ -29,7 +29,7 @@ from actors._saga._definition import (
     is_uncertain,
     step_error,
 )
-from actors._saga._ending import _Ending
+from actors._saga._fleet import _Fleet
 from actors._saga._journals._records import SagaEvent
 from actors._saga._journals._state import SagaState, saga_state
 from actors._saga._run import (
@@ -83,7 +83,7 @@ def _trace(run: _Run) -> TraceContext | None:
     return None if obs is None else obs.step_trace
 
 
-class _Driver(_Ending):
+class _Driver(_Fleet):
     """Forward and compensation of :class:`~actors.SagaCoordinator` (see the module docstring)."""
 
     # ------------------------------------------------------------------ driving a saga
@@ -91,7 +91,7 @@ class _Driver(_Ending):
     async def _forward(self, run: _Run, fresh: bool) -> SagaState:
         """The forward part: send each step (write-ahead) until the last completes or one
         fails (``fresh``: the first step's start was journaled with the saga, unsent)."""
-        journal = self._journal
+        append = self._append
         state = run.state
         steps = run.definition.steps
         last = len(steps) - 1
@@ -100,17 +100,13 @@ class _Driver(_Ending):
             await trio.lowlevel.checkpoint_if_cancelled()
         elif state.phase is _RUNNING:
             if state.next_step > last:  # resumed after the last step completed
-                state = run.state = await journal.append(state.next_event(_COMPLETED))
+                state = run.state = await append(state.next_event(_COMPLETED))
                 return state
-            state = run.state = await journal.append(
-                state.next_event(_STEP_STARTED, state.next_step)
-            )
+            state = run.state = await append(state.next_event(_STEP_STARTED, state.next_step))
         else:  # resumed with a step in flight: journal the re-send, then send
-            state = run.state = await journal.append(
-                state.next_event(_STEP_STARTED, state.step_in_flight)
-            )
+            state = run.state = await append(state.next_event(_STEP_STARTED, state.step_in_flight))
         saga_id = run.header.saga_id
-        append_many = journal.append_many
+        append_many = self._append_many
         write_now = self._write_now
         plan = run.plan
         targets = plan.targets
@@ -156,9 +152,7 @@ class _Driver(_Ending):
                 failed = None if type(data) is bytes else data.category  # type: ignore[union-attr]
                 step_ended(obs, trio.current_time(), failed)
             if type(data) is not bytes:
-                state = run.state = await journal.append(
-                    state.next_event(_STEP_FAILED, i, _encode(data))
-                )
+                state = run.state = await append(state.next_event(_STEP_FAILED, i, _encode(data)))
                 return state
             # The step's completion and the next step's start (or the end): one write.
             seq = state.next_seq
@@ -292,9 +286,7 @@ class _Driver(_Ending):
             info = step_error(error, verdict.category, uncertain=doubt, unsent=unsent)
             error = None
             await trio.sleep_until(decision.at)  # type: ignore[union-attr]
-            run.state = await self._journal.append(
-                run.state.next_event(_STEP_STARTED, i, _encode(info))
-            )
+            run.state = await self._append(run.state.next_event(_STEP_STARTED, i, _encode(info)))
             self.counters.step_retries += 1
 
     async def _resolve(self, run: _Run, i: int) -> _Target:
@@ -339,14 +331,14 @@ class _Driver(_Ending):
 
     async def _after_cancel(self, run: _Run) -> SagaState:
         """The caller gave up during the forward part: record the step in flight, decide."""
-        found = await self._journal.get(run.header.saga_id)
+        found = await self._read_back(run.header.saga_id)
         # A write cut short by the cancellation may have landed: the journal has the truth.
         state = run.state = saga_state(*found) if found is not None else run.state
         if state.phase is _STEP_IN_FLIGHT:
             i = state.step_in_flight
             pending = run.pending
             if pending is not None and pending[0] == i:  # its reply had arrived
-                state = run.state = await self._journal.append(
+                state = run.state = await self._append(
                     state.next_event(_STEP_COMPLETED, i, pending[1])
                 )
             else:
@@ -359,10 +351,10 @@ class _Driver(_Ending):
                     unsent=run.sent_seq != state.next_seq - 1,  # gone before it left
                 )
                 run.error = error
-                return await self._journal.append(state.next_event(_STEP_FAILED, i, _encode(error)))
+                return await self._append(state.next_event(_STEP_FAILED, i, _encode(error)))
         if state.phase is _RUNNING:
             if state.next_step >= len(run.definition.steps):
-                state = run.state = await self._journal.append(state.next_event(_COMPLETED))
+                state = run.state = await self._append(state.next_event(_COMPLETED))
                 return state
             return await self._decide(run, state, _CANCELLED_BETWEEN_STEPS)
         return state
@@ -399,28 +391,26 @@ class _Driver(_Ending):
             kind = _K.COMPENSATING
         else:
             kind = _K.CANCELLED if reason.cancelled else _K.FAILED
-        state = run.state = await self._journal.append(
-            state.next_event(kind, None, _encode(reason))
-        )
+        state = run.state = await self._append(state.next_event(kind, None, _encode(reason)))
         return state
 
     # ------------------------------------------------------------------ compensating
 
     async def _compensate(self, run: _Run, state: SagaState) -> SagaState:
-        journal = self._journal
+        append = self._append
         deadline = trio.current_time() + run.definition.compensation_deadline
         if state.phase is _P.COMPENSATING:
             j = self._next_compensation(run, state, state.compensate_below or 0)
             if j is None:
                 # The final event keeps the reason of `compensating` (for the saga's error).
-                state = run.state = await journal.append(
+                state = run.state = await append(
                     state.next_event(_K.COMPENSATED, None, state.reason)
                 )
                 return state
             event = state.next_event(_K.COMPENSATION_STARTED, j)
         else:  # resumed in flight or waiting for a retry: re-send (journaled first)
             event = state.next_event(_K.COMPENSATION_STARTED, state.compensation_step)
-        state = run.state = await journal.append(event)
+        state = run.state = await append(event)
         saga_id = run.header.saga_id
         obs = run.obs
         while True:
@@ -434,7 +424,7 @@ class _Driver(_Ending):
                 step_ended(obs, trio.current_time(), None if error is None else error.category)
             state = run.state
             if error is not None:
-                state = run.state = await journal.append(
+                state = run.state = await append(
                     state.next_event(_K.COMPENSATION_FAILED, j, _encode(error))
                 )
                 return state
@@ -444,7 +434,7 @@ class _Driver(_Ending):
                 then = SagaEvent(saga_id, done.seq + 1, _K.COMPENSATED, None, done.at, state.reason)
             else:
                 then = SagaEvent(saga_id, done.seq + 1, _K.COMPENSATION_STARTED, nxt, done.at)
-            state = run.state = (await journal.append_many((done, then)))[saga_id]
+            state = run.state = (await self._append_many((done, then)))[saga_id]
             if nxt is None:
                 return state
 
@@ -524,9 +514,9 @@ class _Driver(_Ending):
                 _shown(info.describe()),
                 decision.delay,  # type: ignore[union-attr]
             )
-            run.state = await self._journal.append(
+            run.state = await self._append(
                 run.state.next_event(_K.COMPENSATION_FAILED_STEP, j, _encode(info))
             )
             await trio.sleep_until(decision.at)  # type: ignore[union-attr]
-            run.state = await self._journal.append(run.state.next_event(_K.COMPENSATION_STARTED, j))
+            run.state = await self._append(run.state.next_event(_K.COMPENSATION_STARTED, j))
             self.counters.compensation_retries += 1

@@ -19,14 +19,22 @@ import msgspec
 
 from actors._errors import ErrorCategory, shown
 from actors._saga._definition import SagaDefinition, StepError, decoder
-from actors._saga._journals._records import SagaEvent, SagaEventKind, SagaHeader
+from actors._saga._journals._fleet import FleetStatistics, InstanceInfo
+from actors._saga._journals._records import (
+    JournalStatistics,
+    SagaEvent,
+    SagaEventKind,
+    SagaHeader,
+)
 from actors._saga._journals._state import saga_state
 from actors._telemetry import TraceContext, fill_trace
 
 __all__ = [
     "DiscardSaga",
     "GetSaga",
+    "GetJournalStatus",
     "GetSagaStatistics",
+    "JournalStatus",
     "ListSagas",
     "SagaAuditEntry",
     "SagaCoordinatorStatistics",
@@ -112,6 +120,11 @@ class GetSagaStatistics(msgspec.Struct, frozen=True, tag="saga.statistics"):
     """Ask for the coordinator's :class:`SagaCoordinatorStatistics`."""
 
 
+class GetJournalStatus(msgspec.Struct, frozen=True, tag="saga.journal"):
+    """Ask for the coordinator's :class:`JournalStatus`: its journal's state and, for a
+    journal shared by a fleet, the instances that share it."""
+
+
 class SagaStarted(msgspec.Struct, frozen=True, tag="saga.started"):
     """The reply to ``StartSaga(wait=False)``: the saga is durable in the journal."""
 
@@ -172,6 +185,9 @@ class SagaInfo(msgspec.Struct, frozen=True):
         running_here: whether this coordinator is driving it right now.
         metadata: from ``StartSaga``.
         events: the audit trail.
+        owner: the instance that owns it, in a journal shared by a fleet
+            (:class:`~actors.PostgresJournal`; ``None`` otherwise).
+        owner_alive: whether that instance's lease is current (``None`` without an owner).
     """
 
     saga_id: str
@@ -187,6 +203,8 @@ class SagaInfo(msgspec.Struct, frozen=True):
     running_here: bool
     metadata: dict[str, Any]
     events: list[SagaAuditEntry]
+    owner: str | None = None
+    owner_alive: bool | None = None
 
     def without_personal_data(self) -> SagaInfo:
         """A copy without what may hold personal data: the input (``None``), the metadata
@@ -205,7 +223,36 @@ class SagaInfo(msgspec.Struct, frozen=True):
 _COMPLETED_KIND: Final = SagaEventKind.STEP_COMPLETED.value
 
 
-SagaMessage: TypeAlias = StartSaga | GetSaga | ListSagas | DiscardSaga | GetSagaStatistics
+SagaMessage: TypeAlias = (
+    StartSaga | GetSaga | ListSagas | DiscardSaga | GetSagaStatistics | GetJournalStatus
+)
+
+
+@attrs.frozen
+class JournalStatus:
+    """A coordinator's journal as its operator needs to see it (the reply to
+    :class:`GetJournalStatus`).
+
+    Attributes:
+        kind: the journal's class name (``"PostgresJournal"``, ``"SqliteJournal"``, ...).
+        where: where it keeps its sagas (a path, a URL without password), or ``""``.
+        available: whether it accepts writes now.
+        reason: why not, when it does not (redacted).
+        instance_id: this instance's id in a fleet journal, else ``""``.
+        instances: every instance sharing a fleet journal (live and recently dead), oldest
+            first; empty for a journal of one instance.
+        statistics: its counters.
+        fleet: its connection and ownership counters, for a fleet journal.
+    """
+
+    kind: str
+    where: str
+    available: bool
+    reason: str
+    instance_id: str
+    instances: list[InstanceInfo]
+    statistics: JournalStatistics
+    fleet: FleetStatistics | None
 
 
 @attrs.frozen
@@ -224,6 +271,11 @@ class SagaCoordinatorStatistics:
         compensations_sent: compensation messages sent (retries included).
         compensation_retries: compensation retries after a failure.
         reports_sent, reports_dropped: monitor reports.
+        taken_over: sagas a fleet journal handed to this coordinator after it started (from
+            an instance whose lease expired, or its own after a write in doubt).
+        ownership_lost: sagas this coordinator stopped driving because another instance
+            owns them now.
+        journal_waits: writes that waited for the journal's server to be reachable again.
     """
 
     running: int
@@ -241,6 +293,9 @@ class SagaCoordinatorStatistics:
     compensation_retries: int
     reports_sent: int
     reports_dropped: int
+    taken_over: int = 0
+    ownership_lost: int = 0
+    journal_waits: int = 0
 
 
 def decode_error(data: bytes) -> StepError:
@@ -259,6 +314,8 @@ def saga_info(
     definition: SagaDefinition | None,
     *,
     running_here: bool = False,
+    owner: str | None = None,
+    owner_alive: bool | None = None,
 ) -> SagaInfo:
     """The :class:`SagaInfo` of a journaled saga (``definition`` names its steps, if known).
 
@@ -306,6 +363,8 @@ def saga_info(
         running_here=running_here,
         metadata=header.metadata,
         events=entries,
+        owner=owner,
+        owner_alive=owner_alive,
     )
 
 

@@ -8,7 +8,7 @@ coordinator's counters; :class:`_CoordinatorBase` declares the fields
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, TypeAlias
 
 import attrs
@@ -25,6 +25,7 @@ from actors._policies._logs import library_logger
 from actors._policies._redact import redact
 from actors._policies._retry import RetryPolicy
 from actors._saga._definition import SagaDefinition, SagaView, StepError, decoder
+from actors._saga._journals._fleet import FleetJournal
 from actors._saga._journals._index import storable
 from actors._saga._journals._records import Journal, SagaEvent, SagaEventKind, SagaHeader, SagaPhase
 from actors._saga._journals._state import SagaState
@@ -71,6 +72,9 @@ class _Counters:
     compensation_retries: int = 0
     reports_sent: int = 0
     reports_dropped: int = 0
+    taken_over: int = 0
+    ownership_lost: int = 0
+    journal_waits: int = 0
 
 
 # ------------------------------------------------------------------------------- one saga
@@ -215,6 +219,12 @@ class _CoordinatorBase(Actor[SagaMessage, Any]):
 
     counters: _Counters
     _journal: Journal
+    #: The journal when it is shared by a fleet (``PostgresJournal``), else ``None``.
+    _fleet: FleetJournal | None
+    #: The journal's writes as the driver calls them: the journal's own, or for a fleet
+    #: journal wrappers that wait out an outage (see ``actors._saga._fleet``).
+    _append: Callable[[SagaEvent], Awaitable[SagaState]]
+    _append_many: Callable[[Sequence[SagaEvent]], Awaitable[dict[str, SagaState]]]
     _write_now: Callable[[Sequence[SagaEvent]], SagaState | None] | None
     _definitions: dict[str, SagaDefinition]
     _monitor_spec: ActorRef[Any, Any] | str | None

@@ -21,7 +21,7 @@ What a coordinator must do with the fleet errors:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Protocol
 
 import attrs
@@ -93,6 +93,8 @@ class FleetStatistics:
         ownership_lost: writes refused because another instance owns the saga.
         sagas_claimed: sagas taken over by :meth:`PostgresJournal.claim_orphans`.
         writes_in_doubt: writes whose caller was told ``JournalUnavailable(in_doubt=True)``.
+        failed: whether the journal failed for good (an error no retry can fix: every call
+            raises ``JournalError`` until it is closed); ``unavailable_reason`` says why.
     """
 
     instance_id: str
@@ -102,6 +104,7 @@ class FleetStatistics:
     ownership_lost: int
     sagas_claimed: int
     writes_in_doubt: int
+    failed: bool = False
 
 
 class FleetJournal(Journal, Protocol):
@@ -149,8 +152,11 @@ class FleetJournal(Journal, Protocol):
         """Return once the server is reachable again."""
         ...
 
-    async def claim_orphans(self, limit: int = 100) -> list[tuple[SagaHeader, list[SagaEvent]]]:
-        """Take over sagas nobody drives; return them, oldest first, to be resumed."""
+    async def claim_orphans(
+        self, limit: int = 100, *, definitions: Collection[str] | None = None
+    ) -> list[tuple[SagaHeader, list[SagaEvent]]]:
+        """Take over sagas nobody drives (of the ``definitions`` named, if given); return
+        them, oldest first, to be resumed."""
         ...
 
     async def wait_finished(self, saga_id: str) -> SagaPhase | None:

@@ -53,7 +53,7 @@ import hashlib
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Final
 
@@ -549,14 +549,20 @@ class PostgresJournal(_Pipeline):
     def fleet_statistics(self) -> FleetStatistics:
         """A snapshot of the connection and ownership counters (for health and metrics)."""
         writer = self._writer
+        failure = self._failure
+        if failure is not None:
+            reason = failure[0]
+        else:
+            reason = "" if self._available else self._unavailable_reason
         return FleetStatistics(
             instance_id=self._instance_id,
             available=self.available,
-            unavailable_reason="" if self._available else self._unavailable_reason,
+            unavailable_reason=reason,
             reconnects=0 if writer is None else writer.reconnects,
             ownership_lost=self._ownership_lost,
             sagas_claimed=self._claimed,
             writes_in_doubt=self._in_doubt,
+            failed=failure is not None,
         )
 
     # ----------------------------------------------------------------------- fleet
@@ -574,9 +580,13 @@ class PostgresJournal(_Pipeline):
                 return
             await self._available_lot.park()
 
-    async def claim_orphans(self, limit: int = 100) -> list[tuple[SagaHeader, list[SagaEvent]]]:
+    async def claim_orphans(
+        self, limit: int = 100, *, definitions: Collection[str] | None = None
+    ) -> list[tuple[SagaHeader, list[SagaEvent]]]:
         """Take over sagas that nobody drives, and return them (oldest first, at most
         ``limit`` claimed from other instances) with their events, to be resumed.
+        ``definitions``: claim only sagas of these definitions from other instances (an
+        instance that cannot run a definition leaves its sagas to one that can).
 
         They are: the unfinished sagas of instances whose lease has expired, each claimed
         with a compare-and-set on its owner and epoch (several survivors racing claim each
@@ -592,12 +602,17 @@ class PostgresJournal(_Pipeline):
         """
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ConfigError(f"must be an integer >= 1, got {limit!r}", path="limit")
+        names = None
+        if definitions is not None:
+            names = sorted(definitions)
+            if not all(isinstance(name, str) for name in names):
+                raise ConfigError("must be names (str)", path="definitions")
         await self._wait_for_room()
         tracked = None
         if self._check_owned:
             tracked = sorted(t.number for t in self._index.open.values() if t.confirmed)
         request = Request(CLAIM)
-        request.value = (limit, sorted(self._reload), tracked)
+        request.value = (limit, sorted(self._reload), tracked, names)
         found: list[tuple[SagaHeader, list[SagaEvent], SagaState, int, int]]
         found = await self._submit(request)
         return [(header, events) for header, events, *_ in found]
@@ -616,10 +631,10 @@ class PostgresJournal(_Pipeline):
         waiter = _FinishWaiter()
         self._finish_waiters.setdefault(key, set()).add(waiter)
         try:
-            await self._ensure_listening()
             while True:
                 waiter.event = trio.Event()
                 try:
+                    await self._ensure_listening()
                     stored = await self._outcome(saga_id)
                 except JournalUnavailable:
                     await self.wait_available()  # then check again: notes sent meanwhile are lost

@@ -245,6 +245,7 @@ class Statements:
                         * interval '1 second'
                      OR i.lease_until > (SELECT connected_at FROM me))
                 AND s.saga_no <> ALL(%(skip)s::int8[])
+                AND (%(definitions)s::text[] IS NULL OR s.definition = ANY(%(definitions)s))
             ORDER BY s.created_at, s.saga_no
             LIMIT %(limit)s"""
         self.claim = f"""

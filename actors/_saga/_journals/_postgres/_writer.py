@@ -618,7 +618,12 @@ class Writer:
         return -1 if row is not None and not row[0] else 0
 
     def claim(
-        self, conn: Conn, limit: int, reload: list[int], tracked: list[int] | None
+        self,
+        conn: Conn,
+        limit: int,
+        reload: list[int],
+        tracked: list[int] | None,
+        definitions: list[str] | None,
     ) -> list[tuple[SagaHeader, list[SagaEvent], SagaState, int, int]]:
         """Claim unfinished sagas of expired instances (compare-and-set on owner and epoch),
         adopt this instance's own sagas listed in ``reload`` (and, when ``tracked`` is given,
@@ -634,6 +639,7 @@ class Writer:
                             "grace": self.lease,
                             "skip": sorted(self.unreadable),
                             "limit": limit,
+                            "definitions": definitions,
                         },
                     ).fetchall()
                     if self.before_claim is not None:
