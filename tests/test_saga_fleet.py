@@ -16,9 +16,8 @@ from typing import Any
 
 import pytest
 import trio
-from actors._fleet._settings import FleetSettings
 
-from actors import GetHealth, HealthStatus
+from actors import FleetSettings, GetHealth, HealthStatus
 from actors._errors import IdempotencyConflict, JournalUnavailable
 from actors._fleet._client import StoreClient, open_store_client
 from actors._saga._definition import SagaFailed
