@@ -314,12 +314,24 @@ async def _race_claims(
     return got
 
 
+_SKIP_LOCKED = "FOR UPDATE OF s SKIP LOCKED"
+
+
+@pytest.mark.parametrize("locks", ["locked candidates", "compare-and-set alone"])
 async def test_racing_claimers_claim_each_saga_exactly_once(
-    postgres_url: str, postgres_schema: str, journals: Any
+    postgres_url: str, postgres_schema: str, journals: Any, locks: str
 ) -> None:
-    """Four survivors that all chose the same candidates claim each saga exactly once (the
-    compare-and-set on owner and epoch decides under READ COMMITTED), over 10 rounds."""
+    """Four survivors that all read their candidates before any claims claim each saga
+    exactly once, over 10 rounds: candidates are locked (SKIP LOCKED), and even without those
+    locks the compare-and-set on owner and epoch decides under READ COMMITTED (every
+    survivor then chose the same candidates)."""
     claimers = [await journals() for _ in range(4)]
+    if locks != "locked candidates":
+        for claimer in claimers:
+            assert claimer._writer is not None
+            stmts = claimer._writer.stmts
+            assert _SKIP_LOCKED in stmts.candidates
+            stmts.candidates = stmts.candidates.replace(_SKIP_LOCKED, "")
     for round_ in range(10):
         got = await _race_claims(postgres_url, postgres_schema, claimers, 12, f"r{round_}")
         assert all(len(who) == 1 for who in got.values()), got
@@ -333,12 +345,13 @@ async def test_racing_claimers_claim_each_saga_exactly_once(
 async def test_without_the_compare_and_set_the_same_race_claims_twice(
     postgres_url: str, postgres_schema: str, journals: Any
 ) -> None:
-    """The race above is real: a claim that updates by saga number alone (check, then act)
-    hands the same sagas to several survivors."""
+    """The race above is real: without locked candidates, a claim that updates by saga
+    number alone (check, then act) hands the same sagas to several survivors."""
     claimers = [await journals() for _ in range(3)]
     for claimer in claimers:
         assert claimer._writer is not None
         stmts = claimer._writer.stmts
+        stmts.candidates = stmts.candidates.replace(_SKIP_LOCKED, "")
         stmts.claim = stmts.claim.replace(
             "AND s.owner = c.owner AND s.epoch = c.epoch", "AND c.owner IS NOT NULL"
         )
@@ -468,6 +481,60 @@ async def test_concurrent_sagas_share_commits(journals: Any) -> None:
         found = await journal.get(driver.header.saga_id)
         assert found is not None
         assert saga_state(*found) == driver.state
+
+
+async def test_a_frozen_owner_s_locked_rows_are_skipped_then_claimed_once_its_session_ends(
+    postgres_url: str, postgres_schema: str, journals: Any
+) -> None:
+    """An owner frozen in the middle of a transaction holds its sagas' row locks: survivors
+    claiming skip those rows instead of waiting on them (their journal stays available,
+    though waiting would outlast their write_timeout), and claim them once the server has
+    ended the frozen session (idle in transaction for a lease)."""
+    a = await journals(lease_duration=3.0)  # its session is ended after 3 s idle
+    b = await journals(lease_duration=1.0, write_timeout=0.5)  # would time out waiting
+    await Driver(a, "held").start()
+    await Driver(a, "free").start()
+    frozen = threading.Event()
+    thaw = threading.Event()
+    assert a._writer is not None
+
+    def freeze(conn: Any) -> None:  # a's transaction stays open on the "held" row
+        frozen.set()
+        thaw.wait(timeout=60)
+
+    a._writer.renew = lambda conn: None  # type: ignore[method-assign]
+    a._writer.before_commit = freeze
+    late: list[BaseException] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_late, a.append(ev("held", 1, K.STEP_STARTED, 0)), late)
+        await trio.to_thread.run_sync(frozen.wait, 30)
+        await expire_lease(postgres_url, postgres_schema, a.instance_id)
+        claimed: list[str] = []
+        with trio.fail_after(30):
+            while "held" not in claimed:
+                claimed += [h.saga_id for h, _ in await b.claim_orphans()]
+                assert b.available
+                if "held" not in claimed:
+                    assert claimed == ["free"]  # the locked row was skipped, not waited for
+                await trio.sleep(0.05)
+        a._writer.before_commit = None
+        thaw.set()
+    assert (await owners(postgres_url, postgres_schema))["held"] == (b.instance_id, 1)
+    # The thawed owner's write was replayed on a new connection and refused by the fence;
+    # its journal goes on (a session ended by the server is not a failure of the journal).
+    (error,) = late
+    assert isinstance(error, OwnershipLost | JournalUnavailable), error
+    with trio.fail_after(30):
+        await a.wait_available()
+    assert a.fleet_statistics().ownership_lost == 1
+    assert not a.fleet_statistics().failed
+
+
+async def _late(call: Any, errors: list[BaseException]) -> None:
+    try:
+        await call
+    except Exception as exc:
+        errors.append(exc)
 
 
 # ------------------------------------------------------------------- refused writes
@@ -621,3 +688,40 @@ async def test_a_saga_a_write_left_out_of_step_is_handed_back_not_called_lost(
     assert state.next_seq == 2
     await journal.append(state.next_event(K.STEP_COMPLETED, 0, b"r"))
     assert journal.fleet_statistics().ownership_lost == 0
+
+
+async def test_a_claim_after_a_reconnection_leaves_a_saga_being_created_to_its_creator(
+    journals: Any,
+) -> None:
+    """After a reconnection a claim also hands back this instance's owned sagas that the
+    trio side does not track; a saga whose create was still unconfirmed when the claim was
+    asked for (but committed before it ran) is tracked, by its creator: it is not handed out,
+    and its creator's writes go on."""
+    journal = await journals()
+    assert journal._writer is not None
+    creating = threading.Event()
+    release = threading.Event()
+
+    def hold(conn: Any) -> None:
+        creating.set()
+        release.wait(timeout=30)
+
+    journal._writer.before_commit = hold
+    journal._check_owned = True  # as after a reconnection
+    saga = Driver(journal, "new")
+    handed: list[str] = []
+
+    async def claim() -> None:
+        await trio.to_thread.run_sync(creating.wait, 30)
+        assert journal._writer is not None
+        journal._writer.before_commit = None
+        request = journal.claim_orphans()  # asked while the create is unconfirmed
+        release.set()
+        handed.extend(h.saga_id for h, _ in await request)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(saga.start)
+        nursery.start_soon(claim)
+    assert handed == []
+    await saga.steps(1)  # the creator's view and the journal's agree
+    await saga.finish()

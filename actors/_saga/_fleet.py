@@ -134,6 +134,7 @@ class _Fleet(_Ending):
                 _shown(exc),
             )
         else:
+            self.counters.writes_in_doubt += 1
             _log.warning(
                 "saga %s: a journal write is in doubt (%s); the saga waits until the journal "
                 "hands it back",

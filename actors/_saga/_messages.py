@@ -275,6 +275,9 @@ class SagaCoordinatorStatistics:
             an instance whose lease expired, or its own after a write in doubt).
         ownership_lost: sagas this coordinator stopped driving because another instance
             owns them now.
+        writes_in_doubt: sagas this coordinator stopped driving because a write of theirs was
+            in doubt (the journal hands them back once it has settled, unless another
+            instance owns them by then).
         journal_waits: writes that waited for the journal's server to be reachable again.
     """
 
@@ -295,6 +298,7 @@ class SagaCoordinatorStatistics:
     reports_dropped: int
     taken_over: int = 0
     ownership_lost: int = 0
+    writes_in_doubt: int = 0
     journal_waits: int = 0
 
 

@@ -74,6 +74,7 @@ class _Counters:
     reports_dropped: int = 0
     taken_over: int = 0
     ownership_lost: int = 0
+    writes_in_doubt: int = 0
     journal_waits: int = 0
 
 

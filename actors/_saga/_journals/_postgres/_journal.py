@@ -242,7 +242,7 @@ class PostgresJournal(_Pipeline):
                 suggested_action="Install the extra: pip install 'aura-actors[postgres]'.",
             ) from exc
         try:
-            info = conninfo(self._url, f"aura-actors journal {self._instance_id[:8]}")
+            info = conninfo(self._url, f"aura-actors journal {self._instance_id[:8]}", self._lease)
         except Exception as exc:
             raise ConfigError(
                 f"not a valid PostgreSQL connection URL ({exc})", path="url"
@@ -610,7 +610,10 @@ class PostgresJournal(_Pipeline):
         await self._wait_for_room()
         tracked = None
         if self._check_owned:
-            tracked = sorted(t.number for t in self._index.open.values() if t.confirmed)
+            # Every saga the trio side knows, by id: a create still unconfirmed here may have
+            # committed before the claim runs, and is driven by its creator.
+            index = self._index
+            tracked = sorted((*index.open, *index.attention))
         request = Request(CLAIM)
         request.value = (limit, sorted(self._reload), tracked, names)
         found: list[tuple[SagaHeader, list[SagaEvent], SagaState, int, int]]

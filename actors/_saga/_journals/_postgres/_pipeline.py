@@ -272,39 +272,44 @@ class _Pipeline(ThreadedJournal):
                 self._reload.add(saga[0])
 
     def _adopt(self, request: Request) -> None:
-        found = request.value
-        index = self._index
-        for header, _events, state, number, epoch in found:
-            saga_id = header.saga_id
-            self._lost.pop(saga_id, None)
-            self._reload.discard(number)
-            index.attention.pop(saga_id, None)
-            if state.phase is _ATTENTION:
-                index.attention[saga_id] = Tracked(header, state, True, number, epoch)
-            else:
-                index.open[saga_id] = Tracked(header, state, True, number, epoch)
-        self._claimed += len(found)
-        self._check_owned = False
+        """A claim's sagas: tracked as stored from now on (see :meth:`_take`)."""
+        request.value = self._take(request.value)
+        self._claimed += len(request.value)
 
     def _adopt_owned(
         self, found: list[tuple[SagaHeader, list[SagaEvent], SagaState, int, int]]
     ) -> list[tuple[SagaHeader, list[SagaEvent]]]:
-        """Track every saga ``load_unfinished`` read as this instance's (those not tracked:
-        what a write left out of step, or what was in doubt) and stop handing them out through
-        claim_orphans: the caller drives them now.  A tracked saga keeps its state, which a
-        write queued after the read may have advanced already."""
+        """The sagas ``load_unfinished`` read: tracked as stored (see :meth:`_take`), and no
+        longer handed out through claim_orphans: the caller drives them now."""
+        return [(header, events) for header, events, *_ in self._take(found)]
+
+    def _take(
+        self, found: list[tuple[SagaHeader, list[SagaEvent], SagaState, int, int]]
+    ) -> list[tuple[SagaHeader, list[SagaEvent], SagaState, int, int]]:
+        """Track each saga of ``found`` (read by a claim or a load) as stored, and return
+        them, but for a saga whose tracked state is *ahead* of what was read: a write of it
+        was validated after the read, so whoever made it drives it; it keeps its state and is
+        not handed out (tracking the older state would refuse that driver's next write)."""
         index = self._index
-        for header, _events, state, number, epoch in found:
+        taken = []
+        for item in found:
+            header, _events, state, number, epoch = item
             saga_id = header.saga_id
+            mine = index.open.get(saga_id)
+            if (
+                mine is not None
+                and mine.confirmed
+                and mine.stored == epoch
+                and mine.state.next_seq > state.next_seq
+            ):
+                continue
             self._lost.pop(saga_id, None)
             self._reload.discard(number)
-            mine = index.open.get(saga_id)
-            if mine is not None and mine.confirmed:
-                continue
             index.attention.pop(saga_id, None)
             if state.phase is _ATTENTION:
                 index.attention[saga_id] = Tracked(header, state, True, number, epoch)
             else:
                 index.open[saga_id] = Tracked(header, state, True, number, epoch)
+            taken.append(item)
         self._check_owned = False
-        return [(header, events) for header, events, *_ in found]
+        return taken

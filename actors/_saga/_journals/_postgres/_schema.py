@@ -233,7 +233,10 @@ class Statements:
         # Claims.  Candidates: unfinished sagas of instances whose lease has expired (or that
         # have no lease row), provided this instance can judge: its own connection predates
         # the expiry, or it has been connected for a whole lease (after an outage of the
-        # server every lease looks expired; live instances renew within that time).
+        # server every lease looks expired; live instances renew within that time).  Rows
+        # locked by a transaction still open (its instance frozen mid-write) are skipped, not
+        # waited for: the server ends that transaction after a lease idle, and a later claim
+        # takes them.
         self.candidates = f"""
             WITH me AS (SELECT connected_at FROM {s}.instances WHERE instance_id = %(me)s)
             SELECT s.saga_no, s.owner, s.epoch
@@ -247,7 +250,8 @@ class Statements:
                 AND s.saga_no <> ALL(%(skip)s::int8[])
                 AND (%(definitions)s::text[] IS NULL OR s.definition = ANY(%(definitions)s))
             ORDER BY s.created_at, s.saga_no
-            LIMIT %(limit)s"""
+            LIMIT %(limit)s
+            FOR UPDATE OF s SKIP LOCKED"""
         self.claim = f"""
             UPDATE {s}.sagas AS s SET owner = %s, epoch = s.epoch + 1
             FROM unnest(%s::int8[], %s::text[], %s::int8[]) AS c(saga_no, owner, epoch)
@@ -258,7 +262,7 @@ class Statements:
             RETURNING s.saga_no, s.epoch"""
         self.owned_untracked = f"""
             SELECT saga_no, epoch FROM {s}.sagas
-            WHERE owner = %s AND outcome IS NULL AND saga_no <> ALL(%s::int8[])"""
+            WHERE owner = %s AND outcome IS NULL AND saga_id <> ALL(%s::text[])"""
         self.headers = f"""
             SELECT saga_no, saga_id, definition, created_at, payload, metadata
             FROM {s}.sagas WHERE saga_no = ANY(%s) ORDER BY created_at, saga_no"""
@@ -299,10 +303,12 @@ class Statements:
         self.prune = f"""
             WITH doomed AS (
                 SELECT saga_no FROM {s}.sagas WHERE {prunable} AND finished_at < %s
+                    FOR UPDATE SKIP LOCKED
                 UNION
                 SELECT saga_no FROM (
                     SELECT saga_no FROM {s}.sagas WHERE {prunable}
-                    ORDER BY finished_at DESC, saga_no DESC OFFSET %s) AS surplus
+                    ORDER BY finished_at DESC, saga_no DESC OFFSET %s
+                    FOR UPDATE SKIP LOCKED) AS surplus
             ), gone AS (
                 DELETE FROM {s}.events WHERE saga_no IN (SELECT saga_no FROM doomed)
             )

@@ -120,12 +120,23 @@ Conn = psycopg.Connection[Any]
 Row = tuple[Any, ...]
 
 
-def conninfo(url: str, application: str) -> str:
-    """``url`` with the journal's connection defaults added (settings in ``url`` win)."""
+def conninfo(url: str, application: str, idle_in_transaction: float | None = None) -> str:
+    """``url`` with the journal's connection defaults added (settings in ``url`` win).
+
+    ``idle_in_transaction`` (seconds): the server ends a session of the journal that stays
+    idle inside a transaction this long.  A process frozen mid-transaction (a stopped VM, a
+    debugger, SIGSTOP) would otherwise hold its rows' locks for as long as it stays frozen,
+    and every survivor claiming its sagas would wait on them.
+    """
     params = conninfo_to_dict(url)
     for key, value in _CONNECTION_DEFAULTS.items():
         params.setdefault(key, value)
     params.setdefault("application_name", application)
+    if idle_in_transaction is not None:
+        option = (
+            f"-c idle_in_transaction_session_timeout={max(1, round(idle_in_transaction * 1000))}"
+        )
+        params["options"] = f"{params['options']} {option}" if params.get("options") else option
     return make_conninfo("", **params)
 
 
@@ -158,11 +169,18 @@ def post(token: trio.lowlevel.TrioToken, fn: Callable[..., None], *args: Any) ->
 def transient(exc: BaseException) -> bool:
     """Whether ``exc`` (from psycopg) may go away by itself: connection trouble, the server
     restarting, shutting down or out of resources, a serialization failure or deadlock, a
-    read-only server (a failover in progress)."""
+    read-only server (a failover in progress), a session ended for idling in a
+    transaction."""
     if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)):
         return True
     sqlstate = getattr(exc, "sqlstate", None) or ""
-    return sqlstate[:2] in ("08", "40", "53", "57", "58") or sqlstate in ("25006", "55P03")
+    # 25P03: the server ended a session left idle inside a transaction (this process was
+    # frozen mid-write): a new connection replays the batch.
+    return sqlstate[:2] in ("08", "40", "53", "57", "58") or sqlstate in (
+        "25006",
+        "25P03",
+        "55P03",
+    )
 
 
 def translate(exc: BaseException, where: str) -> BaseException:
@@ -622,7 +640,7 @@ class Writer:
         conn: Conn,
         limit: int,
         reload: list[int],
-        tracked: list[int] | None,
+        tracked: list[str] | None,
         definitions: list[str] | None,
     ) -> list[tuple[SagaHeader, list[SagaEvent], SagaState, int, int]]:
         """Claim unfinished sagas of expired instances (compare-and-set on owner and epoch),
