@@ -302,8 +302,9 @@ class Statements:
         prunable = f"outcome IS NOT NULL AND outcome <> '{_ATTENTION}'"
         self.prune = f"""
             WITH doomed AS (
-                SELECT saga_no FROM {s}.sagas WHERE {prunable} AND finished_at < %s
-                    FOR UPDATE SKIP LOCKED
+                SELECT saga_no FROM (
+                    SELECT saga_no FROM {s}.sagas WHERE {prunable} AND finished_at < %s
+                    FOR UPDATE SKIP LOCKED) AS expired
                 UNION
                 SELECT saga_no FROM (
                     SELECT saga_no FROM {s}.sagas WHERE {prunable}
