@@ -44,5 +44,12 @@ def assert_linear(fn: Callable[[str], object], make: Callable[[int], str], n: in
     more once the input outgrows a CPU cache), quadratic 64, cubic 512.  Keep ``make(8 * n)``
     to some tens of kilobytes.
     """
-    ratio = growth(fn, make, n, 8)
+    # Noise only ever adds time, and a stretch of load can still land on the larger input's
+    # best runs: measure again (up to three times) before calling it worse than linear.  Work
+    # that really is quadratic grows about 64-fold every time.
+    ratio = float("inf")
+    for _ in range(3):
+        ratio = min(ratio, growth(fn, make, n, 8))
+        if ratio < 24:
+            return
     assert ratio < 24, f"8x the input took {ratio:.1f}x the time: worse than linear"
