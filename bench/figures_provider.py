@@ -28,8 +28,10 @@ median of its per-round values, with the interquartile range.
   that has no stored outcome (a fresh one per call).
 * ``peer_rejected_ns``: the cheapest open-breaker rejection of aiobreaker
   (``await breaker.call_async(f)``) and purgatory (``async with breaker``), tripped the same
-  way, under trio; ``peer_rejected_keyed_ns`` the same after the equal stack's fingerprint and
-  cache lookup (a miss).  ``provider_rejected_vs_peer`` and
+  way, under trio; ``peer_rejected_keyed_ns`` the same after the equal stack's cache lookup
+  (a miss), in its fastest correct form: the payload's fingerprint is computed only when the
+  key is found (to replay or refuse a conflict), as the provider does while its breaker is
+  open.  ``provider_rejected_vs_peer`` and
   ``provider_rejected_keyed_vs_peer`` are our per-round ratios to them (goals <= 1).
 """
 
@@ -226,9 +228,8 @@ def _peer_rejected(
             for i in range(n):
                 try:
                     if keyed:
-                        fingerprint = _fingerprint(i)
                         hit = cache.get(keys[i])
-                        if hit is not None and hit[0] == fingerprint:
+                        if hit is not None and hit[0] == _fingerprint(i):
                             continue
                     await reject(i)
                 except error:

@@ -723,6 +723,9 @@ class BreakerAgainstModel(RuleBasedStateMachine):
             self.now = max(self.now, self.model.open_until)
 
     def _acquire(self) -> tuple[Permit, ModelPermit] | None:
+        # refusal() is read-only: asked on the breaker under test, it must agree with the
+        # acquire() that follows (and the model checks that it changed nothing).
+        refusal = self.breaker.refusal(self.now)
         expected = self.model.acquire(self.now)
         rejection: CircuitOpen | None = None
         try:
@@ -733,7 +736,10 @@ class BreakerAgainstModel(RuleBasedStateMachine):
             assert not isinstance(expected, ModelPermit), "breaker rejected, model admitted"
             assert rejection.retry_after == expected
             assert rejection.isolated == (self.model.state is ISOLATED)
+            assert refusal is not None, "refusal() admitted what acquire() refused"
+            assert (refusal.retry_after, refusal.isolated) == (expected, rejection.isolated)
             return None
+        assert refusal is None, "refusal() refused what acquire() admitted"
         assert isinstance(expected, ModelPermit), "breaker admitted, model rejected"
         assert permit_is_probe(permit) == (expected.probe is not None)
         return (permit, expected)

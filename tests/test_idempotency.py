@@ -113,6 +113,36 @@ class IdempotencyMachine(RuleBasedStateMachine):
         self.live[key] = result.entry
         return result.entry
 
+    @rule(key=st.sampled_from("abcde"), fp=st.sampled_from([FP_A, FP_B]))
+    def peek(self, key: str, fp: int) -> None:
+        """``holds`` and ``peek`` answer as ``begin`` would, and admit, join or drop nothing
+        (the later rules see the table unchanged)."""
+        self.model.sweep(self.now)
+        stats = self.table.statistics()
+        done, inflight = self.model.done.get(key), self.model.inflight.get(key)
+        assert self.table.holds(key, self.now) is (done is not None or inflight is not None)
+        held = done[0] if done is not None else inflight
+        if held is not None and held != fp:
+            with pytest.raises(IdempotencyConflict):
+                self.table.peek(key, fp, self.now)
+            assert self.table.statistics().conflicts == stats.conflicts + 1
+            return
+        result = self.table.peek(key, fp, self.now)
+        after = self.table.statistics()
+        if done is not None:
+            assert isinstance(result, Completed)
+            assert (result.value, result.failed) == (done[1], done[2])
+            assert after.hits == stats.hits + 1
+        elif inflight is not None:
+            assert result is self.live[key]
+        else:
+            assert result is None
+        assert (after.misses, after.joins, after.records) == (
+            stats.misses,
+            stats.joins,
+            stats.records,
+        )
+
     def _finish(self, entry: InFlight | None, outcome: str) -> None:
         if entry is None:
             return

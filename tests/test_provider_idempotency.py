@@ -9,8 +9,9 @@ import pytest
 import trio
 import trio.testing
 
-from actors import IdempotencyConflict, open_actor
+from actors import CircuitOpen, IdempotencyConflict, ProviderError, open_actor
 from actors._policies._backoff import BackoffSettings
+from actors._policies._breaker import BreakerSettings
 from actors._policies._bulkhead import BulkheadSettings
 from actors._policies._config._schema import ProviderSettings
 from actors._policies._retry import RetrySettings
@@ -144,3 +145,145 @@ async def test_a_conflict_does_not_cancel_the_joined_callers(
         assert replies == [("reply", "one")] * 3
         assert [c.key for c in conflicts] == ["k"]
         assert service.calls == ["one"]
+
+
+class _Scheduled(trio.abc.Instrument):
+    """Counts tasks scheduled to run: a call answered in the caller's task schedules none."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def task_scheduled(self, task: trio.lowlevel.Task) -> None:
+        self.count += 1
+
+
+async def _answered_in_place(call: Any) -> Any:
+    """Run ``call()`` and check that it was answered in the caller's task: no task was
+    scheduled (no round trip to the actor) and no time passed.  Returns the outcome."""
+    counter = _Scheduled()
+    asked = trio.current_time()
+    trio.lowlevel.add_instrument(counter)
+    try:
+        result: Any = await call()
+    except Exception as exc:  # the outcome under test
+        result = exc
+    finally:
+        trio.lowlevel.remove_instrument(counter)
+    assert counter.count == 0, "the call went through the actor"
+    assert trio.current_time() == asked
+    return result
+
+
+def _open_breaker_settings() -> ProviderSettings:
+    return ProviderSettings(
+        breaker=BreakerSettings(failure_threshold=1, break_duration=100.0),
+        retry=RetrySettings(max_attempts=1),
+    )
+
+
+class Flaky:
+    """Fails ``"fail"`` payloads with a transient error, answers the others at once."""
+
+    def __init__(self) -> None:
+        self.calls: list[Any] = []
+
+    async def __call__(self, payload: Any) -> Any:
+        self.calls.append(payload)
+        if payload == "fail":
+            raise ConnectionError("connection refused")
+        return ("reply", payload)
+
+
+async def test_an_open_breaker_refuses_a_new_key_in_the_callers_task(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """While the breaker is open, a keyed call whose key holds nothing is refused with
+    CircuitOpen as an unkeyed one is: in the caller's task, counted once (a call, rejected,
+    failed), nothing left in the idempotency table; a key holding an outcome is still
+    answered from it, and another payload under it is still a conflict."""
+    service = Flaky()
+    factory = lambda: ProviderActor("svc", service, _open_breaker_settings())  # noqa: E731
+    async with open_actor(factory, name="svc") as ref:
+        p: Provider[Any, Any] = Provider(ref)
+        assert await p.call("one", key="done") == ("reply", "one")
+        with pytest.raises(ProviderError):
+            await p.call("fail")  # trips the breaker
+        before = await p.status()
+        assert before.breaker == "open"
+        refused = await _answered_in_place(lambda: p.call("x", key="new"))
+        assert isinstance(refused, CircuitOpen)
+        assert refused.retry_after == pytest.approx(100.0)
+        cached = await _answered_in_place(lambda: p.call("one", key="done"))
+        assert cached == ("reply", "one")
+        conflict = await _answered_in_place(lambda: p.call("two", key="done"))
+        assert isinstance(conflict, IdempotencyConflict)
+        after = await p.status()
+        assert after.calls - before.calls == 3
+        assert after.rejected - before.rejected == 2
+        assert after.failed - before.failed == 2
+        assert after.succeeded - before.succeeded == 1
+        assert after.cached == 1  # only "done": the refused key left nothing behind
+        assert service.calls == ["one", "fail"]
+
+
+async def test_an_open_breaker_lets_a_key_in_flight_be_joined(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """A keyed call waiting for its retry when the breaker opens still holds its key: a caller
+    with the same key and payload joins it (it is not refused in its own task), and both get
+    the call's outcome."""
+    service = Service(fail_first=True)
+    settings = ProviderSettings(
+        breaker=BreakerSettings(failure_threshold=1, break_duration=1.0),
+        retry=RetrySettings(
+            max_attempts=3,
+            attempt_timeout=10.0,
+            backoff=BackoffSettings(kind="constant", base_delay=2.0, jitter="none"),
+        ),
+    )
+    async with open_actor(lambda: ProviderActor("svc", service, settings), name="svc") as ref:
+        p: Provider[Any, Any] = Provider(ref)
+        results: list[Any] = []
+
+        async def call() -> None:
+            results.append(await p.call("one", key="k"))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(call)
+            await trio.testing.wait_all_tasks_blocked()
+            assert (await p.status()).breaker == "open"  # the first attempt failed
+            nursery.start_soon(call)
+        assert results == [("reply", "one")] * 2
+        assert service.calls == ["one", "one"]
+
+
+async def test_a_stored_outcome_and_a_conflict_answer_while_every_worker_is_busy(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """With every worker busy, a keyed call is checked against the idempotency table as it
+    arrives: a stored outcome answers it, and another payload under a key (in flight or
+    completed) is refused, at once in the caller's task, not after a worker frees up."""
+    service = Service()
+    factory = lambda: ProviderActor("svc", service, _settings("queued"))  # noqa: E731
+    async with open_actor(factory, name="svc") as ref:
+        p: Provider[Any, Any] = Provider(ref)
+        assert await p.call("one", key="done") == ("reply", "one")
+        results: dict[str, Any] = {}
+
+        async def call(name: str, payload: Any, key: str | None) -> None:
+            results[name] = await p.call(payload, key=key)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(call, "running", "two", "busy")
+            await trio.testing.wait_all_tasks_blocked()
+            assert (await p.status()).running == 1  # the only worker
+            cached = await _answered_in_place(lambda: p.call("one", key="done"))
+            assert cached == ("reply", "one")
+            conflict = await _answered_in_place(lambda: p.call("other", key="done"))
+            assert isinstance(conflict, IdempotencyConflict)
+            in_flight = await _answered_in_place(lambda: p.call("other", key="busy"))
+            assert isinstance(in_flight, IdempotencyConflict)
+        assert results["running"] == ("reply", "two")
+        assert service.calls == ["one", "two"]
+        status = await p.status()
+        assert (status.calls, status.succeeded, status.rejected, status.failed) == (5, 3, 2, 2)

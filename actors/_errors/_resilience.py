@@ -47,6 +47,11 @@ class CircuitOpen(ResilienceError):
     """
 
     default_category = ErrorCategory.DEPENDENCY
+    # Class-level defaults: a rejection sets only what differs from them (an exception's
+    # attribute writes are most of its cost).  Pickling and copies keep the defaults too.
+    category = _DEPENDENCY
+    isolated: bool = False
+    fleet: bool = False
 
     def __init__(
         self,
@@ -56,12 +61,13 @@ class CircuitOpen(ResilienceError):
         isolated: bool = False,
         fleet: bool = False,
     ) -> None:
-        Exception.__init__(self)
+        # No Exception.__init__: BaseException.__new__ already set ``args`` to ().
         self.service = service
         self.retry_after = retry_after
-        self.isolated = isolated
-        self.fleet = fleet
-        self.category = _DEPENDENCY
+        if isolated:
+            self.isolated = True
+        if fleet:
+            self.fleet = True
 
     @property
     def message(self) -> str:  # type: ignore[override]

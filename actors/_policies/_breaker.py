@@ -443,6 +443,25 @@ class CircuitBreaker:
             return len(self._probes) < self._settings.half_open_max_probes
         return False
 
+    def refusal(self, now: float) -> CircuitOpen | None:
+        """The :class:`CircuitOpen` that :meth:`acquire` at ``now`` would raise, or ``None``
+        when it would admit the call.  Changes nothing (it is not counted as a rejection):
+        an owner that refuses calls before asking for a permit (the open breaker's hot path)
+        raises it."""
+        state = self._state
+        if state is _OPEN:
+            until = self._open_until
+            if now < until:
+                return CircuitOpen(service=self.name, retry_after=until - now)
+            return None
+        if state is _CLOSED:
+            return None
+        if state is _ISOLATED:
+            return CircuitOpen(service=self.name, retry_after=None, isolated=True)
+        if len(self._probes) < self._settings.half_open_max_probes:
+            return None
+        return CircuitOpen(service=self.name, retry_after=self._break)
+
     def retry_after(self, now: float) -> float | None:
         """Seconds until a call could be admitted: ``0.0`` if :meth:`allows`, the rest of the
         break when open, ``None`` when isolated.  While half-open with every probe slot taken

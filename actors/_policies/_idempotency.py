@@ -378,6 +378,45 @@ class IdempotencyTable:
             return Joined(entry)
         return Started(self._admit(key, fingerprint, now))
 
+    def holds(self, key: str, now: float) -> bool:
+        """Whether ``key`` has a call in flight or an outcome not expired at ``now``.
+
+        Read-only (nothing is counted or expired): a caller that must refuse a new call
+        anyway (an open breaker) checks this first and computes no fingerprint when the key
+        holds nothing, since :meth:`begin` would only admit it.
+        """
+        meta = self._meta.get(key)
+        if meta is not None and meta >> _FP_BITS > now * 1000.0:
+            return True
+        return key in self._inflight
+
+    def peek(self, key: str, fingerprint: int, now: float) -> Completed | InFlight | None:
+        """:meth:`begin` without admitting or joining: the answer a held key gives now.
+
+        Returns:
+            :class:`Completed` with the cached outcome (counted as a hit, as by
+            :meth:`begin`); the :class:`InFlight` entry running the same request (nothing
+            counted: the caller joins it through :meth:`begin` later); or ``None`` when
+            ``key`` holds nothing (nothing counted or made).
+
+        Raises:
+            IdempotencyConflict: ``key`` is held with a different fingerprint (counted).
+        """
+        meta = self._meta.get(key)
+        if meta is not None and meta >> _FP_BITS > now * 1000.0:
+            if meta & _FP_MASK != fingerprint:
+                self._conflicts += 1
+                raise IdempotencyConflict(key=key)
+            self._hits += 1
+            return Completed(self._values[key], key in self._failed)
+        entry = self._inflight.get(key)
+        if entry is None:
+            return None
+        if entry.fingerprint != fingerprint:
+            self._conflicts += 1
+            raise IdempotencyConflict(key=key)
+        return entry
+
     def _admit(self, key: str, fingerprint: int, now: float) -> InFlight:
         if not isinstance(key, str):
             raise TypeError(f"an idempotency key must be a str, not {type(key).__name__}")

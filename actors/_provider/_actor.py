@@ -76,6 +76,7 @@ import itertools
 import math
 import random
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -223,6 +224,9 @@ class ProviderActor(_Jobs, CallReceiver):
         self._log_ids = ids(service=name)
         self._timers = _Timers()  # replaced by the runtime's timer service in on_start
         self._token: trio.lowlevel.TrioToken | None = None
+        # The run's clock, read directly (trio.current_time looks it up on every call): the
+        # Provider client's fast paths read it in the caller's task.
+        self._now: Callable[[], float] = trio.current_time
         self._tel: Telemetry | None = None  # resolved when an incarnation starts
         self._observed: set[_Job] = set()  # jobs with spans not ended yet (telemetry on)
         self.counters = _Counters()
@@ -240,6 +244,7 @@ class ProviderActor(_Jobs, CallReceiver):
 
     async def on_start(self) -> None:
         self._token = trio.lowlevel.current_trio_token()
+        self._now = trio.lowlevel.current_clock().current_time
         self._tel = tel = telemetry()
         cell = self._inc.cell
         self._timers = cell.timers

@@ -8,9 +8,13 @@ consistent):
 
 * while the provider's circuit breaker is open (or the fleet's, for a provider sharing its
   breaker), the client reads the breaker and raises ``CircuitOpen`` at once, without a round
-  trip.  Calls with an idempotency key, and providers
-  with a fallback, always go to the actor: a cached outcome or the fallback may answer them
-  even while the breaker is open;
+  trip.  Providers with a fallback always go to the actor (the fallback answers).  A call
+  with an idempotency key is refused so only if its key holds nothing; while the breaker is
+  not closed or every worker is busy, a stored outcome under the key answers it, and another
+  payload under the key is refused with ``IdempotencyConflict``, in the caller's task too
+  (:meth:`ProviderActor.intake`).  A key in flight is joined by a worker, as before.  A
+  provider that shares its keys with a fleet sends every keyed call to the actor (the
+  fleet's store may hold the outcome);
 * otherwise the call is queued straight for the provider's worker pool
   (:meth:`ProviderActor.submit`) instead of the mailbox: a worker of the actor admits and runs
   it, so the call costs one task switch each way, like a bare ask.
@@ -31,6 +35,7 @@ from actors._core._ref import ActorRef
 from actors._policies._breaker import BreakerState
 from actors._protocol import Call, GateVerdict
 from actors._provider._actor import ProviderActor
+from actors._provider._jobs import NOT_ANSWERED
 from actors._provider._messages import GetStatus, Isolate, ProviderStatus, Reset
 from actors._provider._tracing import not_permitted
 from actors._telemetry import current_trace_context
@@ -94,27 +99,45 @@ class Provider(Generic[P, R]):
         """
         cell = self._ref._cell
         inc = cell.incarnation
-        # The caller's span travels with the call (None unless telemetry traces).
-        trace = current_trace_context()
         if inc is None or cell.closed or inc.stop_requested:
             # Restarting or stopped: the mailbox queues the call (or says it is stopped).
-            result: R = await self._ref.ask(Call(payload, key, trace), timeout=timeout)
+            result: R = await self._ref.ask(
+                Call(payload, key, current_trace_context()), timeout=timeout
+            )
             return result
         actor = inc.actor
         if not isinstance(actor, ProviderActor):
             raise TypeError(f"{cell.path!r} is not a provider actor ({type(actor).__name__})")
-        now = trio.current_time()
+        now = actor._now()
+        # A keyed call is answered here only from the actor's own table (a provider sharing
+        # its keys with a fleet may find the outcome in the fleet's store: the actor decides).
+        local_key = key is not None and type(key) is str and not actor._claims
         gate = actor._gate  # the fleet's, when the provider shares its breaker
-        if key is None and (
-            actor._breaker._state is not _CLOSED or (gate is not None and gate(now) is _GATE_REJECT)
+        if actor._breaker._state is not _CLOSED or (
+            gate is not None and (key is None or local_key) and gate(now) is _GATE_REJECT
         ):
-            rejected = actor.rejection(now)
-            if rejected is not None:
+            if key is None or (local_key and not actor._table.holds(key, now)):
+                # Nothing a worker could answer from: refused here if the breaker refuses.
+                rejected = actor.rejection(now)
+                if rejected is not None:
+                    await trio.lowlevel.checkpoint_if_cancelled()
+                    actor._refused()  # counted as the actor counts the same refusal
+                    if actor._tel is not None:
+                        not_permitted(actor._tel, actor.name)
+                    raise rejected
+            elif local_key:
                 await trio.lowlevel.checkpoint_if_cancelled()
-                actor._refused()  # counted as the actor counts the same refusal
-                if actor._tel is not None:
-                    not_permitted(actor._tel, actor.name)
-                raise rejected
+                answer = actor.intake(payload, key, now)
+                if answer is not NOT_ANSWERED:
+                    return answer  # type: ignore[no-any-return]
+        elif local_key and not actor._idle and actor._workers >= actor._max_workers:
+            # Every worker is busy: a stored outcome or a conflict need not wait for one.
+            await trio.lowlevel.checkpoint_if_cancelled()
+            answer = actor.intake(payload, key, now)  # type: ignore[arg-type]
+            if answer is not NOT_ANSWERED:
+                return answer  # type: ignore[no-any-return]
+        # The caller's span travels with the call (None unless telemetry traces).
+        trace = current_trace_context()
         reply = new_reply(cell, effective_timeout(timeout, cell), now)
         try:
             lane = actor.submit(payload, key, reply, trace)

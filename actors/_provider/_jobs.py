@@ -42,7 +42,6 @@ from actors._policies._retry import GiveUp, GiveUpReason, RetryAt
 from actors._protocol import Call, GateVerdict
 from actors._provider._base import (
     _CLOSED,
-    _ISOLATED,
     _NOT_FALLBACK,
     _WANTS_PROBE,
     _WON,
@@ -68,6 +67,9 @@ from actors._telemetry._names import ON_FALLBACK, ON_HEDGING, ON_RETRY, ON_TIMEO
 _GATE_REJECT = GateVerdict.REJECT
 _GATE_PROBE = GateVerdict.PROBE
 
+#: What :meth:`_Jobs.intake` returns when the call needs a worker.
+NOT_ANSWERED: Any = object()
+
 
 class _Jobs(_Shared):
     """The job machinery of :class:`~actors.ProviderActor` (see the module docstring)."""
@@ -76,13 +78,10 @@ class _Jobs(_Shared):
         """The error a call would be refused with now: the local breaker's, else the fleet
         gate's (``None``: admitted, or the fleet's probe may be taken)."""
         breaker = self._breaker
-        state = breaker._state
-        if state is not _CLOSED and not breaker.allows(now):
-            return CircuitOpen(
-                service=self.name,
-                retry_after=breaker.retry_after(now),
-                isolated=state is _ISOLATED,
-            )
+        if breaker._state is not _CLOSED:
+            rejected = breaker.refusal(now)
+            if rejected is not None:
+                return rejected
         gate = self._gate
         if gate is not None and gate(now) is _GATE_REJECT:
             assert self._link is not None
@@ -137,6 +136,54 @@ class _Jobs(_Shared):
             self._inc.deferred.add(reply)
             self._fresh.append((payload, key, reply, trace))
         return True
+
+    def intake(self, payload: Any, key: str, now: float) -> Any:
+        """Answer a keyed call in the caller's task when its answer does not need a worker.
+
+        The :class:`Provider` client calls this (instead of queueing the call) while the
+        breaker is not closed, a fleet gate may refuse, or every worker is busy, for a
+        provider that keeps its keys in its own table.  The answer is the one the actor
+        would give, counted the same way:
+
+        * a stored outcome under ``key`` (same payload): its value is returned, its error
+          raised (a fresh copy);
+        * another payload under ``key`` (completed or in flight): IdempotencyConflict;
+        * nothing under ``key`` and the breaker (or the gate) refuses calls: CircuitOpen,
+          without computing the payload's fingerprint, since the actor would only admit the
+          key to refuse it at once (no entry is made; nothing runs, so a key still runs at
+          most once).
+
+        Returns :data:`NOT_ANSWERED` otherwise (the call goes on to the workers: a call in
+        flight under ``key`` is joined there).
+
+        Raises:
+            CircuitOpen, IdempotencyConflict: as above.
+            TypeError: the payload of a call under a held key cannot be fingerprinted.
+        """
+        table = self._table
+        if not table.holds(key, now):
+            # With a fallback the actor answers from it; otherwise the breaker decides.
+            rejected = None if self._fallback_spec is not None else self._breaker_rejection(now)
+            if rejected is None:
+                return NOT_ANSWERED
+            self._refused()
+            if self._tel is not None:
+                not_permitted(self._tel, self.name)
+            raise rejected
+        try:
+            found = table.peek(key, fingerprint(payload), now)
+        except (ResilienceError, ValueError, TypeError):
+            self._refused()
+            raise
+        if type(found) is not Completed:
+            return NOT_ANSWERED  # in flight with this payload: a worker joins it
+        counters = self.counters
+        counters.calls += 1
+        if found.failed:
+            counters.failed += 1
+            raise _fresh(found.value)  # type: ignore[arg-type]
+        counters.succeeded += 1
+        return found.value
 
     def _lane_full(self) -> bool:
         """Whether a call that finds every slot busy must be refused: its place in the queue
@@ -274,16 +321,10 @@ class _Jobs(_Shared):
         if job.cancelled:
             self._abandon(job)
             return None
-        breaker = self._breaker
-        state = breaker._state
         rejected: CircuitOpen | None = None
-        if state is not _CLOSED and not breaker.allows(now):
-            rejected = CircuitOpen(
-                service=self.name,
-                retry_after=breaker.retry_after(now),
-                isolated=state is _ISOLATED,
-            )
-        elif self._gate is not None:
+        if self._breaker._state is not _CLOSED:
+            rejected = self._breaker.refusal(now)
+        if rejected is None and self._gate is not None:
             # The local breaker admits: the fleet's gate may still refuse (see _fleet).
             verdict = self._gate(now)
             if verdict is _GATE_REJECT:
