@@ -169,7 +169,7 @@ class RestartBackoff:
 class ChildSpec(Generic[M, R]):
     """How to run one actor under a supervisor.
 
-    Args:
+    Attributes:
         name: unique among its siblings; no ``/``.  The actor's path is its supervisor's path
             plus this name (``"providers/openai"``).
         factory: builds a fresh actor instance; called for every (re)start.  A dynamic
@@ -236,7 +236,7 @@ def _check_intensity(what: str, max_restarts: object, period: float) -> None:
 class SupervisorSpec:
     """A supervisor and its children; usable as a child spec of another supervisor.
 
-    Args:
+    Attributes:
         name: unique among its siblings (the root's name does not appear in paths).
         children: child specs, started in order and stopped in reverse order.
         strategy: a :class:`Strategy` (or its name); default ``one_for_one``.
@@ -293,7 +293,7 @@ class DynamicSupervisorSpec:
     stopped all at once, each within its shutdown grace, when the supervisor stops.  A child
     that stops for good (temporary; transient after a normal exit; terminated) is removed.
 
-    Args:
+    Attributes:
         name: unique among its siblings.
         template: the spec ``start_child(*args)`` starts (its factory takes those arguments);
             ``None``: children are started from ad hoc specs only.

@@ -426,7 +426,11 @@ async def open_supervisor(
     Args:
         spec: the root :class:`SupervisorSpec`, or a list of child specs for a root built from
             the keyword arguments below.
-        strategy, max_restarts, period, backoff: the root's settings when ``spec`` is a list.
+        strategy: the root's strategy when ``spec`` is a list.
+        max_restarts: the root's restart intensity (restarts per ``period``) when ``spec`` is
+            a list.
+        period: the window of ``max_restarts``, in seconds.
+        backoff: the root's restart backoff when ``spec`` is a list.
         seed: seeds the random source of restart-backoff jitter, for replayable runs.
 
     Yields:

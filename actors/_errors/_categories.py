@@ -65,8 +65,6 @@ class CategoryInfo:
     suggested_action: str
 
 
-#: The default behaviour of each category.  Provider configuration can override which
-#: categories retry; this table is what holds when nothing is configured.
 CATEGORY_INFO: Final[dict[ErrorCategory, CategoryInfo]] = {
     ErrorCategory.TIMEOUT: CategoryInfo(
         transient=True,
@@ -137,3 +135,6 @@ CATEGORY_INFO: Final[dict[ErrorCategory, CategoryInfo]] = {
         suggested_action="Look at the error's cause and logs; report it if it is a bug.",
     ),
 }
+"""The default behaviour of each category.  Provider configuration can override which categories
+retry; this table is what holds when nothing is configured.
+"""

@@ -154,10 +154,6 @@ def _exponential(attempts: int, base: float) -> RetrySettings:
     )
 
 
-#: The built-in per-provider retry table, by provider name: openai and anthropic 4 attempts,
-#: 2 s base, exponential with full jitter; ollama 3 attempts, 100 ms constant without jitter;
-#: default 3 attempts, 1 s base, exponential with full jitter.  Every preset keeps the
-#: default attempt timeout (10 s) and total timeout (60 s).
 RETRY_PRESETS: Final[Mapping[str, RetrySettings]] = MappingProxyType(
     {
         "openai": _exponential(4, 2.0),
@@ -169,6 +165,11 @@ RETRY_PRESETS: Final[Mapping[str, RetrySettings]] = MappingProxyType(
         "default": _exponential(3, 1.0),
     }
 )
+"""The built-in per-provider retry table, by provider name: openai and anthropic 4 attempts, 2 s
+base, exponential with full jitter; ollama 3 attempts, 100 ms constant without jitter; default 3
+attempts, 1 s base, exponential with full jitter.  Every preset keeps the default attempt
+timeout (10 s) and total timeout (60 s).
+"""
 
 
 class GiveUpReason(enum.Enum):

@@ -91,11 +91,17 @@ class Provider(Generic[P, R]):
 
         Raises:
             CircuitOpen: the breaker is open (raised without a round trip when possible).
-            RetriesExhausted, RetryBudgetExhausted, BulkheadFull, RateLimited, ProviderError,
-            IdempotencyConflict, FleetStoreUnavailable (a provider sharing its keyed calls
-            with a fleet whose store is down, when its ``on_store_down`` is ``"reject"``): see
-            the README's error table.
-            AskTimeout, ActorStopped, ActorCrashed: as for any ask.
+            RetriesExhausted: every attempt failed.
+            RetryBudgetExhausted: a retry was due but the retry budget had no room.
+            BulkheadFull: the bulkhead had no free slot and no room in its queue.
+            RateLimited: the local rate limiter refused the call.
+            ProviderError: a failure the classifier does not retry (its category says why).
+            IdempotencyConflict: the key was used before with another payload.
+            FleetStoreUnavailable: a provider sharing its keyed calls with a fleet whose store
+                is down, when its ``on_store_down`` is ``"reject"``.
+            AskTimeout: as for any ask (also ``ActorStopped`` and ``ActorCrashed``).
+
+        The errors table of the README says what each error carries.
         """
         cell = self._ref._cell
         inc = cell.incarnation

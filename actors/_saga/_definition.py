@@ -90,11 +90,8 @@ Delivery: TypeAlias = Literal["auto", "call", "envelope", "raw"]
 CompensateFailed: TypeAlias = Literal["uncertain", "always", "never"]
 Builder: TypeAlias = Callable[["StepContext"], Any]
 
-#: Step retries by default: none (one attempt; provider actors retry on their own).
 NO_RETRY: Final = RetrySettings(max_attempts=1)
-#: Compensation retries by default: 5 attempts on any failure but a validation, authentication or
-#: configuration error, exponential backoff from 0.5 s with full jitter, the whole compensation
-#: of one step within 120 s (and within the saga's compensation deadline).
+"""Step retries by default: none (one attempt; provider actors retry on their own)."""
 DEFAULT_COMPENSATION_RETRY: Final = RetrySettings(
     max_attempts=5,
     retry_on=frozenset(ErrorCategory)
@@ -102,6 +99,10 @@ DEFAULT_COMPENSATION_RETRY: Final = RetrySettings(
     total_timeout=120.0,
     backoff=BackoffSettings(kind=BackoffKind.EXPONENTIAL, base_delay=0.5, jitter=Jitter.FULL),
 )
+"""Compensation retries by default: 5 attempts on any failure but a validation, authentication or
+configuration error, exponential backoff from 0.5 s with full jitter, the whole compensation of
+one step within 120 s (and within the saga's compensation deadline).
+"""
 
 _NAME: Final = re.compile(r"[A-Za-z0-9_.\-]+")
 _DELIVERIES: Final = ("auto", "call", "envelope", "raw")
@@ -269,7 +270,7 @@ def _check_name(what: str, name: object) -> None:
 class SagaStep:
     """One step of a :class:`SagaDefinition`.
 
-    Args:
+    Attributes:
         name: unique in its definition; letters, digits, ``_``, ``.``, ``-``, and not
             ``"compensate"`` (it is part of the idempotency key ``"{saga_id}:{name}"``).
         target: the actor that performs the step: its path in the coordinator's tree (looked
@@ -384,7 +385,7 @@ def _steps(value: Iterable[SagaStep]) -> tuple[SagaStep, ...]:
 class SagaDefinition:
     """A named, ordered list of steps that either all complete or are compensated.
 
-    Args:
+    Attributes:
         name: the definition's name (``StartSaga(definition=name, ...)``); letters, digits,
             ``_``, ``.``, ``-``.
         steps: the steps, run in order (at least one; unique names).
@@ -674,8 +675,9 @@ class CompensationFailed(SagaFailed):
             compensation deadline passed between compensations).
         compensation_step_name: its name.
         compensation_error: the last failure of that compensation, as ``"Type: message"``.
-        (and everything :class:`SagaFailed` has; :attr:`compensated` lists the compensations
-        that did succeed).
+
+    It also has everything :class:`SagaFailed` has; :attr:`compensated` lists the
+    compensations that did succeed.
     """
 
     default_category = ErrorCategory.INVALID_STATE

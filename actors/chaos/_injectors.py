@@ -179,7 +179,8 @@ class FaultInjector(Injector):
         retry_after: the ``Retry-After`` seconds of injected 429s (and 503s); default 1.
         exception: ``exception() -> BaseException`` builds the exception instead (for faults
             of your own client's types); ``categories`` must then be empty.
-        enabled, seed, rng, when: see :class:`Injector`.
+
+    ``enabled``, ``seed``, ``rng``, ``when``: as for :class:`Injector`.
 
     Example::
 
@@ -243,7 +244,8 @@ class OutcomeInjector(Injector):
         factory: ``factory(*args, **kwargs) -> outcome`` builds it from the call's arguments
             instead (give exactly one of ``value`` and ``factory``).  In an actor's ``handle``,
             returning ``actors.Failure(exc)`` answers the caller with ``exc``.
-        rate, enabled, seed, rng, when: see :class:`Injector`.
+
+    ``rate``, ``enabled``, ``seed``, ``rng``, ``when``: as for :class:`Injector`.
 
     Example::
 
@@ -286,7 +288,8 @@ class LatencyInjector(Injector):
     Args:
         delay: seconds (or a ``timedelta``) to wait.
         max_delay: when given, each wait is drawn uniformly from ``[delay, max_delay]``.
-        rate, enabled, seed, rng, when: see :class:`Injector`.
+
+    ``rate``, ``enabled``, ``seed``, ``rng``, ``when``: as for :class:`Injector`.
 
     The wait is a normal trio sleep: a caller's deadline or an attempt timeout cancels it like
     a slow service.
@@ -344,7 +347,8 @@ class BehaviourInjector(Injector):
         behaviour: ``async def behaviour(*args, **kwargs)``, called with the call's arguments:
             restart a child, fill a disk, drop a connection pool...  If it raises, the call
             fails with that exception.
-        rate, enabled, seed, rng, when: see :class:`Injector`.
+
+    ``rate``, ``enabled``, ``seed``, ``rng``, ``when``: as for :class:`Injector`.
 
     Example::
 
@@ -388,8 +392,9 @@ class CrashInjector(Injector):
     ``on_start`` (``wrap_actor(..., start=[...])``) it is a crash at start.
 
     Args:
-        rate, enabled, seed, rng, when: see :class:`Injector`.
         message: the crash's message (default ``"crash injected by chaos"``).
+
+    ``rate``, ``enabled``, ``seed``, ``rng``, ``when``: as for :class:`Injector`.
 
     Example::
 

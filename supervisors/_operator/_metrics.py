@@ -179,9 +179,9 @@ async def take_snapshot(
         monitor: the monitor actor (``None``: no monitor parts).
         tree: the tree snapshot to include (``Supervisor.snapshot()``).
         providers: provider actors by service name; each is asked ``GetStatus``.
-        sagas, sagas_query: the saga coordinator and the query listing its unfinished sagas
-            (its reply, a sequence, becomes :attr:`OperatorSnapshot.sagas`); the coordinator
-            is also asked for its statistics.
+        sagas: the saga coordinator; it is asked ``sagas_query`` and its statistics.
+        sagas_query: the query listing its unfinished sagas (its reply, a sequence, becomes
+            :attr:`OperatorSnapshot.sagas`).
         ask_timeout: seconds each ask may take.
         instance: this instance's name in a fleet (:attr:`OperatorSnapshot.instance`).
         fleets: fleet members whose status to include (read without asking anyone).

@@ -81,7 +81,7 @@ def _positive_int(name: str) -> Callable[[Any, Any, int], None]:
 class AdminSettings:
     """Settings of the admin API (see the module docstring for the safety rules).
 
-    Args:
+    Attributes:
         host: the address to bind (default ``127.0.0.1``).  Binding a non-loopback address
             exposes the read endpoints to the network: put it behind your own access control.
         port: the TCP port (default 9470; ``0`` picks a free one, see :class:`AdminAddress`).

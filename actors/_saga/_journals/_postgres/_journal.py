@@ -126,8 +126,10 @@ class PostgresJournal(_Pipeline):
             survivors take over its sagas once it has expired.
         write_timeout: seconds (real time) a call waits for its write while the server does
             not answer, before ``JournalUnavailable`` (default 5).
-        retain_for, retain_last, auto_prune: retention of finished sagas, fleet-wide, as for
-            :class:`~actors.MemoryJournal` (defaults: 7 days, last 10,000, on).
+        retain_for: how long finished sagas are kept, fleet-wide, as for
+            :class:`~actors.MemoryJournal` (default 7 days).
+        retain_last: how many finished sagas are kept at least (default 10,000).
+        auto_prune: whether finished sagas past retention are pruned (default on).
         max_pending: queued requests before callers wait for room (default 4096).
 
     Raises:

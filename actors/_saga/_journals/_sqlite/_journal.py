@@ -128,8 +128,10 @@ class SqliteJournal(ThreadedJournal):
             setting most users need.
         synchronous: ``"FULL"`` (default: durable across power loss) or ``"NORMAL"`` (durable
             across process crashes only, cheaper per commit).
-        retain_for, retain_last, auto_prune: retention of finished sagas, as for
-            :class:`~actors.MemoryJournal` (defaults: 7 days, last 10,000, on).
+        retain_for: how long finished sagas are kept, as for :class:`~actors.MemoryJournal`
+            (default 7 days).
+        retain_last: how many finished sagas are kept at least (default 10,000).
+        auto_prune: whether finished sagas past retention are pruned (default on).
         max_pending: queued requests before callers wait for room (default 4096).
 
     Raises:
