@@ -25,10 +25,13 @@ from actors import (
     BackoffSettings,
     BreakerSettings,
     Call,
+    Fleet,
+    FleetSettings,
     MemoryJournal,
     ProviderActor,
     ProviderSettings,
     RetrySettings,
+    open_fleet,
 )
 from actors._monitor._actor import MonitorActor
 from actors._policies._config._monitoring import MonitorSettings
@@ -120,8 +123,8 @@ def test_the_rules_pass_their_unit_tests() -> None:
 
 def test_every_alert_is_unit_tested_and_covers_what_an_operator_needs() -> None:
     """Each rule has a unit test, and the rules cover an open breaker past its break, the
-    monitor's two error thresholds, the retry budget, failed compensations and supervisors
-    that gave up."""
+    monitor's two error thresholds, the retry budget, failed compensations, supervisors
+    that gave up, the fleet store and the shared saga journal."""
     names = alert_names()
     assert sorted(names) == sorted(
         [
@@ -131,6 +134,8 @@ def test_every_alert_is_unit_tested_and_covers_what_an_operator_needs() -> None:
             "AuraRetryBudgetExhausted",
             "AuraSagaCompensationFailed",
             "AuraSupervisorGaveUp",
+            "AuraFleetStoreDown",
+            "AuraSagaJournalUnavailable",
         ]
     )
     tested = set(re.findall(r"alertname: (\w+)", RULE_TESTS.read_text()))
@@ -228,7 +233,13 @@ async def _llm(payload: Any) -> Any:
 
 async def exported_names() -> set[str]:
     """The metric names a real /metrics exports, from a tree with providers that succeeded,
-    failed and retried, a saga coordinator that finished a saga, and the admin API."""
+    failed and retried, a saga coordinator that finished a saga, and the admin API showing a
+    fleet member (whose store is down: nothing listens on its port)."""
+    async with open_fleet(FleetSettings(redis_url="redis://127.0.0.1:1/0")) as fleet:
+        return await _exported_names(fleet)
+
+
+async def _exported_names(fleet: Fleet) -> set[str]:
     settings = ProviderSettings(
         retry=RetrySettings(max_attempts=2, backoff=BackoffSettings(base_delay=0.001)),
         breaker=BreakerSettings(failure_threshold=3),
@@ -252,7 +263,7 @@ async def exported_names() -> set[str]:
                 ],
             ),
             ChildSpec("sagas", lambda: SagaCoordinator(MemoryJournal(), [checkout])),
-            admin_spec(port=0),
+            admin_spec(port=0, fleet=fleet),
         ],
     )
     async with open_supervisor(tree) as root:

@@ -108,6 +108,17 @@ def _readme_blocks() -> list[str]:
     return re.findall(r"```python\n(.*?)```", text, flags=re.S)
 
 
+def _docs_blocks() -> dict[str, str]:
+    """The ```python blocks of the docs site's pages (``py`` fences are fragments), by a
+    module name made of the page and the block's position."""
+    blocks = {}
+    for path in sorted((ROOT / "docs").rglob("*.md")):
+        found = re.findall(r"^```python\n(.*?)^```", path.read_text(), flags=re.S | re.M)
+        for i, block in enumerate(found):
+            blocks[f"docs_{path.stem}_{i}"] = block
+    return blocks
+
+
 @pytest.fixture(scope="module")
 def mypy_output(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """``mypy --strict`` of every snippet: the output lines of each file, by module name."""
@@ -115,6 +126,7 @@ def mypy_output(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     files = {"typed_refs": TYPED_REFS, "wrong": WRONG}
     for i, block in enumerate(_readme_blocks()):
         files[f"readme_{i}"] = block
+    files.update(_docs_blocks())
     for name, text in files.items():
         (where / f"{name}.py").write_text(textwrap.dedent(text))
     result = subprocess.run(
@@ -184,6 +196,13 @@ def test_every_readme_python_block_passes_mypy_strict(
     """Every ```python block of the README type-checks under ``mypy --strict`` as it is written
     (another test runs each of them)."""
     assert mypy_output[f"readme_{index}"] == ""
+
+
+@pytest.mark.parametrize("name", sorted(_docs_blocks()))
+def test_every_docs_python_block_passes_mypy_strict(mypy_output: dict[str, str], name: str) -> None:
+    """Every ```python block of the docs site's guides type-checks under ``mypy --strict``
+    (tests/test_docs.py runs each of them)."""
+    assert mypy_output[name] == ""
 
 
 async def test_a_typed_lookup_checks_the_actor_running_there(

@@ -15,7 +15,9 @@ from typing import Any
 
 import griffe
 
-_ROLE = re.compile(r":(?:class|meth|func|attr|exc|data|obj|mod|const|py:\w+):`(~?)([^`<]*?)(?:\s*<([^>]+)>)?`")
+_ROLE = re.compile(
+    r":(?:class|meth|func|attr|exc|data|obj|mod|const|py:\w+):`(~?)([^`<]*?)(?:\s*<([^>]+)>)?`"
+)
 _LITERAL_BLOCK = re.compile(r"^(\s*)(Example|Examples|For example|Usage)::\s*$", re.MULTILINE)
 _MODULES = ("actors", "actors.chaos", "actors.testing", "supervisors")
 
