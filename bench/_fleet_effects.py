@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import secrets
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from typing import Any, Final
 
 import msgspec
@@ -42,7 +42,16 @@ from actors._fleet._idempotency_codec import stable_fingerprint
 from actors._fleet._idempotency_store import RedisIdempotencyStore
 from actors._saga._definition import SagaStepMessage
 
-__all__ = ["APPLY", "FleetTarget", "Declined", "audit", "declined", "effects_key", "read_effects"]
+__all__ = [
+    "APPLY",
+    "Declined",
+    "Effects",
+    "FleetTarget",
+    "audit",
+    "declined",
+    "effects_key",
+    "read_effects",
+]
 
 #: KEYS: the key's record, the effects hash.  ARGV: token, effect field ('' for none), final
 #: state, encoded outcome, ttl_ms, channel, key.  1 if applied (the claim held), else 0.
@@ -82,6 +91,66 @@ def declined(saga_id: str, step: str, seed: int, rate: float) -> bool:
     return digest < rate * 2**32
 
 
+class Effects:
+    """Applies effects once across a fleet: one service's records in the shared store (see the
+    module docstring).  :class:`FleetTarget` uses it for saga step messages; a provider's
+    service function can use it for keyed calls."""
+
+    def __init__(self, client: StoreClient, prefix: str, service: str, *, lease: float) -> None:
+        self.client = client
+        self.store = RedisIdempotencyStore(client, prefix, service)
+        self.hash = effects_key(prefix)
+        self.lease = lease
+
+    async def apply(
+        self,
+        key: str,
+        payload: Any,
+        field: str,
+        value: Any,
+        *,
+        failed: bool = False,
+        before: Callable[[], Awaitable[None]] | None = None,
+    ) -> Any:
+        """Apply the effect ``field`` (counted in the effects hash; ``""`` for none) under
+        ``key`` once across the fleet and return its outcome (``value``, stored with the key;
+        ``failed``: stored as a failure).  A key finished anywhere answers its stored outcome;
+        a key another live claimant holds is waited for; ``before()`` runs once the key is
+        claimed, before the effect (a service's latency).  Cancelled between the claim and the
+        effect, nothing is applied and the key is claimed again once the claim lapses."""
+        fingerprint = stable_fingerprint(payload)
+        token = secrets.token_hex(12)
+        while True:
+            reply = await self.store.claim(key, fingerprint, token, self.lease)
+            if reply.outcome == "conflict":
+                return Failure(IdempotencyConflict(key=key))
+            if reply.outcome in ("done", "failed"):
+                return _outcome(reply.data)
+            if reply.outcome == "running":  # another claimant: wait for it (or its lease)
+                await trio.sleep(min(0.02, reply.lease_ms / 1000.0 + 0.001))
+                continue
+            if before is not None:
+                await before()
+            applied = await self.client.script(
+                "fleet-effects.apply",
+                APPLY,
+                [self.store.record_key(key), self.hash],
+                [
+                    token,
+                    field,
+                    "failed" if failed else "done",
+                    _encode(value),
+                    max(1, math.ceil(OUTCOME_TTL * 1000)),
+                    self.store.channel,
+                    key,
+                ],
+            )
+            if int(applied):
+                return _outcome(_encode(value))
+            # The claim lapsed while this instance was frozen: whoever holds the key now
+            # applies it; ask again for the outcome.
+
+
 class FleetTarget(Actor[Any, Any]):
     """A saga step target shared by a fleet (see the module docstring).
 
@@ -104,10 +173,7 @@ class FleetTarget(Actor[Any, Any]):
         declines: Callable[[SagaStepMessage], bool] | None = None,
         latency: Callable[[], float] | None = None,
     ) -> None:
-        self.client = client
-        self.store = RedisIdempotencyStore(client, prefix, service)
-        self.effects = effects_key(prefix)
-        self.lease = lease
+        self.effects = Effects(client, prefix, service, lease=lease)
         self.declines = declines
         self.latency = latency
 
@@ -120,43 +186,16 @@ class FleetTarget(Actor[Any, Any]):
             return Failure(exc)
 
     async def _apply(self, message: SagaStepMessage) -> Any:
-        key = message.key
-        fingerprint = stable_fingerprint(message.payload)
-        token = secrets.token_hex(12)
-        while True:
-            reply = await self.store.claim(key, fingerprint, token, self.lease)
-            if reply.outcome == "conflict":
-                return Failure(IdempotencyConflict(key=key))
-            if reply.outcome in ("done", "failed"):
-                return _outcome(reply.data)
-            if reply.outcome == "running":  # another claimant: wait for it (or its lease)
-                await trio.sleep(min(0.02, reply.lease_ms / 1000.0 + 0.001))
-                continue
-            await self.before_apply(message)
-            refused = not message.compensate and (
-                self.declines is not None and self.declines(message)
-            )
-            kind = "compensate" if message.compensate else "do"
-            field = "" if refused else f"{message.saga_id}:{message.step}:{kind}"
-            value: Any = {"declined": key} if refused else {kind: key}
-            applied = await self.client.script(
-                "fleet-effects.apply",
-                APPLY,
-                [self.store.record_key(key), self.effects],
-                [
-                    token,
-                    field,
-                    "failed" if refused else "done",
-                    _encode(value),
-                    max(1, math.ceil(OUTCOME_TTL * 1000)),
-                    self.store.channel,
-                    key,
-                ],
-            )
-            if int(applied):
-                return _outcome(_encode(value))
-            # The claim lapsed while this instance was frozen: whoever holds the key now
-            # applies it; ask again for the outcome.
+        refused = not message.compensate and (self.declines is not None and self.declines(message))
+        kind = "compensate" if message.compensate else "do"
+        return await self.effects.apply(
+            message.key,
+            message.payload,
+            "" if refused else f"{message.saga_id}:{message.step}:{kind}",
+            {"declined": message.key} if refused else {kind: message.key},
+            failed=refused,
+            before=lambda: self.before_apply(message),
+        )
 
     async def before_apply(self, message: SagaStepMessage) -> None:
         """Runs once the key is claimed, before the effect: the service's latency."""
@@ -183,10 +222,14 @@ def audit(
     effects: dict[str, int],
     steps: tuple[str, ...],
     compensatable: frozenset[str],
+    *,
+    left_to_operator: Collection[str] = (),
 ) -> list[str]:
     """Violations of exactly-once among finished sagas ``(saga_id, outcome)``: an effect or a
     compensation applied twice; a completed saga missing an effect or with a compensation; a
-    compensated one with an effect left undone.  Empty when every saga is right."""
+    compensated one with an effect left undone; any other outcome, except those in
+    ``left_to_operator`` (``compensation_failed`` where a failure was injected on purpose:
+    only "never twice" is checked for them).  Empty when every saga is right."""
     problems: list[str] = []
     for saga_id, outcome in sagas:
         done = {step: effects.get(f"{saga_id}:{step}:do", 0) for step in steps}
@@ -202,6 +245,6 @@ def audit(
             left = [s for s in compensatable if done[s] and not undone[s]]
             if left:
                 problems.append(f"{outcome} saga {saga_id}: {left} not undone")
-        else:
+        elif outcome not in left_to_operator:
             problems.append(f"saga {saga_id} ended {outcome}")
     return problems

@@ -16,7 +16,7 @@ import gc
 import os
 import random
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Final
 
@@ -237,6 +237,10 @@ class Soak:
     violation_count: int = 0
     rss_warm: int = 0
     rss_end: int = 0
+    #: In a fleet: what makes this instance's saga ids unique, and who is told each saga's
+    #: outcome instead of the auditor (``on_saga(saga_id, outcome)``; see ``bench/_soak_fleet``).
+    saga_prefix: str = ""
+    on_saga: Callable[[str, str], None] | None = None
 
     def injector_rng(self, *parts: object) -> random.Random:
         return random.Random(":".join(str(p) for p in (self.seed, *parts)))

@@ -1,7 +1,9 @@
 """The reliability suite: a supervision tree under mixed load with every chaos injector on.
 
 Run it with ``python -m bench.soak --seconds N --seed S [--journal memory|sqlite] [--json FILE]``.
-It exits 0 when every invariant held, 1 otherwise.
+It exits 0 when every invariant held, 1 otherwise.  ``--journal postgres --instances N
+[--kill-instances]`` runs N instances of this tree as a fleet sharing a PostgreSQL journal and
+a Redis store, killing and restarting them (``bench/_soak_fleet.py``).
 
 Theory of operation
 -------------------
@@ -56,12 +58,13 @@ import argparse
 import json
 import logging
 import math
+import os
 import random
 import sys
 import tempfile
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final
@@ -124,6 +127,9 @@ DRAIN_LIMIT: Final = 60.0
 #: Finished sagas the journal keeps: the auditor reads each one within a second of its end.
 RETAIN: Final = 1000
 INVARIANTS: Final = 8
+#: Seconds of load an instance of a fleet needs before its memory is checked (a restarted
+#: one's warm-up sample and end are too close together before that).
+MIN_MEMORY_SECONDS: Final = 30.0
 
 
 # ------------------------------------------------------------------------------------ the tree
@@ -234,11 +240,22 @@ def order_definition() -> SagaDefinition:
     )
 
 
-def build_tree(soak: Soak, journal: Journal) -> SupervisorSpec:
+@attrs.frozen
+class StepTargets:
+    """The sagas' step targets of one instance of a fleet (``bench/_soak_fleet.py``): the
+    inventory actor's factory and the payments provider's backend, both applying each effect
+    once across the fleet."""
+
+    inventory: Callable[[], Any]
+    payments: Backend
+
+
+def build_tree(soak: Soak, journal: Journal, targets: StepTargets | None = None) -> SupervisorSpec:
     def provider(name: str, max_records: int, sagas: Sagas | None = None) -> Callable[[], Any]:
-        service = soak.services[name] = Service(
-            Backend(name, soak.seed, sagas), call_injectors(soak, name)
-        )
+        backend = Backend(name, soak.seed, sagas)
+        if name == "payments" and targets is not None:
+            backend = targets.payments
+        service = soak.services[name] = Service(backend, call_injectors(soak, name))
         rng = soak.injector_rng(name, "jitter")
         settings = provider_settings(max_records)
         return lambda: ProviderActor(
@@ -273,7 +290,7 @@ def build_tree(soak: Soak, journal: Journal) -> SupervisorSpec:
         )
     )
     inventory = chaos.wrap_actor(
-        lambda: Inventory(soak.sagas),
+        (lambda: Inventory(soak.sagas)) if targets is None else targets.inventory,
         poison,
         soak.add(chaos.CrashInjector(rate=0.01, rng=soak.injector_rng("inventory", "crash"))),
         start=[
@@ -357,17 +374,23 @@ async def saga_caller(soak: Soak, root: Supervisor, number: int) -> None:
     ref = root.ref("sagas")
     while not soak.stopping:
         soak.next_saga += 1
-        saga_id = f"s{soak.seed}-{soak.next_saga}"
+        saga_id = f"s{soak.seed}-{soak.saga_prefix}{soak.next_saga}"
         poison = rng.random() < 0.05
-        soak.sagas.open[saga_id] = poison
+        if soak.on_saga is None:
+            soak.sagas.open[saga_id] = poison
+        else:
+            soak.on_saga(saga_id, "started")
         wait = rng.random() < 0.9
         timeout = rng.choice((0.5, 1.5, 4.0)) if wait else 2.0
         start = StartSaga(
             "order", {"order": soak.next_saga, "poison": poison}, saga_id=saga_id, wait=wait
         )
-        with soak.book.ask(timeout):
+        with soak.book.ask(timeout) as outcome:
             await ref.ask(start, timeout=timeout)
-        soak.audit.append((trio.current_time() + 0.2, saga_id))
+        if soak.on_saga is None:
+            soak.audit.append((trio.current_time() + 0.2, saga_id))
+        else:  # audited across the fleet at the end
+            soak.on_saga(saga_id, outcome[0])
         await trio.sleep(rng.random() * 0.01)
 
 
@@ -475,9 +498,25 @@ async def run(seconds: float, seed: int, journal_kind: str = "memory") -> Result
     )
 
 
-async def _tree_run(soak: Soak, journal: Journal) -> tuple[Any, dict[str, Any], float, bool]:
-    tree = build_tree(soak, journal)
+async def _tree_run(
+    soak: Soak,
+    journal: Journal,
+    *,
+    targets: StepTargets | None = None,
+    until: Callable[[], Awaitable[None]] | None = None,
+    callers: int = 48,
+) -> tuple[Any, dict[str, Any], float, bool]:
+    """Run the tree under load until ``seconds`` have passed (or ``until()`` returns), drain it,
+    and read the monitor's metrics and the providers' statuses."""
+    tree = build_tree(soak, journal, targets)
+    if targets is not None:
+        # A fleet's instances each draw their own chaos: the tree's first start must succeed
+        # (a child failing it fails open_supervisor); crashes at start begin with restarts.
+        for injector in soak.start_injectors:
+            injector.enabled = False
     async with open_supervisor(tree, seed=soak.seed) as root:
+        for injector in soak.start_injectors:
+            injector.enabled = True
         soak.root = root
         monitor = root.ref("monitor")
 
@@ -495,15 +534,21 @@ async def _tree_run(soak: Soak, journal: Journal) -> tuple[Any, dict[str, Any], 
         async with trio.open_nursery() as audit_nursery:
             audit_nursery.start_soon(auditor, soak, journal)
             async with trio.open_nursery() as load:
-                for number in range(48):
+                for number in range(callers):
                     load.start_soon(provider_caller, soak, root, number)
                 for number in range(8):
                     load.start_soon(saga_caller, soak, root, number)
                 load.start_soon(teller, soak, root)
                 load.start_soon(pinger, soak, root)
-                await trio.sleep(soak.seconds * 0.2)
-                soak.rss_warm = sample_rss()
-                await trio.sleep_until(started + soak.seconds)
+                if until is None:
+                    await trio.sleep(soak.seconds * 0.2)
+                    soak.rss_warm = sample_rss()
+                    await trio.sleep_until(started + soak.seconds)
+                else:
+                    async with trio.open_nursery() as warm:
+                        warm.start_soon(_warm_sample, soak)
+                        await until()
+                        warm.cancel_scope.cancel()
                 soak.stopping = True  # callers finish the ask they are in, then stop
             load_seconds = trio.current_time() - started
             for injector in soak.injectors:
@@ -519,6 +564,11 @@ async def _tree_run(soak: Soak, journal: Journal) -> tuple[Any, dict[str, Any], 
         soak.rss_end = sample_rss()
         soak.root = None
     return metrics, statuses, load_seconds, drained
+
+
+async def _warm_sample(soak: Soak) -> None:
+    await trio.sleep(soak.seconds * 0.2)
+    soak.rss_warm = sample_rss()
 
 
 async def _drain(soak: Soak, root: Supervisor, journal: Journal) -> bool:
@@ -546,7 +596,13 @@ def _result(
     tasks_before: set[trio.lowlevel.Task],
     tasks_after: set[trio.lowlevel.Task],
     journal_kind: str,
+    *,
+    fleet: bool = False,
 ) -> Result:
+    """The invariants' verdicts.  In a fleet (``fleet``), the sagas are audited across the
+    fleet at the end (``bench/_soak_fleet.py``): here only this instance's drain is checked
+    (no saga of the fleet left running; ``compensation_failed`` ones are left to that audit),
+    and memory only when the instance ran long enough to be sampled after its warm-up."""
     book = soak.book
     by_kind: Counter[str] = Counter()
     for injector in soak.injectors:
@@ -580,15 +636,24 @@ def _result(
     check(
         "each idempotency key took effect at most once",
         not doubles and soak.sagas.late == 0,
-        f"{keyed_effects:,} load keys took effect, saga steps deduplicated "
-        f"({soak.sagas.redeliveries} redeliveries absorbed); twice: {doubles[:10] or 'none'}; "
-        f"effects after a saga was audited: {soak.sagas.late}",
+        f"{keyed_effects:,} load keys took effect"
+        + (
+            "; saga steps: checked across the fleet"
+            if fleet
+            else f", saga steps deduplicated ({soak.sagas.redeliveries} redeliveries absorbed)"
+        )
+        + f"; twice: {doubles[:10] or 'none'}; effects after a saga was audited: "
+        f"{soak.sagas.late}",
     )
+    if fleet:
+        unfinished = [s for s in unfinished if s.phase.value != "compensation_failed"]
     leftover = [s.saga_id for s in unfinished]
     stuck = Counter(s.phase.value for s in unfinished)
     sagas_total = sum(soak.saga_outcomes.values())
     check(
-        "every saga completed or compensated",
+        "the fleet drained: no saga left running"
+        if fleet
+        else "every saga completed or compensated",
         drained
         and not leftover
         and not soak.sagas.open
@@ -623,12 +688,20 @@ def _result(
         + (f": {sorted(t.name for t in leaked)[:5]}" if leaked else ""),
     )
     growth = 100.0 * (soak.rss_end - soak.rss_warm) / soak.rss_warm if soak.rss_warm else math.nan
-    check(
-        "memory steady after warm-up",
-        growth <= MAX_RSS_GROWTH,
-        f"RSS {soak.rss_warm / 2**20:.1f} MB after warm-up, {soak.rss_end / 2**20:.1f} MB at "
-        f"the end ({growth:+.1f} %, limit {MAX_RSS_GROWTH:g} %)",
-    )
+    if fleet and (load_seconds < MIN_MEMORY_SECONDS or not soak.rss_warm):
+        check(
+            "memory steady after warm-up",
+            True,
+            f"not checked: {load_seconds:.0f} s of load since this instance started "
+            f"(under {MIN_MEMORY_SECONDS:g} s, or its warm-up sample not taken)",
+        )
+    else:
+        check(
+            "memory steady after warm-up",
+            growth <= MAX_RSS_GROWTH,
+            f"RSS {soak.rss_warm / 2**20:.1f} MB after warm-up, {soak.rss_end / 2**20:.1f} MB "
+            f"at the end ({growth:+.1f} %, limit {MAX_RSS_GROWTH:g} %)",
+        )
     assert len(checks) == INVARIANTS
     return Result(
         seconds=load_seconds,
@@ -723,18 +796,62 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=60.0, help="seconds of load (60)")
     parser.add_argument("--seed", type=int, default=1, help="seed of every random source (1)")
     parser.add_argument(
-        "--journal", choices=("memory", "sqlite"), default="memory", help="saga journal (memory)"
+        "--journal",
+        choices=("memory", "sqlite", "postgres"),
+        default="memory",
+        help="saga journal (memory); postgres runs a fleet (bench/_soak_fleet.py)",
+    )
+    parser.add_argument(
+        "--instances",
+        type=int,
+        default=1,
+        help="instance processes sharing one PostgreSQL journal and one Redis (1)",
+    )
+    parser.add_argument(
+        "--kill-instances",
+        action="store_true",
+        help="kill -9 a random instance every few seconds, then start it again",
+    )
+    parser.add_argument(
+        "--redis-url",
+        default=os.environ.get("AURA_TEST_REDIS_URL") or None,
+        help="the fleet's Redis ($AURA_TEST_REDIS_URL; else one is started)",
+    )
+    parser.add_argument(
+        "--postgres-url",
+        default=os.environ.get("AURA_TEST_POSTGRES_URL") or None,
+        help="the fleet's PostgreSQL ($AURA_TEST_POSTGRES_URL; else one is started)",
     )
     parser.add_argument("--json", metavar="FILE", help="write the figures to FILE as JSON")
     parser.add_argument("--verbose", action="store_true", help="show the runtime's log records")
     args = parser.parse_args(argv)
     if args.seconds < 5:
         parser.error("--seconds must be at least 5")
+    fleet = args.journal == "postgres"
+    if args.instances < 1:
+        parser.error(f"--instances must be at least 1, got {args.instances}")
+    if not fleet and (args.instances > 1 or args.kill_instances):
+        parser.error("--instances and --kill-instances need --journal postgres (a shared journal)")
     if not args.verbose:
         # Injected crashes and compensation retries are logged by design: thousands of lines.
         logging.getLogger().addHandler(logging.NullHandler())
         logging.getLogger().setLevel(logging.CRITICAL)
     wall = time.monotonic()
+    if fleet:
+        from bench._soak_fleet import report as fleet_report
+        from bench._soak_fleet import run_fleet
+
+        outcome = run_fleet(
+            args.seconds,
+            args.seed,
+            args.instances,
+            kill=args.kill_instances,
+            redis_url=args.redis_url,
+            postgres_url=args.postgres_url,
+        )
+        fleet_report(outcome)
+        print(f"# {time.monotonic() - wall:.1f} s wall-clock", file=sys.stderr)
+        return 0 if outcome.ok else 1
     result = trio.run(run, args.seconds, args.seed, args.journal)
     report(result)
     print(f"# {time.monotonic() - wall:.1f} s wall-clock", file=sys.stderr)

@@ -22,17 +22,13 @@ generous bounds (a loaded 2-core machine), never timing assertions.
 from __future__ import annotations
 
 import json
-import os
-import queue
 import random
 import signal
-import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import msgspec
 import psycopg
@@ -41,6 +37,7 @@ import pytest
 from actors._saga._journals._records import SagaEvent, SagaEventKind, SagaHeader
 from actors._saga._journals._state import saga_state
 from actors.testing import PostgresServer
+from bench._children import Child as BaseChild
 from bench._fleet_effects import audit, effects_key
 from tests.fixtures_postgres import new_schema_name
 from tests.saga_fleet import COMPENSATABLE, STEPS
@@ -54,82 +51,34 @@ LEASE = 1.0
 WITHIN = 60.0
 
 
-class Child:
-    """One coordinator process and the lines it printed."""
+class Child(BaseChild):
+    """One coordinator process and what it printed."""
 
     def __init__(self, label: str, argv: list[str]) -> None:
-        self.label = label
-        self.argv = argv
-        self.process: subprocess.Popen[str] | None = None
-        self.lines: queue.SimpleQueue[str] = queue.SimpleQueue()
+        super().__init__(label, argv, ROOT)
         self.instance = ""
         self.started_upto = -1
         self.stats: dict[str, Any] = {}
         self.drained = False
         self.instances: list[str] = []
 
-    def start(self, first: int) -> None:
+    def start(self, first: int) -> None:  # type: ignore[override]
         self.stats = {}
         self.drained = False
         self.instance = ""
-        self.process = subprocess.Popen(
-            [*self.argv, "--first", str(first)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            cwd=ROOT,
-        )
-        stdout = self.process.stdout
-        assert stdout is not None
-        threading.Thread(target=_pump, args=(stdout, self.lines), daemon=True).start()
+        super().start("--first", str(first))
 
-    def read(self) -> None:
-        """Take in what it printed so far."""
-        while True:
-            try:
-                line = self.lines.get_nowait()
-            except queue.Empty:
-                return
-            if not line.endswith("\n"):
-                continue  # cut short by a kill
-            word, _, rest = line.strip().partition(" ")
-            if word == "READY":
-                self.instance = rest.strip()
-                self.instances.append(self.instance)
-            elif word == "S":
-                self.started_upto = max(self.started_upto, int(rest))
-            elif word == "STATS":
-                self.stats = json.loads(rest)
-            elif word == "DRAINED":
-                self.drained = True
-
-    def send(self, command: str) -> None:
-        assert self.process is not None
-        assert self.process.stdin is not None
-        self.process.stdin.write(command + "\n")
-        self.process.stdin.flush()
-
-    def signal(self, number: int) -> None:
-        assert self.process is not None
-        os.kill(self.process.pid, number)
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.kill()
-        self.process.wait()
-        self.close()
-
-    def close(self) -> None:
-        assert self.process is not None
-        for stream in (self.process.stdin, self.process.stdout):
-            if stream is not None:
-                stream.close()
-
-
-def _pump(stream: IO[str], lines: queue.SimpleQueue[str]) -> None:
-    for line in stream:
-        lines.put(line)
+    def take(self, line: str) -> None:
+        word, _, rest = line.strip().partition(" ")
+        if word == "READY":
+            self.instance = rest.strip()
+            self.instances.append(self.instance)
+        elif word == "S":
+            self.started_upto = max(self.started_upto, int(rest))
+        elif word == "STATS":
+            self.stats = json.loads(rest)
+        elif word == "DRAINED":
+            self.drained = True
 
 
 def wait_for(
