@@ -6,7 +6,8 @@ A :class:`Child` is one process started with pipes on its stdin and stdout.  A d
 pumps its stdout into a queue, so the parent never blocks on it; :meth:`Child.read` takes in
 every *complete* line printed so far (a line cut short by a kill is dropped) and hands each
 one to :meth:`Child.take`, which subclasses override to parse their protocol.  Commands go to
-the child's stdin, one per line.  :meth:`Child.kill` is ``kill -9``.
+the child's stdin, one per line.  :meth:`Child.kill` is ``kill -9``; every line the child wrote
+before it died stays readable.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class Child:
         self.cwd = cwd
         self.process: subprocess.Popen[str] | None = None
         self.lines: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self.pump: threading.Thread | None = None
 
     def start(self, *extra: str) -> None:
         """Start the process: ``argv`` followed by ``extra``; its stderr goes to the file
@@ -51,7 +53,8 @@ class Child:
             )
         stdout = self.process.stdout
         assert stdout is not None
-        threading.Thread(target=_pump, args=(stdout, self.lines), daemon=True).start()
+        self.pump = threading.Thread(target=_pump, args=(stdout, self.lines), daemon=True)
+        self.pump.start()
 
     def read(self) -> None:
         """Hand every complete line printed so far to :meth:`take`."""
@@ -78,10 +81,13 @@ class Child:
         os.kill(self.process.pid, number)
 
     def kill(self) -> None:
-        """``kill -9``, then reap it and close its pipes."""
+        """``kill -9``, then reap it, take in what it printed before (up to the end of its
+        stdout: nothing it wrote is lost to the kill) and close its pipes."""
         assert self.process is not None
         self.process.kill()
         self.process.wait()
+        if self.pump is not None:
+            self.pump.join(timeout=10)
         self.close()
 
     def close(self) -> None:

@@ -15,7 +15,8 @@ instance to drain: each stops its load, switches its injectors off, waits until 
 fleet is running, checks its own invariants and prints them.
 
 Invariants: each instance that ran to the end checks the single-process soak's eight for
-itself (asks, deadlines, keys, its drain, monitor counts, tells, tasks, memory when it ran long
+itself (asks, deadlines (the tolerance scaled by N: the instances share the cores), keys, its
+drain, monitor counts, tells, tasks, memory when it ran long
 enough to sample it); a killed incarnation can check nothing, and its sagas are the fleet's to
 finish.  Across the fleet, from the journal's tables and the shared store's effect counts:
 
@@ -169,6 +170,7 @@ def run_fleet(
             "bench._soak_instance",
             *("--url", url, "--schema", schema, "--redis", redis, "--prefix", prefix),
             *("--seed", str(seed), "--seconds", str(seconds), "--lease", str(LEASE)),
+            *("--instances", str(instances)),
         ]
         fleet = Fleet(logs=os.environ.get("AURA_SOAK_LOGS", ""))
         rng = random.Random(f"{seed}:kills")
@@ -190,6 +192,7 @@ def run_fleet(
                         victim = rng.choice(ready)
                         orphaned += _owned(url, schema, victim.instance_id)
                         victim.kill()
+                        victim.read()  # what it printed up to its death
                         victim.killed = True
                         kills += 1
                         fresh = Instance(f"{victim.label[0]}{kills}", argv, fleet)
@@ -386,8 +389,9 @@ def _verdict(
         not lost and not unknown,
         f"{len(fleet.started):,} starts, {len(created):,} answered as created; created but "
         f"not in the journal: {lost[:10] or 'none'}; in the journal but never started: "
-        f"{unknown[:10] or 'none'}; {orphaned} unfinished sagas owned by killed instances, "
-        f"{taken_over} sagas taken over by another instance",
+        f"{unknown[:10] or 'none'}; unfinished sagas an instance owned when it was killed: "
+        f"{orphaned} (counted at each kill); sagas taken over by another instance: "
+        f"{taken_over}",
     )
     return FleetResult(
         seconds=seconds,

@@ -11,9 +11,13 @@ instances that die, like any survivor.
 Protocol, one line each on stdout: ``READY <instance id>`` once the journal is open;
 ``S <saga id>`` before each ``StartSaga`` and ``A <saga id> <outcome>`` after it (``ok`` or the
 error's type); ``RESULT <json>`` (this instance's :class:`~bench.soak.Result`) once drained.  The
-line ``drain`` on stdin (or its end) stops the load; the instance then drains (every saga of the
-fleet finished), checks its own invariants, prints ``RESULT`` and exits.  The parent may kill it
-with SIGKILL at any moment.
+line ``drain`` on stdin (or its end) stops the load (a lighter one than the single-process
+soak's: :data:`CALLERS` provider callers); the instance then drains (every saga of the
+fleet finished), checks its own invariants, prints ``RESULT`` and exits.  The ``--instances``
+processes of the fleet, and both servers, share the cores the single-process soak has to
+itself: a scheduler pass of one can wait behind all the others, so an ask may end up to
+``--instances`` times the soak's :data:`~bench._soak_truth.TOLERANCE` after its deadline.  The
+parent may kill it with SIGKILL at any moment.
 """
 
 from __future__ import annotations
@@ -33,13 +37,13 @@ from actors import Failure, FleetSettings
 from actors._fleet._client import open_store_client
 from actors._saga._journals._postgres._journal import PostgresJournal
 from bench._fleet_effects import Effects, FleetTarget
-from bench._soak_truth import Backend, Sagas, Soak, all_tasks
+from bench._soak_truth import TOLERANCE, AskBook, Backend, Sagas, Soak, all_tasks
 from bench.soak import StepTargets, _result, _tree_run
 
 __all__ = ["FleetPayments", "main"]
 
 #: Provider callers per instance (the single-process soak runs 48 on its own).
-CALLERS: Final = 16
+CALLERS: Final = 8
 #: Seconds a step target's claim on a key lasts (a dead claimant holds the key this long).
 CLAIM_LEASE: Final = 1.0
 #: The payments operations: the step and whether it is the step's effect or its undoing.
@@ -86,6 +90,7 @@ async def main(args: argparse.Namespace) -> None:
         rng=random.Random(seed),
         sagas=Sagas(),
         saga_prefix=f"{args.label}-",
+        book=AskBook(TOLERANCE * args.instances),
     )
 
     def told(saga_id: str, outcome: str) -> None:
@@ -156,6 +161,7 @@ if __name__ == "__main__":
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--lease", type=float, default=2.0)
+    parser.add_argument("--instances", type=int, default=1)
     # Injected crashes and compensation retries are logged by design: thousands of lines.
     logging.getLogger().addHandler(logging.NullHandler())
     logging.getLogger().setLevel(logging.CRITICAL)

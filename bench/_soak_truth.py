@@ -164,7 +164,9 @@ class Ledger(Actor[Any, Any]):
 class AskBook:
     """Every ask: started, ended once, on time; outcomes by kind."""
 
-    def __init__(self) -> None:
+    def __init__(self, tolerance: float = TOLERANCE) -> None:
+        #: Seconds an ask may end after its deadline.
+        self.tolerance = tolerance
         self.started = 0
         self.ended = 0
         self.twice = 0
@@ -191,7 +193,7 @@ class AskBook:
         over = now - deadline
         if over > self.max_late:
             self.max_late = over
-        if over > TOLERANCE:
+        if over > self.tolerance:
             self.late += 1
 
     @contextmanager

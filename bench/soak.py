@@ -100,7 +100,6 @@ from actors._saga._journals._records import Journal
 from actors._saga._messages import StartSaga
 from bench._soak_truth import (
     INJECTED,
-    TOLERANCE,
     AskBook,
     Backend,
     Inventory,
@@ -629,7 +628,7 @@ def _result(
         "no ask outlived its deadline",
         book.late == 0,
         f"latest end {max(book.max_late, 0.0) * 1000:.1f} ms after its deadline "
-        f"(tolerance {TOLERANCE * 1000:.0f} ms); {book.late} past it",
+        f"(tolerance {book.tolerance * 1000:.0f} ms); {book.late} past it",
     )
     doubles = [key for service in soak.services.values() for key in service.backend.doubles]
     keyed_effects = sum(len(soak.services[n].backend.effects) for n in KEYED)
