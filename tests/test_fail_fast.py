@@ -25,8 +25,10 @@ from actors import (
     ResilienceConfig,
     SagaCoordinator,
     SagaDefinition,
+    SagaFailed,
     SagaStep,
     SagaStepMessage,
+    StartSaga,
     loads_config,
     open_actor,
 )
@@ -236,6 +238,47 @@ async def test_a_saga_target_that_does_not_exist_fails_the_coordinators_start(
     assert "'ledgre'" in str(cause)
     assert "did you mean 'ledger'" in str(cause)
     assert not sent
+
+
+async def test_a_restarted_coordinator_starts_despite_a_missing_target(
+    mock_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The check refuses only the coordinator's first start.  Restarted (here after its
+    target was terminated by an operator), it starts with a WARNING naming the step and the
+    target, and a saga that reaches that step fails through the step's normal path (and is
+    compensated), instead of the coordinator's restarts failing until its supervisor gives up."""
+    order = SagaDefinition(
+        "order",
+        [
+            SagaStep("reserve", "ledger", lambda ctx: 1, compensate=lambda ctx: -1),
+            SagaStep("charge", "bank", lambda ctx: 2),
+        ],
+    )
+    journal = MemoryJournal()
+    tree = [
+        ChildSpec("ledger", Ledger),
+        ChildSpec("bank", Ledger),
+        ChildSpec("sagas", lambda: SagaCoordinator(journal, [order])),
+    ]
+    async with open_supervisor(tree) as root:
+        await root.terminate_child("bank")
+        await root.terminate_child("sagas")
+        with caplog.at_level(logging.WARNING, logger="actors.saga"):
+            await root.restart_child("sagas")  # refused before: ChildStartFailed(ConfigError)
+        warnings = [r for r in caplog.records if r.name == "actors.saga"]
+        assert len(warnings) == 1, warnings
+        assert warnings[0].levelno == logging.WARNING
+        assert "'charge'" in warnings[0].getMessage()
+        assert "'bank'" in warnings[0].getMessage()
+        with pytest.raises(SagaFailed) as failed:
+            await root.ref("sagas").ask(StartSaga("order", None, saga_id="o-1"), timeout=60)
+        assert failed.value.step_name == "charge"
+        assert failed.value.outcome == "compensated"
+        assert list(failed.value.compensated) == ["reserve"]
+        # Restarted once the target is back, the coordinator runs sagas through it again.
+        await root.restart_child("bank")
+        result = await root.ref("sagas").ask(StartSaga("order", None, saga_id="o-2"), timeout=60)
+        assert set(result.results) == {"reserve", "charge"}
 
 
 # ------------------------------------------------------------------ configuration

@@ -288,7 +288,13 @@ class SagaCoordinator(_Driver):
 
     async def on_start(self) -> None:
         """Check every step's target, then resume every unfinished saga of the journal."""
-        self._check_targets()
+        # Only the slot's first start refuses a missing target (a typo, found before any saga
+        # ran).  A restart goes on: a target may be down for a while (terminated by an
+        # operator, its subtree restarting), and refusing would fail every restart until the
+        # supervisor gives up.  A saga reaching that step fails through the step's own path.
+        keep = self._inc.cell.keep
+        self._check_targets(first="saga_targets_checked" not in keep)
+        keep["saga_targets_checked"] = True  # set once a start passed the check
         self._token = trio.lowlevel.current_trio_token()
         self._tel = telemetry()
         # The counters belong to the slot: exported as counters, they never go down when the
@@ -341,12 +347,13 @@ class SagaCoordinator(_Driver):
         self._launch(run, None, fresh=False)
         return True
 
-    def _check_targets(self) -> None:
-        """Refuse to start while a step's target names no actor of the tree.
+    def _check_targets(self, *, first: bool) -> None:
+        """Refuse to start (``first``) while a step's target names no actor of the tree.
 
         Found here, before any saga runs, rather than when a saga reaches the step after its
         earlier steps took effect (and must be compensated).  Raises ConfigError naming the
-        definition, the step and the closest path.
+        definition, the step and the closest path; on a restart (not ``first``) logs it as a
+        WARNING instead.
         """
         registry = self._inc.cell.registry
         known = [path for path, cell in registry.items() if not cell.closed]
@@ -354,11 +361,17 @@ class SagaCoordinator(_Driver):
             for index, step in enumerate(definition.steps):
                 target = step.target
                 if isinstance(target, str) and target not in known:
-                    raise ConfigError(
+                    problem = (
                         f"step {step.name!r} of saga {name!r} targets {target!r}, but no actor "
                         f"of the tree is there{path_hint(target, known)}; targets are paths "
-                        "from the root",
-                        path=f"definitions.{name}.steps[{index}].target",
+                        "from the root"
+                    )
+                    if first:
+                        raise ConfigError(problem, path=f"definitions.{name}.steps[{index}].target")
+                    _log.warning(
+                        "%s restarted while %s: sagas that reach the step fail there",
+                        self.path,
+                        problem,
                     )
 
     async def _report_waiting(self) -> None:
