@@ -125,15 +125,23 @@ def test_run_live_view_shows_tree_breaker_and_alert() -> None:
 
 
 def test_run_plain_logs_changes() -> None:
-    """--no-live logs the breaker opening, the alert and a final summary as plain lines."""
+    """--no-live logs the breaker opening, the alert, the restart and a final summary as plain
+    lines, each once: the library's own lines say them, the view adds only health changes."""
     err = io.StringIO()
     code = main(["run", "tests.test_cli", "--no-live", "--refresh", "0.05"], stderr=err)
     assert code == 0
     text = err.getvalue()
+    lines = text.splitlines()
     assert "crashy crashed" in text
-    assert "breaker shaky: closed -> open" in text
-    assert "alert raised #" in text
-    assert "breaker_open shaky" in text
+    opened = [line for line in lines if "shaky" in line and "closed -> open" in line]
+    assert len(opened) == 1, opened
+    assert "circuit breaker of 'shaky' closed -> open" in opened[0]
+    raised = [line for line in lines if "#1" in line and "breaker_open shaky" in line]
+    assert len(raised) == 1, raised
+    assert "alert #1 raised: critical breaker_open shaky" in raised[0]
+    restarted = [line for line in lines if "crashy restarted (restarts=1)" in line]
+    assert len(restarted) == 1, restarted
+    assert "health - -> " in text  # the view's own line
     assert "final: health=unhealthy" in text
 
 

@@ -15,8 +15,9 @@ themselves.
   thread: ``auto_refresh`` is off and each snapshot is drawn when it is taken).  Log records
   printed meanwhile appear above the view (see :class:`ConsoleLogHandler`).
 * :class:`ChangeLog` compares consecutive snapshots and reports what changed as log lines:
-  health changes, breaker transitions, alerts raised and resolved, restarts.  It is what
-  ``aura run --no-live`` prints, plus a periodic one-line summary.
+  health changes, breaker transitions, alerts raised and resolved, restarts.  ``aura run
+  --no-live`` prints its health changes (the library logs the rest itself), plus a periodic
+  one-line summary.
 """
 
 from __future__ import annotations
@@ -297,9 +298,17 @@ def summary_line(snapshot: OperatorSnapshot) -> str:
 
 
 class ChangeLog:
-    """What changed between consecutive snapshots, as log messages (``--no-live``)."""
+    """What changed between consecutive snapshots, as log messages (``--no-live``).
 
-    def __init__(self) -> None:
+    Args:
+        health_only: report only health changes.  ``aura run`` sets it: breaker transitions,
+            alerts and restarts are logged by the library itself as they happen (the
+            ``actors.provider``, ``actors.monitor`` and ``supervisors`` loggers), so the view
+            reporting them again would show each event twice.
+    """
+
+    def __init__(self, *, health_only: bool = False) -> None:
+        self._health_only = health_only
         self._health: str | None = None
         self._breakers: dict[str, str] = {}
         self._alerts: dict[int, str] = {}
@@ -321,6 +330,8 @@ class ChangeLog:
                 level = logging.WARNING if status == "unhealthy" else logging.INFO
                 yield level, f"health {self._health or '-'} -> {status}"
                 self._health = status
+        if self._health_only:
+            return
         if snapshot.breakers is not None:
             for b in snapshot.breakers.breakers:
                 old = self._breakers.get(b.service, "closed")
@@ -361,12 +372,13 @@ async def run_plain(
     refresh: float = 0.5,
     summary_every: float = 5.0,
 ) -> None:
-    """Log changes every ``refresh`` seconds and a summary line every ``summary_every``.
+    """Log health changes every ``refresh`` seconds and a summary line every
+    ``summary_every`` (breakers, alerts and restarts are the library's own log lines).
 
     Logs to the ``supervisors.live`` logger; on cancellation logs a last summary from a fresh
     snapshot.
     """
-    changes = ChangeLog()
+    changes = ChangeLog(health_only=True)
     next_summary = trio.current_time() + summary_every
     try:
         while True:
