@@ -21,8 +21,9 @@ enough to sample it); a killed incarnation can check nothing, and its sagas are 
 finish.  Across the fleet, from the journal's tables and the shared store's effect counts:
 
 * every instance started, and every one still running at the end exited cleanly;
-* every saga completed or was compensated (``compensation_failed`` only where a failure was
-  injected on purpose, listed for an operator);
+* every saga completed or was compensated, or failed or was cancelled (a caller's timeout)
+  with its effects undone (``compensation_failed`` only where a failure was injected on
+  purpose, listed for an operator);
 * each step's effect and each compensation happened exactly once across the fleet
   (:func:`bench._fleet_effects.audit`), and no effect belongs to a saga the journal does not
   know;
@@ -69,6 +70,9 @@ LEASE: Final = 2.0
 WITHIN: Final = 180.0
 STEPS: Final = ("reserve", "charge", "ship")
 COMPENSATABLE: Final = frozenset({"reserve", "charge"})
+#: How a saga may end (as in the single-process soak: a caller's timeout cancels some; the
+#: effects audit checks that whatever they did was undone).
+ENDED: Final = frozenset({"completed", "compensated", "failed", "cancelled"})
 #: Outcomes of ``StartSaga`` that prove the saga was created.
 CREATED: Final = frozenset({"ok", "SagaFailed", "CompensationFailed"})
 LABELS: Final = "abcdefghijklmnopqrstuvwxyz"
@@ -354,7 +358,7 @@ def _verdict(
             operator.append(f"{saga_id}: {reason}")
             if INJECTED not in reason:
                 wrong.append(f"{saga_id} failed to compensate: {reason}")
-        elif phase not in ("completed", "compensated"):
+        elif phase not in ENDED:
             wrong.append(f"{saga_id} ended {phase}")
     check(
         "every saga of the fleet completed or compensated",
