@@ -24,12 +24,17 @@ setting, commented), to copy and edit.  ``aura config check FILE`` loads a confi
 :func:`actors.load_config` and prints every provider's effective settings; an invalid file
 prints the error with the dotted path of the offending field and exits 1.
 
-``aura status URL`` reads health, breakers, alerts and the fleet (when the application is one
-of a fleet) from a running application's admin API with httpx, sending
+``aura status URL`` reads health, breakers, alerts, the fleet (when the application is one
+of a fleet) and the saga journal (with the instances sharing it, for a PostgreSQL journal) from
+a running application's admin API with httpx, sending
 ``$AURA_ADMIN_READ_TOKEN`` (or ``$AURA_ADMIN_TOKEN``, or the contents of ``--token-file``) as
 its bearer token when one is set.  ``aura isolate URL SERVICE`` and ``aura reset URL SERVICE``
 hold a provider's breaker open or close it through the admin API (fleet-wide when the provider
 shares its breaker), with the write token (``$AURA_ADMIN_TOKEN`` or ``--token-file``).
+
+``aura sagas URL [SAGA_ID]`` lists the unfinished sagas with their owners (or prints one
+saga), and ``aura journal migrate --from sqlite:PATH --to URL`` copies a SQLite journal into
+PostgreSQL: both in ``supervisors._operator._cli_journal``.
 
 ``aura --version`` prints the installed version.  A command that needs an optional dependency
 (``rich`` for the live view, ``httpx`` for ``status``, the admin API's for ``--admin-port``)
@@ -63,10 +68,17 @@ from actors._errors import ActorError, AuraError, ConfigError
 from actors._policies._config._fleet import safe_url
 from actors._policies._config._schema import ResilienceConfig, example_config, load_config
 from actors._policies._logs import format_exception, library_logger
-from actors._policies._redact import escape_control, redact
+from actors._policies._redact import redact
 from actors._saga._messages import ListSagas
 from supervisors._errors import NoSuchChild
 from supervisors._events import SupervisionEvent
+from supervisors._operator._cli_journal import (
+    add_journal_commands,
+    cmd_journal,
+    cmd_sagas,
+    format_journal,
+    shown_text,
+)
 from supervisors._operator._extras import install_hint, require
 from supervisors._operator._logging import CorrelationFilter, JsonFormatter, configure_logging
 from supervisors._operator._metrics import OperatorSnapshot, take_snapshot
@@ -504,10 +516,13 @@ def _cmd_status(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int
                 ("breakers", "/api/resilience/circuit-breakers"),
                 ("alerts", "/api/resilience/alerts"),
                 ("fleet", "/api/resilience/fleet"),
+                ("journal", "/api/resilience/journal"),
             ):
                 response = client.get(path)
                 if key == "fleet" and response.status_code == 404:
                     continue  # an application from before fleets
+                if key == "journal" and response.status_code in (404, 503):
+                    continue  # no saga coordinator (or an application from before fleets)
                 if response.status_code not in (200, 503) or not response.headers.get(
                     "content-type", ""
                 ).startswith("application/json"):
@@ -572,7 +587,25 @@ def format_status(base: str, results: dict[str, Any]) -> str:
                 f"  {_text(b['service']):<20} {_text(b['state']):<10} epoch={_text(b['epoch'])} "
                 f"votes={_text(b['votes'])}{view}"
             )
+    journal = results.get("journal")
+    if journal is not None and "kind" in journal:
+        lines += ["", *format_journal(journal)]
     return "\n".join(lines)
+
+
+def _admin_client(args: argparse.Namespace, token_variables: Sequence[str]) -> Any:
+    """An httpx client of the admin API at ``args.url`` with the bearer token of
+    ``--token-file`` or the first of ``token_variables`` set."""
+    import httpx
+
+    base = args.url.rstrip("/")
+    if "://" not in base:
+        base = f"http://{base}"
+    token = next((os.environ[v] for v in token_variables if os.environ.get(v)), None)
+    if args.token_file is not None:
+        token = _read_token_file(args.token_file)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.Client(base_url=base, timeout=args.timeout, headers=headers)
 
 
 def _cmd_breaker(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
@@ -620,9 +653,7 @@ def _cmd_breaker(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> in
     return EXIT_OK
 
 
-def _text(value: object) -> str:
-    """A value the server sent (or an error quoting a URL), as inert text without secrets."""
-    return escape_control(redact(str(value)))
+_text = shown_text
 
 
 # ================================================================================ main
@@ -722,15 +753,27 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser(
         "status", help="health, breakers and alerts of a running app (its admin API)"
     )
-    status.add_argument("url", metavar="URL", help="the admin API, e.g. http://127.0.0.1:9470")
-    status.add_argument("--json", action="store_true", help="print the raw JSON")
-    status.add_argument("--timeout", type=_positive, default=5.0, help="seconds per request")
-    status.add_argument(
-        "--token-file",
-        metavar="FILE",
-        help="send the bearer token in FILE (default: $AURA_ADMIN_READ_TOKEN, else "
-        "$AURA_ADMIN_TOKEN; needed when the admin API has a read token)",
+    sagas = commands.add_parser(
+        "sagas",
+        help="the unfinished sagas of a running app with their owners, or one saga",
+        description="List the unfinished sagas (and those waiting for an operator) of a "
+        "running app from its admin API, each with its owner instance, and the journal's "
+        "instances; with SAGA_ID, that saga's audit trail.",
     )
+    for reader in (status, sagas):
+        reader.add_argument("url", metavar="URL", help="the admin API, e.g. http://127.0.0.1:9470")
+        if reader is sagas:
+            reader.add_argument("saga_id", metavar="SAGA_ID", nargs="?", help="show this saga")
+            reader.add_argument("--limit", type=int, default=50, help="sagas listed (default 50)")
+        reader.add_argument("--json", action="store_true", help="print the raw JSON")
+        reader.add_argument("--timeout", type=_positive, default=5.0, help="seconds per request")
+        reader.add_argument(
+            "--token-file",
+            metavar="FILE",
+            help="send the bearer token in FILE (default: $AURA_ADMIN_READ_TOKEN, else "
+            "$AURA_ADMIN_TOKEN; needed when the admin API has a read token)",
+        )
+    add_journal_commands(commands)
     for name, what in (
         ("isolate", "hold a provider's breaker open (fleet-wide when it is shared)"),
         ("reset", "close a provider's breaker (fleet-wide when it is shared)"),
@@ -785,6 +828,12 @@ def _dispatch(args: argparse.Namespace, console: Console | None, out: TextIO, er
             return _cmd_config_check(args, out, err)
         if args.command in ("isolate", "reset"):
             return _cmd_breaker(args, out, err)
+        if args.command == "sagas":
+            require("aura sagas", "httpx")
+            with _admin_client(args, (READ_TOKEN_VARIABLE, TOKEN_VARIABLE)) as client:
+                return cmd_sagas(args, client, out, err)
+        if args.command == "journal":
+            return cmd_journal(args, out, err)
         return _cmd_status(args, out, err)
     except (UsageError, ConfigError) as exc:
         print(f"error: {redact(str(exc))}", file=err)

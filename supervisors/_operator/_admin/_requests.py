@@ -16,14 +16,16 @@ import msgspec
 import trio
 
 from actors._core._ref import ActorRef
-from actors._errors import ActorError, AuraError, FleetStoreUnavailable
+from actors._errors import ActorError, AuraError, FleetStoreUnavailable, JournalUnavailable
 from actors._monitor._alerts import UnknownAlert
 from actors._monitor._types import InvalidQuery, UnknownService
 from actors._policies._logs import library_logger
 from actors._policies._ratelimit import RateLimiter, RateLimiterSettings
 from actors._policies._redact import escape_control, redact
 from actors._protocol import FleetMember
-from actors._saga._messages import SagaInfo
+from actors._saga._journals._fleet import FleetStatistics
+from actors._saga._journals._records import JournalError, JournalStatistics
+from actors._saga._messages import JournalStatus, SagaInfo
 from supervisors._events import TreeNode
 from supervisors._operator._admin._settings import MAX_THROTTLED_CLIENTS, AdminSettings
 
@@ -146,6 +148,78 @@ class SagaPage(msgspec.Struct, frozen=True):
     total: int
 
 
+class JournalInstance(msgspec.Struct, frozen=True):
+    """One instance sharing a fleet journal, in ``GET /api/resilience/journal``.
+
+    ``lease`` is ``"live"`` (renewed within its duration), ``"expired"`` (the instance stopped
+    renewing: dead, frozen or cut off; survivors take its sagas over) or ``"closed"`` (it
+    closed its journal gracefully).  ``lease_remaining`` is in seconds by the server's clock
+    (negative: expired that long ago); ``started_at`` is wall-clock time.
+    """
+
+    instance_id: str
+    host: str
+    pid: int
+    started_at: float
+    lease: str
+    lease_remaining: float
+    sagas_owned: int
+    this_instance: bool
+
+
+class JournalView(msgspec.Struct, frozen=True):
+    """The body of ``GET /api/resilience/journal``: the saga coordinator's journal.
+
+    ``kind`` is its class (``PostgresJournal``, ``SqliteJournal``, ``MemoryJournal``);
+    ``where`` its file or server (no password); ``available`` whether it accepts writes, and
+    ``reason`` why not (redacted).  A journal shared by a fleet (``shared``) names this
+    instance (``instance_id``), every instance with a lease row (``instances``, oldest first;
+    ``live`` counts the live ones) and its connection and ownership counters
+    (``fleet_statistics``); a journal of one instance has none of these (``""``, ``[]``, 0,
+    ``null``).
+    """
+
+    kind: str
+    where: str
+    available: bool
+    reason: str
+    shared: bool
+    instance_id: str
+    live: int
+    instances: list[JournalInstance]
+    statistics: JournalStatistics
+    fleet_statistics: FleetStatistics | None
+
+
+def journal_view(status: JournalStatus) -> JournalView:
+    """The admin API's view of a coordinator's :class:`~actors.JournalStatus`."""
+    instances = [
+        JournalInstance(
+            instance_id=i.instance_id,
+            host=i.host,
+            pid=i.pid,
+            started_at=i.started_at,
+            lease="closed" if i.closed else ("live" if i.alive else "expired"),
+            lease_remaining=round(i.lease_remaining, 3),
+            sagas_owned=i.sagas_owned,
+            this_instance=i.instance_id == status.instance_id,
+        )
+        for i in status.instances
+    ]
+    return JournalView(
+        kind=status.kind,
+        where=redact(status.where),
+        available=status.available,
+        reason=redact(status.reason),
+        shared=status.fleet is not None,
+        instance_id=status.instance_id,
+        live=sum(1 for i in status.instances if i.alive),
+        instances=instances,
+        statistics=status.statistics,
+        fleet_statistics=status.fleet,
+    )
+
+
 def _hide_input(info: SagaInfo, show_input: bool) -> SagaInfo:
     """A saga's input, metadata and step replies may hold personal data: hidden unless
     configured; details redacted."""
@@ -210,6 +284,15 @@ class AdminBackend:
                 f"The {what} did not answer: {exc}",
                 action=exc.suggested_action,
             ) from exc
+        except JournalUnavailable as exc:
+            # The saga journal's server is down: the coordinator answers, its journal cannot.
+            raise ApiError(
+                503,
+                "journal_unavailable",
+                f"The {what} cannot read its journal: {exc}",
+                action=exc.suggested_action,
+                headers={"Retry-After": "5"},
+            ) from exc
         except FleetStoreUnavailable as exc:
             # An isolate or reset reached this instance but not the fleet.
             raise ApiError(
@@ -219,6 +302,10 @@ class AdminBackend:
                 action=exc.suggested_action,
             ) from exc
         except AuraError as exc:
+            if isinstance(exc, JournalError) and not isinstance(exc, ValueError):
+                # A failed or closed journal: nothing to read until it is fixed.
+                message = f"The {what}'s journal: {exc}"
+                raise ApiError(503, "journal_error", message, action=exc.suggested_action) from exc
             if isinstance(exc, LookupError):
                 raise ApiError(404, _code(exc), str(exc), action=exc.suggested_action) from exc
             if isinstance(exc, ValueError):

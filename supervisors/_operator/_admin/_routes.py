@@ -32,7 +32,7 @@ from actors._monitor._types import HealthReport, HealthStatus
 from actors._protocol import FleetStatus
 from actors._provider._messages import GetStatus, Isolate
 from actors._provider._messages import Reset as ResetProvider
-from actors._saga._messages import GetSaga, ListSagas
+from actors._saga._messages import GetJournalStatus, GetSaga, ListSagas
 from supervisors._operator._admin._dashboard import DASHBOARD_ROUTES
 from supervisors._operator._admin._requests import (
     _MAX_NAME,
@@ -51,6 +51,7 @@ from supervisors._operator._admin._requests import (
     _query,
     _read_body,
     _response,
+    journal_view,
     logger,
 )
 from supervisors._operator._admin._settings import AdminSettings
@@ -285,6 +286,11 @@ async def _saga(request: Request, backend: AdminBackend) -> object:
     return _hide_input(info, backend.settings.saga_input)
 
 
+async def _journal(request: Request, backend: AdminBackend) -> object:
+    status = await backend.ask(_sagas_path(backend), GetJournalStatus(), "saga coordinator")
+    return journal_view(status)
+
+
 async def _prometheus(request: Request, backend: AdminBackend) -> object:
     settings = backend.settings
     try:
@@ -312,7 +318,7 @@ async def _prometheus(request: Request, backend: AdminBackend) -> object:
 
 
 #: Endpoints whose documents are stamped with the wall clock (the saga journal's times).
-_WALL_CLOCK: Final = frozenset({_sagas, _saga})
+_WALL_CLOCK: Final = frozenset({_sagas, _saga, _journal})
 
 _API: Final = "/api/resilience"
 _ROUTES: Final[tuple[tuple[str, str, Endpoint, Access], ...]] = (
@@ -336,6 +342,7 @@ _ROUTES: Final[tuple[tuple[str, str, Endpoint, Access], ...]] = (
     ("GET", f"{_API}/fleet", _fleet, "read"),
     ("GET", f"{_API}/sagas", _sagas, "read"),
     ("GET", f"{_API}/sagas/{{saga_id}}", _saga, "read"),
+    ("GET", f"{_API}/journal", _journal, "read"),
     ("GET", "/metrics", _prometheus, "read"),
 )
 

@@ -34,8 +34,8 @@ MONOTONIC: Final[dict[str, str | None]] = {
 #: Fields that hold a caller's data (a saga's input, metadata, step replies): left as they are.
 OPAQUE: Final = frozenset({"input", "metadata", "results", "result", "reply"})
 
-#: Timestamp fields of the saga documents (the journal's wall clock).
-WALL: Final = frozenset({"at", "created_at", "updated_at"})
+#: Timestamp fields of the saga and journal documents (the journal's wall clock).
+WALL: Final = frozenset({"at", "created_at", "updated_at", "started_at"})
 
 
 def iso(wall: float) -> str:
