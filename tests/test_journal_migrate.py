@@ -22,6 +22,7 @@ from actors._saga._journals._postgres._journal import PostgresJournal
 from actors._saga._journals._postgres._migrate import migrate_sqlite_to_postgres
 from actors._saga._journals._records import JournalError, SagaHeader
 from actors._saga._journals._sqlite._journal import SqliteJournal
+from actors._saga._journals._sqlite._schema import APPLICATION_ID
 from actors._saga._journals._state import SagaState
 from actors._saga._messages import GetSaga
 from supervisors._operator._cli import main
@@ -212,12 +213,21 @@ def _foreign_sqlite(path: Path) -> None:
         conn.execute("CREATE TABLE notes (body TEXT)")
 
 
+def _damaged_journal(path: Path) -> None:
+    """Our application id and schema version, but no journal tables."""
+    with sqlite3.connect(path) as conn:
+        conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        conn.execute("PRAGMA user_version = 2")
+        conn.execute("CREATE TABLE notes (body TEXT)")
+
+
 @pytest.mark.parametrize(
     ("make", "message"),
     [
         (None, "The journal file {path} does not exist."),
         (lambda p: p.write_text("hello"), "The file {path} is not a SQLite database"),
         (_foreign_sqlite, "The file {path} is a SQLite database of another application"),
+        (_damaged_journal, "The journal file {path} cannot be read: OperationalError: no such"),
         (lambda p: p.mkdir(), "The journal path {path} is a directory, not a file."),
     ],
 )

@@ -153,7 +153,14 @@ def migrate_sqlite_to_postgres(path: str, url: str, *, schema: str = "aura") -> 
     shown = display_url(url)
     where = f"{shown} (schema {schema})"
     with _locked_source(path) as source:
-        sagas = _read_sqlite(source, path)
+        try:
+            sagas = _read_sqlite(source, path)
+        except sqlite3.Error as exc:  # a damaged file, or tables not of a journal
+            raise JournalError(
+                f"The journal file {path} cannot be read: {type(exc).__name__}: {exc}.",
+                path=path,
+                suggested_action="Restore the file from a backup; nothing was copied.",
+            ) from None
         conn = _connect(url, shown)
         try:
             return _copy(conn, schema, where, path, sagas)
