@@ -104,6 +104,7 @@ class BreakerState(enum.Enum):
 _CLOSED: Final = BreakerState.CLOSED
 _OPEN: Final = BreakerState.OPEN
 _HALF_OPEN: Final = BreakerState.HALF_OPEN
+_new_error: Final = BaseException.__new__
 _ISOLATED: Final = BreakerState.ISOLATED
 
 
@@ -452,7 +453,12 @@ class CircuitBreaker:
         if state is _OPEN:
             until = self._open_until
             if now < until:
-                return CircuitOpen(service=self.name, retry_after=until - now)
+                # CircuitOpen(service=..., retry_after=...) without its Python __init__: the
+                # open breaker's hot path (the other fields keep their class defaults).
+                error: CircuitOpen = _new_error(CircuitOpen)
+                error.service = self.name
+                error.retry_after = until - now
+                return error
             return None
         if state is _CLOSED:
             return None

@@ -119,15 +119,32 @@ class Provider(Generic[P, R]):
         # its keys with a fleet may find the outcome in the fleet's store: the actor decides).
         local_key = key is not None and type(key) is str and not actor._claims
         gate = actor._gate  # the fleet's, when the provider shares its breaker
-        if actor._breaker._state is not _CLOSED or (
+        breaker = actor._breaker
+        if breaker._state is not _CLOSED or (
             gate is not None and (key is None or local_key) and gate(now) is _GATE_REJECT
         ):
-            if key is None or (local_key and not actor._table.holds(key, now)):
-                # Nothing a worker could answer from: refused here if the breaker refuses.
-                rejected = actor.rejection(now)
+            table = actor._table
+            if key is None or (
+                # The table's holds(), with its two dict misses in line (the hot case).
+                local_key
+                and key not in table._inflight
+                and (key not in table._meta or not table.holds(key, now))
+            ):
+                # Nothing a worker could answer from: refused here if the breaker refuses
+                # (with a fallback, the actor answers from it).
+                if actor._fallback_spec is not None:
+                    rejected = None
+                elif gate is None:
+                    rejected = breaker.refusal(now)
+                else:
+                    rejected = actor._breaker_rejection(now)
                 if rejected is not None:
                     await trio.lowlevel.checkpoint_if_cancelled()
-                    actor._refused()  # counted as the actor counts the same refusal
+                    # Counted as the actor counts the same refusal (_refused, in line).
+                    counters = actor.counters
+                    counters.calls += 1
+                    counters.rejected += 1
+                    counters.failed += 1
                     if actor._tel is not None:
                         not_permitted(actor._tel, actor.name)
                     raise rejected
