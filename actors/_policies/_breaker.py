@@ -552,9 +552,10 @@ class CircuitBreaker:
     def record_success(self, permit: Permit, now: float, duration: float = 0.0) -> None:
         """Record that the call admitted with ``permit`` succeeded at ``now`` after
         ``duration`` seconds (used only for the slow-call rule)."""
-        # Fast path: closed, no failure or slow call in the window (so a success cannot trip
-        # the breaker), slow calls not tracked, same bucket, current permit.  ``_fast_until``
-        # is the bucket's end in that case and -inf otherwise.  The success is only counted:
+        # Fast path: closed, a success cannot trip the breaker (no failure or slow call in the
+        # window, or failures in a window past its minimum throughput that did not trip), slow
+        # calls not tracked, same bucket, current permit.  ``_fast_until`` is the bucket's end
+        # in that case and -inf otherwise.  The success is only counted:
         # the window's call count and the consecutive-failure streak are derived from ``_ok``
         # when needed.
         if now < self._fast_until and permit is self._accept:
@@ -573,6 +574,16 @@ class CircuitBreaker:
             self._fast_until = -math.inf
         if self._bad:
             self._evaluate(now)
+            if (
+                self._state is _CLOSED
+                and self._slow_threshold == math.inf
+                and self._window_calls() >= self._settings.minimum_throughput
+            ):
+                # The window is past its minimum throughput and did not trip: a success now
+                # only lowers the failure ratio (and ends any streak), so none can trip the
+                # breaker until calls leave the window, at the bucket's end: the fast path
+                # holds until then (a failure or a state change closes it again).
+                self._fast_until = self._bucket_end
 
     def record_failure(
         self, permit: Permit, now: float, category: ErrorCategory, duration: float = 0.0

@@ -215,6 +215,7 @@ class _ProviderBase(Actor[ProviderMessage, Any]):
     _log_ids: Mapping[str, str]
     _timers: _Timers
     _token: trio.lowlevel.TrioToken | None
+    _now: Callable[[], float]  # the run's clock, read directly (hot paths)
     # The fleet (see ``_fleet``): the member, this provider's link, and what the hot path
     # reads of it (``None`` / False when not shared).
     _fleet: FleetMember | None

@@ -426,7 +426,7 @@ class _Jobs(_Shared):
             self._drained.set()  # a graceful stop waits for this call: let it look again
         if reply.done:  # the caller gave up while the call was queued
             return None
-        return self._begin(payload, key, reply, trio.current_time(), True, trace)
+        return self._begin(payload, key, reply, self._now(), True, trace)
 
     async def _next_job(self) -> _Job:
         """The next job for this worker: queued direct-lane calls first, else wait for one."""
@@ -471,7 +471,7 @@ class _Jobs(_Shared):
 
     async def _attempt(self, job: _Job, scope: trio.CancelScope) -> _Job | None:
         """Run one attempt of ``job`` in this worker; return the next job to run, if any."""
-        now = trio.current_time()
+        now = self._now()
         if job.cancelled:
             self._abandon(job)
             return self._release_slot()
@@ -520,7 +520,7 @@ class _Jobs(_Shared):
             self._failed(job, permit, now, exc)
             return self._release_slot()
         self._end_attempt(job)
-        end = trio.current_time()
+        end = self._now()
         if job.probe:
             self._end_probe(job, True)
         # The attempt's report goes before the transition its outcome may cause.
