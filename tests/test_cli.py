@@ -601,13 +601,13 @@ def test_usage_errors_exit_2() -> None:
 # ================================================================================ the views
 
 
-def _summary(saga_id: str, phase: str) -> Any:
+def _summary(saga_id: str, phase: str, owner: str | None = None) -> Any:
     from actors import SagaPhase, SagaSummary
 
     return SagaSummary(
         saga_id=saga_id, definition="video", created_at=0.0, phase=SagaPhase(phase),
         next_step=1, step_in_flight=1, compensation_step=None, compensated=0, events=3,
-        updated_at=0.0, metadata={},
+        updated_at=0.0, metadata={}, owner=owner,
     )  # fmt: skip
 
 
@@ -627,6 +627,24 @@ def test_view_shows_saga_progress() -> None:
     assert "video-7" in text
     assert "step_in_flight" in text
     assert "compensating" in text
+    assert "owner" not in text  # a journal of one instance: no owners
+
+
+def test_view_shows_each_sagas_owner_in_a_fleet_journal() -> None:
+    """With a journal shared by a fleet the sagas table names each saga's owner instance."""
+    from supervisors._operator._live import render_view
+    from supervisors._operator._metrics import OperatorSnapshot
+
+    a, b = "3f2a9c1e4b7d" + "0" * 20, "8b1d77aa02c4" + "1" * 20
+    snap = OperatorSnapshot(
+        at=5.0, sagas=[_summary("video-7", "step_in_flight", a), _summary("v-8", "running", b)]
+    )
+    console = _recording_console()
+    console.print(render_view(snap, title="demo", started_at=0.0))
+    rows = {line.split()[0]: line.split() for line in console.export_text().splitlines() if line}
+    assert "owner" in rows["saga"]
+    assert rows["video-7"][-1] == a[:12]
+    assert rows["v-8"][-1] == b[:12]
 
 
 def test_change_log_reports_transitions() -> None:

@@ -141,7 +141,7 @@ async def test_a_migrated_journal_is_resumed_on_postgres_and_a_rerun_copies_noth
     # coordinator over the file would.
     world = World()
     async with (
-        PostgresJournal(postgres_url, schema=postgres_schema, lease_duration=0.5) as journal,
+        PostgresJournal(postgres_url, schema=postgres_schema, lease_duration=2.0) as journal,
         saga_tree(world, [chain(3)], journal=journal) as root,
     ):
         outcomes: dict[str, str] = {}

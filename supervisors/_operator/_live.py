@@ -170,17 +170,26 @@ def _sagas_table(sagas: list[Any], max_rows: int) -> RenderableType:
     if not sagas:
         return "sagas: none unfinished"
     columns = ["saga", "definition", "phase", "steps done", "compensated"]
+    # A journal shared by a fleet names each saga's owner instance (its first 12 characters
+    # tell instances apart); a journal of one instance has none: no column.
+    owners = any(getattr(saga, "owner", None) is not None for saga in sagas)
+    if owners:
+        columns.append("owner")
     table = _table(f"sagas: {len(sagas)} unfinished", [(c, "left") for c in columns])
     for saga in sagas[:max_rows]:
         phase = getattr(saga, "phase", "")
         phase = str(getattr(phase, "value", phase))
-        table.add_row(
+        cells = [
             _escape(str(getattr(saga, "saga_id", saga))),
             _escape(str(getattr(saga, "definition", ""))),
             f"[bold red]{phase}[/]" if phase == "compensation_failed" else _escape(phase),
             str(getattr(saga, "next_step", "")),
             str(getattr(saga, "compensated", "")),
-        )
+        ]
+        if owners:
+            owner = getattr(saga, "owner", None)
+            cells.append("-" if owner is None else _escape(str(owner)[:12]))
+        table.add_row(*cells)
     return table
 
 
