@@ -271,6 +271,7 @@ async def test_a_foreign_schema_an_unreachable_server_and_a_bad_source_url_are_r
         "error: Cannot reach the PostgreSQL server at postgresql://app@127.0.0.1:1/app"
     )
     assert secret not in err
+    assert len(err.strip().splitlines()) == 2  # the error and what to do, a line each
 
     code, out, err = await aura("journal", "migrate", "--from", "postgres://x/y", "--to", down)
     assert code == 1

@@ -296,7 +296,7 @@ def _read_sqlite(conn: sqlite3.Connection, path: str) -> list[_Saga]:
 
 def _clean(exc: BaseException, url: str) -> str:
     """An error's text without the URL's password (libpq may quote the connection string)."""
-    text = redact(str(exc).strip())
+    text = redact(" ".join(str(exc).split()))  # libpq's messages span lines
     try:
         password = urlsplit(url).password
     except ValueError:
