@@ -10,15 +10,13 @@ again with the seed shown in :meth:`Injector.statistics`.  Injectors count what 
 
 There are five kinds, after Polly v8's chaos strategies plus an actor crash:
 
-=====================  ===========================================================  ==========
-injector               what it does when it acts                                   the call
-=====================  ===========================================================  ==========
-:class:`FaultInjector`     raises a realistic exception of an error category        not made
-:class:`OutcomeInjector`   returns a substitute outcome                             not made
-:class:`LatencyInjector`   sleeps (``trio.sleep``, so ``MockClock`` works) first    made after
-:class:`BehaviourInjector` awaits an arbitrary async callable first                 made after
-:class:`CrashInjector`     raises :class:`InjectedCrash` (in an actor: a crash)     not made
-=====================  ===========================================================  ==========
+| injector | what it does when it acts | the call |
+| --- | --- | --- |
+| :class:`FaultInjector` | raises a realistic exception of an error category | not made |
+| :class:`OutcomeInjector` | returns a substitute outcome | not made |
+| :class:`LatencyInjector` | sleeps (``trio.sleep``, so ``MockClock`` works) first | made after |
+| :class:`BehaviourInjector` | awaits an arbitrary async callable first | made after |
+| :class:`CrashInjector` | raises :class:`InjectedCrash` (in an actor: a crash) | not made |
 
 :func:`wrap` composes injectors around any async function (a provider's service function, a
 client method, an actor's ``handle``) and returns an async function with the same signature.

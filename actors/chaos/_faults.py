@@ -58,20 +58,18 @@ _HTTP: Final[dict[ErrorCategory, tuple[int, str]]] = {
 def fault(category: ErrorCategory | str, *, retry_after: float | None = None) -> BaseException:
     """A fresh, realistic exception of ``category``, marked as injected.
 
-    =================  ====================================================================
-    category           exception
-    =================  ====================================================================
-    ``network``        ``ConnectionResetError(ECONNRESET, "Connection reset by peer")``
-    ``timeout``        ``TimeoutError("timed out")``
-    ``rate_limit``     :class:`InjectedHTTPError` 429 with ``Retry-After: retry_after``
-    ``dependency``     :class:`InjectedHTTPError` 503 (``Retry-After`` when given)
-    ``validation``     :class:`InjectedHTTPError` 400
-    ``authentication`` :class:`InjectedHTTPError` 401
-    ``invalid_state``  :class:`InjectedHTTPError` 409
-    ``configuration``  ``FileNotFoundError(ENOENT, ..., "credentials.json")``
-    ``cancellation``   ``concurrent.futures.CancelledError`` (a remote cancellation)
-    ``unknown``        ``RuntimeError``
-    =================  ====================================================================
+    | category | exception |
+    | --- | --- |
+    | ``network`` | ``ConnectionResetError(ECONNRESET, "Connection reset by peer")`` |
+    | ``timeout`` | ``TimeoutError("timed out")`` |
+    | ``rate_limit`` | :class:`InjectedHTTPError` 429 with ``Retry-After: retry_after`` |
+    | ``dependency`` | :class:`InjectedHTTPError` 503 (``Retry-After`` when given) |
+    | ``validation`` | :class:`InjectedHTTPError` 400 |
+    | ``authentication`` | :class:`InjectedHTTPError` 401 |
+    | ``invalid_state`` | :class:`InjectedHTTPError` 409 |
+    | ``configuration`` | ``FileNotFoundError(ENOENT, ..., "credentials.json")`` |
+    | ``cancellation`` | ``concurrent.futures.CancelledError`` (a remote cancellation) |
+    | ``unknown`` | ``RuntimeError`` |
 
     The built-in classifier sorts each one back into ``category``.
 
