@@ -31,9 +31,11 @@ import logging
 import math
 import os
 import statistics
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import trio
 
@@ -49,6 +51,7 @@ __all__ = [
     "interleave",
     "measure",
     "now_ns",
+    "server_url",
     "timed_trio",
 ]
 
@@ -194,3 +197,24 @@ def default_logging() -> Iterator[None]:
             for logger, level, disabled in saved:
                 logger.setLevel(level)
                 logger.disabled = disabled
+
+
+@contextlib.contextmanager
+def server_url(env: str, start: Callable[[], Any], what: str) -> Iterator[str | None]:
+    """The URL in ``$env``, else that of a server ``start()`` returns started (an
+    ``actors.testing`` server: ``.url``, ``.close()``), closed on exit; ``None`` (and a note on
+    stderr) when it cannot start: its figures cannot be measured."""
+    configured = os.environ.get(env)
+    if configured:
+        yield configured
+        return
+    try:
+        server = start()
+    except Exception as exc:
+        print(f"# {what}: no server ({exc})", file=sys.stderr)
+        yield None
+        return
+    try:
+        yield server.url
+    finally:
+        server.close()

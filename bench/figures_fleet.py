@@ -31,11 +31,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import secrets
 import statistics
-import sys
-from collections.abc import Iterator
 from typing import Any
 
 import trio
@@ -54,7 +51,7 @@ from actors import (
 from actors._fleet._member import Fleet
 from actors._provider._client import Provider
 from actors.chaos import fault
-from bench._harness import Candidate, Figure, default_logging, measure, now_ns
+from bench._harness import Candidate, Figure, default_logging, measure, now_ns, server_url
 
 GOALS = {
     "fleet_breaker_rtts_per_call": ("<=", 0.0),
@@ -286,24 +283,10 @@ async def _finished(fleet: Fleet, count: int) -> None:
 # ----------------------------------------------------------------------------- collect
 
 
-@contextlib.contextmanager
-def _redis() -> Iterator[str | None]:
-    configured = os.environ.get("AURA_BENCH_REDIS_URL")
-    if configured:
-        yield configured
-        return
+def _redis() -> contextlib.AbstractContextManager[str | None]:
     from actors.testing import RedisServer
 
-    try:
-        server = RedisServer().start()
-    except Exception as exc:  # no redis-server: the figures cannot be measured
-        print(f"# fleet figures: no Redis ({exc})", file=sys.stderr)
-        yield None
-        return
-    try:
-        yield server.url
-    finally:
-        server.close()
+    return server_url("AURA_BENCH_REDIS_URL", lambda: RedisServer().start(), "fleet figures")
 
 
 def collect(quick: bool) -> dict[str, Figure]:

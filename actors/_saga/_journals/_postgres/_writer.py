@@ -547,7 +547,10 @@ class Writer:
         sagas = list(zip(*(r.saga for r in creates), strict=True))
         events = list(zip(*(row for r in creates for row in r.rows), strict=True))
         params = [self.me, *map(list, sagas), *map(list, events)]
-        made = dict(conn.execute(self.stmts.create, params, prepare=True).fetchall())
+        # Not prepared: after five runs the server would switch a prepared statement to its
+        # generic plan, which knows nothing of the arrays' sizes and runs the batch several
+        # times slower than the plan made for each one (unnamed statements).
+        made = dict(conn.execute(self.stmts.create, params, prepare=False).fetchall())
         missing = [r for r in creates if r.saga[0] not in made]
         for r in creates:
             number = made.get(r.saga[0])
@@ -592,7 +595,8 @@ class Writer:
         columns = list(zip(*merged.values(), strict=True))
         events: list[tuple[Any, ...]] = list(zip(*rows, strict=True)) if rows else [()] * 6
         params = [*map(list, columns), self.me, *map(list, events)]
-        matched = {row[0] for row in conn.execute(self.stmts.append, params, prepare=True)}
+        # Not prepared, as the creates (see there).
+        matched = {row[0] for row in conn.execute(self.stmts.append, params, prepare=False)}
         if len(matched) == len(merged):
             return
         missed = [number for number in merged if number not in matched]
