@@ -124,3 +124,98 @@ def test_every_docs_python_block_runs(name: str, block: str, tmp_path: Path) -> 
         [sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path
     )
     assert result.returncode == 0, f"{name}:\n{result.stderr}"
+
+
+# ------------------------------------------------------------ docstrings the reference can read
+
+_SECTION = re.compile(r"^(\s*)(Args|Parameters|Raises|Returns|Yields):\s*$")
+_ENTRY = re.compile(r"^(\*{0,2}[A-Za-z_][\w.]*)( \([^)]*\))?:( |$)")
+
+
+def _sections(doc: str) -> dict[str, list[str]]:
+    """The entries of each Google-style section: the text before the first colon of every
+    line one level in."""
+    found: dict[str, list[str]] = {}
+    lines = doc.splitlines()
+    for i, line in enumerate(lines):
+        header = _SECTION.match(line)
+        if not header:
+            continue
+        entries = found.setdefault(header.group(2), [])
+        indent = None
+        for entry in lines[i + 1 :]:
+            if not entry.strip():
+                break
+            depth = len(entry) - len(entry.lstrip())
+            if depth <= len(header.group(1)):
+                break
+            if indent is None:
+                indent = depth
+            if depth == indent:
+                entries.append(entry.strip())
+    return found
+
+
+def _documented() -> list[tuple[str, object]]:
+    import inspect
+
+    import actors
+    import actors.chaos
+    import actors.testing
+    import supervisors
+
+    objects: list[tuple[str, object]] = []
+    for module in (actors, actors.chaos, actors.testing, supervisors):
+        for name in module.__all__:
+            obj = getattr(module, name)
+            if inspect.isclass(obj) or inspect.isfunction(obj):
+                objects.append((f"{module.__name__}.{name}", obj))
+            if inspect.isclass(obj):
+                for attr, member in vars(obj).items():
+                    if inspect.isfunction(member) and not attr.startswith("_"):
+                        objects.append((f"{module.__name__}.{name}.{attr}", member))
+    return objects
+
+
+def _generated_init(cls: type) -> bool:
+    """Whether attrs wrote the class's ``__init__`` (griffe sees no signature for it)."""
+    code = getattr(vars(cls).get("__init__"), "__code__", None)
+    return code is None or code.co_filename.startswith("<attrs generated")
+
+
+def test_public_docstrings_are_ones_the_api_reference_can_read() -> None:
+    """What ``mkdocs build --strict`` (CI) refuses, found by the suite too (griffe's warnings):
+    an ``Args`` entry that is not one name (``a, b: ...``) or no parameter of the signature,
+    ``Args`` on a class whose ``__init__`` attrs writes (its fields are ``Attributes``), and a
+    ``Raises`` line that is not ``Error: description``."""
+    import inspect
+
+    import attrs
+
+    problems = []
+    for where, obj in _documented():
+        doc = inspect.getdoc(obj) or ""
+        sections = _sections(doc)
+        args = sections.get("Args", []) + sections.get("Parameters", [])
+        for entry in args:
+            if not _ENTRY.match(entry):
+                problems.append(f"{where}: Args entry is not one name: {entry[:60]!r}")
+        for entry in sections.get("Raises", []):
+            if ":" not in entry:  # griffe: "Failed to get 'exception: description' pair"
+                problems.append(f"{where}: Raises entry without 'Error: description': {entry!r}")
+        if not args:
+            continue
+        if inspect.isclass(obj) and attrs.has(obj) and _generated_init(obj):
+            problems.append(f"{where}: an attrs class documents its fields as Attributes")
+            continue
+        target = obj.__init__ if inspect.isclass(obj) else obj  # type: ignore[misc]
+        try:
+            parameters = set(inspect.signature(target).parameters)
+        except (TypeError, ValueError):
+            continue
+        for entry in args:
+            match = _ENTRY.match(entry)
+            name = match.group(1).lstrip("*") if match else ""
+            if match and name not in parameters:
+                problems.append(f"{where}: Args names {name!r}, not a parameter")
+    assert not problems, "\n".join(problems)
