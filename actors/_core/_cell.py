@@ -106,6 +106,7 @@ class _Cell:
 
     __slots__ = (
         "__weakref__",
+        "_keep",
         "ask_timeout",
         "capacity",
         "closed",
@@ -115,7 +116,6 @@ class _Cell:
         "generation",
         "handled",
         "incarnation",
-        "keep",
         "name",
         "owner",
         "path",
@@ -150,13 +150,15 @@ class _Cell:
         self.registry: dict[str, _Cell] = {path: self} if registry is None else registry
         # The supervision tree the slot belongs to (opaque here; see supervisors.root_of).
         self.owner: object | None = None
-        # State a built-in actor keeps across its restarts (a provider's idempotency table).
-        self.keep: dict[str, Any] = {}
+        # State a built-in actor keeps across its restarts (a provider's idempotency table):
+        # made at first use, like ``space``, so a plain actor's slot stays small.
+        self._keep: dict[str, Any] | None = None
         self.capacity = capacity
         self.ask_timeout = float(ask_timeout)
         self.queue: deque[tuple[Any, Reply[Any] | None]] = deque()
         self.receiver: Task | None = None
-        self.space = trio.lowlevel.ParkingLot()
+        # Senders waiting for room in a full mailbox; made when the first one has to wait.
+        self.space: trio.lowlevel.ParkingLot | None = None
         self.state = CellState.RESTARTING
         self.closed = False
         self.stop_reason = "it is stopped"
@@ -168,6 +170,21 @@ class _Cell:
         self.dropped = 0
         self.discarded = 0
         self.restarts = 0
+
+    @property
+    def keep(self) -> dict[str, Any]:
+        """State a built-in actor keeps across its restarts (made at first use)."""
+        keep = self._keep
+        if keep is None:
+            keep = self._keep = {}
+        return keep
+
+    def senders(self) -> trio.lowlevel.ParkingLot:
+        """The parking lot of senders waiting for room (made at first use)."""
+        space = self.space
+        if space is None:
+            space = self.space = trio.lowlevel.ParkingLot()
+        return space
 
     # ---------------------------------------------------------------- sending (hot path)
 
@@ -193,7 +210,7 @@ class _Cell:
         """Slow path: wait until the mailbox has room, the cell closes, or ``deadline``."""
         with trio.move_on_at(deadline) as scope:
             while len(self.queue) >= self.capacity and not self.closed:
-                await self.space.park()
+                await self.senders().park()
         if scope.cancelled_caught:
             raise AskTimeout(actor=self.path, timeout=seconds)
         self.check_open()
@@ -220,7 +237,8 @@ class _Cell:
             _, reply = queue.popleft()
             if reply is not None:
                 reply.fail(ActorStopped(actor=self.path, reason=reason))
-        self.space.unpark_all()
+        if self.space is not None:
+            self.space.unpark_all()
 
     def reopen(self) -> None:
         """Make a closed slot usable again (a supervisor restarting a stopped child)."""
@@ -294,7 +312,7 @@ class _Incarnation:
         self.actor = actor
         self.host = host
         self.kill = kill
-        self.background: set[trio.CancelScope] = set()
+        self.background: set[trio.CancelScope] | None = None  # made by the first task
         self.current: Reply[Any] | None = None
         self.deferred: set[Reply[Any]] = set()
         self.drained: trio.Event | None = None  # set when the last background task exits
@@ -311,7 +329,10 @@ class _Incarnation:
         if self.closed:  # the incarnation ended before this task first ran: nobody cancels it
             return
         scope = trio.CancelScope()
-        self.background.add(scope)
+        background = self.background
+        if background is None:
+            background = self.background = set()
+        background.add(scope)
         try:
             with scope:
                 await async_fn(*args)
@@ -325,8 +346,8 @@ class _Incarnation:
                 self.error = exc
                 self.kill.cancel()
         finally:
-            self.background.discard(scope)
-            if self.drained is not None and not self.background:
+            background.discard(scope)
+            if self.drained is not None and not background:
                 self.drained.set()
 
 
@@ -397,8 +418,9 @@ async def _serve(inc: _Incarnation) -> None:
             budget = _FAIRNESS
             continue
         message, reply = queue.popleft()
-        if cell.space:
-            cell.space.unpark()
+        space = cell.space
+        if space:  # None, or a parking lot: true when a sender waits in it
+            space.unpark()
         if reply is not None and reply._state != PENDING:
             cell.dropped += 1
             continue
@@ -476,12 +498,13 @@ async def run_actor(
         raise
     finally:
         inc.closed = True
-        for scope in inc.background:
+        background = inc.background or ()
+        for scope in background:
             scope.cancel()
         if error is None and inc.error is not None:
             error = inc.error  # on_stop finished while a background task was failing
         _end_incarnation(inc, error)
-        if inc.background:  # cancelled, but some may be scheduled already: let them exit
+        if background:  # cancelled, but some may be scheduled already: let them exit
             inc.drained = trio.Event()
             with trio.CancelScope(shield=True):
                 await inc.drained.wait()

@@ -109,7 +109,7 @@ class ActorRef(Generic[M, R]):
         await trio.lowlevel.checkpoint_if_cancelled()
         if len(cell.queue) >= cell.capacity and not cell.closed:
             while len(cell.queue) >= cell.capacity and not cell.closed:
-                await cell.space.park()
+                await cell.senders().park()
             cell.check_open()
             cell.put_nowait(message, None)
             return
