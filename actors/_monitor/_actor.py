@@ -11,7 +11,9 @@ keeps the windows, totals, breaker states, recent errors and alerts).  The actor
   raises a critical alert);
 * answers the query messages below, one per admin endpoint;
 * runs the periodic check every ``check_interval`` seconds (60 by default), so alerts are
-  raised and resolved even when no report arrives;
+  raised and resolved even when no report arrives; its timer is armed only while a check can
+  change something (a service has ``min_calls`` calls in its window): an idle monitor sleeps
+  until the next report, which re-arms it on the same schedule of checks;
 * publishes every alert event to its subscribers (refs told with ``tell_nowait``: a slow
   subscriber loses events, counted, and never blocks the monitor; every event carries a
   ``seq`` number one more than the previous one, so a subscriber sees the gap).
@@ -34,6 +36,7 @@ window out of range) are answered with ``UnknownService`` / ``InvalidQuery``.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Any, Final
@@ -244,6 +247,8 @@ class MonitorActor(Actor[Any, Any]):
         self.state = MonitorState(settings, wall_clock=wall_clock)
         self._kept = _Kept(self.state)
         self._subscribers = self._kept.subscribers
+        self._check_scope: trio.CancelScope | None = None  # the check task's sleep
+        self._check_origin = 0.0  # checks are due at origin + k x check_interval
 
     @property
     def events_dropped(self) -> int:
@@ -260,13 +265,38 @@ class MonitorActor(Actor[Any, Any]):
             self._subscribers = kept.subscribers
         else:
             keep["monitor"] = self._kept
+        self._check_origin = trio.current_time()
         self.spawn(self._periodic_check, name=f"{self.path}:check")
 
-    async def _periodic_check(self) -> None:
+    def _next_check(self, now: float) -> float:
+        """The first time on the checks' schedule after ``now``."""
         interval = self.settings.check_interval
+        origin = self._check_origin
+        at = origin + (math.floor((now - origin) / interval) + 1) * interval
+        while at <= now:  # rounding: a check is never due twice at one time
+            at += interval
+        return at
+
+    async def _periodic_check(self) -> None:
+        due = self._next_check(trio.current_time())
         while True:
-            await trio.sleep(interval)
-            self._publish(self.state.evaluate(trio.current_time()))
+            # Sleep until the check is due while one can change something, else until a
+            # report arms the timer (``_arm_check``).
+            scope = trio.CancelScope(deadline=due if self.state.check_due() else math.inf)
+            self._check_scope = scope
+            with scope:
+                await trio.sleep_forever()
+            self._check_scope = None
+            now = trio.current_time()
+            if now >= scope.deadline:
+                self._publish(self.state.evaluate(now))
+            due = self._next_check(now)
+
+    def _arm_check(self, now: float) -> None:
+        """A report came in: the check timer, if disarmed, is armed for the next check."""
+        scope = self._check_scope
+        if scope is not None and scope.deadline == math.inf:
+            scope.deadline = self._next_check(now)
 
     def _publish(self, events: list[AlertEvent] | Any) -> None:
         if not events:
@@ -292,12 +322,14 @@ class MonitorActor(Actor[Any, Any]):
         kind = type(message)
         if kind is list:
             self._publish(state.record_batch(message, now))
+            self._arm_check(now)
             return None
         if kind in _REPORTS:
             try:
                 self._publish(state.record(message, now))
             except (ValueError, TypeError) as exc:
                 return Failure(exc)
+            self._arm_check(now)
             return None
         if kind is GetHealth:
             return state.health(now)

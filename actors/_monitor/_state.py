@@ -311,7 +311,7 @@ class MonitorState(_Queries):
             j = int(at // self._width)
             base = (j % self._n) * _STRIDE if j > k - self._n else -1
         if base >= 0:
-            cells = ring.cells
+            cells = ring.cells or ring.fill()
             cells[base] += 1
             ring.calls += 1
             if not ok:
@@ -333,11 +333,12 @@ class MonitorState(_Queries):
             base = (j % self._lat_n) * ring.stride if j > k - self._lat_n else -1
         if base >= 0:
             layout = self._layout
+            cells = ring.cells or ring.fill()
             if lat < layout.lo:
-                ring.cells[base] += 1
+                cells[base] += 1
             else:
                 b = int((math.log(lat) - layout.log_lo) * layout.inv_log_g) + 1
-                ring.cells[base + (b if b < layout.over else layout.over)] += 1
+                cells[base + (b if b < layout.over else layout.over)] += 1
 
         s.t_calls += 1
         s.t_histogram[bisect_left(self._bounds, lat)] += 1
@@ -706,6 +707,14 @@ class MonitorState(_Queries):
             if event is not None:
                 events.append(event)
         return events
+
+    def check_due(self) -> bool:
+        """Whether the next periodic check can raise or resolve an alert: a check judges only
+        the services with at least ``min_calls`` calls in their window, and without a new
+        report a window only loses calls.  (A ring not advanced since a bucket aged out still
+        counts its calls: the answer errs on the side of a check.)"""
+        min_calls = self._settings.min_calls
+        return any(s.counts.calls >= min_calls for s in self._series.values())
 
     def saga_compensation_failed(
         self, saga_id: str, definition: str, detail: str, now: float

@@ -515,6 +515,14 @@ class IdempotencyTable:
         self._expirations += dropped
         return dropped
 
+    def next_expiry(self) -> float:
+        """When the oldest completed record expires (``math.inf`` with none): the time a
+        sweep is next useful."""
+        order = self._order
+        if not order:
+            return math.inf
+        return float(self._meta[order[0]] >> _FP_BITS) / 1000.0
+
     def statistics(self) -> IdempotencyStatistics:
         """Counts of entries and of what ``begin`` answered."""
         return IdempotencyStatistics(

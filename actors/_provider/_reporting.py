@@ -4,14 +4,15 @@ Every attempt that reached the service is reported exactly once, in the order th
 (an attempt's report before the breaker transition it caused); reports are batched and sent with
 ``tell_nowait``, never blocking the provider, and only the oldest call reports are dropped when
 too many are pending.  One housekeeping task flushes them, moves an open breaker to half-open on
-time and expires idempotency records, and sleeps while there is nothing to do.
+time, admits the jobs whose retry (or hedge) delay is over and expires idempotency records when
+the oldest is due, and sleeps while there is nothing to do.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
@@ -36,6 +37,10 @@ _TRANSITION_LEVELS: Final = {
 
 class _Reporting(_ProviderBase):
     """Reporting and housekeeping of :class:`~actors.ProviderActor` (see the module docstring)."""
+
+    if TYPE_CHECKING:
+
+        def _admit_due(self, now: float) -> None: ...
 
     def _on_transition(self, transition: BreakerTransition) -> None:
         if self._tel is not None:
@@ -176,6 +181,9 @@ class _Reporting(_ProviderBase):
                 due = min(due, now + wait)
         if self._expire_at < due:
             due = self._expire_at
+        delayed = self._delayed
+        if delayed and delayed[0][0] < due:
+            due = delayed[0][0]
         return due
 
     async def _housekeeping(self) -> None:
@@ -186,6 +194,7 @@ class _Reporting(_ProviderBase):
                 await trio.sleep_forever()
             self._housekeeper = None
             now = trio.current_time()
+            self._admit_due(now)
             if self._reports and now >= self._flush_at:
                 self._flush()
                 if self._reports:  # the monitor could not take them: try again later
@@ -193,6 +202,16 @@ class _Reporting(_ProviderBase):
             self._breaker.poll(now)
             if now >= self._expire_at:
                 self._table.expire(now)
-                self._expire_at = now + _EXPIRE_EVERY if len(self._table) else math.inf
+                self._expire_at = self._next_sweep(now)
             elif self._expire_at == math.inf and len(self._table):
-                self._expire_at = now + _EXPIRE_EVERY
+                self._expire_at = self._next_sweep(now)
+
+    def _next_sweep(self, now: float) -> float:
+        """When the idempotency table is next swept: when its oldest record expires, at most
+        every ``_EXPIRE_EVERY`` seconds (an idle provider sleeps until then); every
+        ``_EXPIRE_EVERY`` seconds while it holds only calls in flight; never when empty."""
+        table = self._table
+        expiry = table.next_expiry()
+        if expiry == math.inf:
+            return now + _EXPIRE_EVERY if len(table) else math.inf
+        return max(now + _EXPIRE_EVERY, expiry)
