@@ -242,6 +242,23 @@ def test_ring_memory_does_not_grow_with_traffic() -> None:
     assert m.recent_errors(limit=200).total == 200
 
 
+def test_ring_buckets_are_allocated_at_the_first_count_and_released_when_idle() -> None:
+    """A service known but idle for a whole window holds no buckets; a new report brings
+    them back, zeroed, and the window counts only it."""
+    m = make(window=60, buckets=6)
+    m.record(err("a", at=0.0), now=0.0)
+    series = m._series["a"]
+    sizes = (len(series.counts.cells), len(series.latency.cells))
+    assert min(sizes) > 0
+    assert m.service_metrics("a", now=200.0).calls == 0
+    assert (len(series.counts.cells), len(series.latency.cells)) == (0, 0)
+    assert not m.check_due()
+    m.record(ok("a", at=201.0), now=201.0)
+    assert (len(series.counts.cells), len(series.latency.cells)) == sizes
+    metrics = m.service_metrics("a", now=201.0)
+    assert (metrics.calls, metrics.errors, metrics.totals.calls) == (1, 0, 2)
+
+
 # ================================================================================ error rate
 
 

@@ -14,8 +14,9 @@ bin in the latency ring.  The count ring also keeps running sums of calls and er
 alert rules read on every error and every check); everything else (retries, categories, the
 merged histogram) is summed over the buckets when a query asks, O(buckets x fields).
 
-Memory is fixed when a ring is made: ``4 x n x stride`` bytes plus two integers.  It does not
-grow with traffic, which the memory benchmark checks.
+Memory is fixed: ``4 x n x stride`` bytes plus two integers, allocated at a ring's first count
+and released when a whole window passes without one (an idle service, of thousands a monitor
+may know, costs no buckets).  It does not grow with traffic, which the memory benchmark checks.
 
 A :class:`_LatencyLayout` maps a latency to a histogram bin: bin 0 holds values below
 ``latency_min``, bins ``1..B`` are log-spaced (``bins_per_decade`` per factor of ten), bin
@@ -53,6 +54,12 @@ _CALLS, _ERRORS, _RETRIES, _CAT0 = 0, 1, 2, 3
 _STRIDE: Final = _CAT0 + len(_CATEGORIES)
 
 
+#: The buckets of a ring with no count in its window (never written: writers call ``fill``).
+_EMPTY: Final = array("I")
+#: One zeroed bucket per stride, shared by every ring.
+_ZEROS: dict[int, array[int]] = {}
+
+
 class _Ring:
     """A ring of ``n`` buckets of ``stride`` counters (see the module docstring).
 
@@ -69,10 +76,20 @@ class _Ring:
         self.stride = stride
         self.head = head
         self.summed = summed
-        self.zero = array("I", bytes(4 * stride))
-        self.cells = array("I", bytes(4 * n * stride))
+        zero = _ZEROS.get(stride)
+        if zero is None:
+            zero = _ZEROS[stride] = array("I", bytes(4 * stride))
+        self.zero = zero
+        self.cells = _EMPTY  # no count yet: see fill()
         self.calls = 0
         self.errors = 0
+
+    def fill(self) -> array[int]:
+        """The buckets, allocated (zeroed) if the ring had none: call before writing."""
+        cells = self.cells
+        if not cells:
+            cells = self.cells = array("I", bytes(4 * self.n * self.stride))
+        return cells
 
     def advance(self, k: int) -> None:
         """Make bucket ``k`` the newest, expiring the buckets that leave the window."""
@@ -80,7 +97,7 @@ class _Ring:
         if k <= head:
             return
         n, stride, cells, zero = self.n, self.stride, self.cells, self.zero
-        if k - head >= n:
+        if k - head >= n or not cells:
             self.clear()
         else:
             for j in range(head + 1, k + 1):
@@ -92,18 +109,22 @@ class _Ring:
         self.head = k
 
     def clear(self) -> None:
-        """Zero every bucket and sum (the head stays)."""
-        self.cells = array("I", bytes(4 * self.n * self.stride))
+        """Zero every bucket and sum (the head stays); the buckets are released."""
+        self.cells = _EMPTY
         self.calls = self.errors = 0
 
     def fields(self) -> list[int]:
         """The sum of each field over the live buckets (O(n x stride), for queries)."""
         cells, stride = self.cells, self.stride
+        if not cells:
+            return [0] * stride
         return [sum(cells[f::stride]) for f in range(stride)]
 
     def recent(self, field: int, buckets: int) -> int:
         """Sum of ``field`` over the newest ``buckets`` buckets."""
         n, stride, cells = self.n, self.stride, self.cells
+        if not cells:
+            return 0
         return sum(
             cells[(j % n) * stride + field] for j in range(self.head - buckets + 1, self.head + 1)
         )

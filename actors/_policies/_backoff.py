@@ -318,9 +318,14 @@ def compute_delay(
     return delay
 
 
+#: The jitter source of every policy given none: one generator for all (a Mersenne Twister's
+#: state is 2.5 KiB, and a process may run thousands of providers), apart from the global one.
+_SHARED: Final = _random.Random()
+
+
 def _sampler(source: RandomSource | None) -> Callable[[], float]:
     if source is None:
-        return _random.Random().random
+        return _SHARED.random
     if isinstance(source, _random.Random):
         return source.random
     if not callable(source):

@@ -42,10 +42,11 @@ flush, and only beyond ``max_pending_reports`` are the oldest call reports dropp
 counted).  Breaker transitions are sent at once and never dropped to make room (only if more
 than ``max_pending_reports`` transitions alone were pending would the oldest go).
 
-Housekeeping (flushing, moving an open breaker to half-open on time, expiring idempotency
-records) runs on one timer armed only when there is something to do: reports pending, a break
-to end, completed records to expire (checked every minute while there are some).  An idle
-provider with nothing pending does not wake up.
+Housekeeping (flushing, moving an open breaker to half-open on time, admitting jobs whose retry
+or hedge delay is over, expiring idempotency records) runs in one task, on one timer armed only
+when there is something to do: reports pending, a break to end, a delay to end, the oldest
+completed record's expiry (at most one sweep a minute).  An idle provider with nothing pending
+does not wake up, and a provider costs two tasks (its own and this one).
 
 Restarts: the circuit breaker, the idempotency table, the counters, the unsent reports and the
 set of attempts running belong to the actor's slot (``cell.keep``), not to one incarnation.  An
@@ -217,7 +218,6 @@ class ProviderActor(_Jobs, CallReceiver):
         self._running = 0
         self._delayed: list[tuple[float, int, _Job]] = []
         self._delay_seq = itertools.count()
-        self._delay_scope: trio.CancelScope | None = None
         self._waiting = 0
         self._jobs = 0  # jobs not settled yet (a graceful stop waits for them)
         self._drained: trio.Event | None = None  # set as jobs settle while on_stop waits
@@ -323,7 +323,6 @@ class ProviderActor(_Jobs, CallReceiver):
         if len(self._table):
             self._expire_at = now + _EXPIRE_EVERY
         self.spawn(self._housekeeping, name=f"{self.path}:housekeeping")
-        self.spawn(self._delay_loop, name=f"{self.path}:delays")
 
     def _check_paths(self) -> None:
         """Warn (once per slot) about a monitor or fallback path that names no actor of the tree.

@@ -208,7 +208,6 @@ class _ProviderBase(Actor[ProviderMessage, Any]):
     _running: int
     _delayed: list[tuple[float, int, _Job]]
     _delay_seq: itertools.count[int]
-    _delay_scope: trio.CancelScope | None
     _waiting: int
     _jobs: int
     _drained: trio.Event | None

@@ -901,20 +901,12 @@ class _Jobs(_Shared):
     def _delay(self, job: _Job, at: float) -> None:
         self._waiting += 1
         heapq.heappush(self._delayed, (at, next(self._delay_seq), job))
-        scope = self._delay_scope
-        if scope is not None and at < scope.deadline:
-            scope.deadline = at
+        self._wake_at(at)
 
-    async def _delay_loop(self) -> None:
+    def _admit_due(self, now: float) -> None:
+        """Admit the delayed jobs whose time has come (the housekeeping task calls it)."""
         heap = self._delayed
-        while True:
-            now = trio.current_time()
-            while heap and heap[0][0] <= now:
-                _, _, job = heapq.heappop(heap)
-                self._waiting -= 1
-                self._admit(job, now)
-            scope = trio.CancelScope(deadline=heap[0][0] if heap else math.inf)
-            self._delay_scope = scope
-            with scope:
-                await trio.sleep_forever()
-            self._delay_scope = None
+        while heap and heap[0][0] <= now:
+            _, _, job = heapq.heappop(heap)
+            self._waiting -= 1
+            self._admit(job, now)
