@@ -418,7 +418,7 @@ def report(result: FleetResult, out: Any = sys.stdout) -> None:
         f"soak: {result.seconds:.1f} s of load, seed {result.seed}, {result.instances} instances "
         f"sharing a postgres journal and a Redis store, {result.kills} killed with kill -9 and "
         f"restarted ({result.incarnations} incarnations), {result.orphaned} unfinished sagas "
-        f"orphaned by the kills",
+        f"owned by an instance when it was killed",
         file=out,
     )
     for label, r in result.results.items():

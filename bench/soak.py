@@ -658,9 +658,9 @@ def _result(
         and not soak.sagas.open
         and not soak.audit
         and not soak.violation_count,
-        f"{sagas_total:,} audited ({dict(soak.saga_outcomes)}); unfinished after the drain: "
-        f"{len(leftover)}{f' {dict(stuck)}' if stuck else ''}; compensation_failed listed for "
-        f"an operator: {len(soak.operator)}"
+        ("" if fleet else f"{sagas_total:,} audited ({dict(soak.saga_outcomes)}); ")
+        + f"unfinished after the drain: {len(leftover)}{f' {dict(stuck)}' if stuck else ''}"
+        + ("" if fleet else f"; compensation_failed listed for an operator: {len(soak.operator)}")
         + "".join(f"\n      VIOLATION {v}" for v in soak.violations[:10]),
     )
     gaps = []
