@@ -57,7 +57,7 @@ from typing import Any, Final
 import attrs
 import trio
 
-from actors._core._actor import check_actor
+from actors._core._actor import Actor, check_actor
 from actors._core._cell import CellState, is_cancellation, is_fatal, run_actor, unwrap
 from actors._policies._logs import describe_exception
 from supervisors._errors import (
@@ -300,7 +300,17 @@ class _Run:
                 while True:
                     error = None
                     try:
-                        await self._incarnation(child, scope)
+                        # Awaited here, not in a helper coroutine: one coroutine fewer per
+                        # child for as long as it runs.
+                        if child.node is not None:
+                            await _Run(child.node).main(child.mark_started)
+                        else:
+                            assert child.cell is not None
+                            assert self.nursery is not None
+                            actor = self._new_actor(child)
+                            await run_actor(
+                                child.cell, actor, child.mark_started, self.nursery, scope
+                            )
                     except BaseException as exc:
                         if is_cancellation(exc) or is_fatal(exc):
                             raise
@@ -323,22 +333,18 @@ class _Run:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
 
-    async def _incarnation(self, child: _Child, scope: trio.CancelScope) -> None:
-        """Run one incarnation of ``child``: a run of a supervisor, or an actor instance."""
-        if child.node is not None:
-            await _Run(child.node).main(child.mark_started)
-            return
+    @staticmethod
+    def _new_actor(child: _Child) -> Actor[Any, Any]:
+        """A new actor instance for ``child`` (an actor child), from its factory."""
         spec = child.spec
         assert isinstance(spec, ChildSpec)
-        assert child.cell is not None
-        assert self.nursery is not None
         kwargs = child.kwargs
         actor = spec.factory(*child.args, **kwargs) if kwargs else spec.factory(*child.args)
         check_actor(actor, f"child {child.path!r}")
         if spec.restart is Restart.TEMPORARY:
             # Never needed again (OTP keeps no arguments for them either).
             child.args, child.kwargs = (), None
-        await run_actor(child.cell, actor, child.mark_started, self.nursery, scope)
+        return actor
 
     def _restart_inline(self, child: _Child, error: BaseException | None) -> bool:
         """Restart ``child`` in its own task if that is exactly what the loop would decide.
