@@ -9,10 +9,12 @@ from typing import Any
 import hypothesis.strategies as st
 import msgspec
 import pytest
+import trio
 from hypothesis import given, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from actors._errors import AuraError, ErrorCategory
+from actors._saga._journals._memory import MemoryJournal
 from actors._saga._journals._records import (
     TRANSITIONS,
     Journal,
@@ -389,6 +391,67 @@ def test_the_pair_fast_path_matches_two_folds(data: st.DataObject) -> None:
             and (then.kind, then.step)
             in {(K.STEP_STARTED, state.next_step + 1), (K.COMPLETED, None)}
         )
+
+
+@settings(max_examples=200)
+@given(st.data())
+def test_the_in_memory_step_write_matches_the_general_append(data: st.DataObject) -> None:
+    """The coordinator's per-step write on the in-memory journal (both events built by the
+    journal from the state it returned) stores what ``append_many`` would store for the same
+    two events and returns the state two general folds give; given any other state (stale,
+    not in flight, finished, closed journal) or data that is not bytes, it writes nothing."""
+
+    async def body() -> None:
+        async with MemoryJournal() as journal:
+            state = await journal.create(
+                header(), ev("s", 0, K.STARTED), then=(ev("s", 1, K.STEP_STARTED, 0),)
+            )
+            stale: list[SagaState] = []
+            for i in range(data.draw(st.integers(0, 4))):
+                stale.append(state)
+                state = (
+                    await journal.append_many(
+                        (
+                            ev("s", state.next_seq, K.STEP_COMPLETED, i, b"r%d" % i),
+                            ev("s", state.next_seq + 1, K.STEP_STARTED, i + 1),
+                        )
+                    )
+                )["s"]
+            last = data.draw(st.booleans())
+            reply = data.draw(st.binary(max_size=8))
+            given = state
+            case = data.draw(st.sampled_from(["ok", "stale", "copy", "bytearray", "closed"]))
+            if case == "stale" and stale:
+                given = data.draw(st.sampled_from(stale))
+            elif case == "copy":  # equal, but not the journal's own object
+                given = msgspec.structs.replace(state)
+            before = await journal.get("s")
+            assert before is not None
+            if case == "closed":
+                await journal.aclose()
+            written = journal._step_completed_nowait(
+                given, bytearray(reply) if case == "bytearray" else reply, last
+            )
+            if case != "ok" and not (case == "stale" and not stale):
+                assert written is None
+                if case != "closed":
+                    assert await journal.get("s") == before  # nothing written
+                return
+            assert written is not None
+            after = await journal.get("s")
+            assert after is not None
+            done, then = after[1][len(before[1]) :]
+            assert (done.kind, done.step, done.data) == (K.STEP_COMPLETED, state.next_step, reply)
+            if last:
+                assert (then.kind, then.step, then.data) == (K.COMPLETED, None, b"")
+            else:
+                assert (then.kind, then.step) == (K.STEP_STARTED, state.next_step + 1)
+            assert (done.seq, then.seq) == (state.next_seq, state.next_seq + 1)
+            assert written == state.advance(done).advance(then)
+            assert written == saga_state(after[0], after[1])
+            assert ("s" in {h.saga_id for h, _ in await journal.load_unfinished()}) is not last
+
+    trio.run(body)
 
 
 Moves = list[tuple[SagaEventKind, int | None]]

@@ -20,7 +20,8 @@ step ``i + 1``'s message is sent; a new saga is created with its first step's st
     -> send 1 -> ... -> [step_completed(n-1), completed]
 
 On the in-memory journal, whose writes never block, the per-step write is made without a
-coroutine (``MemoryJournal.append_saga_nowait``); a subclass gets the awaited calls.
+coroutine (``MemoryJournal._step_completed_nowait``, which builds both events from the state
+it returned last for the saga); a subclass gets the awaited calls.
 
 Each step and compensation carries the idempotency key ``{saga_id}:{step}`` or
 ``{saga_id}:{step}:compensate`` (see ``actors._saga._definition`` for how it reaches the
@@ -239,9 +240,10 @@ class SagaCoordinator(_Driver):
     ) -> None:
         self._journal = journal
         # The in-memory journal's writes never block: the forward part makes its per-step
-        # write without a coroutine (a subclass, which may override the awaited calls, gets
-        # those).  Cancellation is checked before it as the awaited call would.
-        self._write_now = journal.append_saga_nowait if type(journal) is MemoryJournal else None
+        # write without a coroutine, the journal building both events from the state it
+        # returned (a subclass, which may override the awaited calls, gets those).
+        # Cancellation is checked before it as the awaited call would.
+        self._step_now = journal._step_completed_nowait if type(journal) is MemoryJournal else None
         # A journal shared by a fleet: its writes wait out outages (see actors._saga._fleet).
         self._fleet: FleetJournal | None = journal if _is_fleet(journal) else None
         if self._fleet is None:

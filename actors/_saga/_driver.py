@@ -77,6 +77,18 @@ def _step_message(
     return payload
 
 
+def _pair(state: SagaState, i: int, data: bytes, last: bool) -> tuple[SagaEvent, SagaEvent]:
+    """Step ``i`` completed with ``data``, and the next step started (or the saga completed,
+    if ``last``): the per-step write, in one append."""
+    saga_id = state.saga_id
+    seq = state.next_seq
+    at = time.time()
+    done = SagaEvent(saga_id, seq, _STEP_COMPLETED, i, at, data)
+    if last:
+        return done, SagaEvent(saga_id, seq + 1, _COMPLETED, None, at)
+    return done, SagaEvent(saga_id, seq + 1, _STEP_STARTED, i + 1, at)
+
+
 def _trace(run: _Run) -> TraceContext | None:
     """The context a step's message carries: its span's (``None`` without a tracer)."""
     obs = run.obs
@@ -107,9 +119,10 @@ class _Driver(_Fleet):
             state = run.state = await append(state.next_event(_STEP_STARTED, state.step_in_flight))
         saga_id = run.header.saga_id
         append_many = self._append_many
-        write_now = self._write_now
+        step_now = self._step_now
         plan = run.plan
         targets = plan.targets
+        checked = plan.checked
         view = run.view
         counters = self.counters
         obs = run.obs
@@ -135,9 +148,15 @@ class _Driver(_Fleet):
                     data = self._builder_failed(run, exc, "action", state.step_attempts > 1)
                 else:
                     ref, delivery = target
-                    message = _step_message(
-                        delivery, payload, key, saga_id, step.name, trace=_trace(run)
-                    )
+                    # _step_message and _trace, in line.
+                    message: Any
+                    if delivery is _ENVELOPE:
+                        trace = None if obs is None else obs.step_trace
+                        message = SagaStepMessage(key, payload, saga_id, step.name, False, trace)
+                    elif delivery is _CALL:
+                        message = Call(payload, key, None if obs is None else obs.step_trace)
+                    else:
+                        message = payload
                     run.sent = i
                     run.sent_seq = state.next_seq - 1
                     counters.steps_sent += 1
@@ -146,7 +165,13 @@ class _Driver(_Fleet):
                     except Exception as exc:
                         data = await self._send_step(run, i, step, started, exc)
                     else:
-                        data = self._journalable(run, i, reply)
+                        if checked[i]:
+                            data = self._journalable(run, i, reply)
+                        else:  # _journalable, in line; its error path on failure
+                            try:
+                                data = _encode(reply)
+                            except (msgspec.EncodeError, TypeError, ValueError):
+                                data = self._journalable(run, i, reply)
             state = run.state  # retries journal re-sends
             if obs is not None:
                 failed = None if type(data) is bytes else data.category  # type: ignore[union-attr]
@@ -155,22 +180,17 @@ class _Driver(_Fleet):
                 state = run.state = await append(state.next_event(_STEP_FAILED, i, _encode(data)))
                 return state
             # The step's completion and the next step's start (or the end): one write.
-            seq = state.next_seq
-            at = time.time()
-            done = SagaEvent(saga_id, seq, _STEP_COMPLETED, i, at, data)
-            if i < last:
-                then = SagaEvent(saga_id, seq + 1, _STEP_STARTED, i + 1, at)
-            else:
-                then = SagaEvent(saga_id, seq + 1, _COMPLETED, None, at)
             run.pending = (i, data)
-            if write_now is None:
-                state = run.state = (await append_many((done, then)))[saga_id]
+            if step_now is None:
+                state = run.state = (await append_many(_pair(state, i, data, i == last)))[saga_id]
             else:
                 if run.abandoned:  # deliver the caller's cancellation before writing
                     await trio.lowlevel.checkpoint_if_cancelled()
-                written = write_now((done, then))
-                if written is None:  # not an open saga of this journal: the precise error
-                    written = (await append_many((done, then)))[saga_id]
+                # The in-memory journal builds both events from the state it returned last.
+                written = step_now(state, data, i == last)
+                if written is None:  # not the journal's state of an open saga: the precise error
+                    pair = _pair(state, i, data, i == last)
+                    written = (await append_many(pair))[saga_id]
                 state = run.state = written
             run.pending = None
             if i == last:

@@ -226,7 +226,7 @@ class _CoordinatorBase(Actor[SagaMessage, Any]):
     #: journal wrappers that wait out an outage (see ``actors._saga._fleet``).
     _append: Callable[[SagaEvent], Awaitable[SagaState]]
     _append_many: Callable[[Sequence[SagaEvent]], Awaitable[dict[str, SagaState]]]
-    _write_now: Callable[[Sequence[SagaEvent]], SagaState | None] | None
+    _step_now: Callable[[SagaState, bytes, bool], SagaState | None] | None
     _definitions: dict[str, SagaDefinition]
     _monitor_spec: ActorRef[Any, Any] | str | None
     _monitor: ActorRef[Any, Any] | None

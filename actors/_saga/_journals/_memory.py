@@ -23,8 +23,12 @@ from actors._saga._journals._index import (
     seconds,
 )
 from actors._saga._journals._records import (
+    _COMPLETED,
     _FINISHED,
     _NEEDS_OPERATOR,
+    _STEP_COMPLETED,
+    _STEP_IN_FLIGHT,
+    _STEP_STARTED,
     DEFAULT_RETAIN_FOR,
     DEFAULT_RETAIN_LAST,
     JournalError,
@@ -186,6 +190,49 @@ class MemoryJournal:
         for event in events:
             self._bytes += len(event.data)
         return state
+
+    def _step_completed_nowait(self, state: SagaState, data: bytes, last: bool) -> SagaState | None:
+        """The saga coordinator's per-step write, built here: the step in flight of ``state``
+        completed with the reply ``data``, and the next step started (or, if ``last``, the
+        saga completed), in one append as :meth:`append_saga_nowait` would make it; the
+        saga's new state.
+
+        ``state`` must be the very state this journal last returned for the saga: every field
+        of both events then follows from it (``seq``, ``step``, the saga's id; ``at`` is read
+        here), so they need no validation again.  ``None``, with nothing written, for any
+        other state, or when the journal is closed (use :meth:`append_many`, which says why).
+        Not a cancel point (the caller checks cancellation first).
+        """
+        tracked = self._index.open.get(state.saga_id)
+        if (
+            tracked is None
+            or tracked.state is not state
+            or not tracked.confirmed
+            or self._closed
+            or state.phase is not _STEP_IN_FLIGHT
+            or type(data) is not bytes
+        ):
+            return None
+        saga_id = state.saga_id
+        seq = state.next_seq
+        at = time.time()
+        done = SagaEvent(saga_id, seq, _STEP_COMPLETED, state.step_in_flight, at, data)
+        if last:
+            then = SagaEvent(saga_id, seq + 1, _COMPLETED, None, at)
+        else:
+            then = SagaEvent(saga_id, seq + 1, _STEP_STARTED, state.next_step + 1, at)
+        new = state._step_completed(data, at, last)
+        stored: _Stored = tracked.stored
+        stored.events += (done, then)
+        if last:
+            self._index.commit({saga_id: new})
+            self._finish(stored, new)
+        else:
+            tracked.state = new
+        self._appends += 1
+        self._rows += 2
+        self._bytes += len(data)
+        return new
 
     def _finish(self, stored: _Stored, state: SagaState) -> None:
         stored.finished_at = state.updated_at
