@@ -12,12 +12,13 @@
   with a budget and full jitter.
 * ``idempotency_bytes_per_record``: memory per completed record of a table filled through
   ``begin`` + ``complete`` with 40-character keys: everything the table holds per record (key
-  string, both dict entries, the packed metadata int, the expiry deque slot), the reply object
-  excluded (all records share one).  Dict tables grow in steps, so the figure depends on how
-  full they happen to be: it is the larger of the figures at 10,000 records (the default
-  ``max_records``) and at 1,000,000 (``idempotency_bytes_per_record_10k`` and ``_1m``).  Bytes
-  are counted by walking every object the table holds (``sys.getsizeof``; it agrees with
-  ``tracemalloc`` to a fraction of a byte per record here and takes a fraction of its time).
+  string, its dict entry, the packed metadata int, its slots in the key and reply lists), the
+  reply object excluded (all records share one).  Dict tables grow in steps, so the figure
+  depends on how full they happen to be: it is the larger of the figures at 10,000 records
+  (the default ``max_records``) and at 1,000,000 (``idempotency_bytes_per_record_10k`` and
+  ``_1m``).  Bytes are counted by walking every object the table holds (``sys.getsizeof``; it
+  agrees with ``tracemalloc`` to a fraction of a byte per record here and takes a fraction of
+  its time).
 
 Times are medians of per-round values over interleaved rounds, with their spread.
 """

@@ -8,6 +8,7 @@ from typing import Any
 
 import msgspec
 import pytest
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, initialize, rule
 
@@ -182,7 +183,7 @@ class IdempotencyMachine(RuleBasedStateMachine):
         assert stats.completed == len(self.model.done)
         assert len(self.table) == stats.records <= stats.max_records
         # White-box: the expiry/eviction order is the completion order of the live records.
-        assert list(self.table._order) == list(self.model.done)
+        assert self.table._completed_keys() == list(self.model.done)
 
 
 TestIdempotencyMachine = IdempotencyMachine.TestCase
@@ -283,6 +284,44 @@ def test_eviction_order_is_completion_order() -> None:
     assert isinstance(table.begin("first", FP_A, 3.0), Completed)
     assert table.statistics().evictions == 1
     assert table.statistics().completed == 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    max_records=st.integers(1, 80),
+    ttl=st.sampled_from([0.5, 3.0, 1000.0]),
+    ops=st.lists(st.tuples(st.integers(0, 120), st.floats(0.0, 0.4)), min_size=300, max_size=400),
+)
+def test_long_runs_keep_every_outcome_at_its_key(
+    max_records: int, ttl: float, ops: list[tuple[int, float]]
+) -> None:
+    """Hundreds of completions, expiries and evictions (the record lists are compacted on
+    the way): every key still held answers its own outcome, and only the newest completions
+    are held, in completion order."""
+    table = new_table(max_records=max_records, ttl=ttl)
+    now = 0.0
+    outcome: dict[str, tuple[object, float]] = {}  # key -> (value, completed at)
+    order: list[str] = []
+    for n, (i, step) in enumerate(ops):
+        now += step
+        key = f"k{i}"
+        result = table.begin(key, FP_A, now)
+        if isinstance(result, Completed):
+            assert result.value is outcome[key][0]
+            continue
+        assert isinstance(result, Started)
+        value = ("v", n)
+        table.complete(result.entry, now, value)
+        outcome[key] = (value, now)
+        order = [k for k in order if k != key] + [key]
+    # What the table holds: the newest completions (at most max_records) not expired.
+    held = [k for k in order if math.ceil(outcome[k][1] * 1000.0 + ttl * 1000.0) > now * 1000.0]
+    held = held[-max_records:]
+    table.expire(now)
+    assert table._completed_keys() == held
+    assert table._head <= len(table._keys) <= 2 * len(held) + 32
+    for key in held:
+        assert table.begin(key, FP_A, now) == Completed(outcome[key][0], False)
 
 
 def test_a_table_full_of_calls_in_flight_refuses_new_keys() -> None:

@@ -27,17 +27,22 @@ duplicate run.  A table whose every entry is in flight refuses new keys with
 :class:`IdempotencyTableFull` (transient: retry when calls finish), never silently.
 
 Expiry is amortised O(1): the TTL is uniform, so completed records expire in completion order.
-Completed keys sit in a FIFO deque, and each write (and a lookup that meets an expired record)
-pops the expired ones from its head.  A ``now`` earlier than one already seen counts as the
-latest time seen for computing expiries, which keeps the deque sorted.
+Completed records sit in lists in completion order, and each write (and a lookup that meets an
+expired record) drops the expired ones from their head.  A ``now`` earlier than one already seen
+counts as the latest time seen for computing expiries, which keeps them sorted.
 
-Memory.  The layout is designed for about 200 bytes per completed record at a million records
-with 40-character keys (the key string itself is ~90 of them), the reply object excluded:
+Memory.  The layout is designed for about 190 bytes per completed record at a million records
+with 40-character keys (the key string itself is ~90 of them), the reply object excluded: one
+dict entry and one int per record, plus two list slots.
 
-* ``_values``: key -> reply object (the value, or the error);
-* ``_meta``: key -> one int packing ``fingerprint | expiry_ms << 128`` (a 170-bit int is 48
-  bytes; an object with three attributes would be ~150);
-* ``_order``: a deque of completed keys, oldest first (8 bytes per record, the key is shared);
+* ``_meta``: key -> one int packing ``seq | fingerprint << 40 | expiry_ms << 168`` (a 200-bit
+  int is 52 bytes; an object with three attributes would be ~150), where ``seq`` is the
+  record's position in completion order (modulo 2**40);
+* ``_keys`` and ``_values``: the completed keys (shared with the dict) and their reply objects
+  (the value, or the error), in completion order from index ``_head``; the record of ``seq``
+  sits at index ``seq - _base``.  Dropped records leave ``None`` until they are a quarter of
+  the lists, which are then compacted (amortised O(1); at most a third more slots than
+  records).  A second dict from key to reply would cost 21-31 bytes a record, a slot 8;
 * ``_failed``: the set of keys whose outcome is an error (failures are the exception, so they
   pay the ~30 bytes of a set entry rather than every record paying for a flag).
 
@@ -58,7 +63,6 @@ of the same names.
 
 from __future__ import annotations
 
-import collections
 import datetime
 import hashlib
 import math
@@ -86,6 +90,11 @@ __all__ = [
 
 _FP_BITS: Final = 128
 _FP_MASK: Final = (1 << _FP_BITS) - 1
+#: A completed record's packed int: ``seq | fingerprint << 40 | expiry_ms << 168`` (``seq``, its
+#: position in completion order modulo 2**40, locates its key and outcome in the lists).
+_SEQ_BITS: Final = 40
+_SEQ_MASK: Final = (1 << _SEQ_BITS) - 1
+_EXPIRY_SHIFT: Final = _SEQ_BITS + _FP_BITS
 
 
 class IdempotencySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -308,17 +317,19 @@ class IdempotencyTable:
     """
 
     __slots__ = (
+        "_base",
         "_conflicts",
         "_evictions",
         "_expirations",
         "_failed",
+        "_head",
         "_hits",
         "_inflight",
         "_joins",
+        "_keys",
         "_latest",
         "_meta",
         "_misses",
-        "_order",
         "_rejections",
         "_ttl_ms",
         "_values",
@@ -332,9 +343,14 @@ class IdempotencyTable:
         self.service = service
         self.max_records = settings.max_records
         self._ttl_ms = settings.ttl * 1000.0
-        self._values: dict[str, object] = {}
+        # Completed records (see the module docstring): key -> packed int; keys and
+        # outcomes in completion order from index `_head`; `_base` is the sequence number of
+        # index 0 (modulo 2**40).
         self._meta: dict[str, int] = {}
-        self._order: collections.deque[str] = collections.deque()
+        self._keys: list[str | None] = []
+        self._values: list[object] = []
+        self._head = 0
+        self._base = 0
         self._failed: set[str] = set()
         self._inflight: dict[str, InFlight] = {}
         self._latest = -math.inf
@@ -361,12 +377,13 @@ class IdempotencyTable:
         """
         meta = self._meta.get(key)
         if meta is not None:
-            if meta >> _FP_BITS > now * 1000.0:
-                if meta & _FP_MASK != fingerprint:
+            if meta >> _EXPIRY_SHIFT > now * 1000.0:
+                if meta >> _SEQ_BITS & _FP_MASK != fingerprint:
                     self._conflicts += 1
                     raise IdempotencyConflict(key=key)
                 self._hits += 1
-                return Completed(self._values[key], key in self._failed)
+                value = self._values[(meta - self._base) & _SEQ_MASK]
+                return Completed(value, key in self._failed)
             self.expire(now)  # this record and every older one
         entry = self._inflight.get(key)
         if entry is not None:
@@ -386,7 +403,7 @@ class IdempotencyTable:
         holds nothing, since :meth:`begin` would only admit it.
         """
         meta = self._meta.get(key)
-        if meta is not None and meta >> _FP_BITS > now * 1000.0:
+        if meta is not None and meta >> _EXPIRY_SHIFT > now * 1000.0:
             return True
         return key in self._inflight
 
@@ -403,12 +420,13 @@ class IdempotencyTable:
             IdempotencyConflict: ``key`` is held with a different fingerprint (counted).
         """
         meta = self._meta.get(key)
-        if meta is not None and meta >> _FP_BITS > now * 1000.0:
-            if meta & _FP_MASK != fingerprint:
+        if meta is not None and meta >> _EXPIRY_SHIFT > now * 1000.0:
+            if meta >> _SEQ_BITS & _FP_MASK != fingerprint:
                 self._conflicts += 1
                 raise IdempotencyConflict(key=key)
             self._hits += 1
-            return Completed(self._values[key], key in self._failed)
+            value = self._values[(meta - self._base) & _SEQ_MASK]
+            return Completed(value, key in self._failed)
         entry = self._inflight.get(key)
         if entry is None:
             return None
@@ -427,37 +445,59 @@ class IdempotencyTable:
         if len(self._meta) + len(self._inflight) >= self.max_records:
             self.expire(now)
             if len(self._meta) + len(self._inflight) >= self.max_records:
-                if not self._order:
+                if not self._meta:
                     self._rejections += 1
                     raise IdempotencyTableFull(service=self.service, max_records=self.max_records)
-                oldest = self._order.popleft()
-                del self._meta[oldest], self._values[oldest]
-                self._failed.discard(oldest)
+                self._drop_oldest()
                 self._evictions += 1
+                self._compact()
         entry = InFlight(key, fingerprint, now)
         self._inflight[key] = entry
         self._misses += 1
         return entry
 
     def _finish(self, entry: InFlight, action: str) -> None:
-        if self._inflight.get(entry.key) is not entry:
+        key = entry.key
+        if self._inflight.get(key) is not entry:
             raise ValueError(
                 f"cannot {action} the call for idempotency key {entry.key!r}: it is not in "
                 "flight here (already finished or abandoned)"
             )
-        del self._inflight[entry.key]
+        del self._inflight[key]
 
     def _store(self, entry: InFlight, now: float, value: object, failed: bool) -> None:
         if now > self._latest:
             self._latest = now
         expiry_ms = math.ceil(self._latest * 1000.0 + self._ttl_ms)
         key = entry.key
-        self._meta[key] = entry.fingerprint | expiry_ms << _FP_BITS
-        self._values[key] = value
+        keys = self._keys
+        seq = (self._base + len(keys)) & _SEQ_MASK
+        self._meta[key] = seq | entry.fingerprint << _SEQ_BITS | expiry_ms << _EXPIRY_SHIFT
+        keys.append(key)
+        self._values.append(value)
         if failed:
             self._failed.add(key)
-        self._order.append(key)
         self.expire(now)
+
+    def _drop_oldest(self) -> None:
+        """Forget the oldest completed record (there is one)."""
+        head = self._head
+        key = self._keys[head]
+        assert key is not None
+        del self._meta[key]
+        self._failed.discard(key)
+        self._keys[head] = None
+        self._values[head] = None
+        self._head = head + 1
+
+    def _compact(self) -> None:
+        """Drop the slots of forgotten records once they are a quarter of the lists (the lists
+        then hold at most a third more slots than records: amortised O(1) per record)."""
+        head = self._head
+        if head >= 32 and head * 4 >= len(self._keys):
+            del self._keys[:head], self._values[:head]
+            self._base = (self._base + head) & _SEQ_MASK
+            self._head = 0
 
     def complete(self, entry: InFlight, now: float, value: object) -> list[object]:
         """Cache ``value`` as the outcome of ``entry`` at ``now``; return its waiters.
@@ -500,28 +540,35 @@ class IdempotencyTable:
 
     def expire(self, now: float) -> int:
         """Drop the completed records that have expired at ``now``; return how many."""
-        order, meta, values, failed = self._order, self._meta, self._values, self._failed
+        keys, meta = self._keys, self._meta
         limit = now * 1000.0
-        dropped = 0
-        while order:
-            key = order[0]
-            if meta[key] >> _FP_BITS > limit:
+        head = start = self._head
+        end = len(keys)
+        while head < end:
+            key = keys[head]
+            assert key is not None
+            if meta[key] >> _EXPIRY_SHIFT > limit:
                 break
-            order.popleft()
-            del meta[key], values[key]
-            if failed:
-                failed.discard(key)
-            dropped += 1
-        self._expirations += dropped
+            self._drop_oldest()
+            head += 1
+        dropped = head - start
+        if dropped:
+            self._expirations += dropped
+            self._compact()
         return dropped
 
     def next_expiry(self) -> float:
         """When the oldest completed record expires (``math.inf`` with none): the time a
         sweep is next useful."""
-        order = self._order
-        if not order:
+        if not self._meta:
             return math.inf
-        return float(self._meta[order[0]] >> _FP_BITS) / 1000.0
+        key = self._keys[self._head]
+        assert key is not None
+        return float(self._meta[key] >> _EXPIRY_SHIFT) / 1000.0
+
+    def _completed_keys(self) -> list[str]:
+        """The completed records' keys, oldest first (the expiry and eviction order)."""
+        return [key for key in self._keys[self._head :] if key is not None]
 
     def statistics(self) -> IdempotencyStatistics:
         """Counts of entries and of what ``begin`` answered."""
