@@ -435,16 +435,24 @@ class PostgresJournal(_Pipeline):
         request = Request(APPEND)
         number = tracked.number
         kinds = _KIND_VALUES
-        nbytes = 0
-        rows = []
-        for e in events:
-            rows.append((number, e.seq, kinds[e.kind], e.step, float(e.at), e.data))
-            nbytes += len(e.data)
-        request.rows = rows
+        if len(events) == 2:  # a step's completion and the next start: nearly every write
+            done, then = events
+            request.rows = [
+                (number, done.seq, kinds[done.kind], done.step, float(done.at), done.data),
+                (number, then.seq, kinds[then.kind], then.step, float(then.at), then.data),
+            ]
+            request.nbytes = len(done.data) + len(then.data)
+            request.events = 2
+        else:
+            nbytes = 0
+            rows = request.rows
+            for e in events:
+                rows.append((number, e.seq, kinds[e.kind], e.step, float(e.at), e.data))
+                nbytes += len(e.data)
+            request.nbytes = nbytes
+            request.events = len(events)
         request.ids = [state.saga_id]
         request.sagas = [saga_row(tracked, events[0].seq, state)]
-        request.nbytes = nbytes
-        request.events = len(events)
         self._enqueue(request)
         return request
 

@@ -68,6 +68,7 @@ CHANNEL: Final = "aura_saga_finished"
 
 _ATTENTION: Final = SagaPhase.COMPENSATION_FAILED.value
 _ENDS: Final = frozenset(phase for phase in SagaPhase if phase.finished)
+_PHASE_TEXT: Final = {phase: phase.value for phase in SagaPhase}
 _NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _TABLES: Final = frozenset({"meta", "instances", "sagas", "events"})
 
@@ -476,15 +477,26 @@ class Request:
 
 
 def saga_row(tracked: Tracked, expect: int, state: SagaState) -> tuple[Any, ...]:
-    """The compare-and-set row of one saga's write (see ``Statements.append``)."""
-    ended = state.phase in _ENDS
+    """The compare-and-set row of one saga's write (see ``Statements.append``): built once per
+    write in the caller's task, so it reads each field once and takes the phase's text from a
+    dict (``Enum.value`` is a descriptor call)."""
+    phase = state.phase
+    text = _PHASE_TEXT[phase]
+    updated_at = state.updated_at
+    ended = phase in _ENDS
     return (
         tracked.number,
         tracked.stored,
         expect,
-        *state_columns(state),
-        state.phase.value if ended else None,
-        state.updated_at if ended else None,
+        state.next_seq,
+        text,
+        state.next_step,
+        state.step_in_flight,
+        state.compensation_step,
+        len(state.compensated),
+        updated_at,
+        text if ended else None,
+        updated_at if ended else None,
     )
 
 
@@ -493,7 +505,7 @@ def state_columns(state: SagaState) -> tuple[Any, ...]:
     step_in_flight, compensation_step, compensated, updated_at."""
     return (
         state.next_seq,
-        state.phase.value,
+        _PHASE_TEXT[state.phase],
         state.next_step,
         state.step_in_flight,
         state.compensation_step,

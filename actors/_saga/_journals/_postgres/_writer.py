@@ -580,17 +580,20 @@ class Writer:
                 r.error = JournalError(f"Saga {saga_id!r} already exists in the journal.")
 
     def appends(self, conn: Conn, appends: list[Request], replay: bool) -> None:
-        merged: dict[int, list[Any]] = {}
+        # One compare-and-set row per saga, in the order of their first write; the rows are
+        # the requests' own tuples (no copy) unless a saga is written twice in the batch.
+        merged: dict[int, Row] = {}
         names: dict[int, str] = {}
         rows: list[Row] = []
         for r in appends:
             for saga_id, saga in zip(r.ids, r.sagas, strict=True):
-                current = merged.get(saga[0])
+                number = saga[0]
+                current = merged.get(number)
                 if current is None:
-                    merged[saga[0]] = list(saga)
-                    names[saga[0]] = saga_id
+                    merged[number] = saga
+                    names[number] = saga_id
                 else:  # a later write of the same saga: the expected seq stays the first's
-                    current[3:] = saga[3:]
+                    merged[number] = (*current[:3], *saga[3:])
             rows += r.rows
         columns = list(zip(*merged.values(), strict=True))
         events: list[tuple[Any, ...]] = list(zip(*rows, strict=True)) if rows else [()] * 6
