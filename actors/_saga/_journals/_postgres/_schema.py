@@ -174,18 +174,21 @@ class Statements:
                 closed_at = clock_timestamp()
             WHERE instance_id = %s"""
         # Creates: one row per saga (ON CONFLICT: the id exists), then the events of the rows
-        # inserted, in one statement; saga numbers follow the order of the batch.
+        # inserted, in one statement; saga numbers follow the order of the batch.  The batched
+        # writes take their parameters in binary (%b): as text, every array element is quoted
+        # and escaped by psycopg and parsed back by the server, which cost about a third of
+        # the time of batches of 100 sagas replayed on a plain connection.
         self.create = f"""
             WITH ins AS (
                 INSERT INTO {s}.sagas (saga_id, definition, created_at, payload, metadata,
                     owner, epoch, next_seq, phase, next_step, step_in_flight,
                     compensation_step, compensated, updated_at)
                 SELECT v.saga_id, v.definition, v.created_at, v.payload, v.metadata,
-                    %s, 0, v.next_seq, v.phase, v.next_step, v.step_in_flight,
+                    %b, 0, v.next_seq, v.phase, v.next_step, v.step_in_flight,
                     v.compensation_step, v.compensated, v.updated_at
-                FROM unnest(%s::text[], %s::text[], %s::float8[], %s::bytea[], %s::text[],
-                            %s::int4[], %s::text[], %s::int4[], %s::int4[], %s::int4[],
-                            %s::int4[], %s::float8[])
+                FROM unnest(%b::text[], %b::text[], %b::float8[], %b::bytea[], %b::text[],
+                            %b::int4[], %b::text[], %b::int4[], %b::int4[], %b::int4[],
+                            %b::int4[], %b::float8[])
                     WITH ORDINALITY AS v(saga_id, definition, created_at, payload, metadata,
                         next_seq, phase, next_step, step_in_flight, compensation_step,
                         compensated, updated_at, ord)
@@ -195,8 +198,8 @@ class Statements:
             ), ev AS (
                 INSERT INTO {s}.events (saga_no, seq, kind, step, at, data)
                 SELECT ins.saga_no, e.seq, e.kind, e.step, e.at, e.data
-                FROM unnest(%s::text[], %s::int4[], %s::text[], %s::int4[], %s::float8[],
-                            %s::bytea[]) AS e(saga_id, seq, kind, step, at, data)
+                FROM unnest(%b::text[], %b::int4[], %b::text[], %b::int4[], %b::float8[],
+                            %b::bytea[]) AS e(saga_id, seq, kind, step, at, data)
                 JOIN ins USING (saga_id)
             )
             SELECT saga_id, saga_no FROM ins"""
@@ -209,19 +212,19 @@ class Statements:
                     compensation_step = v.compensation_step, compensated = v.compensated,
                     updated_at = v.updated_at, outcome = v.outcome,
                     finished_at = v.finished_at
-                FROM unnest(%s::int8[], %s::int8[], %s::int4[], %s::int4[], %s::text[],
-                            %s::int4[], %s::int4[], %s::int4[], %s::int4[], %s::float8[],
-                            %s::text[], %s::float8[])
+                FROM unnest(%b::int8[], %b::int8[], %b::int4[], %b::int4[], %b::text[],
+                            %b::int4[], %b::int4[], %b::int4[], %b::int4[], %b::float8[],
+                            %b::text[], %b::float8[])
                     AS v(saga_no, epoch, expect, new_seq, phase, next_step, step_in_flight,
                          compensation_step, compensated, updated_at, outcome, finished_at)
-                WHERE s.saga_no = v.saga_no AND s.owner = %s AND s.epoch = v.epoch
+                WHERE s.saga_no = v.saga_no AND s.owner = %b AND s.epoch = v.epoch
                     AND s.next_seq = v.expect
                 RETURNING s.saga_no
             ), ev AS (
                 INSERT INTO {s}.events (saga_no, seq, kind, step, at, data)
                 SELECT e.saga_no, e.seq, e.kind, e.step, e.at, e.data
-                FROM unnest(%s::int8[], %s::int4[], %s::text[], %s::int4[], %s::float8[],
-                            %s::bytea[]) AS e(saga_no, seq, kind, step, at, data)
+                FROM unnest(%b::int8[], %b::int4[], %b::text[], %b::int4[], %b::float8[],
+                            %b::bytea[]) AS e(saga_no, seq, kind, step, at, data)
                 WHERE e.saga_no IN (SELECT saga_no FROM u)
             )
             SELECT saga_no FROM u"""
