@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import sys
 from collections.abc import Callable
 from types import TracebackType
 from typing import Final
@@ -198,6 +199,11 @@ class _EventBus:
 
         return remove
 
+    def wanted(self, kind: EventKind) -> bool:
+        """Whether an event of ``kind`` would be logged or delivered (else it need not be made:
+        a restart at the default ``WARNING`` level with no listener builds no event)."""
+        return bool(self._listeners) or logger.isEnabledFor(_LEVELS[kind])
+
     def emit(self, event: SupervisionEvent, error: BaseException | None = None) -> None:
         """Log ``event`` (with the traceback of ``error``, a crash's exception, when given) and
         deliver it to the listeners whose prefix it falls under."""
@@ -210,22 +216,24 @@ class _EventBus:
             if error is not None and not self._traceback_due(event, error):
                 error = None
                 extra += " (the same crash as a traceback logged in the last minute)"
-            logger.log(
+            # The record is made here rather than by ``logger.log``, which walks the stack to
+            # find the caller (a crash loop logs a line per restart: that walk was a tenth of
+            # the line's cost); the record names this function as its origin, as it did.
+            frame = sys._getframe()
+            record = logger.makeRecord(
+                logger.name,
                 level,
+                frame.f_code.co_filename,
+                frame.f_lineno,
                 "%s %s (restarts=%d)%s",
-                where,
-                event.kind.value,
-                event.restarts,
-                extra,
-                exc_info=error,
+                (where, event.kind.value, event.restarts, extra),
+                (type(error), error, error.__traceback__) if error is not None else None,
+                "emit",
                 # Made of redacted parts (the reason is redacted where it is made), so the
                 # logger's filter need not redact the line again: a crash line stays cheap.
-                extra={
-                    "aura_event": event.kind.value,
-                    "aura_path": event.path,
-                    "_aura_redacted": True,
-                },
+                {"aura_event": event.kind.value, "aura_path": event.path, "_aura_redacted": True},
             )
+            logger.handle(record)
         for prefix, listener in list(self._listeners):
             if prefix and not (event.path == prefix or event.path.startswith(prefix + "/")):
                 continue

@@ -59,7 +59,10 @@ class _Tree:
         error: BaseException | None = None,
         **kw: Any,
     ) -> None:
-        self.bus.emit(
+        bus = self.bus
+        if not bus.wanted(kind):
+            return
+        bus.emit(
             SupervisionEvent(
                 kind=kind, path=path, supervisor=supervisor, at=trio.current_time(), **kw
             ),

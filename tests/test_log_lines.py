@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from hypothesis import given
+from hypothesis import strategies as st
 
 from actors import (
     Actor,
@@ -24,6 +26,7 @@ from actors import (
     SubscribeAlerts,
 )
 from supervisors import ChildSpec, open_supervisor
+from supervisors._operator._logging import PlainFormatter
 from tests.secret_samples import LEAK, leaked
 
 
@@ -162,3 +165,17 @@ async def test_a_crash_loop_logs_one_traceback_per_crash_and_minute(
     with_traceback = ["Traceback" in logging.Formatter().format(r) for r in crashes]
     assert with_traceback == [True, False, False, True, False, True]
     assert "the same crash as a traceback logged" in crashes[1].getMessage()
+
+
+@given(st.lists(st.floats(min_value=1e9, max_value=1e9 + 5, allow_nan=False), max_size=30))
+def test_the_plain_formatter_writes_the_time_the_stdlib_formatter_writes(
+    times: list[float],
+) -> None:
+    """The plain formatter reuses the date of the last second it formatted: whatever the order
+    of the records' times, each line carries the time the stdlib formatter gives it."""
+    ours, stdlib = PlainFormatter(), logging.Formatter()
+    for created in times:
+        record = logging.LogRecord("x", logging.WARNING, "x", 0, "line", None, None)
+        record.created = created
+        record.msecs = (created - int(created)) * 1000
+        assert ours.formatTime(record) == stdlib.formatTime(record)

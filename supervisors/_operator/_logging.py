@@ -39,6 +39,7 @@ from __future__ import annotations
 import datetime
 import logging
 import sys
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from types import MappingProxyType
@@ -125,15 +126,17 @@ class CorrelationFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         """Set ``saga_id``, ``idempotency_key``, ``service`` and ``correlation``; keep it."""
         ids = _IDS.get()
-        parts = []
+        fields = record.__dict__
+        parts = None
         for name in CORRELATION_FIELDS:
-            value = record.__dict__.get(name)
+            value = fields.get(name)
             if value is None:
-                value = ids.get(name)
-                setattr(record, name, value)
+                value = fields[name] = ids.get(name) if ids else None
             if value is not None:
+                if parts is None:
+                    parts = []
                 parts.append(f"{name}={value}")
-        record.correlation = f" [{' '.join(parts)}]" if parts else ""
+        fields["correlation"] = f" [{' '.join(parts)}]" if parts else ""
         return True
 
 
@@ -184,13 +187,28 @@ class PlainFormatter(logging.Formatter):
 
     def __init__(self, fmt: str = "", datefmt: str | None = None) -> None:
         super().__init__(fmt or PLAIN_FORMAT, datefmt)
+        self._uses_time = self.usesTime()
+        # The last second formatted and its text: a burst of lines (a crash loop) formats the
+        # date once a second rather than once a line.
+        self._stamp: tuple[int, str] = (-1, "")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        """As :meth:`logging.Formatter.formatTime`, the date part reused within a second."""
+        if datefmt or self.converter is not time.localtime:
+            return super().formatTime(record, datefmt)
+        second = int(record.created)
+        cached_second, date = self._stamp
+        if second != cached_second:
+            date = time.strftime(self.default_time_format, time.localtime(record.created))
+            self._stamp = (second, date)
+        return self.default_msec_format % (date, record.msecs) if self.default_msec_format else date
 
     def format(self, record: logging.LogRecord) -> str:
         """The record as one escaped line, then its indented traceback, if any."""
         if "correlation" not in record.__dict__:
             _IDS_FILTER.filter(record)  # used without the filter: the ids bound now
         record.message = _message(record)
-        if self.usesTime():
+        if self._uses_time:
             record.asctime = self.formatTime(record, self.datefmt)
         text = escape_control(self.formatMessage(record))
         blocks = []
