@@ -41,9 +41,10 @@ from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 import trio
+from outcome import Value
 from trio.lowlevel import Abort, RaiseCancelT, Task, current_task, reschedule, wait_task_rescheduled
 
-from actors._core._reply import PENDING, Failure, Reply, _Timers
+from actors._core._reply import DONE, PENDING, Failure, Reply, _Timers
 from actors._errors import ActorCrashed, ActorStopped, AskTimeout, ErrorCategory, MailboxFull
 
 if TYPE_CHECKING:
@@ -445,8 +446,12 @@ async def _serve(inc: _Incarnation) -> None:
         if reply is not None and not reply.deferred:
             if type(result) is Failure:
                 reply.fail(result.error)
-            else:
-                reply.set(result)
+            elif reply._state == PENDING:
+                # ``Reply.set`` in line (the hottest answer: a reply that is not deferred has
+                # nothing else to forget).
+                reply._state = DONE
+                reply._on_abandon = None
+                reschedule(reply._task, Value(result))
         budget -= 1
         if not budget:
             budget = _FAIRNESS
@@ -547,8 +552,7 @@ def new_reply(cell: _Cell, seconds: float, now: float) -> Reply[Any]:
     caller's cancel scopes costs more than the rest of an ask, deep in a tree).
     """
     limit = now + seconds
-    reply: Reply[Any] = Reply._new(trio.lowlevel.current_task(), cell, limit)
-    reply._timeout = seconds
+    reply: Reply[Any] = Reply._new(current_task(), cell, limit, seconds)
     cell.timers.add(limit, reply)
     return reply
 

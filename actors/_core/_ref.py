@@ -15,9 +15,10 @@ from __future__ import annotations
 from typing import Any, Generic, TypeVar, final
 
 import trio
-from trio.lowlevel import wait_task_rescheduled
+from trio.lowlevel import current_task, reschedule, wait_task_rescheduled
 
-from actors._core._cell import ActorStatistics, _Cell, effective_timeout, new_reply
+from actors._core._cell import ActorStatistics, _Cell, effective_timeout
+from actors._core._reply import Reply
 
 __all__ = ["ActorRef"]
 
@@ -90,14 +91,24 @@ class ActorRef(Generic[M, R]):
         cell = self._cell
         if cell.closed:
             cell.check_open()
-        seconds = effective_timeout(timeout, cell)
-        now = trio.current_time()
-        if len(cell.queue) >= cell.capacity:
+        seconds = cell.ask_timeout if timeout is None else effective_timeout(timeout, cell)
+        timers = cell.timers
+        now = timers.now()
+        queue = cell.queue
+        if len(queue) >= cell.capacity:
             # The wait for room counts against the timeout: the reply's deadline stays
             # ``now + seconds`` from the start of the ask.
             await cell.wait_for_space(now + seconds, seconds)
-        reply = new_reply(cell, seconds, now)
-        cell.put_nowait(message, reply)
+        # ``new_reply`` and ``put_nowait`` in line: this is the hottest path of the runtime.
+        limit = now + seconds
+        reply: Reply[Any] = Reply._new(current_task(), cell, limit, seconds)
+        timers.add(limit, reply)
+        queue.append((message, reply))
+        cell.received += 1
+        receiver = cell.receiver
+        if receiver is not None:
+            cell.receiver = None
+            reschedule(receiver)
         return await wait_task_rescheduled(reply._abort)  # type: ignore[no-any-return]
 
     async def tell(self, message: M) -> None:
