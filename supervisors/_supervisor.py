@@ -340,7 +340,7 @@ class _Run:
         assert isinstance(spec, ChildSpec)
         kwargs = child.kwargs
         actor = spec.factory(*child.args, **kwargs) if kwargs else spec.factory(*child.args)
-        check_actor(actor, f"child {child.path!r}")
+        check_actor(actor, lambda: f"child {child.path!r}")
         if spec.restart is Restart.TEMPORARY:
             # Never needed again (OTP keeps no arguments for them either).
             child.args, child.kwargs = (), None

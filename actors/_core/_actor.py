@@ -206,11 +206,16 @@ def check_actor_class(cls: type, what: str) -> None:
     _CHECKED.add(cls)
 
 
-def check_actor(actor: object, what: str) -> None:
+def check_actor(actor: object, what: str | Callable[[], str]) -> None:
     """Raise a TypeError naming ``what`` unless ``actor`` is a well-formed :class:`Actor`
-    instance (see :func:`check_actor_class`): what a factory returned, before it runs."""
+    instance (see :func:`check_actor_class`): what a factory returned, before it runs.
+
+    ``what`` may be a function making the text, called only for an actor not checked yet (a
+    supervisor checks every new instance: a restart need not build the text)."""
     if type(actor) in _CHECKED:
         return
+    if not isinstance(what, str):
+        what = what()
     if not isinstance(actor, Actor):
         raise TypeError(
             f"{what}: its factory returned {actor!r}, not an Actor (a factory is a function or "
