@@ -18,7 +18,7 @@ import trio
 from trio.lowlevel import current_task, reschedule, wait_task_rescheduled
 
 from actors._core._cell import ActorStatistics, _Cell, effective_timeout
-from actors._core._reply import Reply
+from actors._core._reply import PENDING, Reply
 
 __all__ = ["ActorRef"]
 
@@ -101,7 +101,15 @@ class ActorRef(Generic[M, R]):
             await cell.wait_for_space(now + seconds, seconds)
         # ``new_reply`` and ``put_nowait`` in line: this is the hottest path of the runtime.
         limit = now + seconds
-        reply: Reply[Any] = Reply._new(current_task(), cell, limit, seconds)
+        reply: Reply[Any] = object.__new__(Reply)  # ``Reply._new`` in line
+        reply._task = current_task()
+        reply._cell = cell
+        reply._state = PENDING
+        reply._timeout = seconds
+        reply._on_abandon = None
+        reply._limit = limit
+        reply._deadline = None
+        reply.deferred = False
         timers.add(limit, reply)
         queue.append((message, reply))
         cell.received += 1

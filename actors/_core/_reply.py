@@ -124,6 +124,7 @@ class Reply(Generic[R]):
     def _new(
         cls, task: Task | None, cell: _Cell | None, deadline: float, timeout: float = 0.0
     ) -> Reply[R]:
+        # ``ActorRef.ask`` makes its replies in line, the same way: keep the two in step.
         self = object.__new__(cls)
         self._task = task  # type: ignore[assignment]  # None only for inert tell replies
         self._cell = cell
@@ -276,17 +277,22 @@ class _Timers:
 
     def add(self, deadline: float, reply: Expiring) -> None:
         heap = self._heap
+        entry = (deadline, next(self._seq), reply)
         # Answered entries at the top go now (with one timeout for all, that is nearly all of
-        # them), so what they hold dies young instead of waiting for the next compaction.
-        while heap and heap[0][2]._state != PENDING:
-            heapq.heappop(heap)
-        heapq.heappush(heap, (deadline, next(self._seq), reply))
+        # them), so what they hold dies young instead of waiting for the next compaction; the
+        # first one is replaced by the new entry in the same heap operation.
+        if heap and heap[0][2]._state != PENDING:
+            heapq.heapreplace(heap, entry)
+            while heap[0][2]._state != PENDING:  # stops at the latest, pending, entry at worst
+                heapq.heappop(heap)
+        else:
+            heapq.heappush(heap, entry)
+            if len(heap) > self._compact_at:  # only a push grows the heap
+                self._compact()
         if deadline < self._wake:
             scope = self._scope
             if scope is not None:
                 scope.deadline = self._wake = deadline
-        if len(heap) > self._compact_at:
-            self._compact()
 
     def _compact(self) -> None:
         live = [entry for entry in self._heap if entry[2]._state == PENDING]
