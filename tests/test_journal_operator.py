@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import trio
 
-from actors import MonitorActor
+from actors import CompensationFailed, ErrorCategory, MonitorActor, RetrySettings
 from actors._saga._coordinator import SagaCoordinator
+from actors._saga._definition import SagaDefinition
 from actors._saga._journals._postgres._journal import PostgresJournal
 from actors._saga._journals._records import Journal
 from actors._saga._journals._sqlite._journal import SqliteJournal
@@ -37,20 +39,24 @@ SLOW = 600.0
 
 @asynccontextmanager
 async def app(
-    journal: Journal, world: World, *, admin: bool = True
+    journal: Journal,
+    world: World,
+    *,
+    admin: bool = True,
+    token: str | None = None,
+    definition: SagaDefinition | None = None,
 ) -> AsyncIterator[tuple[Supervisor, httpx.AsyncClient | None]]:
-    """A tree with the fake services, a monitor, a coordinator over ``journal`` and (with
-    ``admin``) the admin API; a client of it."""
+    """A tree with the fake services, a monitor, a coordinator over ``journal`` (running
+    ``definition``, by default a chain of 3 slow steps) and (with ``admin``) the admin API,
+    whose write token is ``token``; a client of it."""
+    saga = chain(3, timeout=SLOW) if definition is None else definition
     specs: list[Any] = [ChildSpec(name, service(name, world)) for name in SERVICES]
     specs += [
         ChildSpec("monitor", MonitorActor),
-        ChildSpec(
-            "sagas",
-            lambda: SagaCoordinator(journal, [chain(3, timeout=SLOW)], monitor="monitor"),
-        ),
+        ChildSpec("sagas", lambda: SagaCoordinator(journal, [saga], monitor="monitor")),
     ]
     if admin:
-        specs.append(admin_spec(port=0))
+        specs.append(admin_spec(port=0, token=token))
     async with open_supervisor(specs) as root:
         if not admin:
             yield root, None
@@ -282,3 +288,77 @@ async def test_a_journal_server_down_shows_in_health_and_recovers(
             assert (await client.get("/api/resilience/sagas")).status_code == 200
     finally:
         await trio.to_thread.run_sync(drop_schema, url, schema)
+
+
+WRITE_TOKEN = "operator-token-0123456789abcdef"
+
+
+async def test_an_operator_discards_a_compensation_failed_saga(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The runbook's last step for a ``compensation_failed`` saga, over HTTP and ``aura
+    discard``: it needs the write token, refuses a saga still running (409) and an unknown one
+    (404), removes the failed saga from the journal for good (gone after a reopen too) and
+    logs who did what; the running saga is untouched."""
+    world = World()
+    world.plan("cf:s1", "reject")
+    world.plan("cf:s0:compensate", "reject")
+    hold(world, "busy", 0)
+    once = RetrySettings(max_attempts=1, retry_on=frozenset(ErrorCategory), total_timeout=None)
+    definition = chain(3, timeout=SLOW, compensation_retry=once)
+    path = tmp_path / "sagas.db"
+    monkeypatch.delenv("AURA_ADMIN_TOKEN", raising=False)
+    auth = {"Authorization": f"Bearer {WRITE_TOKEN}"}
+    async with (
+        SqliteJournal(path) as journal,
+        app(journal, world, token=WRITE_TOKEN, definition=definition) as (root, client),
+    ):
+        assert client is not None
+        url = str(client.base_url).rstrip("/")
+        coordinator = root.ref("sagas")
+        with pytest.raises(CompensationFailed):
+            await coordinator.ask(StartSaga("order", saga_id="cf"))
+        await coordinator.ask(StartSaga("order", saga_id="busy", wait=False))
+
+        async def both_listed() -> Any:
+            page = (await client.get("/api/resilience/sagas")).json()
+            phases = {s["saga_id"]: s["phase"] for s in page["items"]}
+            return phases if phases.get("busy") == "step_in_flight" else None
+
+        phases = await until(both_listed, "the failed saga and the held one are listed")
+        assert phases == {"cf": "compensation_failed", "busy": "step_in_flight"}
+
+        assert (await client.post("/api/resilience/sagas/cf/discard")).status_code == 401
+        refused = await client.post("/api/resilience/sagas/busy/discard", headers=auth)
+        assert refused.status_code == 409
+        assert refused.json()["error"]["code"] == "saga_not_finished"
+        assert "'busy' is step_in_flight" in refused.json()["error"]["message"]
+        unknown = await client.post("/api/resilience/sagas/nope/discard", headers=auth)
+        assert (unknown.status_code, unknown.json()["error"]["code"]) == (404, "unknown_saga")
+
+        code, out, err = await aura("discard", url, "cf")
+        assert (code, out) == (1, "")
+        assert "discard needs the admin API's write token" in err
+        monkeypatch.setenv("AURA_ADMIN_TOKEN", WRITE_TOKEN)
+        with caplog.at_level("WARNING", logger="supervisors.admin"):
+            code, out, err = await aura("discard", url, "cf")
+        assert (code, err) == (0, "")
+        assert out == "saga cf (compensation_failed) discarded from the journal\n"
+        assert any(
+            "saga 'cf' (order, compensation_failed) discarded from the journal by an operator"
+            in r.getMessage()
+            for r in caplog.records
+        )
+        assert (await client.get("/api/resilience/sagas/cf")).status_code == 404
+        page = (await client.get("/api/resilience/sagas")).json()
+        assert [s["saga_id"] for s in page["items"]] == ["busy"]
+        code, _, err = await aura("discard", url, "cf")
+        assert code == 1
+        assert "the saga coordinator has no saga 'cf'" in err
+        code, _, err = await aura("discard", url, "busy")
+        assert code == 1
+        assert "only a saga that ended can be discarded" in err
+        assert await journal.get("busy") is not None
+    async with SqliteJournal(path) as reopened:
+        assert await reopened.get("cf") is None
+        assert await reopened.get("busy") is not None

@@ -30,7 +30,9 @@ a running application's admin API with httpx, sending
 ``$AURA_ADMIN_READ_TOKEN`` (or ``$AURA_ADMIN_TOKEN``, or the contents of ``--token-file``) as
 its bearer token when one is set.  ``aura isolate URL SERVICE`` and ``aura reset URL SERVICE``
 hold a provider's breaker open or close it through the admin API (fleet-wide when the provider
-shares its breaker), with the write token (``$AURA_ADMIN_TOKEN`` or ``--token-file``).
+shares its breaker), with the write token (``$AURA_ADMIN_TOKEN`` or ``--token-file``);
+``aura discard URL SAGA_ID`` removes a saga that ended (a ``compensation_failed`` one an
+operator has fixed by hand) from the journal, with the same token.
 
 ``aura sagas URL [SAGA_ID]`` lists the unfinished sagas with their owners (or prints one
 saga), and ``aura journal migrate --from sqlite:PATH --to URL`` copies a SQLite journal into
@@ -609,7 +611,8 @@ def _admin_client(args: argparse.Namespace, token_variables: Sequence[str]) -> A
 
 
 def _cmd_breaker(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
-    """``aura isolate|reset URL SERVICE``: POST to the provider's breaker endpoint."""
+    """``aura isolate|reset URL SERVICE`` and ``aura discard URL SAGA_ID``: POST to the
+    provider's breaker endpoint, or to the saga's discard endpoint."""
     import httpx
 
     base = args.url.rstrip("/")
@@ -627,7 +630,10 @@ def _cmd_breaker(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> in
         return EXIT_ERROR
     from urllib.parse import quote
 
-    path = f"/api/resilience/providers/{quote(args.service, safe='')}/{args.command}"
+    if args.command == "discard":
+        path = f"/api/resilience/sagas/{quote(args.saga_id, safe='')}/discard"
+    else:
+        path = f"/api/resilience/providers/{quote(args.service, safe='')}/{args.command}"
     try:
         with httpx.Client(base_url=base, timeout=args.timeout) as client:
             response = client.post(path, headers={"Authorization": f"Bearer {token}"})
@@ -647,6 +653,13 @@ def _cmd_breaker(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> in
             file=stderr,
         )
         return EXIT_ERROR
+    if args.command == "discard":
+        print(
+            f"saga {_text(body.get('saga_id'))} ({_text(body.get('phase'))}) discarded from "
+            "the journal",
+            file=stdout,
+        )
+        return EXIT_OK
     fleet = body.get("fleet")
     where = "" if fleet is None else f", fleet breaker {_text(fleet)}"
     print(f"{_text(args.service)}: breaker {_text(body.get('breaker'))}{where}", file=stdout)
@@ -787,6 +800,21 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="FILE",
             help="send the write token in FILE (default: $AURA_ADMIN_TOKEN)",
         )
+    discard = commands.add_parser(
+        "discard",
+        help="remove a finished saga from the journal (after fixing a compensation_failed one)",
+        description="Remove a saga that ended from the journal of a running app, through its "
+        "admin API: the last step after undoing by hand what a compensation_failed saga left "
+        "done. A saga still running is refused.",
+    )
+    discard.add_argument("url", metavar="URL", help="the admin API")
+    discard.add_argument("saga_id", metavar="SAGA_ID", help="the saga to remove")
+    discard.add_argument("--timeout", type=_positive, default=5.0, help="seconds")
+    discard.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="send the write token in FILE (default: $AURA_ADMIN_TOKEN)",
+    )
     return parser
 
 
@@ -826,7 +854,7 @@ def _dispatch(args: argparse.Namespace, console: Console | None, out: TextIO, er
                 out.write(example_config().read_text(encoding="utf-8"))
                 return 0
             return _cmd_config_check(args, out, err)
-        if args.command in ("isolate", "reset"):
+        if args.command in ("isolate", "reset", "discard"):
             return _cmd_breaker(args, out, err)
         if args.command == "sagas":
             require("aura sagas", "httpx")

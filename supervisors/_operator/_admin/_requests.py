@@ -148,6 +148,16 @@ class SagaPage(msgspec.Struct, frozen=True):
     total: int
 
 
+class SagaDiscarded(msgspec.Struct, frozen=True):
+    """The body of ``POST /api/resilience/sagas/{saga_id}/discard``: the finished saga removed
+    from the journal, and the phase it ended in (``compensation_failed`` is the usual case:
+    an operator undid by hand what its compensations could not)."""
+
+    saga_id: str
+    phase: str
+    discarded: bool = True
+
+
 class JournalInstance(msgspec.Struct, frozen=True):
     """One instance sharing a fleet journal, in ``GET /api/resilience/journal``.
 

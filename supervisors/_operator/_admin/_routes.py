@@ -32,12 +32,13 @@ from actors._monitor._types import HealthReport, HealthStatus
 from actors._protocol import FleetStatus
 from actors._provider._messages import GetStatus, Isolate
 from actors._provider._messages import Reset as ResetProvider
-from actors._saga._messages import GetJournalStatus, GetSaga, ListSagas
+from actors._saga._messages import DiscardSaga, GetJournalStatus, GetSaga, ListSagas
 from supervisors._operator._admin._dashboard import DASHBOARD_ROUTES
 from supervisors._operator._admin._requests import (
     _MAX_NAME,
     AdminBackend,
     ApiError,
+    SagaDiscarded,
     SagaPage,
     _authorize,
     _bool_param,
@@ -277,13 +278,44 @@ async def _saga(request: Request, backend: AdminBackend) -> object:
     saga_id = _name(request, "saga_id")
     info = await backend.ask(_sagas_path(backend), GetSaga(saga_id), "saga coordinator")
     if info is None:
-        raise ApiError(
-            404,
-            "unknown_saga",
-            f"the saga coordinator has no saga {saga_id!r}",
-            action="GET /api/resilience/sagas lists the unfinished sagas.",
-        )
+        raise _unknown_saga(saga_id)
     return _hide_input(info, backend.settings.saga_input)
+
+
+async def _discard(request: Request, backend: AdminBackend) -> object:
+    """Remove a finished saga from the journal (the last step of the runbook's
+    ``compensation_failed`` case): 404 for an unknown saga, 409 for one that has not ended."""
+    saga_id = _name(request, "saga_id")
+    await _read_body(request, backend.settings.max_body)
+    path = _sagas_path(backend)
+    info = await backend.ask(path, GetSaga(saga_id), "saga coordinator")
+    if info is None:
+        raise _unknown_saga(saga_id)
+    if not info.finished:
+        raise ApiError(
+            409,
+            "saga_not_finished",
+            f"the saga {saga_id!r} is {info.phase}: only a saga that ended can be discarded",
+            action="Wait for it to end; a running saga completes or compensates by itself.",
+        )
+    if not await backend.ask(path, DiscardSaga(saga_id), "saga coordinator"):
+        raise _unknown_saga(saga_id)  # discarded meanwhile (another operator, retention)
+    logger.warning(
+        "admin API: saga %r (%s, %s) discarded from the journal by an operator",
+        saga_id,
+        info.definition,
+        info.phase,
+    )
+    return SagaDiscarded(saga_id, info.phase)
+
+
+def _unknown_saga(saga_id: str) -> ApiError:
+    return ApiError(
+        404,
+        "unknown_saga",
+        f"the saga coordinator has no saga {saga_id!r}",
+        action="GET /api/resilience/sagas lists the unfinished sagas.",
+    )
 
 
 async def _journal(request: Request, backend: AdminBackend) -> object:
@@ -342,6 +374,7 @@ _ROUTES: Final[tuple[tuple[str, str, Endpoint, Access], ...]] = (
     ("GET", f"{_API}/fleet", _fleet, "read"),
     ("GET", f"{_API}/sagas", _sagas, "read"),
     ("GET", f"{_API}/sagas/{{saga_id}}", _saga, "read"),
+    ("POST", f"{_API}/sagas/{{saga_id}}/discard", _discard, "write"),
     ("GET", f"{_API}/journal", _journal, "read"),
     ("GET", "/metrics", _prometheus, "read"),
 )
