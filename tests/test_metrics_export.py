@@ -617,13 +617,14 @@ def test_saga_outcomes_are_counted_by_outcome() -> None:
 
 def test_breaker_open_time_its_break_and_budget_refusals_are_exported() -> None:
     """What the alerting rules compare: how long the breaker has been open against its break,
-    and the calls the retry budget refused."""
+    and the calls the retry budget and the bulkhead refused."""
     status = msgspec.structs.replace(
-        STATUS, retry_budget_rejections=4, break_duration=30.0, open_for=45.5
+        STATUS, retry_budget_rejections=4, break_duration=30.0, open_for=45.5, bulkhead_rejections=7
     )
     got = samples(render_metrics(OperatorSnapshot(at=0.0, providers={"openai": status})).decode())
     service = (("service", "openai"),)
     assert got[("aura_provider_retry_budget_rejections_total", service)] == 4
+    assert got[("aura_provider_bulkhead_rejections_total", service)] == 7
     assert got[("aura_provider_breaker_break_seconds", service)] == 30.0
     assert got[("aura_provider_breaker_open_seconds", service)] == 45.5
 

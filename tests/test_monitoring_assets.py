@@ -123,8 +123,8 @@ def test_the_rules_pass_their_unit_tests() -> None:
 
 def test_every_alert_is_unit_tested_and_covers_what_an_operator_needs() -> None:
     """Each rule has a unit test, and the rules cover an open breaker past its break, the
-    monitor's two error thresholds, the retry budget, failed compensations, supervisors
-    that gave up, the fleet store and the shared saga journal."""
+    monitor's two error thresholds, the retry budget, a full bulkhead, failed compensations,
+    supervisors that gave up, the fleet store and the shared saga journal."""
     names = alert_names()
     assert sorted(names) == sorted(
         [
@@ -132,6 +132,7 @@ def test_every_alert_is_unit_tested_and_covers_what_an_operator_needs() -> None:
             "AuraHighErrorRate",
             "AuraCriticalErrorRatio",
             "AuraRetryBudgetExhausted",
+            "AuraBulkheadFull",
             "AuraSagaCompensationFailed",
             "AuraSupervisorGaveUp",
             "AuraFleetStoreDown",
@@ -179,6 +180,7 @@ def test_the_dashboard_is_a_grafana_dashboard_with_the_panels_it_promises() -> N
         "aura_provider_retries_total",
         "aura_provider_retry_budget{",
         "aura_provider_retry_budget_rejections_total",
+        "aura_provider_bulkhead_rejections_total",
         "aura_provider_running",
         "aura_provider_queued",
         "histogram_quantile(0.5, sum by (le, service) (rate(aura_service_latency_seconds_bucket",

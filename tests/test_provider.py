@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -179,8 +180,12 @@ async def test_attempts_capped_by_callers_deadline(mock_clock: trio.testing.Mock
         assert service.cancelled == 1  # the attempt was cancelled with the caller
 
 
-async def test_budget_exhausted(mock_clock: trio.testing.MockClock) -> None:
-    """When the retry budget is spent, a failure is not retried: RetryBudgetExhausted."""
+async def test_budget_exhausted(
+    mock_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """When the retry budget is spent, a failure is not retried: RetryBudgetExhausted.  The
+    refusal is counted and logged at WARNING (the first at once, then one line a minute)."""
+    caplog.set_level(logging.WARNING, logger="actors.provider")
     service = FakeService(*[ConnectionError("down")] * 50)
     budget = BudgetSettings(ttl=10.0, min_retries_per_s=0.0, retry_ratio=0.0)
     async with provider(service, settings(attempts=5, budget=budget)) as p:
@@ -188,6 +193,15 @@ async def test_budget_exhausted(mock_clock: trio.testing.MockClock) -> None:
             await p.call("x")
         assert isinstance(info.value.last_error, ProviderError)
         assert len(service.calls) == 1
+        with pytest.raises(RetryBudgetExhausted):
+            await p.call("x")
+        status = await p.ref.ask(GetStatus())
+    assert status.retry_budget_rejections == 2
+    lines = [r.getMessage() for r in caplog.records if r.name == "actors.provider"]
+    assert lines == [
+        "'svc': retry budget exhausted: failures are not retried (RetryBudgetExhausted); "
+        "1 refused since the last such line (one a minute at most)"
+    ]
 
 
 async def test_breaker_opens_and_fails_fast(mock_clock: trio.testing.MockClock) -> None:

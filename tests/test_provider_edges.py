@@ -8,6 +8,7 @@ schedules (``tests.trio_seeds``).
 from __future__ import annotations
 
 import functools
+import logging
 import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -619,6 +620,50 @@ async def test_counters_add_up_for_bulkhead_rejections(
                     await p.ref.ask(Call("y"))
         s = await p.status()
     assert (s.calls, s.succeeded, s.failed, s.rejected) == (2, 1, 1, 1)
+    assert s.bulkhead_rejections == 1
+
+
+@pytest.mark.parametrize("lane", ["client", "ask"])
+async def test_bulkhead_refusals_are_logged_once_a_minute_with_a_count(
+    mock_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture, lane: str
+) -> None:
+    """A full bulkhead says so in the log: the first refusal at once (WARNING), the next ones
+    within the minute only counted, and the first after the minute gives their number.  The
+    status counts every one."""
+    caplog.set_level(logging.WARNING, logger="actors.provider")
+    service = FakeService(("sleep", 500.0))
+    config = settings(attempt_timeout=1000.0, total_timeout=None, max_concurrent=1, max_queued=0)
+    async with provider(service, config) as p:
+
+        async def refused() -> None:
+            with pytest.raises(BulkheadFull):
+                if lane == "client":
+                    await p.call("y", timeout=5.0)
+                else:
+                    await p.ref.ask(Call("y"), timeout=5.0)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(functools.partial(p.call, "slow", timeout=1000.0))
+            await trio.testing.wait_all_tasks_blocked()
+            for _ in range(4):
+                await refused()
+                await trio.sleep(10.0)
+            await trio.sleep(30.0)
+            await refused()  # 70 s after the first line
+        s = await p.status()
+    lines = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "actors.provider" and getattr(r, "aura_refusal", None) == "bulkhead"
+    ]
+    head = (
+        "'svc': bulkhead full (max_concurrent=1, max_queued=0): calls are refused with "
+        "BulkheadFull; "
+    )
+    tail = " refused since the last such line (one a minute at most)"
+    assert lines == [f"{head}1{tail}", f"{head}4{tail}"]
+    assert all(r.levelno == logging.WARNING for r in caplog.records if r.name == "actors.provider")
+    assert (s.rejected, s.bulkhead_rejections) == (5, 5)
 
 
 async def test_counters_count_every_caller_of_a_key(mock_clock: trio.testing.MockClock) -> None:

@@ -419,6 +419,7 @@ class ProviderActor(_Jobs, CallReceiver):
             reports_dropped=c.reports_dropped,
             fleet=self._fleet_state(now),
             retry_budget_rejections=c.retry_budget_rejections,
+            bulkhead_rejections=c.bulkhead_rejections,
             break_duration=self.settings.breaker.break_duration,
             open_for=self._breaker.open_for(now),
         )

@@ -149,6 +149,10 @@ class _Counters:
     hedges: int = 0
     reports_dropped: int = 0
     retry_budget_rejections: int = 0
+    bulkhead_rejections: int = 0
+    #: Refusals logged at most once a minute (see ``_Reporting._refusal_line``): kind ->
+    #: (refusals since its last line, when the next line may be written).  Made at the first.
+    lines: dict[str, tuple[int, float]] | None = None
 
 
 class _BreakerRelay:

@@ -128,6 +128,7 @@ class _Jobs(_Shared):
             if key is not None or self._fallback_spec is not None:
                 return False
             self._refused()
+            self._bulkhead_refused()
             raise BulkheadFull(
                 service=self.name, max_concurrent=self._max_workers, max_queued=self._max_queued
             )
@@ -204,6 +205,15 @@ class _Jobs(_Shared):
         counters.calls += 1
         counters.rejected += 1
         counters.failed += 1
+
+    def _bulkhead_refused(self) -> None:
+        """Count a call the bulkhead refused, and say so in the log (rate-limited)."""
+        self.counters.bulkhead_rejections += 1
+        self._refusal_line(
+            "bulkhead",
+            f"bulkhead full (max_concurrent={self._max_workers}, "
+            f"max_queued={self._max_queued}): calls are refused with BulkheadFull",
+        )
 
     def _begin(
         self,
@@ -381,6 +391,8 @@ class _Jobs(_Shared):
             ticket = self._bulkhead.try_enter()
         except ResilienceError as exc:
             self.counters.rejected += 1
+            if type(exc) is BulkheadFull:
+                self._bulkhead_refused()
             self._give_up(job, exc)
             return None
         if ticket == ENTERED:
@@ -659,6 +671,10 @@ class _Jobs(_Shared):
         reason = decision.reason
         if reason is GiveUpReason.BUDGET:
             self.counters.retry_budget_rejections += 1
+            self._refusal_line(
+                "retry budget",
+                "retry budget exhausted: failures are not retried (RetryBudgetExhausted)",
+            )
             return RetryBudgetExhausted(service=self.name, last_error=error)
         if job.attempts == 1:
             return error  # nothing was retried: the classified error says it all

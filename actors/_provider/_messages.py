@@ -61,6 +61,8 @@ class ProviderStatus(msgspec.Struct, frozen=True, gc=False):
         open_for: seconds since the breaker tripped from closed, while it has not closed since
             (open, or half-open); ``0.0`` when closed or isolated.  Longer than
             ``break_duration`` while ``breaker`` is ``open``: its probes failed.
+        bulkhead_rejections: calls the bulkhead refused (``BulkheadFull``: every slot busy and
+            the queue full), also counted in ``rejected``.
     """
 
     service: str
@@ -84,6 +86,7 @@ class ProviderStatus(msgspec.Struct, frozen=True, gc=False):
     retry_budget_rejections: int = 0
     break_duration: float = 0.0
     open_for: float = 0.0
+    bulkhead_rejections: int = 0
 
 
 ProviderMessage: TypeAlias = Call | Isolate | Reset | GetStatus

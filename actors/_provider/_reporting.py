@@ -35,6 +35,10 @@ _TRANSITION_LEVELS: Final = {
 }
 
 
+#: At most one refusal line a minute per provider and kind (bulkhead, retry budget).
+_REFUSAL_LINE_EVERY: Final = 60.0
+
+
 class _Reporting(_ProviderBase):
     """Reporting and housekeeping of :class:`~actors.ProviderActor` (see the module docstring)."""
 
@@ -84,6 +88,31 @@ class _Reporting(_ProviderBase):
             )
         )
         self._flush()
+
+    def _refusal_line(self, kind: str, text: str) -> None:
+        """Log a refusal of ``kind`` at WARNING: the first at once, then at most one line a
+        minute while they go on, each counting the refusals since the last line (the
+        counters and the metrics have them all)."""
+        if not log.isEnabledFor(logging.WARNING):
+            return
+        counters = self.counters
+        lines = counters.lines
+        if lines is None:
+            lines = counters.lines = {}
+        now = trio.current_time()
+        count, due = lines.get(kind, (0, -math.inf))
+        count += 1
+        if now < due:
+            lines[kind] = (count, due)
+            return
+        lines[kind] = (0, now + _REFUSAL_LINE_EVERY)
+        log.warning(
+            "%r: %s; %d refused since the last such line (one a minute at most)",
+            self.name,
+            text,
+            count,
+            extra={"aura_service": self.name, "aura_refusal": kind},
+        )
 
     def _report(
         self,

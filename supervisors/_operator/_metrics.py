@@ -284,6 +284,7 @@ METRIC_NAMES: Final = (
     "aura_provider_idempotency_records",
     "aura_provider_breaker_state",
     "aura_provider_retry_budget_rejections",
+    "aura_provider_bulkhead_rejections",
     "aura_provider_breaker_open_seconds",
     "aura_provider_breaker_break_seconds",
     "aura_sagas_unfinished",
@@ -326,6 +327,7 @@ _PROVIDER_COUNTERS: Final = (
         "retry_budget_rejections",
         "Calls that failed because the retry budget refused their retry.",
     ),
+    ("bulkhead_rejections", "Calls the bulkhead refused: every slot busy and the queue full."),
 )
 _PROVIDER_GAUGES: Final = (
     ("running", "running", "Attempts in progress."),
