@@ -394,6 +394,47 @@ async def test_timer_heap_stays_bounded(mock_clock: trio.testing.MockClock) -> N
         assert len(timers[0]) <= 2048
 
 
+class Silent(Actor[Any, Any]):
+    """Never answers: each ask waits for its timeout."""
+
+    async def handle(self, message: Any) -> Any:
+        self.defer()
+        return None
+
+
+async def test_an_ask_reads_the_run_clock_under_the_default_clock() -> None:
+    """Under trio's own clock an ask reads ``perf_counter() + offset`` (one call cheaper than
+    the clock's method): the same reading as ``trio.current_time()``, so the reply's deadline
+    is the call's time plus its timeout, and the timeout fires then, not before."""
+    async with open_actor(Silent) as ref:
+        timers = ref._cell.timers
+        assert timers.offset == trio.lowlevel.current_clock().offset  # type: ignore[attr-defined]
+        for _ in range(100):
+            before = trio.current_time()
+            reading = timers.read() + timers.offset
+            after = trio.current_time()
+            assert before <= reading <= after
+        start = trio.current_time()
+        with trio.fail_after(30), pytest.raises(AskTimeout):
+            await ref.ask("anyone?", timeout=0.05)
+        assert trio.current_time() - start >= 0.05
+
+
+async def test_an_ask_reads_any_other_clock_through_its_method(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """With another clock (here ``MockClock``) an ask reads the clock's own method, plus 0."""
+    mock_clock.jump(1234.5)
+    async with open_actor(Silent) as ref:
+        timers = ref._cell.timers
+        assert timers.offset == 0.0
+        assert timers.read() + timers.offset == trio.current_time()
+        start = trio.current_time()
+        with pytest.raises(AskTimeout):
+            await ref.ask("anyone?", timeout=7.0)
+        assert trio.current_time() - start == pytest.approx(7.0)
+
+
 async def test_ref_equality_and_repr() -> None:
     """Refs to one slot are equal and hash alike; repr names the path."""
     async with open_actor(Echo, name="eq") as ref:

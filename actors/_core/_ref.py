@@ -12,6 +12,7 @@ given) and never past the caller's own trio deadline; the earlier of the two is 
 
 from __future__ import annotations
 
+from heapq import heappop, heapreplace
 from typing import Any, Generic, TypeVar, final
 
 import trio
@@ -93,7 +94,7 @@ class ActorRef(Generic[M, R]):
             cell.check_open()
         seconds = cell.ask_timeout if timeout is None else effective_timeout(timeout, cell)
         timers = cell.timers
-        now = timers.now()
+        now = timers.read() + timers.offset
         queue = cell.queue
         if len(queue) >= cell.capacity:
             # The wait for room counts against the timeout: the reply's deadline stays
@@ -110,7 +111,17 @@ class ActorRef(Generic[M, R]):
         reply._limit = limit
         reply._deadline = None
         reply.deferred = False
-        timers.add(limit, reply)
+        # ``_Timers.add`` in line.
+        heap = timers.heap
+        entry = (limit, next(timers.seq), reply)
+        if heap and heap[0][2]._state != PENDING:
+            heapreplace(heap, entry)
+            while heap[0][2]._state != PENDING:
+                heappop(heap)
+        else:
+            timers.push(entry)
+        if limit < timers._wake:
+            timers.wake_at(limit)
         queue.append((message, reply))
         cell.received += 1
         receiver = cell.receiver
