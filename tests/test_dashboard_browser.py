@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,6 +34,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from actors import (
+    Actor,
     AuraError,
     BreakerSettings,
     Call,
@@ -46,7 +48,8 @@ from actors._monitor._actor import MonitorActor
 from actors._policies._config._monitoring import MonitorSettings
 from actors._saga._coordinator import SagaCoordinator
 from actors._saga._definition import SagaDefinition, SagaStep
-from actors._saga._messages import StartSaga
+from actors._saga._journals._records import SagaPhase, SagaSummary
+from actors._saga._messages import ListSagas, StartSaga
 from supervisors import ChildSpec, Supervisor, SupervisorSpec, open_supervisor
 from supervisors._operator._admin._actor import GetAdminAddress, admin_spec
 
@@ -323,3 +326,47 @@ async def test_with_a_read_token_the_page_asks_for_it_and_cannot_act_with_it(
         assert await run(text_of(row), browser) == "closed"
         await run(browser.execute_script, "sessionStorage.clear();")
         nursery.cancel_scope.cancel()
+
+
+#: The instance a stand-in fleet coordinator says drives a saga (a journal id is 32 hex digits).
+OWNER = "3f2a9c1e4b7d4e0f9a1b2c3d4e5f6a7b"
+
+
+class _FleetSagas(Actor[Any, Any]):
+    """Stands in for a coordinator over a journal a fleet shares: it lists a saga another
+    instance drives and one with no owner (as a journal of one instance lists them)."""
+
+    async def handle(self, message: Any) -> Any:
+        if isinstance(message, ListSagas):
+            at = time.time()
+            held = SagaPhase.STEP_IN_FLIGHT
+            return [
+                SagaSummary("order-7", "checkout", at, held, 1, 1, None, 0, 3, at, {}, OWNER),
+                SagaSummary("solo-1", "checkout", at, held, 0, 0, None, 0, 2, at, {}, None),
+            ]
+        return None  # statistics: none to show
+
+
+async def test_the_sagas_table_names_each_sagas_owner(browser: Any) -> None:
+    """Each unfinished saga's row names the instance that drives it: the start of its id,
+    the whole id on hover; a saga of a journal of one instance shows a dash."""
+    tree = [
+        ChildSpec("monitor", MonitorActor),
+        ChildSpec("sagas", _FleetSagas),
+        admin_spec(port=0, stream_interval=0.1),
+    ]
+    async with open_supervisor(tree) as root:
+        url = (await root.ref("admin").ask(GetAdminAddress())).url
+        await run(browser.get, f"{url}/dashboard")
+        owner = 'tr[data-saga="order-7"] td[data-field="owner"]'
+        await run(wait_for, browser, shows(owner, OWNER[:12]), "the saga's owner")
+        title = await run(
+            browser.execute_script,
+            "return document.querySelector(arguments[0]).title;",
+            owner,
+        )
+        assert title == OWNER
+        alone = 'tr[data-saga="solo-1"] td[data-field="owner"]'
+        assert await run(text_of(alone), browser) == "\u2013"  # an en dash
+        headers = await run(text_of("#sagas thead"), browser)
+        assert headers.split() == ["Saga", "Definition", "Phase", "Steps", "done", "Owner"]

@@ -423,6 +423,11 @@
       el("td", { text: s.definition }),
       el("td", {}, el("span", { class: "badge " + s.phase, text: s.phase.replace("_", " ") })),
       el("td", { class: "num", text: String(s.next_step) }),
+      // A journal shared by a fleet names the instance driving the saga (its id's start shown,
+      // the whole id on hover); a journal of one instance has no owners.
+      el("td", s.owner
+        ? { "data-field": "owner", class: "id", title: s.owner, text: s.owner.slice(0, 12) }
+        : { "data-field": "owner", class: "muted", title: "a journal of one instance", text: "–" }),
     ));
     reconcile(body, rows, "data-saga");
     const empty = byId("sagas-empty");
