@@ -259,19 +259,20 @@ class CancelAt:
             self.scope.cancel()
 
 
-def _is_trio_system_clock(clock: object) -> bool:
-    """Whether ``clock`` is trio's default clock, whose reading is ``offset + perf_counter()``
-    (its class is private: it is recognised by name, and its reading checked once)."""
+def _system_clock_offset(clock: object) -> float | None:
+    """The offset of trio's default clock, whose reading is ``offset + perf_counter()``;
+    ``None`` for any other clock (trio's class is private: it is recognised by name, and its
+    reading checked once)."""
     kind = type(clock)
     if kind.__name__ != "SystemClock" or not kind.__module__.startswith("trio."):
-        return False
+        return None
     offset = getattr(clock, "offset", None)
     if type(offset) is not float:
-        return False
+        return None
     before = time.perf_counter() + offset
     reading = clock.current_time()  # type: ignore[attr-defined]
     after = time.perf_counter() + offset
-    return bool(before <= reading <= after)
+    return offset if before <= reading <= after else None
 
 
 class _Timers:
@@ -338,8 +339,8 @@ class _Timers:
         """Expire replies past their deadline, forever (cancel to stop)."""
         clock = trio.lowlevel.current_clock()
         self.now = clock.current_time
-        offset = getattr(clock, "offset", None)
-        if _is_trio_system_clock(clock) and type(offset) is float:
+        offset = _system_clock_offset(clock)
+        if offset is not None:
             self.read, self.offset = time.perf_counter, offset
         else:
             self.read, self.offset = self.now, 0.0

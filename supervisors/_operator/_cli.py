@@ -787,34 +787,46 @@ def build_parser() -> argparse.ArgumentParser:
             "$AURA_ADMIN_TOKEN; needed when the admin API has a read token)",
         )
     add_journal_commands(commands)
-    for name, what in (
-        ("isolate", "hold a provider's breaker open (fleet-wide when it is shared)"),
-        ("reset", "close a provider's breaker (fleet-wide when it is shared)"),
+    # The write commands: a POST to the admin API with the write token.
+    discard_description = (
+        "Remove a saga that ended from the journal of a running app, through its admin API: "
+        "the last step after undoing by hand what a compensation_failed saga left done. A saga "
+        "still running is refused."
+    )
+    for name, what, target, target_help, description in (
+        (
+            "isolate",
+            "hold a provider's breaker open (fleet-wide when it is shared)",
+            "service",
+            "the provider's service name",
+            None,
+        ),
+        (
+            "reset",
+            "close a provider's breaker (fleet-wide when it is shared)",
+            "service",
+            "the provider's service name",
+            None,
+        ),
+        (
+            "discard",
+            "remove a finished saga from the journal (after fixing a compensation_failed one)",
+            "saga_id",
+            "the saga to remove",
+            discard_description,
+        ),
     ):
-        command = commands.add_parser(name, help=what, description=f"{what[0].upper()}{what[1:]}.")
+        command = commands.add_parser(
+            name, help=what, description=description or f"{what[0].upper()}{what[1:]}."
+        )
         command.add_argument("url", metavar="URL", help="the admin API")
-        command.add_argument("service", metavar="SERVICE", help="the provider's service name")
+        command.add_argument(target, metavar=target.upper(), help=target_help)
         command.add_argument("--timeout", type=_positive, default=5.0, help="seconds")
         command.add_argument(
             "--token-file",
             metavar="FILE",
             help="send the write token in FILE (default: $AURA_ADMIN_TOKEN)",
         )
-    discard = commands.add_parser(
-        "discard",
-        help="remove a finished saga from the journal (after fixing a compensation_failed one)",
-        description="Remove a saga that ended from the journal of a running app, through its "
-        "admin API: the last step after undoing by hand what a compensation_failed saga left "
-        "done. A saga still running is refused.",
-    )
-    discard.add_argument("url", metavar="URL", help="the admin API")
-    discard.add_argument("saga_id", metavar="SAGA_ID", help="the saga to remove")
-    discard.add_argument("--timeout", type=_positive, default=5.0, help="seconds")
-    discard.add_argument(
-        "--token-file",
-        metavar="FILE",
-        help="send the write token in FILE (default: $AURA_ADMIN_TOKEN)",
-    )
     return parser
 
 
