@@ -21,8 +21,7 @@ from actors import (
     open_actor,
 )
 
-pytest.importorskip("httpx")
-
+# httpx is in the test extra: a missing install fails here instead of skipping.
 from examples.http_provider import FlakyHTTPServer, http_service
 
 
